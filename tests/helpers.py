@@ -1,0 +1,263 @@
+"""Deterministic test harness: a fake clock and a seeded, impairable network between two
+sans-I/O connections.
+
+Nothing here sleeps or reads the wall clock: ``Network.run`` jumps simulated time straight to the
+next delivery or timer deadline, so a 60-second scenario runs in milliseconds and repeats exactly
+for the same seed.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from utcp.connection import Connection, reset_for
+from utcp.events import ConnectionClosed, DataReceived, EofReceived, Event
+from utcp.packet import Flag, Packet, PacketError, decode
+
+
+@dataclass
+class Link:
+    """One direction of a fake path: delay, jitter, loss, duplication, corruption, reordering.
+
+    ``drop`` is an optional predicate on (index, packet) for scripted single losses; ``blackhole``
+    is a (start, end) interval of simulated time during which everything is dropped.
+    """
+
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+    delay_s: float = 0.010
+    jitter_s: float = 0.0
+    loss: float = 0.0
+    dup: float = 0.0
+    corrupt: float = 0.0
+    reorder: float = 0.0
+    reorder_extra_s: float = 0.030
+    blackhole: tuple[float, float] | None = None
+    drop: Callable[[int, Packet], bool] | None = None
+    sent: int = 0
+    dropped: int = 0
+    duplicated: int = 0
+    corrupted: int = 0
+    reordered: int = 0
+
+    def transmit(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
+        """Arrivals (time, bytes) for one datagram put on this link at ``now``."""
+        index = self.sent
+        self.sent += 1
+        if self.drop is not None and self.drop(index, decode(data)):
+            self.dropped += 1
+            return []
+        if self.blackhole is not None and self.blackhole[0] <= now < self.blackhole[1]:
+            self.dropped += 1
+            return []
+        rng = self.rng
+        if self.loss and rng.random() < self.loss:
+            self.dropped += 1
+            return []
+        copies = 1
+        if self.dup and rng.random() < self.dup:
+            copies = 2
+            self.duplicated += 1
+        out = []
+        for _ in range(copies):
+            payload = data
+            if self.corrupt and rng.random() < self.corrupt:
+                self.corrupted += 1
+                buf = bytearray(data)
+                i = rng.randrange(len(buf))
+                buf[i] ^= 1 << rng.randrange(8)
+                payload = bytes(buf)
+            t = now + self.delay_s
+            if self.jitter_s:
+                t += rng.uniform(0, self.jitter_s)
+            if self.reorder and rng.random() < self.reorder:
+                self.reordered += 1
+                t += rng.uniform(0, self.reorder_extra_s)
+            out.append((t, payload))
+        return out
+
+
+@dataclass
+class Side:
+    """What one application end saw: its events and the bytes delivered to it."""
+
+    conn: Connection | None
+    events: list[Event] = field(default_factory=list)
+    received: bytearray = field(default_factory=bytearray)
+    eof: bool = False
+    closed: ConnectionClosed | None = None
+
+
+@dataclass
+class Sent:
+    """A datagram as it left a side, for ladder assertions."""
+
+    time: float
+    src: str
+    packet: Packet
+
+
+class Network:
+    """Two connections ``a`` and ``b`` joined by two ``Link``s on a simulated timeline.
+
+    A side whose connection is None answers everything with RST, as a host where nobody listens.
+    """
+
+    def __init__(
+        self,
+        a: Connection,
+        b: Connection | None,
+        *,
+        a_to_b: Link | None = None,
+        b_to_a: Link | None = None,
+        now: float = 0.0,
+    ) -> None:
+        self.now = now
+        self.sides = {"a": Side(a), "b": Side(b)}
+        self.links = {"a": a_to_b or Link(), "b": b_to_a or Link()}
+        self._queue: list[tuple[float, int, str, bytes]] = []
+        self._order = 0
+        self.trace: list[Sent] = []
+        self.on_step: Callable[[Network], None] | None = None
+
+    @property
+    def a(self) -> Side:
+        return self.sides["a"]
+
+    @property
+    def b(self) -> Side:
+        return self.sides["b"]
+
+    def _other(self, name: str) -> str:
+        return "b" if name == "a" else "a"
+
+    def flush(self) -> None:
+        """Put every datagram the connections want to send on the wire; collect events."""
+        for name, side in self.sides.items():
+            conn = side.conn
+            if conn is None:
+                continue
+            for data in conn.datagrams_to_send(now=self.now):
+                self._put(name, data)
+            while (ev := conn.next_event()) is not None:
+                side.events.append(ev)
+                if isinstance(ev, DataReceived):
+                    side.received += ev.data
+                elif isinstance(ev, EofReceived):
+                    side.eof = True
+                elif isinstance(ev, ConnectionClosed):
+                    side.closed = ev
+
+    def _put(self, src: str, data: bytes) -> None:
+        try:
+            self.trace.append(Sent(self.now, src, decode(data)))
+        except PacketError:  # pragma: no cover - the connections only send valid packets
+            raise
+        for t, payload in self.links[src].transmit(data, self.now):
+            self._order += 1
+            heapq.heappush(self._queue, (t, self._order, self._other(src), payload))
+
+    def next_time(self) -> float | None:
+        """The next moment anything happens: a delivery or a timer deadline."""
+        times = [self._queue[0][0]] if self._queue else []
+        for side in self.sides.values():
+            if side.conn is not None and (t := side.conn.get_timer()) is not None:
+                times.append(t)
+        return min(times) if times else None
+
+    def step(self) -> bool:
+        """Advance to the next moment and process it; False when nothing is left to happen."""
+        self.flush()
+        t = self.next_time()
+        if t is None:
+            return False
+        self.now = max(self.now, t)
+        while self._queue and self._queue[0][0] <= self.now:
+            _, _, dst, data = heapq.heappop(self._queue)
+            conn = self.sides[dst].conn
+            if conn is None:
+                try:
+                    rst = reset_for(decode(data))
+                except PacketError:
+                    rst = None
+                if rst is not None:
+                    self._put(dst, rst)
+            else:
+                conn.receive_datagram(data, now=self.now)
+        for side in self.sides.values():
+            conn = side.conn
+            if conn is not None and (t2 := conn.get_timer()) is not None and t2 <= self.now:
+                conn.handle_timer(now=self.now)
+        if self.on_step is not None:
+            self.on_step(self)
+        self.flush()
+        return True
+
+    def run(
+        self,
+        *,
+        until: Callable[[], bool] | None = None,
+        max_time: float = 600.0,
+        max_steps: int = 2_000_000,
+    ) -> None:
+        """Run until ``until()`` holds, nothing is left to do, or a limit is hit (an error)."""
+        start = self.now
+        for _ in range(max_steps):
+            if until is not None and until():
+                return
+            if self.now - start > max_time:
+                raise AssertionError(f"scenario still running after {max_time} simulated seconds")
+            if not self.step():
+                if until is not None and not until():
+                    raise AssertionError("network went idle before the condition held")
+                return
+        raise AssertionError(f"scenario still running after {max_steps} steps")
+
+    def run_for(self, seconds: float) -> None:
+        """Process everything due in the next ``seconds`` of simulated time."""
+        end = self.now + seconds
+        while True:
+            self.flush()
+            t = self.next_time()
+            if t is None or t > end:
+                self.now = end
+                return
+            self.step()
+
+
+def pair(
+    *,
+    config_a: object = None,
+    config_b: object = None,
+    isn_a: int | None = 1000,
+    isn_b: int | None = 5000,
+    cid_a: int = 0xA,
+    cid_b: int = 0xB,
+    a_to_b: Link | None = None,
+    b_to_a: Link | None = None,
+    connect: bool = True,
+) -> Network:
+    """A client ``a`` and a listening server ``b`` on a fake network; the client connects."""
+    from utcp.config import Config
+
+    ca = config_a if isinstance(config_a, Config) else Config()
+    cb = config_b if isinstance(config_b, Config) else Config()
+    a = Connection(ca, local_cid=cid_a, isn=isn_a)
+    b = Connection(cb, local_cid=cid_b, isn=isn_b)
+    b.listen()
+    net = Network(a, b, a_to_b=a_to_b, b_to_a=b_to_a)
+    if connect:
+        a.connect(now=net.now)
+    return net
+
+
+def ladder(net: Network) -> list[tuple[str, str, int, int]]:
+    """The trace as (src, flags, seq, ack) tuples, flags spelled like 'SYN|ACK'."""
+    out = []
+    for sent in net.trace:
+        p = sent.packet
+        names = [str(f.name) for f in (Flag.SYN, Flag.FIN, Flag.RST, Flag.ACK) if p.flags & f]
+        out.append((sent.src, "|".join(names), p.seq, p.ack))
+    return out

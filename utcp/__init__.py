@@ -1,0 +1,42 @@
+"""utcp: a reliable, ordered byte stream over UDP, with a sans-I/O core.
+
+The core (``Connection``) never touches a socket or a clock; see docs/PROTOCOL.md for the wire
+format.
+"""
+
+from __future__ import annotations
+
+from .config import Config
+from .connection import Connection, ConnectionStats, reset_for
+from .events import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionEstablished,
+    DataReceived,
+    EofReceived,
+    Event,
+)
+from .packet import Flag, Packet, PacketError, decode, encode
+from .state import ConnectionState
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CloseReason",
+    "Config",
+    "Connection",
+    "ConnectionClosed",
+    "ConnectionEstablished",
+    "ConnectionState",
+    "ConnectionStats",
+    "DataReceived",
+    "EofReceived",
+    "Event",
+    "Flag",
+    "Packet",
+    "PacketError",
+    "__version__",
+    "decode",
+    "encode",
+    "reset_for",
+]

@@ -1,0 +1,203 @@
+"""Send buffer, receive reassembly buffer and a small interval set, all in stream positions.
+
+Positions are unbounded integers (position 0 is the SYN, data byte k is position k + 1); the
+connection converts to and from 32-bit wire sequence numbers, so nothing here wraps.
+The reassembly buffer never holds the same position twice and never holds data outside the
+limits the connection passes in, which is what bounds its memory.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+
+class SendBuffer:
+    """Bytes written by the application and not yet acknowledged, addressed by position."""
+
+    __slots__ = ("_base", "_buf")
+
+    def __init__(self, base: int) -> None:
+        self._buf = bytearray()
+        self._base = base  # position of _buf[0]
+
+    def __len__(self) -> int:
+        return len(self._buf)
+
+    @property
+    def start(self) -> int:
+        """Position of the oldest byte still held."""
+        return self._base
+
+    @property
+    def end(self) -> int:
+        """Position just past the newest byte written."""
+        return self._base + len(self._buf)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Append application bytes."""
+        self._buf += data
+
+    def get(self, start: int, end: int) -> bytes:
+        """Copy of the bytes in [start, end); both must lie within the buffer."""
+        return bytes(self._buf[start - self._base : end - self._base])
+
+    def release_to(self, position: int) -> None:
+        """Drop bytes before ``position``: they have been acknowledged."""
+        n = position - self._base
+        if n > 0:
+            # bytearray deletion from the front is amortised O(1) in CPython.
+            del self._buf[:n]
+            self._base = position
+
+
+class RangeSet:
+    """Disjoint, sorted half-open intervals of positions."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The intervals in ascending order."""
+        return list(zip(self._starts, self._ends))
+
+    def add(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Add [start, end); return the parts that were not already covered."""
+        if start >= end:
+            return []
+        starts, ends = self._starts, self._ends
+        i = bisect.bisect_left(ends, start)  # first interval that ends at or after start
+        new: list[tuple[int, int]] = []
+        cursor = start
+        j = i
+        lo, hi = start, end
+        while j < len(starts) and starts[j] <= end:
+            if starts[j] > cursor:
+                new.append((cursor, starts[j]))
+            cursor = max(cursor, ends[j])
+            lo = min(lo, starts[j])
+            hi = max(hi, ends[j])
+            j += 1
+        if cursor < end:
+            new.append((cursor, end))
+        starts[i:j] = [lo]
+        ends[i:j] = [hi]
+        return new
+
+    def remove_below(self, position: int) -> None:
+        """Forget everything before ``position``."""
+        starts, ends = self._starts, self._ends
+        i = bisect.bisect_right(ends, position)
+        del starts[:i]
+        del ends[:i]
+        if starts and starts[0] < position:
+            starts[0] = position
+
+    @property
+    def highest(self) -> int | None:
+        """End of the last interval, or None when empty."""
+        return self._ends[-1] if self._ends else None
+
+
+class ReassemblyBuffer:
+    """Out-of-order segments held until the gap before them fills; each position stored once."""
+
+    __slots__ = ("_chunks", "_starts", "nbytes")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._chunks: list[bytes] = []
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    def insert(self, start: int, data: bytes | memoryview, *, lo: int, hi: int) -> int:
+        """Store the parts of ``data`` (at ``start``) inside [lo, hi) not already held.
+
+        Returns how many bytes were newly stored.
+        """
+        end = start + len(data)
+        if start < lo:
+            data = data[lo - start :]
+            start = lo
+        if end > hi:
+            data = data[: max(0, hi - start)]
+            end = start + len(data)
+        if start >= end:
+            return 0
+        starts, chunks = self._starts, self._chunks
+        i = bisect.bisect_right(starts, start) - 1
+        if i < 0:
+            i = 0
+        pieces: list[tuple[int, int]] = []
+        cursor = start
+        while cursor < end and i < len(starts):
+            s = starts[i]
+            e = s + len(chunks[i])
+            if e <= cursor:
+                i += 1
+                continue
+            if s >= end:
+                break
+            if s > cursor:
+                pieces.append((cursor, s))
+            cursor = e
+            i += 1
+        if cursor < end:
+            pieces.append((cursor, end))
+        added = 0
+        for ps, pe in pieces:
+            k = bisect.bisect_left(starts, ps)
+            starts.insert(k, ps)
+            chunks.insert(k, bytes(data[ps - start : pe - start]))
+            added += pe - ps
+        self.nbytes += added
+        return added
+
+    def pop_ready(self, position: int) -> list[bytes]:
+        """Remove and return the chunks that continue the stream at ``position``, in order."""
+        starts, chunks = self._starts, self._chunks
+        out: list[bytes] = []
+        n = 0
+        while n < len(starts) and starts[n] == position:
+            out.append(chunks[n])
+            position += len(chunks[n])
+            n += 1
+        if n:
+            del starts[:n]
+            del chunks[:n]
+            self.nbytes -= sum(map(len, out))
+        return out
+
+    def discard_below(self, position: int) -> None:
+        """Forget data before ``position`` (already delivered by another route)."""
+        while self._starts and self._starts[0] < position:
+            s = self._starts[0]
+            c = self._chunks[0]
+            if s + len(c) <= position:
+                del self._starts[0]
+                del self._chunks[0]
+                self.nbytes -= len(c)
+            else:
+                cut = position - s
+                self._starts[0] = position
+                self._chunks[0] = c[cut:]
+                self.nbytes -= cut
+                break
+
+    def ranges(self) -> list[tuple[int, int]]:
+        """The held data as merged [start, end) intervals, ascending."""
+        out: list[tuple[int, int]] = []
+        for s, c in zip(self._starts, self._chunks):
+            e = s + len(c)
+            if out and out[-1][1] == s:
+                out[-1] = (out[-1][0], e)
+            else:
+                out.append((s, e))
+        return out

@@ -1,0 +1,127 @@
+"""Every tunable of a utcp connection, in one dataclass with documented defaults.
+
+Units are in the field names. ``Config.validate`` rejects nonsense early with ``ValueError`` so a
+bad value never surfaces as odd behaviour deep in the protocol.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .packet import HEADER_SIZE, MAX_WINDOW_FIELD, MAX_WSCALE
+
+DEFAULT_DATAGRAM_BYTES = 1452  # UDP payload that fits a 1500-byte path (IPv6 40 + UDP 8)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Connection tunables. Every field has a default that suits a general-purpose stream."""
+
+    mss_bytes: int = DEFAULT_DATAGRAM_BYTES - HEADER_SIZE
+    """Largest payload we accept per segment; announced in our SYN (the peer's limits ours)."""
+
+    recv_buffer_bytes: int = 1 << 20
+    """Receive buffer: bytes held for the application plus out-of-order data; the window."""
+
+    send_buffer_bytes: int = 1 << 20
+    """Unacknowledged bytes above which the stream layer applies backpressure to writers."""
+
+    delayed_ack_s: float = 0.040
+    """Longest an acknowledgement may be held back (RFC 9293 section 3.8.6.3)."""
+
+    ack_every_segments: int = 2
+    """Acknowledge at once after this many full-sized segments."""
+
+    rto_initial_s: float = 1.0
+    """Retransmission timeout before any RTT sample (RFC 6298 section 2.1)."""
+
+    rto_min_s: float = 0.2
+    """Lower bound on the retransmission timeout."""
+
+    rto_max_s: float = 60.0
+    """Upper bound on the retransmission timeout, also after backoff."""
+
+    max_retransmits: int = 15
+    """Consecutive timeouts of the same data after which the connection aborts (as Linux's
+    tcp_retries2: about nine minutes with the default RTO bounds)."""
+
+    syn_retries: int = 5
+    """SYN (or SYN-ACK) retransmissions before the connect fails with TimeoutError."""
+
+    user_timeout_s: float | None = None
+    """Longest the peer may go without acknowledging outstanding data before the connection
+    aborts (TCP_USER_TIMEOUT); None leaves it to ``max_retransmits``."""
+
+    msl_s: float = 30.0
+    """Maximum segment lifetime; TIME_WAIT lasts twice this."""
+
+    initial_cwnd_segments: int = 10
+    """Initial congestion window in segments (RFC 6928)."""
+
+    congestion_control: str = "newreno"
+    """Name of the congestion control algorithm (see ``utcp.congestion.available``)."""
+
+    sack: bool = True
+    """Offer and use selective acknowledgements (RFC 2018)."""
+
+    timestamps: bool = False
+    """Offer the timestamps option (RFC 7323) and take RTT samples from it."""
+
+    dupack_threshold: int = 3
+    """Duplicate ACKs (or SACKed segments above a hole) that trigger fast retransmit."""
+
+    keepalive_idle_s: float | None = None
+    """Idle time before keepalive probes start (None: keepalive off, as in TCP)."""
+
+    keepalive_interval_s: float = 10.0
+    """Time between unanswered keepalive probes."""
+
+    keepalive_probes: int = 5
+    """Unanswered keepalive probes after which the connection aborts."""
+
+    def validate(self) -> Config:
+        """Return self, or raise ``ValueError`` naming the first field with a bad value."""
+        checks = [
+            (64 <= self.mss_bytes <= 65535 - HEADER_SIZE, "mss_bytes must be 64..65511"),
+            (self.recv_buffer_bytes >= 2 * self.mss_bytes, "recv_buffer_bytes < 2 * mss_bytes"),
+            (
+                self.recv_buffer_bytes <= MAX_WINDOW_FIELD << MAX_WSCALE,
+                "recv_buffer_bytes is larger than the largest window",
+            ),
+            (self.send_buffer_bytes > 0, "send_buffer_bytes must be positive"),
+            (self.delayed_ack_s >= 0, "delayed_ack_s must be >= 0"),
+            (self.ack_every_segments >= 1, "ack_every_segments must be >= 1"),
+            (0 < self.rto_min_s <= self.rto_max_s, "need 0 < rto_min_s <= rto_max_s"),
+            (self.rto_initial_s > 0, "rto_initial_s must be positive"),
+            (self.max_retransmits >= 1, "max_retransmits must be >= 1"),
+            (self.syn_retries >= 0, "syn_retries must be >= 0"),
+            (
+                self.user_timeout_s is None or self.user_timeout_s > 0,
+                "user_timeout_s must be positive or None",
+            ),
+            (self.msl_s >= 0, "msl_s must be >= 0"),
+            (self.initial_cwnd_segments >= 1, "initial_cwnd_segments must be >= 1"),
+            (self.dupack_threshold >= 1, "dupack_threshold must be >= 1"),
+            (
+                self.keepalive_idle_s is None or self.keepalive_idle_s > 0,
+                "keepalive_idle_s must be positive or None",
+            ),
+            (self.keepalive_interval_s > 0, "keepalive_interval_s must be positive"),
+            (self.keepalive_probes >= 1, "keepalive_probes must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid Config: {message}")
+        from .congestion import available
+
+        if self.congestion_control not in available():
+            raise ValueError(
+                f"invalid Config: unknown congestion_control {self.congestion_control!r}; "
+                f"choose one of {sorted(available())}"
+            )
+        return self
+
+    def replace(self, **changes: object) -> Config:
+        """A copy with some fields changed, validated."""
+        return dataclasses.replace(self, **changes).validate()  # type: ignore[arg-type]

@@ -1,0 +1,1082 @@
+"""The sans-I/O connection: handshake, reliable byte stream, loss recovery, flow and congestion
+control and teardown, driven by explicit inputs and a clock value passed in.
+
+Inputs: ``connect``/``listen``, ``receive_datagram``, ``send``, ``close``, ``abort``,
+``handle_timer``.  Outputs: ``datagrams_to_send``, ``get_timer`` and ``next_event``.
+Internally all sequence numbers are unbounded stream positions (0 is the SYN); they are
+converted to 32-bit wire numbers only when a packet is built or parsed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections import deque
+from dataclasses import dataclass
+
+from . import congestion
+from .buffers import ReassemblyBuffer, SendBuffer
+from .config import Config
+from .events import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionEstablished,
+    DataReceived,
+    EofReceived,
+    Event,
+)
+from .log import get_logger
+from .packet import (
+    MAX_WINDOW_FIELD,
+    MAX_WSCALE,
+    Flag,
+    Packet,
+    PacketError,
+    decode,
+    encode,
+    options_size,
+)
+from .recovery import RttEstimator, Scoreboard, SentSegment
+from .seqnum import SEQ_MASK, seq_diff
+from .state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, ConnectionState, check_transition
+
+__all__ = ["Connection", "ConnectionStats", "new_connection_id", "new_isn", "reset_for"]
+
+S = ConnectionState
+_MAX_SACK_BLOCKS_WITH_TS = 3  # 36 option bytes: 10 (timestamps) + 2 + 3 * 8
+_MAX_SACK_BLOCKS = 4  # 2 + 4 * 8
+
+
+def new_connection_id() -> int:
+    """A random non-zero 32-bit connection id."""
+    while True:
+        cid = secrets.randbits(32)
+        if cid:
+            return cid
+
+
+def new_isn() -> int:
+    """An unpredictable initial sequence number (RFC 6528: no observer can guess the next)."""
+    return secrets.randbits(32)
+
+
+def reset_for(packet: Packet) -> bytes | None:
+    """The RST answering a packet that reached no connection, or None if none is due.
+
+    RFC 9293 section 3.10.7.1: a RST is never answered; if the packet carries an ACK the RST
+    takes its sequence number from it, otherwise it acknowledges the whole segment.
+    """
+    if packet.flags & Flag.RST:
+        return None
+    if packet.flags & Flag.ACK:
+        rst = Packet(Flag.RST, packet.dst_cid, packet.src_cid, packet.ack, 0, 0)
+    else:
+        ack = (packet.seq + packet.seg_len) & SEQ_MASK
+        rst = Packet(Flag.RST | Flag.ACK, packet.dst_cid, packet.src_cid, 0, ack, 0)
+    return encode(rst)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStats:
+    """A snapshot of a connection's counters and estimators."""
+
+    state: ConnectionState
+    bytes_sent: int  # application bytes sent for the first time
+    bytes_received: int  # application bytes delivered in order
+    bytes_retransmitted: int
+    segments_sent: int
+    segments_received: int
+    retransmissions: int  # segments sent again, for any reason
+    fast_retransmits: int  # recovery episodes started by duplicate ACKs or SACK
+    timeouts: int  # retransmission timer expiries
+    duplicate_acks: int
+    datagrams_dropped: int  # malformed, failed checksum, or not acceptable
+    srtt_s: float | None
+    rttvar_s: float
+    rto_s: float
+    cwnd_bytes: int
+    ssthresh_bytes: int
+    bytes_in_flight: int
+    send_window_bytes: int
+    receive_window_bytes: int
+    send_buffer_bytes: int  # written by the application and not yet acknowledged
+    mss_bytes: int
+
+
+class Connection:
+    """One end of a utcp connection, free of I/O: feed it datagrams and time, send what it says."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        local_cid: int | None = None,
+        isn: int | None = None,
+    ) -> None:
+        self.config = (config or Config()).validate()
+        self.local_cid = new_connection_id() if local_cid is None else local_cid
+        self.peer_cid = 0
+        self._state = S.CLOSED
+        self._log = get_logger(cid=f"{self.local_cid:08x}")
+        self._events: deque[Event] = deque()
+        self._close_reason: CloseReason | None = None
+        cfg = self.config
+
+        # Send side, in positions: 0 is our SYN, data byte k is k + 1.
+        self._iss = new_isn() if isn is None else isn & SEQ_MASK
+        self._snd_una = 0
+        self._snd_nxt = 0  # next position to send for the first time
+        self._snd_max = 0  # highest position sent + 1
+        self._sndbuf = SendBuffer(1)
+        self._fin_pos: int | None = None  # position of our FIN once close() was called
+        self._snd_wnd = cfg.mss_bytes  # until the peer's first window arrives
+        self._max_snd_wnd = 0
+        self._snd_wl1 = -1  # peer position of the segment that last updated the window
+        self._snd_wl2 = -1  # our position acknowledged by that segment
+        self._snd_wscale = 0
+        self._snd_mss = cfg.mss_bytes
+        self._scoreboard = Scoreboard()
+        self._rtt = RttEstimator(
+            initial_rto_s=cfg.rto_initial_s, rto_min_s=cfg.rto_min_s, rto_max_s=cfg.rto_max_s
+        )
+        self._cc = congestion.create(
+            cfg.congestion_control,
+            mss=cfg.mss_bytes,
+            initial_window_segments=cfg.initial_cwnd_segments,
+        )
+        self._in_recovery = False
+        self._recover = 0  # RFC 6582 "recover"
+        self._dupacks = 0
+        self._dupack_credit = 0  # bytes of dup-ACK inflation in recovery without SACK
+        self._sack_ok = False
+        self._ts_ok = False
+        self._ts_recent = 0
+        self._timeouts_in_a_row = 0
+        self._oldest_unacked_since: float | None = None
+        self._syn_retries = 0
+        self._need_syn = False  # SYN or SYN-ACK due to be (re)sent
+        self._need_rst = False
+        self._send_probe = False  # an ACK with an old sequence number, to draw the peer's ACK
+        self._pending_raw: list[bytes] = []  # RSTs for stray packets
+        self._syn_sent_at = 0.0
+        self._wscale_ok = False
+        self._clock_ms = 0.0
+
+        # Receive side, in the peer's positions: 0 is the peer's SYN.
+        self._irs = 0
+        self._rcv_nxt = 0
+        self._rcv_wscale = 0
+        self._rcv_buf = bytearray()  # in-order data held while reading is paused
+        self._reasm = ReassemblyBuffer()
+        self._last_rcv_pos = 0  # start of the most recent out-of-order arrival (SACK order)
+        self._peer_fin_pos: int | None = None
+        self._eof_delivered = False
+        self._reading_paused = False
+        self._adv_wnd = cfg.recv_buffer_bytes  # window last advertised, bytes
+        self._ack_now = False
+        self._unacked_bytes = 0
+
+        # Timers: absolute deadlines or None.
+        self._rto_at: float | None = None
+        self._ack_at: float | None = None
+        self._persist_at: float | None = None
+        self._persist_backoff = 0
+        self._persist_probes = 0
+        self._time_wait_at: float | None = None
+        self._keepalive_at: float | None = None
+        self._keepalive_probes = 0
+        self._last_activity = 0.0
+
+        # Counters.
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        self._bytes_retx = 0
+        self._segments_sent = 0
+        self._segments_received = 0
+        self._retx = 0
+        self._fast_retx = 0
+        self._timeouts = 0
+        self._dupack_count = 0
+        self._dropped = 0
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> ConnectionState:
+        """The RFC 9293 state."""
+        return self._state
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the connection ended, once it has."""
+        return self._close_reason
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the connection is CLOSED after having been used: it can be forgotten."""
+        return self._state is S.CLOSED and self._close_reason is not None
+
+    @property
+    def send_buffer_size(self) -> int:
+        """Bytes written by the application and not yet acknowledged by the peer."""
+        return len(self._sndbuf)
+
+    @property
+    def mss(self) -> int:
+        """Largest payload this side puts in one segment."""
+        return self._snd_mss
+
+    @property
+    def stats(self) -> ConnectionStats:
+        """A snapshot of counters and estimators."""
+        return ConnectionStats(
+            state=self._state,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            bytes_retransmitted=self._bytes_retx,
+            segments_sent=self._segments_sent,
+            segments_received=self._segments_received,
+            retransmissions=self._retx,
+            fast_retransmits=self._fast_retx,
+            timeouts=self._timeouts,
+            duplicate_acks=self._dupack_count,
+            datagrams_dropped=self._dropped,
+            srtt_s=self._rtt.srtt,
+            rttvar_s=self._rtt.rttvar,
+            rto_s=self._rtt.rto,
+            cwnd_bytes=self._cc.cwnd,
+            ssthresh_bytes=min(self._cc.ssthresh, 0x7FFFFFFF),
+            bytes_in_flight=self._scoreboard.pipe,
+            send_window_bytes=self._snd_wnd,
+            receive_window_bytes=self._rcv_window(),
+            send_buffer_bytes=len(self._sndbuf),
+            mss_bytes=self._snd_mss,
+        )
+
+    # ------------------------------------------------------------------ user calls
+
+    def connect(self, *, now: float) -> None:
+        """Start an active open: send SYN and enter SYN_SENT."""
+        if self._state is not S.CLOSED or self._close_reason is not None:
+            raise RuntimeError(f"connect() needs a fresh connection, not {self._state.value}")
+        self._set_state(S.SYN_SENT)
+        self._need_syn = True
+        self._last_activity = now
+
+    def listen(self) -> None:
+        """Start a passive open: wait in LISTEN for a SYN."""
+        if self._state is not S.CLOSED or self._close_reason is not None:
+            raise RuntimeError(f"listen() needs a fresh connection, not {self._state.value}")
+        self._set_state(S.LISTEN)
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes for reliable, in-order delivery."""
+        if self._state not in CAN_SEND or self._fin_pos is not None:
+            raise BrokenPipeError(f"cannot send in state {self._state.value} after close")
+        if data:
+            self._sndbuf.write(data)
+
+    def close(self) -> None:
+        """Half-close: send FIN after all queued data; receiving goes on until the peer's FIN."""
+        st = self._state
+        if st in (S.LISTEN, S.SYN_SENT):
+            self._need_syn = False
+            self._finish(CloseReason.CLOSED)
+            return
+        if self._fin_pos is not None or st not in (S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT):
+            return
+        self._fin_pos = self._sndbuf.end
+        self._set_state(S.LAST_ACK if st is S.CLOSE_WAIT else S.FIN_WAIT_1)
+
+    def abort(self) -> None:
+        """Reset the connection: send RST and forget everything at once."""
+        if self._state is S.CLOSED:
+            return
+        if self._state in SYNCHRONIZED or self._state is S.SYN_RECEIVED:
+            self._need_rst = True
+        self._finish(CloseReason.ABORTED)
+
+    def pause_reading(self) -> None:
+        """Stop delivering data; it is held here and the advertised window shrinks."""
+        self._reading_paused = True
+
+    def resume_reading(self) -> None:
+        """Deliver held data and reopen the window, telling the peer if it grew enough."""
+        self._reading_paused = False
+        if self._rcv_buf:
+            data = bytes(self._rcv_buf)
+            self._rcv_buf.clear()
+            self._events.append(DataReceived(data))
+        self._maybe_deliver_eof()
+        self._maybe_window_update()
+
+    def next_event(self) -> Event | None:
+        """The oldest undelivered event, or None."""
+        return self._events.popleft() if self._events else None
+
+    # ------------------------------------------------------------------ timers
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline at which ``handle_timer`` must be called, or None."""
+        best: float | None = None
+        for t in (
+            self._rto_at,
+            self._ack_at,
+            self._persist_at,
+            self._time_wait_at,
+            self._keepalive_at,
+        ):
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timer(self, *, now: float) -> None:
+        """Run every timer whose deadline has passed."""
+        if self._time_wait_at is not None and now >= self._time_wait_at:
+            self._time_wait_at = None
+            self._set_state(S.CLOSED)
+            self._clear_timers()
+            return
+        if self._rto_at is not None and now >= self._rto_at:
+            self._rto_at = None
+            self._on_rto(now)
+        if self._persist_at is not None and now >= self._persist_at:
+            self._persist_at = None
+            self._on_persist(now)
+        if self._ack_at is not None and now >= self._ack_at:
+            self._ack_at = None
+            self._ack_now = True
+        if self._keepalive_at is not None and now >= self._keepalive_at:
+            self._keepalive_at = None
+            self._on_keepalive(now)
+
+    def _on_rto(self, now: float) -> None:
+        cfg = self.config
+        if self._state in (S.SYN_SENT, S.SYN_RECEIVED) and self._snd_una == 0:
+            self._syn_retries += 1
+            if self._syn_retries > cfg.syn_retries:
+                self._log.info("handshake_timeout", state=self._state.value)
+                self._need_rst = self._state is S.SYN_RECEIVED
+                self._finish(CloseReason.TIMEOUT)
+                return
+            self._timeouts += 1
+            self._retx += 1
+            self._rtt.back_off()
+            self._need_syn = True
+            self._log.debug("syn_retransmit", attempt=self._syn_retries, rto=self._rtt.rto)
+            return
+        if not len(self._scoreboard):
+            return
+        self._timeouts += 1
+        self._timeouts_in_a_row += 1
+        if self._timeouts_in_a_row > cfg.max_retransmits or self._user_timeout_expired(now):
+            self._log.info(
+                "retransmission_timeout",
+                retries=self._timeouts_in_a_row,
+                snd_una=self._wire_seq(self._snd_una),
+            )
+            self._need_rst = True
+            self._finish(CloseReason.TIMEOUT)
+            return
+        flight = self._snd_max - self._snd_una
+        self._cc.on_timeout(flight, now=now)
+        self._recover = self._snd_max
+        self._in_recovery = False
+        self._dupacks = 0
+        self._dupack_credit = 0
+        self._scoreboard.mark_all_lost()
+        self._rtt.back_off()
+        self._log.debug(
+            "rto_expired",
+            snd_una=self._wire_seq(self._snd_una),
+            rto=self._rtt.rto,
+            cwnd=self._cc.cwnd,
+            backoff=self._rtt.backoff,
+        )
+        self._rto_at = now + self._rtt.rto
+
+    def _user_timeout_expired(self, now: float) -> bool:
+        ut = self.config.user_timeout_s
+        since = self._oldest_unacked_since
+        return ut is not None and since is not None and now - since >= ut
+
+    def _on_persist(self, now: float) -> None:
+        if not self._window_blocked():
+            return
+        self._persist_probes += 1
+        if self._persist_probes > self.config.max_retransmits:
+            self._log.info("window_probe_timeout", probes=self._persist_probes)
+            self._need_rst = True
+            self._finish(CloseReason.TIMEOUT)
+            return
+        self._send_probe = True
+        self._persist_backoff = min(self._persist_backoff + 1, 16)
+        self._log.debug("window_probe", probes=self._persist_probes)
+
+    def _on_keepalive(self, now: float) -> None:
+        cfg = self.config
+        if cfg.keepalive_idle_s is None or self._state not in SYNCHRONIZED:
+            return
+        if self._keepalive_probes == 0 and now < self._last_activity + cfg.keepalive_idle_s:
+            self._keepalive_at = self._last_activity + cfg.keepalive_idle_s
+            return
+        if self._keepalive_probes >= cfg.keepalive_probes:
+            self._log.info("keepalive_timeout", probes=self._keepalive_probes)
+            self._need_rst = True
+            self._finish(CloseReason.IDLE)
+            return
+        self._keepalive_probes += 1
+        self._send_probe = True
+        self._keepalive_at = now + cfg.keepalive_interval_s
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_datagram(self, data: bytes | bytearray | memoryview, *, now: float) -> None:
+        """Process one datagram; malformed ones are counted and dropped."""
+        try:
+            packet = decode(data)
+        except PacketError as exc:
+            self._dropped += 1
+            self._log.debug("datagram_dropped", reason=str(exc))
+            return
+        self.receive_packet(packet, now=now)
+
+    def receive_packet(self, p: Packet, *, now: float) -> None:
+        """Process one already-decoded packet (the endpoint decodes once to demultiplex)."""
+        st = self._state
+        if st is S.CLOSED:
+            self._dropped += 1
+            rst = reset_for(p)
+            if rst is not None:
+                self._pending_raw.append(rst)
+            return
+        if p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & Flag.SYN):
+            self._dropped += 1
+            self._log.debug("datagram_dropped", reason="wrong connection id")
+            return
+        self._segments_received += 1
+        if st is S.LISTEN:
+            self._rx_listen(p, now)
+        elif st is S.SYN_SENT:
+            self._rx_syn_sent(p, now)
+        else:
+            self._rx_synchronized(p, now)
+
+    def _rx_listen(self, p: Packet, now: float) -> None:
+        if p.flags & Flag.RST:
+            return
+        if p.flags & Flag.ACK:
+            self._queue_reset_for(p)
+            return
+        if p.flags & Flag.SYN:
+            self._take_syn(p)
+            self._set_state(S.SYN_RECEIVED)
+            self._need_syn = True
+            self._last_activity = now
+
+    def _rx_syn_sent(self, p: Packet, now: float) -> None:
+        flags = p.flags
+        if flags & Flag.ACK:
+            if p.ack != self._wire_seq(1):
+                if not flags & Flag.RST:
+                    self._queue_reset_for(p)
+                self._dropped += 1
+                return
+            if flags & Flag.RST:
+                self._log.info("connection_refused")
+                self._finish(CloseReason.REFUSED)
+                return
+        elif flags & Flag.RST:
+            return
+        if not flags & Flag.SYN:
+            return
+        self._take_syn(p)
+        self._last_activity = now
+        if flags & Flag.ACK:
+            self._on_syn_acked(p, now)
+            self._set_state(S.ESTABLISHED)
+            self._events.append(ConnectionEstablished())
+            self._ack_now = True
+        else:
+            # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK, same ISS.
+            self._set_state(S.SYN_RECEIVED)
+            self._need_syn = True
+
+    def _take_syn(self, p: Packet) -> None:
+        """Learn the peer's ISN, connection id and options from its SYN."""
+        cfg = self.config
+        self._irs = p.seq
+        self._rcv_nxt = 1
+        self.peer_cid = p.src_cid
+        self._snd_wl1 = 0
+        peer_mss = p.mss if p.mss is not None else 536
+        self._sack_ok = cfg.sack and p.sack_permitted
+        self._ts_ok = cfg.timestamps and p.timestamps is not None
+        if p.timestamps is not None:
+            self._ts_recent = p.timestamps[0]
+        self._wscale_ok = p.wscale is not None
+        if p.wscale is not None:
+            self._snd_wscale = p.wscale
+            self._rcv_wscale = self._wscale_for(cfg.recv_buffer_bytes)
+        else:
+            self._snd_wscale = self._rcv_wscale = 0
+        ts_cost = options_size(timestamps=True) if self._ts_ok else 0
+        self._snd_mss = max(64, min(cfg.mss_bytes, peer_mss) - ts_cost)
+        self._cc.mss = self._snd_mss
+        self._cc.cwnd = cfg.initial_cwnd_segments * self._snd_mss
+        self._snd_wnd = p.window  # SYN windows are never scaled (RFC 7323 section 2.2)
+
+    @staticmethod
+    def _wscale_for(buffer_bytes: int) -> int:
+        shift = 0
+        while (MAX_WINDOW_FIELD << shift) < buffer_bytes and shift < MAX_WSCALE:
+            shift += 1
+        return shift
+
+    def _on_syn_acked(self, p: Packet, now: float) -> None:
+        if self._snd_una == 0:
+            if self._syn_retries == 0:
+                self._rtt.on_sample(now - self._syn_sent_at)
+            self._snd_una = 1
+            self._rtt.reset_backoff()
+            self._rto_at = None
+            self._need_syn = False
+        if p.flags & Flag.SYN:
+            self._update_window(p, 0, 1)
+
+    def _rx_synchronized(self, p: Packet, now: float) -> None:
+        flags = p.flags
+        st = self._state
+        seg_pos = self._rcv_nxt + seq_diff(p.seq, self._wire_ack(self._rcv_nxt))
+        payload = p.payload
+        seg_len = len(payload) + (1 if flags & Flag.FIN else 0)
+        wnd = self._rcv_window()
+
+        # SYN_RECEIVED: the retransmitted SYN of a peer whose SYN-ACK we sent is not an error.
+        if flags & Flag.SYN:
+            if st is S.SYN_RECEIVED and p.seq == self._irs and not flags & Flag.ACK:
+                self._need_syn = True
+                return
+            if not (flags & Flag.ACK and st is S.SYN_RECEIVED):
+                # RFC 5961 section 4: a SYN in a synchronized state draws a challenge ACK.
+                self._ack_now = True
+                return
+            # A SYN-ACK during simultaneous open: its SYN occupies position 0, already taken.
+            if p.seq != self._irs:
+                self._dropped += 1
+                return
+            seg_pos = 1
+
+        # Acceptability (RFC 9293 section 3.10.7.4).
+        if seg_len == 0:
+            ok = seg_pos == self._rcv_nxt if wnd == 0 else 0 <= seg_pos - self._rcv_nxt < wnd
+        elif wnd == 0:
+            ok = False
+        else:
+            end = seg_pos + seg_len - 1
+            ok = (0 <= seg_pos - self._rcv_nxt < wnd) or (0 <= end - self._rcv_nxt < wnd)
+        if flags & Flag.RST:
+            self._rx_rst(seg_pos, ok or (seg_len == 0 and seg_pos == self._rcv_nxt), wnd)
+            return
+        if not ok:
+            if flags & Flag.ACK and wnd == 0 and seg_pos == self._rcv_nxt:
+                self._rx_ack(p, seg_pos, now)
+            if st is S.TIME_WAIT and flags & Flag.FIN:
+                # The peer did not get our last ACK: ACK again, restart 2MSL (RFC 9293 3.10.7.4).
+                self._time_wait_at = now + 2 * self.config.msl_s
+            self._ack_now = True
+            self._dropped += 1
+            return
+        if not flags & Flag.ACK:
+            self._dropped += 1
+            return
+        self._last_activity = now
+        self._keepalive_probes = 0
+        if p.timestamps is not None and self._ts_ok and seg_pos <= self._rcv_nxt:
+            self._ts_recent = p.timestamps[0]
+        if not self._rx_ack(p, seg_pos, now):
+            return
+        if self._state is S.CLOSED:
+            return
+        if payload or flags & Flag.FIN:
+            self._rx_data(seg_pos, payload, bool(flags & Flag.FIN), now)
+
+    def _rx_rst(self, seg_pos: int, acceptable: bool, wnd: int) -> None:
+        # RFC 5961 section 3.2: only an exact match resets; elsewhere in the window we challenge.
+        if seg_pos == self._rcv_nxt:
+            self._log.info("connection_reset", state=self._state.value)
+            self._finish(CloseReason.RESET)
+        elif acceptable or 0 <= seg_pos - self._rcv_nxt < max(wnd, 1):
+            self._ack_now = True
+        else:
+            self._dropped += 1
+
+    def _rx_ack(self, p: Packet, seg_pos: int, now: float) -> bool:
+        """Process the acknowledgement field; False when the segment must be dropped."""
+        st = self._state
+        ack_pos = self._snd_una + seq_diff(p.ack, self._wire_seq(self._snd_una))
+        if st is S.SYN_RECEIVED:
+            if not 0 < ack_pos <= self._snd_max:
+                self._queue_reset_for(p)
+                self._dropped += 1
+                return False
+            self._on_syn_acked(p, now)
+            if self._fin_pos is None:
+                self._set_state(S.ESTABLISHED)
+            self._events.append(ConnectionEstablished())
+            if p.flags & Flag.SYN:
+                self._ack_now = True
+        # RFC 5961 section 5.2: ACKs of data never sent, or far too old, are dropped.
+        if ack_pos > self._snd_max or ack_pos < self._snd_una - max(self._max_snd_wnd, 1 << 16):
+            self._ack_now = True
+            self._dropped += 1
+            return False
+
+        if self._sack_ok and p.sack_blocks:
+            self._rx_sack(p.sack_blocks)
+
+        if ack_pos > self._snd_una:
+            self._on_new_ack(ack_pos, now)
+        elif (
+            ack_pos == self._snd_una
+            and not p.payload
+            and not p.flags & (Flag.FIN | Flag.SYN)
+            and len(self._scoreboard)
+            and (p.window << self._snd_wscale) == self._snd_wnd
+        ):
+            self._on_dupack(now, sacked=bool(p.sack_blocks and self._sack_ok))
+        elif self._sack_ok and p.sack_blocks and len(self._scoreboard):
+            self._maybe_enter_recovery(now)
+
+        self._update_window(p, seg_pos, ack_pos)
+        if self._fin_pos is not None and ack_pos > self._fin_pos:
+            self._on_fin_acked(now)
+        return True
+
+    def _rx_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        una_wire = self._wire_seq(self._snd_una)
+        sb = self._scoreboard
+        for left, right in blocks:
+            lp = self._snd_una + seq_diff(left, una_wire)
+            rp = self._snd_una + seq_diff(right, una_wire)
+            if self._snd_una <= lp < rp <= self._snd_max:
+                sb.on_sack(lp, rp)
+
+    def _on_new_ack(self, ack_pos: int, now: float) -> None:
+        sb = self._scoreboard
+        acked_bytes = ack_pos - self._snd_una
+        acked = sb.ack_to(ack_pos)
+        # Karn's rule: no sample when any acknowledged segment was retransmitted (the ACK may
+        # answer the retransmission), nor from a segment already SACKed (its ACK was held up by
+        # a hole before it); otherwise the newest segment gives the RTT.
+        if acked and not acked[-1].sacked and all(seg.retx == 0 for seg in acked):
+            self._rtt.on_sample(now - acked[-1].sent_at)
+        self._snd_una = ack_pos
+        data_end = self._sndbuf.end
+        self._sndbuf.release_to(min(ack_pos, data_end))
+        self._dupacks = 0
+        self._timeouts_in_a_row = 0
+        self._rtt.reset_backoff()
+        if self._in_recovery:
+            if ack_pos >= self._recover:
+                self._in_recovery = False
+                self._dupack_credit = 0
+                self._cc.on_recovery_exit(now=now)
+            else:
+                # Partial ACK (RFC 6582 section 3.2 step 5): the next hole is lost too.
+                self._dupack_credit = max(0, self._dupack_credit - acked_bytes)
+                first = sb.first()
+                if first is not None and first.retx == 0:
+                    sb.mark_lost(first)
+                if self._sack_ok:
+                    sb.detect_losses(self._loss_threshold())
+        else:
+            self._cc.on_ack(acked_bytes, now=now, rtt_s=self._rtt.latest_rtt)
+            if self._sack_ok and len(sb):
+                self._maybe_enter_recovery(now)
+        if len(sb):
+            self._rto_at = now + self._rtt.rto
+            self._oldest_unacked_since = now
+        else:
+            self._rto_at = None
+            self._oldest_unacked_since = None
+
+    def _loss_threshold(self) -> int:
+        return (self.config.dupack_threshold - 1) * self._snd_mss + 1
+
+    def _on_dupack(self, now: float, *, sacked: bool) -> None:
+        self._dupacks += 1
+        self._dupack_count += 1
+        if self._in_recovery:
+            if not self._sack_ok:
+                self._dupack_credit += self._snd_mss
+            else:
+                self._scoreboard.detect_losses(self._loss_threshold())
+            return
+        self._maybe_enter_recovery(now)
+
+    def _maybe_enter_recovery(self, now: float) -> None:
+        if self._in_recovery:
+            return
+        sb = self._scoreboard
+        lost = sb.detect_losses(self._loss_threshold()) if self._sack_ok else 0
+        if self._dupacks < self.config.dupack_threshold and not lost:
+            return
+        if self._snd_una < self._recover:
+            # RFC 6582 section 3.2 step 2: still inside the window of an earlier episode.
+            return
+        self._in_recovery = True
+        self._recover = self._snd_max
+        self._fast_retx += 1
+        self._cc.on_congestion_event(self._snd_max - self._snd_una, now=now)
+        first = sb.first()
+        if first is not None and not first.sacked and first.retx == 0:
+            sb.mark_lost(first)
+        if not self._sack_ok:
+            self._dupack_credit = self._dupacks * self._snd_mss
+        self._log.debug(
+            "fast_retransmit",
+            snd_una=self._wire_seq(self._snd_una),
+            cwnd=self._cc.cwnd,
+            ssthresh=self._cc.ssthresh,
+        )
+
+    def _update_window(self, p: Packet, seg_pos: int, ack_pos: int) -> None:
+        # RFC 9293 section 3.10.7.4: take the window only from the newest segment.
+        if self._snd_wl1 < seg_pos or (self._snd_wl1 == seg_pos and self._snd_wl2 <= ack_pos):
+            shift = 0 if p.flags & Flag.SYN else self._snd_wscale
+            wnd = p.window << shift
+            if wnd and self._snd_wnd == 0:
+                self._persist_at = None
+                self._persist_backoff = 0
+            self._snd_wnd = wnd
+            self._max_snd_wnd = max(self._max_snd_wnd, wnd)
+            self._snd_wl1 = seg_pos
+            self._snd_wl2 = ack_pos
+        if self._window_blocked():
+            self._persist_probes = 0  # the peer answers: it is alive, only not reading
+
+    def _on_fin_acked(self, now: float) -> None:
+        st = self._state
+        if st is S.FIN_WAIT_1:
+            self._set_state(S.FIN_WAIT_2)
+        elif st is S.CLOSING:
+            self._enter_time_wait(now)
+        elif st is S.LAST_ACK:
+            self._set_state(S.CLOSED)
+            self._close_reason = CloseReason.CLOSED
+            self._events.append(ConnectionClosed(CloseReason.CLOSED))
+            self._clear_timers()
+
+    def _rx_data(self, seg_pos: int, payload: bytes | memoryview, fin: bool, now: float) -> None:
+        if self._state not in CAN_RECEIVE:
+            # Data after the peer's FIN is a protocol error; a retransmitted FIN is re-ACKed.
+            self._ack_now = True
+            if self._state is S.TIME_WAIT and fin:
+                self._time_wait_at = now + 2 * self.config.msl_s
+            return
+        rcv_nxt = self._rcv_nxt
+        wnd = self._rcv_window()
+        hi = rcv_nxt + wnd
+        if fin:
+            fin_pos = seg_pos + len(payload)
+            if fin_pos < hi or fin_pos == rcv_nxt:
+                self._peer_fin_pos = fin_pos
+        if payload:
+            if seg_pos == rcv_nxt and not len(self._reasm):
+                # Fast path: the next bytes in order, nothing waiting behind them.
+                data = payload[: hi - seg_pos] if len(payload) > hi - seg_pos else payload
+                self._deliver(bytes(data))
+                self._unacked_bytes += len(data)
+                if self._unacked_bytes >= self.config.ack_every_segments * self._snd_mss:
+                    self._ack_now = True
+            else:
+                had_gap = len(self._reasm) > 0
+                self._reasm.insert(seg_pos, payload, lo=rcv_nxt, hi=hi)
+                if seg_pos > rcv_nxt:
+                    self._last_rcv_pos = seg_pos
+                for chunk in self._reasm.pop_ready(self._rcv_nxt):
+                    self._deliver(chunk)
+                # Out of order, or filling a gap: ACK at once (RFC 5681 section 4.2).
+                if seg_pos != rcv_nxt or had_gap:
+                    self._ack_now = True
+                else:
+                    self._unacked_bytes += len(payload)
+            if self._rcv_nxt == rcv_nxt:
+                self._ack_now = True  # nothing new in order: a duplicate, ACK it
+        if self._peer_fin_pos is not None and self._rcv_nxt == self._peer_fin_pos:
+            self._rcv_nxt += 1
+            self._ack_now = True
+            self._on_fin_received(now)
+        elif not self._ack_now and self._ack_at is None:
+            self._ack_at = now + self.config.delayed_ack_s
+
+    def _deliver(self, data: bytes) -> None:
+        self._rcv_nxt += len(data)
+        self._bytes_received += len(data)
+        if self._reading_paused:
+            self._rcv_buf += data
+        else:
+            self._events.append(DataReceived(data))
+
+    def _on_fin_received(self, now: float) -> None:
+        st = self._state
+        if st in (S.ESTABLISHED, S.SYN_RECEIVED):
+            self._set_state(S.CLOSE_WAIT)
+        elif st is S.FIN_WAIT_1:
+            if self._fin_pos is not None and self._snd_una > self._fin_pos:
+                self._enter_time_wait(now)
+            else:
+                self._set_state(S.CLOSING)
+        elif st is S.FIN_WAIT_2:
+            self._enter_time_wait(now)
+        self._maybe_deliver_eof()
+
+    def _maybe_deliver_eof(self) -> None:
+        if (
+            not self._eof_delivered
+            and not self._rcv_buf
+            and self._peer_fin_pos is not None
+            and self._rcv_nxt > self._peer_fin_pos
+        ):
+            self._eof_delivered = True
+            self._events.append(EofReceived())
+
+    def _enter_time_wait(self, now: float) -> None:
+        self._set_state(S.TIME_WAIT)
+        self._close_reason = CloseReason.CLOSED
+        self._events.append(ConnectionClosed(CloseReason.CLOSED))
+        self._rto_at = self._persist_at = self._keepalive_at = None
+        self._scoreboard.clear()
+        self._time_wait_at = now + 2 * self.config.msl_s
+
+    # ------------------------------------------------------------------ sending
+
+    def datagrams_to_send(self, *, now: float) -> list[bytes]:
+        """Every datagram due now: control segments, retransmissions, new data, ACKs."""
+        self._clock_ms = now * 1000.0
+        out = self._pending_raw
+        self._pending_raw = []
+        st = self._state
+        if self._need_rst:
+            self._need_rst = False
+            out.append(self._build(Flag.RST | Flag.ACK, self._snd_nxt, b""))
+        if st is S.CLOSED or st is S.LISTEN:
+            return out
+        if self._need_syn:
+            self._need_syn = False
+            flags = Flag.SYN | Flag.ACK if st is S.SYN_RECEIVED else Flag.SYN
+            out.append(self._build(flags, 0, b"", syn=True))
+            if self._syn_retries == 0:
+                self._syn_sent_at = now
+            self._snd_nxt = self._snd_max = max(self._snd_max, 1)
+            self._rto_at = now + self._rtt.rto
+            self._segments_sent += 1
+            if st is S.SYN_SENT:
+                return out
+        if self._snd_una >= 1 and st in SYNCHRONIZED:
+            self._send_data(out, now)
+        if self._send_probe:
+            self._send_probe = False
+            # An old sequence number draws an ACK with the peer's current window.
+            out.append(self._build(Flag.ACK, self._snd_una - 1, b""))
+            self._segments_sent += 1
+        if self._ack_now and self._rcv_nxt:
+            out.append(self._build(Flag.ACK, self._snd_nxt, b""))
+            self._segments_sent += 1
+        if self._state in SYNCHRONIZED and self._state is not S.TIME_WAIT:
+            self._arm_idle_timers(now)
+        return out
+
+    def _send_data(self, out: list[bytes], now: float) -> None:
+        sb = self._scoreboard
+        cc = self._cc
+        mss = self._snd_mss
+        sent_any = False
+        # Retransmissions first, within the congestion window (RFC 6675 section 5 step 4.1).
+        while True:
+            seg = sb.next_lost(self._snd_una)
+            if seg is None:
+                break
+            length = seg.end - seg.start
+            if sb.pipe and sb.pipe + length > cc.cwnd + self._dupack_credit:
+                break
+            self._emit_segment(out, seg.start, seg.end)
+            sb.retransmitted(seg, now)
+            self._retx += 1
+            self._bytes_retx += length
+            sent_any = True
+            self._log.debug("retransmit", seq=self._wire_seq(seg.start), len=length, cwnd=cc.cwnd)
+        # New data (and the FIN) within both windows.
+        data_end = self._sndbuf.end
+        fin_pos = self._fin_pos
+        while True:
+            nxt = self._snd_nxt
+            if nxt < data_end:
+                wnd_room = self._snd_una + self._snd_wnd - nxt
+                cwnd_room = cc.cwnd + self._dupack_credit - sb.pipe
+                length = min(mss, data_end - nxt, wnd_room, cwnd_room)
+                if length <= 0:
+                    break
+                # Sender silly-window avoidance (RFC 9293 section 3.8.6.2.1).
+                if (
+                    length < mss
+                    and length < data_end - nxt
+                    and length < self._max_snd_wnd // 2
+                    and sb.pipe
+                ):
+                    break
+                end = nxt + length
+                fin = fin_pos is not None and end == fin_pos
+            elif fin_pos is not None and nxt == fin_pos:
+                if sb.pipe and sb.pipe >= cc.cwnd + self._dupack_credit:
+                    break
+                if self._snd_una + self._snd_wnd <= nxt:
+                    break  # a FIN needs room in the window like data does
+                end = nxt
+                fin = True
+            else:
+                break
+            seg_end = end + 1 if fin else end
+            self._emit_segment(out, nxt, seg_end)
+            sb.add(SentSegment(nxt, seg_end, now))
+            self._bytes_sent += end - nxt
+            self._snd_nxt = seg_end
+            self._snd_max = max(self._snd_max, seg_end)
+            sent_any = True
+        if sent_any:
+            if self._rto_at is None:
+                self._rto_at = now + self._rtt.rto
+            if self._oldest_unacked_since is None:
+                self._oldest_unacked_since = now
+        # Zero (or too small) window with data waiting and nothing in flight: probe it.
+        if self._window_blocked():
+            if self._persist_at is None:
+                interval = min(self._rtt.rto * (1 << self._persist_backoff), self.config.rto_max_s)
+                self._persist_at = now + interval
+        else:
+            self._persist_at = None
+
+    def _window_blocked(self) -> bool:
+        return (
+            not len(self._scoreboard)
+            and self._snd_una + self._snd_wnd <= self._snd_nxt
+            and (
+                self._snd_nxt < self._sndbuf.end
+                or (self._fin_pos is not None and self._snd_nxt == self._fin_pos)
+            )
+            and self._state in SYNCHRONIZED
+        )
+
+    def _emit_segment(self, out: list[bytes], start: int, end: int) -> None:
+        """Build the datagram for positions [start, end), a FIN included if ``end`` passes it."""
+        fin_pos = self._fin_pos
+        flags = Flag.ACK
+        start = max(start, self._snd_una)  # the peer may have taken part of it already
+        data_end = end
+        if fin_pos is not None and end > fin_pos:
+            flags |= Flag.FIN
+            data_end = fin_pos
+        payload = self._sndbuf.get(start, data_end) if data_end > start else b""
+        out.append(self._build(flags, start, payload))
+        self._segments_sent += 1
+
+    def _build(self, flags: Flag, seq_pos: int, payload: bytes, *, syn: bool = False) -> bytes:
+        cfg = self.config
+        p = Packet(
+            flags,
+            self.local_cid,
+            self.peer_cid,
+            self._wire_seq(seq_pos),
+            self._wire_ack(self._rcv_nxt) if flags & Flag.ACK else 0,
+            0,
+            payload,
+        )
+        if syn:
+            p.mss = cfg.mss_bytes
+            p.window = min(self._rcv_window(), MAX_WINDOW_FIELD)
+            self._adv_wnd = p.window
+            if self._state is S.SYN_SENT:
+                p.wscale = self._wscale_for(cfg.recv_buffer_bytes)
+                p.sack_permitted = cfg.sack
+                if cfg.timestamps:
+                    p.timestamps = (self._ts_now(), 0)
+            else:
+                if self._wscale_ok:
+                    p.wscale = self._rcv_wscale
+                p.sack_permitted = self._sack_ok
+                if self._ts_ok:
+                    p.timestamps = (self._ts_now(), self._ts_recent)
+        else:
+            wnd = self._rcv_window()
+            p.window = min(wnd >> self._rcv_wscale, MAX_WINDOW_FIELD)
+            self._adv_wnd = p.window << self._rcv_wscale
+            if self._ts_ok:
+                p.timestamps = (self._ts_now(), self._ts_recent)
+            if self._sack_ok and len(self._reasm) and flags & Flag.ACK:
+                p.sack_blocks = self._sack_blocks()
+        if flags & Flag.ACK:
+            self._ack_now = False
+            self._ack_at = None
+            self._unacked_bytes = 0
+        return encode(p)
+
+    def _ts_now(self) -> int:
+        return int(self._clock_ms) & SEQ_MASK
+
+    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
+        ranges = self._reasm.ranges()
+        limit = _MAX_SACK_BLOCKS_WITH_TS if self._ts_ok else _MAX_SACK_BLOCKS
+        # RFC 2018 section 4: the block holding the most recent arrival goes first.
+        ranges.sort(key=lambda r: not (r[0] <= self._last_rcv_pos < r[1]))
+        return tuple((self._wire_ack(s), self._wire_ack(e)) for s, e in ranges[:limit])
+
+    def _rcv_window(self) -> int:
+        return max(0, self.config.recv_buffer_bytes - len(self._rcv_buf))
+
+    def _maybe_window_update(self) -> None:
+        if self._state not in CAN_RECEIVE or not self._rcv_nxt:
+            return
+        wnd = self._rcv_window()
+        grow = wnd - self._adv_wnd
+        # Receiver silly-window avoidance (RFC 9293 section 3.8.6.2.2).
+        if grow >= min(self.config.recv_buffer_bytes // 2, 2 * self._snd_mss) or (
+            self._adv_wnd == 0 and wnd > 0
+        ):
+            self._ack_now = True
+
+    def _arm_idle_timers(self, now: float) -> None:
+        idle = self.config.keepalive_idle_s
+        if idle is not None and self._keepalive_at is None:
+            self._keepalive_at = self._last_activity + idle if self._last_activity else now + idle
+
+    # ------------------------------------------------------------------ helpers
+
+    def _wire_seq(self, pos: int) -> int:
+        return (self._iss + pos) & SEQ_MASK
+
+    def _wire_ack(self, pos: int) -> int:
+        return (self._irs + pos) & SEQ_MASK
+
+    def _queue_reset_for(self, p: Packet) -> None:
+        rst = reset_for(p)
+        if rst is not None:
+            self._pending_raw.append(rst)
+
+    def _set_state(self, new: ConnectionState) -> None:
+        old = self._state
+        if old is new:
+            return
+        check_transition(old, new)
+        self._state = new
+        self._log.debug("state_changed", old=old.value, new=new.value)
+
+    def _finish(self, reason: CloseReason) -> None:
+        self._set_state(S.CLOSED)
+        self._close_reason = reason
+        self._events.append(ConnectionClosed(reason))
+        self._clear_timers()
+        self._scoreboard.clear()
+
+    def _clear_timers(self) -> None:
+        self._rto_at = self._ack_at = self._persist_at = None
+        self._time_wait_at = self._keepalive_at = None

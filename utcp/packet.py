@@ -1,0 +1,232 @@
+"""Wire codec: the fixed 24-byte header, TLV options and payload of one utcp datagram.
+
+``decode`` accepts any byte string and either returns a ``Packet`` or raises ``PacketError``;
+nothing else escapes it.  ``encode`` is its exact inverse for every packet it accepts.
+The layout is documented in docs/PROTOCOL.md.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+__all__ = [
+    "HEADER_SIZE",
+    "MAX_OPTIONS_SIZE",
+    "VERSION",
+    "Flag",
+    "OptionKind",
+    "Packet",
+    "PacketError",
+    "decode",
+    "encode",
+    "options_size",
+]
+
+VERSION = 1
+HEADER_SIZE = 24  # fixed part, bytes
+MAX_HEADER_SIZE = 60  # 4-bit header length in 32-bit words, as in TCP
+MAX_OPTIONS_SIZE = MAX_HEADER_SIZE - HEADER_SIZE  # 36 bytes
+MAX_WINDOW_FIELD = 0xFFFF
+MAX_WSCALE = 14  # RFC 7323 section 2.3
+
+# ver/hlen, flags, window, src cid, dst cid, seq, ack, crc32
+_HEADER = struct.Struct("!BBHIIIII")
+_CRC_OFFSET = 20
+_U16 = struct.Struct("!H")
+_U32 = struct.Struct("!I")
+_U32X2 = struct.Struct("!II")
+
+
+class PacketError(ValueError):
+    """A datagram that is not a well-formed utcp packet (bad length, version, checksum, option)."""
+
+
+class Flag(enum.IntFlag):
+    """Header flag bits; the positions match TCP's, the unused bits are reserved for later."""
+
+    NONE = 0
+    FIN = 0x01
+    SYN = 0x02
+    RST = 0x04
+    ACK = 0x10
+
+
+class OptionKind(enum.IntEnum):
+    """Option type codes. Every option but EOL and NOP is type, length (whole option), value."""
+
+    EOL = 0
+    NOP = 1
+    MSS = 2  # u16 largest payload the sender of the SYN accepts
+    WSCALE = 3  # u8 shift applied to the window field (RFC 7323 section 2)
+    SACK_PERMITTED = 4  # no value (RFC 2018)
+    SACK = 5  # n * (u32 left edge, u32 right edge) (RFC 2018)
+    TIMESTAMPS = 8  # u32 TSval, u32 TSecr (RFC 7323 section 3)
+
+
+@dataclass(slots=True)
+class Packet:
+    """One decoded datagram. ``window`` is the raw 16-bit field; scaling is the connection's job."""
+
+    flags: Flag
+    src_cid: int
+    dst_cid: int
+    seq: int
+    ack: int
+    window: int
+    payload: bytes | memoryview = b""
+    mss: int | None = None
+    wscale: int | None = None
+    sack_permitted: bool = False
+    sack_blocks: tuple[tuple[int, int], ...] = ()
+    timestamps: tuple[int, int] | None = None
+
+    @property
+    def seg_len(self) -> int:
+        """Sequence space the segment occupies: payload bytes plus one each for SYN and FIN."""
+        n = len(self.payload)
+        if self.flags & Flag.SYN:
+            n += 1
+        if self.flags & Flag.FIN:
+            n += 1
+        return n
+
+
+def options_size(
+    *,
+    mss: bool = False,
+    wscale: bool = False,
+    sack_permitted: bool = False,
+    sack_blocks: int = 0,
+    timestamps: bool = False,
+) -> int:
+    """Encoded size of the given options, padded to a multiple of four bytes."""
+    n = (
+        (4 if mss else 0)
+        + (3 if wscale else 0)
+        + (2 if sack_permitted else 0)
+        + (2 + 8 * sack_blocks if sack_blocks else 0)
+        + (10 if timestamps else 0)
+    )
+    return (n + 3) & ~3
+
+
+def _encode_options(p: Packet) -> bytes:
+    out = bytearray()
+    if p.mss is not None:
+        out += bytes((OptionKind.MSS, 4)) + _U16.pack(p.mss)
+    if p.wscale is not None:
+        out += bytes((OptionKind.WSCALE, 3, p.wscale))
+    if p.sack_permitted:
+        out += bytes((OptionKind.SACK_PERMITTED, 2))
+    if p.timestamps is not None:
+        out += bytes((OptionKind.TIMESTAMPS, 10)) + _U32X2.pack(*p.timestamps)
+    if p.sack_blocks:
+        out += bytes((OptionKind.SACK, 2 + 8 * len(p.sack_blocks)))
+        for left, right in p.sack_blocks:
+            out += _U32X2.pack(left, right)
+    pad = -len(out) % 4
+    if pad:
+        out += bytes((OptionKind.NOP,)) * pad
+    if len(out) > MAX_OPTIONS_SIZE:
+        raise ValueError(f"options need {len(out)} bytes, at most {MAX_OPTIONS_SIZE} fit")
+    return bytes(out)
+
+
+def encode(p: Packet) -> bytes:
+    """Serialise ``p`` with its CRC-32. Raises ``ValueError`` for values that do not fit."""
+    if p.mss is None and p.wscale is None and not p.sack_permitted and not p.sack_blocks:
+        opts = b"" if p.timestamps is None else _encode_options(p)
+    else:
+        opts = _encode_options(p)
+    if p.wscale is not None and not 0 <= p.wscale <= MAX_WSCALE:
+        raise ValueError(f"window scale {p.wscale} out of range 0..{MAX_WSCALE}")
+    hlen = HEADER_SIZE + len(opts)
+    buf = bytearray(hlen + len(p.payload))
+    _HEADER.pack_into(
+        buf,
+        0,
+        (VERSION << 4) | (hlen >> 2),
+        int(p.flags),
+        p.window,
+        p.src_cid,
+        p.dst_cid,
+        p.seq,
+        p.ack,
+        0,
+    )
+    buf[HEADER_SIZE:hlen] = opts
+    buf[hlen:] = p.payload
+    mv = memoryview(buf)
+    crc = zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET]))
+    _U32.pack_into(buf, _CRC_OFFSET, crc)
+    return bytes(buf)
+
+
+def _decode_options(p: Packet, opts: memoryview) -> None:
+    i = 0
+    end = len(opts)
+    while i < end:
+        kind = opts[i]
+        if kind == OptionKind.EOL:
+            return
+        if kind == OptionKind.NOP:
+            i += 1
+            continue
+        if i + 1 >= end:
+            raise PacketError("option length missing")
+        length = opts[i + 1]
+        if length < 2 or i + length > end:
+            raise PacketError(f"option {kind} has bad length {length}")
+        if kind == OptionKind.MSS:
+            if length != 4:
+                raise PacketError("MSS option length must be 4")
+            p.mss = _U16.unpack_from(opts, i + 2)[0]
+        elif kind == OptionKind.WSCALE:
+            if length != 3:
+                raise PacketError("window scale option length must be 3")
+            p.wscale = min(opts[i + 2], MAX_WSCALE)
+        elif kind == OptionKind.SACK_PERMITTED:
+            if length != 2:
+                raise PacketError("SACK-permitted option length must be 2")
+            p.sack_permitted = True
+        elif kind == OptionKind.SACK:
+            if (length - 2) % 8 or length == 2:
+                raise PacketError("SACK option length must be 2 + 8n, n >= 1")
+            p.sack_blocks = tuple(_U32X2.unpack_from(opts, j) for j in range(i + 2, i + length, 8))
+        elif kind == OptionKind.TIMESTAMPS:
+            if length != 10:
+                raise PacketError("timestamps option length must be 10")
+            p.timestamps = _U32X2.unpack_from(opts, i + 2)
+        # Unknown options are skipped by their length so later versions can add more.
+        i += length
+
+
+def decode(data: bytes | bytearray | memoryview) -> Packet:
+    """Parse one datagram, checking version, lengths, options and the CRC-32.
+
+    The payload is a zero-copy ``memoryview`` into ``data``.
+    """
+    mv = memoryview(data)
+    if mv.ndim != 1 or mv.itemsize != 1:
+        mv = mv.cast("B")
+    n = len(mv)
+    if n < HEADER_SIZE:
+        raise PacketError(f"datagram of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
+    vh, flags, window, src, dst, seq, ack, crc = _HEADER.unpack_from(mv, 0)
+    if vh >> 4 != VERSION:
+        raise PacketError(f"unsupported version {vh >> 4}")
+    hlen = (vh & 0x0F) << 2
+    if hlen < HEADER_SIZE or hlen > n:
+        raise PacketError(f"bad header length {hlen} for a {n}-byte datagram")
+    if zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET])) != crc:
+        raise PacketError("checksum mismatch")
+    p = Packet(Flag(flags), src, dst, seq, ack, window, mv[hlen:])
+    if hlen > HEADER_SIZE:
+        try:
+            _decode_options(p, mv[HEADER_SIZE:hlen])
+        except (struct.error, IndexError) as exc:  # defensive: lengths are checked above
+            raise PacketError(f"malformed options: {exc}") from None
+    return p

@@ -1,0 +1,236 @@
+"""Round-trip time estimation and the retransmission timeout (RFC 6298).
+
+The estimator is fed RTT samples only from segments sent once (Karn's rule, enforced by the
+caller) and keeps the RTO within the configured bounds, also after exponential backoff.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import deque
+
+_ALPHA = 1 / 8  # RFC 6298 section 2.3
+_BETA = 1 / 4
+_K = 4
+_G_S = 0.001  # clock granularity we assume, seconds
+
+
+class RttEstimator:
+    """SRTT, RTTVAR and RTO with exponential backoff."""
+
+    __slots__ = (
+        "_backoff",
+        "_rto_base",
+        "latest_rtt",
+        "min_rtt",
+        "rto_max",
+        "rto_min",
+        "rttvar",
+        "srtt",
+    )
+
+    def __init__(self, *, initial_rto_s: float, rto_min_s: float, rto_max_s: float) -> None:
+        self.rto_min = rto_min_s
+        self.rto_max = rto_max_s
+        self.srtt: float | None = None
+        self.rttvar: float = 0.0
+        self.latest_rtt: float | None = None
+        self.min_rtt: float | None = None
+        self._rto_base = min(max(initial_rto_s, rto_min_s), rto_max_s)
+        self._backoff = 0
+
+    @property
+    def rto(self) -> float:
+        """The current timeout, backoff included, clamped to [rto_min, rto_max]."""
+        return min(self._rto_base * (1 << self._backoff), self.rto_max)
+
+    @property
+    def backoff(self) -> int:
+        """How many times the timer has doubled since the last RTT sample or ACK of new data."""
+        return self._backoff
+
+    def on_sample(self, rtt_s: float) -> None:
+        """Fold in one RTT measurement (RFC 6298 sections 2.2 and 2.3)."""
+        rtt_s = max(rtt_s, 0.0)
+        self.latest_rtt = rtt_s
+        self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
+        if self.srtt is None:
+            self.srtt = rtt_s
+            self.rttvar = rtt_s / 2
+        else:
+            self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - rtt_s)
+            self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * rtt_s
+        base = self.srtt + max(_G_S, _K * self.rttvar)
+        self._rto_base = min(max(base, self.rto_min), self.rto_max)
+        self._backoff = 0
+
+    def back_off(self) -> None:
+        """Double the timeout after an expiry (RFC 6298 section 5.5)."""
+        if self._rto_base * (1 << self._backoff) < self.rto_max:
+            self._backoff += 1
+
+    def reset_backoff(self) -> None:
+        """New data was acknowledged: the doubled timeout no longer applies."""
+        self._backoff = 0
+
+
+class SentSegment:
+    """One transmitted segment awaiting acknowledgement; ``end`` includes a FIN's position."""
+
+    __slots__ = ("end", "in_pipe", "lost", "retx", "sacked", "sent_at", "start")
+
+    def __init__(self, start: int, end: int, sent_at: float) -> None:
+        self.start = start
+        self.end = end
+        self.sent_at = sent_at
+        self.retx = 0  # times retransmitted
+        self.sacked = False
+        self.lost = False  # declared lost and not yet sent again
+        self.in_pipe = True  # counted in ``Scoreboard.pipe``
+
+
+def _start_key(seg: SentSegment) -> int:
+    return seg.start
+
+
+class Scoreboard:
+    """Segments in flight, their SACK and loss marks, and the pipe (RFC 6675 section 4).
+
+    Segments are kept in position order.  ``pipe`` is maintained incrementally: bytes sent and
+    neither acknowledged, SACKed nor declared lost (a retransmission counts again).
+    """
+
+    __slots__ = ("_head", "_loss_scan", "_lost", "highest_sacked", "pipe", "segs")
+
+    def __init__(self) -> None:
+        self.segs: list[SentSegment] = []
+        self._head = 0  # index of the oldest live segment
+        self._loss_scan = 0  # segments before this index were judged against highest_sacked
+        self._lost: deque[SentSegment] = deque()  # declared lost, awaiting retransmission
+        self.pipe = 0
+        self.highest_sacked = 0
+
+    def __len__(self) -> int:
+        return len(self.segs) - self._head
+
+    def first(self) -> SentSegment | None:
+        """The oldest unacknowledged segment."""
+        return self.segs[self._head] if self._head < len(self.segs) else None
+
+    def last(self) -> SentSegment | None:
+        """The newest segment sent."""
+        return self.segs[-1] if self._head < len(self.segs) else None
+
+    def add(self, seg: SentSegment) -> None:
+        """Record a first transmission."""
+        self.segs.append(seg)
+        self.pipe += seg.end - seg.start
+
+    def retransmitted(self, seg: SentSegment, now: float) -> None:
+        """Record that ``seg`` was sent again."""
+        seg.retx += 1
+        seg.sent_at = now
+        seg.lost = False
+        if not seg.in_pipe:
+            seg.in_pipe = True
+            self.pipe += seg.end - seg.start
+
+    def _leave_pipe(self, seg: SentSegment) -> None:
+        if seg.in_pipe:
+            seg.in_pipe = False
+            self.pipe -= seg.end - seg.start
+
+    def ack_to(self, position: int) -> list[SentSegment]:
+        """Remove and return the segments wholly before ``position`` (cumulative ACK)."""
+        segs = self.segs
+        i = self._head
+        n = len(segs)
+        while i < n and segs[i].end <= position:
+            self._leave_pipe(segs[i])
+            i += 1
+        acked = segs[self._head : i]
+        self._head = i
+        if self._loss_scan < i:
+            self._loss_scan = i
+        if i > 1024 and i * 2 > n:
+            del segs[:i]
+            self._loss_scan -= i
+            self._head = 0
+        return acked
+
+    def on_sack(self, start: int, end: int) -> int:
+        """Mark segments wholly inside [start, end) as SACKed; return bytes newly SACKed.
+
+        SACKed segments give no RTT sample: the ACK that reports them may be late because
+        earlier ACKs were lost, which would inflate the estimate.
+        """
+        segs = self.segs
+        i = bisect.bisect_left(segs, start, lo=self._head, key=_start_key)
+        n = len(segs)
+        newly = 0
+        newest = 0
+        while i < n and segs[i].end <= end:
+            seg = segs[i]
+            if not seg.sacked:
+                seg.sacked = True
+                seg.lost = False
+                self._leave_pipe(seg)
+                newly += seg.end - seg.start
+                newest = seg.end
+            i += 1
+        if newest > self.highest_sacked:
+            self.highest_sacked = newest
+        return newly
+
+    def detect_losses(self, threshold_bytes: int) -> int:
+        """Declare lost every unSACKed segment with ``threshold_bytes`` SACKed beyond it.
+
+        A simplification of RFC 6675 IsLost(): the distance to the highest SACKed position
+        stands in for the count of SACKed bytes above.  Returns bytes newly declared lost.
+        """
+        limit = self.highest_sacked - threshold_bytes
+        segs = self.segs
+        i = self._loss_scan
+        n = len(segs)
+        newly = 0
+        while i < n and segs[i].end <= limit:
+            seg = segs[i]
+            if not seg.sacked and not seg.lost and seg.retx == 0:
+                newly += self.mark_lost(seg)
+            i += 1
+        self._loss_scan = i
+        return newly
+
+    def mark_lost(self, seg: SentSegment) -> int:
+        """Declare ``seg`` lost so it is sent again; returns its length (0 if already so)."""
+        if seg.lost or seg.sacked:
+            return 0
+        seg.lost = True
+        self._leave_pipe(seg)
+        self._lost.append(seg)
+        return seg.end - seg.start
+
+    def mark_all_lost(self) -> None:
+        """After a retransmission timeout every unSACKed segment is presumed lost."""
+        self._lost.clear()
+        for seg in self.segs[self._head :]:
+            if not seg.sacked:
+                seg.lost = False
+                self.mark_lost(seg)
+        self._loss_scan = len(self.segs)
+
+    def next_lost(self, acked_to: int) -> SentSegment | None:
+        """The oldest segment still waiting to be retransmitted, or None."""
+        lost = self._lost
+        while lost:
+            seg = lost[0]
+            if seg.lost and seg.end > acked_to:
+                return seg
+            lost.popleft()
+        return None
+
+    def clear(self) -> None:
+        """Forget everything (the connection is gone)."""
+        self.segs.clear()
+        self._lost.clear()
+        self._head = self._loss_scan = self.pipe = 0

@@ -1,0 +1,62 @@
+"""Connection states (RFC 9293 section 3.3.2) and the table of allowed transitions.
+
+Every state change of a ``Connection`` is checked against ``TRANSITIONS``; a change missing from
+the table is a bug in utcp, never the peer's fault, and raises ``AssertionError``.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ConnectionState(enum.Enum):
+    """The eleven TCP states, named as users know them."""
+
+    CLOSED = "CLOSED"
+    LISTEN = "LISTEN"
+    SYN_SENT = "SYN_SENT"
+    SYN_RECEIVED = "SYN_RECEIVED"
+    ESTABLISHED = "ESTABLISHED"
+    FIN_WAIT_1 = "FIN_WAIT_1"
+    FIN_WAIT_2 = "FIN_WAIT_2"
+    CLOSE_WAIT = "CLOSE_WAIT"
+    CLOSING = "CLOSING"
+    LAST_ACK = "LAST_ACK"
+    TIME_WAIT = "TIME_WAIT"
+
+
+S = ConnectionState
+
+# Every state may also fall to CLOSED (reset, abort, timeout); that edge is added below.
+TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
+    S.CLOSED: frozenset({S.LISTEN, S.SYN_SENT}),
+    S.LISTEN: frozenset({S.SYN_RECEIVED}),
+    S.SYN_SENT: frozenset({S.SYN_RECEIVED, S.ESTABLISHED}),
+    S.SYN_RECEIVED: frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.CLOSE_WAIT}),
+    S.ESTABLISHED: frozenset({S.FIN_WAIT_1, S.CLOSE_WAIT}),
+    S.FIN_WAIT_1: frozenset({S.FIN_WAIT_2, S.CLOSING, S.TIME_WAIT}),
+    S.FIN_WAIT_2: frozenset({S.TIME_WAIT}),
+    S.CLOSE_WAIT: frozenset({S.LAST_ACK}),
+    S.CLOSING: frozenset({S.TIME_WAIT}),
+    S.LAST_ACK: frozenset(),
+    S.TIME_WAIT: frozenset(),
+}
+TRANSITIONS = {
+    state: (allowed | {S.CLOSED}) if state is not S.CLOSED else allowed
+    for state, allowed in TRANSITIONS.items()
+}
+
+# States in which both sides' initial sequence numbers are known (RFC 9293 "synchronized").
+SYNCHRONIZED = frozenset(
+    {S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK, S.TIME_WAIT}
+)
+# States in which the application may still queue data to send.
+CAN_SEND = frozenset({S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT})
+# States in which data from the peer is still accepted.
+CAN_RECEIVE = frozenset({S.SYN_RECEIVED, S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
+
+
+def check_transition(old: ConnectionState, new: ConnectionState) -> None:
+    """Raise ``AssertionError`` unless the table allows ``old -> new``."""
+    if new not in TRANSITIONS[old]:
+        raise AssertionError(f"illegal state transition {old.value} -> {new.value}")
