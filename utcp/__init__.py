@@ -6,6 +6,15 @@ format.
 
 from __future__ import annotations
 
+from .asyncio import (
+    Server,
+    UtcpTransport,
+    create_connection,
+    create_server,
+    open_connection,
+    run,
+    start_server,
+)
 from .config import Config
 from .connection import Connection, ConnectionStats, reset_for
 from .events import (
@@ -35,7 +44,14 @@ __all__ = [
     "Flag",
     "Packet",
     "PacketError",
+    "Server",
+    "UtcpTransport",
     "__version__",
+    "create_connection",
+    "create_server",
+    "open_connection",
+    "run",
+    "start_server",
     "decode",
     "encode",
     "reset_for",

@@ -1,0 +1,27 @@
+"""The thin asyncio layer: one endpoint per UDP socket, a Transport per connection, and the
+streams and protocol APIs shaped like asyncio's own."""
+
+from __future__ import annotations
+
+from .endpoint import Endpoint, EndpointStats
+from .streams import (
+    Server,
+    create_connection,
+    create_server,
+    open_connection,
+    run,
+    start_server,
+)
+from .transport import UtcpTransport
+
+__all__ = [
+    "Endpoint",
+    "EndpointStats",
+    "Server",
+    "UtcpTransport",
+    "create_connection",
+    "create_server",
+    "open_connection",
+    "run",
+    "start_server",
+]

@@ -1,0 +1,237 @@
+"""An ``asyncio.Transport`` over one utcp connection.
+
+It keeps asyncio's Transport/Protocol contract, so the standard library's own
+``StreamReaderProtocol``/``StreamWriter`` (and any protocol written for TCP) run on it unchanged:
+``pause_writing``/``resume_writing`` follow the bytes not yet acknowledged by the peer, and
+``pause_reading`` closes the advertised receive window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from ..events import CloseReason
+from ..log import get_logger
+
+if TYPE_CHECKING:
+    from .endpoint import ConnectionHandle, Endpoint
+
+_log = get_logger()
+
+
+class UtcpTransport(asyncio.Transport):
+    """A stream transport whose bytes travel as utcp segments."""
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        handle: ConnectionHandle,
+        protocol: asyncio.BaseProtocol | None,
+    ) -> None:
+        super().__init__()
+        self._endpoint = endpoint
+        self._handle = handle
+        self._conn = handle.conn
+        self._protocol: Any = protocol
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._eof_written = False
+        self._lost = False
+        self._reading = True
+        self._writing_paused = False
+        self._pending: list[bytes] = []  # data that arrived before a protocol was attached
+        self._pending_eof = False
+        self._pending_lost: tuple[Exception | None] | None = None
+        high = endpoint.config.send_buffer_bytes
+        self._high_water = high
+        self._low_water = high // 4
+        udp = endpoint.transport
+        self._extra: dict[str, Any] = {
+            "peername": handle.addr
+            if handle.addr is not None
+            else (udp.get_extra_info("peername") if udp else None),
+            "sockname": udp.get_extra_info("sockname") if udp else None,
+            "socket": udp.get_extra_info("socket") if udp else None,
+            "connection": self._conn,
+        }
+
+    # ------------------------------------------------------------------ BaseTransport
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """``peername``, ``sockname``, ``socket``, ``connection`` (the core) and ``stats``."""
+        if name == "stats":
+            return self._conn.stats
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing or self._lost
+
+    def close(self) -> None:
+        """Send what is buffered, then FIN; ``connection_lost`` follows the peer's FIN."""
+        if self._closing or self._lost:
+            return
+        self._closing = True
+        self._reading = True
+        self._conn.resume_reading()
+        if not self._eof_written:
+            self._eof_written = True
+            self._conn.close()
+        self._endpoint.schedule_flush(self._handle)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+        self._replay_pending()
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol  # type: ignore[no-any-return]
+
+    # ------------------------------------------------------------------ ReadTransport
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._lost
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._lost:
+            self._reading = False
+            self._conn.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._reading and not self._lost:
+            self._reading = True
+            self._conn.resume_reading()
+            self._endpoint.schedule_flush(self._handle)
+
+    # ------------------------------------------------------------------ WriteTransport
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
+        if self._eof_written and not self._closing and not self._lost:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        if self._closing or self._lost:
+            raise BrokenPipeError("the connection is closed")
+        if not data:
+            return
+        self._conn.send(data)
+        self._endpoint.schedule_flush(self._handle)
+        self._update_flow_control()
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def write_eof(self) -> None:
+        """Half-close: FIN after buffered data; reading goes on."""
+        if self._eof_written or self._lost:
+            return
+        self._eof_written = True
+        self._conn.close()
+        self._endpoint.schedule_flush(self._handle)
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def abort(self) -> None:
+        """Send RST and drop everything at once."""
+        if self._lost:
+            return
+        self._closing = True
+        self._conn.abort()
+        self._endpoint.service(self._handle)
+
+    def get_write_buffer_size(self) -> int:
+        """Bytes written and not yet acknowledged by the peer."""
+        return self._conn.send_buffer_size
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return (self._low_water, self._high_water)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        if high is None:
+            high = 4 * low if low is not None else self._endpoint.config.send_buffer_bytes
+        if low is None:
+            low = high // 4
+        if not high >= low >= 0:
+            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._high_water = high
+        self._low_water = low
+        self._update_flow_control()
+
+    # ------------------------------------------------------------------ from the endpoint
+
+    def _update_flow_control(self) -> None:
+        size = self._conn.send_buffer_size
+        protocol = self._protocol
+        if protocol is None or self._lost:
+            return
+        if not self._writing_paused and size > self._high_water:
+            self._writing_paused = True
+            self._call(protocol.pause_writing)
+        elif self._writing_paused and size <= self._low_water:
+            self._writing_paused = False
+            self._call(protocol.resume_writing)
+
+    def _call(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._loop.call_exception_handler(
+                {
+                    "message": f"utcp: protocol callback {fn.__qualname__} raised",
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+            return None
+
+    def _attach(self, protocol: asyncio.BaseProtocol) -> None:
+        """Give a client connection its protocol once the handshake is done."""
+        self._protocol = protocol
+        self._call(protocol.connection_made, self)
+        self._replay_pending()
+
+    def _replay_pending(self) -> None:
+        if self._protocol is None:
+            return
+        pending, self._pending = self._pending, []
+        for data in pending:
+            self._data_received(data)
+        if self._pending_eof:
+            self._pending_eof = False
+            self._eof_received()
+        if self._pending_lost is not None:
+            (exc,) = self._pending_lost
+            self._pending_lost = None
+            self._connection_closed(exc, None)
+
+    def _data_received(self, data: bytes) -> None:
+        if self._protocol is None:
+            self._pending.append(data)
+            return
+        if self._closing:
+            return  # close() was called: later data is discarded, as on a TCP transport
+        self._call(self._protocol.data_received, data)
+
+    def _eof_received(self) -> None:
+        if self._protocol is None:
+            self._pending_eof = True
+            return
+        keep_open = self._call(self._protocol.eof_received)
+        if not keep_open:
+            self.close()
+
+    def _connection_closed(self, exc: Exception | None, reason: CloseReason | None) -> None:
+        if self._lost:
+            return
+        if self._protocol is None:
+            self._pending_lost = (exc,)
+            return
+        self._lost = True
+        self._closing = True
+        if reason is not None:
+            _log.debug("transport_closed", reason=reason.value)
+        self._loop.call_soon(self._call, self._protocol.connection_lost, exc)
