@@ -170,6 +170,7 @@ class Connection:
         self._last_rcv_pos = 0  # start of the most recent out-of-order arrival (SACK order)
         self._peer_fin_pos: int | None = None
         self._eof_delivered = False
+        self._closed_event_pending = False
         self._reading_paused = False
         self._adv_wnd = cfg.recv_buffer_bytes  # window last advertised, bytes
         self._ack_now = False
@@ -392,7 +393,15 @@ class Connection:
             cwnd=self._cc.cwnd,
             backoff=self._rtt.backoff,
         )
-        self._rto_at = now + self._rtt.rto
+        self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
+
+    def _cap_to_user_timeout(self, deadline: float) -> float:
+        """Fire no later than the user timeout, so the abort is not late by a backed-off RTO."""
+        ut = self.config.user_timeout_s
+        since = self._oldest_unacked_since
+        if ut is not None and since is not None:
+            return min(deadline, since + ut)
+        return deadline
 
     def _user_timeout_expired(self, now: float) -> bool:
         ut = self.config.user_timeout_s
@@ -602,6 +611,8 @@ class Connection:
 
     def _rx_rst(self, seg_pos: int, acceptable: bool, wnd: int) -> None:
         # RFC 5961 section 3.2: only an exact match resets; elsewhere in the window we challenge.
+        if self._state is S.TIME_WAIT:
+            return  # RFC 1337: an RST must not cut TIME_WAIT short; the close was reported
         if seg_pos == self._rcv_nxt:
             self._log.info("connection_reset", state=self._state.value)
             self._finish(CloseReason.RESET)
@@ -694,8 +705,8 @@ class Connection:
             if self._sack_ok and len(sb):
                 self._maybe_enter_recovery(now)
         if len(sb):
-            self._rto_at = now + self._rtt.rto
             self._oldest_unacked_since = now
+            self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
         else:
             self._rto_at = None
             self._oldest_unacked_since = None
@@ -763,8 +774,7 @@ class Connection:
             self._enter_time_wait(now)
         elif st is S.LAST_ACK:
             self._set_state(S.CLOSED)
-            self._close_reason = CloseReason.CLOSED
-            self._events.append(ConnectionClosed(CloseReason.CLOSED))
+            self._orderly_close()
             self._clear_timers()
 
     def _rx_data(self, seg_pos: int, payload: bytes | memoryview, fin: bool, now: float) -> None:
@@ -819,6 +829,7 @@ class Connection:
             self._events.append(DataReceived(data))
 
     def _on_fin_received(self, now: float) -> None:
+        self._maybe_deliver_eof()  # EOF always comes before ConnectionClosed
         st = self._state
         if st in (S.ESTABLISHED, S.SYN_RECEIVED):
             self._set_state(S.CLOSE_WAIT)
@@ -840,11 +851,21 @@ class Connection:
         ):
             self._eof_delivered = True
             self._events.append(EofReceived())
+            if self._closed_event_pending:
+                self._closed_event_pending = False
+                self._events.append(ConnectionClosed(CloseReason.CLOSED))
+
+    def _orderly_close(self) -> None:
+        """Both FINs are acknowledged: report it, after the EOF if reading held that back."""
+        self._close_reason = CloseReason.CLOSED
+        if self._eof_delivered:
+            self._events.append(ConnectionClosed(CloseReason.CLOSED))
+        else:
+            self._closed_event_pending = True
 
     def _enter_time_wait(self, now: float) -> None:
         self._set_state(S.TIME_WAIT)
-        self._close_reason = CloseReason.CLOSED
-        self._events.append(ConnectionClosed(CloseReason.CLOSED))
+        self._orderly_close()
         self._rto_at = self._persist_at = self._keepalive_at = None
         self._scoreboard.clear()
         self._time_wait_at = now + 2 * self.config.msl_s
@@ -877,8 +898,11 @@ class Connection:
             self._send_data(out, now)
         if self._send_probe:
             self._send_probe = False
-            # An old sequence number draws an ACK with the peer's current window.
+            # An old sequence number draws an ACK with the peer's current window.  The probe is
+            # itself unacceptable to the peer, so it must not stand in for an ACK we owe.
+            ack_owed = self._ack_now
             out.append(self._build(Flag.ACK, self._snd_una - 1, b""))
+            self._ack_now = ack_owed
             self._segments_sent += 1
         if self._ack_now and self._rcv_nxt:
             out.append(self._build(Flag.ACK, self._snd_nxt, b""))
@@ -944,10 +968,10 @@ class Connection:
             self._snd_max = max(self._snd_max, seg_end)
             sent_any = True
         if sent_any:
-            if self._rto_at is None:
-                self._rto_at = now + self._rtt.rto
             if self._oldest_unacked_since is None:
                 self._oldest_unacked_since = now
+            if self._rto_at is None:
+                self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
         # Zero (or too small) window with data waiting and nothing in flight: probe it.
         if self._window_blocked():
             if self._persist_at is None:

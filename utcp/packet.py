@@ -137,6 +137,13 @@ def _encode_options(p: Packet) -> bytes:
 
 def encode(p: Packet) -> bytes:
     """Serialise ``p`` with its CRC-32. Raises ``ValueError`` for values that do not fit."""
+    try:
+        return _encode(p)
+    except struct.error as exc:
+        raise ValueError(f"packet field out of range: {exc}") from None
+
+
+def _encode(p: Packet) -> bytes:
     if p.mss is None and p.wscale is None and not p.sack_permitted and not p.sack_blocks:
         opts = b"" if p.timestamps is None else _encode_options(p)
     else:
@@ -210,6 +217,8 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
     The payload is a zero-copy ``memoryview`` into ``data``.
     """
     mv = memoryview(data)
+    if not mv.c_contiguous:
+        mv = memoryview(mv.tobytes())
     if mv.ndim != 1 or mv.itemsize != 1:
         mv = mv.cast("B")
     n = len(mv)

@@ -1,0 +1,788 @@
+"""Connection lifecycle on an explicit timeline: handshake, teardown, every state, single losses,
+timeouts, resets, keepalive, fast retransmit and half-close, each with exact wire ladders.
+
+The client ``a`` starts at ISN 1000 and the server ``b`` at ISN 5000, so every sequence and
+acknowledgement number below is known in advance.  Only the public ``Connection`` API and the
+harness in tests/helpers.py are used.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tests.helpers import Link, Network, Sent, ladder, pair
+from utcp import (
+    CloseReason,
+    Config,
+    Connection,
+    ConnectionClosed,
+    ConnectionEstablished,
+    ConnectionState,
+    DataReceived,
+    EofReceived,
+    Event,
+    Flag,
+    Packet,
+    decode,
+    encode,
+)
+
+S = ConnectionState
+ISN_A = 1000
+ISN_B = 5000
+CID_A = 0xA
+CID_B = 0xB
+DELAY_S = Link().delay_s  # one-way delay of the fake links
+DEFAULTS = Config()
+FOREVER = (0.0, float("inf"))
+ACTIVE_CLOSE = [S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.TIME_WAIT, S.CLOSED]
+PASSIVE_CLOSE = [S.ESTABLISHED, S.CLOSE_WAIT, S.LAST_ACK, S.CLOSED]
+
+Drop = Callable[[int, Packet], bool]
+History = dict[str, list[ConnectionState]]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _drop_first(pred: Callable[[Packet], bool], count: int = 1) -> Drop:
+    """A ``Link.drop`` predicate losing the first ``count`` packets that match ``pred``."""
+    left = [count]
+
+    def drop(index: int, packet: Packet) -> bool:
+        if left[0] and pred(packet):
+            left[0] -= 1
+            return True
+        return False
+
+    return drop
+
+
+def _record_states(net: Network) -> History:
+    """Log every state each side passes through, checked after every public call.
+
+    Wraps the public entry points of the instances (no private state is read), so transient
+    states such as FIN_WAIT_2 are seen even when they last no simulated time at all.
+    """
+    history: History = {}
+    for name, side in net.sides.items():
+        conn = side.conn
+        if conn is None:
+            continue
+        log = history[name] = [conn.state]
+        for method in (
+            "connect",
+            "listen",
+            "close",
+            "abort",
+            "send",
+            "receive_datagram",
+            "handle_timer",
+            "datagrams_to_send",
+        ):
+            original = getattr(conn, method)
+
+            def wrapper(
+                *args: Any,
+                _original: Callable[..., Any] = original,
+                _conn: Connection = conn,
+                _log: list[ConnectionState] = log,
+                **kwargs: Any,
+            ) -> Any:
+                result = _original(*args, **kwargs)
+                if _log[-1] is not _conn.state:
+                    _log.append(_conn.state)
+                return result
+
+            setattr(conn, method, wrapper)
+    return history
+
+
+def _conns(net: Network) -> tuple[Connection, Connection]:
+    a, b = net.a.conn, net.b.conn
+    assert a is not None and b is not None
+    return a, b
+
+
+def _establish(net: Network) -> tuple[Connection, Connection]:
+    a, b = _conns(net)
+    net.run(until=lambda: a.state is S.ESTABLISHED and b.state is S.ESTABLISHED)
+    return a, b
+
+
+def _sent(net: Network, src: str, pred: Callable[[Packet], bool] = lambda p: True) -> list[Sent]:
+    return [s for s in net.trace if s.src == src and pred(s.packet)]
+
+
+def _is_fin(p: Packet) -> bool:
+    return bool(p.flags & Flag.FIN)
+
+
+def _has_data(p: Packet) -> bool:
+    return len(p.payload) > 0
+
+
+def _closes(events: list[Event]) -> list[ConnectionClosed]:
+    return [e for e in events if isinstance(e, ConnectionClosed)]
+
+
+def _orderly_close(net: Network) -> None:
+    """``a`` closes first; ``b`` closes once ``a`` sits in FIN_WAIT_2 (the textbook ladder)."""
+    a, b = _establish(net)
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2 and b.state is S.CLOSE_WAIT)
+    b.close()
+    net.run()
+
+
+def _simultaneous_close(net: Network) -> None:
+    a, b = _establish(net)
+    a.close()
+    b.close()
+    net.run()
+
+
+# ------------------------------------------------------------------------------ handshake
+
+
+def test_handshake_ladder_is_exact() -> None:
+    net = pair()
+    history = _record_states(net)
+    _establish(net)
+    assert ladder(net) == [
+        ("a", "SYN", ISN_A, 0),
+        ("b", "SYN|ACK", ISN_B, ISN_A + 1),
+        ("a", "ACK", ISN_A + 1, ISN_B + 1),
+    ]
+    assert [s.time for s in net.trace] == [0.0, DELAY_S, 2 * DELAY_S]
+    syn, syn_ack, ack = (s.packet for s in net.trace)
+    assert (syn.src_cid, syn.dst_cid) == (CID_A, 0)  # the client does not know the server's cid
+    assert (syn_ack.src_cid, syn_ack.dst_cid) == (CID_B, CID_A)
+    assert (ack.src_cid, ack.dst_cid) == (CID_A, CID_B)
+    assert syn.mss == syn_ack.mss == DEFAULTS.mss_bytes
+    assert net.a.events == [ConnectionEstablished()]
+    assert net.b.events == [ConnectionEstablished()]
+    assert history == {
+        "a": [S.SYN_SENT, S.ESTABLISHED],
+        "b": [S.LISTEN, S.SYN_RECEIVED, S.ESTABLISHED],
+    }
+
+
+def test_close_ladder_is_exact_and_time_wait_lasts_two_msl() -> None:
+    msl_s = 7.5
+    net = pair(config_a=Config(msl_s=msl_s), config_b=Config(msl_s=msl_s))
+    a, b = _establish(net)
+    history = _record_states(net)
+    handshake = len(net.trace)
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2)
+    assert b.state is S.CLOSE_WAIT
+    b.close()
+    net.run(until=lambda: a.state is S.TIME_WAIT)
+    entered = net.now
+    assert a.get_timer() == entered + 2 * msl_s
+    assert ladder(net)[handshake:] == [
+        ("a", "FIN|ACK", ISN_A + 1, ISN_B + 1),
+        ("b", "ACK", ISN_B + 1, ISN_A + 2),
+        ("b", "FIN|ACK", ISN_B + 1, ISN_A + 2),
+        ("a", "ACK", ISN_A + 2, ISN_B + 2),
+    ]
+    net.run(until=lambda: b.state is S.CLOSED)
+    assert a.get_timer() == entered + 2 * msl_s  # b's close does not touch a's timer
+
+    # Just before the deadline a is still in TIME_WAIT; at the deadline it is CLOSED.
+    deadline = entered + 2 * msl_s
+    net.run_for(deadline - net.now - 1e-6)
+    assert a.state is S.TIME_WAIT
+    a.handle_timer(now=deadline - 1e-6)
+    assert a.state is S.TIME_WAIT
+    net.run()
+    assert net.now == deadline
+    assert (a.state, a.get_timer()) == (S.CLOSED, None)
+    assert a.close_reason is b.close_reason is CloseReason.CLOSED
+    assert CloseReason.CLOSED.exception() is None
+    assert net.a.eof and net.b.eof
+    assert history == {"a": ACTIVE_CLOSE, "b": PASSIVE_CLOSE}
+    assert _closes(net.a.events) == [ConnectionClosed(CloseReason.CLOSED)]
+    assert _closes(net.b.events) == [ConnectionClosed(CloseReason.CLOSED)]
+
+
+@pytest.mark.parametrize("scenario", ["client_first", "server_first", "simultaneous"])
+def test_eof_is_reported_before_connection_closed(scenario: str) -> None:
+    """A driver that tears down on ConnectionClosed must already have seen the peer's EOF."""
+    net = pair()
+    a, b = _establish(net)
+    if scenario == "simultaneous":
+        _simultaneous_close(net)
+    else:
+        first, second = (a, b) if scenario == "client_first" else (b, a)
+        first.close()
+        net.run(until=lambda: first.state is S.FIN_WAIT_2)
+        second.close()
+        net.run()
+    for side in (net.a, net.b):
+        assert side.events == [
+            ConnectionEstablished(),
+            EofReceived(),
+            ConnectionClosed(CloseReason.CLOSED),
+        ]
+
+
+def test_every_state_is_visited() -> None:
+    seen: set[ConnectionState] = set()
+    a = Connection(local_cid=CID_A, isn=ISN_A)
+    b = Connection(local_cid=CID_B, isn=ISN_B)
+    net = Network(a, b)
+    history = _record_states(net)
+    b.listen()
+    a.connect(now=net.now)
+    _orderly_close(net)
+    assert history == {
+        "a": [S.CLOSED, S.SYN_SENT, *ACTIVE_CLOSE],
+        "b": [S.CLOSED, S.LISTEN, S.SYN_RECEIVED, *PASSIVE_CLOSE],
+    }
+    seen.update(*history.values())
+
+    net = pair()
+    history = _record_states(net)
+    _simultaneous_close(net)
+    seen.update(*history.values())
+    assert S.CLOSING in seen
+    assert seen == set(ConnectionState)
+
+
+def test_simultaneous_open() -> None:
+    a = Connection(local_cid=CID_A, isn=ISN_A)
+    b = Connection(local_cid=CID_B, isn=ISN_B)
+    net = Network(a, b)
+    history = _record_states(net)
+    a.connect(now=net.now)
+    b.connect(now=net.now)
+    _establish(net)
+    assert ladder(net)[:4] == [
+        ("a", "SYN", ISN_A, 0),
+        ("b", "SYN", ISN_B, 0),
+        ("a", "SYN|ACK", ISN_A, ISN_B + 1),
+        ("b", "SYN|ACK", ISN_B, ISN_A + 1),
+    ]
+    assert [s.packet.dst_cid for s in net.trace[:4]] == [0, 0, CID_B, CID_A]
+    expected = [S.CLOSED, S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED]
+    assert history == {"a": expected, "b": expected}
+    assert net.a.events == net.b.events == [ConnectionEstablished()]
+    a.send(b"hello from a")
+    b.send(b"hello from b")
+    net.run(until=lambda: len(net.a.received) == len(net.b.received) == 12)
+    assert bytes(net.b.received) == b"hello from a"
+    assert bytes(net.a.received) == b"hello from b"
+    assert a.state is b.state is S.ESTABLISHED
+
+
+def test_simultaneous_close_goes_through_closing() -> None:
+    net = pair()
+    a, b = _establish(net)
+    history = _record_states(net)
+    handshake = len(net.trace)
+    a.close()
+    b.close()
+    net.run(until=lambda: a.state is S.TIME_WAIT and b.state is S.TIME_WAIT)
+    entered = net.now
+    assert ladder(net)[handshake:] == [
+        ("a", "FIN|ACK", ISN_A + 1, ISN_B + 1),
+        ("b", "FIN|ACK", ISN_B + 1, ISN_A + 1),
+        ("a", "ACK", ISN_A + 2, ISN_B + 2),
+        ("b", "ACK", ISN_B + 2, ISN_A + 2),
+    ]
+    assert a.get_timer() == b.get_timer() == entered + 2 * DEFAULTS.msl_s
+    net.run()
+    expected = [S.ESTABLISHED, S.FIN_WAIT_1, S.CLOSING, S.TIME_WAIT, S.CLOSED]
+    assert history == {"a": expected, "b": expected}
+    assert a.close_reason is b.close_reason is CloseReason.CLOSED
+    assert net.now == entered + 2 * DEFAULTS.msl_s
+
+
+# ------------------------------------------------------------------------------ teardown losses
+
+
+def test_lost_final_ack_restarts_time_wait() -> None:
+    msl_s = 5.0
+    cfg = Config(msl_s=msl_s)
+    final_ack = _drop_first(lambda p: p.flags == Flag.ACK and p.ack == ISN_B + 2)
+    net = pair(config_a=cfg, config_b=cfg, a_to_b=Link(drop=final_ack))
+    a, b = _establish(net)
+    rto_b = b.stats.rto_s
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2)
+    b.close()
+    net.run(until=lambda: a.state is S.TIME_WAIT)
+    first_deadline = net.now + 2 * msl_s
+    assert a.get_timer() == first_deadline
+
+    net.run(until=lambda: len(_sent(net, "b", _is_fin)) == 2)
+    fin1, fin2 = _sent(net, "b", _is_fin)
+    assert fin2.time == pytest.approx(fin1.time + rto_b)
+    assert (fin2.packet.seq, fin2.packet.ack) == (ISN_B + 1, ISN_A + 2)
+    assert b.state is S.LAST_ACK
+    assert a.get_timer() == first_deadline  # the FIN is still on its way
+
+    net.run(until=lambda: len(_sent(net, "a", lambda p: p.ack == ISN_B + 2)) == 2)
+    reack = net.now
+    assert reack == pytest.approx(fin2.time + DELAY_S)
+    assert ladder(net)[-1] == ("a", "ACK", ISN_A + 2, ISN_B + 2)
+    assert a.state is S.TIME_WAIT
+    assert a.get_timer() == reack + 2 * msl_s  # 2MSL restarted (RFC 9293 section 3.10.7.4)
+
+    net.run()
+    assert net.now == reack + 2 * msl_s
+    assert (a.state, b.state) == (S.CLOSED, S.CLOSED)
+    assert a.close_reason is b.close_reason is CloseReason.CLOSED
+    assert _closes(net.a.events) == _closes(net.b.events) == [ConnectionClosed(CloseReason.CLOSED)]
+
+
+def test_rst_in_time_wait_does_not_report_a_second_close() -> None:
+    """TIME_WAIT already reported an orderly close; a later RST must not re-report it."""
+    net = pair()
+    a, b = _establish(net)
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2)
+    b.close()
+    net.run(until=lambda: a.state is S.TIME_WAIT and b.state is S.CLOSED)
+    assert _closes(net.a.events) == [ConnectionClosed(CloseReason.CLOSED)]
+    rst = Packet(Flag.RST, CID_B, CID_A, ISN_B + 2, 0, 0)
+    a.receive_datagram(encode(rst), now=net.now + 1.0)
+    later = []
+    while (ev := a.next_event()) is not None:
+        later.append(ev)
+    assert _closes(later) == []
+    assert a.close_reason is CloseReason.CLOSED
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+def test_each_lost_fin_is_retransmitted_after_one_rto(who: str) -> None:
+    link = Link(drop=_drop_first(_is_fin))
+    net = pair(**{"a_to_b" if who == "a" else "b_to_a": link})  # type: ignore[arg-type]
+    a, b = _establish(net)
+    rto = (a if who == "a" else b).stats.rto_s
+    assert rto == DEFAULTS.rto_min_s  # a 20 ms handshake RTT, clamped up to rto_min_s
+    _orderly_close(net)
+    fins = _sent(net, who, _is_fin)
+    assert len(fins) == 2 and link.dropped == 1
+    assert (fins[0].packet.seq, fins[0].packet.ack) == (fins[1].packet.seq, fins[1].packet.ack)
+    assert fins[1].time == pytest.approx(fins[0].time + rto)
+    assert a.state is b.state is S.CLOSED
+    assert a.close_reason is b.close_reason is CloseReason.CLOSED
+    assert net.a.eof and net.b.eof
+    assert (a if who == "a" else b).stats.timeouts == 1
+
+
+# ------------------------------------------------------------------------------ handshake losses
+
+
+@pytest.mark.parametrize(("lost", "rto_initial_s"), [(1, 1.0), (2, 1.0), (3, 0.25)])
+def test_lost_syn_is_retransmitted_with_doubling_timeout(lost: int, rto_initial_s: float) -> None:
+    cfg = Config(rto_initial_s=rto_initial_s)
+    net = pair(config_a=cfg, a_to_b=Link(drop=_drop_first(lambda p: True, lost)))
+    a, _ = _establish(net)
+    syns = _sent(net, "a", lambda p: p.flags == Flag.SYN)
+    # Sent at 0, then rto, 2 * rto, 4 * rto ... after the previous one.
+    assert [s.time for s in syns] == [rto_initial_s * ((1 << k) - 1) for k in range(lost + 1)]
+    assert all(s.packet.seq == ISN_A for s in syns)
+    answered = syns[-1].time
+    assert ladder(net)[lost:] == [
+        ("a", "SYN", ISN_A, 0),
+        ("b", "SYN|ACK", ISN_B, ISN_A + 1),
+        ("a", "ACK", ISN_A + 1, ISN_B + 1),
+    ]
+    assert net.now == pytest.approx(answered + 3 * DELAY_S)
+    assert a.stats.timeouts == lost
+    # Karn: the SYN-ACK may answer any of the SYNs, so it gives no RTT sample.
+    assert a.stats.srtt_s is None
+    assert a.stats.rto_s == rto_initial_s
+    assert net.a.events == net.b.events == [ConnectionEstablished()]
+
+
+def test_lost_syn_ack_is_recovered_by_the_client_syn_retransmission() -> None:
+    net = pair(b_to_a=Link(drop=_drop_first(lambda p: True)))
+    _establish(net)
+    rto = DEFAULTS.rto_initial_s
+    assert [(s.time, *step) for s, step in zip(net.trace, ladder(net))] == [
+        (0.0, "a", "SYN", ISN_A, 0),
+        (DELAY_S, "b", "SYN|ACK", ISN_B, ISN_A + 1),  # lost
+        (rto, "a", "SYN", ISN_A, 0),
+        (rto + DELAY_S, "b", "SYN|ACK", ISN_B, ISN_A + 1),
+        (rto + 2 * DELAY_S, "a", "ACK", ISN_A + 1, ISN_B + 1),
+    ]
+    assert net.a.events == net.b.events == [ConnectionEstablished()]
+
+
+def test_lost_handshake_ack_without_data_server_retransmits_syn_ack() -> None:
+    net = pair(a_to_b=Link(drop=lambda index, packet: index == 1))
+    a, b = _conns(net)
+    net.run(until=lambda: a.state is S.ESTABLISHED)
+    net.run_for(0.5)
+    assert b.state is S.SYN_RECEIVED
+    assert b.get_timer() == pytest.approx(DELAY_S + DEFAULTS.rto_initial_s)
+    net.run(until=lambda: b.state is S.ESTABLISHED)
+    rto = DEFAULTS.rto_initial_s
+    assert [(s.time, *step) for s, step in zip(net.trace, ladder(net))] == [
+        (0.0, "a", "SYN", ISN_A, 0),
+        (DELAY_S, "b", "SYN|ACK", ISN_B, ISN_A + 1),
+        (2 * DELAY_S, "a", "ACK", ISN_A + 1, ISN_B + 1),  # lost
+        (rto + DELAY_S, "b", "SYN|ACK", ISN_B, ISN_A + 1),
+        (rto + 2 * DELAY_S, "a", "ACK", ISN_A + 1, ISN_B + 1),
+    ]
+    assert net.now == pytest.approx(rto + 3 * DELAY_S)
+    # The retransmitted SYN-ACK does not make the client report a second establishment.
+    assert net.a.events == net.b.events == [ConnectionEstablished()]
+
+
+def test_lost_handshake_ack_first_data_segment_establishes_server() -> None:
+    net = pair(a_to_b=Link(drop=lambda index, packet: index == 1))
+    a, b = _conns(net)
+    net.run(until=lambda: a.state is S.ESTABLISHED)
+    a.send(b"first bytes")
+    net.run(until=lambda: b.state is S.ESTABLISHED)
+    assert net.now == 3 * DELAY_S  # the data segment's ACK completed the handshake
+    net.run_for(2.0)
+    assert net.b.events == [ConnectionEstablished(), DataReceived(b"first bytes")]
+    assert len(_sent(net, "b", lambda p: bool(p.flags & Flag.SYN))) == 1  # no SYN-ACK resent
+    assert a.stats.retransmissions == b.stats.retransmissions == 0
+    assert ladder(net)[3] == ("a", "ACK", ISN_A + 1, ISN_B + 1)
+    assert net.trace[3].packet.payload == b"first bytes"
+
+
+# ------------------------------------------------------------------------------ data loss
+
+
+def test_lost_first_data_segment_is_retransmitted_after_one_rto() -> None:
+    link = Link(drop=_drop_first(_has_data))
+    net = pair(a_to_b=link)
+    a, _ = _establish(net)
+    rto = a.stats.rto_s
+    assert rto == DEFAULTS.rto_min_s
+    a.send(b"x" * 500)
+    sent_at = net.now
+    net.run(until=lambda: len(net.b.received) == 500)
+    first, second = _sent(net, "a", _has_data)
+    assert first.time == sent_at
+    assert second.time == first.time + rto
+    assert (second.packet.seq, bytes(second.packet.payload)) == (ISN_A + 1, b"x" * 500)
+    assert net.now == pytest.approx(second.time + DELAY_S)
+    assert bytes(net.b.received) == b"x" * 500
+    net.run(until=lambda: a.stats.bytes_in_flight == 0)
+    stats = a.stats
+    assert (stats.timeouts, stats.retransmissions, stats.fast_retransmits) == (1, 1, 0)
+    assert stats.rto_s == rto  # the backoff is undone once new data is acknowledged
+
+
+# ------------------------------------------------------------------------------ give up
+
+
+@pytest.mark.parametrize(("syn_retries", "rto_initial_s"), [(5, 1.0), (2, 0.25)])
+def test_unanswered_syn_times_out(syn_retries: int, rto_initial_s: float) -> None:
+    cfg = Config(syn_retries=syn_retries, rto_initial_s=rto_initial_s)
+    net = pair(config_a=cfg, a_to_b=Link(blackhole=FOREVER))
+    a, _ = _conns(net)
+    net.run()
+    assert ladder(net) == [("a", "SYN", ISN_A, 0)] * (syn_retries + 1)
+    times = [rto_initial_s * ((1 << k) - 1) for k in range(syn_retries + 2)]
+    assert [s.time for s in net.trace] == times[:-1]
+    assert net.now == times[-1]
+    assert net.a.events == [ConnectionClosed(CloseReason.TIMEOUT)]
+    assert a.state is S.CLOSED and a.close_reason is CloseReason.TIMEOUT
+    assert isinstance(a.close_reason.exception(), TimeoutError)
+    assert a.get_timer() is None
+
+
+def test_syn_to_closed_port_is_refused() -> None:
+    a = Connection(local_cid=CID_A, isn=ISN_A)
+    net = Network(a, None)
+    a.connect(now=net.now)
+    net.run()
+    assert ladder(net) == [("a", "SYN", ISN_A, 0), ("b", "RST|ACK", 0, ISN_A + 1)]
+    assert net.trace[1].packet.dst_cid == CID_A
+    assert net.now == 2 * DELAY_S
+    assert net.a.events == [ConnectionClosed(CloseReason.REFUSED)]
+    assert a.state is S.CLOSED and a.close_reason is CloseReason.REFUSED
+    assert isinstance(a.close_reason.exception(), ConnectionRefusedError)
+    assert a.get_timer() is None
+
+
+def test_close_in_syn_sent_sends_nothing_and_a_late_syn_ack_gets_rst() -> None:
+    a = Connection(local_cid=CID_A, isn=ISN_A)
+    b = Connection(local_cid=CID_B, isn=ISN_B)
+    b.listen()
+    a.connect(now=0.0)
+    (syn,) = a.datagrams_to_send(now=0.0)
+    a.close()
+    assert a.datagrams_to_send(now=0.0) == []  # no RST: the peer has nothing to forget yet
+    assert a.state is S.CLOSED and a.get_timer() is None
+    assert a.close_reason is CloseReason.CLOSED
+    assert a.next_event() == ConnectionClosed(CloseReason.CLOSED)
+    assert a.next_event() is None
+
+    b.receive_datagram(syn, now=DELAY_S)
+    (syn_ack,) = b.datagrams_to_send(now=DELAY_S)
+    a.receive_datagram(syn_ack, now=2 * DELAY_S)
+    (rst,) = a.datagrams_to_send(now=2 * DELAY_S)
+    p = decode(rst)
+    # RFC 9293 section 3.10.7.1: the RST takes its sequence number from the segment's ACK.
+    assert (p.flags, p.seq, p.src_cid, p.dst_cid) == (Flag.RST, ISN_A + 1, CID_A, CID_B)
+    assert a.next_event() is None and a.close_reason is CloseReason.CLOSED
+
+    b.receive_datagram(rst, now=3 * DELAY_S)
+    assert b.state is S.CLOSED and b.close_reason is CloseReason.RESET
+    assert b.next_event() == ConnectionClosed(CloseReason.RESET)
+
+
+@pytest.mark.parametrize("who", ["a", "b"])
+def test_abort_sends_rst_and_peer_sees_reset(who: str) -> None:
+    net = pair()
+    a, b = _establish(net)
+    a.send(b"abc")
+    net.run_for(0.1)
+    me, peer = (a, b) if who == "a" else (b, a)
+    me.abort()
+    assert me.state is S.CLOSED and me.get_timer() is None
+    assert me.close_reason is CloseReason.ABORTED
+    assert isinstance(me.close_reason.exception(), ConnectionAbortedError)
+    net.run()
+    expected_rst = (
+        ("a", "RST|ACK", ISN_A + 4, ISN_B + 1)
+        if who == "a"
+        else ("b", "RST|ACK", ISN_B + 1, ISN_A + 4)
+    )
+    assert ladder(net)[-1] == expected_rst
+    assert peer.state is S.CLOSED and peer.close_reason is CloseReason.RESET
+    assert isinstance(peer.close_reason.exception(), ConnectionResetError)
+    assert net.sides[who].events[-1] == ConnectionClosed(CloseReason.ABORTED)
+    assert net.sides["b" if who == "a" else "a"].events[-1] == ConnectionClosed(CloseReason.RESET)
+    assert bytes(net.b.received) == b"abc"
+
+
+def _vanish_mid_transfer(config: Config) -> tuple[Network, float, float]:
+    """Start a 200 kB upload, then cut both directions for good.
+
+    Returns the network once ``a`` has given up, the time of the cut and ``a``'s RTO then.
+    """
+    a_to_b, b_to_a = Link(), Link()
+    net = pair(config_a=config, a_to_b=a_to_b, b_to_a=b_to_a)
+    a, _ = _establish(net)
+    a.send(bytes(200_000))
+    net.run_for(0.1)
+    cut = net.now
+    rto = a.stats.rto_s
+    assert a.stats.bytes_in_flight > 0
+    a_to_b.blackhole = b_to_a.blackhole = (cut, float("inf"))
+    net.run(until=lambda: net.a.closed is not None, max_time=3600)
+    assert a.state is S.CLOSED and a.stats.bytes_in_flight == 0
+    return net, cut, rto
+
+
+@pytest.mark.parametrize("user_timeout_s", [2.0, 5.0])
+def test_vanished_peer_hits_user_timeout(user_timeout_s: float) -> None:
+    net, cut, _ = _vanish_mid_transfer(Config(user_timeout_s=user_timeout_s))
+    a, _ = _conns(net)
+    closed_at = net.now
+    # The last acknowledgement that got through arrived one link delay after b sent it.
+    progress = max(s.time for s in _sent(net, "b") if s.time < cut) + DELAY_S
+    retransmits = [s.time for s in _sent(net, "a") if s.time > cut]
+    last_rto = closed_at - retransmits[-2]  # the final timer interval, backoff included
+    assert progress + user_timeout_s <= closed_at <= progress + user_timeout_s + last_rto
+    assert net.a.closed == ConnectionClosed(CloseReason.TIMEOUT)
+    assert a.close_reason is CloseReason.TIMEOUT
+    assert isinstance(a.close_reason.exception(), TimeoutError)
+    assert a.stats.timeouts < DEFAULTS.max_retransmits
+    assert ladder(net)[-1][:2] == ("a", "RST|ACK")
+
+
+def test_vanished_peer_gives_up_after_max_retransmits() -> None:
+    net, cut, rto0 = _vanish_mid_transfer(DEFAULTS)
+    a, _ = _conns(net)
+    after = [s for s in _sent(net, "a") if s.time > cut]
+    retransmits, final = after[:-1], after[-1]
+    assert len(retransmits) == DEFAULTS.max_retransmits
+    assert len({s.packet.seq for s in retransmits}) == 1  # always the oldest segment
+    assert final.packet.flags == Flag.RST | Flag.ACK
+    # Each timeout doubles the previous one, up to rto_max_s.
+    times = [cut, *(s.time for s in after)]
+    intervals = [t1 - t0 for t0, t1 in itertools.pairwise(times)]
+    expected = [min(rto0 * (1 << k), DEFAULTS.rto_max_s) for k in range(len(intervals))]
+    assert intervals == pytest.approx(expected)
+    assert a.stats.timeouts == DEFAULTS.max_retransmits + 1
+    assert net.a.closed == ConnectionClosed(CloseReason.TIMEOUT)
+    assert isinstance(CloseReason.TIMEOUT.exception(), TimeoutError)
+
+
+# ------------------------------------------------------------------------------ keepalive
+
+KEEPALIVE = Config(keepalive_idle_s=10.0, keepalive_interval_s=2.0, keepalive_probes=3)
+
+
+def _probes(net: Network, src: str, isn: int) -> list[Sent]:
+    """Keepalive probes: empty ACKs one below the next sequence number."""
+    return _sent(net, src, lambda p: p.flags == Flag.ACK and p.seq == isn and not p.payload)
+
+
+def test_keepalive_to_live_peer_keeps_connection_up() -> None:
+    net = pair(config_a=KEEPALIVE)
+    a, b = _establish(net)
+    idle_since = net.trace[-1].time  # the SYN-ACK arrived as a sent the handshake's ACK
+    net.run_for(100.0)
+    assert a.state is b.state is S.ESTABLISHED
+    probes = _probes(net, "a", ISN_A)
+    assert len(probes) >= 5
+    # Every probe is answered, so the next starts a fresh idle period after the answer.
+    idle = KEEPALIVE.keepalive_idle_s
+    assert idle is not None
+    expected = [idle_since + idle + k * (idle + 2 * DELAY_S) for k in range(len(probes))]
+    assert [s.time for s in probes] == pytest.approx(expected)
+    answers = _sent(net, "b", lambda p: p.ack == ISN_A + 1 and p.seq == ISN_B + 1)
+    assert [s.time for s in answers] == pytest.approx([t + DELAY_S for t in expected])
+    assert net.a.closed is None and net.b.closed is None
+
+
+@pytest.mark.parametrize("probes", [1, 3])
+def test_keepalive_on_both_sides_keeps_connection_up(probes: int) -> None:
+    cfg = Config(keepalive_idle_s=10.0, keepalive_interval_s=2.0, keepalive_probes=probes)
+    net = pair(config_a=cfg, config_b=cfg)
+    a, b = _establish(net)
+    net.run_for(60.0)
+    assert (a.state, b.state) == (S.ESTABLISHED, S.ESTABLISHED), ladder(net)
+    assert net.a.closed is None and net.b.closed is None
+
+
+def test_keepalive_to_vanished_peer_closes_idle() -> None:
+    a_to_b, b_to_a = Link(), Link()
+    net = pair(config_a=KEEPALIVE, a_to_b=a_to_b, b_to_a=b_to_a)
+    a, _ = _establish(net)
+    idle_since = net.trace[-1].time
+    a_to_b.blackhole = b_to_a.blackhole = (net.now, float("inf"))
+    net.run(until=lambda: net.a.closed is not None)
+    idle = KEEPALIVE.keepalive_idle_s
+    assert idle is not None
+    interval, count = KEEPALIVE.keepalive_interval_s, KEEPALIVE.keepalive_probes
+    probes = _probes(net, "a", ISN_A)
+    assert [s.time for s in probes] == pytest.approx(
+        [idle_since + idle + k * interval for k in range(count)]
+    )
+    assert net.now == pytest.approx(idle_since + idle + count * interval)
+    assert ladder(net)[-1] == ("a", "RST|ACK", ISN_A + 1, ISN_B + 1)
+    assert net.a.closed == ConnectionClosed(CloseReason.IDLE)
+    assert a.close_reason is CloseReason.IDLE
+    assert isinstance(a.close_reason.exception(), TimeoutError)
+
+
+# ------------------------------------------------------------------------------ fast retransmit
+
+
+@pytest.mark.parametrize("sack", [True, False], ids=["sack", "newreno"])
+def test_first_of_four_segments_lost_is_fast_retransmitted(sack: bool) -> None:
+    cfg = Config(sack=sack)
+    warmup = 100
+    lost_seq = ISN_A + 1 + warmup
+    link = Link(drop=_drop_first(lambda p: p.seq == lost_seq and _has_data(p)))
+    net = pair(config_a=cfg, config_b=cfg, a_to_b=link)
+    a, _ = _establish(net)
+    # A first exchange teaches a b's scaled window: the SYN-ACK can only carry 64 KiB, so the
+    # first ACK after it is a window update, which RFC 5681 does not count as a duplicate.
+    a.send(bytes(warmup))
+    net.run(until=lambda: len(net.b.received) == warmup and a.stats.bytes_in_flight == 0)
+    rto = a.stats.rto_s
+    mss = a.mss
+    data = random.Random(4).randbytes(4 * mss)
+    start = len(net.trace)
+    for k in range(4):  # 1 ms apart so each arrival draws its own immediate ACK
+        a.send(data[k * mss : (k + 1) * mss])
+        net.run_for(0.001)
+    net.run(until=lambda: len(net.b.received) == warmup + len(data))
+    assert bytes(net.b.received) == bytes(warmup) + data
+
+    sent = net.trace[start:]
+    segs = [s for s in sent if s.src == "a" and _has_data(s.packet)]
+    assert [s.packet.seq for s in segs] == [lost_seq + k * mss for k in range(4)] + [lost_seq]
+    dupacks = [s for s in sent if s.src == "b" and s.packet.ack == lost_seq]
+    assert len(dupacks) == 3
+    assert all(bool(s.packet.sack_blocks) is sack for s in dupacks)
+    if sack:
+        assert [s.packet.sack_blocks for s in dupacks] == [
+            ((lost_seq + mss, lost_seq + (k + 2) * mss),) for k in range(3)
+        ]
+    first, retransmit = segs[0], segs[-1]
+    assert retransmit.time == pytest.approx(dupacks[2].time + DELAY_S)
+    assert retransmit.time < first.time + rto
+    stats = a.stats
+    assert (stats.fast_retransmits, stats.timeouts, stats.retransmissions) == (1, 0, 1)
+    assert stats.duplicate_acks == 3
+
+
+# ------------------------------------------------------------------------------ half-close
+
+
+def test_half_close_peer_keeps_sending() -> None:
+    seed = 11
+    size = 200 * 1024
+    data = random.Random(seed).randbytes(size)
+    net = pair()
+    a, b = _establish(net)
+    history = _record_states(net)
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2)
+    with pytest.raises(BrokenPipeError):
+        a.send(b"too late")
+    assert net.b.eof and not net.a.eof
+    b.send(data)
+    net.run(until=lambda: len(net.a.received) == size)
+    assert bytes(net.a.received) == data, f"seed={seed}"
+    assert a.state is S.FIN_WAIT_2 and b.state is S.CLOSE_WAIT and not net.a.eof
+    b.close()
+    net.run()
+    assert net.a.eof
+    assert a.state is b.state is S.CLOSED
+    assert a.close_reason is b.close_reason is CloseReason.CLOSED
+    assert history == {"a": ACTIVE_CLOSE, "b": PASSIVE_CLOSE}
+    assert b.stats.bytes_sent == size and a.stats.bytes_received == size
+
+
+# ------------------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"mss_bytes": 63}, "mss_bytes"),
+        ({"mss_bytes": 65535}, "mss_bytes"),
+        ({"recv_buffer_bytes": 1000}, "recv_buffer_bytes"),
+        ({"send_buffer_bytes": 0}, "send_buffer_bytes"),
+        ({"rto_min_s": 0.0}, "rto_min_s"),
+        ({"rto_min_s": 2.0, "rto_max_s": 1.0}, "rto_min_s"),
+        ({"rto_initial_s": 0.0}, "rto_initial_s"),
+        ({"max_retransmits": 0}, "max_retransmits"),
+        ({"syn_retries": -1}, "syn_retries"),
+        ({"user_timeout_s": 0.0}, "user_timeout_s"),
+        ({"msl_s": -1.0}, "msl_s"),
+        ({"keepalive_idle_s": 0.0}, "keepalive_idle_s"),
+        ({"keepalive_probes": 0}, "keepalive_probes"),
+        ({"dupack_threshold": 0}, "dupack_threshold"),
+        ({"congestion_control": "no-such-algorithm"}, "congestion_control"),
+    ],
+)
+def test_config_validate_rejects_bad_values(changes: dict[str, Any], message: str) -> None:
+    bad = Config(**changes)  # constructing is allowed; validating is not
+    with pytest.raises(ValueError, match=message):
+        bad.validate()
+    with pytest.raises(ValueError, match=message):
+        DEFAULTS.replace(**changes)
+    with pytest.raises(ValueError, match=message):
+        Connection(bad)
+
+
+def test_config_validate_accepts_defaults_and_edges() -> None:
+    assert DEFAULTS.validate() is DEFAULTS
+    edge = Config(mss_bytes=64, recv_buffer_bytes=128, syn_retries=0, msl_s=0.0)
+    assert edge.validate() is edge
+    assert DEFAULTS.replace(user_timeout_s=None, keepalive_idle_s=None) == DEFAULTS
