@@ -147,6 +147,7 @@ class Connection:
         self._recover = 0  # RFC 6582 "recover"
         self._dupacks = 0
         self._dupack_credit = 0  # bytes of dup-ACK inflation in recovery without SACK
+        self._rexmit_now = False  # fast retransmit due: send it whatever the pipe says
         self._sack_ok = False
         self._ts_ok = False
         self._ts_recent = 0
@@ -582,7 +583,11 @@ class Connection:
             ok = False
         else:
             end = seg_pos + seg_len - 1
-            ok = (0 <= seg_pos - self._rcv_nxt < wnd) or (0 <= end - self._rcv_nxt < wnd)
+            ok = (
+                (0 <= seg_pos - self._rcv_nxt < wnd)
+                or (0 <= end - self._rcv_nxt < wnd)
+                or seg_pos <= self._rcv_nxt <= end  # covers the whole window: keep what fits
+            )
         if flags & Flag.RST:
             self._rx_rst(seg_pos, ok or (seg_len == 0 and seg_pos == self._rcv_nxt), wnd)
             return
@@ -742,6 +747,8 @@ class Connection:
         first = sb.first()
         if first is not None and not first.sacked and first.retx == 0:
             sb.mark_lost(first)
+            # RFC 5681 section 3.2 step 4: the fast retransmit goes out at once.
+            self._rexmit_now = True
         if not self._sack_ok:
             self._dupack_credit = self._dupacks * self._snd_mss
         self._log.debug(
@@ -922,8 +929,13 @@ class Connection:
             if seg is None:
                 break
             length = seg.end - seg.start
-            if sb.pipe and sb.pipe + length > cc.cwnd + self._dupack_credit:
+            if (
+                not self._rexmit_now
+                and sb.pipe
+                and sb.pipe + length > cc.cwnd + self._dupack_credit
+            ):
                 break
+            self._rexmit_now = False
             self._emit_segment(out, seg.start, seg.end)
             sb.retransmitted(seg, now)
             self._retx += 1

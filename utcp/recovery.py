@@ -233,4 +233,4 @@ class Scoreboard:
         """Forget everything (the connection is gone)."""
         self.segs.clear()
         self._lost.clear()
-        self._head = self._loss_scan = self.pipe = 0
+        self._head = self._loss_scan = self.pipe = self.highest_sacked = 0
