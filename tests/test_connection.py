@@ -786,3 +786,35 @@ def test_config_validate_accepts_defaults_and_edges() -> None:
     edge = Config(mss_bytes=64, recv_buffer_bytes=128, syn_retries=0, msl_s=0.0)
     assert edge.validate() is edge
     assert DEFAULTS.replace(user_timeout_s=None, keepalive_idle_s=None) == DEFAULTS
+
+
+def test_close_in_syn_received_still_completes_the_handshake_then_closes() -> None:
+    # The server closes before its SYN-ACK is acknowledged, and that SYN-ACK is lost: it must
+    # keep retransmitting it, report the establishment, then send its FIN (RFC 9293 3.10.4).
+    net = pair(b_to_a=Link(drop=_drop_first(lambda p: bool(p.flags & Flag.SYN))))
+    a, b = _conns(net)
+    net.run(until=lambda: b.state is S.SYN_RECEIVED)
+    b.close()
+    assert b.state is S.SYN_RECEIVED
+    assert b.get_timer() is not None
+    net.run(until=lambda: a.state is S.CLOSE_WAIT)
+    assert any(isinstance(e, ConnectionEstablished) for e in net.b.events)
+    assert net.a.eof
+    a.close()
+    net.run()
+    assert a.state is S.CLOSED and b.state is S.CLOSED
+    assert len(_sent(net, "b", lambda p: bool(p.flags & Flag.SYN))) == 2
+
+
+def test_data_segments_with_sack_blocks_fit_the_datagram_budget() -> None:
+    # Data segments piggyback SACK blocks while holes exist; the options must not push the
+    # datagram past header + MSS (1452 bytes by default).
+    lose_sixth = Link(drop=lambda i, p: i == 5)
+    net = pair(a_to_b=lose_sixth, b_to_a=Link(drop=lambda i, p: i == 5))
+    a, b = _establish(net)
+    payload = random.Random(7).randbytes(200_000)
+    a.send(payload)
+    b.send(payload)
+    net.run(until=lambda: len(net.a.received) == len(net.b.received) == len(payload))
+    assert any(s.packet.sack_blocks for s in net.trace), "the scenario must produce holes"
+    assert max(len(encode(s.packet)) for s in net.trace) <= 1452

@@ -9,7 +9,7 @@ import struct
 import zlib
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from utcp import PacketError
@@ -72,6 +72,17 @@ def raw(
     return seal(bytearray(head + options + payload))
 
 
+def reference_crc32(data: bytes) -> int:
+    """CRC-32 as in IEEE 802.3 (reflected polynomial 0xEDB88320, init and final xor all ones),
+    bit by bit, independent of zlib."""
+    crc = 0xFFFF_FFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0xEDB8_8320 if crc & 1 else 0)
+    return crc ^ 0xFFFF_FFFF
+
+
 def decode_error(data: bytes) -> str:
     with pytest.raises(PacketError) as info:
         decode(data)
@@ -102,6 +113,11 @@ def test_flag_values_match_tcp_positions() -> None:
     }
 
 
+def test_reference_crc32_is_the_standard_one() -> None:
+    assert reference_crc32(b"123456789") == 0xCBF4_3926  # the CRC-32 check value
+    assert reference_crc32(b"utcp") == zlib.crc32(b"utcp")
+
+
 def test_fixed_header_byte_layout() -> None:
     p = make(
         flags=Flag.SYN | Flag.ACK,
@@ -122,25 +138,48 @@ def test_fixed_header_byte_layout() -> None:
     assert b[12:16] == bytes.fromhex("090a0b0c")
     assert b[16:20] == bytes.fromhex("0d0e0f10")
     assert b[24:] == b"hi"
+    assert b[20:24] == bytes.fromhex("61cfa059")  # a test vector for other implementations
     crc = int.from_bytes(b[20:24], "big")
-    assert crc == zlib.crc32(b[:20] + b[24:])
+    assert crc == reference_crc32(b[:20] + b[24:])
     # The CRC field is left out, not zeroed: a zeroed field would give another value.
-    assert crc != zlib.crc32(b[:20] + bytes(4) + b[24:])
+    assert crc != reference_crc32(b[:20] + bytes(4) + b[24:])
 
 
 def test_header_only_packet_is_24_bytes() -> None:
     b = encode(make(flags=Flag.NONE, src_cid=0, dst_cid=0, seq=0, ack=0, window=0))
     assert len(b) == HEADER_SIZE
     assert b[:20] == bytes([0x16]) + bytes(19)
-    assert int.from_bytes(b[20:24], "big") == zlib.crc32(bytes([0x16]) + bytes(19))
+    assert int.from_bytes(b[20:24], "big") == reference_crc32(bytes([0x16]) + bytes(19))
 
 
 def test_syn_option_bytes() -> None:
     """MSS, WSCALE and SACK_PERMITTED in that order, padded with NOPs at the end."""
     b = encode(make(flags=Flag.SYN, mss=1428, wscale=5, sack_permitted=True))
     assert b[0] == (1 << 4) | 9  # 24 + 12 bytes = 9 words
-    assert b[24:36] == bytes.fromhex("02 04 059403 03 0504 0201 01 01")
+    # MSS 1428 | WSCALE 5 | SACK_PERMITTED | three NOPs
+    assert b[24:36] == bytes.fromhex("02 04 05 94  03 03 05  04 02  01 01 01")
     assert len(b) == 36
+
+
+def test_syn_test_vector() -> None:
+    """The client SYN of docs/PROTOCOL.md, byte for byte."""
+    p = make(
+        flags=Flag.SYN,
+        src_cid=0x0A,
+        dst_cid=0,
+        seq=1000,
+        ack=0,
+        window=0xFFFF,
+        mss=1428,
+        wscale=5,
+        sack_permitted=True,
+    )
+    expected = bytes.fromhex(
+        "19 02 ff ff  00 00 00 0a  00 00 00 00  00 00 03 e8  00 00 00 00  22 ec 2b 29"
+        "02 04 05 94  03 03 05 04  02 01 01 01"
+    )
+    assert encode(p) == expected
+    assert decode(expected) == p
 
 
 def test_timestamps_and_sack_option_bytes() -> None:
@@ -263,7 +302,7 @@ def test_payload_view_of_bytes_input() -> None:
     p = decode(data)
     assert isinstance(p.payload, memoryview)
     assert p.payload.obj is data
-    assert p.payload == b"abc"
+    assert p.payload.tobytes() == b"abc"
 
 
 def test_decode_accepts_memoryview_and_wider_items() -> None:
@@ -542,7 +581,7 @@ def packets(draw: st.DrawFn) -> Packet:
     return p
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, derandomize=True)
 @given(p=packets())
 def test_prop_encode_decode_round_trip(p: Packet) -> None:
     b = encode(p)
@@ -553,7 +592,7 @@ def test_prop_encode_decode_round_trip(p: Packet) -> None:
     assert len(b) == (b[0] & 0x0F) * 4 + len(p.payload)
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, derandomize=True)
 @given(data=st.binary(max_size=120))
 def test_prop_decode_arbitrary_bytes(data: bytes) -> None:
     # Random bytes almost never pass the checksum; the valid-CRC fuzzing below goes deeper.
@@ -635,7 +674,7 @@ def _check_decode(data: bytes) -> str:
     return "options" if hlen > HEADER_SIZE else "plain"
 
 
-@settings(max_examples=400)
+@settings(max_examples=400, derandomize=True)
 @given(seed=st.integers(min_value=0, max_value=2**32))
 def test_prop_decode_valid_crc_random_options(seed: int) -> None:
     _check_decode(_fuzz_datagram(random.Random(seed)))
@@ -653,7 +692,7 @@ def test_valid_crc_fuzz_reaches_option_parsing() -> None:
     assert outcomes.get("header error", 0) > 10, (SEED, outcomes)
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, derandomize=True)
 @given(p=packets(), data=st.data())
 def test_prop_any_bit_flip_is_detected(p: Packet, data: st.DataObject) -> None:
     b = bytearray(encode(p))

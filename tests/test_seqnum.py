@@ -145,7 +145,7 @@ def test_seq_in_window(x: int, start: int, length: int, expected: bool) -> None:
 # ---------------------------------------------------------------- properties
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, derandomize=True)
 @given(a=seqs, n=distances)
 def test_prop_add_then_diff_is_identity(a: int, n: int) -> None:
     b = seq_add(a, n)
@@ -155,7 +155,7 @@ def test_prop_add_then_diff_is_identity(a: int, n: int) -> None:
     assert seq_add(b, -n) == a
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, derandomize=True)
 @given(a=seqs, b=seqs)
 def test_prop_diff_range_and_consistency(a: int, b: int) -> None:
     d = seq_diff(a, b)
@@ -163,7 +163,7 @@ def test_prop_diff_range_and_consistency(a: int, b: int) -> None:
     assert seq_add(b, d) == a
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, derandomize=True)
 @given(a=seqs, b=seqs)
 def test_prop_comparisons_are_consistent(a: int, b: int) -> None:
     if seq_add(a, HALF) == b:
@@ -181,7 +181,7 @@ def test_prop_comparisons_are_consistent(a: int, b: int) -> None:
     assert seq_ge(seq_max(a, b), seq_min(a, b))
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, derandomize=True)
 @given(a=seqs, m=st.integers(min_value=1, max_value=HALF - 1))
 def test_prop_adding_a_positive_step_moves_forward(a: int, m: int) -> None:
     b = seq_add(a, m)
@@ -189,7 +189,7 @@ def test_prop_adding_a_positive_step_moves_forward(a: int, m: int) -> None:
     assert seq_max(a, b) == b and seq_min(a, b) == a
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, derandomize=True)
 @given(
     start=seqs,
     length=st.integers(min_value=0, max_value=SEQ_MOD),

@@ -66,7 +66,8 @@ class Config:
     """Offer and use selective acknowledgements (RFC 2018)."""
 
     timestamps: bool = False
-    """Offer the timestamps option (RFC 7323) and take RTT samples from it."""
+    """Offer the timestamps option (RFC 7323); values are echoed, RTT still comes from
+    Karn-filtered segment timing."""
 
     dupack_threshold: int = 3
     """Duplicate ACKs (or SACKed segments above a hole) that trigger fast retransmit."""

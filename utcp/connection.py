@@ -287,6 +287,8 @@ class Connection:
         if self._fin_pos is not None or st not in (S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT):
             return
         self._fin_pos = self._sndbuf.end
+        if st is S.SYN_RECEIVED:
+            return  # RFC 9293 section 3.10.4: the FIN waits until the handshake completes
         self._set_state(S.LAST_ACK if st is S.CLOSE_WAIT else S.FIN_WAIT_1)
 
     def abort(self) -> None:
@@ -636,8 +638,7 @@ class Connection:
                 self._dropped += 1
                 return False
             self._on_syn_acked(p, now)
-            if self._fin_pos is None:
-                self._set_state(S.ESTABLISHED)
+            self._set_state(S.FIN_WAIT_1 if self._fin_pos is not None else S.ESTABLISHED)
             self._events.append(ConnectionEstablished())
             if p.flags & Flag.SYN:
                 self._ack_now = True
@@ -1049,7 +1050,7 @@ class Connection:
             if self._ts_ok:
                 p.timestamps = (self._ts_now(), self._ts_recent)
             if self._sack_ok and len(self._reasm) and flags & Flag.ACK:
-                p.sack_blocks = self._sack_blocks()
+                p.sack_blocks = self._sack_blocks(len(payload))
         if flags & Flag.ACK:
             self._ack_now = False
             self._ack_at = None
@@ -1059,9 +1060,16 @@ class Connection:
     def _ts_now(self) -> int:
         return int(self._clock_ms) & SEQ_MASK
 
-    def _sack_blocks(self) -> tuple[tuple[int, int], ...]:
+    def _sack_blocks(self, payload_len: int) -> tuple[tuple[int, int], ...]:
         ranges = self._reasm.ranges()
         limit = _MAX_SACK_BLOCKS_WITH_TS if self._ts_ok else _MAX_SACK_BLOCKS
+        if payload_len:
+            # Options must not push a data segment past the datagram size the MSS allows
+            # (RFC 9293 section 3.7.1): carry only the blocks that fit beside the payload.
+            ts_cost = options_size(timestamps=True) if self._ts_ok else 0
+            room = self._snd_mss + ts_cost - payload_len
+            while limit and options_size(sack_blocks=limit, timestamps=self._ts_ok) > room:
+                limit -= 1
         # RFC 2018 section 4: the block holding the most recent arrival goes first.
         ranges.sort(key=lambda r: not (r[0] <= self._last_rcv_pos < r[1]))
         return tuple((self._wire_ack(s), self._wire_ack(e)) for s, e in ranges[:limit])
