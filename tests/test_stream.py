@@ -766,3 +766,16 @@ def test_stats_agree_with_the_wire_after_a_lossy_transfer(seed: int) -> None:
     assert b.stats.segments_received == a_to_b.sent - a_to_b.dropped, f"seed={seed}"
     assert st.segments_received == b_to_a.sent - b_to_a.dropped, f"seed={seed}"
     assert st.bytes_in_flight == 0 and st.send_buffer_bytes == 0, f"seed={seed}"
+
+
+def test_congestion_window_does_not_grow_while_the_receive_window_limits_the_sender() -> None:
+    # A receiver-limited sender never fills its congestion window, so that window proves
+    # nothing about the path and must not keep growing (it reached tens of MB before).
+    window = 64 * 1024
+    net = established(config_b=Config(recv_buffer_bytes=window))
+    a, _ = conns(net)
+    payload = random.Random(11).randbytes(4 << 20)
+    a.send(payload)
+    net.run(until=lambda: len(net.b.received) == len(payload))
+    assert bytes(net.b.received) == payload
+    assert a.stats.cwnd_bytes <= 2 * window + 2 * MSS

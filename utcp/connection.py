@@ -707,7 +707,11 @@ class Connection:
                 if self._sack_ok:
                     sb.detect_losses(self._loss_threshold())
         else:
-            self._cc.on_ack(acked_bytes, now=now, rtt_s=self._rtt.latest_rtt)
+            # Grow the window only while it limits us (RFC 7661 spirit): an application- or
+            # receiver-limited sender must not build a window it never tested.
+            flight_before = self._snd_max - (ack_pos - acked_bytes)
+            if 2 * flight_before >= self._cc.cwnd:
+                self._cc.on_ack(acked_bytes, now=now, rtt_s=self._rtt.latest_rtt)
             if self._sack_ok and len(sb):
                 self._maybe_enter_recovery(now)
         if len(sb):
