@@ -104,6 +104,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._half_open = 0
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closing = False
+        self._until_released: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         self.stats = EndpointStats()
 
     # ------------------------------------------------------------------ DatagramProtocol
@@ -126,6 +127,9 @@ class Endpoint(asyncio.DatagramProtocol):
                 handle.conn.abort()
                 self._dispatch_events(handle)
         self._handles.clear()
+        for callback, args in self._until_released:
+            self._loop.call_soon(callback, *args)  # after the loop has closed the socket
+        self._until_released.clear()
         if not self._closed.done():
             self._closed.set_result(None)
 
@@ -288,12 +292,22 @@ class Endpoint(asyncio.DatagramProtocol):
         if handle.waiter is None:
             # Accepted by a server endpoint.
             self._half_open -= 1
-            self._syn_index.pop((handle.addr, handle.conn.peer_cid), None)
             assert self._protocol_factory is not None
-            protocol = self._protocol_factory()
+            try:
+                protocol = self._protocol_factory()
+            except Exception as exc:
+                # As asyncio's servers do: report it and drop this connection (the client sees
+                # a reset, not a connection nobody serves); never raise out of the endpoint.
+                self._loop.call_exception_handler(
+                    {"message": "utcp: server protocol factory raised", "exception": exc}
+                )
+                handle.conn.abort()
+                for data in handle.conn.datagrams_to_send(now=self._loop.time()):
+                    self._send(data, handle.addr)
+                return
             handle.transport = UtcpTransport(self, handle, protocol)
             _log.debug("connection_accepted", cid=f"{handle.conn.local_cid:08x}")
-            protocol.connection_made(handle.transport)
+            handle.transport._call(protocol.connection_made, handle.transport)
         else:
             handle.transport = UtcpTransport(self, handle, None)
             if not handle.waiter.done():
@@ -302,7 +316,6 @@ class Endpoint(asyncio.DatagramProtocol):
     def _on_closed(self, handle: ConnectionHandle, reason: CloseReason) -> None:
         if not handle.established and handle.waiter is None:
             self._half_open -= 1
-            self._syn_index.pop((handle.addr, handle.conn.peer_cid), None)
         exc = reason.exception()
         self._fail_waiter(handle, exc or ConnectionResetError("connection closed"))
         if handle.transport is not None:
@@ -314,6 +327,15 @@ class Endpoint(asyncio.DatagramProtocol):
             # connection from ever taking this one's stray datagrams, so TIME_WAIT is skipped.
             self._loop.call_soon(self.close)
 
+    def call_when_released(self, callback: Callable[..., object], *args: Any) -> None:
+        """Call ``callback(*args)`` soon; on a client endpoint not before its socket is closed,
+        so that ``connection_lost`` (and a stream's ``wait_closed()``) mean the descriptor is
+        released, as with asyncio's own transports."""
+        if self._protocol_factory is None and self._transport is not None:
+            self._until_released.append((callback, args))
+        else:
+            self._loop.call_soon(callback, *args)
+
     def _fail_waiter(self, handle: ConnectionHandle, exc: BaseException) -> None:
         if handle.waiter is not None and not handle.waiter.done():
             handle.waiter.set_exception(exc)
@@ -322,6 +344,11 @@ class Endpoint(asyncio.DatagramProtocol):
         self._cancel_timer(handle)
         if self._handles.get(handle.conn.local_cid) is handle:
             del self._handles[handle.conn.local_cid]
+        # The SYN index lives as long as the connection: a duplicate or late SYN must reach it
+        # (and draw a challenge ACK), not open a second, never-completed connection.
+        key = (handle.addr, handle.conn.peer_cid)
+        if self._syn_index.get(key) == handle.conn.local_cid:
+            del self._syn_index[key]
         if self._closing and not self._live_connections():
             self._close_socket()
 
@@ -364,6 +391,7 @@ class Endpoint(asyncio.DatagramProtocol):
         for handle in list(self._handles.values()):
             self._cancel_timer(handle)
         self._handles.clear()
+        self._syn_index.clear()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()
 

@@ -68,11 +68,18 @@ async def create_connection(
     assert handle.waiter is not None
     try:
         await handle.waiter
-    except BaseException:
+    except BaseException as exc:
         endpoint.abort_all()
+        if isinstance(exc, Exception):
+            await endpoint.wait_closed()  # release the socket before raising, as asyncio does
         raise
     transport = handle.transport
-    protocol = protocol_factory()
+    try:
+        protocol = protocol_factory()
+    except Exception:
+        transport.abort()  # leave no half-made connection (and socket) behind, as asyncio does
+        await endpoint.wait_closed()
+        raise
     transport._attach(protocol)
     return transport, protocol
 

@@ -68,7 +68,8 @@ class UtcpTransport(asyncio.Transport):
         return self._closing or self._lost
 
     def close(self) -> None:
-        """Send what is buffered, then FIN; ``connection_lost`` follows the peer's FIN."""
+        """Send what is buffered, then FIN; ``connection_lost`` follows the peer's FIN, or a
+        reset if the peer still sends data (as on a closed TCP socket)."""
         if self._closing or self._lost:
             return
         self._closing = True
@@ -213,13 +214,19 @@ class UtcpTransport(asyncio.Transport):
             self._pending.append(data)
             return
         if self._closing:
-            return  # close() was called: later data is discarded, as on a TCP transport
+            # close() promised no more data. Like a closed TCP socket that gets data (RFC 1122
+            # section 4.2.2.13), reset: the peer learns nobody reads, and close() does not wait
+            # for the FIN of a peer that keeps sending.
+            self.abort()
+            return
         self._call(self._protocol.data_received, data)
 
     def _eof_received(self) -> None:
         if self._protocol is None:
             self._pending_eof = True
             return
+        if self._closing:
+            return  # after close() only connection_lost follows, as on asyncio's transports
         keep_open = self._call(self._protocol.eof_received)
         if not keep_open:
             self.close()
@@ -234,4 +241,4 @@ class UtcpTransport(asyncio.Transport):
         self._closing = True
         if reason is not None:
             _log.debug("transport_closed", reason=reason.value)
-        self._loop.call_soon(self._call, self._protocol.connection_lost, exc)
+        self._endpoint.call_when_released(self._call, self._protocol.connection_lost, exc)
