@@ -1,0 +1,111 @@
+"""The ``utcp`` command line: echo-server, cat, perf and netem subcommands.
+
+Argument errors exit with status 2 and one line saying what is wrong; ``-v`` sends utcp's
+structlog events to standard error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn, cast
+
+import structlog
+
+from .units import parse_duration, parse_fraction, parse_hostport, parse_rate, parse_size
+
+__all__ = ["arg_type", "build_parser", "main"]
+
+
+class CliParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def arg_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """Wrap a ``utcp.cli.units`` parser so argparse shows its own one-line message."""
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = parse.__name__.removeprefix("parse_")
+    return convert
+
+
+def port_number(text: str) -> int:
+    """A UDP port, 0..65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range: {text!r} (0 to 65535)")
+    return port
+
+
+def _configure_logging(verbose: int) -> None:
+    """-v: utcp's structlog events (info and up) to stderr; -vv: debug too."""
+    level = logging.DEBUG if verbose > 1 else logging.INFO
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", utc=False),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
+
+
+def build_parser() -> CliParser:
+    """The whole command line, every subcommand registered."""
+    from . import cat, echo, netem_cmd, perf
+
+    parser = CliParser(
+        prog="utcp",
+        description="Tools for utcp, a reliable byte stream over UDP.",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="log utcp's events to stderr (-vv for debug detail)",
+    )
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=CliParser),
+    )
+    sub.required = True
+    echo.register(sub)
+    cat.register(sub)
+    perf.register(sub)
+    netem_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``utcp`` console script and ``python -m utcp``."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verbose:
+        _configure_logging(args.verbose)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+# Re-exported for the subcommand modules.
+fraction = arg_type(parse_fraction)
+size = arg_type(parse_size)
+duration = arg_type(parse_duration)
+rate = arg_type(parse_rate)
+hostport = arg_type(parse_hostport)

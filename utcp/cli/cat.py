@@ -1,0 +1,145 @@
+"""``utcp cat``: netcat for utcp.
+
+Standard input goes to the connection and the connection to standard output.  End of input
+sends FIN (half-close) while the other direction keeps flowing until the peer closes, so a
+file copied through a pair of ``utcp cat`` processes arrives exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from typing import BinaryIO
+
+from .. import Config, open_connection, run, start_server
+
+CHUNK = 64 * 1024
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``cat`` subcommand."""
+    from . import duration, port_number
+
+    p = sub.add_parser(
+        "cat",
+        help="netcat for utcp: stdin to the connection, the connection to stdout",
+        description=(
+            "Connect to HOST PORT (or, with --listen, accept one connection on PORT) and copy "
+            "standard input to the connection and the connection to standard output. End of "
+            "input sends FIN; the command exits once the peer has closed too. Exit status 1 "
+            "on a connection error (refused, reset, timed out)."
+        ),
+        usage="utcp cat [options] HOST PORT\n       utcp cat --listen [--host H] [options] PORT",
+    )
+    p.add_argument("target", nargs="+", metavar="HOST PORT", help="peer to connect to, or PORT")
+    p.add_argument("-l", "--listen", action="store_true", help="accept one connection instead")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind with --listen")
+    p.add_argument(
+        "--user-timeout",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="abort when the peer acknowledges nothing for this long, e.g. 10s "
+        "(default: after 15 retransmissions, as TCP)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=duration,
+        default=None,
+        metavar="DURATION",
+        help="give up connecting after this long (default: after 5 SYN retransmissions)",
+    )
+    p.set_defaults(func=main, _port_type=port_number)
+
+
+async def _pump_in(writer: asyncio.StreamWriter, stdin: BinaryIO) -> None:
+    loop = asyncio.get_running_loop()
+    while data := await loop.run_in_executor(None, stdin.read1, CHUNK):  # type: ignore[attr-defined]
+        writer.write(data)
+        await writer.drain()
+    if not writer.is_closing():
+        writer.write_eof()
+
+
+async def _pump_out(reader: asyncio.StreamReader, stdout: BinaryIO) -> None:
+    loop = asyncio.get_running_loop()
+    while data := await reader.read(CHUNK):
+        await loop.run_in_executor(None, stdout.write, data)
+    await loop.run_in_executor(None, stdout.flush)
+
+
+async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    stdin = sys.stdin.buffer
+    stdout = sys.stdout.buffer
+    inbound = asyncio.create_task(_pump_out(reader, stdout))
+    outbound = asyncio.create_task(_pump_in(writer, stdin))
+    try:
+        await inbound  # the peer closed its side (or the connection failed)
+        if not outbound.done():
+            # The peer has finished; what we still have to say may yet go out.
+            await outbound
+    finally:
+        outbound.cancel()
+        writer.close()
+        try:
+            await writer.wait_closed()
+        except ConnectionError:
+            pass
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return Config(user_timeout_s=args.user_timeout)
+
+
+async def _connect(args: argparse.Namespace, host: str, port: int) -> None:
+    coro = open_connection(host, port, config=_config(args))
+    if args.connect_timeout is not None:
+        reader, writer = await asyncio.wait_for(coro, args.connect_timeout)
+    else:
+        reader, writer = await coro
+    await _session(reader, writer)
+
+
+async def _listen(args: argparse.Namespace, port: int) -> None:
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        server.close()  # one connection, like netcat
+        try:
+            await _session(reader, writer)
+        except BaseException as exc:
+            if not done.done():
+                done.set_exception(exc)
+            raise
+        if not done.done():
+            done.set_result(None)
+
+    server = await start_server(accept, args.host, port, config=_config(args))
+    addr = server.sockets[0].getsockname()
+    print(f"utcp cat listening on utcp://{addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
+    await done
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``utcp cat``; 0 after a clean close, 1 on a connection error."""
+    parse_port = args._port_type
+    try:
+        if args.listen:
+            if len(args.target) != 1:
+                raise argparse.ArgumentTypeError("with --listen give just PORT")
+            coro = _listen(args, parse_port(args.target[0]))
+        else:
+            if len(args.target) != 2:
+                raise argparse.ArgumentTypeError("give HOST PORT (or --listen PORT)")
+            coro = _connect(args, args.target[0], parse_port(args.target[1]))
+    except argparse.ArgumentTypeError as exc:
+        print(f"utcp cat: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run(coro)
+    except (OSError, asyncio.TimeoutError, EOFError) as exc:
+        kind = "timed out" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else "failed"
+        print(f"utcp cat: error: connection {kind}: {exc!r}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,247 @@
+"""``utcp perf``: an iperf3-style throughput test over utcp.
+
+The client sends (or, with ``--reverse``, receives) for a number of bytes or seconds on one or
+more parallel connections, printing a line per second (goodput, retransmissions, srtt, cwnd)
+and a summary.  Goodput is measured at the receiver, from its first byte to its last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import Config, ConnectionStats, open_connection, run, start_server
+
+CHUNK = 64 * 1024
+_ZEROS = bytes(CHUNK)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``perf`` subcommand."""
+    from . import duration, port_number, size
+
+    p = sub.add_parser(
+        "perf",
+        help="measure throughput (iperf3-style)",
+        description=(
+            "Throughput test. Start 'utcp perf --server' on one side and 'utcp perf HOST PORT' "
+            "on the other. Goodput is measured at the receiver from first to last byte."
+        ),
+        usage="utcp perf --server [--host H] [--port P]\n"
+        "       utcp perf HOST PORT [--bytes N | --time S] [--reverse] [--parallel K] [--json]",
+    )
+    p.add_argument("target", nargs="*", metavar="HOST PORT", help="the perf server to test")
+    p.add_argument("-s", "--server", action="store_true", help="run the perf server")
+    p.add_argument("--host", default="127.0.0.1", help="address the server binds")
+    p.add_argument("--port", type=port_number, default=5201, help="server UDP port (default 5201)")
+    amount = p.add_mutually_exclusive_group()
+    amount.add_argument("-n", "--bytes", type=size, default=None, help="bytes to send, e.g. 64M")
+    amount.add_argument(
+        "-t", "--time", type=duration, default=None, help="seconds to send (default 10s)"
+    )
+    p.add_argument("-R", "--reverse", action="store_true", help="the server sends, we receive")
+    p.add_argument("-P", "--parallel", type=int, default=1, help="parallel connections")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=main, _port_type=port_number)
+
+
+@dataclass
+class Flow:
+    """What one connection of the test did."""
+
+    bytes: int = 0
+    first_s: float | None = None
+    last_s: float | None = None
+    stats: ConnectionStats | None = None
+    writer: asyncio.StreamWriter | None = field(default=None, repr=False)
+
+    def seconds(self) -> float:
+        if self.first_s is None or self.last_s is None:
+            return 0.0
+        return max(self.last_s - self.first_s, 1e-9)
+
+
+async def _send(writer: asyncio.StreamWriter, flow: Flow, nbytes: int | None, secs: float) -> None:
+    deadline = time.monotonic() + secs
+    while True:
+        if nbytes is not None:
+            left = nbytes - flow.bytes
+            if left <= 0:
+                break
+            chunk = _ZEROS if left >= CHUNK else _ZEROS[:left]
+        elif time.monotonic() >= deadline:
+            break
+        else:
+            chunk = _ZEROS
+        writer.write(chunk)
+        flow.bytes += len(chunk)
+        await writer.drain()
+    writer.write_eof()
+
+
+async def _receive(reader: asyncio.StreamReader, flow: Flow) -> None:
+    while data := await reader.read(CHUNK * 4):
+        now = time.monotonic()
+        if flow.first_s is None:
+            flow.first_s = now
+        flow.last_s = now
+        flow.bytes += len(data)
+
+
+# ---------------------------------------------------------------------------------- server
+
+
+async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        request = json.loads(await reader.readline())
+        flow = Flow()
+        if request.get("reverse"):
+            await _send(writer, flow, request.get("bytes"), float(request.get("time") or 10.0))
+            await reader.read()  # the client's FIN
+        else:
+            await _receive(reader, flow)
+            result = {"bytes": flow.bytes, "seconds": flow.seconds()}
+            writer.write(json.dumps(result).encode() + b"\n")
+            writer.write_eof()
+        stats = writer.get_extra_info("stats")
+        print(
+            f"perf flow done: {flow.bytes} bytes, {stats.retransmissions} retransmissions, "
+            f"srtt {(stats.srtt_s or 0) * 1e3:.2f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+    except (ConnectionError, TimeoutError, ValueError) as exc:
+        print(f"perf flow failed: {exc!r}", file=sys.stderr, flush=True)
+    finally:
+        writer.close()
+
+
+async def serve(host: str, port: int) -> None:
+    """The perf server: serves tests until SIGINT or SIGTERM."""
+    server = await start_server(_serve_one, host, port)
+    addr = server.sockets[0].getsockname()
+    print(f"perf server listening on utcp://{addr[0]}:{addr[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+        server.abort_clients()
+
+
+# ---------------------------------------------------------------------------------- client
+
+
+async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flow) -> None:
+    reader, writer = await open_connection(host, port, config=Config())
+    flow.writer = writer
+    request = {"reverse": args.reverse, "bytes": args.bytes, "time": args.time}
+    writer.write(json.dumps(request).encode() + b"\n")
+    try:
+        if args.reverse:
+            await _receive(reader, flow)
+        else:
+            await _send(writer, flow, args.bytes, args.time or 10.0)
+            result = json.loads(await reader.readline() or b"{}")
+            flow.first_s, flow.last_s = 0.0, float(result.get("seconds", 0.0))
+            flow.bytes = int(result.get("bytes", flow.bytes))
+        flow.stats = writer.get_extra_info("stats")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+def _sample(flows: list[Flow], reverse: bool) -> tuple[int, int, float, int]:
+    """(bytes so far, retransmissions, mean srtt, total cwnd) across flows."""
+    total = retx = cwnd = 0
+    srtts = []
+    for f in flows:
+        if f.writer is None:
+            continue
+        st: ConnectionStats = f.writer.get_extra_info("stats")
+        total += st.bytes_received if reverse else f.bytes - st.send_buffer_bytes
+        retx += st.retransmissions
+        cwnd += st.cwnd_bytes
+        if st.srtt_s is not None:
+            srtts.append(st.srtt_s)
+    return total, retx, (sum(srtts) / len(srtts) if srtts else 0.0), cwnd
+
+
+async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, Any]:
+    """Run the test; print live lines unless --json; return the summary."""
+    flows = [Flow() for _ in range(args.parallel)]
+    tasks = [asyncio.create_task(_client_flow(args, host, port, f)) for f in flows]
+    start = time.monotonic()
+    last_bytes = 0
+    live = not args.json
+    if live:
+        print("  time     goodput      retx   srtt      cwnd", flush=True)
+    while not all(t.done() for t in tasks):
+        await asyncio.wait(tasks, timeout=1.0)
+        total, retx, srtt, cwnd = _sample(flows, args.reverse)
+        if live and not all(t.done() for t in tasks):
+            elapsed = time.monotonic() - start
+            mbit = (total - last_bytes) * 8 / 1e6
+            print(
+                f"{elapsed:6.1f}s {mbit:8.2f} Mbit/s {retx:6d} {srtt * 1e3:6.2f}ms {cwnd:9d}",
+                flush=True,
+            )
+        last_bytes = total
+    for t in tasks:
+        t.result()  # raise the first connection error
+    total_bytes = sum(f.bytes for f in flows)
+    seconds = max((f.seconds() for f in flows), default=0.0)
+    stats = [f.stats for f in flows if f.stats is not None]
+    return {
+        "direction": "receive" if args.reverse else "send",
+        "parallel": args.parallel,
+        "bytes": total_bytes,
+        "seconds": seconds,
+        "goodput_mbit_s": total_bytes * 8 / 1e6 / seconds if seconds else 0.0,
+        "retransmissions": sum(s.retransmissions for s in stats),
+        "timeouts": sum(s.timeouts for s in stats),
+        "srtt_ms": (sum((s.srtt_s or 0.0) for s in stats) / len(stats) * 1e3) if stats else 0.0,
+        "flows": [asdict(s) | {"state": s.state.value} for s in stats],
+    }
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``utcp perf``."""
+    if args.parallel < 1:
+        print("utcp perf: error: --parallel must be at least 1", file=sys.stderr)
+        return 2
+    if args.server:
+        if args.target:
+            print("utcp perf: error: --server takes no HOST PORT", file=sys.stderr)
+            return 2
+        run(serve(args.host, args.port))
+        return 0
+    if len(args.target) != 2:
+        print("utcp perf: error: give HOST PORT (or --server)", file=sys.stderr)
+        return 2
+    try:
+        port = args._port_type(args.target[1])
+    except argparse.ArgumentTypeError as exc:
+        print(f"utcp perf: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        summary = run(client(args, args.target[0], port))
+    except (OSError, asyncio.TimeoutError) as exc:
+        print(f"utcp perf: error: {exc!r}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"summary: {summary['bytes']} bytes in {summary['seconds']:.3f} s = "
+            f"{summary['goodput_mbit_s']:.2f} Mbit/s goodput, "
+            f"{summary['retransmissions']} retransmissions, srtt {summary['srtt_ms']:.2f} ms"
+        )
+    return 0
