@@ -818,3 +818,23 @@ def test_data_segments_with_sack_blocks_fit_the_datagram_budget() -> None:
     net.run(until=lambda: len(net.a.received) == len(net.b.received) == len(payload))
     assert any(s.packet.sack_blocks for s in net.trace), "the scenario must produce holes"
     assert max(len(encode(s.packet)) for s in net.trace) <= 1452
+
+
+@pytest.mark.parametrize("fin_retries", [0, 3])
+def test_last_ack_with_everything_delivered_gives_up_cleanly(fin_retries: int) -> None:
+    # a enters TIME_WAIT and then vanishes (its final ACK and all later traffic are lost).
+    # b has delivered and received every byte; only its FIN's ACK is missing. After
+    # fin_retries retransmissions b ends as an orderly close, not a TimeoutError after
+    # max_retransmits.
+    final_ack = ISN_B + 2  # b sends no data: its FIN takes 5001
+    a_to_b = Link(drop=lambda _i, p: p.ack == final_ack)
+    net = pair(a_to_b=a_to_b, config_b=Config(fin_retries=fin_retries))
+    a, b = _establish(net)
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2)
+    b.close()
+    net.run(until=lambda: b.state is S.CLOSED, max_time=3600)
+    assert net.b.closed == ConnectionClosed(CloseReason.CLOSED)
+    assert net.b.eof
+    assert b.stats.timeouts == fin_retries + 1
+    assert len(_sent(net, "b", lambda p: bool(p.flags & Flag.RST))) == 0

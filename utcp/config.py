@@ -46,6 +46,10 @@ class Config:
     """Consecutive timeouts of the same data after which the connection aborts (as Linux's
     tcp_retries2: about nine minutes with the default RTO bounds)."""
 
+    fin_retries: int = 6
+    """FIN retransmissions, once all data is acknowledged and the peer's FIN received, before
+    the close is taken as done (about 25 s with the default minimum RTO)."""
+
     syn_retries: int = 5
     """SYN (or SYN-ACK) retransmissions before the connect fails with TimeoutError."""
 
@@ -53,8 +57,10 @@ class Config:
     """Longest the peer may go without acknowledging outstanding data before the connection
     aborts (TCP_USER_TIMEOUT); None leaves it to ``max_retransmits``."""
 
-    msl_s: float = 30.0
-    """Maximum segment lifetime; TIME_WAIT lasts twice this."""
+    msl_s: float = 2.0
+    """Maximum segment lifetime; TIME_WAIT lasts twice this.  Shorter than TCP's because
+    random connection ids already keep old datagrams out of new connections; TIME_WAIT here
+    only re-acknowledges a retransmitted FIN."""
 
     initial_cwnd_segments: int = 10
     """Initial congestion window in segments (RFC 6928)."""
@@ -97,6 +103,7 @@ class Config:
             (self.rto_initial_s > 0, "rto_initial_s must be positive"),
             (self.max_retransmits >= 1, "max_retransmits must be >= 1"),
             (self.syn_retries >= 0, "syn_retries must be >= 0"),
+            (self.fin_retries >= 0, "fin_retries must be >= 0"),
             (
                 self.user_timeout_s is None or self.user_timeout_s > 0,
                 "user_timeout_s must be positive or None",

@@ -372,6 +372,21 @@ class Connection:
             return
         self._timeouts += 1
         self._timeouts_in_a_row += 1
+        if (
+            self._state in (S.LAST_ACK, S.CLOSING)
+            and self._fin_pos is not None
+            and self._snd_una >= self._fin_pos
+            and self._timeouts_in_a_row > cfg.fin_retries
+        ):
+            # Every byte both ways is delivered and acknowledged; only our FIN's ACK is
+            # missing, most likely because the peer already left TIME_WAIT.  Nothing is lost
+            # by ending here (as an orphaned TCP socket gives up after tcp_orphan_retries).
+            self._log.info("fin_unacknowledged", retries=self._timeouts_in_a_row)
+            self._set_state(S.CLOSED)
+            self._scoreboard.clear()
+            self._clear_timers()
+            self._orderly_close()
+            return
         if self._timeouts_in_a_row > cfg.max_retransmits or self._user_timeout_expired(now):
             self._log.info(
                 "retransmission_timeout",

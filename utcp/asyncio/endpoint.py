@@ -33,6 +33,7 @@ Observer = Callable[[str, bytes, Address], None]
 
 _log = get_logger()
 _SOCKET_BUFFER_BYTES = 4 << 20
+_EXTRA_FINAL_ACKS = 2
 
 
 class EndpointStats:
@@ -65,6 +66,7 @@ class ConnectionHandle:
         "deadline",
         "established",
         "flush_scheduled",
+        "last_sent",
         "timer",
         "transport",
         "waiter",
@@ -79,6 +81,7 @@ class ConnectionHandle:
         self.waiter: asyncio.Future[None] | None = None  # connect() waits on it
         self.flush_scheduled = False
         self.established = False
+        self.last_sent: bytes | None = None
 
 
 class Endpoint(asyncio.DatagramProtocol):
@@ -243,6 +246,7 @@ class Endpoint(asyncio.DatagramProtocol):
         now = self._loop.time()
         for data in conn.datagrams_to_send(now=now):
             self._send(data, handle.addr)
+            handle.last_sent = data
         self._dispatch_events(handle)
         if conn.is_finished:
             self._forget(handle)
@@ -325,6 +329,12 @@ class Endpoint(asyncio.DatagramProtocol):
         if self._protocol_factory is None and not self._live_connections():
             # A client endpoint ends with its connection; the connection ids keep a later
             # connection from ever taking this one's stray datagrams, so TIME_WAIT is skipped.
+            # Without TIME_WAIT nobody re-acknowledges a retransmitted FIN, so the final ACK
+            # goes out twice more: a peer stuck in LAST_ACK would otherwise wait out its
+            # retransmissions.
+            if handle.conn.state is ConnectionState.TIME_WAIT and handle.last_sent is not None:
+                for _ in range(_EXTRA_FINAL_ACKS):
+                    self._send(handle.last_sent, handle.addr)
             self._loop.call_soon(self.close)
 
     def call_when_released(self, callback: Callable[..., object], *args: Any) -> None:
@@ -349,8 +359,15 @@ class Endpoint(asyncio.DatagramProtocol):
         key = (handle.addr, handle.conn.peer_cid)
         if self._syn_index.get(key) == handle.conn.local_cid:
             del self._syn_index[key]
-        if self._closing and not self._live_connections():
+        if self._closing and not self._connections_to_wait_for():
             self._close_socket()
+
+    def _connections_to_wait_for(self) -> int:
+        """A closing server waits out TIME_WAIT (2 MSL, short by default) so that a peer
+        whose last ACK was lost still gets its FIN acknowledged; a client does not."""
+        if self._protocol_factory is not None:
+            return len(self._handles)
+        return self._live_connections()
 
     def _live_connections(self) -> int:
         return sum(1 for h in self._handles.values() if h.conn.close_reason is None)
@@ -372,10 +389,10 @@ class Endpoint(asyncio.DatagramProtocol):
         self._accepting = False
 
     def close(self) -> None:
-        """Close the socket once every live connection has ended (TIME_WAIT is not waited for)."""
+        """Close the socket once every connection has ended (on a server, TIME_WAIT too)."""
         self._closing = True
         self._accepting = False
-        if not self._live_connections():
+        if not self._connections_to_wait_for():
             self._close_socket()
 
     def abort_all(self) -> None:

@@ -118,7 +118,12 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
     server = await start_server(accept, args.host, port, config=_config(args))
     addr = server.sockets[0].getsockname()
     print(f"utcp cat listening on utcp://{addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
-    await done
+    try:
+        await done
+    finally:
+        # Stay for TIME_WAIT (seconds): should the peer's copy of our last ACK be lost, its
+        # retransmitted FIN still gets an answer and the peer ends cleanly too.
+        await server.wait_closed()
 
 
 def main(args: argparse.Namespace) -> int:

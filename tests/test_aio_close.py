@@ -1,0 +1,67 @@
+"""TIME_WAIT over real sockets: a closing server waits it out so a lost final ACK is answered,
+and a client (which skips TIME_WAIT) sends its final ACK three times."""
+
+from __future__ import annotations
+
+import asyncio
+
+import utcp
+from tests.aio_helpers import HOST, Runner, make_run_fixture, server_port
+from utcp import Config, ConnectionState, Flag, decode
+
+S = ConnectionState
+run = make_run_fixture()
+
+
+def test_closing_server_waits_out_time_wait(run: Runner) -> None:
+    async def main() -> None:
+        config = Config(msl_s=0.25)
+
+        async def close_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()  # the server is the active closer: its side ends in TIME_WAIT
+            await writer.wait_closed()
+
+        server = await utcp.start_server(close_first, HOST, 0, config=config)
+        reader, writer = await utcp.open_connection(HOST, server_port(server), config=config)
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        # The server's connection sits in TIME_WAIT; its socket stays open meanwhile.
+        assert server.endpoint.connection_count == 1
+        assert server.endpoint.transport is not None
+        await server.wait_closed()
+        assert server.endpoint.connection_count == 0
+        assert server.endpoint.transport is None
+
+    run(main())
+
+
+def test_client_repeats_its_final_ack(run: Runner) -> None:
+    async def main() -> None:
+        sent: list[bytes] = []
+
+        async def reply_and_close(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
+
+        server = await utcp.start_server(reply_and_close, HOST, 0)
+        reader, writer = await utcp.open_connection(
+            HOST,
+            server_port(server),
+            observer=lambda d, data, _a: sent.append(data) if d == "send" else None,
+        )
+        writer.write_eof()  # the client closes first and so ends in TIME_WAIT
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+        last = [decode(d) for d in sent[-3:]]
+        assert len({bytes(d) for d in sent[-3:]}) == 1, "the last three datagrams are one ACK"
+        assert all(p.flags == Flag.ACK and not p.payload for p in last)
+
+    run(main())
