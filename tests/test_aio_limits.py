@@ -1,0 +1,72 @@
+"""A listening endpoint keeps a bounded backlog of half-open connections; ``utcp.run`` picks
+uvloop; connection ids and initial sequence numbers are unpredictable."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import socket
+
+import pytest
+
+import utcp
+from tests.aio_helpers import HOST, Runner, make_run_fixture, server_port, wait_until
+from utcp import Flag, Packet, decode, encode
+from utcp.connection import Connection
+
+run = make_run_fixture()
+
+
+def test_half_open_backlog_is_bounded(run: Runner) -> None:
+    async def main() -> None:
+        async def never(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        server = await utcp.start_server(never, HOST, 0, backlog=3)
+        port = server_port(server)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.bind((HOST, 0))
+            raw.settimeout(5)
+            for cid in range(1, 11):  # ten SYNs that will never complete their handshakes
+                raw.sendto(encode(Packet(Flag.SYN, cid, 0, 1000 * cid, 0, 65535)), (HOST, port))
+            answered = set()
+            while len(answered) < 3:
+                data = await asyncio.get_running_loop().run_in_executor(None, raw.recv, 2048)
+                p = decode(data)
+                assert p.flags == Flag.SYN | Flag.ACK
+                answered.add(p.dst_cid)
+        stats = server.endpoint.stats
+        await wait_until(lambda: stats.dropped_backlog_full == 7, "seven SYNs dropped")
+        assert server.endpoint.connection_count == 3
+        server.endpoint.abort_all()
+
+    run(main())
+
+
+def test_utcp_run_uses_uvloop_when_installed() -> None:
+    pytest.importorskip("uvloop")
+
+    async def loop_module() -> str:
+        return type(asyncio.get_running_loop()).__module__
+
+    assert utcp.run(loop_module()).startswith("uvloop")
+
+
+def test_connection_ids_and_isns_are_unpredictable() -> None:
+    # RFC 6528: no observer may guess the next ISN; here they come from ``secrets``.
+    isns = []
+    cids = []
+    for _ in range(2000):
+        conn = Connection()
+        conn.connect(now=0.0)
+        syn = decode(conn.datagrams_to_send(now=0.0)[0])
+        isns.append(syn.seq)
+        cids.append(syn.src_cid)
+    assert len(set(isns)) >= 1990 and len(set(cids)) >= 1998 and 0 not in cids
+    deltas = {(b - a) % 2**32 for a, b in itertools.pairwise(isns)}
+    assert len(deltas) > 1900  # no constant or few-valued increments
+    # Roughly uniform: each eighth of the 32-bit space gets its share.
+    buckets = [0] * 8
+    for isn in isns:
+        buckets[isn >> 29] += 1
+    assert all(150 <= n <= 350 for n in buckets), buckets

@@ -1,0 +1,221 @@
+"""The cross-process reliability matrix: ``utcp cat`` client, ``utcp netem`` relay and
+``utcp cat --listen`` server as three separate processes on loopback; a file is copied through
+the impaired relay and its SHA-256 compared.
+
+Every case is seeded (``--seed``).  CI runs small sizes; ``pytest --run-slow`` runs the sizes
+the matrix asks for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.cli_helpers import TIMEOUT_S, UTCP, background, utcp_cli
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+@dataclass
+class Relay:
+    """A running ``utcp netem`` process and, once stopped, its counters per direction."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    counters: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+@contextmanager
+def netem(to_port: int, *options: str) -> Iterator[Relay]:
+    """Run ``utcp netem`` towards ``to_port``; stop it with SIGTERM and parse its counters."""
+    proc = subprocess.Popen(
+        [*UTCP, "netem", "--listen", "127.0.0.1:0", "--to", f"127.0.0.1:{to_port}", *options],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode()
+    match = re.match(r"netem relaying udp://127\.0\.0\.1:(\d+) -> ", line)
+    assert match, f"netem printed {line!r}"
+    relay = Relay(proc, int(match.group(1)))
+    try:
+        yield relay
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        for text in out.decode().splitlines():
+            direction, _, rest = text.partition(": ")
+            if direction in ("up", "down"):
+                relay.counters[direction] = {
+                    k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", rest) if k != "seed"
+                }
+
+
+def _data(seed: int, size: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+def _copy(
+    tmp_path: Path,
+    size: int,
+    seed: int,
+    options: Sequence[str],
+    *,
+    verbose: bool = False,
+) -> tuple[Relay, subprocess.CompletedProcess[bytes], bytes]:
+    """Copy ``size`` seeded bytes through a relay with ``options``; return what arrived."""
+    src = tmp_path / "in.bin"
+    dst = tmp_path / "out.bin"
+    src.write_bytes(_data(seed, size))
+    flags = ["-vv"] if verbose else []
+    with (
+        dst.open("wb") as out,
+        background([*flags, "cat", "--listen", "0"], stdout=out, address_on="stderr") as (
+            server,
+            port,
+        ),
+        netem(port, "--seed", str(seed), *options) as relay,
+    ):
+        client = subprocess.run(
+            [*UTCP, *flags, "cat", "127.0.0.1", str(relay.port)],
+            stdin=src.open("rb"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            timeout=TIMEOUT_S * 3,
+            check=False,
+        )
+        assert client.returncode == 0, client.stderr.decode()[-2000:]
+        assert server.wait(timeout=TIMEOUT_S) == 0
+        assert server.stderr is not None
+        server_err = server.stderr.read()
+    received = dst.read_bytes()
+    assert len(received) == size, f"seed={seed}: {len(received)} of {size} bytes arrived"
+    assert hashlib.sha256(received).digest() == hashlib.sha256(src.read_bytes()).digest(), (
+        f"seed={seed}: the copy differs"
+    )
+    return relay, client, server_err
+
+
+def _size(ci: int, full: int, request: pytest.FixtureRequest) -> int:
+    return full if request.config.getoption("--run-slow") else ci
+
+
+@pytest.mark.parametrize("seed", [11])
+def test_handshake_under_30_percent_loss(seed: int, request: pytest.FixtureRequest) -> None:
+    count = _size(6, 50, request)
+    with (
+        background(["echo-server", "--port", "0"]) as (_, port),
+        netem(port, "--seed", str(seed), "--loss", "30%") as relay,
+    ):
+        for i in range(count):
+            message = f"connection {i} of {count}\n".encode()
+            result = utcp_cli("cat", "127.0.0.1", str(relay.port), stdin=message, timeout=180)
+            assert result.returncode == 0, f"connection {i}: {result.stderr.decode()[-500:]}"
+            assert result.stdout == message
+    assert relay.counters["up"]["dropped_loss"] > 0
+
+
+@pytest.mark.parametrize(("loss", "seed"), [("2%", 21), ("10%", 22)])
+def test_transfer_under_loss_with_delay(
+    tmp_path: Path, loss: str, seed: int, request: pytest.FixtureRequest
+) -> None:
+    size = _size(512 * KIB, 4 * MIB, request)
+    relay, _, _ = _copy(tmp_path, size, seed, ["--loss", loss, "--delay", "20ms"])
+    assert relay.counters["up"]["dropped_loss"] > 0
+
+
+def test_heavy_loss(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    size = _size(64 * KIB, 256 * KIB, request)
+    relay, _, _ = _copy(tmp_path, size, 31, ["--loss", "30%"])
+    assert relay.counters["up"]["dropped_loss"] > 0 and relay.counters["down"]["dropped_loss"] > 0
+
+
+def test_corruption_is_detected_and_counted(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    size = _size(1 * MIB, 4 * MIB, request)
+    relay, client, server_err = _copy(tmp_path, size, 41, ["--corrupt", "1%"], verbose=True)
+    corrupted = relay.counters["up"]["corrupted"] + relay.counters["down"]["corrupted"]
+    assert corrupted > 0
+    dropped = (client.stderr + server_err).count(b"datagram_dropped")
+    # Every corrupted datagram that reached a live endpoint was dropped and logged; at most the
+    # last few can arrive after an endpoint has exited.
+    assert corrupted - 2 <= dropped <= corrupted
+
+
+def test_reordering(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    size = _size(1 * MIB, 4 * MIB, request)
+    relay, _, _ = _copy(tmp_path, size, 51, ["--reorder", "10%", "--reorder-extra", "30ms"])
+    assert relay.counters["up"]["reordered"] > 0
+
+
+def test_duplication(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    # Length and hash equality together mean no byte was delivered twice.
+    size = _size(1 * MIB, 4 * MIB, request)
+    relay, _, _ = _copy(tmp_path, size, 61, ["--dup", "10%"])
+    assert relay.counters["up"]["duplicated"] > 0
+
+
+def test_blackhole_mid_transfer(tmp_path: Path) -> None:
+    # The 10 Mbit/s bottleneck stretches the copy over several seconds so the 3 s blackhole
+    # falls in the middle of it.
+    relay, _, _ = _copy(
+        tmp_path, 3 * MIB, 71, ["--rate", "10", "--queue", "128K", "--blackhole", "1.5s+3s"]
+    )
+    assert relay.counters["up"]["dropped_blackhole"] > 0
+
+
+def test_bottleneck_goodput(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    size = _size(4 * MIB, 8 * MIB, request)
+    options = ["--rate", "20", "--queue", "64K", "--delay", "20ms"]
+    _copy(tmp_path, size, 81, options)
+    # Goodput, measured at the receiver by utcp perf, against the configured link rate.
+    with (
+        background(["perf", "--server", "--port", "0"]) as (_, port),
+        netem(port, "--seed", "82", *options) as relay,
+    ):
+        result = utcp_cli("perf", "127.0.0.1", str(relay.port), "--bytes", str(size), "--json")
+    assert result.returncode == 0, result.stderr.decode()
+    summary = json.loads(result.stdout)
+    assert summary["bytes"] == size
+    assert summary["goodput_mbit_s"] >= 0.70 * 20, summary
+
+
+def test_dead_peer_ends_the_client_with_a_timeout(tmp_path: Path) -> None:
+    src = tmp_path / "in.bin"
+    src.write_bytes(_data(91, 8 * MIB))
+    with (
+        background(["cat", "--listen", "0"], stdout=subprocess.DEVNULL, address_on="stderr") as (
+            _,
+            port,
+        ),
+        netem(port, "--seed", "91", "--rate", "5") as relay,
+    ):
+        client = subprocess.Popen(
+            [*UTCP, "cat", "--user-timeout", "3s", "127.0.0.1", str(relay.port)],
+            stdin=src.open("rb"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        time.sleep(1.5)  # let the transfer get going (not a synchronisation point)
+        relay.proc.kill()
+        try:
+            code = client.wait(timeout=TIMEOUT_S)
+        finally:
+            if client.poll() is None:
+                client.kill()
+        assert client.stderr is not None
+        err = client.stderr.read().decode()
+    assert code == 1, err
+    assert "timed out" in err
