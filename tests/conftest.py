@@ -10,8 +10,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if config.getoption("--run-slow"):
-        return
+    if config.getoption("--run-slow") or "slow" in (config.getoption("markexpr") or ""):
+        return  # asked for: --run-slow, or -m naming the slow marker
     skip = pytest.mark.skip(reason="slow soak test: pass --run-slow to run it")
     for item in items:
         if "slow" in item.keywords:

@@ -2,8 +2,8 @@
 ``utcp cat --listen`` server as three separate processes on loopback; a file is copied through
 the impaired relay and its SHA-256 compared.
 
-Every case is seeded (``--seed``).  CI runs small sizes; ``pytest --run-slow`` runs the sizes
-the matrix asks for.
+Every case is seeded (``--seed``).  CI runs small sizes; ``pytest -m slow`` (or
+``--run-slow``) runs the sizes the matrix asks for.
 """
 
 from __future__ import annotations
@@ -109,13 +109,18 @@ def _copy(
     return relay, client, server_err
 
 
-def _size(ci: int, full: int, request: pytest.FixtureRequest) -> int:
-    return full if request.config.getoption("--run-slow") else ci
+SCALES = ["ci", pytest.param("full", marks=pytest.mark.slow)]
 
 
+def _size(ci: int, full: int, scale: str) -> int:
+    """The CI size, or the size the matrix asks for under ``pytest -m slow``."""
+    return full if scale == "full" else ci
+
+
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("seed", [11])
-def test_handshake_under_30_percent_loss(seed: int, request: pytest.FixtureRequest) -> None:
-    count = _size(6, 50, request)
+def test_handshake_under_30_percent_loss(seed: int, scale: str) -> None:
+    count = _size(6, 50, scale)
     with (
         background(["echo-server", "--port", "0"]) as (_, port),
         netem(port, "--seed", str(seed), "--loss", "30%") as relay,
@@ -128,23 +133,24 @@ def test_handshake_under_30_percent_loss(seed: int, request: pytest.FixtureReque
     assert relay.counters["up"]["dropped_loss"] > 0
 
 
+@pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize(("loss", "seed"), [("2%", 21), ("10%", 22)])
-def test_transfer_under_loss_with_delay(
-    tmp_path: Path, loss: str, seed: int, request: pytest.FixtureRequest
-) -> None:
-    size = _size(512 * KIB, 4 * MIB, request)
+def test_transfer_under_loss_with_delay(tmp_path: Path, loss: str, seed: int, scale: str) -> None:
+    size = _size(512 * KIB, 4 * MIB, scale)
     relay, _, _ = _copy(tmp_path, size, seed, ["--loss", loss, "--delay", "20ms"])
     assert relay.counters["up"]["dropped_loss"] > 0
 
 
-def test_heavy_loss(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    size = _size(64 * KIB, 256 * KIB, request)
+@pytest.mark.parametrize("scale", SCALES)
+def test_heavy_loss(tmp_path: Path, scale: str) -> None:
+    size = _size(64 * KIB, 256 * KIB, scale)
     relay, _, _ = _copy(tmp_path, size, 31, ["--loss", "30%"])
     assert relay.counters["up"]["dropped_loss"] > 0 and relay.counters["down"]["dropped_loss"] > 0
 
 
-def test_corruption_is_detected_and_counted(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    size = _size(1 * MIB, 4 * MIB, request)
+@pytest.mark.parametrize("scale", SCALES)
+def test_corruption_is_detected_and_counted(tmp_path: Path, scale: str) -> None:
+    size = _size(1 * MIB, 4 * MIB, scale)
     relay, client, server_err = _copy(tmp_path, size, 41, ["--corrupt", "1%"], verbose=True)
     corrupted = relay.counters["up"]["corrupted"] + relay.counters["down"]["corrupted"]
     assert corrupted > 0
@@ -154,15 +160,17 @@ def test_corruption_is_detected_and_counted(tmp_path: Path, request: pytest.Fixt
     assert corrupted - 2 <= dropped <= corrupted
 
 
-def test_reordering(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    size = _size(1 * MIB, 4 * MIB, request)
+@pytest.mark.parametrize("scale", SCALES)
+def test_reordering(tmp_path: Path, scale: str) -> None:
+    size = _size(1 * MIB, 4 * MIB, scale)
     relay, _, _ = _copy(tmp_path, size, 51, ["--reorder", "10%", "--reorder-extra", "30ms"])
     assert relay.counters["up"]["reordered"] > 0
 
 
-def test_duplication(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize("scale", SCALES)
+def test_duplication(tmp_path: Path, scale: str) -> None:
     # Length and hash equality together mean no byte was delivered twice.
-    size = _size(1 * MIB, 4 * MIB, request)
+    size = _size(1 * MIB, 4 * MIB, scale)
     relay, _, _ = _copy(tmp_path, size, 61, ["--dup", "10%"])
     assert relay.counters["up"]["duplicated"] > 0
 
@@ -176,8 +184,9 @@ def test_blackhole_mid_transfer(tmp_path: Path) -> None:
     assert relay.counters["up"]["dropped_blackhole"] > 0
 
 
-def test_bottleneck_goodput(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    size = _size(4 * MIB, 8 * MIB, request)
+@pytest.mark.parametrize("scale", SCALES)
+def test_bottleneck_goodput(tmp_path: Path, scale: str) -> None:
+    size = _size(4 * MIB, 8 * MIB, scale)
     options = ["--rate", "20", "--queue", "64K", "--delay", "20ms"]
     _copy(tmp_path, size, 81, options)
     # Goodput, measured at the receiver by utcp perf, against the configured link rate.
