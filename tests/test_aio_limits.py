@@ -70,3 +70,23 @@ def test_connection_ids_and_isns_are_unpredictable() -> None:
     for isn in isns:
         buckets[isn >> 29] += 1
     assert all(150 <= n <= 350 for n in buckets), buckets
+
+
+def test_sockets_empty_after_close_and_endpoint_stats_reachable(run: Runner) -> None:
+    async def main() -> None:
+        async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()
+            writer.close()
+
+        server = await utcp.start_server(hold, HOST, 0)
+        _, writer = await utcp.open_connection(HOST, server_port(server))
+        server.close()
+        # As asyncio.Server: no sockets once closed, though a connection is still open.
+        assert server.sockets == ()
+        endpoint = writer.get_extra_info("endpoint")
+        assert endpoint.stats.datagrams_sent >= 2  # SYN and the handshake's ACK at least
+        writer.close()
+        await writer.wait_closed()
+        await server.wait_closed()
+
+    run(main())

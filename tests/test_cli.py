@@ -181,3 +181,15 @@ def test_perf_prints_live_lines_and_a_summary() -> None:
     assert lines[0].split() == ["time", "goodput", "retx", "srtt", "cwnd"]
     assert any("Mbit/s" in line for line in lines[1:-1])
     assert lines[-1].startswith("summary: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "bps"),
+    [("20", 20e6), ("20M", 20e6), ("20mbit/s", 20e6), ("20Mbps", 20e6), ("1G", 1e9)],
+)
+def test_parse_rate_accepts_common_spellings(text: str, bps: float) -> None:
+    assert parse_rate(text) == bps
+
+
+def test_parse_duration_ignores_case() -> None:
+    assert parse_duration("20MS") == pytest.approx(0.02)

@@ -99,8 +99,8 @@ class Server:
 
     @property
     def sockets(self) -> tuple[Any, ...]:
-        """The listening UDP socket (empty once closed)."""
-        if self._endpoint.transport is None:
+        """The listening UDP socket (empty once closed, as with ``asyncio.Server``)."""
+        if not self._serving or self._endpoint.transport is None:
             return ()
         sock = self._udp.get_extra_info("socket")
         return (sock,) if sock is not None else ()

@@ -54,12 +54,15 @@ class UtcpTransport(asyncio.Transport):
             "sockname": udp.get_extra_info("sockname") if udp else None,
             "socket": udp.get_extra_info("socket") if udp else None,
             "connection": self._conn,
+            "endpoint": endpoint,
         }
 
     # ------------------------------------------------------------------ BaseTransport
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``peername``, ``sockname``, ``socket``, ``connection`` (the core) and ``stats``."""
+        """``peername``, ``sockname``, ``socket``, ``connection`` (the core), ``stats`` and
+        ``endpoint`` (the UDP endpoint, whose ``stats`` count datagrams dropped before they
+        reach any connection, such as those failing their checksum)."""
         if name == "stats":
             return self._conn.stats
         return self._extra.get(name, default)

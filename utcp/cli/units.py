@@ -36,7 +36,7 @@ def parse_size(text: str) -> int:
 
 def parse_duration(text: str, *, default_unit: str = "s") -> float:
     """``20ms``, ``2s``, ``1.5``, ``1min`` -> seconds (a bare number is in ``default_unit``)."""
-    m = re.fullmatch(_NUMBER + r"\s*(us|ms|s|min|m|h)?", text.strip())
+    m = re.fullmatch(_NUMBER + r"\s*(us|ms|s|min|m|h)?", text.strip().lower())
     if m is None:
         raise ValueError(f"not a duration: {text!r} (use 20ms, 2s or 1.5)")
     unit = m.group(2) or default_unit
@@ -45,10 +45,12 @@ def parse_duration(text: str, *, default_unit: str = "s") -> float:
 
 def parse_rate(text: str) -> float:
     """``20`` or ``20mbit`` (megabits per second), ``500kbit``, ``1gbit`` -> bits per second."""
-    m = re.fullmatch(_NUMBER + r"\s*(kbit|mbit|gbit)?", text.strip(), flags=re.IGNORECASE)
+    m = re.fullmatch(
+        _NUMBER + r"\s*(?:([kmg])(?:bit(?:/s)?|bps)?)?", text.strip(), flags=re.IGNORECASE
+    )
     if m is None:
-        raise ValueError(f"not a rate: {text!r} (use 20 or 20mbit for 20 Mbit/s)")
-    scale = {"kbit": 1e3, "mbit": 1e6, "gbit": 1e9}[(m.group(2) or "mbit").lower()]
+        raise ValueError(f"not a rate: {text!r} (use 20, 20M or 20mbit for 20 Mbit/s)")
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}[(m.group(2) or "m").lower()]
     value = float(m.group(1)) * scale
     if value <= 0:
         raise ValueError(f"rate must be positive: {text!r}")
