@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -14,8 +15,9 @@ from tests.helpers import pair
 from utcp.log import get_logger
 
 
-@pytest.fixture
-def captured() -> Iterator[list[dict[str, Any]]]:
+@contextmanager
+def _captured() -> Iterator[list[dict[str, Any]]]:
+    """Configure structlog to collect every event into a list, then restore the defaults."""
     events: list[dict[str, Any]] = []
 
     def capture(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -32,6 +34,12 @@ def captured() -> Iterator[list[dict[str, Any]]]:
         structlog.reset_defaults()
 
 
+@pytest.fixture
+def captured() -> Iterator[list[dict[str, Any]]]:
+    with _captured() as events:
+        yield events
+
+
 def test_silent_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     structlog.reset_defaults()
     net = pair()
@@ -43,20 +51,8 @@ def test_silent_by_default(capsys: pytest.CaptureFixture[str]) -> None:
 def test_a_logger_made_before_configuration_follows_it() -> None:
     structlog.reset_defaults()
     log = get_logger(cid="0000000a")  # as module-level loggers are, at import time
-    events: list[dict[str, Any]] = []
-
-    def capture(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-        events.append(dict(event))
-        raise structlog.DropEvent
-
-    structlog.configure(
-        processors=[capture],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
-    )
-    try:
+    with _captured() as events:
         log.info("datagram_dropped", reason="checksum mismatch")
-    finally:
-        structlog.reset_defaults()
     assert events == [
         {"event": "datagram_dropped", "reason": "checksum mismatch", "cid": "0000000a"}
     ]

@@ -7,16 +7,18 @@ structlog events to standard error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, cast
 
 import structlog
 
 from .units import parse_duration, parse_fraction, parse_hostport, parse_rate, parse_size
 
-__all__ = ["arg_type", "build_parser", "main"]
+__all__ = ["arg_type", "build_parser", "main", "serve_until_signalled"]
 
 
 class CliParser(argparse.ArgumentParser):
@@ -48,6 +50,27 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range: {text!r} (0 to 65535)")
     return port
+
+
+async def serve_until_signalled(
+    callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    host: str,
+    port: int,
+    name: str,
+) -> None:
+    """Run a stream server, print its address, and serve until SIGINT or SIGTERM."""
+    from .. import start_server
+
+    server = await start_server(callback, host, port)
+    addr = server.sockets[0].getsockname()
+    print(f"{name} listening on utcp://{addr[0]}:{addr[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+        server.abort_clients()
 
 
 def _configure_logging(verbose: int) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 
-from .. import run, start_server
+from .. import run
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -36,16 +35,9 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def serve(host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM."""
-    server = await start_server(_echo, host, port)
-    addr = server.sockets[0].getsockname()
-    print(f"echo server listening on utcp://{addr[0]}:{addr[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
-        server.abort_clients()
+    from . import serve_until_signalled
+
+    await serve_until_signalled(_echo, host, port, "echo server")
 
 
 def main(args: argparse.Namespace) -> int:

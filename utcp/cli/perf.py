@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import Config, ConnectionStats, open_connection, run, start_server
+from .. import Config, ConnectionStats, open_connection, run
 
 CHUNK = 64 * 1024
 _ZEROS = bytes(CHUNK)
@@ -124,16 +123,9 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 async def serve(host: str, port: int) -> None:
     """The perf server: serves tests until SIGINT or SIGTERM."""
-    server = await start_server(_serve_one, host, port)
-    addr = server.sockets[0].getsockname()
-    print(f"perf server listening on utcp://{addr[0]}:{addr[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
-        server.abort_clients()
+    from . import serve_until_signalled
+
+    await serve_until_signalled(_serve_one, host, port, "perf server")
 
 
 # ---------------------------------------------------------------------------------- client
