@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 import utcp
-from utcp.packet import decode
+from utcp.packet import Flag, decode
 
 WIDTH = 46
 
@@ -40,7 +40,7 @@ def observer(direction: str, data: bytes, _addr: object) -> None:
     if direction != "send":
         return
     p = decode(data)
-    flags = str(p.flags.name).replace("|", "+")
+    flags = str(Flag(p.flags).name).replace("|", "+")
     text = f"{flags} seq={p.seq} ack={p.ack}"
     if p.payload:
         text += f" len={len(p.payload)}"

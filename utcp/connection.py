@@ -42,6 +42,11 @@ from .state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, ConnectionState, check_t
 __all__ = ["Connection", "ConnectionStats", "new_connection_id", "new_isn", "reset_for"]
 
 S = ConnectionState
+# Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
+_FIN = int(Flag.FIN)
+_SYN = int(Flag.SYN)
+_RST = int(Flag.RST)
+_ACK = int(Flag.ACK)
 _MAX_SACK_BLOCKS_WITH_TS = 3  # 36 option bytes: 10 (timestamps) + 2 + 3 * 8
 _MAX_SACK_BLOCKS = 4  # 2 + 4 * 8
 
@@ -65,13 +70,13 @@ def reset_for(packet: Packet) -> bytes | None:
     RFC 9293 section 3.10.7.1: a RST is never answered; if the packet carries an ACK the RST
     takes its sequence number from it, otherwise it acknowledges the whole segment.
     """
-    if packet.flags & Flag.RST:
+    if packet.flags & _RST:
         return None
-    if packet.flags & Flag.ACK:
-        rst = Packet(Flag.RST, packet.dst_cid, packet.src_cid, packet.ack, 0, 0)
+    if packet.flags & _ACK:
+        rst = Packet(_RST, packet.dst_cid, packet.src_cid, packet.ack, 0, 0)
     else:
         ack = (packet.seq + packet.seg_len) & SEQ_MASK
-        rst = Packet(Flag.RST | Flag.ACK, packet.dst_cid, packet.src_cid, 0, ack, 0)
+        rst = Packet(_RST | _ACK, packet.dst_cid, packet.src_cid, 0, ack, 0)
     return encode(rst)
 
 
@@ -476,7 +481,7 @@ class Connection:
             if rst is not None:
                 self._pending_raw.append(rst)
             return
-        if p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & Flag.SYN):
+        if p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & _SYN):
             self._dropped += 1
             self._log.debug("datagram_dropped", reason="wrong connection id")
             return
@@ -489,12 +494,12 @@ class Connection:
             self._rx_synchronized(p, now)
 
     def _rx_listen(self, p: Packet, now: float) -> None:
-        if p.flags & Flag.RST:
+        if p.flags & _RST:
             return
-        if p.flags & Flag.ACK:
+        if p.flags & _ACK:
             self._queue_reset_for(p)
             return
-        if p.flags & Flag.SYN:
+        if p.flags & _SYN:
             self._take_syn(p)
             self._set_state(S.SYN_RECEIVED)
             self._need_syn = True
@@ -502,23 +507,23 @@ class Connection:
 
     def _rx_syn_sent(self, p: Packet, now: float) -> None:
         flags = p.flags
-        if flags & Flag.ACK:
+        if flags & _ACK:
             if p.ack != self._wire_seq(1):
-                if not flags & Flag.RST:
+                if not flags & _RST:
                     self._queue_reset_for(p)
                 self._dropped += 1
                 return
-            if flags & Flag.RST:
+            if flags & _RST:
                 self._log.info("connection_refused")
                 self._finish(CloseReason.REFUSED)
                 return
-        elif flags & Flag.RST:
+        elif flags & _RST:
             return
-        if not flags & Flag.SYN:
+        if not flags & _SYN:
             return
         self._take_syn(p)
         self._last_activity = now
-        if flags & Flag.ACK:
+        if flags & _ACK:
             self._on_syn_acked(p, now)
             self._set_state(S.ESTABLISHED)
             self._events.append(ConnectionEstablished())
@@ -567,7 +572,7 @@ class Connection:
             self._rtt.reset_backoff()
             self._rto_at = None
             self._need_syn = False
-        if p.flags & Flag.SYN:
+        if p.flags & _SYN:
             self._update_window(p, 0, 1)
 
     def _rx_synchronized(self, p: Packet, now: float) -> None:
@@ -575,15 +580,15 @@ class Connection:
         st = self._state
         seg_pos = self._rcv_nxt + seq_diff(p.seq, self._wire_ack(self._rcv_nxt))
         payload = p.payload
-        seg_len = len(payload) + (1 if flags & Flag.FIN else 0)
+        seg_len = len(payload) + (1 if flags & _FIN else 0)
         wnd = self._rcv_window()
 
         # SYN_RECEIVED: the retransmitted SYN of a peer whose SYN-ACK we sent is not an error.
-        if flags & Flag.SYN:
-            if st is S.SYN_RECEIVED and p.seq == self._irs and not flags & Flag.ACK:
+        if flags & _SYN:
+            if st is S.SYN_RECEIVED and p.seq == self._irs and not flags & _ACK:
                 self._need_syn = True
                 return
-            if not (flags & Flag.ACK and st is S.SYN_RECEIVED):
+            if not (flags & _ACK and st is S.SYN_RECEIVED):
                 # RFC 5961 section 4: a SYN in a synchronized state draws a challenge ACK.
                 self._ack_now = True
                 return
@@ -605,19 +610,19 @@ class Connection:
                 or (0 <= end - self._rcv_nxt < wnd)
                 or seg_pos <= self._rcv_nxt <= end  # covers the whole window: keep what fits
             )
-        if flags & Flag.RST:
+        if flags & _RST:
             self._rx_rst(seg_pos, ok or (seg_len == 0 and seg_pos == self._rcv_nxt), wnd)
             return
         if not ok:
-            if flags & Flag.ACK and wnd == 0 and seg_pos == self._rcv_nxt:
+            if flags & _ACK and wnd == 0 and seg_pos == self._rcv_nxt:
                 self._rx_ack(p, seg_pos, now)
-            if st is S.TIME_WAIT and flags & Flag.FIN:
+            if st is S.TIME_WAIT and flags & _FIN:
                 # The peer did not get our last ACK: ACK again, restart 2MSL (RFC 9293 3.10.7.4).
                 self._time_wait_at = now + 2 * self.config.msl_s
             self._ack_now = True
             self._dropped += 1
             return
-        if not flags & Flag.ACK:
+        if not flags & _ACK:
             self._dropped += 1
             return
         self._last_activity = now
@@ -628,8 +633,8 @@ class Connection:
             return
         if self._state is S.CLOSED:
             return
-        if payload or flags & Flag.FIN:
-            self._rx_data(seg_pos, payload, bool(flags & Flag.FIN), now)
+        if payload or flags & _FIN:
+            self._rx_data(seg_pos, payload, bool(flags & _FIN), now)
 
     def _rx_rst(self, seg_pos: int, acceptable: bool, wnd: int) -> None:
         # RFC 5961 section 3.2: only an exact match resets; elsewhere in the window we challenge.
@@ -655,7 +660,7 @@ class Connection:
             self._on_syn_acked(p, now)
             self._set_state(S.FIN_WAIT_1 if self._fin_pos is not None else S.ESTABLISHED)
             self._events.append(ConnectionEstablished())
-            if p.flags & Flag.SYN:
+            if p.flags & _SYN:
                 self._ack_now = True
         # RFC 5961 section 5.2: ACKs of data never sent, or far too old, are dropped.
         if ack_pos > self._snd_max or ack_pos < self._snd_una - max(self._max_snd_wnd, 1 << 16):
@@ -671,7 +676,7 @@ class Connection:
         elif (
             ack_pos == self._snd_una
             and not p.payload
-            and not p.flags & (Flag.FIN | Flag.SYN)
+            and not p.flags & (_FIN | _SYN)
             and len(self._scoreboard)
             and (p.window << self._snd_wscale) == self._snd_wnd
         ):
@@ -781,7 +786,7 @@ class Connection:
     def _update_window(self, p: Packet, seg_pos: int, ack_pos: int) -> None:
         # RFC 9293 section 3.10.7.4: take the window only from the newest segment.
         if self._snd_wl1 < seg_pos or (self._snd_wl1 == seg_pos and self._snd_wl2 <= ack_pos):
-            shift = 0 if p.flags & Flag.SYN else self._snd_wscale
+            shift = 0 if p.flags & _SYN else self._snd_wscale
             wnd = p.window << shift
             if wnd and self._snd_wnd == 0:
                 self._persist_at = None
@@ -907,12 +912,12 @@ class Connection:
         st = self._state
         if self._need_rst:
             self._need_rst = False
-            out.append(self._build(Flag.RST | Flag.ACK, self._snd_nxt, b""))
+            out.append(self._build(_RST | _ACK, self._snd_nxt, b""))
         if st is S.CLOSED or st is S.LISTEN:
             return out
         if self._need_syn:
             self._need_syn = False
-            flags = Flag.SYN | Flag.ACK if st is S.SYN_RECEIVED else Flag.SYN
+            flags = _SYN | _ACK if st is S.SYN_RECEIVED else _SYN
             out.append(self._build(flags, 0, b"", syn=True))
             if self._syn_retries == 0:
                 self._syn_sent_at = now
@@ -928,11 +933,11 @@ class Connection:
             # An old sequence number draws an ACK with the peer's current window.  The probe is
             # itself unacceptable to the peer, so it must not stand in for an ACK we owe.
             ack_owed = self._ack_now
-            out.append(self._build(Flag.ACK, self._snd_una - 1, b""))
+            out.append(self._build(_ACK, self._snd_una - 1, b""))
             self._ack_now = ack_owed
             self._segments_sent += 1
         if self._ack_now and self._rcv_nxt:
-            out.append(self._build(Flag.ACK, self._snd_nxt, b""))
+            out.append(self._build(_ACK, self._snd_nxt, b""))
             self._segments_sent += 1
         if self._state in SYNCHRONIZED and self._state is not S.TIME_WAIT:
             self._arm_idle_timers(now)
@@ -1026,24 +1031,24 @@ class Connection:
     def _emit_segment(self, out: list[bytes], start: int, end: int) -> None:
         """Build the datagram for positions [start, end), a FIN included if ``end`` passes it."""
         fin_pos = self._fin_pos
-        flags = Flag.ACK
+        flags = _ACK
         start = max(start, self._snd_una)  # the peer may have taken part of it already
         data_end = end
         if fin_pos is not None and end > fin_pos:
-            flags |= Flag.FIN
+            flags |= _FIN
             data_end = fin_pos
         payload = self._sndbuf.get(start, data_end) if data_end > start else b""
         out.append(self._build(flags, start, payload))
         self._segments_sent += 1
 
-    def _build(self, flags: Flag, seq_pos: int, payload: bytes, *, syn: bool = False) -> bytes:
+    def _build(self, flags: int, seq_pos: int, payload: bytes, *, syn: bool = False) -> bytes:
         cfg = self.config
         p = Packet(
             flags,
             self.local_cid,
             self.peer_cid,
             self._wire_seq(seq_pos),
-            self._wire_ack(self._rcv_nxt) if flags & Flag.ACK else 0,
+            self._wire_ack(self._rcv_nxt) if flags & _ACK else 0,
             0,
             payload,
         )
@@ -1068,9 +1073,9 @@ class Connection:
             self._adv_wnd = p.window << self._rcv_wscale
             if self._ts_ok:
                 p.timestamps = (self._ts_now(), self._ts_recent)
-            if self._sack_ok and len(self._reasm) and flags & Flag.ACK:
+            if self._sack_ok and len(self._reasm) and flags & _ACK:
                 p.sack_blocks = self._sack_blocks(len(payload))
-        if flags & Flag.ACK:
+        if flags & _ACK:
             self._ack_now = False
             self._ack_at = None
             self._unacked_bytes = 0
