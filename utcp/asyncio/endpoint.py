@@ -252,11 +252,13 @@ class Endpoint(asyncio.DatagramProtocol):
             self._forget(handle)
             return
         deadline = conn.get_timer()
-        if deadline != handle.deadline:
+        # Re-arm only when the deadline moves earlier. Each ACK pushes the retransmission
+        # deadline later; leaving the loop timer where it is costs one early wake-up (which
+        # re-arms it) instead of a cancel and a new timer per ACK.
+        if deadline is not None and (handle.deadline is None or deadline < handle.deadline):
             self._cancel_timer(handle)
             handle.deadline = deadline
-            if deadline is not None:
-                handle.timer = self._loop.call_at(deadline, self._on_timer, handle)
+            handle.timer = self._loop.call_at(deadline, self._on_timer, handle)
         transport = handle.transport
         if transport is not None:
             transport._update_flow_control()
