@@ -65,3 +65,26 @@ def test_client_repeats_its_final_ack(run: Runner) -> None:
         assert all(p.flags == Flag.ACK and not p.payload for p in last)
 
     run(main())
+
+
+def test_close_does_not_wait_forever_for_a_silent_peer(run: Runner) -> None:
+    async def main() -> None:
+        peer_done = asyncio.Event()
+
+        async def never_closes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.read()  # reads our FIN, then neither writes nor closes
+            await peer_done.wait()
+            writer.close()
+
+        server = await utcp.start_server(never_closes, HOST, 0)
+        config = Config(fin_wait_2_timeout_s=0.5)
+        _, writer = await utcp.open_connection(HOST, server_port(server), config=config)
+        writer.write(b"bye")
+        writer.close()
+        await writer.wait_closed()  # returns after the FIN_WAIT_2 timeout, with a reset
+        assert writer.get_extra_info("connection").state is S.CLOSED
+        peer_done.set()
+        server.close()
+        await server.wait_closed()
+
+    run(main())

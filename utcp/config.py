@@ -46,6 +46,10 @@ class Config:
     """Consecutive timeouts of the same data after which the connection aborts (as Linux's
     tcp_retries2: about nine minutes with the default RTO bounds)."""
 
+    fin_wait_2_timeout_s: float | None = 60.0
+    """After a transport's close(), how long the peer may take to close its side before the
+    connection is reset (Linux's tcp_fin_timeout); half-close with write_eof() has no limit."""
+
     fin_retries: int = 6
     """FIN retransmissions, once all data is acknowledged and the peer's FIN received, before
     the close is taken as done (about 25 s with the default minimum RTO)."""
@@ -104,6 +108,10 @@ class Config:
             (self.max_retransmits >= 1, "max_retransmits must be >= 1"),
             (self.syn_retries >= 0, "syn_retries must be >= 0"),
             (self.fin_retries >= 0, "fin_retries must be >= 0"),
+            (
+                self.fin_wait_2_timeout_s is None or self.fin_wait_2_timeout_s > 0,
+                "fin_wait_2_timeout_s must be positive or None",
+            ),
             (
                 self.user_timeout_s is None or self.user_timeout_s > 0,
                 "user_timeout_s must be positive or None",

@@ -42,6 +42,7 @@ class UtcpTransport(asyncio.Transport):
         self._writing_paused = False
         self._pending: list[bytes] = []  # data that arrived before a protocol was attached
         self._pending_eof = False
+        self._linger_timer: asyncio.TimerHandle | None = None
         self._pending_lost: tuple[Exception | None] | None = None
         high = endpoint.config.send_buffer_bytes
         self._high_water = high
@@ -82,6 +83,18 @@ class UtcpTransport(asyncio.Transport):
             self._eof_written = True
             self._conn.close()
         self._endpoint.schedule_flush(self._handle)
+        timeout = self._endpoint.config.fin_wait_2_timeout_s
+        if timeout is not None:
+            self._linger_timer = self._loop.call_later(timeout, self._linger_expired)
+
+    def _linger_expired(self) -> None:
+        """The peer never closed its side after our close(): reset, as Linux does after
+        tcp_fin_timeout, so that close() and wait_closed() cannot wait forever."""
+        self._linger_timer = None
+        if not self._lost:
+            _log.info("fin_wait_timeout", state=self._conn.state.value)
+            self._conn.abort()
+            self._endpoint.service(self._handle)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -242,6 +255,9 @@ class UtcpTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        if self._linger_timer is not None:
+            self._linger_timer.cancel()
+            self._linger_timer = None
         if reason is not None:
             _log.debug("transport_closed", reason=reason.value)
         self._endpoint.call_when_released(self._call, self._protocol.connection_lost, exc)
