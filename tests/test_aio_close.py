@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import utcp
-from tests.aio_helpers import HOST, Runner, make_run_fixture, server_port
+from tests.aio_helpers import HOST, Runner, make_run_fixture, server_port, wait_until
 from utcp import Config, ConnectionState, Flag, decode
 
 S = ConnectionState
@@ -86,5 +86,35 @@ def test_close_does_not_wait_forever_for_a_silent_peer(run: Runner) -> None:
         peer_done.set()
         server.close()
         await server.wait_closed()
+
+    run(main())
+
+
+def test_copies_of_the_final_ack_draw_no_reset(run: Runner) -> None:
+    async def main() -> None:
+        server_sent: list[bytes] = []
+
+        async def reply_and_close(
+            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        ) -> None:
+            await reader.read()
+            writer.close()
+            await writer.wait_closed()
+
+        def record(direction: str, data: bytes, _addr: object) -> None:
+            if direction == "send":
+                server_sent.append(data)
+
+        server = await utcp.start_server(reply_and_close, HOST, 0, observer=record)
+        reader, writer = await utcp.open_connection(HOST, server_port(server))
+        writer.write_eof()
+        assert await reader.read() == b""
+        writer.close()
+        await writer.wait_closed()
+        stats = server.endpoint.stats
+        await wait_until(lambda: stats.dropped_unknown_connection >= 2, "the ACK copies arrive")
+        server.close()
+        await server.wait_closed()
+        assert not [d for d in server_sent if decode(d).flags & Flag.RST]
 
     run(main())

@@ -34,6 +34,7 @@ Observer = Callable[[str, bytes, Address], None]
 _log = get_logger()
 _SOCKET_BUFFER_BYTES = 4 << 20
 _EXTRA_FINAL_ACKS = 2
+_RECENTLY_CLOSED_MAX = 4096
 
 
 class EndpointStats:
@@ -105,6 +106,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._handles: dict[int, ConnectionHandle] = {}
         self._syn_index: dict[tuple[Address, int], int] = {}  # (addr, peer cid) -> local cid
         self._half_open = 0
+        self._recently_closed: dict[int, float] = {}  # cid -> until when bare ACKs are ignored
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closing = False
         self._until_released: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
@@ -164,7 +166,8 @@ class Endpoint(asyncio.DatagramProtocol):
                 handle = self._handle_for_syn(packet, addr)
             if handle is None:
                 self.stats.dropped_unknown_connection += 1
-                self._reset(packet, addr)
+                if not self._recently_closed_ack(packet):
+                    self._reset(packet, addr)
                 return
         elif addr != handle.addr and handle.addr is not None:
             self.stats.dropped_wrong_address += 1
@@ -352,7 +355,23 @@ class Endpoint(asyncio.DatagramProtocol):
         if handle.waiter is not None and not handle.waiter.done():
             handle.waiter.set_exception(exc)
 
+    def _recently_closed_ack(self, packet: Packet) -> bool:
+        """A bare ACK for a connection that closed in order moments ago (the copies of a
+        client's final ACK) needs no RST: the connection ended cleanly on both sides."""
+        expiry = self._recently_closed.get(packet.dst_cid)
+        if expiry is None:
+            return False
+        if self._loop.time() > expiry:
+            del self._recently_closed[packet.dst_cid]
+            return False
+        return packet.flags == Flag.ACK and not packet.payload
+
     def _forget(self, handle: ConnectionHandle) -> None:
+        if handle.conn.close_reason is CloseReason.CLOSED:
+            closed = self._recently_closed
+            if len(closed) >= _RECENTLY_CLOSED_MAX:
+                del closed[next(iter(closed))]  # the oldest entry
+            closed[handle.conn.local_cid] = self._loop.time() + 2 * self.config.msl_s
         self._cancel_timer(handle)
         if self._handles.get(handle.conn.local_cid) is handle:
             del self._handles[handle.conn.local_cid]
