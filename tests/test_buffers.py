@@ -750,3 +750,27 @@ ScoreboardMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, derandomize=True
 )
 TestScoreboardMachine = ScoreboardMachine.TestCase
+
+
+def test_scoreboard_declares_a_lost_retransmission_lost_again() -> None:
+    # Segment 0 is lost, retransmitted, and lost again.  Three segments sent after that
+    # retransmission arrive (SACKed): by transmission order the retransmission is lost too,
+    # without waiting for the retransmission timer.
+    sb = Scoreboard()
+    segs = [SentSegment(1 + 100 * i, 101 + 100 * i, 0.0) for i in range(6)]
+    for seg in segs:
+        sb.add(seg)
+    sb.on_sack(101, 601)  # segments 1..5 arrived
+    assert sb.detect_losses(1) == 100  # segment 0 by the SACKed distance rule
+    assert sb.next_lost(1) is segs[0]
+    sb.retransmitted(segs[0], 1.0)
+    assert sb.detect_losses(1) == 0  # nothing sent after the retransmission has arrived yet
+    later = [SentSegment(601 + 100 * i, 701 + 100 * i, 1.0) for i in range(3)]
+    for seg in later:
+        sb.add(seg)
+    sb.on_sack(601, 801)  # two later transmissions arrived: not yet enough
+    assert sb.detect_losses(1, dupthresh=3) == 0
+    sb.on_sack(801, 901)  # the third
+    assert sb.detect_losses(1, dupthresh=3) == 100
+    assert sb.next_lost(1) is segs[0]
+    assert sb.pipe == 0  # every other segment is SACKed; the lost one left the pipe

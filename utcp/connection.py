@@ -725,7 +725,7 @@ class Connection:
                 if first is not None and first.retx == 0:
                     sb.mark_lost(first)
                 if self._sack_ok:
-                    sb.detect_losses(self._loss_threshold())
+                    sb.detect_losses(self._loss_threshold(), self.config.dupack_threshold)
         else:
             # Grow the window only while it limits us (RFC 7661 spirit): an application- or
             # receiver-limited sender must not build a window it never tested.
@@ -751,7 +751,7 @@ class Connection:
             if not self._sack_ok:
                 self._dupack_credit += self._snd_mss
             else:
-                self._scoreboard.detect_losses(self._loss_threshold())
+                self._scoreboard.detect_losses(self._loss_threshold(), self.config.dupack_threshold)
             return
         self._maybe_enter_recovery(now)
 
@@ -759,7 +759,11 @@ class Connection:
         if self._in_recovery:
             return
         sb = self._scoreboard
-        lost = sb.detect_losses(self._loss_threshold()) if self._sack_ok else 0
+        lost = (
+            sb.detect_losses(self._loss_threshold(), self.config.dupack_threshold)
+            if self._sack_ok
+            else 0
+        )
         if self._dupacks < self.config.dupack_threshold and not lost:
             return
         if self._snd_una < self._recover:

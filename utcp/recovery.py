@@ -77,12 +77,14 @@ class RttEstimator:
 class SentSegment:
     """One transmitted segment awaiting acknowledgement; ``end`` includes a FIN's position."""
 
-    __slots__ = ("end", "in_pipe", "lost", "retx", "sacked", "sent_at", "start")
+    __slots__ = ("acked", "end", "in_pipe", "lost", "retx", "sacked", "sent_at", "start", "tx")
 
     def __init__(self, start: int, end: int, sent_at: float) -> None:
         self.start = start
         self.end = end
         self.sent_at = sent_at
+        self.tx = 0  # transmission order of its latest sending, across all segments
+        self.acked = False
         self.retx = 0  # times retransmitted
         self.sacked = False
         self.lost = False  # declared lost and not yet sent again
@@ -100,7 +102,17 @@ class Scoreboard:
     neither acknowledged, SACKed nor declared lost (a retransmission counts again).
     """
 
-    __slots__ = ("_head", "_loss_scan", "_lost", "highest_sacked", "pipe", "segs")
+    __slots__ = (
+        "_head",
+        "_loss_scan",
+        "_lost",
+        "_retx_order",
+        "_tx",
+        "highest_sacked",
+        "highest_sacked_tx",
+        "pipe",
+        "segs",
+    )
 
     def __init__(self) -> None:
         self.segs: list[SentSegment] = []
@@ -109,6 +121,9 @@ class Scoreboard:
         self._lost: deque[SentSegment] = deque()  # declared lost, awaiting retransmission
         self.pipe = 0
         self.highest_sacked = 0
+        self._tx = 0
+        self.highest_sacked_tx = 0  # latest transmission known to have arrived (SACKed)
+        self._retx_order: deque[tuple[int, SentSegment]] = deque()  # retransmissions, in order
 
     def __len__(self) -> int:
         return len(self.segs) - self._head
@@ -123,11 +138,16 @@ class Scoreboard:
 
     def add(self, seg: SentSegment) -> None:
         """Record a first transmission."""
+        self._tx += 1
+        seg.tx = self._tx
         self.segs.append(seg)
         self.pipe += seg.end - seg.start
 
     def retransmitted(self, seg: SentSegment, now: float) -> None:
         """Record that ``seg`` was sent again."""
+        self._tx += 1
+        seg.tx = self._tx
+        self._retx_order.append((seg.tx, seg))
         seg.retx += 1
         seg.sent_at = now
         seg.lost = False
@@ -147,6 +167,7 @@ class Scoreboard:
         n = len(segs)
         while i < n and segs[i].end <= position:
             self._leave_pipe(segs[i])
+            segs[i].acked = True
             i += 1
         acked = segs[self._head : i]
         self._head = i
@@ -177,16 +198,22 @@ class Scoreboard:
                 self._leave_pipe(seg)
                 newly += seg.end - seg.start
                 newest = seg.end
+                if seg.tx > self.highest_sacked_tx:
+                    self.highest_sacked_tx = seg.tx
             i += 1
         if newest > self.highest_sacked:
             self.highest_sacked = newest
         return newly
 
-    def detect_losses(self, threshold_bytes: int) -> int:
-        """Declare lost every unSACKed segment with ``threshold_bytes`` SACKed beyond it.
+    def detect_losses(self, threshold_bytes: int, dupthresh: int = 3) -> int:
+        """Declare lost every unSACKed segment with ``threshold_bytes`` SACKed beyond it, and
+        every retransmission followed by ``dupthresh`` later transmissions that arrived.
 
-        A simplification of RFC 6675 IsLost(): the distance to the highest SACKed position
-        stands in for the count of SACKed bytes above.  Returns bytes newly declared lost.
+        The first rule simplifies RFC 6675 IsLost(): the distance to the highest SACKed
+        position stands in for the count of SACKed bytes above.  The second applies the same
+        reasoning in transmission order (in the spirit of RACK, RFC 8985), so a lost
+        retransmission is found without waiting for the retransmission timer.
+        Returns bytes newly declared lost.
         """
         limit = self.highest_sacked - threshold_bytes
         segs = self.segs
@@ -199,6 +226,11 @@ class Scoreboard:
                 newly += self.mark_lost(seg)
             i += 1
         self._loss_scan = i
+        order = self._retx_order
+        while order and order[0][0] + dupthresh <= self.highest_sacked_tx:
+            tx, seg = order.popleft()
+            if seg.tx == tx and not seg.acked and not seg.sacked and seg.in_pipe:
+                newly += self.mark_lost(seg)
         return newly
 
     def mark_lost(self, seg: SentSegment) -> int:
@@ -233,4 +265,6 @@ class Scoreboard:
         """Forget everything (the connection is gone)."""
         self.segs.clear()
         self._lost.clear()
+        self._retx_order.clear()
         self._head = self._loss_scan = self.pipe = self.highest_sacked = 0
+        self._tx = self.highest_sacked_tx = 0
