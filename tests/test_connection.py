@@ -310,7 +310,7 @@ def test_simultaneous_close_goes_through_closing() -> None:
 
 def test_lost_final_ack_restarts_time_wait() -> None:
     msl_s = 5.0
-    cfg = Config(msl_s=msl_s)
+    cfg = Config(msl_s=msl_s, tail_loss_probe=False)  # the FIN comes back after one RTO
     final_ack = _drop_first(lambda p: p.flags == Flag.ACK and p.ack == ISN_B + 2)
     net = pair(config_a=cfg, config_b=cfg, a_to_b=Link(drop=final_ack))
     a, b = _establish(net)
@@ -364,7 +364,12 @@ def test_rst_in_time_wait_does_not_report_a_second_close() -> None:
 @pytest.mark.parametrize("who", ["a", "b"])
 def test_each_lost_fin_is_retransmitted_after_one_rto(who: str) -> None:
     link = Link(drop=_drop_first(_is_fin))
-    net = pair(**{"a_to_b" if who == "a" else "b_to_a": link})  # type: ignore[arg-type]
+    no_tlp = Config(tail_loss_probe=False)  # the RTO, not a tail loss probe, resends it
+    net = pair(
+        config_a=no_tlp,
+        config_b=no_tlp,
+        **{"a_to_b" if who == "a" else "b_to_a": link},  # type: ignore[arg-type]
+    )
     a, b = _establish(net)
     rto = (a if who == "a" else b).stats.rto_s
     assert rto == DEFAULTS.rto_min_s  # a 20 ms handshake RTT, clamped up to rto_min_s
@@ -460,7 +465,7 @@ def test_lost_handshake_ack_first_data_segment_establishes_server() -> None:
 
 def test_lost_first_data_segment_is_retransmitted_after_one_rto() -> None:
     link = Link(drop=_drop_first(_has_data))
-    net = pair(a_to_b=link)
+    net = pair(a_to_b=link, config_a=Config(tail_loss_probe=False))  # the RTO path itself
     a, _ = _establish(net)
     rto = a.stats.rto_s
     assert rto == DEFAULTS.rto_min_s
@@ -601,7 +606,7 @@ def test_vanished_peer_hits_user_timeout(user_timeout_s: float) -> None:
 
 
 def test_vanished_peer_gives_up_after_max_retransmits() -> None:
-    net, cut, rto0 = _vanish_mid_transfer(DEFAULTS)
+    net, cut, rto0 = _vanish_mid_transfer(Config(tail_loss_probe=False))
     a, _ = _conns(net)
     after = [s for s in _sent(net, "a") if s.time > cut]
     retransmits, final = after[:-1], after[-1]
@@ -838,3 +843,35 @@ def test_last_ack_with_everything_delivered_gives_up_cleanly(fin_retries: int) -
     assert net.b.eof
     assert b.stats.timeouts == fin_retries + 1
     assert len(_sent(net, "b", lambda p: bool(p.flags & Flag.RST))) == 0
+
+
+def test_tail_loss_is_repaired_by_a_probe_before_the_rto() -> None:
+    # The last of three segments is lost and nothing follows it, so no duplicate ACK can
+    # reveal the loss. Two RTTs later the tail loss probe resends it; no timer expires.
+    mss = DEFAULTS.mss_bytes
+    third = ISN_A + 1 + 2 * mss
+    net = pair(a_to_b=Link(drop=_drop_first(lambda p: p.seq == third and _has_data(p))))
+    a, _ = _establish(net)
+    srtt = a.stats.srtt_s
+    assert srtt is not None
+    a.send(bytes(3 * mss))
+    start = net.now
+    net.run(until=lambda: len(net.b.received) == 3 * mss)
+    resends = [s.time for s in _sent(net, "a", lambda p: p.seq == third)]
+    assert len(resends) == 2
+    assert resends[1] - start < DEFAULTS.rto_min_s  # well before the retransmission timer
+    assert resends[1] - start >= 2 * srtt
+    assert a.stats.tail_loss_probes == 1 and a.stats.timeouts == 0
+
+
+def test_tail_loss_probe_can_be_turned_off() -> None:
+    mss = DEFAULTS.mss_bytes
+    third = ISN_A + 1 + 2 * mss
+    net = pair(
+        a_to_b=Link(drop=_drop_first(lambda p: p.seq == third and _has_data(p))),
+        config_a=Config(tail_loss_probe=False),
+    )
+    a, _ = _establish(net)
+    a.send(bytes(3 * mss))
+    net.run(until=lambda: len(net.b.received) == 3 * mss)
+    assert a.stats.tail_loss_probes == 0 and a.stats.timeouts == 1

@@ -389,7 +389,10 @@ def test_steady_stream_is_acked_every_second_full_segment() -> None:
 
 @pytest.mark.parametrize("delay_s", [0.025, 0.1])
 def test_single_small_segment_is_acked_after_exactly_the_ack_delay(delay_s: float) -> None:
-    net = established(config_b=Config(delayed_ack_s=delay_s))
+    # No probe from the sender: it would draw an immediate ACK before the delayed one.
+    net = established(
+        config_a=Config(tail_loss_probe=False), config_b=Config(delayed_ack_s=delay_s)
+    )
     a, b = conns(net)
     a.send(b"0123456789")
     net.run(until=lambda: b.get_timer() is not None)  # the segment has arrived
@@ -644,7 +647,7 @@ def test_fast_retransmit_is_sent_on_the_third_duplicate_ack(sack: bool) -> None:
 
 
 def test_retransmission_timeout_drops_cwnd_to_one_segment() -> None:
-    net = established()
+    net = established(config_a=Config(tail_loss_probe=False))
     a, _ = conns(net)
     net.links["a"].blackhole = (net.now + 0.05, net.now + 3.0)
     size = 500_000

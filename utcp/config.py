@@ -79,6 +79,10 @@ class Config:
     """Offer the timestamps option (RFC 7323); values are echoed, RTT still comes from
     Karn-filtered segment timing."""
 
+    tail_loss_probe: bool = True
+    """Resend the last segment after two RTTs without an ACK (RFC 8985 section 7), so a loss
+    at the tail of a flight is repaired by fast recovery rather than the RTO."""
+
     dupack_threshold: int = 3
     """Duplicate ACKs (or SACKed segments above a hole) that trigger fast retransmit."""
 

@@ -49,6 +49,7 @@ _RST = int(Flag.RST)
 _ACK = int(Flag.ACK)
 _MAX_SACK_BLOCKS_WITH_TS = 3  # 36 option bytes: 10 (timestamps) + 2 + 3 * 8
 _MAX_SACK_BLOCKS = 4  # 2 + 4 * 8
+_TLP_MIN_S = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
 
 
 def new_connection_id() -> int:
@@ -93,6 +94,7 @@ class ConnectionStats:
     retransmissions: int  # segments sent again, for any reason
     fast_retransmits: int  # recovery episodes started by duplicate ACKs or SACK
     timeouts: int  # retransmission timer expiries
+    tail_loss_probes: int  # last segments resent after two RTTs without an ACK
     duplicate_acks: int
     datagrams_dropped: int  # malformed, failed checksum, or not acceptable
     srtt_s: float | None
@@ -153,6 +155,8 @@ class Connection:
         self._dupacks = 0
         self._dupack_credit = 0  # bytes of dup-ACK inflation in recovery without SACK
         self._rexmit_now = False  # fast retransmit due: send it whatever the pipe says
+        self._tlp_at: float | None = None  # tail loss probe deadline (RFC 8985 section 7)
+        self._tlp_sent = False  # one probe per flight, until new data is acknowledged
         self._sack_ok = False
         self._ts_ok = False
         self._ts_recent = 0
@@ -202,6 +206,7 @@ class Connection:
         self._retx = 0
         self._fast_retx = 0
         self._timeouts = 0
+        self._tlp_probes = 0
         self._dupack_count = 0
         self._dropped = 0
 
@@ -245,6 +250,7 @@ class Connection:
             retransmissions=self._retx,
             fast_retransmits=self._fast_retx,
             timeouts=self._timeouts,
+            tail_loss_probes=self._tlp_probes,
             duplicate_acks=self._dupack_count,
             datagrams_dropped=self._dropped,
             srtt_s=self._rtt.srtt,
@@ -329,6 +335,7 @@ class Connection:
         best: float | None = None
         for t in (
             self._rto_at,
+            self._tlp_at,
             self._ack_at,
             self._persist_at,
             self._time_wait_at,
@@ -346,8 +353,11 @@ class Connection:
             self._clear_timers()
             return
         if self._rto_at is not None and now >= self._rto_at:
-            self._rto_at = None
+            self._rto_at = self._tlp_at = None
             self._on_rto(now)
+        if self._tlp_at is not None and now >= self._tlp_at:
+            self._tlp_at = None
+            self._on_tlp(now)
         if self._persist_at is not None and now >= self._persist_at:
             self._persist_at = None
             self._on_persist(now)
@@ -417,6 +427,38 @@ class Connection:
             backoff=self._rtt.backoff,
         )
         self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
+
+    def _arm_tlp(self, now: float) -> None:
+        """Schedule a tail loss probe two smoothed RTTs out, when that comes before the RTO."""
+        srtt = self._rtt.srtt
+        if (
+            srtt is None
+            or not self.config.tail_loss_probe
+            or self._tlp_sent
+            or self._in_recovery
+            or not len(self._scoreboard)
+        ):
+            self._tlp_at = None
+            return
+        pto = 2 * srtt
+        if self._scoreboard.pipe <= self._snd_mss:
+            pto += self.config.delayed_ack_s  # a lone segment's ACK may be delayed
+        at = now + max(pto, _TLP_MIN_S)
+        self._tlp_at = at if self._rto_at is None or at < self._rto_at else None
+
+    def _on_tlp(self, now: float) -> None:
+        """No ACK for two RTTs: resend the last segment so its SACK (or ACK) reveals any
+        loss at the tail of the flight, instead of waiting for the retransmission timer."""
+        sb = self._scoreboard
+        last = sb.last()
+        if last is None or self._in_recovery or last.sacked or last.lost:
+            return
+        self._tlp_sent = True
+        self._tlp_probes += 1
+        sb.mark_lost(last)
+        self._rexmit_now = True
+        self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
+        self._log.debug("tail_loss_probe", seq=self._wire_seq(last.start))
 
     def _cap_to_user_timeout(self, deadline: float) -> float:
         """Fire no later than the user timeout, so the abort is not late by a backed-off RTO."""
@@ -734,11 +776,13 @@ class Connection:
                 self._cc.on_ack(acked_bytes, now=now, rtt_s=self._rtt.latest_rtt)
             if self._sack_ok and len(sb):
                 self._maybe_enter_recovery(now)
+        self._tlp_sent = False
         if len(sb):
             self._oldest_unacked_since = now
             self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
+            self._arm_tlp(now)
         else:
-            self._rto_at = None
+            self._rto_at = self._tlp_at = None
             self._oldest_unacked_since = None
 
     def _loss_threshold(self) -> int:
@@ -1013,6 +1057,8 @@ class Connection:
                 self._oldest_unacked_since = now
             if self._rto_at is None:
                 self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
+            if not self._tlp_sent:
+                self._arm_tlp(now)
         # Zero (or too small) window with data waiting and nothing in flight: probe it.
         if self._window_blocked():
             if self._persist_at is None:
@@ -1150,5 +1196,5 @@ class Connection:
         self._scoreboard.clear()
 
     def _clear_timers(self) -> None:
-        self._rto_at = self._ack_at = self._persist_at = None
+        self._rto_at = self._ack_at = self._persist_at = self._tlp_at = None
         self._time_wait_at = self._keepalive_at = None
