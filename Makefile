@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo clean
+.PHONY: venv test lint typecheck pytest demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: lint typecheck pytest
 
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# Side-by-side benchmark (benchmarks/README.md); extra flags: make bench BENCH_ARGS='--quick'
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,237 @@
+"""One stream interface over every connection-oriented peer: ``serve`` and ``connect``.
+
+Each adapter hands the scenarios asyncio's own ``StreamReader``/``StreamWriter`` and hides how its
+library opens, accepts and closes.  Imports happen inside the adapter that needs them, so a
+missing optional package only matters to its own peer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import importlib
+import socket
+import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Coroutine[Any, Any, None]]
+
+BACKLOG = 1024  # the "many" scenario opens 200 connections at once
+# What utcp's endpoint asks for.  Every UDP-based peer gets the same, so none loses datagrams
+# to a small kernel queue that another is spared; aiokcp cannot finish "many" without it.
+UDP_SOCKET_BUFFER_BYTES = 4 << 20
+ALPN = "utcp-bench"
+# aiokcp's documented fast mode (nodelay 1, interval 10 ms, resend 2, no congestion control)
+# with 512-packet windows; its defaults are a 100 ms interval and 32/128-packet windows.
+KCP_FAST = {
+    "no_delay": True,
+    "update_interval": 10,
+    "resend_count": 2,
+    "no_congestion_control": True,
+    "send_window_size": 512,
+    "receive_window_size": 512,
+}
+
+
+def grow_buffers(sock: socket.socket | None) -> None:
+    """Best effort: the kernel caps the size at net.core.rmem_max / wmem_max."""
+    if sock is None:
+        return
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, UDP_SOCKET_BUFFER_BYTES)
+
+
+class Adapter:
+    """``serve`` starts a listener and returns its port; ``connect`` yields a stream pair;
+    ``finish`` is how a server handler lets go of a connection it is done with."""
+
+    async def serve(self, handler: Handler, host: str) -> int:
+        raise NotImplementedError
+
+    def connect(self, host: str, port: int) -> contextlib.AbstractAsyncContextManager[Streams]:
+        raise NotImplementedError
+
+    def finish(self, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+
+class UtcpAdapter(Adapter):
+    async def serve(self, handler: Handler, host: str) -> int:
+        import utcp
+
+        self.server = await utcp.start_server(handler, host, 0, backlog=BACKLOG)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @contextlib.asynccontextmanager
+    async def connect(self, host: str, port: int) -> AsyncIterator[Streams]:
+        import utcp
+
+        reader, writer = await utcp.open_connection(host, port)
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+class TcpAdapter(Adapter):
+    async def serve(self, handler: Handler, host: str) -> int:
+        self.server = await asyncio.start_server(handler, host, 0, backlog=BACKLOG)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    @contextlib.asynccontextmanager
+    async def connect(self, host: str, port: int) -> AsyncIterator[Streams]:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+class AioquicAdapter(Adapter):
+    """QUIC with one bidirectional stream per connection.
+
+    The client opens the stream by sending first (every scenario does), which is when aioquic
+    calls the server's stream handler.  aioquic's stream writers never see ``connection_lost``,
+    so their ``wait_closed()`` would hang: closing is the connection's ``close()``, which waits
+    out QUIC's closing period (three probe timeouts) before it returns.
+    """
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, handler: Handler, host: str) -> int:
+        from aioquic.asyncio.server import serve
+        from aioquic.quic.configuration import QuicConfiguration
+
+        config = QuicConfiguration(is_client=False, alpn_protocols=[ALPN])
+        config.certificate, config.private_key = _self_signed_certificate()
+        loop = asyncio.get_running_loop()
+
+        def on_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = loop.create_task(handler(reader, writer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self.server = await serve(host, 0, configuration=config, stream_handler=on_stream)
+        assert self.server._transport is not None
+        sock = self.server._transport.get_extra_info("socket")
+        grow_buffers(sock)
+        return int(sock.getsockname()[1])
+
+    @contextlib.asynccontextmanager
+    async def connect(self, host: str, port: int) -> AsyncIterator[Streams]:
+        from aioquic.asyncio.client import connect
+        from aioquic.quic.configuration import QuicConfiguration
+
+        config = QuicConfiguration(is_client=True, alpn_protocols=[ALPN], verify_mode=ssl.CERT_NONE)
+        async with connect(host, port, configuration=config) as protocol:
+            assert protocol._transport is not None
+            grow_buffers(protocol._transport.get_extra_info("socket"))
+            reader, writer = await protocol.create_stream()
+            yield reader, writer
+
+
+class AiokcpAdapter(Adapter):
+    """KCP through aiokcp's stream API.
+
+    aiokcp has no handshake, no end-of-stream and no write backpressure (``drain()`` never
+    waits); every scenario knows its byte counts, so none relies on EOF.  The server's timers run
+    only once ``start_serving()`` is called.  Its UDP sockets are not public: they are reached
+    through private ``_transport`` attributes.
+    """
+
+    def __init__(self, variant: str) -> None:
+        self.kcp_kwargs: dict[str, Any] = dict(KCP_FAST) if variant == "fast" else {}
+
+    async def serve(self, handler: Handler, host: str) -> int:
+        import aiokcp
+
+        self.server = await aiokcp.start_server(handler, host, 0, kcp_kwargs=dict(self.kcp_kwargs))
+        await self.server.start_serving()
+        sock = self.server._transport.get_extra_info("socket")
+        grow_buffers(sock)
+        return int(sock.getsockname()[1])
+
+    @contextlib.asynccontextmanager
+    async def connect(self, host: str, port: int) -> AsyncIterator[Streams]:
+        import aiokcp
+
+        reader, writer = await aiokcp.open_connection(host, port, kcp_kwargs=dict(self.kcp_kwargs))
+        grow_buffers(writer.transport.transport.get_extra_info("socket"))
+        try:
+            yield reader, writer
+        finally:
+            writer.close()
+            await writer.wait_closed()  # aiokcp: waits until its send queue drains, then 100 ms
+
+    def finish(self, writer: asyncio.StreamWriter) -> None:
+        # A closing aiokcp server transport leaves the server's map at its next tick, so the
+        # client's ACKs for the last data go to a fresh transport and the tail can be lost
+        # (an echo of 256 KiB stops at 240 KiB).  The server leaves closing to the client.
+        pass
+
+
+# Imported when the adapter is made, so that no import lands inside a timed or CPU-charged span.
+_MODULES = {
+    "utcp": ("utcp",),
+    "tcp": (),
+    "aioquic": (
+        "aioquic.asyncio.client",
+        "aioquic.asyncio.server",
+        "aioquic.quic.configuration",
+        "cryptography.x509",
+        "cryptography.hazmat.primitives.asymmetric.ec",
+    ),
+    "aiokcp": ("aiokcp",),
+}
+
+
+def adapter_for(kind: str, variant: str) -> Adapter:
+    for module in _MODULES.get(kind, ()):
+        importlib.import_module(module)
+    if kind == "utcp":
+        return UtcpAdapter()
+    if kind == "tcp":
+        return TcpAdapter()
+    if kind == "aioquic":
+        return AioquicAdapter()
+    if kind == "aiokcp":
+        return AiokcpAdapter(variant)
+    raise ValueError(f"no stream adapter for {kind!r}")
+
+
+def _self_signed_certificate() -> tuple[Any, Any]:
+    """A fresh EC key and a self-signed certificate for localhost, made with ``cryptography``."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
