@@ -13,6 +13,13 @@ S = ConnectionState
 run = make_run_fixture()
 
 
+async def reply_and_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Read to the client's FIN, then close: the client is the active closer."""
+    await reader.read()
+    writer.close()
+    await writer.wait_closed()
+
+
 def test_closing_server_waits_out_time_wait(run: Runner) -> None:
     async def main() -> None:
         config = Config(msl_s=0.25)
@@ -40,13 +47,6 @@ def test_closing_server_waits_out_time_wait(run: Runner) -> None:
 def test_client_repeats_its_final_ack(run: Runner) -> None:
     async def main() -> None:
         sent: list[bytes] = []
-
-        async def reply_and_close(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            await reader.read()
-            writer.close()
-            await writer.wait_closed()
 
         server = await utcp.start_server(reply_and_close, HOST, 0)
         reader, writer = await utcp.open_connection(
@@ -93,13 +93,6 @@ def test_close_does_not_wait_forever_for_a_silent_peer(run: Runner) -> None:
 def test_copies_of_the_final_ack_draw_no_reset(run: Runner) -> None:
     async def main() -> None:
         server_sent: list[bytes] = []
-
-        async def reply_and_close(
-            reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-        ) -> None:
-            await reader.read()
-            writer.close()
-            await writer.wait_closed()
 
         def record(direction: str, data: bytes, _addr: object) -> None:
             if direction == "send":
