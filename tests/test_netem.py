@@ -24,6 +24,7 @@ import pytest
 import uvloop
 
 import utcp
+from tests.aio_helpers import echo
 from utcp.cli.netem_cmd import impairments, register
 from utcp.cli.netem_cmd import run as netem_run
 from utcp.netem import DirectionCounters, Impairment, Relay
@@ -410,20 +411,10 @@ def test_on_uvloop(check: Callable[[], Any]) -> None:
 # ---------------------------------------------------------------------- utcp through the relay
 
 
-async def digest_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """Echo everything back, then close."""
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        writer.close()
-
-
 async def transfer_through(relay_imp: Impairment, seed: int, size: int) -> dict[str, Any]:
     """Echo ``size`` seeded bytes through a relay impairing both ways; return what was seen."""
     data = random.Random(seed).randbytes(size)
-    server = await utcp.start_server(digest_server, HOST, 0)
+    server = await utcp.start_server(echo, HOST, 0)
     server_addr = server.sockets[0].getsockname()[:2]
     malformed_at_client = 0
 
