@@ -7,8 +7,10 @@ format.
 from __future__ import annotations
 
 from .asyncio import (
+    ClientEndpoint,
     Server,
     UtcpTransport,
+    create_client_endpoint,
     create_connection,
     create_server,
     open_connection,
@@ -44,9 +46,11 @@ __all__ = [
     "Flag",
     "Packet",
     "PacketError",
+    "ClientEndpoint",
     "Server",
     "UtcpTransport",
     "__version__",
+    "create_client_endpoint",
     "create_connection",
     "create_server",
     "open_connection",

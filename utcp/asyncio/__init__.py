@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from .endpoint import Endpoint, EndpointStats
 from .streams import (
+    ClientEndpoint,
     Server,
+    create_client_endpoint,
     create_connection,
     create_server,
     open_connection,
@@ -17,8 +19,10 @@ from .transport import UtcpTransport
 __all__ = [
     "Endpoint",
     "EndpointStats",
+    "ClientEndpoint",
     "Server",
     "UtcpTransport",
+    "create_client_endpoint",
     "create_connection",
     "create_server",
     "open_connection",

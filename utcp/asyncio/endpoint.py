@@ -95,11 +95,15 @@ class Endpoint(asyncio.DatagramProtocol):
         protocol_factory: Callable[[], asyncio.BaseProtocol] | None = None,
         backlog: int = 100,
         observer: Observer | None = None,
+        persistent: bool = False,
     ) -> None:
         self.config = config.validate()
         self._loop = asyncio.get_running_loop()
         self._protocol_factory = protocol_factory  # set: this endpoint accepts connections
         self._accepting = protocol_factory is not None
+        # A single-connection client endpoint ends with its connection; a persistent one (many
+        # outgoing connections over one socket) and a server's stay open until closed.
+        self._single = protocol_factory is None and not persistent
         self._backlog = backlog
         self._observer = observer
         self._transport: asyncio.DatagramTransport | None = None
@@ -141,7 +145,7 @@ class Endpoint(asyncio.DatagramProtocol):
     def error_received(self, exc: Exception) -> None:
         # On a connected (client) socket the kernel reports ICMP port unreachable here: nobody
         # listens at the peer's address, so a pending connect is refused at once.
-        if isinstance(exc, ConnectionRefusedError):
+        if isinstance(exc, ConnectionRefusedError) and self._single:
             for handle in list(self._handles.values()):
                 if handle.conn.state is ConnectionState.SYN_SENT and handle.waiter is not None:
                     handle.conn.abort()
@@ -331,7 +335,7 @@ class Endpoint(asyncio.DatagramProtocol):
             # asyncio reports a local abort() as connection_lost(None).
             lost_exc = None if reason is CloseReason.ABORTED else exc
             handle.transport._connection_closed(lost_exc, reason)
-        if self._protocol_factory is None and not self._live_connections():
+        if self._single and not self._live_connections():
             # A client endpoint ends with its connection; the connection ids keep a later
             # connection from ever taking this one's stray datagrams, so TIME_WAIT is skipped.
             # Without TIME_WAIT nobody re-acknowledges a retransmitted FIN, so the final ACK
@@ -346,7 +350,7 @@ class Endpoint(asyncio.DatagramProtocol):
         """Call ``callback(*args)`` soon; on a client endpoint not before its socket is closed,
         so that ``connection_lost`` (and a stream's ``wait_closed()``) mean the descriptor is
         released, as with asyncio's own transports."""
-        if self._protocol_factory is None and self._transport is not None:
+        if self._single and self._transport is not None:
             self._until_released.append((callback, args))
         else:
             self._loop.call_soon(callback, *args)
@@ -385,8 +389,9 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def _connections_to_wait_for(self) -> int:
         """A closing server waits out TIME_WAIT (2 MSL, short by default) so that a peer
-        whose last ACK was lost still gets its FIN acknowledged; a client does not."""
-        if self._protocol_factory is not None:
+        whose last ACK was lost still gets its FIN acknowledged; a single-connection client
+        does not."""
+        if not self._single:
             return len(self._handles)
         return self._live_connections()
 

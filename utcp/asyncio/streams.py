@@ -24,13 +24,16 @@ ClientConnectedCallback = Callable[
 ]
 
 
-async def _resolve(host: str | None, port: int, *, passive: bool) -> tuple[int, Any]:
+async def _resolve(
+    host: str | None, port: int, *, passive: bool, family: int = 0
+) -> tuple[int, Any]:
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int in 0..65535, not {port!r}")
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(
         host,
         port,
+        family=family,
         type=socket.SOCK_DGRAM,
         flags=socket.AI_PASSIVE if passive else 0,
     )
@@ -64,24 +67,123 @@ async def create_connection(
         remote_addr=remote[:2],
         family=family,
     )
-    handle = endpoint.connect(None)
+    return await _connect_on(endpoint, None, protocol_factory, single=True)
+
+
+async def _connect_on(
+    endpoint: Endpoint, addr: Any, protocol_factory: Callable[[], P], *, single: bool
+) -> tuple[asyncio.Transport, P]:
+    """Open one connection on ``endpoint`` and attach its protocol; on failure leave nothing
+    behind (a single-connection endpoint's socket is released before raising, as asyncio does).
+    """
+    handle = endpoint.connect(addr)
     assert handle.waiter is not None
     try:
         await handle.waiter
     except BaseException as exc:
-        endpoint.abort_all()
-        if isinstance(exc, Exception):
-            await endpoint.wait_closed()  # release the socket before raising, as asyncio does
+        if single:
+            endpoint.abort_all()
+            if isinstance(exc, Exception):
+                await endpoint.wait_closed()
+        elif handle.conn.close_reason is None:
+            handle.conn.abort()
+            endpoint.service(handle)
         raise
     transport = handle.transport
     try:
         protocol = protocol_factory()
     except Exception:
         transport.abort()  # leave no half-made connection (and socket) behind, as asyncio does
-        await endpoint.wait_closed()
+        if single:
+            await endpoint.wait_closed()
         raise
     transport._attach(protocol)
     return transport, protocol
+
+
+class ClientEndpoint:
+    """One UDP socket from which many utcp connections are opened (a tunnel, a pool).
+
+    Each ``open_connection``/``create_connection`` call makes a new connection with its own
+    connection id over the same socket; the socket stays open until ``close()``.
+    """
+
+    def __init__(self, endpoint: Endpoint, udp: asyncio.DatagramTransport, family: int) -> None:
+        self._endpoint = endpoint
+        self._udp = udp
+        self._family = family
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The endpoint carrying the connections (its ``stats`` count datagrams and drops)."""
+        return self._endpoint
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        """The UDP socket (empty once closed)."""
+        sock = self._udp.get_extra_info("socket")
+        return (sock,) if sock is not None and self._endpoint.transport is not None else ()
+
+    async def create_connection(
+        self, protocol_factory: Callable[[], P], host: str, port: int
+    ) -> tuple[asyncio.Transport, P]:
+        """Open a connection to ``host:port`` and attach ``protocol_factory()`` to it."""
+        if self._endpoint.transport is None or self._endpoint._closing:
+            raise RuntimeError("the client endpoint is closed")
+        family, remote = await _resolve(host, port, passive=False, family=self._family)
+        addr = remote[:2] if family == socket.AF_INET else remote
+        return await _connect_on(self._endpoint, addr, protocol_factory, single=False)
+
+    async def open_connection(
+        self, host: str, port: int, *, limit: int = _DEFAULT_LIMIT
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Open a connection to ``host:port``; returns ``(StreamReader, StreamWriter)``."""
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await self.create_connection(lambda: protocol, host, port)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+
+    def close(self) -> None:
+        """Open no more connections; the socket closes once the open ones have ended."""
+        self._endpoint.close()
+
+    def abort(self) -> None:
+        """Reset every connection and close the socket now."""
+        self._endpoint.abort_all()
+
+    async def wait_closed(self) -> None:
+        """Wait until the socket is closed."""
+        await self._endpoint.wait_closed()
+
+    async def __aenter__(self) -> ClientEndpoint:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def create_client_endpoint(
+    *,
+    config: Config | None = None,
+    local_addr: tuple[str, int] | None = None,
+    family: int = socket.AF_INET,
+    observer: Observer | None = None,
+) -> ClientEndpoint:
+    """A UDP socket for opening many utcp connections (bound to ``local_addr``, or to an
+    ephemeral port on every interface of ``family``)."""
+    cfg = (config or Config()).validate()
+    loop = asyncio.get_running_loop()
+    if local_addr is None:
+        local_addr = ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
+    udp, endpoint = await loop.create_datagram_endpoint(
+        lambda: Endpoint(config=cfg, observer=observer, persistent=True),
+        local_addr=local_addr,
+        family=family,
+    )
+    sock = udp.get_extra_info("socket")
+    return ClientEndpoint(endpoint, udp, sock.family if sock is not None else family)
 
 
 class Server:
