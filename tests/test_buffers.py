@@ -639,6 +639,7 @@ class ScoreboardMachine(RuleBasedStateMachine):
         super().__init__()
         self.sb = Scoreboard()
         self.live: list[SentSegment] = []  # not yet cumulatively acknowledged
+        self.every: list[SentSegment] = []
         self.sacked: set[int] = set()  # ids of SentSegment objects
         self.lost: set[int] = set()
         self.retx: dict[int, int] = {}
@@ -652,6 +653,7 @@ class ScoreboardMachine(RuleBasedStateMachine):
         seg = SentSegment(self.nxt, self.nxt + length, self.now)
         self.sb.add(seg)
         self.live.append(seg)
+        self.every.append(seg)  # the model keys on id(): no segment may be freed and reused
         self.retx[id(seg)] = 0
         self.nxt += length
 

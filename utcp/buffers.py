@@ -104,8 +104,15 @@ class RangeSet:
         return self._ends[-1] if self._ends else None
 
 
+CHUNK_OVERHEAD_BYTES = 128  # what one held chunk costs beyond its payload (objects, lists)
+
+
 class ReassemblyBuffer:
-    """Out-of-order segments held until the gap before them fills; each position stored once."""
+    """Out-of-order segments held until the gap before them fills; each position stored once.
+
+    Memory is charged as payload plus ``CHUNK_OVERHEAD_BYTES`` per chunk, so a peer sending
+    tiny pieces at scattered offsets reaches the limit as fast as one sending the bytes whole.
+    """
 
     __slots__ = ("_chunks", "_starts", "nbytes")
 
@@ -117,8 +124,16 @@ class ReassemblyBuffer:
     def __len__(self) -> int:
         return len(self._starts)
 
-    def insert(self, start: int, data: bytes | memoryview, *, lo: int, hi: int) -> int:
-        """Store the parts of ``data`` (at ``start``) inside [lo, hi) not already held.
+    @property
+    def truesize(self) -> int:
+        """Payload held plus the per-chunk overhead: the figure the limit applies to."""
+        return self.nbytes + CHUNK_OVERHEAD_BYTES * len(self._starts)
+
+    def insert(
+        self, start: int, data: bytes | memoryview, *, lo: int, hi: int, limit: int | None = None
+    ) -> int:
+        """Store the parts of ``data`` (at ``start``) inside [lo, hi) not already held, as long
+        as ``truesize`` stays within ``limit``.
 
         Returns how many bytes were newly stored.
         """
@@ -152,7 +167,12 @@ class ReassemblyBuffer:
         if cursor < end:
             pieces.append((cursor, end))
         added = 0
+        room = None if limit is None else limit - self.truesize
         for ps, pe in pieces:
+            if room is not None:
+                room -= pe - ps + CHUNK_OVERHEAD_BYTES
+                if room < 0:
+                    break
             k = bisect.bisect_left(starts, ps)
             starts.insert(k, ps)
             chunks.insert(k, bytes(data[ps - start : pe - start]))

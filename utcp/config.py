@@ -95,6 +95,14 @@ class Config:
     keepalive_probes: int = 5
     """Unanswered keepalive probes after which the connection aborts."""
 
+    idle_timeout_s: float | None = None
+    """Close (with a reset) a connection that has received nothing acceptable for this long;
+    None: no limit, as in TCP.  Keepalive probes, when on, count as traffic."""
+
+    challenge_ack_interval_s: float = 0.5
+    """Least time between two challenge ACKs of one connection (RFC 5961 section 7; Linux's
+    tcp_invalid_ratelimit): forged segments beyond that are dropped unanswered."""
+
     def validate(self) -> Config:
         """Return self, or raise ``ValueError`` naming the first field with a bad value."""
         checks = [
@@ -129,6 +137,11 @@ class Config:
             ),
             (self.keepalive_interval_s > 0, "keepalive_interval_s must be positive"),
             (self.keepalive_probes >= 1, "keepalive_probes must be >= 1"),
+            (
+                self.idle_timeout_s is None or self.idle_timeout_s > 0,
+                "idle_timeout_s must be positive or None",
+            ),
+            (self.challenge_ack_interval_s >= 0, "challenge_ack_interval_s must be >= 0"),
         ]
         for ok, message in checks:
             if not ok:

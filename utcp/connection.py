@@ -14,13 +14,14 @@ from collections import deque
 from dataclasses import dataclass
 
 from . import congestion
-from .buffers import ReassemblyBuffer, SendBuffer
+from .buffers import CHUNK_OVERHEAD_BYTES, ReassemblyBuffer, SendBuffer
 from .config import Config
 from .events import (
     CloseReason,
     ConnectionClosed,
     ConnectionEstablished,
     DataReceived,
+    DropReason,
     EofReceived,
     Event,
 )
@@ -97,6 +98,9 @@ class ConnectionStats:
     tail_loss_probes: int  # last segments resent after two RTTs without an ACK
     duplicate_acks: int
     datagrams_dropped: int  # malformed, failed checksum, or not acceptable
+    drops: dict[str, int]  # datagrams_dropped by reason (DropReason values)
+    challenge_acks: int  # ACKs sent to challenge a suspicious RST, SYN or ACK (RFC 5961)
+    reassembly_bytes: int  # out-of-order data held, with its bookkeeping overhead
     srtt_s: float | None
     rttvar_s: float
     rto_s: float
@@ -209,6 +213,10 @@ class Connection:
         self._tlp_probes = 0
         self._dupack_count = 0
         self._dropped = 0
+        self._drops: dict[DropReason, int] = {}
+        self._challenge_acks = 0
+        self._last_challenge_at: float | None = None
+        self._idle_at: float | None = None
 
     # ------------------------------------------------------------------ properties
 
@@ -253,6 +261,9 @@ class Connection:
             tail_loss_probes=self._tlp_probes,
             duplicate_acks=self._dupack_count,
             datagrams_dropped=self._dropped,
+            drops={str(k): v for k, v in self._drops.items()},
+            challenge_acks=self._challenge_acks,
+            reassembly_bytes=self._reasm.truesize,
             srtt_s=self._rtt.srtt,
             rttvar_s=self._rtt.rttvar,
             rto_s=self._rtt.rto,
@@ -340,6 +351,7 @@ class Connection:
             self._persist_at,
             self._time_wait_at,
             self._keepalive_at,
+            self._idle_at,
         ):
             if t is not None and (best is None or t < best):
                 best = t
@@ -367,6 +379,9 @@ class Connection:
         if self._keepalive_at is not None and now >= self._keepalive_at:
             self._keepalive_at = None
             self._on_keepalive(now)
+        if self._idle_at is not None and now >= self._idle_at:
+            self._idle_at = None
+            self._on_idle(now)
 
     def _on_rto(self, now: float) -> None:
         cfg = self.config
@@ -502,6 +517,18 @@ class Connection:
         self._send_probe = True
         self._keepalive_at = now + cfg.keepalive_interval_s
 
+    def _on_idle(self, now: float) -> None:
+        timeout = self.config.idle_timeout_s
+        if timeout is None or self._state not in SYNCHRONIZED:
+            return
+        due = self._last_activity + timeout
+        if now < due:
+            self._idle_at = due
+            return
+        self._log.info("idle_timeout", idle_s=now - self._last_activity)
+        self._need_rst = True
+        self._finish(CloseReason.IDLE)
+
     # ------------------------------------------------------------------ receiving
 
     def receive_datagram(self, data: bytes | bytearray | memoryview, *, now: float) -> None:
@@ -509,8 +536,7 @@ class Connection:
         try:
             packet = decode(data)
         except PacketError as exc:
-            self._dropped += 1
-            self._log.debug("datagram_dropped", reason=str(exc))
+            self._drop(exc.reason, str(exc))
             return
         self.receive_packet(packet, now=now)
 
@@ -518,14 +544,13 @@ class Connection:
         """Process one already-decoded packet (the endpoint decodes once to demultiplex)."""
         st = self._state
         if st is S.CLOSED:
-            self._dropped += 1
+            self._drop(DropReason.UNEXPECTED)
             rst = reset_for(p)
             if rst is not None:
                 self._pending_raw.append(rst)
             return
         if p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & _SYN):
-            self._dropped += 1
-            self._log.debug("datagram_dropped", reason="wrong connection id")
+            self._drop(DropReason.WRONG_CONNECTION_ID)
             return
         self._segments_received += 1
         if st is S.LISTEN:
@@ -536,9 +561,13 @@ class Connection:
             self._rx_synchronized(p, now)
 
     def _rx_listen(self, p: Packet, now: float) -> None:
-        if p.flags & _RST:
+        if p.flags & _RST or not p.flags & _SYN:
+            self._drop(DropReason.UNEXPECTED)
+            if not p.flags & _RST and p.flags & _ACK:
+                self._queue_reset_for(p)
             return
         if p.flags & _ACK:
+            self._drop(DropReason.UNEXPECTED)
             self._queue_reset_for(p)
             return
         if p.flags & _SYN:
@@ -553,15 +582,17 @@ class Connection:
             if p.ack != self._wire_seq(1):
                 if not flags & _RST:
                     self._queue_reset_for(p)
-                self._dropped += 1
+                self._drop(DropReason.OUT_OF_WINDOW)
                 return
             if flags & _RST:
                 self._log.info("connection_refused")
                 self._finish(CloseReason.REFUSED)
                 return
         elif flags & _RST:
+            self._drop(DropReason.UNEXPECTED)
             return
         if not flags & _SYN:
+            self._drop(DropReason.UNEXPECTED)
             return
         self._take_syn(p)
         self._last_activity = now
@@ -632,11 +663,11 @@ class Connection:
                 return
             if not (flags & _ACK and st is S.SYN_RECEIVED):
                 # RFC 5961 section 4: a SYN in a synchronized state draws a challenge ACK.
-                self._ack_now = True
+                self._challenge(now, DropReason.UNEXPECTED)
                 return
             # A SYN-ACK during simultaneous open: its SYN occupies position 0, already taken.
             if p.seq != self._irs:
-                self._dropped += 1
+                self._drop(DropReason.OUT_OF_WINDOW)
                 return
             seg_pos = 1
 
@@ -653,7 +684,7 @@ class Connection:
                 or seg_pos <= self._rcv_nxt <= end  # covers the whole window: keep what fits
             )
         if flags & _RST:
-            self._rx_rst(seg_pos, ok or (seg_len == 0 and seg_pos == self._rcv_nxt), wnd)
+            self._rx_rst(seg_pos, ok or (seg_len == 0 and seg_pos == self._rcv_nxt), wnd, now)
             return
         if not ok:
             if flags & _ACK and wnd == 0 and seg_pos == self._rcv_nxt:
@@ -661,11 +692,15 @@ class Connection:
             if st is S.TIME_WAIT and flags & _FIN:
                 # The peer did not get our last ACK: ACK again, restart 2MSL (RFC 9293 3.10.7.4).
                 self._time_wait_at = now + 2 * self.config.msl_s
-            self._ack_now = True
-            self._dropped += 1
+            if seg_len:
+                # A retransmission of data we already have: its ACK is how the peer learns.
+                self._ack_now = True
+                self._drop(DropReason.OUT_OF_WINDOW)
+            else:
+                self._challenge(now, DropReason.OUT_OF_WINDOW)
             return
         if not flags & _ACK:
-            self._dropped += 1
+            self._drop(DropReason.UNEXPECTED)
             return
         self._last_activity = now
         self._keepalive_probes = 0
@@ -678,17 +713,19 @@ class Connection:
         if payload or flags & _FIN:
             self._rx_data(seg_pos, payload, bool(flags & _FIN), now)
 
-    def _rx_rst(self, seg_pos: int, acceptable: bool, wnd: int) -> None:
+    def _rx_rst(self, seg_pos: int, acceptable: bool, wnd: int, now: float) -> None:
         # RFC 5961 section 3.2: only an exact match resets; elsewhere in the window we challenge.
         if self._state is S.TIME_WAIT:
-            return  # RFC 1337: an RST must not cut TIME_WAIT short; the close was reported
+            # RFC 1337: an RST must not cut TIME_WAIT short; the close was reported.
+            self._drop(DropReason.UNEXPECTED)
+            return
         if seg_pos == self._rcv_nxt:
             self._log.info("connection_reset", state=self._state.value)
             self._finish(CloseReason.RESET)
         elif acceptable or 0 <= seg_pos - self._rcv_nxt < max(wnd, 1):
-            self._ack_now = True
+            self._challenge(now, DropReason.OUT_OF_WINDOW)
         else:
-            self._dropped += 1
+            self._drop(DropReason.OUT_OF_WINDOW)
 
     def _rx_ack(self, p: Packet, seg_pos: int, now: float) -> bool:
         """Process the acknowledgement field; False when the segment must be dropped."""
@@ -697,7 +734,7 @@ class Connection:
         if st is S.SYN_RECEIVED:
             if not 0 < ack_pos <= self._snd_max:
                 self._queue_reset_for(p)
-                self._dropped += 1
+                self._drop(DropReason.OUT_OF_WINDOW)
                 return False
             self._on_syn_acked(p, now)
             self._set_state(S.FIN_WAIT_1 if self._fin_pos is not None else S.ESTABLISHED)
@@ -706,8 +743,7 @@ class Connection:
                 self._ack_now = True
         # RFC 5961 section 5.2: ACKs of data never sent, or far too old, are dropped.
         if ack_pos > self._snd_max or ack_pos < self._snd_una - max(self._max_snd_wnd, 1 << 16):
-            self._ack_now = True
-            self._dropped += 1
+            self._challenge(now, DropReason.OUT_OF_WINDOW)
             return False
 
         if self._sack_ok and p.sack_blocks:
@@ -881,7 +917,10 @@ class Connection:
                     self._ack_now = True
             else:
                 had_gap = len(self._reasm) > 0
-                self._reasm.insert(seg_pos, payload, lo=rcv_nxt, hi=hi)
+                limit = 2 * self.config.recv_buffer_bytes
+                stored = self._reasm.insert(seg_pos, payload, lo=rcv_nxt, hi=hi, limit=limit)
+                if not stored and self._reasm.truesize + CHUNK_OVERHEAD_BYTES > limit:
+                    self._drop(DropReason.OVER_BUFFER)
                 if seg_pos > rcv_nxt:
                     self._last_rcv_pos = seg_pos
                 for chunk in self._reasm.pop_ready(self._rcv_nxt):
@@ -1163,9 +1202,33 @@ class Connection:
             self._ack_now = True
 
     def _arm_idle_timers(self, now: float) -> None:
-        idle = self.config.keepalive_idle_s
-        if idle is not None and self._keepalive_at is None:
-            self._keepalive_at = self._last_activity + idle if self._last_activity else now + idle
+        cfg = self.config
+        since = self._last_activity if self._last_activity else now
+        if cfg.keepalive_idle_s is not None and self._keepalive_at is None:
+            self._keepalive_at = since + cfg.keepalive_idle_s
+        if cfg.idle_timeout_s is not None and self._idle_at is None:
+            self._idle_at = since + cfg.idle_timeout_s
+
+    def _drop(self, reason: DropReason, detail: str | None = None) -> None:
+        """Count a discarded datagram by reason; it changes nothing else."""
+        self._dropped += 1
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+        self._log.debug(
+            "datagram_dropped", reason=reason.value, detail=detail, state=self._state.value
+        )
+
+    def _challenge(self, now: float, reason: DropReason) -> None:
+        """Drop a suspicious segment and answer with an ACK (RFC 5961), at most one per
+        ``challenge_ack_interval_s`` per connection, so a flood of forgeries draws no flood
+        of ACKs (and no shared counter leaks one connection's state to another)."""
+        last = self._last_challenge_at
+        if last is not None and now - last < self.config.challenge_ack_interval_s:
+            self._drop(DropReason.RATE_LIMITED)
+            return
+        self._last_challenge_at = now
+        self._challenge_acks += 1
+        self._ack_now = True
+        self._drop(reason)
 
     # ------------------------------------------------------------------ helpers
 
@@ -1197,4 +1260,4 @@ class Connection:
 
     def _clear_timers(self) -> None:
         self._rto_at = self._ack_at = self._persist_at = self._tlp_at = None
-        self._time_wait_at = self._keepalive_at = None
+        self._time_wait_at = self._keepalive_at = self._idle_at = None

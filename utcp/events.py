@@ -28,10 +28,29 @@ class CloseReason(enum.Enum):
         if self is CloseReason.TIMEOUT:
             return TimeoutError("peer stopped acknowledging: connection timed out")
         if self is CloseReason.IDLE:
-            return TimeoutError("keepalive probes unanswered: connection timed out")
+            return TimeoutError("connection timed out: idle timeout or keepalive unanswered")
         if self is CloseReason.ABORTED:
             return ConnectionAbortedError("connection aborted locally")
         return None
+
+
+class DropReason(str, enum.Enum):
+    """Why a datagram was discarded; the value is the counter's key in stats and logs."""
+
+    BAD_CHECKSUM = "bad checksum"
+    MALFORMED = "malformed"  # too short, unknown version, bad header length or option
+    UNKNOWN_CONNECTION = "unknown connection"  # no connection has that id
+    WRONG_CONNECTION_ID = "wrong connection id"
+    WRONG_ADDRESS = "wrong address"  # the connection's id from another address
+    OUT_OF_WINDOW = "out of window"  # sequence or acknowledgement outside the acceptable range
+    UNEXPECTED = "unexpected"  # acceptable numbers, but not a segment this state takes
+    RATE_LIMITED = "rate limited"  # a limiter refused it (or the answer it would draw)
+    BACKLOG_FULL = "backlog full"  # a SYN while the half-open queue is full
+    TOO_MANY_CONNECTIONS = "too many connections"  # a SYN beyond the connection limit
+    OVER_BUFFER = "over buffer"  # out-of-order data the reassembly limits cannot hold
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)

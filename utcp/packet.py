@@ -12,6 +12,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from .events import DropReason
+
 __all__ = [
     "HEADER_SIZE",
     "MAX_OPTIONS_SIZE",
@@ -41,7 +43,15 @@ _U32X2 = struct.Struct("!II")
 
 
 class PacketError(ValueError):
-    """A datagram that is not a well-formed utcp packet (bad length, version, checksum, option)."""
+    """A datagram that is not a well-formed utcp packet (bad length, version, checksum, option).
+
+    ``reason`` says which counter the drop belongs to: ``DropReason.BAD_CHECKSUM`` or
+    ``DropReason.MALFORMED``.
+    """
+
+    def __init__(self, message: str, reason: DropReason = DropReason.MALFORMED) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class Flag(enum.IntFlag):
@@ -229,13 +239,14 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
     if n < HEADER_SIZE:
         raise PacketError(f"datagram of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
     vh, flags, window, src, dst, seq, ack, crc = _HEADER.unpack_from(mv, 0)
+    # The checksum first: corruption anywhere, header fields included, counts as corruption.
+    if zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET])) != crc:
+        raise PacketError("checksum mismatch", DropReason.BAD_CHECKSUM)
     if vh >> 4 != VERSION:
         raise PacketError(f"unsupported version {vh >> 4}")
     hlen = (vh & 0x0F) << 2
     if hlen < HEADER_SIZE or hlen > n:
         raise PacketError(f"bad header length {hlen} for a {n}-byte datagram")
-    if zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET])) != crc:
-        raise PacketError("checksum mismatch")
     p = Packet(flags, src, dst, seq, ack, window, mv[hlen:])
     if hlen > HEADER_SIZE:
         try:
