@@ -217,6 +217,12 @@ class Connection:
         self._challenge_acks = 0
         self._last_challenge_at: float | None = None
         self._idle_at: float | None = None
+        # An active opener re-sends its handshake ACK until the peer shows it arrived: the
+        # peer never re-sends a SYN-ACK on its own (anti-amplification), and a lost final
+        # ACK would otherwise leave a silent client and a half-open server waiting forever.
+        self._confirm_at: float | None = None
+        self._confirm_tries = 0
+        self._passive = False  # opened by a peer's SYN: its address is not validated yet
 
     # ------------------------------------------------------------------ properties
 
@@ -352,6 +358,7 @@ class Connection:
             self._time_wait_at,
             self._keepalive_at,
             self._idle_at,
+            self._confirm_at,
         ):
             if t is not None and (best is None or t < best):
                 best = t
@@ -382,6 +389,9 @@ class Connection:
         if self._idle_at is not None and now >= self._idle_at:
             self._idle_at = None
             self._on_idle(now)
+        if self._confirm_at is not None and now >= self._confirm_at:
+            self._confirm_at = None
+            self._on_confirm(now)
 
     def _on_rto(self, now: float) -> None:
         cfg = self.config
@@ -392,9 +402,15 @@ class Connection:
                 self._need_rst = self._state is S.SYN_RECEIVED
                 self._finish(CloseReason.TIMEOUT)
                 return
+            self._rtt.back_off()
+            if self._passive:
+                # At most one SYN-ACK per SYN (RFC 9000 section 8.1's concern: no
+                # amplification towards an unvalidated address). The client re-sends its
+                # SYN, or its handshake ACK; we only wait for them.
+                self._rto_at = now + self._rtt.rto
+                return
             self._timeouts += 1
             self._retx += 1
-            self._rtt.back_off()
             self._need_syn = True
             self._log.debug("syn_retransmit", attempt=self._syn_retries, rto=self._rtt.rto)
             return
@@ -517,6 +533,15 @@ class Connection:
         self._send_probe = True
         self._keepalive_at = now + cfg.keepalive_interval_s
 
+    def _on_confirm(self, now: float) -> None:
+        if self._state not in SYNCHRONIZED or len(self._scoreboard) or self._fin_pos is not None:
+            return  # data or a FIN in flight: their retransmissions carry the ACK
+        self._confirm_tries += 1
+        self._ack_now = True
+        self._log.debug("handshake_ack_resent", attempt=self._confirm_tries)
+        if self._confirm_tries < self.config.syn_retries:
+            self._confirm_at = now + self._rtt.rto * (1 << self._confirm_tries)
+
     def _on_idle(self, now: float) -> None:
         timeout = self.config.idle_timeout_s
         if timeout is None or self._state not in SYNCHRONIZED:
@@ -572,6 +597,7 @@ class Connection:
             return
         if p.flags & _SYN:
             self._take_syn(p)
+            self._passive = True
             self._set_state(S.SYN_RECEIVED)
             self._need_syn = True
             self._last_activity = now
@@ -601,6 +627,8 @@ class Connection:
             self._set_state(S.ESTABLISHED)
             self._events.append(ConnectionEstablished())
             self._ack_now = True
+            if self.config.syn_retries:
+                self._confirm_at = now + self._rtt.rto
         else:
             # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK, same ISS.
             self._set_state(S.SYN_RECEIVED)
@@ -704,6 +732,7 @@ class Connection:
             return
         self._last_activity = now
         self._keepalive_probes = 0
+        self._confirm_at = None  # the peer is synchronized: it sent an acceptable segment
         if p.timestamps is not None and self._ts_ok and seg_pos <= self._rcv_nxt:
             self._ts_recent = p.timestamps[0]
         if not self._rx_ack(p, seg_pos, now):
@@ -1260,4 +1289,4 @@ class Connection:
 
     def _clear_timers(self) -> None:
         self._rto_at = self._ack_at = self._persist_at = self._tlp_at = None
-        self._time_wait_at = self._keepalive_at = self._idle_at = None
+        self._time_wait_at = self._keepalive_at = self._idle_at = self._confirm_at = None
