@@ -10,6 +10,7 @@ import os
 import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -183,6 +184,10 @@ async def _ping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data
     assert await reader.readexactly(len(data)) == data
 
 
+def _undecodable(stats: Any) -> int:
+    return stats.dropped.get("malformed", 0) + stats.dropped.get("bad checksum", 0)
+
+
 def test_malformed_and_forged_datagrams_are_dropped(run: Runner) -> None:
     """Hostile datagrams from a plain socket reach the server's socket before the real client's
     next datagram (loopback delivers in send order), so once the client's echo is back the
@@ -205,8 +210,8 @@ def test_malformed_and_forged_datagrams_are_dropped(run: Runner) -> None:
 
             reader, writer = await utcp.open_connection(HOST, port)
             await _ping(reader, writer, b"still serving")
-            assert stats.dropped_malformed == len(malformed)
-            assert stats.dropped_unknown_connection == 1
+            assert _undecodable(stats) == len(malformed)
+            assert stats.dropped["unknown connection"] == 1
             assert server.endpoint.connection_count == 1, "a bad-CRC SYN opened a connection"
             rst = utcp.decode(attacker.recv(2048))
             assert rst.flags & Flag.RST
@@ -223,8 +228,8 @@ def test_malformed_and_forged_datagrams_are_dropped(run: Runner) -> None:
             corrupt[2] ^= 0xFF  # the window field, covered by the CRC
             attacker.sendto(bytes(corrupt), (HOST, port))
             await _ping(reader, writer, b"unharmed")
-            assert stats.dropped_wrong_address == 1
-            assert stats.dropped_malformed == len(malformed) + 1
+            assert stats.dropped["wrong address"] == 1
+            assert _undecodable(stats) == len(malformed) + 1
             assert conn.state is utcp.ConnectionState.ESTABLISHED
 
         writer.close()

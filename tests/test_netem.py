@@ -105,6 +105,10 @@ async def send_paced(client: Peer, relay: Relay, payloads: list[bytes], batch: i
         await wait_until(lambda n=done: relay.counters.up.received >= n, f"relay read {done}")
 
 
+def _undecodable(stats: Any) -> int:
+    return stats.dropped.get("malformed", 0) + stats.dropped.get("bad checksum", 0)
+
+
 def settled(c: DirectionCounters) -> bool:
     """Every copy of every datagram is accounted for exactly once."""
     dropped = c.dropped_loss + c.dropped_queue + c.dropped_blackhole + c.dropped_send
@@ -446,10 +450,10 @@ async def transfer_through(relay_imp: Impairment, seed: int, size: int) -> dict[
         writer.close()
         await writer.wait_closed()
         await wait_until(
-            lambda: server.endpoint.stats.dropped_malformed >= relay.counters.up.corrupted,
+            lambda: _undecodable(server.endpoint.stats) >= relay.counters.up.corrupted,
             "corrupted datagrams reach the server",
         )
-        server_malformed = server.endpoint.stats.dropped_malformed
+        server_malformed = _undecodable(server.endpoint.stats)
     assert hashlib.sha256(echoed).hexdigest() == hashlib.sha256(data).hexdigest(), f"seed={seed}"
     return {
         "relay": relay.counters,

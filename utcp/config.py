@@ -14,6 +14,11 @@ from .packet import HEADER_SIZE, MAX_WINDOW_FIELD, MAX_WSCALE
 DEFAULT_DATAGRAM_BYTES = 1452  # UDP payload that fits a 1500-byte path (IPv6 40 + UDP 8)
 
 
+def _usable_path(value: object) -> bool:
+    """A string that can name a directory: not empty, no NUL byte."""
+    return isinstance(value, str) and value != "" and "\0" not in value
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """Connection tunables. Every field has a default that suits a general-purpose stream."""
@@ -103,6 +108,22 @@ class Config:
     """Least time between two challenge ACKs of one connection (RFC 5961 section 7; Linux's
     tcp_invalid_ratelimit): forged segments beyond that are dropped unanswered."""
 
+    max_connections: int = 10_000
+    """Most connections one endpoint holds (TIME_WAIT included); a SYN beyond it is refused
+    with a reset that says so, which the client raises as ConnectionRefusedError."""
+
+    syn_cookies: bool = True
+    """When a server's half-open backlog is full, answer SYNs statelessly with SYN cookies
+    (utcp.cookies) instead of dropping them, so a SYN flood cannot lock clients out."""
+
+    max_resets_per_s: float = 200.0
+    """Most resets per second an endpoint sends in answer to datagrams for no connection; the
+    rest are dropped unanswered, so a spoofed stream cannot be reflected at full rate."""
+
+    trace_dir: str | None = None
+    """Directory where the asyncio layer writes one trace file per connection
+    (docs/TRACE.md); None leaves it to the ``UTCP_TRACE`` environment variable."""
+
     def validate(self) -> Config:
         """Return self, or raise ``ValueError`` naming the first field with a bad value."""
         checks = [
@@ -142,6 +163,12 @@ class Config:
                 "idle_timeout_s must be positive or None",
             ),
             (self.challenge_ack_interval_s >= 0, "challenge_ack_interval_s must be >= 0"),
+            (self.max_connections >= 1, "max_connections must be >= 1"),
+            (self.max_resets_per_s >= 0, "max_resets_per_s must be >= 0"),
+            (
+                self.trace_dir is None or _usable_path(self.trace_dir),
+                "trace_dir must be a non-empty path or None",
+            ),
         ]
         for ok, message in checks:
             if not ok:

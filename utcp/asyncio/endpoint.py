@@ -17,16 +17,19 @@ from typing import Any, cast
 
 from ..config import Config
 from ..connection import Connection, new_connection_id, reset_for
+from ..cookies import SynCookies, pack_options, unpack_options
 from ..events import (
     CloseReason,
     ConnectionClosed,
     ConnectionEstablished,
     DataReceived,
+    DropReason,
     EofReceived,
 )
 from ..log import get_logger
-from ..packet import Flag, Packet, PacketError, decode
-from ..state import ConnectionState
+from ..packet import MAX_WINDOW_FIELD, MAX_WSCALE, Flag, Packet, PacketError, decode, encode
+from ..seqnum import SEQ_MASK
+from ..state import SYNCHRONIZED, ConnectionState
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 Observer = Callable[[str, bytes, Address], None]
@@ -35,27 +38,77 @@ _log = get_logger()
 _SOCKET_BUFFER_BYTES = 4 << 20
 _EXTRA_FINAL_ACKS = 2
 _RECENTLY_CLOSED_MAX = 4096
+_AMPLIFICATION_FACTOR = 3  # RFC 9000 section 8.1
+_COOKIE_GRACE_S = 64.0  # a cookie is valid for one to two of these
+_SYN = int(Flag.SYN)
+_ACK = int(Flag.ACK)
+_RST = int(Flag.RST)
+
+
+def _wscale_for(buffer_bytes: int) -> int:
+    """The window scale a SYN-ACK offers for a receive buffer (as the core computes it)."""
+    shift = 0
+    while (MAX_WINDOW_FIELD << shift) < buffer_bytes and shift < MAX_WSCALE:
+        shift += 1
+    return shift
+
+
+def _addr_key(addr: Address) -> bytes:
+    """An address as bytes for the cookie hash."""
+    return repr(addr[:2] if isinstance(addr, tuple) else addr).encode()
 
 
 class EndpointStats:
-    """Datagram counters of one endpoint (all connections together)."""
+    """Datagram counters of one endpoint (all connections together).
+
+    ``dropped`` counts datagrams the endpoint itself discarded, by ``DropReason`` value;
+    datagrams a connection discarded are in that connection's own stats until it ends, then
+    added here.
+    """
 
     __slots__ = (
+        "amplification_limited",
+        "bytes_received",
+        "bytes_sent",
+        "connections_refused",
         "datagrams_received",
         "datagrams_sent",
-        "dropped_backlog_full",
-        "dropped_malformed",
-        "dropped_unknown_connection",
-        "dropped_wrong_address",
+        "dropped",
+        "resets_rate_limited",
+        "resets_sent",
+        "syn_cookies_accepted",
+        "syn_cookies_sent",
     )
 
     def __init__(self) -> None:
         self.datagrams_received = 0
         self.datagrams_sent = 0
-        self.dropped_malformed = 0
-        self.dropped_unknown_connection = 0
-        self.dropped_wrong_address = 0
-        self.dropped_backlog_full = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.dropped: dict[str, int] = {}
+        self.resets_sent = 0
+        self.resets_rate_limited = 0
+        self.syn_cookies_sent = 0
+        self.syn_cookies_accepted = 0
+        self.connections_refused = 0  # SYNs refused at max_connections
+        self.amplification_limited = 0  # datagrams held back by the 3x limit
+
+    def count_drop(self, reason: DropReason, addr: Address) -> None:
+        """Count one discarded datagram and log why."""
+        key = reason.value
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        _log.debug("datagram_dropped", reason=key, peer=str(addr))
+
+    def add_drops(self, drops: dict[str, int]) -> None:
+        """Fold a finished connection's drop counters into the totals."""
+        for key, n in drops.items():
+            self.dropped[key] = self.dropped.get(key, 0) + n
+
+    def snapshot(self) -> dict[str, object]:
+        """Every counter as a plain dict (a copy)."""
+        out: dict[str, object] = {name: getattr(self, name) for name in self.__slots__}
+        out["dropped"] = dict(self.dropped)
+        return out
 
 
 class ConnectionHandle:
@@ -68,8 +121,12 @@ class ConnectionHandle:
         "established",
         "flush_scheduled",
         "last_sent",
+        "reset_detail",
+        "rx_bytes",
         "timer",
         "transport",
+        "tx_bytes",
+        "validated",
         "waiter",
     )
 
@@ -83,6 +140,12 @@ class ConnectionHandle:
         self.flush_scheduled = False
         self.established = False
         self.last_sent: bytes | None = None
+        self.reset_detail = ""  # text a refusing peer put in its RST
+        # Anti-amplification (RFC 9000 section 8.1): until a passive open is validated by the
+        # handshake, at most three times the bytes received from that address go back to it.
+        self.validated = True
+        self.rx_bytes = 0
+        self.tx_bytes = 0
 
 
 class Endpoint(asyncio.DatagramProtocol):
@@ -114,6 +177,10 @@ class Endpoint(asyncio.DatagramProtocol):
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closing = False
         self._until_released: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
+        self._cookies = SynCookies(lifetime_s=_COOKIE_GRACE_S) if self.config.syn_cookies else None
+        self._cookie_sent_at: float | None = None
+        self._reset_tokens = self.config.max_resets_per_s
+        self._reset_refill_at = self._loop.time()
         self.stats = EndpointStats()
 
     # ------------------------------------------------------------------ DatagramProtocol
@@ -155,28 +222,37 @@ class Endpoint(asyncio.DatagramProtocol):
         _log.debug("socket_error", error=repr(exc))
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
-        self.stats.datagrams_received += 1
+        stats = self.stats
+        stats.datagrams_received += 1
+        stats.bytes_received += len(data)
         if self._observer is not None:
             self._observer("recv", data, addr)
         try:
             packet = decode(data)
         except PacketError as exc:
-            self.stats.dropped_malformed += 1
-            _log.debug("datagram_dropped", reason=str(exc), peer=str(addr))
+            stats.count_drop(exc.reason, addr)
             return
         handle = self._handles.get(packet.dst_cid) if packet.dst_cid else None
         if handle is None:
-            if packet.dst_cid == 0 and packet.flags & Flag.SYN and not packet.flags & Flag.ACK:
+            flags = packet.flags
+            if packet.dst_cid == 0 and flags & _SYN and not flags & _ACK:
                 handle = self._handle_for_syn(packet, addr)
+                if handle is None:
+                    return  # answered (cookie, refusal) or dropped, and counted
+            elif self._cookies is not None and flags & _ACK and not flags & (_SYN | _RST):
+                handle = self._handle_for_cookie(packet, addr)
             if handle is None:
-                self.stats.dropped_unknown_connection += 1
-                if not self._recently_closed_ack(packet):
+                stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr)
+                if not self._recently_closed_ack(packet) and not self._cookie_mode(flags):
                     self._reset(packet, addr)
                 return
         elif addr != handle.addr and handle.addr is not None:
-            self.stats.dropped_wrong_address += 1
-            _log.debug("datagram_dropped", reason="address does not match connection")
+            stats.count_drop(DropReason.WRONG_ADDRESS, addr)
             return
+        if not handle.validated:
+            handle.rx_bytes += len(data)
+        elif packet.flags & _RST and packet.payload and handle.waiter is not None:
+            handle.reset_detail = bytes(packet.payload[:200]).decode("utf-8", "replace")
         handle.conn.receive_packet(packet, now=self._loop.time())
         self.service(handle)
 
@@ -189,22 +265,106 @@ class Endpoint(asyncio.DatagramProtocol):
                 return cid
 
     def _handle_for_syn(self, packet: Packet, addr: Address) -> ConnectionHandle | None:
+        """The connection a SYN goes to: the one it opened before (a retransmission), or a new
+        one; None when it was answered statelessly or dropped (always counted)."""
         key = (addr, packet.src_cid)
         cid = self._syn_index.get(key)
         if cid is not None and cid in self._handles:
             return self._handles[cid]  # a retransmitted SYN
         if not self._accepting or self._closing:
+            self.stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr)
+            self._reset(packet, addr)
+            return None
+        if len(self._handles) >= self.config.max_connections:
+            self._refuse(packet, addr, "too many connections")
             return None
         if self._half_open >= self._backlog:
-            self.stats.dropped_backlog_full += 1
-            _log.info("syn_dropped", reason="backlog full", backlog=self._backlog)
+            if self._cookies is not None:
+                self._send_cookie(packet, addr)
+            else:
+                self.stats.count_drop(DropReason.BACKLOG_FULL, addr)
             return None
         conn = Connection(self.config, local_cid=self._new_cid())
         conn.listen()
         handle = ConnectionHandle(conn, addr)
+        handle.validated = False  # its bytes are counted by the caller
         self._handles[conn.local_cid] = handle
         self._syn_index[key] = conn.local_cid
         self._half_open += 1
+        return handle
+
+    def _refuse(self, packet: Packet, addr: Address, why: str) -> None:
+        """Answer a SYN with a reset that carries the reason as its payload (RFC 9293 section
+        3.5.3 allows diagnostic data in a RST), for the client's ConnectionRefusedError."""
+        self.stats.connections_refused += 1
+        self.stats.count_drop(DropReason.TOO_MANY_CONNECTIONS, addr)
+        _log.info("connection_refused", reason=why, peer=str(addr))
+        ack = (packet.seq + packet.seg_len) & SEQ_MASK
+        rst = Packet(_RST | _ACK, 0, packet.src_cid, 0, ack, 0, why.encode()[: packet.seg_len + 40])
+        self._send_limited_reset(encode(rst), addr)
+
+    def _send_cookie(self, syn: Packet, addr: Address) -> None:
+        """Answer a SYN statelessly: the SYN-ACK's connection id and ISN are a cookie."""
+        assert self._cookies is not None
+        cfg = self.config
+        sack = cfg.sack and syn.sack_permitted
+        ts = cfg.timestamps and syn.timestamps is not None
+        opts = pack_options(syn.mss, syn.wscale, sack, ts)
+        now = self._loop.time()
+        cid, isn = self._cookies.make(_addr_key(addr), syn.src_cid, syn.seq, opts, now=now)
+        p = Packet(_SYN | _ACK, cid, syn.src_cid, isn, (syn.seq + 1) & SEQ_MASK, 0)
+        p.mss = cfg.mss_bytes
+        p.window = min(cfg.recv_buffer_bytes, MAX_WINDOW_FIELD)
+        if syn.wscale is not None:
+            p.wscale = _wscale_for(cfg.recv_buffer_bytes)
+        p.sack_permitted = sack
+        if ts and syn.timestamps is not None:
+            p.timestamps = (0, syn.timestamps[0])
+        self.stats.syn_cookies_sent += 1
+        self._cookie_sent_at = now
+        self._send(encode(p), addr)
+
+    def _cookie_mode(self, flags: int) -> bool:
+        """While SYN cookies are being handed out, an ACK that fails the cookie check may be
+        a cookie client's later segment whose first one was lost in the flood: it gets no
+        reset (that would kill the connection); its retransmission of the first will pass."""
+        return (
+            bool(flags & _ACK)
+            and self._cookie_sent_at is not None
+            and self._loop.time() - self._cookie_sent_at < _COOKIE_GRACE_S
+        )
+
+    def _handle_for_cookie(self, packet: Packet, addr: Address) -> ConnectionHandle | None:
+        """A connection rebuilt from the ACK of a cookie SYN-ACK, or None if it is not one."""
+        assert self._cookies is not None
+        if not self._accepting or self._closing:
+            return None
+        now = self._loop.time()
+        peer_isn = (packet.seq - 1) & SEQ_MASK
+        isn = (packet.ack - 1) & SEQ_MASK
+        key = _addr_key(addr)
+        opts = self._cookies.check(key, packet.src_cid, peer_isn, packet.dst_cid, isn, now=now)
+        if opts is None:
+            return None
+        if len(self._handles) >= self.config.max_connections:
+            return None
+        mss, wscale, sack, ts = unpack_options(opts)
+        syn = Packet(_SYN, packet.src_cid, 0, peer_isn, 0, packet.window, b"")
+        syn.mss = mss
+        syn.wscale = wscale
+        syn.sack_permitted = sack
+        if ts:
+            syn.timestamps = (packet.timestamps[0] if packet.timestamps else 0, 0)
+        conn = Connection(self.config, local_cid=packet.dst_cid, isn=isn)
+        conn.listen()
+        conn.receive_packet(syn, now=now)
+        conn.datagrams_to_send(now=now)  # the SYN-ACK the cookie already answered
+        handle = ConnectionHandle(conn, addr)
+        self._handles[conn.local_cid] = handle
+        self._syn_index[(addr, packet.src_cid)] = conn.local_cid
+        self._half_open += 1  # as if it had waited in the backlog; establishing decrements it
+        self.stats.syn_cookies_accepted += 1
+        _log.debug("syn_cookie_accepted", cid=f"{conn.local_cid:08x}", peer=str(addr))
         return handle
 
     def connect(self, addr: Address) -> ConnectionHandle:
@@ -220,13 +380,29 @@ class Endpoint(asyncio.DatagramProtocol):
     def _reset(self, packet: Packet, addr: Address) -> None:
         rst = reset_for(packet)
         if rst is not None:
-            self._send(rst, addr)
+            self._send_limited_reset(rst, addr)
+
+    def _send_limited_reset(self, rst: bytes, addr: Address) -> None:
+        """Send a reset unless the endpoint's reset budget (a token bucket refilled at
+        ``max_resets_per_s``) is spent: spoofed datagrams must not draw a reflected flood."""
+        rate = self.config.max_resets_per_s
+        now = self._loop.time()
+        self._reset_tokens = min(rate, self._reset_tokens + (now - self._reset_refill_at) * rate)
+        self._reset_refill_at = now
+        if self._reset_tokens < 1:
+            self.stats.resets_rate_limited += 1
+            return
+        self._reset_tokens -= 1
+        self.stats.resets_sent += 1
+        self._send(rst, addr)
 
     def _send(self, data: bytes, addr: Address) -> None:
         transport = self._transport
         if transport is None or transport.is_closing():
             return
-        self.stats.datagrams_sent += 1
+        stats = self.stats
+        stats.datagrams_sent += 1
+        stats.bytes_sent += len(data)
         if self._observer is not None:
             self._observer("send", data, addr)
         if addr is None:
@@ -251,7 +427,10 @@ class Endpoint(asyncio.DatagramProtocol):
         """After any input: send datagrams, deliver events, re-arm the timer."""
         conn = handle.conn
         now = self._loop.time()
-        for data in conn.datagrams_to_send(now=now):
+        datagrams = conn.datagrams_to_send(now=now)
+        if not handle.validated:
+            datagrams = self._within_amplification_limit(handle, datagrams)
+        for data in datagrams:
             self._send(data, handle.addr)
             handle.last_sent = data
         self._dispatch_events(handle)
@@ -269,6 +448,22 @@ class Endpoint(asyncio.DatagramProtocol):
         transport = handle.transport
         if transport is not None:
             transport._update_flow_control()
+
+    def _within_amplification_limit(
+        self, handle: ConnectionHandle, datagrams: list[bytes]
+    ) -> list[bytes]:
+        state = handle.conn.state
+        if state in SYNCHRONIZED and state is not ConnectionState.SYN_RECEIVED:
+            handle.validated = True  # the peer echoed our ISN from its address: validated
+            return datagrams
+        out = []
+        for data in datagrams:
+            if handle.tx_bytes + len(data) > _AMPLIFICATION_FACTOR * handle.rx_bytes:
+                self.stats.amplification_limited += 1
+                continue
+            handle.tx_bytes += len(data)
+            out.append(data)
+        return out
 
     def _on_timer(self, handle: ConnectionHandle) -> None:
         handle.timer = None
@@ -330,6 +525,8 @@ class Endpoint(asyncio.DatagramProtocol):
         if not handle.established and handle.waiter is None:
             self._half_open -= 1
         exc = reason.exception()
+        if exc is not None and handle.reset_detail and reason is CloseReason.REFUSED:
+            exc = ConnectionRefusedError(f"{exc}: {handle.reset_detail}")
         self._fail_waiter(handle, exc or ConnectionResetError("connection closed"))
         if handle.transport is not None:
             # asyncio reports a local abort() as connection_lost(None).
@@ -371,6 +568,9 @@ class Endpoint(asyncio.DatagramProtocol):
         return packet.flags == Flag.ACK and not packet.payload
 
     def _forget(self, handle: ConnectionHandle) -> None:
+        drops = handle.conn.stats.drops
+        if drops:
+            self.stats.add_drops(drops)
         if handle.conn.close_reason is CloseReason.CLOSED:
             closed = self._recently_closed
             if len(closed) >= _RECENTLY_CLOSED_MAX:
