@@ -21,7 +21,7 @@ from utcp.cli.units import (
     parse_size,
 )
 
-SUBCOMMANDS = ["echo-server", "cat", "perf", "netem"]
+SUBCOMMANDS = ["echo-server", "cat", "perf", "netem", "tunnel", "plot", "ladder"]
 
 
 def test_top_level_help_lists_every_subcommand() -> None:

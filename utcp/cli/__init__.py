@@ -1,4 +1,4 @@
-"""The ``utcp`` command line: echo-server, cat, perf and netem subcommands.
+"""The ``utcp`` command line: echo-server, cat, perf, netem, plot, ladder and tunnel subcommands.
 
 Argument errors exit with status 2 and one line saying what is wrong; ``-v`` sends utcp's
 structlog events to standard error.
@@ -89,7 +89,7 @@ def _configure_logging(verbose: int) -> None:
 
 def build_parser() -> CliParser:
     """The whole command line, every subcommand registered."""
-    from . import cat, echo, netem_cmd, perf
+    from . import cat, echo, netem_cmd, perf, trace_cmd, tunnel
 
     parser = CliParser(
         prog="utcp",
@@ -111,6 +111,8 @@ def build_parser() -> CliParser:
     cat.register(sub)
     perf.register(sub)
     netem_cmd.register(sub)
+    trace_cmd.register(sub)
+    tunnel.register(sub)
     return parser
 
 

@@ -1,0 +1,233 @@
+"""``utcp tunnel``: carry TCP connections over utcp (``utcp.tunnel.Tunnel``) until SIGINT/SIGTERM.
+
+It owns the command's options: the two ends, the utcp tunables that matter on a bad path (as
+flags or a JSON/TOML file of ``Config`` fields), and the human output (a start line, a line per
+connection on stderr, the counters on exit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..asyncio import run as utcp_run
+from ..config import Config
+from ..congestion import available
+from ..tunnel import ConnectionRecord, Tunnel, TunnelAddress, parse_address
+
+USAGE = (
+    "%(prog)s --listen tcp:[HOST:]PORT --to utcp:HOST:PORT [options]   (client end)\n"
+    "       %(prog)s --listen utcp:[HOST:]PORT --to tcp:HOST:PORT [options]   (server end)"
+)
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``tunnel`` subcommand."""
+    from . import arg_type, duration, size
+
+    p = sub.add_parser(
+        "tunnel",
+        usage=USAGE,
+        help="carry TCP connections over utcp (client and server ends)",
+        description=(
+            "Accept connections at --listen and carry each one to --to: a TCP connection over "
+            "its own utcp connection (client end), or a utcp connection to a new TCP "
+            "connection (server end). Half-close and reset pass through; a slow reader slows "
+            "the far writer. Prints its address, a line per connection on stderr, and its "
+            "counters when interrupted."
+        ),
+        epilog=(
+            "Example: 'utcp tunnel --listen utcp:0.0.0.0:4000 --to tcp:127.0.0.1:80' on the "
+            "server and 'utcp tunnel --listen tcp:8080 --to utcp:SERVER:4000' on the client, "
+            "then connect to 127.0.0.1:8080. A bare PORT listens on 127.0.0.1. Options given "
+            "on the command line override --config."
+        ),
+    )
+    address = arg_type(parse_address)
+    p.add_argument(
+        "--listen", required=True, type=address, metavar="ADDR", help="tcp:[HOST:]PORT or utcp:..."
+    )
+    p.add_argument(
+        "--to", required=True, type=address, metavar="ADDR", help="utcp:HOST:PORT or tcp:..."
+    )
+    defaults = Config()
+    tun = p.add_argument_group("utcp tunables (each end uses its own: give both the same)")
+    tun.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a JSON (or, on Python 3.11+, TOML) object of utcp.Config fields, "
+        'e.g. {"rto_min_s": 0.1, "recv_buffer_bytes": 4194304}',
+    )
+    tun.add_argument(
+        "--congestion",
+        choices=sorted(available()),
+        help="congestion control algorithm (default newreno)",
+    )
+    tun.add_argument(
+        "--rto-initial",
+        type=duration,
+        metavar="DURATION",
+        help="retransmission timeout before the first RTT sample "
+        f"(default {defaults.rto_initial_s:g}s)",
+    )
+    tun.add_argument(
+        "--mss",
+        type=size,
+        metavar="BYTES",
+        help=f"largest segment payload (default {defaults.mss_bytes})",
+    )
+    tun.add_argument(
+        "--user-timeout",
+        type=duration,
+        metavar="DURATION",
+        help="reset a connection whose data goes unacknowledged this long, e.g. 30s "
+        "(default: after 15 retransmissions, minutes)",
+    )
+    tun.add_argument(
+        "--keepalive",
+        type=duration,
+        metavar="DURATION",
+        help="probe an idle connection after DURATION of silence and every DURATION after; "
+        f"reset it after {defaults.keepalive_probes} unanswered probes (default: off)",
+    )
+    p.add_argument(
+        "--connect-timeout",
+        type=duration,
+        metavar="DURATION",
+        help="reset an accepted connection whose far side is not open after DURATION "
+        "(default: when utcp's SYN retries or the kernel's TCP connect give up)",
+    )
+    p.set_defaults(func=main)
+
+
+# Config fields given as text in a file, checked against the dataclass's own annotations.
+_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Config)}
+
+
+def _check_value(name: str, value: Any) -> None:
+    kinds = {part.strip() for part in _FIELD_TYPES[name].split("|")}
+    ok = (
+        (value is None and "None" in kinds)
+        or (isinstance(value, bool) and "bool" in kinds)
+        or (
+            not isinstance(value, bool)
+            and (
+                (isinstance(value, int) and ("int" in kinds or "float" in kinds))
+                or (isinstance(value, float) and "float" in kinds)
+                or (isinstance(value, str) and "str" in kinds)
+            )
+        )
+    )
+    if not ok:
+        raise ValueError(f"{name} must be {_FIELD_TYPES[name]}, not {value!r}")
+
+
+def _load_toml(path: Path, text: str) -> Any:
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"{path}: not TOML: {exc}") from None
+    raise ValueError(f"{path}: TOML needs Python 3.11+; write it as JSON")
+
+
+def load_config_file(path: Path) -> dict[str, Any]:
+    """The ``Config`` fields a JSON or TOML file sets; ``ValueError`` says what is wrong."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if path.suffix.lower() == ".toml":
+        values: Any = _load_toml(path, text)
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected an object of Config fields")
+    for name, value in values.items():
+        if name not in _FIELD_TYPES:
+            raise ValueError(f"{path}: unknown Config field {name!r}")
+        _check_value(name, value)
+    return values
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    """The ``Config`` the options ask for (file first, flags over it); ``ValueError`` if bad."""
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(load_config_file(args.config))
+    flags = {
+        "congestion_control": args.congestion,
+        "rto_initial_s": args.rto_initial,
+        "mss_bytes": args.mss,
+        "user_timeout_s": args.user_timeout,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.keepalive is not None:
+        values["keepalive_idle_s"] = args.keepalive
+        values["keepalive_interval_s"] = args.keepalive
+    return Config(**values).validate()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``utcp tunnel`` until SIGINT/SIGTERM: 0 then, 1 if it cannot listen, 2 on bad options."""
+    listen: TunnelAddress = args.listen
+    to: TunnelAddress = args.to
+    try:
+        if {listen.scheme, to.scheme} != {"tcp", "utcp"}:
+            raise ValueError("one end must be tcp: and the other utcp:")
+        if to.port == 0:
+            raise ValueError("--to needs a port other than 0")
+        config = build_config(args)
+    except (ValueError, TypeError) as exc:
+        print(f"utcp tunnel: error: {exc}", file=sys.stderr)
+        return 2
+    return utcp_run(_serve(listen, to, config, args.connect_timeout))
+
+
+def _print_record(record: ConnectionRecord) -> None:
+    print(f"tunnel: {record.line()}", file=sys.stderr, flush=True)
+
+
+async def _serve(
+    listen: TunnelAddress, to: TunnelAddress, config: Config, connect_timeout_s: float | None
+) -> int:
+    loop = asyncio.get_running_loop()
+    try:
+        tunnel = await Tunnel.start(
+            listen, to, config=config, on_close=_print_record, connect_timeout_s=connect_timeout_s
+        )
+    except OSError as exc:
+        print(
+            f"utcp tunnel: error: cannot tunnel {listen.url()} -> {to.url()}: {exc}",
+            file=sys.stderr,
+        )
+        return 1
+    stop = asyncio.Event()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        print(f"tunnel {tunnel.listen_url()} -> {to.url()}", flush=True)
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        tunnel.close()
+        await tunnel.wait_closed()
+    print(f"tunnel: {tunnel.counters.line()}", flush=True)
+    return 0
