@@ -650,3 +650,37 @@ def test_serve_forever_ends_cleanly_when_cancelled(run: Runner) -> None:
         assert handlers.errors == []
 
     run(main())
+
+
+# ---------------------------------------------------------------------- write() timing
+
+
+def test_write_with_nothing_in_flight_sends_before_the_loop_turns(run: Runner) -> None:
+    """As with TCP_NODELAY, a request leaves inside write(); writes made while data is in
+    flight wait for the end of the loop iteration and coalesce into one segment."""
+
+    async def main() -> None:
+        handlers = Handlers(echo)
+        server = await utcp.start_server(handlers, HOST, 0)
+        sent: list[utcp.Packet] = []
+
+        def observe(direction: str, data: bytes, _addr: object) -> None:
+            if direction == "send":
+                sent.append(utcp.decode(data))
+
+        reader, writer = await utcp.open_connection(HOST, server_port(server), observer=observe)
+        await asyncio.sleep(0.1)  # the handshake is done and acknowledged
+        before = len(sent)
+        writer.write(b"a")
+        assert [p.payload for p in sent[before:]] == [b"a"]  # no await in between
+        writer.write(b"b")
+        writer.write(b"c")
+        assert len(sent) == before + 1  # in flight: these wait for the loop
+        assert await reader.readexactly(3) == b"abc"
+        assert [bytes(p.payload) for p in sent[before:] if p.payload] == [b"a", b"bc"]
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())

@@ -418,6 +418,18 @@ class Endpoint(asyncio.DatagramProtocol):
             handle.flush_scheduled = True
             self._loop.call_soon(self._scheduled_flush, handle)
 
+    def send_now(self, handle: ConnectionHandle) -> None:
+        """Send what the connection has at once, from inside a user call (a request leaves in
+        this loop iteration, not the next); events wait for the scheduled flush, since they
+        would re-enter the protocol that is calling us."""
+        conn = handle.conn
+        datagrams = conn.datagrams_to_send(now=self._loop.time())
+        for data in datagrams:
+            self._send(data, handle.addr)
+            handle.last_sent = data
+        self._rearm(handle)
+        self.schedule_flush(handle)  # events, if any, are delivered from the loop
+
     def _scheduled_flush(self, handle: ConnectionHandle) -> None:
         handle.flush_scheduled = False
         if self._handles.get(handle.conn.local_cid) is handle:
@@ -437,17 +449,21 @@ class Endpoint(asyncio.DatagramProtocol):
         if conn.is_finished:
             self._forget(handle)
             return
-        deadline = conn.get_timer()
-        # Re-arm only when the deadline moves earlier. Each ACK pushes the retransmission
-        # deadline later; leaving the loop timer where it is costs one early wake-up (which
-        # re-arms it) instead of a cancel and a new timer per ACK.
+        self._rearm(handle)
+        transport = handle.transport
+        if transport is not None:
+            transport._update_flow_control()
+
+    def _rearm(self, handle: ConnectionHandle) -> None:
+        """Move the loop timer to the connection's deadline, only when that is earlier. Each
+        ACK pushes the retransmission deadline later; leaving the loop timer where it is
+        costs one early wake-up (which re-arms it) instead of a cancel and a new timer per
+        ACK."""
+        deadline = handle.conn.get_timer()
         if deadline is not None and (handle.deadline is None or deadline < handle.deadline):
             self._cancel_timer(handle)
             handle.deadline = deadline
             handle.timer = self._loop.call_at(deadline, self._on_timer, handle)
-        transport = handle.transport
-        if transport is not None:
-            transport._update_flow_control()
 
     def _within_amplification_limit(
         self, handle: ConnectionHandle, datagrams: list[bytes]

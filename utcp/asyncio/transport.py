@@ -130,8 +130,15 @@ class UtcpTransport(asyncio.Transport):
             raise BrokenPipeError("the connection is closed")
         if not data:
             return
-        self._conn.send(data)
-        self._endpoint.schedule_flush(self._handle)
+        conn = self._conn
+        conn.send(data)
+        if conn.send_buffer_size == len(data) and not self._handle.flush_scheduled:
+            # Nothing was in flight (Nagle's test, inverted as with TCP_NODELAY): the bytes
+            # leave now. With data in flight they wait for this loop iteration to end, so
+            # small writes in a row coalesce into full segments.
+            self._endpoint.send_now(self._handle)
+        else:
+            self._endpoint.schedule_flush(self._handle)
         self._update_flow_control()
 
     def writelines(self, list_of_data: Any) -> None:
