@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import socket
 import subprocess
 import sys
@@ -288,3 +289,34 @@ def test_isns_differ_across_restarts() -> None:
         for _ in range(3)
     }
     assert len(runs) == 3
+
+
+def test_server_stats_total_the_drops_of_endpoint_and_connections(run: Runner) -> None:
+    async def main() -> None:
+        handlers = Handlers(echo)
+        server = await utcp.start_server(handlers, HOST, 0, config=QUICK)
+        reader, writer = await utcp.open_connection(HOST, server_port(server), config=QUICK)
+        conn = writer.get_extra_info("connection")
+        # A duplicate of the client's own descriptor: asyncio's wrapper refuses send().
+        sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+        # From the client's own address: a RST far outside the window (the connection drops
+        # it) and a datagram with a broken checksum (the endpoint drops it).
+        far = (conn.stats.bytes_sent + (1 << 31)) & 0xFFFFFFFF
+        sock.send(encode(Packet(int(Flag.RST), conn.local_cid, conn.peer_cid, far, 0, 0)))
+        bad = bytearray(encode(Packet(int(Flag.ACK), conn.local_cid, conn.peer_cid, 0, 0, 9)))
+        bad[-1] ^= 0xFF
+        sock.send(bytes(bad))
+        sock.close()
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        stats = server.stats
+        assert stats["dropped"] == {"out of window": 1, "bad checksum": 1}
+        assert stats["connections"] == 1
+        assert stats["datagrams_received"] >= 5
+        writer.close()
+        await writer.wait_closed()
+        await handlers.wait_finished(1)
+        server.close()
+        await server.wait_closed()
+
+    run(main())

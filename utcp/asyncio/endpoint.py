@@ -614,6 +614,18 @@ class Endpoint(asyncio.DatagramProtocol):
     def _live_connections(self) -> int:
         return sum(1 for h in self._handles.values() if h.conn.close_reason is None)
 
+    def totals(self) -> dict[str, object]:
+        """The endpoint's counters with the drops of its live connections folded in: every
+        datagram this socket discarded, whoever discarded it."""
+        out = self.stats.snapshot()
+        dropped = dict(self.stats.dropped)
+        for handle in self._handles.values():
+            for key, n in handle.conn.stats.drops.items():
+                dropped[key] = dropped.get(key, 0) + n
+        out["dropped"] = dropped
+        out["connections"] = len(self._handles)
+        return out
+
     # ------------------------------------------------------------------ lifetime
 
     @property

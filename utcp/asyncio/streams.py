@@ -119,6 +119,11 @@ class ClientEndpoint:
         return self._endpoint
 
     @property
+    def stats(self) -> dict[str, object]:
+        """The endpoint's totals, as ``Server.stats``."""
+        return self._endpoint.totals()
+
+    @property
     def sockets(self) -> tuple[Any, ...]:
         """The UDP socket (empty once closed)."""
         sock = self._udp.get_extra_info("socket")
@@ -211,6 +216,12 @@ class Server:
     def endpoint(self) -> Endpoint:
         """The endpoint carrying this server's connections (its ``stats`` count drops)."""
         return self._endpoint
+
+    @property
+    def stats(self) -> dict[str, object]:
+        """The endpoint's totals: datagrams and bytes each way, drops by reason (its own and
+        its connections'), resets, SYN cookies, refusals, and the connections open now."""
+        return self._endpoint.totals()
 
     def is_serving(self) -> bool:
         return self._serving
