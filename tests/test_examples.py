@@ -128,3 +128,8 @@ def test_demo_prints_the_ladder_from_real_packets() -> None:
     syn = int(re.search(r" SYN seq=(\d+)", out).group(1))  # type: ignore[union-attr]
     synack_ack = int(re.search(r"SYN\+ACK seq=\d+ ack=(\d+)", out).group(1))  # type: ignore[union-attr]
     assert synack_ack == (syn + 1) % 2**32
+    # Then the traced transfer through 2% loss, drawn where the demo says.
+    assert "2 MiB through 2% loss each way: intact" in out, out
+    picture = re.search(r"time-sequence graph of that transfer: (.+\.png)", out)
+    assert picture is not None, out
+    assert Path(picture.group(1)).stat().st_size > 10_000

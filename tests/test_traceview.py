@@ -311,3 +311,29 @@ def test_bad_traces_exit_2_with_one_line(
 def test_parse_errors_name_the_line() -> None:
     with pytest.raises(ValueError, match="line 2: not valid JSON"):
         parse_trace([json.dumps(client_trace().lines[0]), "not json"], "t.jsonl")
+
+
+def test_a_last_line_cut_off_by_a_crash_is_skipped() -> None:
+    lines = [
+        json.dumps(
+            {
+                "trace": "utcp",
+                "version": 1,
+                "cid": "0000000a",
+                "role": "client",
+                "local": None,
+                "peer": None,
+                "reference_time": 0.0,
+                "iss": 1,
+                "mss": 1428,
+                "congestion": "newreno",
+            }
+        )
+        + "\n",
+        '{"t": 0.0, "ev": "state_changed", "old": "CLOSED", "new": "SYN_SENT"}\n',
+        '{"t": 0.1, "ev": "datagram_se',
+    ]
+    trace = parse_trace(lines, "cut.jsonl")
+    assert len(trace.events) == 1 and trace.skipped == 1
+    with pytest.raises(ValueError, match="line 2"):
+        parse_trace([lines[0], lines[2] + "\n", lines[1]], "middle.jsonl")

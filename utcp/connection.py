@@ -39,6 +39,7 @@ from .packet import (
 from .recovery import RttEstimator, Scoreboard, SentSegment
 from .seqnum import SEQ_MASK, seq_diff
 from .state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, ConnectionState, check_transition
+from .trace import Tracer, flags_text, packet_fields
 
 __all__ = ["Connection", "ConnectionStats", "new_connection_id", "new_isn", "reset_for"]
 
@@ -51,6 +52,18 @@ _ACK = int(Flag.ACK)
 _MAX_SACK_BLOCKS_WITH_TS = 3  # 36 option bytes: 10 (timestamps) + 2 + 3 * 8
 _MAX_SACK_BLOCKS = 4  # 2 + 4 * 8
 _TLP_MIN_S = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
+_SSTHRESH_UNBOUNDED = 0x7FFFFFFF  # at or above: reported as unbounded
+# What held the sender back since the last datagrams_to_send (indexes of _limited_s).
+_NOT_LIMITED = -1
+_LIMITED_BY_RECEIVER = 0
+_LIMITED_BY_CONGESTION = 1
+_LIMITED_BY_APPLICATION = 2
+_APP_LIMITED_STATES = frozenset({ConnectionState.ESTABLISHED, ConnectionState.CLOSE_WAIT})
+
+
+def _round_s(seconds: float | None) -> float | None:
+    """Seconds to the nanosecond, so a trace shows 0.02 rather than 0.020000000000000004."""
+    return None if seconds is None else round(seconds, 9)
 
 
 def new_connection_id() -> int:
@@ -84,7 +97,19 @@ def reset_for(packet: Packet) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionStats:
-    """A snapshot of a connection's counters and estimators."""
+    """A snapshot of a connection's counters and estimators, in the spirit of Linux's TCP_INFO.
+
+    The three ``time_limited_by_*`` figures split the sender's time by what held it back,
+    measured in the core from the ``now`` of successive ``datagrams_to_send`` calls: the state
+    after one call is charged with the time until the next.  With data (or a FIN) written and
+    not yet sent, or a lost segment awaiting retransmission, the sender is limited by the
+    receiver when the peer's window leaves it no more room than the congestion window does
+    (Linux's tcpi_rwnd_limited), otherwise by congestion.  With nothing left to send it is
+    limited by the application, but only while the connection is ESTABLISHED or CLOSE_WAIT
+    (the application may still write) and has sent data before; idle time after the last
+    write counts here too.  Time before the handshake completes, and with nothing to send
+    after ``close()``, counts nowhere.  The figures run up to the latest ``datagrams_to_send``.
+    """
 
     state: ConnectionState
     bytes_sent: int  # application bytes sent for the first time
@@ -111,6 +136,11 @@ class ConnectionStats:
     receive_window_bytes: int
     send_buffer_bytes: int  # written by the application and not yet acknowledged
     mss_bytes: int
+    duplicate_segments_received: int  # data segments all of whose bytes we already had
+    out_of_order_segments_received: int  # data segments bringing new bytes beyond a gap
+    time_limited_by_receiver_s: float  # data waiting, held back by the peer's window
+    time_limited_by_congestion_s: float  # data waiting, held back by the congestion window
+    time_limited_by_application_s: float  # windows open, nothing written to send
 
 
 class Connection:
@@ -122,6 +152,7 @@ class Connection:
         *,
         local_cid: int | None = None,
         isn: int | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.config = (config or Config()).validate()
         self.local_cid = new_connection_id() if local_cid is None else local_cid
@@ -223,6 +254,20 @@ class Connection:
         self._confirm_at: float | None = None
         self._confirm_tries = 0
         self._passive = False  # opened by a peer's SYN: its address is not validated yet
+        self._dup_segments = 0
+        self._ooo_segments = 0
+        self._limit = _NOT_LIMITED  # what held the sender back after the last send
+        self._limit_since = 0.0
+        self._limited_s = [0.0, 0.0, 0.0]  # seconds, indexed by _LIMITED_BY_*
+
+        # Tracing (docs/TRACE.md).  With no tracer every trace point is one attribute test.
+        self._tracer: Tracer | None = None
+        self._trace_now = 0.0  # stamp for events of calls that take no ``now``
+        self._trace_packet: Packet | None = None  # the packet being processed, for drops
+        self._trace_cc: tuple[int, int] | None = None  # (cwnd, ssthresh) last reported
+        self._lost_by: dict[int, str] = {}  # position of a lost segment -> what found it
+        if tracer is not None:
+            self.set_tracer(tracer)
 
     # ------------------------------------------------------------------ properties
 
@@ -252,8 +297,32 @@ class Connection:
         return self._snd_mss
 
     @property
+    def iss(self) -> int:
+        """This end's initial sequence number: the ``seq`` of its SYN on the wire."""
+        return self._iss
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The tracer receiving this connection's events, or None when tracing is off."""
+        return self._tracer
+
+    def set_tracer(self, tracer: Tracer | None, *, now: float | None = None) -> None:
+        """Start (or with None stop) reporting events to ``tracer``; it is not closed here.
+
+        ``now`` stamps events raised before the next call that carries a clock (``listen``
+        without ``now``, ``close``, ``abort``); later events carry their own input's ``now``.
+        """
+        self._tracer = tracer
+        if now is not None:
+            self._trace_now = now
+        self._trace_cc = None
+        self._lost_by.clear()
+        self._scoreboard.lost_log = [] if tracer is not None else None
+
+    @property
     def stats(self) -> ConnectionStats:
         """A snapshot of counters and estimators."""
+        limited = self._limited_s
         return ConnectionStats(
             state=self._state,
             bytes_sent=self._bytes_sent,
@@ -274,12 +343,17 @@ class Connection:
             rttvar_s=self._rtt.rttvar,
             rto_s=self._rtt.rto,
             cwnd_bytes=self._cc.cwnd,
-            ssthresh_bytes=min(self._cc.ssthresh, 0x7FFFFFFF),
+            ssthresh_bytes=min(self._cc.ssthresh, _SSTHRESH_UNBOUNDED),
             bytes_in_flight=self._scoreboard.pipe,
             send_window_bytes=self._snd_wnd,
             receive_window_bytes=self._rcv_window(),
             send_buffer_bytes=len(self._sndbuf),
             mss_bytes=self._snd_mss,
+            duplicate_segments_received=self._dup_segments,
+            out_of_order_segments_received=self._ooo_segments,
+            time_limited_by_receiver_s=limited[_LIMITED_BY_RECEIVER],
+            time_limited_by_congestion_s=limited[_LIMITED_BY_CONGESTION],
+            time_limited_by_application_s=limited[_LIMITED_BY_APPLICATION],
         )
 
     # ------------------------------------------------------------------ user calls
@@ -288,14 +362,18 @@ class Connection:
         """Start an active open: send SYN and enter SYN_SENT."""
         if self._state is not S.CLOSED or self._close_reason is not None:
             raise RuntimeError(f"connect() needs a fresh connection, not {self._state.value}")
+        if self._tracer is not None:
+            self._trace_now = now
         self._set_state(S.SYN_SENT)
         self._need_syn = True
         self._last_activity = now
 
-    def listen(self) -> None:
-        """Start a passive open: wait in LISTEN for a SYN."""
+    def listen(self, *, now: float | None = None) -> None:
+        """Start a passive open: wait in LISTEN for a SYN (``now`` only stamps the trace)."""
         if self._state is not S.CLOSED or self._close_reason is not None:
             raise RuntimeError(f"listen() needs a fresh connection, not {self._state.value}")
+        if now is not None:
+            self._trace_now = now
         self._set_state(S.LISTEN)
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
@@ -366,32 +444,53 @@ class Connection:
 
     def handle_timer(self, *, now: float) -> None:
         """Run every timer whose deadline has passed."""
+        tracer = self._tracer
+        if tracer is not None:
+            self._trace_now = now
         if self._time_wait_at is not None and now >= self._time_wait_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "time_wait"})
             self._time_wait_at = None
             self._set_state(S.CLOSED)
             self._clear_timers()
             return
         if self._rto_at is not None and now >= self._rto_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "rto"})
             self._rto_at = self._tlp_at = None
             self._on_rto(now)
         if self._tlp_at is not None and now >= self._tlp_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "tlp"})
             self._tlp_at = None
             self._on_tlp(now)
         if self._persist_at is not None and now >= self._persist_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "persist"})
             self._persist_at = None
             self._on_persist(now)
         if self._ack_at is not None and now >= self._ack_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "delayed_ack"})
             self._ack_at = None
             self._ack_now = True
         if self._keepalive_at is not None and now >= self._keepalive_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "keepalive"})
             self._keepalive_at = None
             self._on_keepalive(now)
         if self._idle_at is not None and now >= self._idle_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "idle"})
             self._idle_at = None
             self._on_idle(now)
         if self._confirm_at is not None and now >= self._confirm_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "handshake_ack"})
             self._confirm_at = None
             self._on_confirm(now)
+        if tracer is not None:
+            self._trace_cwnd()
 
     def _on_rto(self, now: float) -> None:
         cfg = self.config
@@ -412,6 +511,9 @@ class Connection:
             self._timeouts += 1
             self._retx += 1
             self._need_syn = True
+            if self._tracer is not None:
+                self._lost_by[0] = "rto"
+                self._tracer.event(now, "loss_detected", {"seq": self._iss, "len": 0, "by": "rto"})
             self._log.debug("syn_retransmit", attempt=self._syn_retries, rto=self._rtt.rto)
             return
         if not len(self._scoreboard):
@@ -449,6 +551,8 @@ class Connection:
         self._dupacks = 0
         self._dupack_credit = 0
         self._scoreboard.mark_all_lost()
+        if self._tracer is not None:
+            self._trace_losses("rto")
         self._rtt.back_off()
         self._log.debug(
             "rto_expired",
@@ -487,6 +591,8 @@ class Connection:
         self._tlp_sent = True
         self._tlp_probes += 1
         sb.mark_lost(last)
+        if self._tracer is not None:
+            self._trace_losses("tlp")
         self._rexmit_now = True
         self._rto_at = self._cap_to_user_timeout(now + self._rtt.rto)
         self._log.debug("tail_loss_probe", seq=self._wire_seq(last.start))
@@ -558,6 +664,8 @@ class Connection:
 
     def receive_datagram(self, data: bytes | bytearray | memoryview, *, now: float) -> None:
         """Process one datagram; malformed ones are counted and dropped."""
+        if self._tracer is not None:
+            self._trace_now = now
         try:
             packet = decode(data)
         except PacketError as exc:
@@ -567,23 +675,31 @@ class Connection:
 
     def receive_packet(self, p: Packet, *, now: float) -> None:
         """Process one already-decoded packet (the endpoint decodes once to demultiplex)."""
+        tracer = self._tracer
+        if tracer is not None:
+            self._trace_now = now
+            self._trace_packet = p
+            wnd = p.window if p.flags & _SYN else p.window << self._snd_wscale
+            tracer.event(now, "datagram_received", packet_fields(p, wnd))
         st = self._state
         if st is S.CLOSED:
             self._drop(DropReason.UNEXPECTED)
             rst = reset_for(p)
             if rst is not None:
                 self._pending_raw.append(rst)
-            return
-        if p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & _SYN):
+        elif p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & _SYN):
             self._drop(DropReason.WRONG_CONNECTION_ID)
-            return
-        self._segments_received += 1
-        if st is S.LISTEN:
-            self._rx_listen(p, now)
-        elif st is S.SYN_SENT:
-            self._rx_syn_sent(p, now)
         else:
-            self._rx_synchronized(p, now)
+            self._segments_received += 1
+            if st is S.LISTEN:
+                self._rx_listen(p, now)
+            elif st is S.SYN_SENT:
+                self._rx_syn_sent(p, now)
+            else:
+                self._rx_synchronized(p, now)
+        if tracer is not None:
+            self._trace_packet = None
+            self._trace_cwnd()
 
     def _rx_listen(self, p: Packet, now: float) -> None:
         if p.flags & _RST or not p.flags & _SYN:
@@ -669,10 +785,14 @@ class Connection:
         if self._snd_una == 0:
             if self._syn_retries == 0:
                 self._rtt.on_sample(now - self._syn_sent_at)
+                if self._tracer is not None:
+                    self._trace_rtt()
             self._snd_una = 1
             self._rtt.reset_backoff()
             self._rto_at = None
             self._need_syn = False
+            if self._tracer is not None:
+                self._lost_by.pop(0, None)  # the SYN arrived: no retransmission is due
         if p.flags & _SYN:
             self._update_window(p, 0, 1)
 
@@ -722,6 +842,8 @@ class Connection:
                 self._time_wait_at = now + 2 * self.config.msl_s
             if seg_len:
                 # A retransmission of data we already have: its ACK is how the peer learns.
+                if payload and seg_pos + len(payload) <= self._rcv_nxt:
+                    self._dup_segments += 1
                 self._ack_now = True
                 self._drop(DropReason.OUT_OF_WINDOW)
             else:
@@ -814,6 +936,8 @@ class Connection:
         # a hole before it); otherwise the newest segment gives the RTT.
         if acked and not acked[-1].sacked and all(seg.retx == 0 for seg in acked):
             self._rtt.on_sample(now - acked[-1].sent_at)
+            if self._tracer is not None:
+                self._trace_rtt()
         self._snd_una = ack_pos
         data_end = self._sndbuf.end
         self._sndbuf.release_to(min(ack_pos, data_end))
@@ -831,8 +955,12 @@ class Connection:
                 first = sb.first()
                 if first is not None and first.retx == 0:
                     sb.mark_lost(first)
+                    if self._tracer is not None:
+                        self._trace_losses("sack" if self._sack_ok else "dupack")
                 if self._sack_ok:
                     sb.detect_losses(self._loss_threshold(), self.config.dupack_threshold)
+                    if self._tracer is not None:
+                        self._trace_losses("sack")
         else:
             # Grow the window only while it limits us (RFC 7661 spirit): an application- or
             # receiver-limited sender must not build a window it never tested.
@@ -849,6 +977,8 @@ class Connection:
         else:
             self._rto_at = self._tlp_at = None
             self._oldest_unacked_since = None
+            if self._tracer is not None:
+                self._lost_by.clear()
 
     def _loss_threshold(self) -> int:
         return (self.config.dupack_threshold - 1) * self._snd_mss + 1
@@ -861,6 +991,8 @@ class Connection:
                 self._dupack_credit += self._snd_mss
             else:
                 self._scoreboard.detect_losses(self._loss_threshold(), self.config.dupack_threshold)
+                if self._tracer is not None:
+                    self._trace_losses("sack")
             return
         self._maybe_enter_recovery(now)
 
@@ -873,6 +1005,8 @@ class Connection:
             if self._sack_ok
             else 0
         )
+        if lost and self._tracer is not None:
+            self._trace_losses("sack")
         if self._dupacks < self.config.dupack_threshold and not lost:
             return
         if self._snd_una < self._recover:
@@ -885,6 +1019,8 @@ class Connection:
         first = sb.first()
         if first is not None and not first.sacked and first.retx == 0:
             sb.mark_lost(first)
+            if self._tracer is not None:
+                self._trace_losses("sack" if lost else "dupack")
             # RFC 5681 section 3.2 step 4: the fast retransmit goes out at once.
             self._rexmit_now = True
         if not self._sack_ok:
@@ -932,7 +1068,9 @@ class Connection:
         rcv_nxt = self._rcv_nxt
         wnd = self._rcv_window()
         hi = rcv_nxt + wnd
+        fin_new = False
         if fin:
+            fin_new = self._peer_fin_pos is None
             fin_pos = seg_pos + len(payload)
             if fin_pos < hi or fin_pos == rcv_nxt:
                 self._peer_fin_pos = fin_pos
@@ -950,6 +1088,10 @@ class Connection:
                 stored = self._reasm.insert(seg_pos, payload, lo=rcv_nxt, hi=hi, limit=limit)
                 if not stored and self._reasm.truesize + CHUNK_OVERHEAD_BYTES > limit:
                     self._drop(DropReason.OVER_BUFFER)
+                elif not stored and not fin_new:
+                    self._dup_segments += 1
+                elif seg_pos > rcv_nxt:
+                    self._ooo_segments += 1
                 if seg_pos > rcv_nxt:
                     self._last_rcv_pos = seg_pos
                 for chunk in self._reasm.pop_ready(self._rcv_nxt):
@@ -1006,6 +1148,10 @@ class Connection:
     def _orderly_close(self) -> None:
         """Both FINs are acknowledged: report it, after the EOF if reading held that back."""
         self._close_reason = CloseReason.CLOSED
+        if self._tracer is not None:
+            self._tracer.event(
+                self._trace_now, "connection_closed", {"reason": CloseReason.CLOSED.value}
+            )
         if self._eof_delivered:
             self._events.append(ConnectionClosed(CloseReason.CLOSED))
         else:
@@ -1025,6 +1171,14 @@ class Connection:
         self._clock_ms = now * 1000.0
         out = self._pending_raw
         self._pending_raw = []
+        if self._limit >= 0:
+            self._limited_s[self._limit] += now - self._limit_since
+            self._limit = _NOT_LIMITED
+        if self._tracer is not None:
+            self._trace_now = now
+            for raw in out:  # resets answering stray packets, built as they arrived
+                rst = decode(raw)
+                self._tracer.event(now, "datagram_sent", packet_fields(rst, rst.window))
         st = self._state
         if self._need_rst:
             self._need_rst = False
@@ -1034,6 +1188,9 @@ class Connection:
         if self._need_syn:
             self._need_syn = False
             flags = _SYN | _ACK if st is S.SYN_RECEIVED else _SYN
+            if self._tracer is not None and 0 in self._lost_by:
+                by = self._lost_by.pop(0)
+                self._tracer.event(now, "retransmit", {"seq": self._iss, "len": 0, "by": by})
             out.append(self._build(flags, 0, b"", syn=True))
             if self._syn_retries == 0:
                 self._syn_sent_at = now
@@ -1057,7 +1214,29 @@ class Connection:
             self._segments_sent += 1
         if self._state in SYNCHRONIZED and self._state is not S.TIME_WAIT:
             self._arm_idle_timers(now)
+            if self._snd_una:
+                self._classify_limit(now)
         return out
+
+    def _classify_limit(self, now: float) -> None:
+        """Note what holds the sender back from now until the next send (see ConnectionStats)."""
+        nxt = self._snd_nxt
+        fin_pos = self._fin_pos
+        sb = self._scoreboard
+        if nxt < self._sndbuf.end or (fin_pos is not None and nxt == fin_pos):
+            wnd_room = self._snd_una + self._snd_wnd - nxt
+            cwnd_room = self._cc.cwnd + self._dupack_credit - sb.pipe
+            if wnd_room <= cwnd_room and sb.next_lost(self._snd_una) is None:
+                self._limit = _LIMITED_BY_RECEIVER
+            else:
+                self._limit = _LIMITED_BY_CONGESTION
+        elif sb.next_lost(self._snd_una) is not None:
+            self._limit = _LIMITED_BY_CONGESTION  # a retransmission waits for room in cwnd
+        elif self._state in _APP_LIMITED_STATES and self._bytes_sent:
+            self._limit = _LIMITED_BY_APPLICATION
+        else:
+            return
+        self._limit_since = now
 
     def _send_data(self, out: list[bytes], now: float) -> None:
         sb = self._scoreboard
@@ -1077,6 +1256,8 @@ class Connection:
             ):
                 break
             self._rexmit_now = False
+            if self._tracer is not None:
+                self._trace_retransmit(seg)
             self._emit_segment(out, seg.start, seg.end)
             sb.retransmitted(seg, now)
             self._retx += 1
@@ -1197,6 +1378,8 @@ class Connection:
             self._ack_now = False
             self._ack_at = None
             self._unacked_bytes = 0
+        if self._tracer is not None:
+            self._tracer.event(self._trace_now, "datagram_sent", packet_fields(p, self._adv_wnd))
         return encode(p)
 
     def _ts_now(self) -> int:
@@ -1245,6 +1428,12 @@ class Connection:
         self._log.debug(
             "datagram_dropped", reason=reason.value, detail=detail, state=self._state.value
         )
+        if self._tracer is not None:
+            fields: dict[str, object] = {"reason": reason.value}
+            p = self._trace_packet
+            if p is not None:  # decoded: say which datagram it was
+                fields.update(flags=flags_text(p.flags), seq=p.seq, len=len(p.payload))
+            self._tracer.event(self._trace_now, "datagram_dropped", fields)
 
     def _challenge(self, now: float, reason: DropReason) -> None:
         """Drop a suspicious segment and answer with an ACK (RFC 5961), at most one per
@@ -1279,6 +1468,10 @@ class Connection:
         check_transition(old, new)
         self._state = new
         self._log.debug("state_changed", old=old.value, new=new.value)
+        if self._tracer is not None:
+            self._tracer.event(
+                self._trace_now, "state_changed", {"old": old.value, "new": new.value}
+            )
 
     def _finish(self, reason: CloseReason) -> None:
         self._set_state(S.CLOSED)
@@ -1286,7 +1479,82 @@ class Connection:
         self._events.append(ConnectionClosed(reason))
         self._clear_timers()
         self._scoreboard.clear()
+        if self._tracer is not None:
+            self._lost_by.clear()
+            self._tracer.event(self._trace_now, "connection_closed", {"reason": reason.value})
 
     def _clear_timers(self) -> None:
         self._rto_at = self._ack_at = self._persist_at = self._tlp_at = None
         self._time_wait_at = self._keepalive_at = self._idle_at = self._confirm_at = None
+
+    # ------------------------------------------------------------------ tracing
+
+    def _trace_rtt(self) -> None:
+        """Report the RTT sample just taken and the estimator after it."""
+        assert self._tracer is not None
+        rtt = self._rtt
+        self._tracer.event(
+            self._trace_now,
+            "rtt_sample",
+            {
+                "rtt": _round_s(rtt.latest_rtt),
+                "srtt": _round_s(rtt.srtt),
+                "rttvar": _round_s(rtt.rttvar),
+                "rto": _round_s(rtt.rto),
+            },
+        )
+
+    def _trace_cwnd(self) -> None:
+        """Report the congestion window if it changed since last reported (once the SYN is
+        acknowledged, so the first report is the initial window)."""
+        assert self._tracer is not None
+        cc = self._cc
+        current = (cc.cwnd, cc.ssthresh)
+        if self._snd_una and current != self._trace_cc and self._state is not S.CLOSED:
+            self._trace_cc = current
+            ssthresh = cc.ssthresh if cc.ssthresh < _SSTHRESH_UNBOUNDED else None
+            self._tracer.event(
+                self._trace_now,
+                "cwnd_changed",
+                {"cwnd": cc.cwnd, "ssthresh": ssthresh, "in_flight": self._scoreboard.pipe},
+            )
+
+    def _data_len(self, start: int, end: int) -> int:
+        """Payload bytes in positions [start, end): a FIN occupies a position but no byte."""
+        fin_pos = self._fin_pos
+        if fin_pos is not None and end > fin_pos:
+            end = fin_pos
+        return max(0, end - start)
+
+    def _trace_losses(self, by: str) -> None:
+        """Report the segments the scoreboard has just declared lost, and remember why."""
+        assert self._tracer is not None
+        log = self._scoreboard.lost_log
+        if not log:
+            return
+        for seg in log:
+            self._lost_by[seg.start] = by
+            self._tracer.event(
+                self._trace_now,
+                "loss_detected",
+                {
+                    "seq": self._wire_seq(seg.start),
+                    "len": self._data_len(seg.start, seg.end),
+                    "by": by,
+                },
+            )
+        log.clear()
+
+    def _trace_retransmit(self, seg: SentSegment) -> None:
+        """Report a segment about to be sent again, with what declared it lost."""
+        assert self._tracer is not None
+        start = max(seg.start, self._snd_una)
+        self._tracer.event(
+            self._trace_now,
+            "retransmit",
+            {
+                "seq": self._wire_seq(start),
+                "len": self._data_len(start, seg.end),
+                "by": self._lost_by.pop(seg.start, "rto"),
+            },
+        )

@@ -110,6 +110,7 @@ class Scoreboard:
         "_tx",
         "highest_sacked",
         "highest_sacked_tx",
+        "lost_log",
         "pipe",
         "segs",
     )
@@ -124,6 +125,9 @@ class Scoreboard:
         self._tx = 0
         self.highest_sacked_tx = 0  # latest transmission known to have arrived (SACKed)
         self._retx_order: deque[tuple[int, SentSegment]] = deque()  # retransmissions, in order
+        # When a list, every segment newly declared lost is appended to it (for tracing; the
+        # owner empties it).  None, the default, costs one test per loss.
+        self.lost_log: list[SentSegment] | None = None
 
     def __len__(self) -> int:
         return len(self.segs) - self._head
@@ -240,6 +244,8 @@ class Scoreboard:
         seg.lost = True
         self._leave_pipe(seg)
         self._lost.append(seg)
+        if self.lost_log is not None:
+            self.lost_log.append(seg)
         return seg.end - seg.start
 
     def mark_all_lost(self) -> None:

@@ -312,14 +312,30 @@ def _header(obj: dict[str, Any], where: str) -> TraceHeader:
 
 
 def parse_trace(lines: Iterable[str], source: str = "<trace>") -> Trace:
-    """Parse trace lines; raise ValueError naming the line for bad JSON, header or fields."""
+    """Parse trace lines; raise ValueError naming the line for bad JSON, header or fields.
+
+    A last line without its newline that is not valid JSON is what a writer that crashed
+    mid-line leaves: it is skipped, not an error.
+    """
     header: TraceHeader | None = None
     events: list[Event] = []
     skipped = 0
-    for number, line in enumerate(lines, start=1):
+    all_lines = list(lines)
+    for number, line in enumerate(all_lines, start=1):
         if not line.strip():
             continue
         where = f"{source}, line {number}"
+        if (
+            number == len(all_lines) > 1
+            and all_lines[0].endswith("\n")  # lines as read from a file
+            and not line.endswith("\n")
+            and header is not None
+        ):
+            try:
+                json.loads(line)
+            except ValueError:
+                skipped += 1
+                continue
         obj = _json_object(line, where)
         if header is None:
             header = _header(obj, where)

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -30,6 +32,7 @@ from ..log import get_logger
 from ..packet import MAX_WINDOW_FIELD, MAX_WSCALE, Flag, Packet, PacketError, decode, encode
 from ..seqnum import SEQ_MASK
 from ..state import SYNCHRONIZED, ConnectionState
+from ..trace import TRACE_ENV, tracer_for
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 Observer = Callable[[str, bytes, Address], None]
@@ -285,7 +288,8 @@ class Endpoint(asyncio.DatagramProtocol):
                 self.stats.count_drop(DropReason.BACKLOG_FULL, addr)
             return None
         conn = Connection(self.config, local_cid=self._new_cid())
-        conn.listen()
+        self._trace(conn, "server", addr)
+        conn.listen(now=self._loop.time())
         handle = ConnectionHandle(conn, addr)
         handle.validated = False  # its bytes are counted by the caller
         self._handles[conn.local_cid] = handle
@@ -356,7 +360,8 @@ class Endpoint(asyncio.DatagramProtocol):
         if ts:
             syn.timestamps = (packet.timestamps[0] if packet.timestamps else 0, 0)
         conn = Connection(self.config, local_cid=packet.dst_cid, isn=isn)
-        conn.listen()
+        self._trace(conn, "server", addr)
+        conn.listen(now=now)
         conn.receive_packet(syn, now=now)
         conn.datagrams_to_send(now=now)  # the SYN-ACK the cookie already answered
         handle = ConnectionHandle(conn, addr)
@@ -370,12 +375,38 @@ class Endpoint(asyncio.DatagramProtocol):
     def connect(self, addr: Address) -> ConnectionHandle:
         """Start an active open towards ``addr`` (None on a connected socket)."""
         conn = Connection(self.config, local_cid=self._new_cid())
+        self._trace(conn, "client", addr)
         handle = ConnectionHandle(conn, addr)
         handle.waiter = self._loop.create_future()
         self._handles[conn.local_cid] = handle
         conn.connect(now=self._loop.time())
         self.service(handle)
         return handle
+
+    def _trace(self, conn: Connection, role: str, addr: Address) -> None:
+        """Give a new connection its trace file when tracing is on (Config.trace_dir or the
+        UTCP_TRACE environment variable; docs/TRACE.md)."""
+        if self.config.trace_dir is None and TRACE_ENV not in os.environ:
+            return
+        transport = self._transport
+        local = transport.get_extra_info("sockname") if transport is not None else None
+        if addr is None and transport is not None:
+            addr = transport.get_extra_info("peername")
+        now = self._loop.time()
+        tracer = tracer_for(
+            self.config,
+            cid=conn.local_cid,
+            role=role,
+            local=local,
+            peer=addr,
+            iss=conn.iss,
+            mss=conn.mss,
+            congestion=self.config.congestion_control,
+            unix_time=time.time(),
+            now=now,
+        )
+        if tracer is not None:
+            conn.set_tracer(tracer, now=now)
 
     def _reset(self, packet: Packet, addr: Address) -> None:
         rst = reset_for(packet)
@@ -584,6 +615,8 @@ class Endpoint(asyncio.DatagramProtocol):
         return packet.flags == Flag.ACK and not packet.payload
 
     def _forget(self, handle: ConnectionHandle) -> None:
+        if handle.conn.tracer is not None:
+            handle.conn.tracer.close()
         drops = handle.conn.stats.drops
         if drops:
             self.stats.add_drops(drops)
@@ -661,6 +694,8 @@ class Endpoint(asyncio.DatagramProtocol):
     def _close_socket(self) -> None:
         for handle in list(self._handles.values()):
             self._cancel_timer(handle)
+            if handle.conn.tracer is not None:
+                handle.conn.tracer.close()
         self._handles.clear()
         self._syn_index.clear()
         if self._transport is not None and not self._transport.is_closing():

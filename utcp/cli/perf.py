@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .. import Config, ConnectionStats, open_connection, run
+from ..trace import TRACE_ENV
 
 CHUNK = 64 * 1024
 _ZEROS = bytes(CHUNK)
@@ -47,6 +49,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-R", "--reverse", action="store_true", help="the server sends, we receive")
     p.add_argument("-P", "--parallel", type=int, default=1, help="parallel connections")
     p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument(
+        "--trace",
+        metavar="DIR",
+        default=None,
+        help="write a trace of every connection to DIR (docs/TRACE.md; see utcp plot)",
+    )
     p.set_defaults(func=main, _port_type=port_number)
 
 
@@ -209,6 +217,11 @@ def main(args: argparse.Namespace) -> int:
     if args.parallel < 1:
         print("utcp perf: error: --parallel must be at least 1", file=sys.stderr)
         return 2
+    if args.trace is not None:
+        if not args.trace:
+            print("utcp perf: error: --trace needs a directory", file=sys.stderr)
+            return 2
+        os.environ[TRACE_ENV] = args.trace  # both roles, every connection of this process
     if args.server:
         if args.target:
             print("utcp perf: error: --server takes no HOST PORT", file=sys.stderr)
@@ -228,6 +241,8 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, asyncio.TimeoutError) as exc:
         print(f"utcp perf: error: {exc!r}", file=sys.stderr)
         return 1
+    if args.trace is not None:
+        print(f"traces in {args.trace} (draw one with: utcp plot FILE -o out.png)", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
