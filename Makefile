@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test lint typecheck pytest demo bench clean
+.PHONY: venv test lint typecheck pytest demo bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,21 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# Coverage-guided fuzzing (docs/FUZZING.md): each target runs FUZZ_SECONDS from the seed corpus in
+# tests/fuzz/corpus/; new inputs and crash files go to FUZZ_OUT, never into the corpus.
+FUZZ_SECONDS ?= 30
+FUZZ_OUT ?= build/fuzz
+FUZZ_TARGETS := decode connection
+
+fuzz: $(STAMP)
+	@for t in $(FUZZ_TARGETS); do \
+		mkdir -p $(FUZZ_OUT)/$$t/corpus $(FUZZ_OUT)/$$t/crashes || exit 1; \
+		echo "fuzz_$$t: $(FUZZ_SECONDS) s, new inputs in $(FUZZ_OUT)/$$t/corpus"; \
+		$(PY) tests/fuzz/fuzz_$$t.py -max_total_time=$(FUZZ_SECONDS) -timeout=30 \
+			-print_final_stats=1 -artifact_prefix=$(FUZZ_OUT)/$$t/crashes/ \
+			$(FUZZ_OUT)/$$t/corpus tests/fuzz/corpus/$$t || exit 1; \
+	done
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -890,3 +890,53 @@ def test_tail_loss_probe_can_be_turned_off() -> None:
     a.send(bytes(3 * mss))
     net.run(until=lambda: len(net.b.received) == 3 * mss)
     assert a.stats.tail_loss_probes == 0 and a.stats.timeouts == 1
+
+
+def test_abort_after_a_close_held_back_by_paused_reading_reports_one_close() -> None:
+    net = pair()
+    a, b = _establish(net)
+    b.pause_reading()
+    a.send(b"unread")
+    a.close()
+    net.run(until=lambda: b.state is S.CLOSE_WAIT)
+    b.close()
+    net.run(until=lambda: b.state is S.CLOSED)
+    assert b.close_reason is CloseReason.CLOSED
+    assert _closes(net.b.events) == []  # held back behind the unread data and EOF
+    b.abort()  # already CLOSED: nothing to abort, the orderly close stands
+    b.resume_reading()
+    net.flush()
+    assert net.b.received == b"unread"
+    assert _closes(net.b.events) == [ConnectionClosed(CloseReason.CLOSED)]
+
+
+def test_abort_in_time_wait_sends_and_reports_nothing() -> None:
+    net = pair()
+    a, b = _establish(net)
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2)
+    b.close()
+    net.run(until=lambda: a.state is S.TIME_WAIT)
+    net.flush()
+    sent = len(net.trace)
+    a.abort()
+    net.flush()
+    assert a.state is S.CLOSED and a.close_reason is CloseReason.CLOSED
+    assert _closes(net.a.events) == [ConnectionClosed(CloseReason.CLOSED)]
+    assert len(net.trace) == sent
+
+
+def test_abort_in_time_wait_with_the_close_report_held_back_reports_it_once() -> None:
+    net = pair()
+    a, b = _establish(net)
+    a.pause_reading()
+    b.send(b"unread")
+    a.close()
+    net.run(until=lambda: a.state is S.FIN_WAIT_2 and net.b.conn is b)
+    b.close()
+    net.run(until=lambda: a.state is S.TIME_WAIT)
+    assert _closes(net.a.events) == []
+    a.abort()
+    a.resume_reading()
+    net.flush()
+    assert _closes(net.a.events) == [ConnectionClosed(CloseReason.ABORTED)]

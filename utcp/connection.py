@@ -401,6 +401,13 @@ class Connection:
         """Reset the connection: send RST and forget everything at once."""
         if self._state is S.CLOSED:
             return
+        if self._close_reason is not None and not self._closed_event_pending:
+            # The orderly close is done and reported (TIME_WAIT): only the wait is cut
+            # short, with nothing sent (RFC 9293 section 3.10.5) and nothing reported again.
+            self._set_state(S.CLOSED)
+            self._clear_timers()
+            return
+        self._closed_event_pending = False  # reported below, once, as the abort
         if self._state in SYNCHRONIZED or self._state is S.SYN_RECEIVED:
             self._need_rst = True
         self._finish(CloseReason.ABORTED)

@@ -1,0 +1,1 @@
+"""Fuzzing: connections built in every state, the harness both fuzzers drive, atheris targets."""
