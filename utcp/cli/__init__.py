@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -18,7 +19,7 @@ import structlog
 
 from .units import parse_duration, parse_fraction, parse_hostport, parse_rate, parse_size
 
-__all__ = ["arg_type", "build_parser", "main", "serve_until_signalled"]
+__all__ = ["arg_type", "build_parser", "main", "serve_until_signalled", "wait_for_signal"]
 
 
 class CliParser(argparse.ArgumentParser):
@@ -50,6 +51,23 @@ def port_number(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port out of range: {text!r} (0 to 65535)")
     return port
+
+
+async def wait_for_signal() -> None:
+    """Return on SIGINT or SIGTERM (handlers installed for the wait only, where the platform
+    allows them)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 async def serve_until_signalled(

@@ -8,16 +8,14 @@ at once or per direction (``--loss-up``, ``--loss-down``), the directional value
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import re
-import signal
 import sys
 from collections.abc import Callable
 from typing import TypeVar
 
 from ..asyncio import run as utcp_run
 from ..netem import Impairment, Relay
+from . import wait_for_signal
 from .units import (
     parse_duration,
     parse_fraction,
@@ -212,7 +210,6 @@ def run(args: argparse.Namespace) -> int:
 async def _serve(
     listen: tuple[str, int], to: tuple[str, int], imps: dict[str, Impairment], seed: int | None
 ) -> int:
-    loop = asyncio.get_running_loop()
     try:
         relay = await Relay.start(listen, to, up=imps["up"], down=imps["down"], seed=seed)
     except OSError as exc:
@@ -220,18 +217,10 @@ async def _serve(
             f"utcp netem: error: cannot relay {_url(listen)} -> {_url(to)}: {exc}", file=sys.stderr
         )
         return 1
-    stop = asyncio.Event()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
     try:
         print(f"netem relaying {_url(relay.address)} -> {_url(to)}", flush=True)
-        await stop.wait()
+        await wait_for_signal()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         relay.close()
         await relay.wait_closed()
     # The seed is on each line: a run without --seed can be replayed with it.

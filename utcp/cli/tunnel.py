@@ -8,11 +8,8 @@ connection on stderr, the counters on exit).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import dataclasses
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,6 +18,7 @@ from ..asyncio import run as utcp_run
 from ..config import Config
 from ..congestion import available
 from ..tunnel import ConnectionRecord, Tunnel, TunnelAddress, parse_address
+from . import wait_for_signal
 
 USAGE = (
     "%(prog)s --listen tcp:[HOST:]PORT --to utcp:HOST:PORT [options]   (client end)\n"
@@ -204,7 +202,6 @@ def _print_record(record: ConnectionRecord) -> None:
 async def _serve(
     listen: TunnelAddress, to: TunnelAddress, config: Config, connect_timeout_s: float | None
 ) -> int:
-    loop = asyncio.get_running_loop()
     try:
         tunnel = await Tunnel.start(
             listen, to, config=config, on_close=_print_record, connect_timeout_s=connect_timeout_s
@@ -215,18 +212,10 @@ async def _serve(
             file=sys.stderr,
         )
         return 1
-    stop = asyncio.Event()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
     try:
         print(f"tunnel {tunnel.listen_url()} -> {to.url()}", flush=True)
-        await stop.wait()
+        await wait_for_signal()
     finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
         tunnel.close()
         await tunnel.wait_closed()
     print(f"tunnel: {tunnel.counters.line()}", flush=True)
