@@ -320,3 +320,31 @@ def test_server_stats_total_the_drops_of_endpoint_and_connections(run: Runner) -
         await server.wait_closed()
 
     run(main())
+
+
+def test_idle_timeout_closes_a_silent_connection(run: Runner) -> None:
+    """A client that connects and then says nothing is reset by a server with an idle
+    timeout; both ends see an error, neither hangs."""
+    cfg = QUICK.replace(idle_timeout_s=0.3, syn_retries=1)  # one handshake-ACK re-send at most
+    outcome: list[BaseException] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.read()
+        except OSError as exc:  # TimeoutError is an OSError
+            outcome.append(exc)
+        writer.close()
+
+    async def main() -> None:
+        handlers = Handlers(hold)
+        server = await utcp.start_server(handlers, HOST, 0, config=cfg)
+        reader, writer = await utcp.open_connection(HOST, server_port(server))
+        with pytest.raises(ConnectionResetError):
+            await reader.read()
+        await handlers.wait_finished(1)
+        assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError)
+        writer.close()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
