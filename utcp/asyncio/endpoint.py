@@ -29,7 +29,8 @@ from ..events import (
     EofReceived,
 )
 from ..log import get_logger
-from ..packet import MAX_WINDOW_FIELD, MAX_WSCALE, Flag, Packet, PacketError, decode, encode
+from ..packet import MAX_WINDOW_FIELD, Flag, Packet, PacketError, decode, encode
+from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
 from ..state import SYNCHRONIZED, ConnectionState
 from ..trace import TRACE_ENV, tracer_for
@@ -46,14 +47,6 @@ _COOKIE_GRACE_S = 64.0  # a cookie is valid for one to two of these
 _SYN = int(Flag.SYN)
 _ACK = int(Flag.ACK)
 _RST = int(Flag.RST)
-
-
-def _wscale_for(buffer_bytes: int) -> int:
-    """The window scale a SYN-ACK offers for a receive buffer (as the core computes it)."""
-    shift = 0
-    while (MAX_WINDOW_FIELD << shift) < buffer_bytes and shift < MAX_WSCALE:
-        shift += 1
-    return shift
 
 
 def _addr_key(addr: Address) -> bytes:
@@ -320,7 +313,7 @@ class Endpoint(asyncio.DatagramProtocol):
         p.mss = cfg.mss_bytes
         p.window = min(cfg.recv_buffer_bytes, MAX_WINDOW_FIELD)
         if syn.wscale is not None:
-            p.wscale = _wscale_for(cfg.recv_buffer_bytes)
+            p.wscale = wscale_for(cfg.recv_buffer_bytes)
         p.sack_permitted = sack
         if ts and syn.timestamps is not None:
             p.timestamps = (0, syn.timestamps[0])

@@ -1,0 +1,272 @@
+"""The receive path below ``Connection.receive_packet``: the handshake states, segment
+acceptability (RFC 9293 section 3.10.7.4, RFC 5961), RSTs, and in-order delivery of data and FIN.
+
+Everything here is in the peer's positions (0 is its SYN); ``rcv_nxt`` only moves forward, by
+bytes delivered in order and then once for the peer's FIN.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .acking import on_syn_acked, rx_ack
+from .buffers import CHUNK_OVERHEAD_BYTES
+from .events import CloseReason, ConnectionEstablished, DataReceived, DropReason
+from .packet import Flag, Packet, options_size
+from .sending import wscale_for
+from .seqnum import seq_diff
+from .state import CAN_RECEIVE, ConnectionState
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+S = ConnectionState
+# Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
+_FIN = int(Flag.FIN)
+_SYN = int(Flag.SYN)
+_RST = int(Flag.RST)
+_ACK = int(Flag.ACK)
+
+
+def rx_listen(conn: Connection, p: Packet, now: float) -> None:
+    """LISTEN: a SYN opens the connection (SYN_RECEIVED); anything else is dropped."""
+    if p.flags & _RST or not p.flags & _SYN:
+        conn._drop(DropReason.UNEXPECTED)
+        if not p.flags & _RST and p.flags & _ACK:
+            conn._queue_reset_for(p)
+        return
+    if p.flags & _ACK:
+        conn._drop(DropReason.UNEXPECTED)
+        conn._queue_reset_for(p)
+        return
+    if p.flags & _SYN:
+        take_syn(conn, p)
+        conn._passive = True
+        conn._set_state(S.SYN_RECEIVED)
+        conn._need_syn = True
+        conn._last_activity = now
+
+
+def rx_syn_sent(conn: Connection, p: Packet, now: float) -> None:
+    """SYN_SENT: a SYN-ACK for our SYN establishes, a bare SYN is a simultaneous open."""
+    flags = p.flags
+    if flags & _ACK:
+        if p.ack != conn._wire_seq(1):
+            if not flags & _RST:
+                conn._queue_reset_for(p)
+            conn._drop(DropReason.OUT_OF_WINDOW)
+            return
+        if flags & _RST:
+            conn._log.info("connection_refused")
+            conn._finish(CloseReason.REFUSED)
+            return
+    elif flags & _RST:
+        conn._drop(DropReason.UNEXPECTED)
+        return
+    if not flags & _SYN:
+        conn._drop(DropReason.UNEXPECTED)
+        return
+    take_syn(conn, p)
+    conn._last_activity = now
+    if flags & _ACK:
+        on_syn_acked(conn, p, now)
+        conn._set_state(S.ESTABLISHED)
+        conn._events.append(ConnectionEstablished())
+        conn._ack_now = True
+        if conn.config.syn_retries:
+            conn._confirm_at = now + conn._rtt.rto
+    else:
+        # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK, same ISS.
+        conn._set_state(S.SYN_RECEIVED)
+        conn._need_syn = True
+
+
+def take_syn(conn: Connection, p: Packet) -> None:
+    """Learn the peer's ISN, connection id and options from its SYN."""
+    cfg = conn.config
+    conn._irs = p.seq
+    conn._rcv_nxt = 1
+    conn.peer_cid = p.src_cid
+    conn._snd_wl1 = 0
+    peer_mss = p.mss if p.mss is not None else 536
+    conn._sack_ok = cfg.sack and p.sack_permitted
+    conn._ts_ok = cfg.timestamps and p.timestamps is not None
+    if p.timestamps is not None:
+        conn._ts_recent = p.timestamps[0]
+    conn._wscale_ok = p.wscale is not None
+    if p.wscale is not None:
+        conn._snd_wscale = p.wscale
+        conn._rcv_wscale = wscale_for(cfg.recv_buffer_bytes)
+    else:
+        conn._snd_wscale = conn._rcv_wscale = 0
+    ts_cost = options_size(timestamps=True) if conn._ts_ok else 0
+    conn._snd_mss = max(64, min(cfg.mss_bytes, peer_mss) - ts_cost)
+    conn._cc.mss = conn._snd_mss
+    conn._cc.cwnd = cfg.initial_cwnd_segments * conn._snd_mss
+    conn._snd_wnd = p.window  # SYN windows are never scaled (RFC 7323 section 2.2)
+
+
+def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
+    """After the SYN exchange: SYN, RST and acceptability checks, then the ACK, then the data."""
+    flags = p.flags
+    st = conn._state
+    seg_pos = conn._rcv_nxt + seq_diff(p.seq, conn._wire_ack(conn._rcv_nxt))
+    payload = p.payload
+    seg_len = len(payload) + (1 if flags & _FIN else 0)
+    wnd = conn._rcv_window()
+
+    # SYN_RECEIVED: the retransmitted SYN of a peer whose SYN-ACK we sent is not an error.
+    if flags & _SYN:
+        if st is S.SYN_RECEIVED and p.seq == conn._irs and not flags & _ACK:
+            conn._need_syn = True
+            return
+        if not (flags & _ACK and st is S.SYN_RECEIVED):
+            # RFC 5961 section 4: a SYN in a synchronized state draws a challenge ACK.
+            conn._challenge(now, DropReason.UNEXPECTED)
+            return
+        # A SYN-ACK during simultaneous open: its SYN occupies position 0, already taken.
+        if p.seq != conn._irs:
+            conn._drop(DropReason.OUT_OF_WINDOW)
+            return
+        seg_pos = 1
+
+    # Acceptability (RFC 9293 section 3.10.7.4).
+    if seg_len == 0:
+        ok = seg_pos == conn._rcv_nxt if wnd == 0 else 0 <= seg_pos - conn._rcv_nxt < wnd
+    elif wnd == 0:
+        ok = False
+    else:
+        end = seg_pos + seg_len - 1
+        ok = (
+            (0 <= seg_pos - conn._rcv_nxt < wnd)
+            or (0 <= end - conn._rcv_nxt < wnd)
+            or seg_pos <= conn._rcv_nxt <= end  # covers the whole window: keep what fits
+        )
+    if flags & _RST:
+        rx_rst(conn, seg_pos, ok or (seg_len == 0 and seg_pos == conn._rcv_nxt), wnd, now)
+        return
+    if not ok:
+        if flags & _ACK and wnd == 0 and seg_pos == conn._rcv_nxt:
+            rx_ack(conn, p, seg_pos, now)
+        if st is S.TIME_WAIT and flags & _FIN:
+            # The peer did not get our last ACK: ACK again, restart 2MSL (RFC 9293 3.10.7.4).
+            conn._time_wait_at = now + 2 * conn.config.msl_s
+        if seg_len:
+            # A retransmission of data we already have: its ACK is how the peer learns.
+            if payload and seg_pos + len(payload) <= conn._rcv_nxt:
+                conn._dup_segments += 1
+            conn._ack_now = True
+            conn._drop(DropReason.OUT_OF_WINDOW)
+        else:
+            conn._challenge(now, DropReason.OUT_OF_WINDOW)
+        return
+    if not flags & _ACK:
+        conn._drop(DropReason.UNEXPECTED)
+        return
+    conn._last_activity = now
+    conn._keepalive_probes = 0
+    conn._confirm_at = None  # the peer is synchronized: it sent an acceptable segment
+    if p.timestamps is not None and conn._ts_ok and seg_pos <= conn._rcv_nxt:
+        conn._ts_recent = p.timestamps[0]
+    if not rx_ack(conn, p, seg_pos, now):
+        return
+    if conn._state is S.CLOSED:
+        return
+    if payload or flags & _FIN:
+        rx_data(conn, seg_pos, payload, bool(flags & _FIN), now)
+
+
+def rx_rst(conn: Connection, seg_pos: int, acceptable: bool, wnd: int, now: float) -> None:
+    # RFC 5961 section 3.2: only an exact match resets; elsewhere in the window we challenge.
+    if conn._state is S.TIME_WAIT:
+        # RFC 1337: an RST must not cut TIME_WAIT short; the close was reported.
+        conn._drop(DropReason.UNEXPECTED)
+        return
+    if seg_pos == conn._rcv_nxt:
+        conn._log.info("connection_reset", state=conn._state.value)
+        conn._finish(CloseReason.RESET)
+    elif acceptable or 0 <= seg_pos - conn._rcv_nxt < max(wnd, 1):
+        conn._challenge(now, DropReason.OUT_OF_WINDOW)
+    else:
+        conn._drop(DropReason.OUT_OF_WINDOW)
+
+
+def rx_data(
+    conn: Connection, seg_pos: int, payload: bytes | memoryview, fin: bool, now: float
+) -> None:
+    if conn._state not in CAN_RECEIVE:
+        # Data after the peer's FIN is a protocol error; a retransmitted FIN is re-ACKed.
+        conn._ack_now = True
+        if conn._state is S.TIME_WAIT and fin:
+            conn._time_wait_at = now + 2 * conn.config.msl_s
+        return
+    rcv_nxt = conn._rcv_nxt
+    wnd = conn._rcv_window()
+    hi = rcv_nxt + wnd
+    fin_new = False
+    if fin:
+        fin_new = conn._peer_fin_pos is None
+        fin_pos = seg_pos + len(payload)
+        if fin_pos < hi or fin_pos == rcv_nxt:
+            conn._peer_fin_pos = fin_pos
+    if payload:
+        if seg_pos == rcv_nxt and not len(conn._reasm):
+            # Fast path: the next bytes in order, nothing waiting behind them.
+            data = payload[: hi - seg_pos] if len(payload) > hi - seg_pos else payload
+            deliver(conn, bytes(data))
+            conn._unacked_bytes += len(data)
+            if conn._unacked_bytes >= conn.config.ack_every_segments * conn._snd_mss:
+                conn._ack_now = True
+        else:
+            had_gap = len(conn._reasm) > 0
+            limit = 2 * conn.config.recv_buffer_bytes
+            stored = conn._reasm.insert(seg_pos, payload, lo=rcv_nxt, hi=hi, limit=limit)
+            if not stored and conn._reasm.truesize + CHUNK_OVERHEAD_BYTES > limit:
+                conn._drop(DropReason.OVER_BUFFER)
+            elif not stored and not fin_new:
+                conn._dup_segments += 1
+            elif seg_pos > rcv_nxt:
+                conn._ooo_segments += 1
+            if seg_pos > rcv_nxt:
+                conn._last_rcv_pos = seg_pos
+            for chunk in conn._reasm.pop_ready(conn._rcv_nxt):
+                deliver(conn, chunk)
+            # Out of order, or filling a gap: ACK at once (RFC 5681 section 4.2).
+            if seg_pos != rcv_nxt or had_gap:
+                conn._ack_now = True
+            else:
+                conn._unacked_bytes += len(payload)
+        if conn._rcv_nxt == rcv_nxt:
+            conn._ack_now = True  # nothing new in order: a duplicate, ACK it
+    if conn._peer_fin_pos is not None and conn._rcv_nxt == conn._peer_fin_pos:
+        conn._rcv_nxt += 1
+        conn._ack_now = True
+        on_fin_received(conn, now)
+    elif not conn._ack_now and conn._ack_at is None:
+        conn._ack_at = now + conn.config.delayed_ack_s
+
+
+def deliver(conn: Connection, data: bytes) -> None:
+    """Hand in-order bytes to the application, or hold them while reading is paused."""
+    conn._rcv_nxt += len(data)
+    conn._bytes_received += len(data)
+    if conn._reading_paused:
+        conn._rcv_buf += data
+    else:
+        conn._events.append(DataReceived(data))
+
+
+def on_fin_received(conn: Connection, now: float) -> None:
+    """The peer's FIN arrived in order: report EOF and move on in the close sequence."""
+    conn._maybe_deliver_eof()  # EOF always comes before ConnectionClosed
+    st = conn._state
+    if st in (S.ESTABLISHED, S.SYN_RECEIVED):
+        conn._set_state(S.CLOSE_WAIT)
+    elif st is S.FIN_WAIT_1:
+        if conn._fin_pos is not None and conn._snd_una > conn._fin_pos:
+            conn._enter_time_wait(now)
+        else:
+            conn._set_state(S.CLOSING)
+    elif st is S.FIN_WAIT_2:
+        conn._enter_time_wait(now)
+    conn._maybe_deliver_eof()

@@ -1,0 +1,225 @@
+"""The connection's timer handlers: retransmission timeout, tail loss probe, window probes,
+keepalive, idle timeout and the handshake-ACK re-send, and the deadlines they arm.
+
+Each handler runs only from ``Connection.handle_timer`` once its deadline has passed (the
+deadline is cleared first), and never sends: it sets what ``datagrams_to_send`` will emit.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .events import CloseReason
+from .state import SYNCHRONIZED, ConnectionState
+
+if TYPE_CHECKING:
+    from .connection import Connection
+
+S = ConnectionState
+_TLP_MIN_S = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
+
+
+def on_rto(conn: Connection, now: float) -> None:
+    """The retransmission timer expired: resend the SYN or mark the flight lost and back off;
+    past the retry limits (or the user timeout) the connection ends."""
+    cfg = conn.config
+    if conn._state in (S.SYN_SENT, S.SYN_RECEIVED) and conn._snd_una == 0:
+        conn._syn_retries += 1
+        if conn._syn_retries > cfg.syn_retries:
+            conn._log.info("handshake_timeout", state=conn._state.value)
+            conn._need_rst = conn._state is S.SYN_RECEIVED
+            conn._finish(CloseReason.TIMEOUT)
+            return
+        conn._rtt.back_off()
+        if conn._passive:
+            # At most one SYN-ACK per SYN (RFC 9000 section 8.1's concern: no
+            # amplification towards an unvalidated address). The client re-sends its
+            # SYN, or its handshake ACK; we only wait for them.
+            conn._rto_at = now + conn._rtt.rto
+            return
+        conn._timeouts += 1
+        conn._retx += 1
+        conn._need_syn = True
+        if conn._tracer is not None:
+            conn._lost_by[0] = "rto"
+            conn._tracer.event(now, "loss_detected", {"seq": conn._iss, "len": 0, "by": "rto"})
+        conn._log.debug("syn_retransmit", attempt=conn._syn_retries, rto=conn._rtt.rto)
+        return
+    if not len(conn._scoreboard):
+        return
+    conn._timeouts += 1
+    conn._timeouts_in_a_row += 1
+    if (
+        conn._state in (S.LAST_ACK, S.CLOSING)
+        and conn._fin_pos is not None
+        and conn._snd_una >= conn._fin_pos
+        and conn._timeouts_in_a_row > cfg.fin_retries
+    ):
+        # Every byte both ways is delivered and acknowledged; only our FIN's ACK is
+        # missing, most likely because the peer already left TIME_WAIT.  Nothing is lost
+        # by ending here (as an orphaned TCP socket gives up after tcp_orphan_retries).
+        conn._log.info("fin_unacknowledged", retries=conn._timeouts_in_a_row)
+        conn._set_state(S.CLOSED)
+        conn._scoreboard.clear()
+        conn._clear_timers()
+        conn._orderly_close()
+        return
+    if conn._timeouts_in_a_row > cfg.max_retransmits or user_timeout_expired(conn, now):
+        conn._log.info(
+            "retransmission_timeout",
+            retries=conn._timeouts_in_a_row,
+            snd_una=conn._wire_seq(conn._snd_una),
+        )
+        conn._need_rst = True
+        conn._finish(CloseReason.TIMEOUT)
+        return
+    flight = conn._snd_max - conn._snd_una
+    conn._cc.on_timeout(flight, now=now)
+    conn._recover = conn._snd_max
+    conn._in_recovery = False
+    conn._dupacks = 0
+    conn._dupack_credit = 0
+    conn._scoreboard.mark_all_lost()
+    if conn._tracer is not None:
+        conn._trace_losses("rto")
+    conn._rtt.back_off()
+    conn._log.debug(
+        "rto_expired",
+        snd_una=conn._wire_seq(conn._snd_una),
+        rto=conn._rtt.rto,
+        cwnd=conn._cc.cwnd,
+        backoff=conn._rtt.backoff,
+    )
+    conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+
+
+def arm_tlp(conn: Connection, now: float) -> None:
+    """Schedule a tail loss probe two smoothed RTTs out, when that comes before the RTO."""
+    srtt = conn._rtt.srtt
+    if (
+        srtt is None
+        or not conn.config.tail_loss_probe
+        or conn._tlp_sent
+        or conn._in_recovery
+        or not len(conn._scoreboard)
+    ):
+        conn._tlp_at = None
+        return
+    pto = 2 * srtt
+    if conn._scoreboard.pipe <= conn._snd_mss:
+        pto += conn.config.delayed_ack_s  # a lone segment's ACK may be delayed
+    at = now + max(pto, _TLP_MIN_S)
+    conn._tlp_at = at if conn._rto_at is None or at < conn._rto_at else None
+
+
+def on_tlp(conn: Connection, now: float) -> None:
+    """No ACK for two RTTs: resend the last segment so its SACK (or ACK) reveals any
+    loss at the tail of the flight, instead of waiting for the retransmission timer."""
+    sb = conn._scoreboard
+    last = sb.last()
+    if last is None or conn._in_recovery or last.sacked or last.lost:
+        return
+    conn._tlp_sent = True
+    conn._tlp_probes += 1
+    sb.mark_lost(last)
+    if conn._tracer is not None:
+        conn._trace_losses("tlp")
+    conn._rexmit_now = True
+    conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+    conn._log.debug("tail_loss_probe", seq=conn._wire_seq(last.start))
+
+
+def cap_to_user_timeout(conn: Connection, deadline: float) -> float:
+    """Fire no later than the user timeout, so the abort is not late by a backed-off RTO."""
+    ut = conn.config.user_timeout_s
+    since = conn._oldest_unacked_since
+    if ut is not None and since is not None:
+        return min(deadline, since + ut)
+    return deadline
+
+
+def user_timeout_expired(conn: Connection, now: float) -> bool:
+    ut = conn.config.user_timeout_s
+    since = conn._oldest_unacked_since
+    return ut is not None and since is not None and now - since >= ut
+
+
+def on_persist(conn: Connection, now: float) -> None:
+    """The persist timer expired: probe a zero window, or give up after too many probes."""
+    if not window_blocked(conn):
+        return
+    conn._persist_probes += 1
+    if conn._persist_probes > conn.config.max_retransmits:
+        conn._log.info("window_probe_timeout", probes=conn._persist_probes)
+        conn._need_rst = True
+        conn._finish(CloseReason.TIMEOUT)
+        return
+    conn._send_probe = True
+    conn._persist_backoff = min(conn._persist_backoff + 1, 16)
+    conn._log.debug("window_probe", probes=conn._persist_probes)
+
+
+def on_keepalive(conn: Connection, now: float) -> None:
+    """The keepalive timer expired: probe an idle peer, or give up after too many probes."""
+    cfg = conn.config
+    if cfg.keepalive_idle_s is None or conn._state not in SYNCHRONIZED:
+        return
+    if conn._keepalive_probes == 0 and now < conn._last_activity + cfg.keepalive_idle_s:
+        conn._keepalive_at = conn._last_activity + cfg.keepalive_idle_s
+        return
+    if conn._keepalive_probes >= cfg.keepalive_probes:
+        conn._log.info("keepalive_timeout", probes=conn._keepalive_probes)
+        conn._need_rst = True
+        conn._finish(CloseReason.IDLE)
+        return
+    conn._keepalive_probes += 1
+    conn._send_probe = True
+    conn._keepalive_at = now + cfg.keepalive_interval_s
+
+
+def on_confirm(conn: Connection, now: float) -> None:
+    """Re-send the handshake ACK while nothing else shows the peer that it arrived."""
+    if conn._state not in SYNCHRONIZED or len(conn._scoreboard) or conn._fin_pos is not None:
+        return  # data or a FIN in flight: their retransmissions carry the ACK
+    conn._confirm_tries += 1
+    conn._ack_now = True
+    conn._log.debug("handshake_ack_resent", attempt=conn._confirm_tries)
+    if conn._confirm_tries < conn.config.syn_retries:
+        conn._confirm_at = now + conn._rtt.rto * (1 << conn._confirm_tries)
+
+
+def on_idle(conn: Connection, now: float) -> None:
+    """The idle timer expired: reset the connection if it has really been idle that long."""
+    timeout = conn.config.idle_timeout_s
+    if timeout is None or conn._state not in SYNCHRONIZED:
+        return
+    due = conn._last_activity + timeout
+    if now < due:
+        conn._idle_at = due
+        return
+    conn._log.info("idle_timeout", idle_s=now - conn._last_activity)
+    conn._need_rst = True
+    conn._finish(CloseReason.IDLE)
+
+
+def arm_idle_timers(conn: Connection, now: float) -> None:
+    """Arm the keepalive and idle timers, if configured and not armed yet."""
+    cfg = conn.config
+    since = conn._last_activity if conn._last_activity else now
+    if cfg.keepalive_idle_s is not None and conn._keepalive_at is None:
+        conn._keepalive_at = since + cfg.keepalive_idle_s
+    if cfg.idle_timeout_s is not None and conn._idle_at is None:
+        conn._idle_at = since + cfg.idle_timeout_s
+
+
+def window_blocked(conn: Connection) -> bool:
+    """True when data or a FIN waits, nothing is in flight and the peer's window has no room."""
+    return (
+        not len(conn._scoreboard)
+        and conn._snd_una + conn._snd_wnd <= conn._snd_nxt
+        and (
+            conn._snd_nxt < conn._sndbuf.end
+            or (conn._fin_pos is not None and conn._snd_nxt == conn._fin_pos)
+        )
+        and conn._state in SYNCHRONIZED
+    )
