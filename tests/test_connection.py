@@ -697,6 +697,23 @@ def test_keepalive_to_vanished_peer_closes_idle() -> None:
     assert isinstance(a.close_reason.exception(), TimeoutError)
 
 
+def test_user_timeout_cuts_unanswered_keepalive_short() -> None:
+    """As Linux's TCP_USER_TIMEOUT: probes unanswered for user_timeout_s end the connection,
+    not only the full keepalive_probes count."""
+    cfg = KEEPALIVE.replace(user_timeout_s=13.0)  # idle 10 s, probes at 10 and 12 s
+    a_to_b, b_to_a = Link(), Link()
+    net = pair(config_a=cfg, a_to_b=a_to_b, b_to_a=b_to_a)
+    _establish(net)
+    idle_since = net.trace[-1].time
+    a_to_b.blackhole = b_to_a.blackhole = (net.now, float("inf"))
+    net.run(until=lambda: net.a.closed is not None)
+    assert cfg.user_timeout_s is not None and cfg.keepalive_idle_s is not None
+    assert cfg.keepalive_idle_s < cfg.user_timeout_s  # probing had started
+    assert net.now == pytest.approx(idle_since + cfg.user_timeout_s)
+    assert net.a.closed == ConnectionClosed(CloseReason.TIMEOUT)
+    assert ladder(net)[-1] == ("a", "RST|ACK", ISN_A + 1, ISN_B + 1)
+
+
 # ------------------------------------------------------------------------------ fast retransmit
 
 

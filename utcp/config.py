@@ -64,7 +64,8 @@ class Config:
 
     user_timeout_s: float | None = None
     """Longest the peer may go without acknowledging outstanding data before the connection
-    aborts (TCP_USER_TIMEOUT); None leaves it to ``max_retransmits``."""
+    aborts (TCP_USER_TIMEOUT); None leaves it to ``max_retransmits``.  With keepalive on, it
+    also bounds how long probes may go unanswered."""
 
     msl_s: float = 2.0
     """Maximum segment lifetime; TIME_WAIT lasts twice this.  Shorter than TCP's because

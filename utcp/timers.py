@@ -167,6 +167,14 @@ def on_keepalive(conn: Connection, now: float) -> None:
     if conn._keepalive_probes == 0 and now < conn._last_activity + cfg.keepalive_idle_s:
         conn._keepalive_at = conn._last_activity + cfg.keepalive_idle_s
         return
+    ut = cfg.user_timeout_s
+    if conn._keepalive_probes and ut is not None and now >= conn._last_activity + ut:
+        # As Linux's TCP_USER_TIMEOUT: with probes unanswered, the user timeout also bounds
+        # how long an idle peer may stay silent.
+        conn._log.info("user_timeout", probes=conn._keepalive_probes)
+        conn._need_rst = True
+        conn._finish(CloseReason.TIMEOUT)
+        return
     if conn._keepalive_probes >= cfg.keepalive_probes:
         conn._log.info("keepalive_timeout", probes=conn._keepalive_probes)
         conn._need_rst = True
@@ -175,6 +183,8 @@ def on_keepalive(conn: Connection, now: float) -> None:
     conn._keepalive_probes += 1
     conn._send_probe = True
     conn._keepalive_at = now + cfg.keepalive_interval_s
+    if ut is not None:
+        conn._keepalive_at = min(conn._keepalive_at, conn._last_activity + ut)
 
 
 def on_confirm(conn: Connection, now: float) -> None:
