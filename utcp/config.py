@@ -59,8 +59,14 @@ class Config:
     """FIN retransmissions, once all data is acknowledged and the peer's FIN received, before
     the close is taken as done (about 25 s with the default minimum RTO)."""
 
-    syn_retries: int = 5
-    """SYN (or SYN-ACK) retransmissions before the connect fails with TimeoutError."""
+    syn_retries: int = 10
+    """SYN retransmissions before the connect fails with TimeoutError (71 s with the
+    defaults).  More than TCP's, at a steadier pace: a server answers each SYN with one
+    SYN-ACK and never repeats it on its own (no amplification), so every try of the
+    handshake is the client's."""
+
+    syn_rto_max_s: float = 8.0
+    """Longest wait between two SYNs: their timer doubles from ``rto_initial_s`` up to here."""
 
     user_timeout_s: float | None = None
     """Longest the peer may go without acknowledging outstanding data before the connection
@@ -141,6 +147,7 @@ class Config:
             (self.rto_initial_s > 0, "rto_initial_s must be positive"),
             (self.max_retransmits >= 1, "max_retransmits must be >= 1"),
             (self.syn_retries >= 0, "syn_retries must be >= 0"),
+            (self.syn_rto_max_s > 0, "syn_rto_max_s must be positive"),
             (self.fin_retries >= 0, "fin_retries must be >= 0"),
             (
                 self.fin_wait_2_timeout_s is None or self.fin_wait_2_timeout_s > 0,

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from .connection import Connection
 
 S = ConnectionState
+HANDSHAKE_ACK_TRIES = 6  # a lost handshake ACK is re-sent at most this often
 _TLP_MIN_S = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
 
 
@@ -30,7 +31,8 @@ def on_rto(conn: Connection, now: float) -> None:
             conn._need_rst = conn._state is S.SYN_RECEIVED
             conn._finish(CloseReason.TIMEOUT)
             return
-        conn._rtt.back_off()
+        if conn._rtt.rto < cfg.syn_rto_max_s:
+            conn._rtt.back_off()
         if conn._passive:
             # At most one SYN-ACK per SYN (RFC 9000 section 8.1's concern: no
             # amplification towards an unvalidated address). The client re-sends its
@@ -194,7 +196,7 @@ def on_confirm(conn: Connection, now: float) -> None:
     conn._confirm_tries += 1
     conn._ack_now = True
     conn._log.debug("handshake_ack_resent", attempt=conn._confirm_tries)
-    if conn._confirm_tries < conn.config.syn_retries:
+    if conn._confirm_tries < min(conn.config.syn_retries, HANDSHAKE_ACK_TRIES):
         conn._confirm_at = now + conn._rtt.rto * (1 << conn._confirm_tries)
 
 
