@@ -241,6 +241,11 @@ class Connection:
         """A snapshot of counters and estimators."""
         return snapshot(self)
 
+    @property
+    def drops(self) -> dict[str, int]:
+        """Datagrams discarded so far, by reason: ``stats.drops`` without the full snapshot."""
+        return {str(k): v for k, v in self._drops.items()}
+
     # ------------------------------------------------------------------ user calls
 
     def connect(self, *, now: float) -> None:

@@ -90,7 +90,7 @@ def snapshot(conn: Connection) -> ConnectionStats:
         tail_loss_probes=conn._tlp_probes,
         duplicate_acks=conn._dupack_count,
         datagrams_dropped=conn._dropped,
-        drops={str(k): v for k, v in conn._drops.items()},
+        drops=conn.drops,
         challenge_acks=conn._challenge_acks,
         reassembly_bytes=conn._reasm.truesize,
         srtt_s=conn._rtt.srtt,

@@ -610,7 +610,7 @@ class Endpoint(asyncio.DatagramProtocol):
     def _forget(self, handle: ConnectionHandle) -> None:
         if handle.conn.tracer is not None:
             handle.conn.tracer.close()
-        drops = handle.conn.stats.drops
+        drops = handle.conn.drops
         if drops:
             self.stats.add_drops(drops)
         if handle.conn.close_reason is CloseReason.CLOSED:
@@ -646,7 +646,7 @@ class Endpoint(asyncio.DatagramProtocol):
         out = self.stats.snapshot()
         dropped = dict(self.stats.dropped)
         for handle in self._handles.values():
-            for key, n in handle.conn.stats.drops.items():
+            for key, n in handle.conn.drops.items():
                 dropped[key] = dropped.get(key, 0) + n
         out["dropped"] = dropped
         out["connections"] = len(self._handles)
