@@ -188,6 +188,18 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     await writer.wait_closed()
 
 
+async def echo_round_trip(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+) -> None:
+    """Send ``data`` to an echo server, half-close, expect exactly ``data`` back, then close
+    the stream and wait until it is closed."""
+    writer.write(data)
+    writer.write_eof()
+    assert await reader.read() == data
+    writer.close()
+    await writer.wait_closed()
+
+
 async def read_all(reader: asyncio.StreamReader, chunk: int = 1 << 20) -> bytes:
     """Everything up to EOF, read in chunks (the way a client reading a large reply would)."""
     out = bytearray()

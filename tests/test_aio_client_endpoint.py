@@ -14,6 +14,7 @@ from tests.aio_helpers import (
     Handlers,
     Runner,
     echo,
+    echo_round_trip,
     make_run_fixture,
     seeded_bytes,
     server_port,
@@ -35,24 +36,15 @@ def test_many_connections_share_one_socket(run: Runner) -> None:
                 reader, writer = await client.open_connection(HOST, server_port(server))
                 assert writer.get_extra_info("sockname") == local
                 payload = seeded_bytes(i, 50_000 + i)
-                writer.write(payload)
-                writer.write_eof()
-                got = await reader.read()
-                writer.close()
-                await writer.wait_closed()
-                assert got == payload
-                return got
+                await echo_round_trip(reader, writer, payload)
+                return payload
 
             results = await asyncio.gather(*(one(i) for i in range(20)))
             assert len(results) == 20
             assert client.endpoint.connection_count <= 20
             # Every connection has ended and the socket is still open for more.
             reader, writer = await client.open_connection(HOST, server_port(server))
-            writer.write(b"again")
-            writer.write_eof()
-            assert await reader.read() == b"again"
-            writer.close()
-            await writer.wait_closed()
+            await echo_round_trip(reader, writer, b"again")
             assert client.sockets
         assert not client.sockets
         server.close()
@@ -71,11 +63,7 @@ def test_failed_connect_leaves_others_running(run: Runner) -> None:
             # Nobody answers at port 9 of 127.0.0.2 (the discard port, unbound here).
             with pytest.raises((TimeoutError, ConnectionError)):
                 await client.open_connection("127.0.0.2", 9)
-            writer.write(b"still here")
-            writer.write_eof()
-            assert await reader.read() == b"still here"
-            writer.close()
-            await writer.wait_closed()
+            await echo_round_trip(reader, writer, b"still here")
         server.close()
         await server.wait_closed()
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import pytest
 
 import utcp
-from tests.aio_helpers import HOST, Handlers, Runner, echo, make_run_fixture, server_port
+from tests.aio_helpers import (
+    HOST,
+    Handlers,
+    Runner,
+    echo,
+    echo_round_trip,
+    make_run_fixture,
+    server_port,
+)
 from utcp import Config
 from utcp.traceview import Closed, Datagram, ladder_lines, load_trace
 
@@ -29,11 +37,7 @@ def test_both_ends_trace_an_echo(
         handlers = Handlers(echo)
         server = await utcp.start_server(handlers, HOST, 0, config=cfg)
         reader, writer = await utcp.open_connection(HOST, server_port(server), config=cfg)
-        writer.write(b"traced")
-        writer.write_eof()
-        assert await reader.read() == b"traced"
-        writer.close()
-        await writer.wait_closed()
+        await echo_round_trip(reader, writer, b"traced")
         await handlers.wait_finished(1)
         server.close()
         await server.wait_closed()
@@ -67,11 +71,7 @@ def test_no_trace_files_when_tracing_is_off(
     async def main() -> None:
         server = await utcp.start_server(Handlers(echo), HOST, 0)
         reader, writer = await utcp.open_connection(HOST, server_port(server))
-        writer.write(b"x")
-        writer.write_eof()
-        assert await reader.read() == b"x"
-        writer.close()
-        await writer.wait_closed()
+        await echo_round_trip(reader, writer, b"x")
         server.close()
         await server.wait_closed()
 
