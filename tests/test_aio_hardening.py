@@ -117,7 +117,7 @@ def test_a_client_connects_through_syn_cookies(run: Runner) -> None:
         stats = server.endpoint.stats
         assert stats.syn_cookies_sent == 1 and stats.syn_cookies_accepted == 1
         conn = writer.get_extra_info("connection")
-        assert conn.stats.retransmissions == 0 or conn.stats.bytes_sent == len(payload)
+        assert conn.stats.bytes_sent == len(payload)  # the cookie connection carried it all
         writer.close()
         await writer.wait_closed()
         await handlers.wait_finished(1)
