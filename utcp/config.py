@@ -12,6 +12,9 @@ from dataclasses import dataclass
 from .packet import HEADER_SIZE, MAX_WINDOW_FIELD, MAX_WSCALE
 
 DEFAULT_DATAGRAM_BYTES = 1452  # UDP payload that fits a 1500-byte path (IPv6 40 + UDP 8)
+BASE_DATAGRAM_BYTES = 1200  # UDP payload every path is assumed to carry (RFC 8899 section 5.1.2)
+MAX_UDP_PAYLOAD_BYTES = 65507  # 65535 - IPv4 header 20 - UDP header 8
+IO_PATHS = ("auto", "fast", "portable")
 
 
 def _usable_path(value: object) -> bool:
@@ -24,7 +27,25 @@ class Config:
     """Connection tunables. Every field has a default that suits a general-purpose stream."""
 
     mss_bytes: int = DEFAULT_DATAGRAM_BYTES - HEADER_SIZE
-    """Largest payload we accept per segment; announced in our SYN (the peer's limits ours)."""
+    """Largest payload per segment with path MTU discovery off; announced in our SYN (the
+    peer's limits ours).  With ``pmtud`` on, the discovered size governs instead."""
+
+    pmtud: bool = True
+    """Path MTU discovery (RFC 8899, datagram PLPMTUD): start at ``base_datagram_bytes``,
+    probe larger sizes with padded probes, fall back when a size stops getting through."""
+
+    base_datagram_bytes: int = BASE_DATAGRAM_BYTES
+    """UDP payload size PMTU discovery starts from and falls back to (RFC 8899 BASE_PLPMTU)."""
+
+    max_datagram_bytes: int = MAX_UDP_PAYLOAD_BYTES
+    """Largest UDP payload PMTU discovery may reach and the size announced as our MSS (plus
+    the header) when it is on; pin it to a path's known size to skip probing above it."""
+
+    io_path: str = "auto"
+    """Datagram I/O of the asyncio layer: ``"fast"`` (Linux: the endpoint's own socket,
+    drained per wake-up, UDP GRO and GSO), ``"portable"`` (asyncio's datagram transport, any
+    OS and loop), or ``"auto"``: the ``UTCP_IO`` environment variable if set, else fast where
+    the kernel supports it."""
 
     recv_buffer_bytes: int = 1 << 20
     """Receive buffer: bytes held for the application plus out-of-order data; the window."""
@@ -136,6 +157,15 @@ class Config:
         checks = [
             (64 <= self.mss_bytes <= 65535 - HEADER_SIZE, "mss_bytes must be 64..65511"),
             (self.recv_buffer_bytes >= 2 * self.mss_bytes, "recv_buffer_bytes < 2 * mss_bytes"),
+            (
+                HEADER_SIZE + 64 <= self.base_datagram_bytes <= self.max_datagram_bytes,
+                "need 88 <= base_datagram_bytes <= max_datagram_bytes",
+            ),
+            (
+                self.max_datagram_bytes <= MAX_UDP_PAYLOAD_BYTES,
+                "max_datagram_bytes must be <= 65507",
+            ),
+            (self.io_path in IO_PATHS, "io_path must be 'auto', 'fast' or 'portable'"),
             (
                 self.recv_buffer_bytes <= MAX_WINDOW_FIELD << MAX_WSCALE,
                 "recv_buffer_bytes is larger than the largest window",
