@@ -21,8 +21,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy --strict utcp
 
+# The whole suite on the fast datagram I/O path, then every real-socket test again on the
+# portable one (asyncio's DatagramProtocol); UTCP_IO picks the path (utcp/asyncio/dgram.py).
 pytest: $(STAMP)
-	$(PY) -m pytest -q
+	UTCP_IO=fast $(PY) -m pytest -q
+	UTCP_IO=portable $(PY) -m pytest -q -m sockets
 
 test: lint typecheck pytest
 

@@ -34,6 +34,15 @@ KCP_FAST = {
     "send_window_size": 512,
     "receive_window_size": 512,
 }
+# The utcp Config fields each utcp variant (_peers.UTCP_VARIANTS) sets; everything else keeps
+# its default, socket buffers included (what a user gets without tuning).  The I/O path is
+# named explicitly, so the UTCP_IO environment variable changes only the "default" variant.
+UTCP_CONFIGS: dict[str, dict[str, Any]] = {
+    "portable": {"io_path": "portable", "pmtud": False},  # 1452-byte datagrams
+    "fast": {"io_path": "fast", "pmtud": False},  # 1452-byte datagrams
+    "pmtud": {"io_path": "fast", "pmtud": True},  # probes up to max_datagram_bytes (65507)
+    "default": {},  # Config(): io_path "auto", PMTU discovery on
+}
 
 
 def grow_buffers(sock: socket.socket | None) -> None:
@@ -47,7 +56,12 @@ def grow_buffers(sock: socket.socket | None) -> None:
 
 class Adapter:
     """``serve`` starts a listener and returns its port; ``connect`` yields a stream pair;
-    ``finish`` is how a server handler lets go of a connection it is done with."""
+    ``finish`` is how a server handler lets go of a connection it is done with;
+    ``settings`` is what this peer sets away from its library's defaults (every result
+    records it)."""
+
+    def settings(self) -> dict[str, Any]:
+        return {}
 
     async def serve(self, handler: Handler, host: str) -> int:
         raise NotImplementedError
@@ -60,17 +74,28 @@ class Adapter:
 
 
 class UtcpAdapter(Adapter):
+    """utcp's streams with the ``Config`` of one variant, on the server and the client."""
+
+    def __init__(self, variant: str) -> None:
+        import utcp
+
+        self.changes = dict(UTCP_CONFIGS[variant])
+        self.config = utcp.Config(**self.changes).validate()
+
+    def settings(self) -> dict[str, Any]:
+        return dict(self.changes)
+
     async def serve(self, handler: Handler, host: str) -> int:
         import utcp
 
-        self.server = await utcp.start_server(handler, host, 0, backlog=BACKLOG)
+        self.server = await utcp.start_server(handler, host, 0, backlog=BACKLOG, config=self.config)
         return int(self.server.sockets[0].getsockname()[1])
 
     @contextlib.asynccontextmanager
     async def connect(self, host: str, port: int) -> AsyncIterator[Streams]:
         import utcp
 
-        reader, writer = await utcp.open_connection(host, port)
+        reader, writer = await utcp.open_connection(host, port, config=self.config)
         try:
             yield reader, writer
         finally:
@@ -149,6 +174,9 @@ class AiokcpAdapter(Adapter):
     def __init__(self, variant: str) -> None:
         self.kcp_kwargs: dict[str, Any] = dict(KCP_FAST) if variant == "fast" else {}
 
+    def settings(self) -> dict[str, Any]:
+        return dict(self.kcp_kwargs)
+
     async def serve(self, handler: Handler, host: str) -> int:
         import aiokcp
 
@@ -196,7 +224,7 @@ def adapter_for(kind: str, variant: str) -> Adapter:
     for module in _MODULES.get(kind, ()):
         importlib.import_module(module)
     if kind == "utcp":
-        return UtcpAdapter()
+        return UtcpAdapter(variant)
     if kind == "tcp":
         return TcpAdapter()
     if kind == "aioquic":

@@ -1,7 +1,9 @@
 """The peers the benchmark compares, the loop each runs on and the scenarios each applies to.
 
 This module imports nothing heavy: the harness asks it which peers exist and whether their
-packages are installed (``importlib.util.find_spec``) without loading any of them.
+packages are installed (``importlib.util.find_spec``) without loading any of them.  A peer's
+``variant`` names its settings; ``_adapters.py`` turns it into a utcp ``Config`` (or aiokcp's
+keyword arguments), in the server and in the client process alike.
 """
 
 from __future__ import annotations
@@ -35,13 +37,35 @@ class PeerSpec:
         return scenario in self.scenarios
 
 
+# utcp's variants (the Config each one means is in _adapters.UTCP_CONFIGS):
+UTCP_VARIANTS = {
+    "portable": "portable I/O path (asyncio DatagramProtocol), PMTU discovery off: 1452 B",
+    "fast": "fast I/O path (own socket, GRO/GSO), PMTU discovery off: 1452 B",
+    "pmtud": "fast I/O path, PMTU discovery on (up to 65507 B datagrams)",
+    "default": "Config() as shipped: io_path auto (UTCP_IO), PMTU discovery on",
+}
+
+
+def _utcp(name: str, loop: str, variant: str) -> PeerSpec:
+    needs = ("utcp", "uvloop") if loop == "uvloop" else ("utcp",)
+    return PeerSpec(
+        name, "utcp", loop, needs, STREAM_SCENARIOS, UTCP_VARIANTS[variant], variant=variant
+    )
+
+
 PEERS: tuple[PeerSpec, ...] = (
-    PeerSpec("utcp", "utcp", "asyncio", ("utcp",), STREAM_SCENARIOS, "utcp streams"),
-    PeerSpec("utcp-uvloop", "utcp", "uvloop", ("utcp", "uvloop"), STREAM_SCENARIOS, "utcp streams"),
+    _utcp("utcp-portable", "asyncio", "portable"),
+    _utcp("utcp-portable-uvloop", "uvloop", "portable"),
+    _utcp("utcp-fast", "asyncio", "fast"),
+    _utcp("utcp-fast-uvloop", "uvloop", "fast"),
+    _utcp("utcp-pmtud", "asyncio", "pmtud"),
+    _utcp("utcp-pmtud-uvloop", "uvloop", "pmtud"),
+    _utcp("utcp", "asyncio", "default"),
+    _utcp("utcp-uvloop", "uvloop", "default"),
     PeerSpec("tcp", "tcp", "asyncio", (), TCP_SCENARIOS, "kernel TCP, asyncio streams"),
     PeerSpec("tcp-uvloop", "tcp", "uvloop", ("uvloop",), TCP_SCENARIOS, "kernel TCP, streams"),
     PeerSpec(
-        "udp", "udp", "asyncio", (), UDP_SCENARIOS, "raw UDP blast, 1200-byte datagrams, no ARQ"
+        "udp", "udp", "asyncio", (), UDP_SCENARIOS, "raw UDP blast, 1452-byte datagrams, no ARQ"
     ),
     PeerSpec(
         "udp-uvloop",
@@ -49,7 +73,7 @@ PEERS: tuple[PeerSpec, ...] = (
         "uvloop",
         ("uvloop",),
         UDP_SCENARIOS,
-        "raw UDP blast, 1200-byte datagrams, no ARQ",
+        "raw UDP blast, 1452-byte datagrams, no ARQ",
     ),
     PeerSpec(
         "aioquic",
@@ -73,11 +97,28 @@ PEERS: tuple[PeerSpec, ...] = (
 
 BY_NAME = {p.name: p for p in PEERS}
 
+# What `--peers` means when not given: every target's peers and baselines, within about ten
+# minutes on two cores.  Left out (``--peers all`` adds them): plain utcp/utcp-uvloop, which on
+# Linux run what utcp-pmtud does (and honour UTCP_IO), and aiokcp with its defaults, which
+# crawls at about 0.2 MB/s into the transfer cap (a third of the old default run's time).
+DEFAULT_PEERS: tuple[str, ...] = tuple(
+    p.name for p in PEERS if p.name not in ("utcp", "utcp-uvloop", "aiokcp")
+)
+
 
 def baseline(spec: PeerSpec, kind: str) -> PeerSpec | None:
-    """The peer of ``kind`` on the same loop as ``spec`` (else on the default loop)."""
+    """The default-variant peer of ``kind`` on the same loop as ``spec`` (else the default
+    loop)."""
     for loop in (spec.loop, "asyncio"):
         for p in PEERS:
             if p.kind == kind and p.loop == loop and p.variant == "default":
                 return p
+    return None
+
+
+def same_variant(spec: PeerSpec, loop: str) -> PeerSpec | None:
+    """The peer with ``spec``'s kind and variant on ``loop``."""
+    for p in PEERS:
+        if p.kind == spec.kind and p.variant == spec.variant and p.loop == loop:
+            return p
     return None

@@ -20,7 +20,10 @@ READ_BYTES = 64 * 1024
 RR_BYTES = 64
 CONNECT_BYTES = 64
 MANY_WRITE_BYTES = 16 * 1024
-UDP_DATAGRAM_BYTES = 1200
+# The raw-UDP floor sends datagrams of the size utcp's bulk sends with PMTU discovery off
+# (utcp.config.DEFAULT_DATAGRAM_BYTES: 1428 bytes of data + the 24-byte header), so the
+# per-datagram costs compared are those of equal datagrams.
+UDP_DATAGRAM_BYTES = 1452
 UDP_RR_TIMEOUT_S = 0.5  # a request unanswered this long counts as lost
 _ZEROS = bytes(WRITE_BYTES)
 
@@ -148,7 +151,23 @@ async def _bulk_client(
             sent += n
             await writer.drain()
         await ack
-    return {"sent": sent, "seconds": time.perf_counter() - start}
+        sender = _sender_stats(writer)
+    return {"sent": sent, "seconds": time.perf_counter() - start, **sender}
+
+
+def _sender_stats(writer: asyncio.StreamWriter) -> dict[str, Any]:
+    """utcp's own counters for the sending side (other peers have none): how many segments
+    carried the data, which shows the datagram size PMTU discovery reached."""
+    stats = writer.get_extra_info("stats")
+    segments = getattr(stats, "segments_sent", None)
+    if not segments:
+        return {}
+    return {
+        "segments_sent": segments,
+        "bytes_per_segment": (stats.bytes_sent + stats.bytes_retransmitted) / segments,
+        "mss_bytes": stats.mss_bytes,
+        "retransmissions": stats.retransmissions,
+    }
 
 
 async def _rr_client(
@@ -349,7 +368,7 @@ async def udp_client(scenario: str, host: str, port: int, params: dict[str, Any]
 async def _udp_blast(
     transport: asyncio.DatagramTransport, proto: _UdpClient, want: int
 ) -> dict[str, Any]:
-    """Send ``want`` bytes as 1200-byte datagrams as fast as the loop goes; no reliability.
+    """Send ``want`` bytes as 1452-byte datagrams as fast as the loop goes; no reliability.
 
     It yields to the loop every 64 datagrams and stops while asyncio's buffer is over its high
     mark; whatever the receiver cannot keep up with is dropped by its kernel queue.
@@ -365,7 +384,12 @@ async def _udp_blast(
                 await proto.writable.wait()
     seconds = time.perf_counter() - start
     await asyncio.sleep(0.3)  # datagrams still queued reach the receiver before it is stopped
-    return {"sent": count * UDP_DATAGRAM_BYTES, "datagrams": count, "seconds": seconds}
+    return {
+        "sent": count * UDP_DATAGRAM_BYTES,
+        "datagrams": count,
+        "datagram_bytes": UDP_DATAGRAM_BYTES,
+        "seconds": seconds,
+    }
 
 
 async def _udp_rr(

@@ -3,7 +3,8 @@
 The harness (bench.py) starts a server and reads its ``READY <port>`` line, starts the client
 against that port (or a relay's), and closes the server's stdin once the client is done.  Each
 process prints one ``RESULT <json>`` line, including the CPU seconds it spent (user + system,
-``time.process_time``) from the start of its work to the end.
+``time.process_time``) from the start of its work to the end and the settings its peer's
+variant applied (for utcp, the ``Config`` fields it set: both sides build the same ``Config``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ async def server_main(spec: PeerSpec, scenario: str, params: dict[str, Any]) -> 
 
     mem0 = memory_kib()
     state: dict[str, Any] = {}
+    settings: dict[str, Any] = {}
     if spec.kind == "udp":
         sink, port = await udp_serve(scenario, HOST)
     else:
@@ -75,6 +77,7 @@ async def server_main(spec: PeerSpec, scenario: str, params: dict[str, Any]) -> 
 
         adapter = adapter_for(spec.kind, spec.variant)
         port = await adapter.serve(server_handler(scenario, params, state, adapter), HOST)
+        settings = adapter.settings()
     cpu0 = cpu_seconds()
     print(f"READY {port}", flush=True)
     await stdin_closed()
@@ -83,6 +86,7 @@ async def server_main(spec: PeerSpec, scenario: str, params: dict[str, Any]) -> 
         state = sink.result()
     mem = memory_kib()
     state.update(
+        settings=settings,
         cpu_s=cpu,
         rss_start_kib=mem0.get("VmRSS"),
         rss_peak_kib=mem.get("VmHWM"),
@@ -95,6 +99,7 @@ async def client_main(
 ) -> dict[str, Any]:
     from _scenarios import client, udp_client
 
+    settings: dict[str, Any] = {}
     if spec.kind == "udp":
         cpu0 = cpu_seconds()
         result = await udp_client(scenario, HOST, port, params)
@@ -102,9 +107,11 @@ async def client_main(
         from _adapters import adapter_for
 
         adapter = adapter_for(spec.kind, spec.variant)
+        settings = adapter.settings()
         cpu0 = cpu_seconds()
         result = await client(scenario, adapter, HOST, port, params)
     result["cpu_s"] = cpu_seconds() - cpu0
+    result["settings"] = settings
     return result
 
 

@@ -24,7 +24,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _peers import BY_NAME, PEERS, SCENARIOS, PeerSpec  # noqa: E402
+from _peers import BY_NAME, DEFAULT_PEERS, PEERS, SCENARIOS, PeerSpec  # noqa: E402
 from _report import machine_info, summarize, versions, write_outputs  # noqa: E402
 
 WORKER = HERE / "_worker.py"
@@ -194,7 +194,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         epilog=f"peers: {', '.join(x.name for x in PEERS)}; scenarios: {', '.join(SCENARIOS)}",
     )
     p.add_argument("--scenarios", default="all", help="comma-separated, or 'all'")
-    p.add_argument("--peers", default="all", help="comma-separated, or 'all'")
+    p.add_argument(
+        "--peers",
+        default="default",
+        help="comma-separated names; 'default' (every peer the targets need: all but utcp, "
+        "utcp-uvloop and aiokcp) and 'all' may be among them (default: 'default')",
+    )
     p.add_argument("--rounds", type=int, help=f"rounds per scenario (default {DEFAULTS['rounds']})")
     p.add_argument("--bulk-mib", type=float, help=f"bulk size (default {DEFAULTS['bulk_mib']:g})")
     p.add_argument("--rr-seconds", type=float, help=f"rr length (default {DEFAULTS['rr_seconds']})")
@@ -232,7 +237,8 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     if not explicit_connect:
         settings["connect_seconds"] = settings["rr_seconds"]
     scenarios = SCENARIOS if args.scenarios == "all" else tuple(args.scenarios.split(","))
-    names = [x.name for x in PEERS] if args.peers == "all" else args.peers.split(",")
+    groups = {"all": [x.name for x in PEERS], "default": list(DEFAULT_PEERS)}
+    names = list(dict.fromkeys(n for g in args.peers.split(",") for n in groups.get(g, [g])))
     for s in scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}; choose from {', '.join(SCENARIOS)}")
@@ -293,7 +299,7 @@ async def main_async(settings: dict[str, Any]) -> dict[str, Any]:
                 record["metrics"] = metrics
                 runs.append(record)
                 print(
-                    f"{scenario:8} round {rnd}/{settings['rounds']} {spec.name:12} "
+                    f"{scenario:8} round {rnd}/{settings['rounds']} {spec.name:20} "
                     f"{record['run_s']:6.1f} s  {_progress(record, metrics)}",
                     flush=True,
                 )

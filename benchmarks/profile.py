@@ -25,6 +25,7 @@ epoll_wait, ...): epoll waits are loop iterations.  ``--perf-record`` samples ea
     .venv/bin/python benchmarks/profile.py rr --loop asyncio --mode cprofile --seconds 2
     .venv/bin/python benchmarks/profile.py lossy --mib 4 --seed 1001
     .venv/bin/python benchmarks/profile.py rr --peer udp --perf-stat   # the raw-UDP baseline
+    .venv/bin/python benchmarks/profile.py bulk --variant portable     # as bench's utcp-portable
 
 Every side prints one ``RESULT`` JSON line; the parent prints a summary and, with ``--json``,
 the whole record.
@@ -359,7 +360,7 @@ async def server_role(args: argparse.Namespace, meter: Meter) -> dict[str, Any]:
     if args.peer == "udp":
         sink, port = await udp_serve(args.scenario, HOST)
     else:
-        adapter = adapter_for(args.peer, "default")
+        adapter = adapter_for(args.peer, args.variant)
         port = await adapter.serve(server_handler(args.scenario, params, state, adapter), HOST)
     meter.start()
     print(f"READY {port}", flush=True)
@@ -377,14 +378,15 @@ async def client_role(args: argparse.Namespace, meter: Meter) -> dict[str, Any]:
 
     params = json.loads(args.params)
     scenario = "bulk" if args.scenario == "lossy" else args.scenario
+    adapter = None if args.peer == "udp" else adapter_for(args.peer, args.variant)
     if args.wait_go:  # the parent attaches perf record first
         print(f"ARMED {os.getpid()}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     meter.start()
-    if args.peer == "udp":
+    if adapter is None:
         result = await udp_client(scenario, HOST, args.port, params)
     else:
-        result = await client(scenario, adapter_for(args.peer, "default"), HOST, args.port, params)
+        result = await client(scenario, adapter, HOST, args.port, params)
     found = meter.stop()
     found["scenario"] = result
     return found
@@ -484,7 +486,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         params = {"bytes": int(args.mib * MIB), "cap_s": 60.0}
     base = [sys.executable, str(Path(__file__).resolve()), args.scenario, "--role"]
     common = [
-        *("--peer", args.peer, "--loop", args.loop, "--mode", args.mode),
+        *("--peer", args.peer, "--variant", args.variant, "--loop", args.loop),
+        *("--mode", args.mode),
         *("--params", json.dumps(params), "--out", str(out)),
     ]
     cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
@@ -553,7 +556,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def summary(record: dict[str, Any]) -> str:
     args = record["settings"]
-    lines = [f"{args['scenario']} {args['peer']} on {args['loop']}, mode {args['mode']}"]
+    peer = args["peer"]
+    if peer == "utcp" and args.get("variant", "default") != "default":
+        peer += f" ({args['variant']})"
+    lines = [f"{args['scenario']} {peer} on {args['loop']}, mode {args['mode']}"]
     cli, srv = record["client"], record["server"]
     scen = srv["scenario"]
     if args["scenario"] == "rr":
@@ -663,6 +669,13 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("scenario", choices=("bulk", "rr", "lossy"))
     p.add_argument("--peer", default="utcp", choices=("utcp", "udp", "tcp"))
+    p.add_argument(
+        "--variant",
+        default="default",
+        choices=("default", "portable", "fast", "pmtud"),
+        help="utcp's Config, as bench.py's utcp peers: default (Config()), portable or fast "
+        "(that I/O path, PMTU discovery off) or pmtud (fast path, PMTU discovery on)",
+    )
     p.add_argument("--loop", default="asyncio", choices=("asyncio", "uvloop"))
     p.add_argument(
         "--mode", default="plain", choices=("plain", "layers", "cprofile", "pyinstrument")

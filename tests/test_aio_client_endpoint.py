@@ -21,6 +21,8 @@ from tests.aio_helpers import (
 )
 from utcp import Config
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 run = make_run_fixture()
 QUICK = Config(msl_s=0.1)  # short TIME_WAIT: closing waits it out
 

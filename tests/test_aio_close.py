@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import utcp
 from tests.aio_helpers import HOST, Runner, make_run_fixture, server_port, wait_until
 from utcp import Config, ConnectionState, Flag, decode
+
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
 
 S = ConnectionState
 run = make_run_fixture()

@@ -29,6 +29,8 @@ from tests.aio_helpers import (
 )
 from utcp import Config, Connection, Flag, Packet, decode, encode
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 run = make_run_fixture()
 QUICK = Config(msl_s=0.1, rto_initial_s=0.05)
 SYN_FLOOD = Path(__file__).resolve().parent / "_syn_flood.py"

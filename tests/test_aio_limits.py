@@ -12,6 +12,8 @@ import utcp
 from tests.aio_helpers import HOST, Runner, make_run_fixture, server_port, wait_until
 from utcp import Flag, Packet, decode, encode
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 run = make_run_fixture()
 
 

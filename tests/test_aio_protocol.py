@@ -23,6 +23,8 @@ from tests.aio_helpers import (
 )
 from utcp import Config, ConnectionState
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 S = ConnectionState
 KIB = 1 << 10
 MIB = 1 << 20

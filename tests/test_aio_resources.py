@@ -28,6 +28,8 @@ from tests.aio_helpers import (
 from utcp import Config, Flag, Packet, encode
 from utcp.packet import HEADER_SIZE
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 run = make_run_fixture()
 
 CYCLES = 1000  # about 1.5 s per loop on a 2-core machine

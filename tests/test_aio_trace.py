@@ -24,6 +24,8 @@ from tests.aio_helpers import (
 from utcp import Config
 from utcp.traceview import Closed, Datagram, ladder_lines, load_trace
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 run = make_run_fixture()
 
 

@@ -1,9 +1,12 @@
 """The benchmark harness (benchmarks/bench.py) runs every scenario once at a tiny size.
 
-It runs as ``make bench`` does, as separate processes on loopback, restricted to the peers
-installed here: utcp, kernel TCP and raw UDP always (on uvloop too when it is installed);
-aioquic and aiokcp only where the ``bench`` extras are.  Timing is never asserted: only that
-every scenario x peer produced a sane result and the outputs were written.
+It runs as ``make bench`` does, as separate processes on loopback, with the default peer set
+(plus plain ``utcp``, the shipped ``Config``): utcp on both I/O paths and with PMTU discovery,
+kernel TCP and raw UDP always (on uvloop too when it is installed); aioquic and aiokcp-fast only
+where the ``bench`` extras are, skipped with a note otherwise.  Timing is never asserted: only
+that every scenario x peer produced a sane result, that each utcp peer ran with its own
+``Config`` on both sides, that every target found its baseline, and that the outputs were
+written.
 """
 
 from __future__ import annotations
@@ -13,6 +16,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+from utcp.config import DEFAULT_DATAGRAM_BYTES
+from utcp.packet import HEADER_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks" / "bench.py"
@@ -24,26 +30,38 @@ APPLIES = {
     "aioquic": SCENARIOS,
     "aiokcp": SCENARIOS,
 }
+# Peer -> (kind, modules it needs, utcp Config fields it sets).
+PEERS: dict[str, tuple[str, tuple[str, ...], dict[str, object] | None]] = {
+    "utcp-portable": ("utcp", (), {"io_path": "portable", "pmtud": False}),
+    "utcp-portable-uvloop": ("utcp", ("uvloop",), {"io_path": "portable", "pmtud": False}),
+    "utcp-fast": ("utcp", (), {"io_path": "fast", "pmtud": False}),
+    "utcp-fast-uvloop": ("utcp", ("uvloop",), {"io_path": "fast", "pmtud": False}),
+    "utcp-pmtud": ("utcp", (), {"io_path": "fast", "pmtud": True}),
+    "utcp-pmtud-uvloop": ("utcp", ("uvloop",), {"io_path": "fast", "pmtud": True}),
+    "utcp": ("utcp", (), {}),
+    "tcp": ("tcp", (), None),
+    "tcp-uvloop": ("tcp", ("uvloop",), None),
+    "udp": ("udp", (), None),
+    "udp-uvloop": ("udp", ("uvloop",), None),
+    "aioquic": ("aioquic", ("aioquic", "cryptography"), None),
+    "aiokcp-fast": ("aiokcp", ("aiokcp",), None),
+}
+HEADLINE_TARGETS = {  # (peer, scenario, ratio) the headline targets judge
+    ("utcp-fast", "bulk", "x_aioquic"),
+    ("utcp-fast", "bulk", "x_udp"),
+    ("utcp-fast-uvloop", "bulk", "x_udp"),
+    ("utcp-pmtud", "bulk", "x_tcp"),
+    ("utcp-pmtud-uvloop", "bulk", "x_tcp"),
+    ("utcp-fast", "rr", "p50_x_tcp"),
+    ("utcp-fast-uvloop", "rr", "p50_x_tcp"),
+}
 
 
 def _installed(*modules: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in modules)
 
 
-def _peers() -> dict[str, str]:
-    """Peer name -> kind, for the peers this environment can run."""
-    peers = {"utcp": "utcp", "tcp": "tcp", "udp": "udp"}
-    if _installed("uvloop"):
-        peers.update({"utcp-uvloop": "utcp", "tcp-uvloop": "tcp", "udp-uvloop": "udp"})
-    if _installed("aioquic", "cryptography"):
-        peers["aioquic"] = "aioquic"
-    if _installed("aiokcp"):
-        peers.update({"aiokcp": "aiokcp", "aiokcp-fast": "aiokcp"})
-    return peers
-
-
-def test_every_scenario_runs_once_for_every_installed_peer(tmp_path: Path) -> None:
-    peers = _peers()
+def test_every_scenario_runs_once_for_every_default_peer(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -56,7 +74,7 @@ def test_every_scenario_runs_once_for_every_installed_peer(tmp_path: Path) -> No
             "--rr-seconds",
             "0.5",
             "--peers",
-            ",".join(peers),
+            "default,utcp",
             "--out",
             str(tmp_path),
         ],
@@ -75,10 +93,15 @@ def test_every_scenario_runs_once_for_every_installed_peer(tmp_path: Path) -> No
     assert report["machine"]["nproc"] >= 1
     assert report["versions"]["python"]
     assert set(report["summary"]) == set(SCENARIOS)
+    assert set(report["settings"]["peers"]) == set(PEERS)
+    ran = {name for name, (_, needs, _) in PEERS.items() if _installed(*needs)}
     for scenario in SCENARIOS:
-        for name, kind in peers.items():
+        for name, (kind, _, config) in PEERS.items():
             row = report["summary"][scenario][name]
             where = f"{scenario}/{name}: {row}"
+            if name not in ran:
+                assert row["status"] == "skipped", where
+                continue
             if scenario not in APPLIES[kind]:
                 assert row["status"] == "n/a", where
                 continue
@@ -88,15 +111,37 @@ def test_every_scenario_runs_once_for_every_installed_peer(tmp_path: Path) -> No
             assert m["bytes"] > 0, where
             assert m["seconds"] > 0, where
             assert m["client_cpu_s"] >= 0 and m["server_cpu_s"] >= 0, where
+            if config is not None:  # both processes built this peer's own Config
+                assert run["client"]["settings"] == config, where
+                assert run["server"]["settings"] == config, where
             if scenario in ("bulk", "lossy", "many"):
                 assert m["goodput_mbps"] > 0, where
+            if scenario == "bulk" and kind == "utcp":
+                assert m["bytes_per_segment"] > 0, where
+                if config and config.get("pmtud") is False:  # 1452-byte datagrams at most
+                    assert m["bytes_per_segment"] <= DEFAULT_DATAGRAM_BYTES - HEADER_SIZE, where
+            if scenario == "bulk" and kind == "udp":  # the floor sends utcp's datagram size
+                assert run["client"]["datagram_bytes"] == DEFAULT_DATAGRAM_BYTES, where
             if scenario == "rr":
                 assert m["count"] > 0 and 0 < m["p50_us"] <= m["p99_us"], where
             if scenario == "connect":
                 assert m["count"] > 0 and m["setup_p50_ms"] > 0, where
             if scenario == "many":
                 assert m["rss_peak_mib"] > 0, where
-    # The table names every peer in every scenario, with the date, machine and versions.
+
+    # Every target whose peer and baseline ran is judged (a skipped one has no data), and the
+    # headline ones are all there.
+    for target in report["targets"]:
+        judgeable = target["peer"] in ran and target["baseline"] in ran
+        assert (target["met"] is not None) == judgeable, target
+    judged = {(t["peer"], t["scenario"], t["key"]) for t in report["targets"]}
+    for peer, scenario, key in HEADLINE_TARGETS:
+        baseline = "aioquic" if key == "x_aioquic" else None
+        if peer in ran and (baseline is None or baseline in ran):
+            assert (peer, scenario, key) in judged, (peer, scenario, key)
+
+    # The table names every peer in every scenario, with the date, machine, versions, targets.
     assert report["date"] in proc.stdout
-    for name in peers:
+    assert "targets (I/O paths and PMTU discovery):" in proc.stdout
+    for name in ran:
         assert name in proc.stdout

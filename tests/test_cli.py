@@ -21,6 +21,8 @@ from utcp.cli.units import (
     parse_size,
 )
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 SUBCOMMANDS = ["echo-server", "cat", "perf", "netem", "tunnel", "plot", "ladder"]
 
 

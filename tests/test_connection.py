@@ -992,3 +992,34 @@ def test_handshakes_complete_under_30_percent_loss_each_way() -> None:
     try often enough: 400 seeded handshakes through 30% loss both ways all complete."""
     failed = [seed for seed in range(400) if not _lossy_handshake_completes(seed)]
     assert failed == [], f"handshakes failed for seeds {failed}"
+
+
+def test_pause_reading_takes_back_data_not_yet_delivered_without_shrinking_the_window() -> None:
+    """A batch of segments queues several DataReceived events before the application sees the
+    first; pausing while taking it holds the rest back in the connection (not delivered after
+    the pause) and counts them in the window, whose right edge still does not move back."""
+    net = pair()
+    a, b = _establish(net)
+    mss = a.mss
+    recv_buffer = DEFAULTS.recv_buffer_bytes
+    payload = (bytes(range(256)) * (4 * mss // 256 + 1))[: 4 * mss]
+    advertised_edge = b.stats.bytes_received + b.stats.receive_window_bytes  # before the batch
+    a.send(payload)
+    for data in a.datagrams_to_send(now=net.now):
+        b.receive_datagram(data, now=net.now)  # one wake-up's batch, no events taken yet
+    first = b.next_event()
+    assert isinstance(first, DataReceived) and first.data == payload[:mss]
+    b.pause_reading()
+    assert b.next_event() is None  # the other three segments are held, not delivered
+    assert b.stats.receive_window_bytes == recv_buffer - 3 * mss
+    assert b.stats.bytes_received + b.stats.receive_window_bytes >= advertised_edge
+    a.send(payload[:mss])  # data arriving while paused is held too
+    for data in a.datagrams_to_send(now=net.now):
+        b.receive_datagram(data, now=net.now)
+    assert b.next_event() is None
+    assert b.stats.receive_window_bytes == recv_buffer - 4 * mss
+    b.resume_reading()
+    rest = b.next_event()
+    assert isinstance(rest, DataReceived) and rest.data == payload[mss:] + payload[:mss]
+    assert b.next_event() is None
+    assert b.stats.receive_window_bytes == recv_buffer

@@ -9,6 +9,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT_S = 60
 

@@ -29,6 +29,8 @@ from utcp.cli.netem_cmd import impairments, register
 from utcp.cli.netem_cmd import run as netem_run
 from utcp.netem import DirectionCounters, Impairment, Relay
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 HOST = "127.0.0.1"
 KIB = 1 << 10
 Address = Any

@@ -31,6 +31,8 @@ import pytest
 from tests.cli_helpers import UTCP, utcp_cli
 from utcp.tunnel import Tunnel, TunnelAddress, parse_address
 
+pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+
 HOST = "127.0.0.1"
 KIB = 1 << 10
 MIB = 1 << 20

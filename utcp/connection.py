@@ -303,8 +303,18 @@ class Connection:
         self._finish(CloseReason.ABORTED)
 
     def pause_reading(self) -> None:
-        """Stop delivering data; it is held here and the advertised window shrinks."""
+        """Stop delivering data; it is held here and the advertised window shrinks.
+
+        Data already queued as events but not yet taken goes back to the buffer too (a batch
+        of segments can queue a whole window at once), unless other events follow it."""
         self._reading_paused = True
+        events = self._events
+        if events and all(type(e) is DataReceived for e in events):
+            held = b"".join(e.data for e in events if isinstance(e, DataReceived))
+            events.clear()
+            # Counted in the window from now on: they arrived after the last ACK was built
+            # (events are taken before the answer to a batch), so its right edge stays put.
+            self._rcv_buf[:0] = held
 
     def resume_reading(self) -> None:
         """Deliver held data and reopen the window, telling the peer if it grew enough."""

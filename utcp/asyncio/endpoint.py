@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import socket
 import time
@@ -34,6 +35,7 @@ from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
 from ..state import SYNCHRONIZED, ConnectionState
 from ..trace import TRACE_ENV, tracer_for
+from .dgram import FastDatagramTransport, send_burst, set_dont_fragment
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 Observer = Callable[[str, bytes, Address], None]
@@ -72,6 +74,7 @@ class EndpointStats:
         "dropped",
         "resets_rate_limited",
         "resets_sent",
+        "send_errors",
         "syn_cookies_accepted",
         "syn_cookies_sent",
     )
@@ -88,6 +91,7 @@ class EndpointStats:
         self.syn_cookies_accepted = 0
         self.connections_refused = 0  # SYNs refused at max_connections
         self.amplification_limited = 0  # datagrams held back by the 3x limit
+        self.send_errors = 0  # datagrams the kernel refused as too big for the path (EMSGSIZE)
 
     def count_drop(self, reason: DropReason, addr: Address) -> None:
         """Count one discarded datagram and log why."""
@@ -115,7 +119,10 @@ class ConnectionHandle:
         "conn",
         "deadline",
         "established",
+        "final_ack_copies",
         "flush_scheduled",
+        "forgotten",
+        "in_batch",
         "last_sent",
         "reset_detail",
         "rx_bytes",
@@ -134,6 +141,9 @@ class ConnectionHandle:
         self.transport: Any = None  # UtcpTransport once established
         self.waiter: asyncio.Future[None] | None = None  # connect() waits on it
         self.flush_scheduled = False
+        self.in_batch = False  # already due a service() at the end of a received batch
+        self.final_ack_copies = 0  # extra copies of the last datagram due (a final ACK)
+        self.forgotten = False
         self.established = False
         self.last_sent: bytes | None = None
         self.reset_detail = ""  # text a refusing peer put in its RST
@@ -190,6 +200,8 @@ class Endpoint(asyncio.DatagramProtocol):
             for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, opt, _SOCKET_BUFFER_BYTES)
+            if self.config.pmtud:
+                set_dont_fragment(sock)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
@@ -215,9 +227,33 @@ class Endpoint(asyncio.DatagramProtocol):
                     self._fail_waiter(handle, ConnectionRefusedError("nobody listens there"))
                     self._dispatch_events(handle)
                     self._forget(handle)
+        if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
+            self.stats.send_errors += 1  # too big for the path: a lost probe, as on the wire
         _log.debug("socket_error", error=repr(exc))
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
+        handle = self._receive(data, addr)
+        if handle is not None:
+            self.service(handle)
+
+    def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
+        """A wake-up's worth of datagrams (the fast I/O path): every one goes to its
+        connection first, then each connection answers once, so a run of segments draws one
+        cumulative ACK and the data it lets out leaves as one burst."""
+        touched: list[ConnectionHandle] = []
+        for data, addr in batch:
+            handle = self._receive(data, addr)
+            if handle is not None and not handle.in_batch:
+                handle.in_batch = True
+                touched.append(handle)
+        for handle in touched:
+            handle.in_batch = False
+            if not handle.forgotten:
+                self.service(handle)
+
+    def _receive(self, data: bytes, addr: Address) -> ConnectionHandle | None:
+        """Decode one datagram and feed it to its connection; the handle to service after,
+        or None when the datagram was answered statelessly or dropped (and counted)."""
         stats = self.stats
         stats.datagrams_received += 1
         stats.bytes_received += len(data)
@@ -227,30 +263,35 @@ class Endpoint(asyncio.DatagramProtocol):
             packet = decode(data)
         except PacketError as exc:
             stats.count_drop(exc.reason, addr)
-            return
+            return None
         handle = self._handles.get(packet.dst_cid) if packet.dst_cid else None
+        if handle is not None and handle.conn.is_finished:
+            # It ended earlier in this batch: let it go first, as one-by-one delivery would
+            # have, so that this datagram meets the endpoint's rules for closed connections.
+            self.service(handle)
+            handle = None
         if handle is None:
             flags = packet.flags
             if packet.dst_cid == 0 and flags & _SYN and not flags & _ACK:
                 handle = self._handle_for_syn(packet, addr)
                 if handle is None:
-                    return  # answered (cookie, refusal) or dropped, and counted
+                    return None  # answered (cookie, refusal) or dropped, and counted
             elif self._cookies is not None and flags & _ACK and not flags & (_SYN | _RST):
                 handle = self._handle_for_cookie(packet, addr)
             if handle is None:
                 stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr)
                 if not self._recently_closed_ack(packet) and not self._cookie_mode(flags):
                     self._reset(packet, addr)
-                return
+                return None
         elif addr != handle.addr and handle.addr is not None:
             stats.count_drop(DropReason.WRONG_ADDRESS, addr)
-            return
+            return None
         if not handle.validated:
             handle.rx_bytes += len(data)
         elif packet.flags & _RST and packet.payload and handle.waiter is not None:
             handle.reset_detail = bytes(packet.payload[:200]).decode("utf-8", "replace")
         handle.conn.receive_packet(packet, now=self._loop.time())
-        self.service(handle)
+        return handle
 
     # ------------------------------------------------------------------ connections
 
@@ -434,6 +475,21 @@ class Endpoint(asyncio.DatagramProtocol):
         else:
             transport.sendto(data, addr)
 
+    def _send_burst(self, datagrams: list[bytes], addr: Address) -> None:
+        """Send what one connection has, as one burst (GSO runs on the fast path)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        stats = self.stats
+        stats.datagrams_sent += len(datagrams)
+        if self._observer is not None:
+            for data in datagrams:
+                stats.bytes_sent += len(data)
+                self._observer("send", data, addr)
+        else:
+            stats.bytes_sent += sum(map(len, datagrams))
+        send_burst(transport, datagrams, addr)
+
     # ------------------------------------------------------------------ driving the core
 
     def schedule_flush(self, handle: ConnectionHandle) -> None:
@@ -446,11 +502,10 @@ class Endpoint(asyncio.DatagramProtocol):
         """Send what the connection has at once, from inside a user call (a request leaves in
         this loop iteration, not the next); events wait for the scheduled flush, since they
         would re-enter the protocol that is calling us."""
-        conn = handle.conn
-        datagrams = conn.datagrams_to_send(now=self._loop.time())
-        for data in datagrams:
-            self._send(data, handle.addr)
-            handle.last_sent = data
+        datagrams = handle.conn.datagrams_to_send(now=self._loop.time())
+        if datagrams:
+            self._send_burst(datagrams, handle.addr)
+            handle.last_sent = datagrams[-1]
         self._rearm(handle)
         self.schedule_flush(handle)  # events, if any, are delivered from the loop
 
@@ -460,16 +515,24 @@ class Endpoint(asyncio.DatagramProtocol):
             self.service(handle)
 
     def service(self, handle: ConnectionHandle) -> None:
-        """After any input: send datagrams, deliver events, re-arm the timer."""
+        """After any input: deliver events, send datagrams, re-arm the timer.
+
+        Events go first so that what the application does about them (pause reading, write a
+        reply) shapes the datagrams: the ACK for a batch carries the window left after the
+        delivery, and a reply rides with it."""
         conn = handle.conn
-        now = self._loop.time()
-        datagrams = conn.datagrams_to_send(now=now)
+        self._dispatch_events(handle)
+        datagrams = conn.datagrams_to_send(now=self._loop.time())
         if not handle.validated:
             datagrams = self._within_amplification_limit(handle, datagrams)
-        for data in datagrams:
-            self._send(data, handle.addr)
-            handle.last_sent = data
-        self._dispatch_events(handle)
+        if datagrams:
+            self._send_burst(datagrams, handle.addr)
+            handle.last_sent = datagrams[-1]
+        if handle.final_ack_copies and handle.last_sent is not None:
+            for _ in range(handle.final_ack_copies):
+                self._send(handle.last_sent, handle.addr)
+            handle.final_ack_copies = 0
+        self._dispatch_events(handle)  # any the sending raised
         if conn.is_finished:
             self._forget(handle)
             return
@@ -578,9 +641,8 @@ class Endpoint(asyncio.DatagramProtocol):
             # Without TIME_WAIT nobody re-acknowledges a retransmitted FIN, so the final ACK
             # goes out twice more: a peer stuck in LAST_ACK would otherwise wait out its
             # retransmissions.
-            if handle.conn.state is ConnectionState.TIME_WAIT and handle.last_sent is not None:
-                for _ in range(_EXTRA_FINAL_ACKS):
-                    self._send(handle.last_sent, handle.addr)
+            if handle.conn.state is ConnectionState.TIME_WAIT:
+                handle.final_ack_copies = _EXTRA_FINAL_ACKS  # sent once the ACK is built
             self._loop.call_soon(self.close)
 
     def call_when_released(self, callback: Callable[..., object], *args: Any) -> None:
@@ -608,6 +670,9 @@ class Endpoint(asyncio.DatagramProtocol):
         return packet.flags == Flag.ACK and not packet.payload
 
     def _forget(self, handle: ConnectionHandle) -> None:
+        if handle.forgotten:
+            return  # a callback's abort() already ended it, inside the same service()
+        handle.forgotten = True
         if handle.conn.tracer is not None:
             handle.conn.tracer.close()
         drops = handle.conn.drops
@@ -650,6 +715,7 @@ class Endpoint(asyncio.DatagramProtocol):
                 dropped[key] = dropped.get(key, 0) + n
         out["dropped"] = dropped
         out["connections"] = len(self._handles)
+        out["io_path"] = self.io_path
         return out
 
     # ------------------------------------------------------------------ lifetime
@@ -658,6 +724,17 @@ class Endpoint(asyncio.DatagramProtocol):
     def transport(self) -> asyncio.DatagramTransport | None:
         """The UDP transport, None once closed."""
         return self._transport
+
+    @property
+    def io_path(self) -> str:
+        """The datagram I/O in use: ``"fast"`` (with ``+gso``/``+gro`` where the kernel
+        offloads) or ``"portable"``; empty once closed."""
+        transport = self._transport
+        if transport is None:
+            return ""
+        if isinstance(transport, FastDatagramTransport):
+            return "+".join(filter(None, ("fast", transport.offload)))
+        return "portable"
 
     @property
     def connection_count(self) -> int:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..config import Config
+from .dgram import create_endpoint
 from .endpoint import Endpoint, Observer
 
 _DEFAULT_LIMIT = 2**16  # asyncio.streams' default buffer limit
@@ -59,10 +60,10 @@ async def create_connection(
     ``TimeoutError`` when the handshake goes unanswered.
     """
     cfg = (config or Config()).validate()
-    loop = asyncio.get_running_loop()
     family, remote = await _resolve(host, port, passive=False)
-    _udp, endpoint = await loop.create_datagram_endpoint(
+    _udp, endpoint = await create_endpoint(
         lambda: Endpoint(config=cfg, observer=observer),
+        config=cfg,
         local_addr=local_addr,
         remote_addr=remote[:2],
         family=family,
@@ -179,11 +180,11 @@ async def create_client_endpoint(
     """A UDP socket for opening many utcp connections (bound to ``local_addr``, or to an
     ephemeral port on every interface of ``family``)."""
     cfg = (config or Config()).validate()
-    loop = asyncio.get_running_loop()
     if local_addr is None:
         local_addr = ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
-    udp, endpoint = await loop.create_datagram_endpoint(
+    udp, endpoint = await create_endpoint(
         lambda: Endpoint(config=cfg, observer=observer, persistent=True),
+        config=cfg,
         local_addr=local_addr,
         family=family,
     )
@@ -304,12 +305,12 @@ async def create_server(
     if backlog < 1:
         raise ValueError(f"backlog must be >= 1, not {backlog!r}")
     cfg = (config or Config()).validate()
-    loop = asyncio.get_running_loop()
     family, local = await _resolve(host, port, passive=True)
-    udp, endpoint = await loop.create_datagram_endpoint(
+    udp, endpoint = await create_endpoint(
         lambda: Endpoint(
             config=cfg, protocol_factory=protocol_factory, backlog=backlog, observer=observer
         ),
+        config=cfg,
         local_addr=local[:2] if family == socket.AF_INET else local,
         family=family,
         reuse_port=reuse_port,

@@ -1,0 +1,442 @@
+"""Datagram I/O under the endpoint: asyncio's portable transport, or a Linux fast path.
+
+Both hand the endpoint what a socket received and take bursts to send.  The fast path owns a
+non-blocking UDP socket watched with ``loop.add_reader``: each wake-up drains the socket (up to
+a bound, so one busy peer cannot starve the loop), with UDP GRO several datagrams arrive per
+system call, and a burst of equal-size datagrams to one peer leaves in one ``sendmsg`` with UDP
+GSO.  What the kernel cannot take yet waits in a bounded queue flushed with ``add_writer``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import errno
+import os
+import socket
+import struct
+import sys
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..config import Config
+from ..log import get_logger
+
+Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
+
+__all__ = [
+    "IO_ENV",
+    "BatchProtocol",
+    "FastDatagramTransport",
+    "OffloadSupport",
+    "create_endpoint",
+    "offload_support",
+    "resolve_io_path",
+    "send_burst",
+    "set_dont_fragment",
+]
+
+_log = get_logger()
+
+IO_ENV = "UTCP_IO"  # "fast" or "portable": what io_path="auto" means in this process
+SOL_UDP = 17
+UDP_SEGMENT = 103  # linux/udp.h: send with GSO, the cmsg carries the segment size (u16)
+UDP_GRO = 104  # linux/udp.h: receive with GRO, the cmsg carries the segment size (int)
+_GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels (newer allow 128)
+_GSO_MAX_BYTES = 65000  # one GSO send is one UDP datagram to the stack: under 64 KiB
+_RECV_BUFFER_BYTES = 65536 + 4096  # a coalesced GRO read is at most one 64 KiB datagram
+_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+_READS_PER_WAKEUP = 32  # system calls per wake-up before other callbacks get their turn
+_QUEUE_MAX_DATAGRAMS = 4096  # held while the socket is full; beyond, dropped like a full queue
+_U16 = struct.Struct("=H")
+_INT = struct.Struct("=i")
+_SENT = object()
+_FULL = object()
+_RETRY = object()
+
+
+class BatchProtocol(Protocol):
+    """What the fast path delivers to: the endpoint's datagram callbacks."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def error_received(self, exc: Exception) -> None: ...
+    def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None: ...
+
+
+class OffloadSupport:
+    """What this kernel offers a UDP socket, probed once per process."""
+
+    __slots__ = ("gro", "gso")
+
+    def __init__(self, *, gso: bool, gro: bool) -> None:
+        self.gso = gso
+        self.gro = gro
+
+    def __repr__(self) -> str:
+        return f"OffloadSupport(gso={self.gso}, gro={self.gro})"
+
+
+_offload: OffloadSupport | None = None
+
+
+def offload_support() -> OffloadSupport:
+    """Whether UDP GSO and GRO work here (Linux 4.18 / 5.0 and later), probed on a throwaway
+    socket without sending anything."""
+    global _offload
+    if _offload is None:
+        gso = gro = False
+        if sys.platform.startswith("linux"):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                try:
+                    s.getsockopt(SOL_UDP, UDP_SEGMENT)
+                    gso = True
+                except OSError:
+                    pass
+                try:
+                    s.setsockopt(SOL_UDP, UDP_GRO, 1)
+                    gro = True
+                except OSError:
+                    pass
+        _offload = OffloadSupport(gso=gso, gro=gro)
+    return _offload
+
+
+# linux/in.h and linux/in6.h: set don't-fragment and ignore the kernel's path MTU cache, so a
+# datagram either passes whole or is lost (RFC 8899 section 3 wants exactly that from a PL).
+_IP_MTU_DISCOVER = 10
+_IPV6_MTU_DISCOVER = 23
+_PMTUDISC_PROBE = 3
+
+
+def set_dont_fragment(sock: socket.socket) -> bool:
+    """Ask for unfragmented datagrams (Linux); False where the option is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    ok = False
+    levels = [(socket.IPPROTO_IP, _IP_MTU_DISCOVER)]
+    if sock.family == socket.AF_INET6:
+        levels.append((socket.IPPROTO_IPV6, _IPV6_MTU_DISCOVER))
+    for level, option in levels:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(level, option, _PMTUDISC_PROBE)
+            ok = True
+    return ok
+
+
+def _fast_path_possible(loop: asyncio.AbstractEventLoop) -> bool:
+    """The fast path needs a selector-style loop (``add_reader`` on a socket) and
+    ``recvmsg``; Windows' proactor loop has neither."""
+    if not hasattr(socket.socket, "recvmsg") or sys.platform == "win32":
+        return False
+    try:
+        r, w = socket.socketpair()
+    except OSError:
+        return False
+    with r, w:
+        try:
+            loop.add_reader(r.fileno(), lambda: None)
+        except (NotImplementedError, RuntimeError):
+            return False
+        loop.remove_reader(r.fileno())
+    return True
+
+
+_fast_possible: dict[type, bool] = {}
+
+
+def resolve_io_path(config: Config, loop: asyncio.AbstractEventLoop) -> str:
+    """``"fast"`` or ``"portable"``: the config's choice, or for ``"auto"`` the ``UTCP_IO``
+    environment variable, else fast where this loop and OS support it."""
+    choice = config.io_path
+    if choice == "auto":
+        choice = os.environ.get(IO_ENV, "auto").strip().lower() or "auto"
+        if choice not in ("auto", "fast", "portable"):
+            raise ValueError(f"{IO_ENV} must be 'fast', 'portable' or 'auto', not {choice!r}")
+    kind = type(loop)
+    if kind not in _fast_possible:
+        _fast_possible[kind] = _fast_path_possible(loop)
+    if choice == "fast" and not _fast_possible[kind]:
+        if config.io_path == "fast":
+            raise RuntimeError(f"io_path='fast' needs Linux and a selector loop, not {kind!r}")
+        choice = "portable"  # asked for by the environment: fall back, as auto does
+    if choice == "auto":
+        choice = "fast" if _fast_possible[kind] else "portable"
+    return choice
+
+
+async def create_endpoint(
+    protocol_factory: Callable[[], Any],
+    *,
+    config: Config,
+    local_addr: Any = None,
+    remote_addr: Any = None,
+    family: int = 0,
+    reuse_port: bool | None = None,
+) -> tuple[asyncio.DatagramTransport, Any]:
+    """Open a UDP socket on the configured I/O path, like ``loop.create_datagram_endpoint``
+    with resolved addresses; returns ``(transport, protocol)``."""
+    loop = asyncio.get_running_loop()
+    if resolve_io_path(config, loop) == "portable":
+        return await loop.create_datagram_endpoint(
+            protocol_factory,
+            local_addr=local_addr,
+            remote_addr=remote_addr,
+            family=family,
+            reuse_port=reuse_port,
+        )
+    if not family:
+        addr = remote_addr if remote_addr is not None else local_addr
+        family = socket.AF_INET6 if addr is not None and ":" in str(addr[0]) else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if local_addr is not None:
+            sock.bind(local_addr)
+        if remote_addr is not None:
+            await loop.sock_connect(sock, remote_addr)
+    except BaseException:
+        sock.close()
+        raise
+    protocol = protocol_factory()
+    transport = FastDatagramTransport(loop, sock, protocol, peer=remote_addr)
+    return transport, protocol
+
+
+def send_burst(transport: asyncio.DatagramTransport, datagrams: list[bytes], addr: Address) -> None:
+    """Send datagrams to one peer: in GSO runs on the fast path, one by one otherwise."""
+    if isinstance(transport, FastDatagramTransport):
+        transport.send_burst(datagrams, addr)
+    elif addr is None:
+        for data in datagrams:
+            transport.sendto(data)
+    else:
+        for data in datagrams:
+            transport.sendto(data, addr)
+
+
+class FastDatagramTransport(asyncio.DatagramTransport):
+    """A datagram transport over the endpoint's own non-blocking socket (Linux fast path)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        protocol: BatchProtocol,
+        *,
+        peer: Address = None,
+    ) -> None:
+        super().__init__()
+        self._loop = loop
+        self._sock = sock
+        self._fd = sock.fileno()
+        self._protocol = protocol
+        self._peer = peer
+        self._closing = False
+        self._writing = False
+        self._queue: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._queued_bytes = 0
+        support = offload_support()
+        udp = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_DGRAM
+        self._gso = support.gso and udp
+        self._gro = False
+        if support.gro and udp:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+                self._gro = True
+        self._buf = bytearray(_RECV_BUFFER_BYTES)
+        self._view = memoryview(self._buf)
+        self.dropped_send = 0  # datagrams the socket would not take (queue full, errors)
+        self._extra: dict[str, Any] = {"socket": sock}
+        with contextlib.suppress(OSError):
+            self._extra["sockname"] = sock.getsockname()
+        with contextlib.suppress(OSError):
+            self._extra["peername"] = sock.getpeername()
+        protocol.connection_made(self)
+        loop.add_reader(self._fd, self._read_ready)
+
+    # ------------------------------------------------------------------ asyncio interface
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._extra.get(name, default)
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    @property
+    def offload(self) -> str:
+        """What this socket uses: ``"gso+gro"``, ``"gso"``, ``"gro"`` or ``""``."""
+        return "+".join(name for name, on in (("gso", self._gso), ("gro", self._gro)) if on)
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued_bytes
+
+    def sendto(self, data: Any, addr: Address = None) -> None:
+        self.send_burst([bytes(data)], addr)
+
+    def close(self) -> None:
+        """Stop reading; flush what is queued if the socket takes it now, then close."""
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        if self._queue:
+            self._flush_queue()
+        self._finish()
+
+    def abort(self) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        self._loop.remove_reader(self._fd)
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._loop.call_soon(self._call_connection_lost)
+
+    def _call_connection_lost(self) -> None:
+        try:
+            self._protocol.connection_lost(None)
+        finally:
+            self._sock.close()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _read_ready(self) -> None:
+        """Drain the socket (bounded), then hand the whole batch over at once."""
+        batch: list[tuple[bytes, Address]] = []
+        sock = self._sock
+        view = self._view
+        gro = self._gro
+        for _ in range(_READS_PER_WAKEUP):
+            try:
+                if gro:
+                    n, ancdata, _flags, addr = sock.recvmsg_into([view], _CMSG_SPACE)
+                else:
+                    n, addr = sock.recvfrom_into(view)
+                    ancdata = []
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                # A connected socket reports ICMP errors (port unreachable) here.
+                if batch:
+                    self._protocol.datagrams_received(batch)
+                    batch = []
+                self._protocol.error_received(exc)
+                if self._closing:
+                    return
+                continue
+            seg = n
+            for level, kind, value in ancdata:
+                if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
+                    seg = _INT.unpack_from(value)[0] or n
+            if seg >= n:
+                batch.append((bytes(view[:n]), addr))
+            else:
+                for i in range(0, n, seg):
+                    batch.append((bytes(view[i : min(i + seg, n)]), addr))
+        if batch:
+            self._protocol.datagrams_received(batch)
+
+    # ------------------------------------------------------------------ sending
+
+    def send_burst(self, datagrams: list[bytes], addr: Address) -> None:
+        """Send datagrams to one peer, equal-size runs as one GSO ``sendmsg`` each."""
+        if self._closing:
+            return
+        if self._queue:
+            self._enqueue(datagrams, 0, addr)
+            return
+        count = len(datagrams)
+        i = 0
+        while i < count:
+            data = datagrams[i]
+            size = len(data)
+            j = i + 1
+            if self._gso:
+                # A run: equal sizes, and the last one may be shorter (that ends the run).
+                limit = min(count, i + _GSO_MAX_SEGMENTS, i + max(1, _GSO_MAX_BYTES // size))
+                while j < limit:
+                    n = len(datagrams[j])
+                    if n > size:
+                        break
+                    j += 1
+                    if n < size:
+                        break
+            if j - i > 1:
+                outcome = self._send_one(b"".join(datagrams[i:j]), addr, size)
+            else:
+                outcome = self._send_one(data, addr, 0)
+            if outcome is _FULL:
+                self._enqueue(datagrams, i, addr)
+                return
+            if outcome is _RETRY:
+                continue  # GSO was just turned off: the same datagrams go singly
+            i = j
+
+    def _send_one(self, payload: bytes, addr: Address, segment: int) -> object:
+        """Send one datagram, or one GSO run of ``segment``-byte datagrams: _SENT (or dropped
+        for good, reported to the protocol), _FULL when the socket takes nothing now, _RETRY
+        when GSO turned out not to work and the run must go again singly."""
+        sock = self._sock
+        try:
+            if segment:
+                cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))]
+                if addr is None:
+                    sock.sendmsg([payload], cmsg)
+                else:
+                    sock.sendmsg([payload], cmsg, 0, addr)
+            elif addr is None:
+                sock.send(payload)
+            else:
+                sock.sendto(payload, addr)
+        except (BlockingIOError, InterruptedError):
+            return _FULL
+        except OSError as exc:
+            if segment and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+                # The device or route cannot segment after all: send singly from now on.
+                _log.debug("udp_gso_disabled", error=repr(exc))
+                self._gso = False
+                return _RETRY
+            # EMSGSIZE (a datagram above the path MTU with don't-fragment set: a path MTU
+            # probe that cannot pass) and the like: this datagram is lost, as on the wire.
+            self.dropped_send += -(-len(payload) // segment) if segment else 1
+            self._protocol.error_received(exc)
+        return _SENT
+
+    def _enqueue(self, datagrams: list[bytes], start: int, addr: Address) -> None:
+        queue = self._queue
+        for k in range(start, len(datagrams)):
+            if len(queue) >= _QUEUE_MAX_DATAGRAMS:
+                # As a full kernel queue would: retransmission repairs it.
+                self.dropped_send += len(datagrams) - k
+                break
+            data = datagrams[k]
+            queue.append((data, addr))
+            self._queued_bytes += len(data)
+        if queue and not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._fd, self._write_ready)
+
+    def _write_ready(self) -> None:
+        self._flush_queue()
+        if not self._queue and self._writing:
+            self._loop.remove_writer(self._fd)
+            self._writing = False
+
+    def _flush_queue(self) -> None:
+        queue = self._queue
+        while queue:
+            data, addr = queue[0]
+            if self._send_one(data, addr, 0) is _FULL:
+                return
+            queue.popleft()
+            self._queued_bytes -= len(data)
