@@ -412,8 +412,9 @@ class Connection:
             return
         self.receive_packet(packet, now=now)
 
-    def receive_packet(self, p: Packet, *, now: float) -> None:
-        """Process one already-decoded packet (the endpoint decodes once to demultiplex)."""
+    def receive_packet(self, p: Packet, *, now: float, segments: int = 1) -> None:
+        """Process one already-decoded packet (the endpoint decodes once to demultiplex);
+        ``segments`` says how many received segments it stands for (utcp.coalesce)."""
         tracer = self._tracer
         if tracer is not None:
             self._trace_now = now
@@ -429,7 +430,7 @@ class Connection:
         elif p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & _SYN):
             self._drop(DropReason.WRONG_CONNECTION_ID)
         else:
-            self._segments_received += 1
+            self._segments_received += segments
             if st is S.LISTEN:
                 rx_listen(self, p, now)
             elif st is S.SYN_SENT:

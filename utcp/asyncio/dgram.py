@@ -26,6 +26,7 @@ from ..log import get_logger
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 
 __all__ = [
+    "BATCH_DATAGRAMS",
     "IO_ENV",
     "BatchProtocol",
     "FastDatagramTransport",
@@ -48,6 +49,7 @@ _GSO_MAX_BYTES = 65000  # one GSO send is one UDP datagram to the stack: under 6
 _RECV_BUFFER_BYTES = 65536 + 4096  # a coalesced GRO read is at most one 64 KiB datagram
 _CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 _READS_PER_WAKEUP = 32  # system calls per wake-up before other callbacks get their turn
+BATCH_DATAGRAMS = 64  # datagrams handed over (and answered) together, as one GRO read at most
 _QUEUE_MAX_DATAGRAMS = 4096  # held while the socket is full; beyond, dropped like a full queue
 _U16 = struct.Struct("=H")
 _INT = struct.Struct("=i")
@@ -343,6 +345,14 @@ class FastDatagramTransport(asyncio.DatagramTransport):
             else:
                 for i in range(0, n, seg):
                     batch.append((bytes(view[i : min(i + seg, n)]), addr))
+            if len(batch) >= BATCH_DATAGRAMS:
+                # Hand over about one GRO read's worth at a time: the ACK it draws goes out
+                # while the rest is still read, so the sender is not left waiting a whole
+                # wake-up for it.
+                self._protocol.datagrams_received(batch)
+                batch = []
+                if self._closing:
+                    return
         if batch:
             self._protocol.datagrams_received(batch)
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, cast
 
+from ..coalesce import Received, coalesce
 from ..config import Config
 from ..connection import Connection, new_connection_id, reset_for
 from ..cookies import SynCookies, pack_options, unpack_options
@@ -93,10 +94,10 @@ class EndpointStats:
         self.amplification_limited = 0  # datagrams held back by the 3x limit
         self.send_errors = 0  # datagrams the kernel refused as too big for the path (EMSGSIZE)
 
-    def count_drop(self, reason: DropReason, addr: Address) -> None:
-        """Count one discarded datagram and log why."""
+    def count_drop(self, reason: DropReason, addr: Address, count: int = 1) -> None:
+        """Count discarded datagrams and log why."""
         key = reason.value
-        self.dropped[key] = self.dropped.get(key, 0) + 1
+        self.dropped[key] = self.dropped.get(key, 0) + count
         _log.debug("datagram_dropped", reason=key, peer=str(addr))
 
     def add_drops(self, drops: dict[str, int]) -> None:
@@ -188,6 +189,8 @@ class Endpoint(asyncio.DatagramProtocol):
         self._reset_tokens = self.config.max_resets_per_s
         self._reset_refill_at = self._loop.time()
         self.stats = EndpointStats()
+        # Traces record each datagram as it arrived: no merging while they are written.
+        self._coalesce = self.config.trace_dir is None and TRACE_ENV not in os.environ
 
     # ------------------------------------------------------------------ DatagramProtocol
 
@@ -237,12 +240,20 @@ class Endpoint(asyncio.DatagramProtocol):
             self.service(handle)
 
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
-        """A wake-up's worth of datagrams (the fast I/O path): every one goes to its
-        connection first, then each connection answers once, so a run of segments draws one
-        cumulative ACK and the data it lets out leaves as one burst."""
-        touched: list[ConnectionHandle] = []
+        """A wake-up's worth of datagrams (the fast I/O path): runs of consecutive data
+        segments are merged (utcp.coalesce), every segment goes to its connection first, then
+        each connection answers once, so a batch draws one cumulative ACK and the data that
+        ACK lets out leaves as one burst."""
+        decoded: list[Received] = []
         for data, addr in batch:
-            handle = self._receive(data, addr)
+            packet = self._decode(data, addr)
+            if packet is not None:
+                decoded.append((packet, addr, len(data), 1))
+        if self._coalesce:
+            decoded = coalesce(decoded)
+        touched: list[ConnectionHandle] = []
+        for packet, addr, size, segments in decoded:
+            handle = self._deliver(packet, addr, size, segments)
             if handle is not None and not handle.in_batch:
                 handle.in_batch = True
                 touched.append(handle)
@@ -252,18 +263,29 @@ class Endpoint(asyncio.DatagramProtocol):
                 self.service(handle)
 
     def _receive(self, data: bytes, addr: Address) -> ConnectionHandle | None:
-        """Decode one datagram and feed it to its connection; the handle to service after,
-        or None when the datagram was answered statelessly or dropped (and counted)."""
+        """Decode one datagram and feed it to its connection (see ``_deliver``)."""
+        packet = self._decode(data, addr)
+        return None if packet is None else self._deliver(packet, addr, len(data), 1)
+
+    def _decode(self, data: bytes, addr: Address) -> Packet | None:
+        """Count a datagram and decode it; None (counted as dropped) if it is malformed."""
         stats = self.stats
         stats.datagrams_received += 1
         stats.bytes_received += len(data)
         if self._observer is not None:
             self._observer("recv", data, addr)
         try:
-            packet = decode(data)
+            return decode(data)
         except PacketError as exc:
             stats.count_drop(exc.reason, addr)
             return None
+
+    def _deliver(
+        self, packet: Packet, addr: Address, size: int, segments: int
+    ) -> ConnectionHandle | None:
+        """Feed a packet to its connection; the handle to service after, or None when the
+        packet was answered statelessly or dropped (and counted)."""
+        stats = self.stats
         handle = self._handles.get(packet.dst_cid) if packet.dst_cid else None
         if handle is not None and handle.conn.is_finished:
             # It ended earlier in this batch: let it go first, as one-by-one delivery would
@@ -279,18 +301,18 @@ class Endpoint(asyncio.DatagramProtocol):
             elif self._cookies is not None and flags & _ACK and not flags & (_SYN | _RST):
                 handle = self._handle_for_cookie(packet, addr)
             if handle is None:
-                stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr)
+                stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr, segments)
                 if not self._recently_closed_ack(packet) and not self._cookie_mode(flags):
                     self._reset(packet, addr)
                 return None
         elif addr != handle.addr and handle.addr is not None:
-            stats.count_drop(DropReason.WRONG_ADDRESS, addr)
+            stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
         if not handle.validated:
-            handle.rx_bytes += len(data)
+            handle.rx_bytes += size
         elif packet.flags & _RST and packet.payload and handle.waiter is not None:
             handle.reset_detail = bytes(packet.payload[:200]).decode("utf-8", "replace")
-        handle.conn.receive_packet(packet, now=self._loop.time())
+        handle.conn.receive_packet(packet, now=self._loop.time(), segments=segments)
         return handle
 
     # ------------------------------------------------------------------ connections
