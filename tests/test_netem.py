@@ -111,7 +111,9 @@ def _undecodable(stats: Any) -> int:
 
 def settled(c: DirectionCounters) -> bool:
     """Every copy of every datagram is accounted for exactly once."""
-    dropped = c.dropped_loss + c.dropped_queue + c.dropped_blackhole + c.dropped_send
+    dropped = (
+        c.dropped_loss + c.dropped_queue + c.dropped_blackhole + c.dropped_too_big + c.dropped_send
+    )
     return c.forwarded + dropped == c.received + c.duplicated
 
 
@@ -329,6 +331,23 @@ async def test_blackhole_drops_everything_inside_and_nothing_outside() -> None:
     assert sorted(server.payloads) == sorted(phases[0] + phases[2])
 
 
+async def test_mtu_drops_larger_datagrams_silently_and_the_largest_that_fits_whole() -> None:
+    server = await peer()
+    up = Impairment(mtu=1400)
+    sizes = [1400, 1401, 65507, 1, 1399, 9000, 1400]
+    sent = [random.Random(i).randbytes(n) for i, n in enumerate(sizes)]
+    async with await Relay.start((HOST, 0), server.address, up=up, seed=9) as relay:
+        client = await peer(remote=relay.address)
+        await send_paced(client, relay, sent)
+        await wait_until(lambda: len(server.received) == 4, "the four that fit arrive")
+        client.close()
+    server.close()
+    c = relay.counters.up
+    assert c.dropped_too_big == 3 and c.forwarded == 4 and settled(c)
+    assert sorted(server.payloads) == sorted(d for d in sent if len(d) <= 1400)
+    assert c.bytes_received == sum(sizes)  # 65507 bytes were read whole
+
+
 # ---------------------------------------------------------------------- clients and errors
 
 
@@ -508,6 +527,8 @@ def test_command_parses_good_values() -> None:
             "--queue=64",
             "--queue-down=1M",
             "--blackhole-up=2s+3s",
+            "--mtu=1472",
+            "--mtu-down=1400",
             "--seed=3",
         ]
     )
@@ -525,6 +546,7 @@ def test_command_parses_good_values() -> None:
     assert (up.rate_bps, down.rate_bps) == (20e6, 500e3)
     assert (up.queue_bytes, down.queue_bytes) == (64 * KIB, 1 << 20)
     assert (up.blackhole, down.blackhole) == ((2.0, 3.0), None)
+    assert (up.mtu, down.mtu) == (1472, 1400)
 
 
 def test_command_defaults_impair_nothing() -> None:
@@ -542,6 +564,8 @@ def test_command_defaults_impair_nothing() -> None:
         ("--rate", "0", "rate must be positive"),
         ("--queue", "lots", "not a size"),
         ("--blackhole", "2s", "not START+LEN"),
+        ("--mtu", "0", "must be positive"),
+        ("--mtu-up", "big", "not a size"),
         ("--listen", "localhost", "not HOST:PORT"),
         ("--to", "h:99999", "port out of range"),
         ("--seed", "x", "invalid int value"),
