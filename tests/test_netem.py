@@ -488,14 +488,49 @@ async def test_utcp_transfer_survives_loss_both_ways() -> None:
 
 
 async def test_utcp_drops_what_the_relay_corrupts() -> None:
-    # 1 MiB: about 1000 datagrams each way, so both directions see some corruption (~10).
-    seen = await transfer_through(Impairment(corrupt=0.01), seed=12, size=1 << 20)
+    # 1 MiB over a 1500-byte path MTU: about 1000 datagrams each way, so both directions see
+    # some corruption (~10).  (Over loopback's own MTU, PMTU discovery would send 64 KiB ones.)
+    seen = await transfer_through(Impairment(corrupt=0.01, mtu=1500), seed=12, size=1 << 20)
     up, down = seen["relay"].up, seen["relay"].down
     assert up.corrupted > 0 and down.corrupted > 0, (up, down)
     # Every flipped bit fails the checksum: the endpoint counts and drops it before any
     # connection sees it (so the connection's own datagrams_dropped does not include these).
     assert seen["server_malformed"] == up.corrupted
     assert seen["client_malformed"] == down.corrupted
+
+
+async def test_utcp_discovers_the_relays_path_mtu() -> None:
+    """A relay that silently drops datagrams above 1400 bytes, as a path MTU black hole: PMTU
+    discovery settles at exactly that size over real sockets, and data then uses it."""
+    sizes: list[int] = []
+
+    def observe(kind: str, datagram: bytes, addr: Address) -> None:
+        if kind == "send" and utcp.decode(datagram).payload:
+            sizes.append(len(datagram))
+
+    data = random.Random(13).randbytes(512 * KIB)
+    imp = Impairment(mtu=1400)
+    server = await utcp.start_server(echo, HOST, 0)
+    server_addr = server.sockets[0].getsockname()[:2]
+    async with (
+        server,
+        await Relay.start((HOST, 0), server_addr, up=imp, down=imp, seed=13) as relay,
+        asyncio.timeout(20),
+    ):
+        reader, writer = await utcp.open_connection(*relay.address, observer=observe)
+        conn = writer.get_extra_info("connection")
+        await wait_until(lambda: conn.stats.pmtud_state == "SEARCH_COMPLETE", "search done")
+        assert sizes == []  # nothing written yet: the search needs no data
+        writer.write(data)
+        writer.write_eof()
+        echoed = await reader.read()
+        stats = conn.stats
+        writer.close()
+        await writer.wait_closed()
+    assert echoed == data
+    assert (stats.pmtu_bytes, stats.mss_bytes) == (1400, 1376)
+    assert 0 < relay.counters.up.dropped_too_big <= stats.pmtud_probes_lost
+    assert max(sizes) == 1400 and stats.retransmissions == 0
 
 
 # ---------------------------------------------------------------------- the command
