@@ -23,7 +23,9 @@ class Link:
     """One direction of a fake path: delay, jitter, loss, duplication, corruption, reordering.
 
     ``drop`` is an optional predicate on (index, packet) for scripted single losses; ``blackhole``
-    is a (start, end) interval of simulated time during which everything is dropped.
+    is a (start, end) interval of simulated time during which everything is dropped.  ``mtu``
+    is the largest datagram the link carries (None: any), silently dropping larger ones as a
+    path MTU black hole does; ``mtu_changes`` lists (time, new mtu) steps, in time order.
     """
 
     rng: random.Random = field(default_factory=lambda: random.Random(0))
@@ -36,11 +38,22 @@ class Link:
     reorder_extra_s: float = 0.030
     blackhole: tuple[float, float] | None = None
     drop: Callable[[int, Packet], bool] | None = None
+    mtu: int | None = None
+    mtu_changes: tuple[tuple[float, int | None], ...] = ()
     sent: int = 0
     dropped: int = 0
+    too_big: int = 0  # of ``dropped``: larger than the mtu in force
     duplicated: int = 0
     corrupted: int = 0
     reordered: int = 0
+
+    def mtu_at(self, now: float) -> int | None:
+        """The largest datagram the link carries at ``now``."""
+        limit = self.mtu
+        for t, value in self.mtu_changes:
+            if t <= now:
+                limit = value
+        return limit
 
     def transmit(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
         """Arrivals (time, bytes) for one datagram put on this link at ``now``."""
@@ -51,6 +64,11 @@ class Link:
             return []
         if self.blackhole is not None and self.blackhole[0] <= now < self.blackhole[1]:
             self.dropped += 1
+            return []
+        limit = self.mtu_at(now)
+        if limit is not None and len(data) > limit:
+            self.dropped += 1
+            self.too_big += 1
             return []
         rng = self.rng
         if self.loss and rng.random() < self.loss:

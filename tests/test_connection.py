@@ -39,6 +39,10 @@ CID_A = 0xA
 CID_B = 0xB
 DELAY_S = Link().delay_s  # one-way delay of the fake links
 DEFAULTS = Config()
+# Tests of exact ladders, segment sizes and timings turn path MTU discovery off: its probes
+# (and its start at the 1200-byte base size) would add datagrams; tests/test_pmtud.py covers it.
+# Turning it off on one side is enough: both SYNs must offer it.
+FIXED = Config(pmtud=False)
 FOREVER = (0.0, float("inf"))
 ACTIVE_CLOSE = [S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.TIME_WAIT, S.CLOSED]
 PASSIVE_CLOSE = [S.ESTABLISHED, S.CLOSE_WAIT, S.LAST_ACK, S.CLOSED]
@@ -151,7 +155,7 @@ def _simultaneous_close(net: Network) -> None:
 
 
 def test_handshake_ladder_is_exact() -> None:
-    net = pair()
+    net = pair(config_a=FIXED, config_b=FIXED)
     history = _record_states(net)
     _establish(net)
     assert ladder(net) == [
@@ -175,7 +179,8 @@ def test_handshake_ladder_is_exact() -> None:
 
 def test_close_ladder_is_exact_and_time_wait_lasts_two_msl() -> None:
     msl_s = 7.5
-    net = pair(config_a=Config(msl_s=msl_s), config_b=Config(msl_s=msl_s))
+    cfg = Config(msl_s=msl_s, pmtud=False)
+    net = pair(config_a=cfg, config_b=cfg)
     a, b = _establish(net)
     history = _record_states(net)
     handshake = len(net.trace)
@@ -389,7 +394,7 @@ def test_each_lost_fin_is_retransmitted_after_one_rto(who: str) -> None:
 
 @pytest.mark.parametrize(("lost", "rto_initial_s"), [(1, 1.0), (2, 1.0), (3, 0.25)])
 def test_lost_syn_is_retransmitted_with_doubling_timeout(lost: int, rto_initial_s: float) -> None:
-    cfg = Config(rto_initial_s=rto_initial_s)
+    cfg = Config(rto_initial_s=rto_initial_s, pmtud=False)
     net = pair(config_a=cfg, a_to_b=Link(drop=_drop_first(lambda p: True, lost)))
     a, _ = _establish(net)
     syns = _sent(net, "a", lambda p: p.flags == Flag.SYN)
@@ -411,7 +416,7 @@ def test_lost_syn_is_retransmitted_with_doubling_timeout(lost: int, rto_initial_
 
 
 def test_lost_syn_ack_is_recovered_by_the_client_syn_retransmission() -> None:
-    net = pair(b_to_a=Link(drop=_drop_first(lambda p: True)))
+    net = pair(config_a=FIXED, b_to_a=Link(drop=_drop_first(lambda p: True)))
     _establish(net)
     rto = DEFAULTS.rto_initial_s
     assert [(s.time, *step) for s, step in zip(net.trace, ladder(net))] == [
@@ -428,7 +433,7 @@ def test_lost_handshake_ack_without_data_client_resends_it() -> None:
     """The server never re-sends a SYN-ACK on its own (at most one per SYN: no
     amplification), so a silent client re-sends its handshake ACK until the server shows
     it arrived."""
-    net = pair(a_to_b=Link(drop=lambda index, packet: index == 1))
+    net = pair(config_a=FIXED, a_to_b=Link(drop=lambda index, packet: index == 1))
     a, b = _conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     established = net.now
@@ -461,7 +466,7 @@ def test_passive_opener_never_resends_syn_ack_by_itself() -> None:
 
 
 def test_lost_handshake_ack_first_data_segment_establishes_server() -> None:
-    net = pair(a_to_b=Link(drop=lambda index, packet: index == 1))
+    net = pair(config_a=FIXED, a_to_b=Link(drop=lambda index, packet: index == 1))
     a, b = _conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     a.send(b"first bytes")
@@ -569,7 +574,7 @@ def test_close_in_syn_sent_sends_nothing_and_a_late_syn_ack_gets_rst() -> None:
 
 @pytest.mark.parametrize("who", ["a", "b"])
 def test_abort_sends_rst_and_peer_sees_reset(who: str) -> None:
-    net = pair()
+    net = pair(config_a=FIXED)
     a, b = _establish(net)
     a.send(b"abc")
     net.run_for(0.1)
@@ -598,7 +603,7 @@ def _vanish_mid_transfer(config: Config) -> tuple[Network, float, float]:
     Returns the network once ``a`` has given up, the time of the cut and ``a``'s RTO then.
     """
     a_to_b, b_to_a = Link(), Link()
-    net = pair(config_a=config, a_to_b=a_to_b, b_to_a=b_to_a)
+    net = pair(config_a=config.replace(pmtud=False), a_to_b=a_to_b, b_to_a=b_to_a)
     a, _ = _establish(net)
     a.send(bytes(200_000))
     net.run_for(0.1)
@@ -648,7 +653,7 @@ def test_vanished_peer_gives_up_after_max_retransmits() -> None:
 
 # ------------------------------------------------------------------------------ keepalive
 
-KEEPALIVE = Config(keepalive_idle_s=10.0, keepalive_interval_s=2.0, keepalive_probes=3)
+KEEPALIVE = Config(keepalive_idle_s=10.0, keepalive_interval_s=2.0, keepalive_probes=3, pmtud=False)
 
 
 def _probes(net: Network, src: str, isn: int) -> list[Sent]:
@@ -727,7 +732,7 @@ def test_user_timeout_cuts_unanswered_keepalive_short() -> None:
 
 @pytest.mark.parametrize("sack", [True, False], ids=["sack", "newreno"])
 def test_first_of_four_segments_lost_is_fast_retransmitted(sack: bool) -> None:
-    cfg = Config(sack=sack)
+    cfg = Config(sack=sack, pmtud=False)
     warmup = 100
     lost_seq = ISN_A + 1 + warmup
     link = Link(drop=_drop_first(lambda p: p.seq == lost_seq and _has_data(p)))
@@ -853,9 +858,10 @@ def test_close_in_syn_received_still_completes_the_handshake_then_closes() -> No
 
 def test_data_segments_with_sack_blocks_fit_the_datagram_budget() -> None:
     # Data segments piggyback SACK blocks while holes exist; the options must not push the
-    # datagram past header + MSS (1452 bytes by default).
+    # datagram past header + MSS (1452 bytes by default; tests/test_pmtud.py checks the same
+    # against the discovered size).
     lose_sixth = Link(drop=lambda i, p: i == 5)
-    net = pair(a_to_b=lose_sixth, b_to_a=Link(drop=lambda i, p: i == 5))
+    net = pair(config_a=FIXED, a_to_b=lose_sixth, b_to_a=Link(drop=lambda i, p: i == 5))
     a, b = _establish(net)
     payload = random.Random(7).randbytes(200_000)
     a.send(payload)
@@ -890,7 +896,9 @@ def test_tail_loss_is_repaired_by_a_probe_before_the_rto() -> None:
     # reveal the loss. Two RTTs later the tail loss probe resends it; no timer expires.
     mss = DEFAULTS.mss_bytes
     third = ISN_A + 1 + 2 * mss
-    net = pair(a_to_b=Link(drop=_drop_first(lambda p: p.seq == third and _has_data(p))))
+    net = pair(
+        config_a=FIXED, a_to_b=Link(drop=_drop_first(lambda p: p.seq == third and _has_data(p)))
+    )
     a, _ = _establish(net)
     srtt = a.stats.srtt_s
     assert srtt is not None
@@ -909,7 +917,7 @@ def test_tail_loss_probe_can_be_turned_off() -> None:
     third = ISN_A + 1 + 2 * mss
     net = pair(
         a_to_b=Link(drop=_drop_first(lambda p: p.seq == third and _has_data(p))),
-        config_a=Config(tail_loss_probe=False),
+        config_a=Config(tail_loss_probe=False, pmtud=False),
     )
     a, _ = _establish(net)
     a.send(bytes(3 * mss))

@@ -117,9 +117,10 @@ def test_ack_of_data_never_sent_is_dropped_with_its_data() -> None:
 
 def test_ack_too_far_in_the_past_is_dropped() -> None:
     net, a = _established()
-    out = _forge(
-        a, net.now, Flag.ACK, RCV_NXT, ack=(SND_NXT - (1 << 20)) & 0xFFFFFFFF, data=b"injected"
-    )
+    # Older than the largest window the server may have offered (its 1 MiB buffer, which its
+    # PMTU probes advertise), and so than RFC 5961's limit of max(largest window, 64 KiB).
+    too_old = (SND_NXT - (2 << 20)) & 0xFFFFFFFF
+    out = _forge(a, net.now, Flag.ACK, RCV_NXT, ack=too_old, data=b"injected")
     assert len(out) == 1 and _is_challenge(out[0])
     assert a.stats.bytes_received == 0
 

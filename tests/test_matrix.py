@@ -191,7 +191,9 @@ def test_blackhole_mid_transfer(tmp_path: Path) -> None:
 @pytest.mark.parametrize("scale", SCALES)
 def test_bottleneck_goodput(tmp_path: Path, scale: str) -> None:
     size = _size(4 * MIB, 8 * MIB, scale)
-    options = ["--rate", "20", "--queue", "64K", "--delay", "20ms"]
+    # An Ethernet-sized path MTU, as a real bottleneck has: loopback's 64 KiB datagrams would
+    # fill the 64 KiB tail-drop queue one at a time.  PMTU discovery finds the 1500 bytes.
+    options = ["--rate", "20", "--queue", "64K", "--delay", "20ms", "--mtu", "1500"]
     _copy(tmp_path, size, 81, options)
     # Goodput, measured at the receiver by utcp perf, against the configured link rate.
     with (

@@ -113,7 +113,9 @@ def _undecodable(stats: Any) -> int:
 
 def settled(c: DirectionCounters) -> bool:
     """Every copy of every datagram is accounted for exactly once."""
-    dropped = c.dropped_loss + c.dropped_queue + c.dropped_blackhole + c.dropped_send
+    dropped = (
+        c.dropped_loss + c.dropped_queue + c.dropped_blackhole + c.dropped_too_big + c.dropped_send
+    )
     return c.forwarded + dropped == c.received + c.duplicated
 
 
@@ -331,6 +333,23 @@ async def test_blackhole_drops_everything_inside_and_nothing_outside() -> None:
     assert sorted(server.payloads) == sorted(phases[0] + phases[2])
 
 
+async def test_mtu_drops_larger_datagrams_silently_and_the_largest_that_fits_whole() -> None:
+    server = await peer()
+    up = Impairment(mtu=1400)
+    sizes = [1400, 1401, 65507, 1, 1399, 9000, 1400]
+    sent = [random.Random(i).randbytes(n) for i, n in enumerate(sizes)]
+    async with await Relay.start((HOST, 0), server.address, up=up, seed=9) as relay:
+        client = await peer(remote=relay.address)
+        await send_paced(client, relay, sent)
+        await wait_until(lambda: len(server.received) == 4, "the four that fit arrive")
+        client.close()
+    server.close()
+    c = relay.counters.up
+    assert c.dropped_too_big == 3 and c.forwarded == 4 and settled(c)
+    assert sorted(server.payloads) == sorted(d for d in sent if len(d) <= 1400)
+    assert c.bytes_received == sum(sizes)  # 65507 bytes were read whole
+
+
 # ---------------------------------------------------------------------- clients and errors
 
 
@@ -471,14 +490,49 @@ async def test_utcp_transfer_survives_loss_both_ways() -> None:
 
 
 async def test_utcp_drops_what_the_relay_corrupts() -> None:
-    # 1 MiB: about 1000 datagrams each way, so both directions see some corruption (~10).
-    seen = await transfer_through(Impairment(corrupt=0.01), seed=12, size=1 << 20)
+    # 1 MiB over a 1500-byte path MTU: about 1000 datagrams each way, so both directions see
+    # some corruption (~10).  (Over loopback's own MTU, PMTU discovery would send 64 KiB ones.)
+    seen = await transfer_through(Impairment(corrupt=0.01, mtu=1500), seed=12, size=1 << 20)
     up, down = seen["relay"].up, seen["relay"].down
     assert up.corrupted > 0 and down.corrupted > 0, (up, down)
     # Every flipped bit fails the checksum: the endpoint counts and drops it before any
     # connection sees it (so the connection's own datagrams_dropped does not include these).
     assert seen["server_malformed"] == up.corrupted
     assert seen["client_malformed"] == down.corrupted
+
+
+async def test_utcp_discovers_the_relays_path_mtu() -> None:
+    """A relay that silently drops datagrams above 1400 bytes, as a path MTU black hole: PMTU
+    discovery settles at exactly that size over real sockets, and data then uses it."""
+    sizes: list[int] = []
+
+    def observe(kind: str, datagram: bytes, addr: Address) -> None:
+        if kind == "send" and utcp.decode(datagram).payload:
+            sizes.append(len(datagram))
+
+    data = random.Random(13).randbytes(512 * KIB)
+    imp = Impairment(mtu=1400)
+    server = await utcp.start_server(echo, HOST, 0)
+    server_addr = server.sockets[0].getsockname()[:2]
+    async with (
+        server,
+        await Relay.start((HOST, 0), server_addr, up=imp, down=imp, seed=13) as relay,
+        asyncio.timeout(20),
+    ):
+        reader, writer = await utcp.open_connection(*relay.address, observer=observe)
+        conn = writer.get_extra_info("connection")
+        await wait_until(lambda: conn.stats.pmtud_state == "SEARCH_COMPLETE", "search done")
+        assert sizes == []  # nothing written yet: the search needs no data
+        writer.write(data)
+        writer.write_eof()
+        echoed = await reader.read()
+        stats = conn.stats
+        writer.close()
+        await writer.wait_closed()
+    assert echoed == data
+    assert (stats.pmtu_bytes, stats.mss_bytes) == (1400, 1376)
+    assert 0 < relay.counters.up.dropped_too_big <= stats.pmtud_probes_lost
+    assert max(sizes) == 1400 and stats.retransmissions == 0
 
 
 # ---------------------------------------------------------------------- the command
@@ -510,6 +564,8 @@ def test_command_parses_good_values() -> None:
             "--queue=64",
             "--queue-down=1M",
             "--blackhole-up=2s+3s",
+            "--mtu=1472",
+            "--mtu-down=1400",
             "--seed=3",
         ]
     )
@@ -527,6 +583,7 @@ def test_command_parses_good_values() -> None:
     assert (up.rate_bps, down.rate_bps) == (20e6, 500e3)
     assert (up.queue_bytes, down.queue_bytes) == (64 * KIB, 1 << 20)
     assert (up.blackhole, down.blackhole) == ((2.0, 3.0), None)
+    assert (up.mtu, down.mtu) == (1472, 1400)
 
 
 def test_command_defaults_impair_nothing() -> None:
@@ -544,6 +601,8 @@ def test_command_defaults_impair_nothing() -> None:
         ("--rate", "0", "rate must be positive"),
         ("--queue", "lots", "not a size"),
         ("--blackhole", "2s", "not START+LEN"),
+        ("--mtu", "0", "must be positive"),
+        ("--mtu-up", "big", "not a size"),
         ("--listen", "localhost", "not HOST:PORT"),
         ("--to", "h:99999", "port out of range"),
         ("--seed", "x", "invalid int value"),

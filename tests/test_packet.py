@@ -110,6 +110,9 @@ def test_flag_values_match_tcp_positions() -> None:
         "SACK_PERMITTED": 4,
         "SACK": 5,
         "TIMESTAMPS": 8,
+        "PROBE_PERMITTED": 9,
+        "PROBE": 10,
+        "PROBE_ACK": 11,
     }
 
 
@@ -244,6 +247,12 @@ def test_round_trip_fields(fields: dict[str, object]) -> None:
         {"timestamps": (3, 4), "sack_blocks": ((1, 2), (3, 4), (5, 6))},  # exactly 36 bytes
         {"mss": 100, "sack_blocks": ((1, 2), (3, 4), (5, 6))},
         {"wscale": 14, "sack_permitted": True, "sack_blocks": ((1, 2), (3, 4), (5, 6))},
+        {"probe_permitted": True},
+        {"mss": 65483, "wscale": 5, "sack_permitted": True, "probe_permitted": True},
+        {"probe_ack": 0},
+        {"probe_ack": U32},
+        {"probe_ack": 7, "timestamps": (1, 2), "sack_blocks": ((1, 2), (3, 4))},  # 36 bytes
+        {"probe_ack": 7, "sack_blocks": ((1, 2), (3, 4), (5, 6))},
     ],
 )
 def test_round_trip_options(options: dict[str, object]) -> None:
@@ -255,6 +264,8 @@ def test_round_trip_options(options: dict[str, object]) -> None:
         sack_permitted=bool(options.get("sack_permitted")),
         sack_blocks=len(options.get("sack_blocks", ())),  # type: ignore[arg-type]
         timestamps="timestamps" in options,
+        probe_permitted=bool(options.get("probe_permitted")),
+        probe_ack="probe_ack" in options,
     )
     assert len(b) == HEADER_SIZE + expected_opts + 4
     assert (b[0] & 0x0F) * 4 == HEADER_SIZE + expected_opts
@@ -274,6 +285,11 @@ def test_options_size() -> None:
     assert options_size(sack_blocks=1) == 12
     assert options_size(sack_blocks=4) == 36
     assert options_size(timestamps=True, sack_blocks=3) == 36
+    assert options_size(probe_permitted=True) == 4
+    assert options_size(mss=True, wscale=True, sack_permitted=True, probe_permitted=True) == 12
+    assert options_size(probe=True) == 8
+    assert options_size(probe=True, timestamps=True) == 16
+    assert options_size(probe_ack=True, timestamps=True, sack_blocks=2) == 36
 
 
 def test_seg_len_counts_syn_and_fin() -> None:
@@ -464,6 +480,146 @@ def test_repeated_option_last_one_wins() -> None:
     assert decode(raw(options=opts)).mss == 2
 
 
+# ---------------------------------------------------------------- PMTU probes
+
+
+def test_probe_bytes_and_padding() -> None:
+    """PROBE (kind 10, u32 id), NOP padding to a word, then zero bytes up to the probe size."""
+    b = encode(make(probe=0x0102_0304, padding=20))
+    assert len(b) == HEADER_SIZE + 8 + 20
+    assert b[0] & 0x0F == (HEADER_SIZE + 8) // 4
+    assert b[24:32] == bytes.fromhex("0a 06 01020304 01 01")
+    assert b[32:] == bytes(20)
+    p = decode(b)
+    assert p.probe == 0x0102_0304 and p.padding == 20
+    assert bytes(p.payload) == b"" and p.seg_len == 0  # padding is no data
+    assert encode(p) == b
+
+
+def test_probe_with_timestamps_and_fin_counts_only_the_fin() -> None:
+    p = make(flags=Flag.FIN | Flag.ACK, timestamps=(1, 2), probe=9, padding=1000)
+    b = encode(p)
+    assert b[24:40] == bytes.fromhex("08 0a 00000001 00000002 0a 06 00000009")
+    assert len(b) == HEADER_SIZE + 16 + 1000
+    q = decode(b)
+    assert q == p and q.seg_len == 1
+
+
+def test_largest_probe_round_trips() -> None:
+    p = make(probe=U32, padding=65507 - HEADER_SIZE - 8)
+    b = encode(p)
+    assert len(b) == 65507
+    assert decode(b) == p
+
+
+def test_probe_ack_and_probe_permitted_bytes() -> None:
+    b = encode(make(probe_ack=0x0A0B_0C0D))
+    assert b[24:] == bytes.fromhex("0b 06 0a0b0c0d 01 01")
+    assert decode(b).probe_ack == 0x0A0B_0C0D
+    syn = encode(
+        make(flags=Flag.SYN, mss=65483, wscale=5, sack_permitted=True, probe_permitted=True)
+    )
+    assert syn[24:36] == bytes.fromhex("02 04 ffcb  03 03 05  04 02  09 02  01")
+    assert decode(syn).probe_permitted
+
+
+PMTUD_SYN_VECTOR = bytes.fromhex(
+    "19 02 ff ff  00 00 00 0a  00 00 00 00  00 00 03 e8"
+    "00 00 00 00  ad 57 bb a5  02 04 ff cb  03 03 05 04"
+    "02 09 02 01"
+)
+PROBE_VECTOR = bytes.fromhex(
+    "18 10 80 00  00 00 00 0a  00 00 00 0b  00 00 03 e9"
+    "00 00 13 89  25 67 36 32  0a 06 00 00  00 01 01 01"
+) + bytes(16)
+PROBE_ACK_VECTOR = bytes.fromhex(
+    "18 10 80 00  00 00 00 0b  00 00 00 0a  00 00 13 89"
+    "00 00 03 e9  e7 1b 81 38  0b 06 00 00  00 01 01 01"
+)
+
+
+def test_pmtud_test_vectors() -> None:
+    """The SYN, probe and answer of docs/PROTOCOL.md section 17, byte for byte."""
+    syn = make(
+        flags=Flag.SYN,
+        src_cid=0x0A,
+        dst_cid=0,
+        seq=1000,
+        ack=0,
+        window=0xFFFF,
+        mss=65483,
+        wscale=5,
+        sack_permitted=True,
+        probe_permitted=True,
+    )
+    assert encode(syn) == PMTUD_SYN_VECTOR and decode(PMTUD_SYN_VECTOR) == syn
+    probe = make(src_cid=0x0A, dst_cid=0x0B, seq=1001, ack=5001, window=0x8000, probe=1)
+    probe.padding = 16
+    assert encode(probe) == PROBE_VECTOR and decode(PROBE_VECTOR) == probe
+    answer = make(src_cid=0x0B, dst_cid=0x0A, seq=5001, ack=1001, window=0x8000, probe_ack=1)
+    assert encode(answer) == PROBE_ACK_VECTOR and decode(PROBE_ACK_VECTOR) == answer
+    for vector in (PMTUD_SYN_VECTOR, PROBE_VECTOR, PROBE_ACK_VECTOR):
+        assert int.from_bytes(vector[20:24], "big") == reference_crc32(vector[:20] + vector[24:])
+
+
+def test_empty_probe_round_trips() -> None:
+    p = make(probe=5)
+    q = decode(encode(p))
+    assert q == p and q.padding == 0 and len(q.payload) == 0
+
+
+@pytest.mark.parametrize("where", [0, 1, 499, 999])
+def test_probe_padding_must_be_zero(where: int) -> None:
+    head = encode(make(probe=3))
+    buf = bytearray(head[:20]) + bytes(4) + head[24:] + bytes(1000)
+    buf[len(head) + where] = 0x80
+    assert "padding" in decode_error(seal(buf))
+
+
+def test_probe_option_turns_payload_into_padding_only_when_zero() -> None:
+    """A datagram that says PROBE but carries data is malformed, not data in disguise."""
+    data = raw(options=bytes([OptionKind.PROBE, 6, 0, 0, 0, 1, 1, 1]), payload=b"hello")
+    assert "padding" in decode_error(data)
+    zeros = raw(options=bytes([OptionKind.PROBE, 6, 0, 0, 0, 1, 1, 1]), payload=bytes(5))
+    p = decode(zeros)
+    assert (p.probe, p.padding, len(p.payload)) == (1, 5, 0)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        bytes([OptionKind.PROBE_PERMITTED, 3, 0, 1]),
+        bytes([OptionKind.PROBE_PERMITTED, 4, 0, 0]),
+        bytes([OptionKind.PROBE, 5, 0, 0, 0, 1, 1, 1]),
+        bytes([OptionKind.PROBE, 7, 0, 0, 0, 0, 0, 1]),
+        bytes([OptionKind.PROBE, 2, 1, 1]),
+        bytes([OptionKind.PROBE_ACK, 5, 0, 0, 0, 1, 1, 1]),
+        bytes([OptionKind.PROBE_ACK, 8, 0, 0, 0, 0, 0, 0]),
+        bytes([OptionKind.PROBE_ACK, 6, 0, 0]),  # runs past the options area
+        bytes([OptionKind.NOP, OptionKind.NOP, OptionKind.NOP, OptionKind.PROBE]),  # no length
+    ],
+)
+def test_probe_options_with_bad_length(options: bytes) -> None:
+    assert len(options) % 4 == 0
+    msg = decode_error(raw(options=options, payload=bytes(16)))
+    assert "option" in msg.lower()
+
+
+@pytest.mark.parametrize(
+    ("fields", "match"),
+    [
+        ({"padding": 10}, "padding needs a probe"),
+        ({"probe": 1, "payload": b"x"}, "padding, not payload"),
+        ({"probe": 1, "padding": -1}, "negative padding"),
+        ({"probe": 1 << 32}, "out of range"),
+        ({"probe_ack": -1}, "out of range"),
+    ],
+)
+def test_encode_rejects_bad_probes(fields: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        encode(make(**fields))
+
+
 # ---------------------------------------------------------------- encode rejects
 
 
@@ -567,18 +723,33 @@ def packets(draw: st.DrawFn) -> Packet:
         sack_permitted=draw(st.booleans()),
         sack_blocks=tuple(draw(st.lists(blocks, max_size=max_blocks))),
         timestamps=timestamps,
+        probe_permitted=draw(st.booleans()),
+        probe_ack=draw(st.none() | u32),
     )
-    size = options_size(
+    if draw(st.booleans()):  # a probe: padding instead of payload
+        p.probe = draw(u32)
+        p.payload = b""
+        p.padding = draw(st.integers(0, 2000))
+    if packet_options_size(p) > MAX_OPTIONS_SIZE:  # drop options until it fits
+        p.mss = p.wscale = None
+        p.sack_permitted = p.probe_permitted = False
+    if packet_options_size(p) > MAX_OPTIONS_SIZE:
+        p.sack_blocks = p.sack_blocks[:1]
+    return p
+
+
+def packet_options_size(p: Packet) -> int:
+    """What ``p``'s options take on the wire."""
+    return options_size(
         mss=p.mss is not None,
         wscale=p.wscale is not None,
         sack_permitted=p.sack_permitted,
         sack_blocks=len(p.sack_blocks),
         timestamps=p.timestamps is not None,
+        probe_permitted=p.probe_permitted,
+        probe=p.probe is not None,
+        probe_ack=p.probe_ack is not None,
     )
-    if size > MAX_OPTIONS_SIZE:  # drop options until it fits, keeping the draw valid
-        p.mss = p.wscale = None
-        p.sack_permitted = False
-    return p
 
 
 @settings(max_examples=300, derandomize=True)
@@ -589,7 +760,8 @@ def test_prop_encode_decode_round_trip(p: Packet) -> None:
     assert q == p
     assert bytes(q.payload) == bytes(p.payload)
     assert encode(q) == b
-    assert len(b) == (b[0] & 0x0F) * 4 + len(p.payload)
+    assert len(b) == (b[0] & 0x0F) * 4 + len(p.payload) + p.padding
+    assert q.seg_len == p.seg_len
 
 
 @settings(max_examples=400, derandomize=True)
@@ -601,7 +773,7 @@ def test_prop_decode_arbitrary_bytes(data: bytes) -> None:
 
 def _option_item(rng: random.Random) -> bytes:
     """One option, valid or not, as a fuzzer would try it."""
-    kind = rng.choice([0, 1, 1, 2, 3, 4, 5, 8, rng.randrange(256)])
+    kind = rng.choice([0, 1, 1, 2, 3, 4, 5, 8, 9, 10, 11, rng.randrange(256)])
     good = {
         0: bytes([0]),
         1: bytes([1]),
@@ -610,6 +782,9 @@ def _option_item(rng: random.Random) -> bytes:
         4: bytes([4, 2]),
         5: bytes([5, 2 + 8 * rng.randint(1, 4)]),  # the blocks follow as raw bytes
         8: bytes([8, 10]) + rng.randbytes(8),
+        9: bytes([9, 2]),
+        10: bytes([10, 6]) + rng.randbytes(4),
+        11: bytes([11, 6]) + rng.randbytes(4),
     }
     if kind in good and rng.random() < 0.8:
         item = good[kind]
@@ -627,6 +802,8 @@ def _fuzz_datagram(rng: random.Random) -> bytes:
         opts = opts[:MAX_OPTIONS_SIZE]
         opts += bytes([1]) * (-len(opts) % 4)
     payload = rng.randbytes(rng.randrange(20))
+    if rng.random() < 0.3:  # zero bytes: what a probe's padding must be
+        payload = bytes(len(payload))
     body = opts + payload
     if rng.random() < 0.9:
         hlen_words = min(15, (HEADER_SIZE + len(opts)) // 4 + (len(opts) % 4 > 0))
@@ -656,21 +833,18 @@ def _check_decode(data: bytes) -> str:
     hlen = (data[0] & 0x0F) * 4
     fields = struct.unpack_from("!BBHIIII", data)
     assert (int(p.flags), p.window, p.src_cid, p.dst_cid, p.seq, p.ack) == fields[1:]
-    assert bytes(p.payload) == data[hlen:]
+    if p.probe is None:
+        assert bytes(p.payload) == data[hlen:] and p.padding == 0
+    else:  # the body of a probe is zero padding, never payload
+        assert len(p.payload) == 0 and p.padding == len(data) - hlen
+        assert data[hlen:] == bytes(p.padding)
     assert p.wscale is None or 0 <= p.wscale <= 14
     assert len(p.sack_blocks) <= 4
     # Whatever decoded must encode again (options may be laid out differently).
-    if (
-        options_size(
-            mss=p.mss is not None,
-            wscale=p.wscale is not None,
-            sack_permitted=p.sack_permitted,
-            sack_blocks=len(p.sack_blocks),
-            timestamps=p.timestamps is not None,
-        )
-        <= MAX_OPTIONS_SIZE
-    ):
+    if packet_options_size(p) <= MAX_OPTIONS_SIZE:
         assert decode(encode(p)) == p
+    if p.probe is not None:
+        return "probe"
     return "options" if hlen > HEADER_SIZE else "plain"
 
 
@@ -690,6 +864,7 @@ def test_valid_crc_fuzz_reaches_option_parsing() -> None:
     assert outcomes.get("options", 0) > 300, (SEED, outcomes)
     assert outcomes.get("option error", 0) > 300, (SEED, outcomes)
     assert outcomes.get("header error", 0) > 10, (SEED, outcomes)
+    assert outcomes.get("probe", 0) > 30, (SEED, outcomes)
 
 
 @settings(max_examples=300, derandomize=True)

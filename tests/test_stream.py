@@ -37,6 +37,10 @@ CID_A = 0xA
 CID_B = 0xB
 SEQ_MASK = 0xFFFFFFFF
 MSS = Config().mss_bytes
+# These tests check exact segment sizes, ACK ladders and window arithmetic: path MTU discovery
+# is off (its probes add datagrams and it starts at the 1200-byte base size); both SYNs must
+# offer it, so one side without it is enough.  tests/test_pmtud.py covers it.
+FIXED = Config(pmtud=False)
 UNSCALED_MAX = 0xFFFF
 
 
@@ -62,7 +66,9 @@ def client_segment(
 
 
 def established(**kwargs: object) -> Network:
-    """A ``pair()`` whose handshake has completed on the simulated network."""
+    """A ``pair()`` whose handshake has completed on the simulated network (PMTUD off on the
+    client unless ``config_a`` is given)."""
+    kwargs.setdefault("config_a", FIXED)
     net = pair(**kwargs)  # type: ignore[arg-type]
     net.run(until=lambda: net.b.conn is not None and net.b.conn.state is S.ESTABLISHED)
     assert net.a.conn is not None and net.a.conn.state is S.ESTABLISHED
@@ -98,7 +104,7 @@ class Receiver:
     """The server end of an established pair, fed hand-crafted client segments one at a time."""
 
     def __init__(self, config: Config | None = None, *, isn: int = ISN_A) -> None:
-        self.config = config or Config()
+        self.config = config or FIXED
         self.isn = isn
         net = established(config_b=self.config, isn_a=isn)
         _, self.conn = conns(net)
@@ -337,7 +343,10 @@ def test_zero_window_refuses_in_order_data_until_reading_resumes() -> None:
 
 @pytest.mark.parametrize(("mss_a", "mss_b"), [(1000, 600), (600, 1000)])
 def test_segments_never_exceed_the_smaller_mss(mss_a: int, mss_b: int) -> None:
-    net = established(config_a=Config(mss_bytes=mss_a), config_b=Config(mss_bytes=mss_b))
+    net = established(
+        config_a=Config(mss_bytes=mss_a, pmtud=False),
+        config_b=Config(mss_bytes=mss_b, pmtud=False),
+    )
     a, b = conns(net)
     syn, syn_ack = net.trace[0].packet, net.trace[1].packet
     assert (syn.mss, syn_ack.mss) == (mss_a, mss_b)
@@ -391,7 +400,8 @@ def test_steady_stream_is_acked_every_second_full_segment() -> None:
 def test_single_small_segment_is_acked_after_exactly_the_ack_delay(delay_s: float) -> None:
     # No probe from the sender: it would draw an immediate ACK before the delayed one.
     net = established(
-        config_a=Config(tail_loss_probe=False), config_b=Config(delayed_ack_s=delay_s)
+        config_a=Config(tail_loss_probe=False, pmtud=False),
+        config_b=Config(delayed_ack_s=delay_s),
     )
     a, b = conns(net)
     a.send(b"0123456789")
@@ -600,7 +610,7 @@ def drop_once(seq: int) -> Callable[[int, Packet], bool]:
 @pytest.mark.parametrize("sack", [True, False])
 def test_fast_retransmit_halves_cwnd_then_grows_linearly(sack: bool) -> None:
     a_to_b = PacedLink(drop=drop_once(wire(60 * MSS)))
-    net = established(config_a=Config(sack=sack), a_to_b=a_to_b, b_to_a=PacedLink())
+    net = established(config_a=Config(sack=sack, pmtud=False), a_to_b=a_to_b, b_to_a=PacedLink())
     a, _ = conns(net)
     size = 2_000_000
     data = random.Random(17).randbytes(size)

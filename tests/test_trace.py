@@ -38,6 +38,7 @@ MSS = Config().mss_bytes  # 1428
 WND = Config().recv_buffer_bytes  # 1 MiB, advertised as 32768 << 5 after the SYN
 SYN_WND = 65535  # SYN windows are never scaled
 SEGMENTS = 5
+FIXED = Config(pmtud=False)  # exact events and sizes: no PMTU probes (see _connected_pair)
 
 
 def _connected_pair(
@@ -51,8 +52,12 @@ def _connected_pair(
     isn_a: int = ISN_A,
     isn_b: int = ISN_B,
 ) -> Network:
-    """A client with ``tracer_a`` from its construction on, connected to a listening server."""
-    a = Connection(config_a or Config(), local_cid=0xA, isn=isn_a, tracer=tracer_a)
+    """A client with ``tracer_a`` from its construction on, connected to a listening server.
+
+    The tests check exact event sequences and segment sizes, so path MTU discovery is off
+    unless ``config_a`` turns it on (its probes would add events; tests/test_pmtud.py).
+    """
+    a = Connection(config_a or FIXED, local_cid=0xA, isn=isn_a, tracer=tracer_a)
     b = Connection(config_b or Config(), local_cid=0xB, isn=isn_b, tracer=tracer_b)
     b.listen(now=0.0)
     net = Network(a, b, a_to_b=a_to_b, b_to_a=b_to_a)
@@ -207,7 +212,7 @@ def test_timeouts_trace_the_syn_and_the_data_they_resend() -> None:
         return drop_last(index, packet)
 
     tracer = ListTracer()
-    config = Config(tail_loss_probe=False, rto_initial_s=1.0)
+    config = Config(tail_loss_probe=False, rto_initial_s=1.0, pmtud=False)
     net = _connected_pair(tracer, a_to_b=Link(drop=drop), config_a=config)
     _transfer_and_close(net, bytes(SEGMENTS * MSS))
     keys = [_key(e) for e in tracer.events]
@@ -631,7 +636,7 @@ def test_receiver_limited_time_while_the_peer_does_not_read() -> None:
 def test_congestion_limited_time_in_slow_start() -> None:
     """A bulk write with one segment of initial window waits on the congestion window; a
     large receive buffer never limits it; the three figures never exceed the elapsed time."""
-    net = _connected_pair(config_a=Config(initial_cwnd_segments=1))
+    net = _connected_pair(config_a=Config(initial_cwnd_segments=1, pmtud=False))
     a, _ = _conns(net)
     start = net.now
     _transfer_and_close(net, bytes(200 * MSS))

@@ -27,10 +27,14 @@ SCENARIOS: dict[str, dict[str, object]] = {
 }
 
 
+PATH_MTU = 1500  # an Internet path: PMTU discovery runs under every impairment, and the
+# datagrams stay many enough for a per-datagram impairment (1% corruption) to occur
+
+
 def _links(seed: int, impairment: dict[str, object]) -> tuple[Link, Link]:
     return (
-        Link(rng=random.Random(seed * 2), **impairment),  # type: ignore[arg-type]
-        Link(rng=random.Random(seed * 2 + 1), **impairment),  # type: ignore[arg-type]
+        Link(rng=random.Random(seed * 2), mtu=PATH_MTU, **impairment),  # type: ignore[arg-type]
+        Link(rng=random.Random(seed * 2 + 1), mtu=PATH_MTU, **impairment),  # type: ignore[arg-type]
     )
 
 

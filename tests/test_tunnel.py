@@ -728,6 +728,9 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     )  # fmt: skip
     config = build_config(args)
     assert (config.rto_min_s, config.msl_s, config.mss_bytes) == (0.1, 0.5, 1200)
+    assert config.pmtud is False  # a fixed segment size: no discovery
+    plain = build_parser().parse_args(["tunnel", "--listen", "tcp:0", "--to", "utcp:1"])
+    assert build_config(plain).pmtud is True
     assert (config.rto_initial_s, config.keepalive_idle_s, config.keepalive_interval_s) == (
         0.3,
         5.0,

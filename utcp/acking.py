@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .events import ConnectionEstablished, DropReason
-from .packet import Flag, Packet
+from .packet import HEADER_SIZE, Flag, Packet
 from .seqnum import seq_diff
 from .state import ConnectionState
 from .timers import arm_tlp, cap_to_user_timeout, window_blocked
@@ -37,6 +37,10 @@ def on_syn_acked(conn: Connection, p: Packet, now: float) -> None:
         conn._need_syn = False
         if conn._tracer is not None:
             conn._lost_by.pop(0, None)  # the SYN arrived: no retransmission is due
+        if conn._pmtud_ok:
+            assert conn._pmtud is not None
+            ceiling = min(conn.config.max_datagram_bytes, conn._peer_mss + HEADER_SIZE)
+            conn._pmtud.start(ceiling=ceiling, now=now)  # the handshake set the base MSS
     if p.flags & _SYN:
         update_window(conn, p, 0, 1)
 
@@ -71,6 +75,8 @@ def rx_ack(conn: Connection, p: Packet, seg_pos: int, now: float) -> bool:
         and not p.flags & (_FIN | _SYN)
         and len(conn._scoreboard)
         and (p.window << conn._snd_wscale) == conn._snd_wnd
+        and p.probe is None  # a PMTU probe, or its answer, says nothing about our data
+        and p.probe_ack is None
     ):
         on_dupack(conn, now, sacked=bool(p.sack_blocks and conn._sack_ok))
     elif conn._sack_ok and p.sack_blocks and len(conn._scoreboard):

@@ -29,6 +29,8 @@ def _mergeable(p: Packet) -> bool:
         and p.mss is None
         and p.wscale is None
         and not p.sack_permitted
+        and p.probe is None
+        and p.probe_ack is None
     )
 
 

@@ -27,10 +27,11 @@ from .events import (
     Event,
 )
 from .log import get_logger
-from .packet import Flag, Packet, PacketError, decode
+from .packet import HEADER_SIZE, Flag, Packet, PacketError, decode, options_size
+from .pmtud import Pmtud, PmtudState, probe_timeout_s
 from .receiving import rx_listen, rx_syn_sent, rx_synchronized
 from .recovery import RttEstimator, Scoreboard, SentSegment
-from .sending import build, send_data
+from .sending import build, build_probe, send_data
 from .seqnum import SEQ_MASK
 from .state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, ConnectionState, check_transition
 from .stateless import new_connection_id, new_isn, reset_for
@@ -41,6 +42,7 @@ from .timers import (
     on_idle,
     on_keepalive,
     on_persist,
+    on_pmtud_timer,
     on_rto,
     on_tlp,
 )
@@ -53,6 +55,8 @@ S = ConnectionState
 _SYN = int(Flag.SYN)
 _RST = int(Flag.RST)
 _ACK = int(Flag.ACK)
+# States in which a PMTU probe may go out: ours is still a sending direction.
+_MAY_PROBE = frozenset({S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.LAST_ACK})
 
 
 def _round_s(seconds: float | None) -> float | None:
@@ -93,6 +97,10 @@ class Connection:
         self._snd_wl2 = -1  # our position acknowledged by that segment
         self._snd_wscale = 0
         self._snd_mss = cfg.mss_bytes
+        self._peer_mss = cfg.mss_bytes  # the peer's MSS option, once its SYN arrived
+        # The MSS our SYN announces: with path MTU discovery, what the largest datagram we
+        # take can carry (the receive path takes any segment up to it).
+        self._adv_mss = cfg.max_datagram_bytes - HEADER_SIZE if cfg.pmtud else cfg.mss_bytes
         self._scoreboard = Scoreboard()
         self._rtt = RttEstimator(
             initial_rto_s=cfg.rto_initial_s, rto_min_s=cfg.rto_min_s, rto_max_s=cfg.rto_max_s
@@ -137,6 +145,19 @@ class Connection:
         self._adv_wnd = cfg.recv_buffer_bytes  # window last advertised, bytes
         self._ack_now = False
         self._unacked_bytes = 0
+        # In-order bytes that draw an immediate ACK (ack_every_segments segments), set with
+        # the MSS in the handshake.  Counted in base-size segments when the peer discovers
+        # its path MTU: its segments then range from the base size to 64 KiB.
+        self._ack_bytes = cfg.ack_every_segments * cfg.mss_bytes
+
+        # Path MTU discovery (utcp/pmtud.py): on when both SYNs offered it.
+        self._pmtud = (
+            Pmtud(base_bytes=cfg.base_datagram_bytes, log=self._log, on_state=self._pmtud_state)
+            if cfg.pmtud
+            else None
+        )
+        self._pmtud_ok = False  # both ends take part: we probe, and answer the peer's probes
+        self._probe_ack_id: int | None = None  # the peer's probe we owe an answer
 
         # Timers: absolute deadlines or None.
         self._rto_at: float | None = None
@@ -344,6 +365,7 @@ class Connection:
             self._keepalive_at,
             self._idle_at,
             self._confirm_at,
+            self._pmtud.timer if self._pmtud is not None else None,
         ):
             if t is not None and (best is None or t < best):
                 best = t
@@ -396,6 +418,11 @@ class Connection:
                 tracer.event(now, "timer_fired", {"timer": "handshake_ack"})
             self._confirm_at = None
             on_confirm(self, now)
+        pm = self._pmtud
+        if pm is not None and pm.timer is not None and now >= pm.timer:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "pmtud"})
+            on_pmtud_timer(self, pm, now)
         if tracer is not None:
             self._trace_cwnd()
 
@@ -472,11 +499,14 @@ class Connection:
         self._rto_at = self._persist_at = self._keepalive_at = None
         self._scoreboard.clear()
         self._time_wait_at = now + 2 * self.config.msl_s
+        if self._pmtud is not None:
+            self._pmtud.stop()
 
     # ------------------------------------------------------------------ sending
 
     def datagrams_to_send(self, *, now: float) -> list[bytes]:
-        """Every datagram due now: control segments, retransmissions, new data, ACKs."""
+        """Every datagram due now: control segments, retransmissions, new data, ACKs, and
+        last a PMTU probe."""
         self._clock_ms = now * 1000.0
         out = self._pending_raw
         self._pending_raw = []
@@ -510,6 +540,12 @@ class Connection:
                 return out
         if self._snd_una >= 1 and st in SYNCHRONIZED:
             send_data(self, out, now)
+        if self._probe_ack_id is not None:
+            # Answer the peer's PMTU probe on a pure ACK of its own: the option would not fit
+            # beside a full-sized payload, and this ACK is small enough to get through.
+            out.append(build(self, _ACK, self._snd_nxt, b"", probe_ack=self._probe_ack_id))
+            self._probe_ack_id = None
+            self._segments_sent += 1
         if self._send_probe:
             self._send_probe = False
             # An old sequence number draws an ACK with the peer's current window.  The probe is
@@ -521,11 +557,69 @@ class Connection:
         if self._ack_now and self._rcv_nxt:
             out.append(build(self, _ACK, self._snd_nxt, b""))
             self._segments_sent += 1
+        pm = self._pmtud
+        if pm is not None and pm.probe_due and self._may_probe():
+            # Last: the probe is the datagram most likely to be dropped.
+            probe = pm.next_probe(now=now, timeout_s=self._probe_timeout())
+            if probe is not None:
+                out.append(build_probe(self, *probe))
+                self._segments_sent += 1
         if self._state in SYNCHRONIZED and self._state is not S.TIME_WAIT:
             arm_idle_timers(self, now)
             if self._snd_una:
                 classify_limit(self, now)
         return out
+
+    def _may_probe(self) -> bool:
+        """A PMTU probe may go: our FIN is not sent yet (there may be data to make bigger), and
+        SND.NXT lies inside the peer's window, so the zero-length probe passes its
+        acceptability test (RFC 9293 section 3.10.7.4)."""
+        return (
+            self._pmtud_ok
+            and self._state in _MAY_PROBE
+            and (self._fin_pos is None or self._snd_nxt <= self._fin_pos)
+            and self._snd_nxt < self._snd_una + self._snd_wnd
+        )
+
+    def _probe_timeout(self) -> float:
+        rtt = self._rtt
+        return probe_timeout_s(rtt.srtt, rtt.rttvar, rtt.rto)
+
+    def _ts_cost(self) -> int:
+        """Bytes of options on every segment: the padded TIMESTAMPS option when negotiated."""
+        return options_size(timestamps=True) if self._ts_ok else 0
+
+    def _apply_pmtu(self, by: str) -> None:
+        """Make the send MSS (and NewReno's) follow the PLPMTU; ``sending.send_data`` cuts
+        retransmissions that no longer fit.
+
+        A smaller size scales cwnd down with it, so the window holds as many segments as
+        before; a larger one leaves cwnd alone (RFC 8899 section 3: an update to the PLPMTU
+        MUST NOT increase the congestion window measured in bytes).
+        """
+        pm = self._pmtud
+        assert pm is not None
+        old = self._snd_mss
+        new = max(64, min(self._peer_mss, pm.size - HEADER_SIZE) - self._ts_cost())
+        if new == old:
+            return
+        self._snd_mss = new
+        cc = self._cc
+        cc.mss = new
+        if new < old:
+            cc.cwnd = max(new, cc.cwnd * new // old)
+        self._log.debug("pmtu_changed", size=pm.size, mss=new, old_mss=old, by=by)
+        if self._tracer is not None:
+            self._tracer.event(
+                self._trace_now, "pmtu_changed", {"pmtu": pm.size, "mss": new, "by": by}
+            )
+
+    def _pmtud_state(self, old: PmtudState, new: PmtudState, size: int) -> None:
+        """Every PMTUD state change goes to the trace."""
+        if self._tracer is not None:
+            self._tracer.event(
+                self._trace_now, "pmtud_state", {"old": old.value, "new": new.value, "size": size}
+            )
 
     def _rcv_window(self) -> int:
         return max(0, self.config.recv_buffer_bytes - len(self._rcv_buf))
@@ -606,6 +700,8 @@ class Connection:
     def _clear_timers(self) -> None:
         self._rto_at = self._ack_at = self._persist_at = self._tlp_at = None
         self._time_wait_at = self._keepalive_at = self._idle_at = self._confirm_at = None
+        if self._pmtud is not None:
+            self._pmtud.stop()
 
     # ------------------------------------------------------------------ tracing
 

@@ -1,5 +1,6 @@
 """A userspace UDP relay that impairs real traffic each way: loss, delay, jitter, duplication,
-corruption, reordering, a rate-limited bottleneck with a tail-drop queue, and a blackhole.
+corruption, reordering, a rate-limited bottleneck with a tail-drop queue, a blackhole, and a
+path MTU that silently drops larger datagrams.
 
 It owns one listening socket and one upstream socket per client (a NAT-like mapping, so replies
 reach the right client).  Random decisions come from one seeded RNG per direction and never
@@ -23,7 +24,7 @@ __all__ = ["DirectionCounters", "Impairment", "Relay", "RelayCounters"]
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 
-MAX_DATAGRAM_BYTES = 65535
+MAX_DATAGRAM_BYTES = 65535  # read buffer: any UDP payload (65507 over IPv4) fits whole
 DELAY_LINE_MAX_BYTES = 32 << 20  # per direction; beyond it arrivals count as dropped_queue
 _READ_BATCH = 64  # datagrams read per readiness callback, so no socket starves the others
 _LINE_OVERHEAD_BYTES = 64  # charged per delayed datagram, so empty ones cannot pile up freely
@@ -39,6 +40,8 @@ class Impairment:
     ``rate_bps`` turns on a bottleneck that serialises datagrams at that rate behind a FIFO of at
     most ``queue_bytes`` (tail drop); delay, jitter and the reorder extra apply after it.
     ``blackhole`` is ``(start_s, length_s)`` after the relay starts: everything inside is dropped.
+    ``mtu`` is the largest datagram (UDP payload bytes) forwarded; larger ones vanish without a
+    word, as on a path whose MTU is smaller and that sends no ICMP (a PMTU black hole).
     """
 
     loss: float = 0.0
@@ -51,6 +54,7 @@ class Impairment:
     rate_bps: float | None = None
     queue_bytes: int = 64 * 1024
     blackhole: tuple[float, float] | None = None
+    mtu: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("loss", "dup", "corrupt", "reorder"):
@@ -67,6 +71,8 @@ class Impairment:
             raise ValueError(f"queue_bytes must be >= 0, not {self.queue_bytes!r}")
         if self.blackhole is not None and not (self.blackhole[0] >= 0 and self.blackhole[1] >= 0):
             raise ValueError(f"blackhole needs start and length >= 0, not {self.blackhole!r}")
+        if self.mtu is not None and not self.mtu > 0:
+            raise ValueError(f"mtu must be positive or None, not {self.mtu!r}")
 
 
 @dataclass
@@ -85,6 +91,7 @@ class DirectionCounters:
     dropped_loss: int = 0
     dropped_queue: int = 0  # bottleneck queue (or the delay line) full: tail drop
     dropped_blackhole: int = 0
+    dropped_too_big: int = 0  # larger than the mtu
     dropped_send: int = 0  # socket refused it or its buffer was full; mapping or relay closed
     duplicated: int = 0
     corrupted: int = 0
@@ -377,6 +384,9 @@ class Relay:
         bh = d.imp.blackhole
         if bh is not None and bh[0] <= now - self.started_at < bh[0] + bh[1]:
             c.dropped_blackhole += 1
+            return
+        if d.imp.mtu is not None and len(data) > d.imp.mtu:
+            c.dropped_too_big += 1
             return
         if fate is None:
             c.dropped_loss += 1

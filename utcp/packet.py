@@ -74,6 +74,9 @@ class OptionKind(enum.IntEnum):
     SACK_PERMITTED = 4  # no value (RFC 2018)
     SACK = 5  # n * (u32 left edge, u32 right edge) (RFC 2018)
     TIMESTAMPS = 8  # u32 TSval, u32 TSecr (RFC 7323 section 3)
+    PROBE_PERMITTED = 9  # no value: the SYN's sender does path MTU discovery (docs/PROTOCOL.md)
+    PROBE = 10  # u32 probe id: the rest of the datagram is zero padding, never data (RFC 8899)
+    PROBE_ACK = 11  # u32 id of the probe this ACK answers
 
 
 @dataclass(slots=True)
@@ -82,6 +85,9 @@ class Packet:
 
     ``flags`` is a plain ``int`` of ``Flag`` bits (``Flag(p.flags)`` names them): enum
     arithmetic costs microseconds per datagram on the hot path.
+
+    A probe (``probe`` set) is ``padding`` zero bytes after the options, not payload: it
+    occupies no sequence space and is never delivered (docs/PROTOCOL.md, path MTU discovery).
     """
 
     flags: int
@@ -96,6 +102,10 @@ class Packet:
     sack_permitted: bool = False
     sack_blocks: tuple[tuple[int, int], ...] = ()
     timestamps: tuple[int, int] | None = None
+    probe_permitted: bool = False
+    probe: int | None = None
+    probe_ack: int | None = None
+    padding: int = 0
 
     @property
     def seg_len(self) -> int:
@@ -115,6 +125,9 @@ def options_size(
     sack_permitted: bool = False,
     sack_blocks: int = 0,
     timestamps: bool = False,
+    probe_permitted: bool = False,
+    probe: bool = False,
+    probe_ack: bool = False,
 ) -> int:
     """Encoded size of the given options, padded to a multiple of four bytes."""
     n = (
@@ -123,6 +136,9 @@ def options_size(
         + (2 if sack_permitted else 0)
         + (2 + 8 * sack_blocks if sack_blocks else 0)
         + (10 if timestamps else 0)
+        + (2 if probe_permitted else 0)
+        + (6 if probe else 0)
+        + (6 if probe_ack else 0)
     )
     return (n + 3) & ~3
 
@@ -135,12 +151,18 @@ def _encode_options(p: Packet) -> bytes:
         out += bytes((OptionKind.WSCALE, 3, p.wscale))
     if p.sack_permitted:
         out += bytes((OptionKind.SACK_PERMITTED, 2))
+    if p.probe_permitted:
+        out += bytes((OptionKind.PROBE_PERMITTED, 2))
     if p.timestamps is not None:
         out += bytes((OptionKind.TIMESTAMPS, 10)) + _U32X2.pack(*p.timestamps)
     if p.sack_blocks:
         out += bytes((OptionKind.SACK, 2 + 8 * len(p.sack_blocks)))
         for left, right in p.sack_blocks:
             out += _U32X2.pack(left, right)
+    if p.probe is not None:
+        out += bytes((OptionKind.PROBE, 6)) + _U32.pack(p.probe)
+    if p.probe_ack is not None:
+        out += bytes((OptionKind.PROBE_ACK, 6)) + _U32.pack(p.probe_ack)
     pad = -len(out) % 4
     if pad:
         out += bytes((OptionKind.NOP,)) * pad
@@ -158,14 +180,31 @@ def encode(p: Packet) -> bytes:
 
 
 def _encode(p: Packet) -> bytes:
-    if p.mss is None and p.wscale is None and not p.sack_permitted and not p.sack_blocks:
+    if (
+        p.mss is None
+        and p.wscale is None
+        and not p.sack_permitted
+        and not p.sack_blocks
+        and p.probe is None
+        and p.probe_ack is None
+        and not p.probe_permitted
+    ):
         opts = b"" if p.timestamps is None else _encode_options(p)
     else:
         opts = _encode_options(p)
     if p.wscale is not None and not 0 <= p.wscale <= MAX_WSCALE:
         raise ValueError(f"window scale {p.wscale} out of range 0..{MAX_WSCALE}")
+    body = len(p.payload)
+    if p.probe is not None or p.padding:
+        if p.probe is None:
+            raise ValueError("padding needs a probe id")
+        if body:
+            raise ValueError("a probe carries padding, not payload")
+        if p.padding < 0:
+            raise ValueError(f"negative padding {p.padding}")
+        body = p.padding  # zero bytes: a new bytearray is zero-filled
     hlen = HEADER_SIZE + len(opts)
-    buf = bytearray(hlen + len(p.payload))
+    buf = bytearray(hlen + body)
     _HEADER.pack_into(
         buf,
         0,
@@ -179,7 +218,8 @@ def _encode(p: Packet) -> bytes:
         0,
     )
     buf[HEADER_SIZE:hlen] = opts
-    buf[hlen:] = p.payload
+    if p.payload:
+        buf[hlen:] = p.payload
     mv = memoryview(buf)
     crc = zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET]))
     _U32.pack_into(buf, _CRC_OFFSET, crc)
@@ -221,6 +261,18 @@ def _decode_options(p: Packet, opts: memoryview) -> None:
             if length != 10:
                 raise PacketError("timestamps option length must be 10")
             p.timestamps = _U32X2.unpack_from(opts, i + 2)
+        elif kind == OptionKind.PROBE_PERMITTED:
+            if length != 2:
+                raise PacketError("probe-permitted option length must be 2")
+            p.probe_permitted = True
+        elif kind == OptionKind.PROBE:
+            if length != 6:
+                raise PacketError("probe option length must be 6")
+            p.probe = _U32.unpack_from(opts, i + 2)[0]
+        elif kind == OptionKind.PROBE_ACK:
+            if length != 6:
+                raise PacketError("probe-ack option length must be 6")
+            p.probe_ack = _U32.unpack_from(opts, i + 2)[0]
         # Unknown options are skipped by their length so later versions can add more.
         i += length
 
@@ -253,4 +305,16 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
             _decode_options(p, mv[HEADER_SIZE:hlen])
         except (struct.error, IndexError) as exc:  # defensive: lengths are checked above
             raise PacketError(f"malformed options: {exc}") from None
+        if p.probe is not None:
+            _take_padding(p)
     return p
+
+
+def _take_padding(p: Packet) -> None:
+    """A probe's body is padding: all zero (so ``encode`` rebuilds it exactly), never payload."""
+    pad = p.payload
+    n = len(pad)
+    if n and bytes(pad).count(0) != n:
+        raise PacketError("probe padding must be zero bytes")
+    p.padding = n
+    p.payload = b""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from .acking import on_syn_acked, rx_ack
 from .buffers import CHUNK_OVERHEAD_BYTES
 from .events import CloseReason, ConnectionEstablished, DataReceived, DropReason
-from .packet import Flag, Packet, options_size
+from .packet import HEADER_SIZE, Flag, Packet, options_size
 from .sending import wscale_for
 from .seqnum import seq_diff
 from .state import CAN_RECEIVE, ConnectionState
@@ -100,7 +100,17 @@ def take_syn(conn: Connection, p: Packet) -> None:
     else:
         conn._snd_wscale = conn._rcv_wscale = 0
     ts_cost = options_size(timestamps=True) if conn._ts_ok else 0
-    conn._snd_mss = max(64, min(cfg.mss_bytes, peer_mss) - ts_cost)
+    conn._peer_mss = peer_mss
+    conn._pmtud_ok = cfg.pmtud and p.probe_permitted
+    if conn._pmtud_ok:
+        # Path MTU discovery starts from the base size and raises it as probes get through;
+        # the peer's segments range as widely, so count ACK-worthy data in base-size segments.
+        base_mss = max(64, cfg.base_datagram_bytes - HEADER_SIZE - ts_cost)
+        conn._snd_mss = min(max(64, peer_mss - ts_cost), base_mss)
+        conn._ack_bytes = cfg.ack_every_segments * base_mss
+    else:
+        conn._snd_mss = max(64, min(cfg.mss_bytes, peer_mss) - ts_cost)
+        conn._ack_bytes = cfg.ack_every_segments * conn._snd_mss
     conn._cc.mss = conn._snd_mss
     conn._cc.cwnd = cfg.initial_cwnd_segments * conn._snd_mss
     conn._snd_wnd = p.window  # SYN windows are never scaled (RFC 7323 section 2.2)
@@ -174,6 +184,20 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
         return
     if payload or flags & _FIN:
         rx_data(conn, seg_pos, payload, bool(flags & _FIN), now)
+    elif p.probe is not None or p.probe_ack is not None:
+        rx_pmtud(conn, p, now)
+
+
+def rx_pmtud(conn: Connection, p: Packet, now: float) -> None:
+    """An acceptable PMTU probe (answered on the next pure ACK) or answer to ours; both are
+    ignored unless path MTU discovery was negotiated."""
+    if not conn._pmtud_ok:
+        return
+    if p.probe is not None:
+        conn._probe_ack_id = p.probe
+    pm = conn._pmtud
+    if p.probe_ack is not None and pm is not None and pm.on_probe_acked(p.probe_ack, now=now):
+        conn._apply_pmtu("probe")
 
 
 def rx_rst(conn: Connection, seg_pos: int, acceptable: bool, wnd: int, now: float) -> None:
@@ -215,7 +239,7 @@ def rx_data(
             data = payload[: hi - seg_pos] if len(payload) > hi - seg_pos else payload
             deliver(conn, bytes(data))
             conn._unacked_bytes += len(data)
-            if conn._unacked_bytes >= conn.config.ack_every_segments * conn._snd_mss:
+            if conn._unacked_bytes >= conn._ack_bytes:
                 conn._ack_now = True
         else:
             had_gap = len(conn._reasm) > 0

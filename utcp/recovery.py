@@ -7,6 +7,7 @@ caller) and keeps the RTO within the configured bounds, also after exponential b
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import deque
 
 _ALPHA = 1 / 8  # RFC 6298 section 2.3
@@ -256,6 +257,35 @@ class Scoreboard:
                 seg.lost = False
                 self.mark_lost(seg)
         self._loss_scan = len(self.segs)
+
+    def split(self, seg: SentSegment, cuts: list[int]) -> None:
+        """Cut ``seg``, a segment awaiting retransmission, at ``cuts`` (ascending positions
+        inside it) into pieces that are each lost, and resent, on their own.
+
+        The pieces keep the segment's history (send time, retransmission count, so Karn's
+        rule still holds) and its place, in position order and in the retransmission queue.
+        """
+        assert seg.lost and cuts and seg.start < cuts[0] and cuts[-1] < seg.end
+        bounds = [*cuts, seg.end]
+        pieces = []
+        for lo, hi in itertools.pairwise(bounds):
+            piece = SentSegment(lo, hi, seg.sent_at)
+            piece.tx = seg.tx
+            piece.retx = seg.retx
+            piece.lost = True
+            piece.in_pipe = False
+            pieces.append(piece)
+        seg.end = cuts[0]
+        segs = self.segs
+        i = bisect.bisect_left(segs, seg.start, lo=self._head, key=_start_key)
+        assert segs[i] is seg
+        segs[i + 1 : i + 1] = pieces
+        if self._loss_scan > i:
+            self._loss_scan += len(pieces)
+        lost = self._lost
+        j = lost.index(seg) + 1
+        for k, piece in enumerate(pieces):
+            lost.insert(j + k, piece)
 
     def next_lost(self, acked_to: int) -> SentSegment | None:
         """The oldest segment still waiting to be retransmitted, or None."""

@@ -1,15 +1,26 @@
 """The send path below ``Connection.datagrams_to_send``: retransmissions and new data within
-the congestion and peer windows, and the building of every segment with its options.
+the congestion and peer windows, and the building of every segment with its options, PMTU
+probes included.
 
 Every segment built here carries the current ACK, window and SACK blocks, so building one with
-ACK set settles any ACK owed; nothing beyond ``snd_una + snd_wnd`` is ever sent as new data.
+ACK set settles any ACK owed (a PMTU probe, likely to be lost, settles nothing); nothing beyond
+``snd_una + snd_wnd`` is ever sent as new data, and no payload is larger than ``snd_mss``.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .packet import MAX_WINDOW_FIELD, MAX_WSCALE, Flag, Packet, encode, options_size
+from .packet import (
+    HEADER_SIZE,
+    MAX_OPTIONS_SIZE,
+    MAX_WINDOW_FIELD,
+    MAX_WSCALE,
+    Flag,
+    Packet,
+    encode,
+    options_size,
+)
 from .recovery import SentSegment
 from .seqnum import SEQ_MASK
 from .state import ConnectionState
@@ -39,6 +50,8 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
         if seg is None:
             break
         length = seg.end - seg.start
+        if length > mss:
+            length = fit_to_mss(conn, seg, mss)
         if not conn._rexmit_now and sb.pipe and sb.pipe + length > cc.cwnd + conn._dupack_credit:
             break
         conn._rexmit_now = False
@@ -94,6 +107,9 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
             conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
         if not conn._tlp_sent:
             arm_tlp(conn, now)
+        pm = conn._pmtud
+        if pm is not None and now >= pm.wake_at:
+            pm.wake(now=now)  # traffic after the raise timer ran out (or ERROR's wait)
     # Zero (or too small) window with data waiting and nothing in flight: probe it.
     if window_blocked(conn):
         if conn._persist_at is None:
@@ -101,6 +117,26 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
             conn._persist_at = now + interval
     else:
         conn._persist_at = None
+
+
+def fit_to_mss(conn: Connection, seg: SentSegment, mss: int) -> int:
+    """Cut a segment awaiting retransmission into pieces of at most ``mss`` payload bytes and
+    return the first piece's length.
+
+    Only path MTU discovery shrinks the MSS; after a black hole the old size is what the path
+    drops, so resending the segment whole would never get through.
+    """
+    start = max(seg.start, conn._snd_una)
+    n = conn._data_len(start, seg.end)
+    if n <= mss:
+        return seg.end - seg.start  # a FIN's position, not payload, made it look long
+    cuts = list(range(start + mss, start + n, mss))
+    if conn._tracer is not None:
+        by = conn._lost_by.get(seg.start, "rto")
+        for cut in cuts:
+            conn._lost_by[cut] = by
+    conn._scoreboard.split(seg, cuts)
+    return seg.end - seg.start
 
 
 def emit_segment(conn: Connection, out: list[bytes], start: int, end: int) -> None:
@@ -118,9 +154,16 @@ def emit_segment(conn: Connection, out: list[bytes], start: int, end: int) -> No
 
 
 def build(
-    conn: Connection, flags: int, seq_pos: int, payload: bytes, *, syn: bool = False
+    conn: Connection,
+    flags: int,
+    seq_pos: int,
+    payload: bytes,
+    *,
+    syn: bool = False,
+    probe_ack: int | None = None,
 ) -> bytes:
-    """One encoded segment at position ``seq_pos``, with the ACK, window and options due."""
+    """One encoded segment at position ``seq_pos``, with the ACK, window and options due;
+    ``probe_ack`` answers the peer's PMTU probe of that id (on a pure ACK)."""
     cfg = conn.config
     p = Packet(
         flags,
@@ -132,18 +175,20 @@ def build(
         payload,
     )
     if syn:
-        p.mss = cfg.mss_bytes
+        p.mss = conn._adv_mss
         p.window = min(conn._rcv_window(), MAX_WINDOW_FIELD)
         conn._adv_wnd = p.window
         if conn._state is S.SYN_SENT:
             p.wscale = wscale_for(cfg.recv_buffer_bytes)
             p.sack_permitted = cfg.sack
+            p.probe_permitted = cfg.pmtud
             if cfg.timestamps:
                 p.timestamps = (ts_now(conn), 0)
         else:
             if conn._wscale_ok:
                 p.wscale = conn._rcv_wscale
             p.sack_permitted = conn._sack_ok
+            p.probe_permitted = conn._pmtud_ok
             if conn._ts_ok:
                 p.timestamps = (ts_now(conn), conn._ts_recent)
     else:
@@ -152,8 +197,10 @@ def build(
         conn._adv_wnd = p.window << conn._rcv_wscale
         if conn._ts_ok:
             p.timestamps = (ts_now(conn), conn._ts_recent)
+        if probe_ack is not None:
+            p.probe_ack = probe_ack
         if conn._sack_ok and len(conn._reasm) and flags & _ACK:
-            p.sack_blocks = sack_blocks(conn, len(payload))
+            p.sack_blocks = sack_blocks(conn, len(payload), probe_ack is not None)
     if flags & _ACK:
         conn._ack_now = False
         conn._ack_at = None
@@ -163,13 +210,47 @@ def build(
     return encode(p)
 
 
+def build_probe(conn: Connection, probe_id: int, size: int) -> bytes:
+    """A PMTU probe of ``size`` bytes: an ACK at SND.NXT with the current ACK and window, the
+    PROBE option and zero padding up to the size (docs/PROTOCOL.md, path MTU discovery).
+
+    It occupies no sequence space and is not recorded for retransmission; since it is likely to
+    be dropped, it settles no ACK owed and leaves the window last advertised as it was.
+    """
+    p = Packet(
+        _ACK,
+        conn.local_cid,
+        conn.peer_cid,
+        conn._wire_seq(conn._snd_nxt),
+        conn._wire_ack(conn._rcv_nxt),
+        min(conn._rcv_window() >> conn._rcv_wscale, MAX_WINDOW_FIELD),
+        b"",
+        probe=probe_id,
+    )
+    if conn._ts_ok:
+        p.timestamps = (ts_now(conn), conn._ts_recent)
+    p.padding = size - HEADER_SIZE - options_size(timestamps=conn._ts_ok, probe=True)
+    if conn._tracer is not None:
+        wnd = p.window << conn._rcv_wscale
+        conn._tracer.event(conn._trace_now, "datagram_sent", packet_fields(p, wnd))
+    return encode(p)
+
+
 def ts_now(conn: Connection) -> int:
     return int(conn._clock_ms) & SEQ_MASK
 
 
-def sack_blocks(conn: Connection, payload_len: int) -> tuple[tuple[int, int], ...]:
+def sack_blocks(
+    conn: Connection, payload_len: int, probe_ack: bool = False
+) -> tuple[tuple[int, int], ...]:
     ranges = conn._reasm.ranges()
     limit = _MAX_SACK_BLOCKS_WITH_TS if conn._ts_ok else _MAX_SACK_BLOCKS
+    if probe_ack:  # the 6-byte PROBE_ACK shares the 36 option bytes
+        while (
+            options_size(sack_blocks=limit, timestamps=conn._ts_ok, probe_ack=True)
+            > MAX_OPTIONS_SIZE
+        ):
+            limit -= 1
     if payload_len:
         # Options must not push a data segment past the datagram size the MSS allows
         # (RFC 9293 section 3.7.1): carry only the blocks that fit beside the payload.

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .packet import HEADER_SIZE
 from .state import ConnectionState
 
 if TYPE_CHECKING:
@@ -66,7 +67,12 @@ class ConnectionStats:
     send_window_bytes: int
     receive_window_bytes: int
     send_buffer_bytes: int  # written by the application and not yet acknowledged
-    mss_bytes: int
+    mss_bytes: int  # largest payload this side puts in a segment now
+    pmtu_bytes: int  # largest datagram this side sends now: header, options and mss_bytes
+    pmtud_state: str  # path MTU discovery (RFC 8899 section 5.2): "DISABLED" when not in use
+    pmtud_probes_sent: int
+    pmtud_probes_lost: int  # probes unanswered within the probe timer (lost probes)
+    pmtud_black_holes: int  # falls back to the base size after full-sized segments stopped
     duplicate_segments_received: int  # data segments all of whose bytes we already had
     out_of_order_segments_received: int  # data segments bringing new bytes beyond a gap
     time_limited_by_receiver_s: float  # data waiting, held back by the peer's window
@@ -77,6 +83,7 @@ class ConnectionStats:
 def snapshot(conn: Connection) -> ConnectionStats:
     """The counters and estimators of ``conn`` now."""
     limited = conn._limited_s
+    pm = conn._pmtud
     return ConnectionStats(
         state=conn._state,
         bytes_sent=conn._bytes_sent,
@@ -103,6 +110,11 @@ def snapshot(conn: Connection) -> ConnectionStats:
         receive_window_bytes=conn._rcv_window(),
         send_buffer_bytes=len(conn._sndbuf),
         mss_bytes=conn._snd_mss,
+        pmtu_bytes=HEADER_SIZE + conn._ts_cost() + conn._snd_mss,
+        pmtud_state=pm.state.value if pm is not None else "DISABLED",
+        pmtud_probes_sent=pm.probes_sent if pm is not None else 0,
+        pmtud_probes_lost=pm.probes_lost if pm is not None else 0,
+        pmtud_black_holes=pm.black_holes if pm is not None else 0,
         duplicate_segments_received=conn._dup_segments,
         out_of_order_segments_received=conn._ooo_segments,
         time_limited_by_receiver_s=limited[_LIMITED_BY_RECEIVER],

@@ -1,5 +1,6 @@
-"""The connection's timer handlers: retransmission timeout, tail loss probe, window probes,
-keepalive, idle timeout and the handshake-ACK re-send, and the deadlines they arm.
+"""The connection's timer handlers: retransmission timeout (and the PMTU black hole it may
+reveal), tail loss probe, window probes, keepalive, idle timeout, the handshake-ACK re-send and
+path MTU discovery's timer, and the deadlines they arm.
 
 Each handler runs only from ``Connection.handle_timer`` once its deadline has passed (the
 deadline is cleared first), and never sends: it sets what ``datagrams_to_send`` will emit.
@@ -10,14 +11,21 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from .events import CloseReason
+from .packet import HEADER_SIZE
 from .state import SYNCHRONIZED, ConnectionState
 
 if TYPE_CHECKING:
     from .connection import Connection
+    from .pmtud import Pmtud
 
 S = ConnectionState
 HANDSHAKE_ACK_TRIES = 6  # a lost handshake ACK is re-sent at most this often
 _TLP_MIN_S = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
+# Consecutive retransmission timeouts of a segment larger than the base size that declare a
+# PMTU black hole (docs/PROTOCOL.md, path MTU discovery): three, as Linux's black hole
+# detection after tcp_retries1 (3) timeouts.  Two in a row are common under heavy random loss
+# (a quarter of the time at 30% each way); a false alarm costs a search from the base size.
+BLACK_HOLE_RTOS = 3
 
 
 def on_rto(conn: Connection, now: float) -> None:
@@ -85,6 +93,8 @@ def on_rto(conn: Connection, now: float) -> None:
     if conn._tracer is not None:
         conn._trace_losses("rto")
     conn._rtt.back_off()
+    if conn._pmtud_ok and conn._timeouts_in_a_row >= BLACK_HOLE_RTOS:
+        check_black_hole(conn, now)
     conn._log.debug(
         "rto_expired",
         snd_una=conn._wire_seq(conn._snd_una),
@@ -93,6 +103,26 @@ def on_rto(conn: Connection, now: float) -> None:
         backoff=conn._rtt.backoff,
     )
     conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+
+
+def check_black_hole(conn: Connection, now: float) -> None:
+    """The oldest segment timed out again: if it is larger than the base size, the path has
+    stopped carrying datagrams of its size (RFC 8899 section 4.3).  Fall back to the base size
+    at once; its retransmission is then cut to fit (``sending.send_data``)."""
+    pm = conn._pmtud
+    first = conn._scoreboard.first()
+    if pm is None or first is None:
+        return
+    start = max(first.start, conn._snd_una)
+    size = HEADER_SIZE + conn._ts_cost() + conn._data_len(start, first.end)
+    if pm.on_black_hole(size, now=now):
+        conn._apply_pmtu("black_hole")
+
+
+def on_pmtud_timer(conn: Connection, pm: Pmtud, now: float) -> None:
+    """A PMTU probe went unanswered.  Never a congestion signal: no cwnd, RTO, backoff or
+    retransmission is touched; only the search learns from it."""
+    pm.on_timer(now=now)
 
 
 def arm_tlp(conn: Connection, now: float) -> None:

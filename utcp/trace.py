@@ -76,6 +76,11 @@ def packet_fields(p: Packet, wnd: int) -> dict[str, object]:
     }
     if p.sack_blocks:
         fields["sack"] = [[left, right] for left, right in p.sack_blocks]
+    if p.probe is not None:
+        fields["probe"] = p.probe
+        fields["pad"] = p.padding
+    if p.probe_ack is not None:
+        fields["probe_ack"] = p.probe_ack
     return fields
 
 

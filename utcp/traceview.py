@@ -21,6 +21,8 @@ __all__ = [
     "Dropped",
     "Event",
     "Loss",
+    "PmtuChange",
+    "PmtudStateChange",
     "Retransmit",
     "RttSample",
     "SeqUnwrapper",
@@ -71,6 +73,9 @@ class Datagram:
     wnd: int
     length: int
     sack: tuple[tuple[int, int], ...] = ()
+    probe: int | None = None  # a PMTU probe's id; ``pad`` bytes of padding, no payload
+    pad: int = 0
+    probe_ack: int | None = None
 
     @property
     def flag_set(self) -> frozenset[str]:
@@ -90,6 +95,10 @@ class Datagram:
             text += f" len={self.length}"
         if self.sack:
             text += " sack=" + ",".join(f"{left}-{right}" for left, right in self.sack)
+        if self.probe is not None:
+            text += f" probe={self.probe} pad={self.pad}"
+        if self.probe_ack is not None:
+            text += f" probe_ack={self.probe_ack}"
         return text
 
 
@@ -152,6 +161,26 @@ class TimerFired:
 
 
 @dataclass(frozen=True)
+class PmtudStateChange:
+    """``pmtud_state``: a path MTU discovery state change (RFC 8899 section 5.2)."""
+
+    t: float
+    old: str
+    new: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PmtuChange:
+    """``pmtu_changed``: the datagram size in use changed, by a probe or a black hole."""
+
+    t: float
+    pmtu: int
+    mss: int
+    by: str
+
+
+@dataclass(frozen=True)
 class Dropped:
     """``datagram_dropped``: a datagram discarded before it reached the connection's logic."""
 
@@ -175,6 +204,8 @@ Event = (
     | Loss
     | Retransmit
     | TimerFired
+    | PmtudStateChange
+    | PmtuChange
     | Dropped
     | Closed
 )
@@ -259,6 +290,9 @@ def _datagram(f: _Fields, t: float, *, sent: bool) -> Datagram:
         wnd=f.integer("wnd"),
         length=f.integer("len"),
         sack=f.sack(),
+        probe=f.maybe_integer("probe"),
+        pad=f.maybe_integer("pad") or 0,
+        probe_ack=f.maybe_integer("probe_ack"),
     )
 
 
@@ -276,6 +310,10 @@ _EVENTS: dict[str, Callable[[_Fields, float], Event]] = {
     "loss_detected": lambda f, t: Loss(t, f.integer("seq"), f.integer("len"), f.text("by")),
     "retransmit": lambda f, t: Retransmit(t, f.integer("seq"), f.integer("len"), f.text("by")),
     "timer_fired": lambda f, t: TimerFired(t, f.text("timer")),
+    "pmtud_state": lambda f, t: PmtudStateChange(
+        t, f.text("old"), f.text("new"), f.integer("size")
+    ),
+    "pmtu_changed": lambda f, t: PmtuChange(t, f.integer("pmtu"), f.integer("mss"), f.text("by")),
     "connection_closed": lambda f, t: Closed(t, f.text("reason")),
 }
 
@@ -475,6 +513,10 @@ def _ladder_rows(trace: Trace) -> list[_Row]:
             rows.append(_Row(e.t, "note", f"* retransmit seq={e.seq} len={e.length} ({e.by})"))
         elif isinstance(e, TimerFired):
             rows.append(_Row(e.t, "note", f"* {e.timer} timer fired"))
+        elif isinstance(e, PmtudStateChange):
+            rows.append(_Row(e.t, "state", f"[PMTUD {e.old} -> {e.new}, {e.size} bytes]"))
+        elif isinstance(e, PmtuChange):
+            rows.append(_Row(e.t, "note", f"* datagrams of {e.pmtu} bytes, mss {e.mss} ({e.by})"))
     return rows
 
 

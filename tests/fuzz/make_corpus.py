@@ -64,6 +64,11 @@ def _raw_header(options: bytes, payload: bytes = b"", version: int = 1) -> bytes
     return with_crc(head + options + payload)
 
 
+def _probe(target: Target, field: str) -> bytes:
+    """The first PMTU probe (``probe``) or answer to one (``probe_ack``) the peer sent."""
+    return next(d for d in target.from_peer if getattr(decode(d), field) is not None)
+
+
 def decode_seeds() -> dict[str, bytes]:
     """Real datagrams of every kind, and a few hand-made option and header edge cases."""
     established = build(S.ESTABLISHED, 0)
@@ -80,6 +85,12 @@ def decode_seeds() -> dict[str, bytes]:
         "rst-ack": reset_for(decode(syn_ts)) or b"",
         "ack-sack": _answer(established),
         "ack-sack-timestamps": _answer(build(S.ESTABLISHED, 1)),
+        "probe": _probe(established, "probe"),
+        "probe-ack": _probe(established, "probe_ack"),
+        "probe-timestamps": _probe(build(S.ESTABLISHED, 1), "probe"),
+        "options-probe-nonzero-padding": _raw_header(
+            bytes([OptionKind.PROBE, 6, 0, 0, 0, 1, 1, 1]), b"\x01"
+        ),
         "options-eol-unknown": _raw_header(bytes([99, 4, 1, 2, 3, 3, 7, 0]), b"x"),
         "options-nop-wscale15": _raw_header(bytes([1, 1, 3, 3, 15, 1, 1, 1])),
         "options-sack-4-blocks": _raw_header(bytes([1, 1, OptionKind.SACK, 34]) + bytes(range(32))),
@@ -144,6 +155,8 @@ def connection_seeds() -> dict[str, bytes]:
                 odd += _forged(target, variant, payload=b"z" * 200, seq=50)  # out of order
                 odd += _forged(target, variant, flags=SYN | ACK)  # a SYN when synchronized
                 odd += _forged(target, variant, window=0)  # the window closes
+                odd += _forged(target, variant, probe=9, padding=300)  # a PMTU probe
+                odd += _forged(target, variant, probe_ack=1)  # an answer to ours
                 odd += bytes([OP_CALL | (4 << 2)])  # send
                 odd += bytes([OP_CALL | (3 << 2)])  # resume reading
                 odd += _clock(40) + _forged(target, variant, window=0xFFFF)

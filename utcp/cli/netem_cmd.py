@@ -30,7 +30,8 @@ T = TypeVar("T")
 USAGE = (
     "%(prog)s --listen H:P --to H:P [--loss PCT] [--delay MS] [--jitter MS]\n"
     "       [--dup PCT] [--corrupt PCT] [--reorder PCT] [--rate MBIT --queue KB]\n"
-    "       [--blackhole START+LEN] [--seed N]   (each also as --OPTION-up, --OPTION-down)"
+    "       [--blackhole START+LEN] [--mtu BYTES] [--seed N]\n"
+    "       (each impairment also as --OPTION-up, --OPTION-down)"
 )
 DIRECTIONS = ("up", "down")
 
@@ -57,6 +58,13 @@ def _queue_size(text: str) -> int:
     if re.fullmatch(r"\s*(\d+(\.\d*)?|\.\d+)\s*", text):
         text = text.strip() + "K"
     return parse_size(text)
+
+
+def _datagram_size(text: str) -> int:
+    size = parse_size(text)
+    if size <= 0:
+        raise ValueError(f"datagram size must be positive, not {text!r}")
+    return size
 
 
 # option, Impairment field, type, metavar, help
@@ -119,6 +127,13 @@ _IMPAIRMENTS: list[tuple[str, str, Callable[[str], object], str, str]] = [
         "START+LEN",
         "drop everything from START for LEN after the relay starts (2s+3s)",
     ),
+    (
+        "mtu",
+        "mtu",
+        _arg_type(_datagram_size, "size"),
+        "BYTES",
+        "silently drop datagrams (UDP payloads) larger than this: a PMTU black hole",
+    ),
 ]
 
 
@@ -130,9 +145,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="relay UDP between two addresses, impairing the traffic each way",
         description=(
             "Relay UDP datagrams from clients at --listen to --to and back, with loss, delay,"
-            " jitter, duplication, corruption, reordering, a rate-limited bottleneck and a"
-            " blackhole.  Each client address gets its own upstream socket, so many clients"
-            " can share one relay.  Runs until interrupted, then prints its counters."
+            " jitter, duplication, corruption, reordering, a rate-limited bottleneck, a"
+            " blackhole and a path MTU.  Each client address gets its own upstream socket, so"
+            " many clients can share one relay.  Runs until interrupted, then prints its counters."
         ),
         epilog=(
             "Percentages are 5% or 0.05 (a bare number is a fraction: 1 means 100%).  Each"

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--mss",
         type=size,
         metavar="BYTES",
-        help=f"largest segment payload (default {defaults.mss_bytes})",
+        help="fixed largest segment payload, turning path MTU discovery off "
+        "(default: discovered, from 1200-byte datagrams up)",
     )
     tun.add_argument(
         "--user-timeout",
@@ -173,6 +174,8 @@ def build_config(args: argparse.Namespace) -> Config:
         "user_timeout_s": args.user_timeout,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
+    if args.mss is not None:
+        values["pmtud"] = False  # a segment size given is the size to use: nothing to discover
     if args.keepalive is not None:
         values["keepalive_idle_s"] = args.keepalive
         values["keepalive_interval_s"] = args.keepalive
