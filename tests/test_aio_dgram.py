@@ -17,7 +17,14 @@ from typing import Any
 import pytest
 
 import utcp
-from tests.aio_helpers import HOST, Runner, make_run_fixture, seeded_bytes, server_port
+from tests.aio_helpers import (
+    HOST,
+    Runner,
+    make_run_fixture,
+    seeded_bytes,
+    server_port,
+    wait_until,
+)
 from utcp import Config, Connection
 from utcp.asyncio.dgram import (
     IO_ENV,
@@ -260,3 +267,41 @@ def test_a_batch_of_segments_draws_one_ack(run: Runner) -> None:
         endpoint.abort_all()
 
     run(main())
+
+
+def test_path_mtu_discovery_finds_loopbacks_largest_datagram(run: Runner) -> None:
+    """Over loopback (MTU 65536) discovery settles at the largest UDP payload, 65507 bytes,
+    with don't-fragment set; the data then travels in datagrams of that size."""
+
+    async def main() -> None:
+        sizes: list[int] = []
+
+        def observe(kind: str, datagram: bytes, _addr: Any) -> None:
+            if kind == "send" and utcp.decode(datagram).payload:
+                sizes.append(len(datagram))
+
+        server = await utcp.start_server(_echo_all, HOST, 0)
+        reader, writer = await utcp.open_connection(HOST, server_port(server), observer=observe)
+        conn = writer.get_extra_info("connection")
+        await wait_until(lambda: conn.stats.pmtud_state == "SEARCH_COMPLETE", "the search")
+        assert conn.stats.pmtu_bytes == 65507
+        payload = seeded_bytes(21, 4 << 20)
+        writer.write(payload)
+        writer.write_eof()
+        assert await reader.read() == payload
+        stats = conn.stats
+        writer.close()
+        await writer.wait_closed()
+        assert max(sizes) == 65507 and stats.pmtud_black_holes == 0
+        assert server.stats["send_errors"] == 0
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+async def _echo_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(1 << 16):
+        writer.write(data)
+        await writer.drain()
+    writer.close()

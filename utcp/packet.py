@@ -25,6 +25,7 @@ __all__ = [
     "decode",
     "encode",
     "options_size",
+    "stamp",
 ]
 
 VERSION = 1
@@ -36,6 +37,7 @@ MAX_WSCALE = 14  # RFC 7323 section 2.3
 
 # ver/hlen, flags, window, src cid, dst cid, seq, ack, crc32
 _HEADER = struct.Struct("!BBHIIIII")
+_SEQ_OFFSET = 12
 _CRC_OFFSET = 20
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -222,6 +224,20 @@ def _encode(p: Packet) -> bytes:
         buf[hlen:] = p.payload
     mv = memoryview(buf)
     crc = zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET]))
+    _U32.pack_into(buf, _CRC_OFFSET, crc)
+    return bytes(buf)
+
+
+def stamp(template: bytes, seq: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """``template``, an encoded packet without payload, re-stamped with sequence number ``seq``
+    and ``payload``: the same bytes ``encode`` gives for that packet, at a fraction of the
+    cost, for a run of data segments that share every other field."""
+    buf = bytearray(template)
+    _U32.pack_into(buf, _SEQ_OFFSET, seq)
+    buf += payload
+    mv = memoryview(buf)
+    crc = zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET]))
+    mv.release()
     _U32.pack_into(buf, _CRC_OFFSET, crc)
     return bytes(buf)
 

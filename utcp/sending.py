@@ -20,6 +20,7 @@ from .packet import (
     Packet,
     encode,
     options_size,
+    stamp,
 )
 from .recovery import SentSegment
 from .seqnum import SEQ_MASK
@@ -66,6 +67,9 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
     # New data (and the FIN) within both windows.
     data_end = conn._sndbuf.end
     fin_pos = conn._fin_pos
+    template: bytes | None = None
+    # Traces record every segment built, and SACK blocks depend on each payload's length.
+    slow = conn._tracer is not None or (conn._sack_ok and len(conn._reasm) > 0)
     while True:
         nxt = conn._snd_nxt
         if nxt < data_end:
@@ -94,7 +98,15 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
         else:
             break
         seg_end = end + 1 if fin else end
-        emit_segment(conn, out, nxt, seg_end)
+        if fin or slow:
+            emit_segment(conn, out, nxt, seg_end)
+        else:
+            # A plain data segment: every header field but the sequence number is the same
+            # for the whole run, so the header is built once and stamped per segment.
+            if template is None:
+                template = build(conn, _ACK, nxt, b"")
+            out.append(stamp(template, conn._wire_seq(nxt), conn._sndbuf.get(nxt, end)))
+            conn._segments_sent += 1
         sb.add(SentSegment(nxt, seg_end, now))
         conn._bytes_sent += end - nxt
         conn._snd_nxt = seg_end
