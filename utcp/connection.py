@@ -351,6 +351,11 @@ class Connection:
         """The oldest undelivered event, or None."""
         return self._events.popleft() if self._events else None
 
+    @property
+    def has_events(self) -> bool:
+        """Whether ``next_event`` has something to give."""
+        return bool(self._events)
+
     # ------------------------------------------------------------------ timers
 
     def get_timer(self) -> float | None:

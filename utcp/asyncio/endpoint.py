@@ -529,7 +529,8 @@ class Endpoint(asyncio.DatagramProtocol):
             self._send_burst(datagrams, handle.addr)
             handle.last_sent = datagrams[-1]
         self._rearm(handle)
-        self.schedule_flush(handle)  # events, if any, are delivered from the loop
+        if handle.conn.has_events:
+            self.schedule_flush(handle)  # delivered from the loop, not inside the user's call
 
     def _scheduled_flush(self, handle: ConnectionHandle) -> None:
         handle.flush_scheduled = False
