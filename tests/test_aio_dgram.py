@@ -196,7 +196,7 @@ def test_server_stats_say_which_path_carries_it(io_path: str, run: Runner) -> No
             writer.write(await reader.read(100))
             writer.close()
 
-        cfg = Config(io_path=io_path)
+        cfg = Config(io_path=io_path, msl_s=0.05)  # the server's TIME_WAIT need not last 4 s
         server = await utcp.start_server(echo, HOST, 0, config=cfg)
         reader, writer = await utcp.open_connection(HOST, server_port(server), config=cfg)
         writer.write(b"ping")
