@@ -119,11 +119,13 @@ async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 
 async def lossy_transfer() -> None:
-    """2 MiB through 2% loss and 10 ms delay each way, traced; the client's trace drawn."""
+    """2 MiB through 2% loss and 10 ms delay each way over a 1500-byte-MTU path (the relay
+    drops larger datagrams, so PMTU discovery settles at 1472 bytes), traced; the client's
+    trace drawn."""
     structlog.reset_defaults()
     payload = random.Random(2).randbytes(LOSSY_BYTES)
     server = await utcp.start_server(sink, "127.0.0.1", 0)
-    loss = Impairment(loss=0.02, delay_s=0.010)
+    loss = Impairment(loss=0.02, delay_s=0.010, mtu=1472)
     with tempfile.TemporaryDirectory() as tmp:
         traced = utcp.Config(trace_dir=tmp)
         async with await Relay.start(
@@ -144,7 +146,8 @@ async def lossy_transfer() -> None:
             f"{'intact' if intact else 'CORRUPTED'}, {stats.retransmissions} retransmissions "
             f"({stats.fast_retransmits} fast, {stats.timeouts} timeouts, "
             f"{stats.tail_loss_probes} tail loss probes); relay dropped "
-            f"{relay.counters.up.dropped_loss} up, {relay.counters.down.dropped_loss} down"
+            f"{relay.counters.up.dropped_loss} up, {relay.counters.down.dropped_loss} down; "
+            f"path MTU discovered: {stats.pmtu_bytes} B datagrams"
         )
         if importlib.util.find_spec("matplotlib") is None:
             print("no picture: matplotlib is not installed (pip install 'utcp-transport[plot]')")

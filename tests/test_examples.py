@@ -134,6 +134,7 @@ def test_demo_prints_the_ladder_from_real_packets() -> None:
     assert synack_ack == (syn + 1) % 2**32
     # Then the traced transfer through 2% loss, drawn where the demo says.
     assert "2 MiB through 2% loss each way: intact" in out, out
+    assert "path MTU discovered: 1472 B datagrams" in out, out  # the relay's 1500-byte path
     picture = re.search(r"time-sequence graph of that transfer: (.+\.png)", out)
     assert picture is not None, out
     assert Path(picture.group(1)).stat().st_size > 10_000
