@@ -9,9 +9,14 @@ for the same seed.
 from __future__ import annotations
 
 import heapq
+import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
 
 from utcp.connection import Connection, reset_for
 from utcp.events import ConnectionClosed, DataReceived, EofReceived, Event
@@ -279,3 +284,22 @@ def ladder(net: Network) -> list[tuple[str, str, int, int]]:
         names = [str(f.name) for f in (Flag.SYN, Flag.FIN, Flag.RST, Flag.ACK) if p.flags & f]
         out.append((sent.src, "|".join(names), p.seq, p.ack))
     return out
+
+
+@contextmanager
+def captured_logs() -> Iterator[list[dict[str, Any]]]:
+    """Configure structlog to collect every event into a list, then restore the defaults."""
+    events: list[dict[str, Any]] = []
+
+    def capture(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+        events.append(dict(event))
+        raise structlog.DropEvent
+
+    structlog.configure(
+        processors=[capture],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+    )
+    try:
+        yield events
+    finally:
+        structlog.reset_defaults()

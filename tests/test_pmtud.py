@@ -7,18 +7,14 @@ scenario names its path limit in the test id.
 
 from __future__ import annotations
 
-import logging
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
 
 import pytest
 import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Link, Network, pair
+from tests.helpers import Link, Network, captured_logs, pair
 from tests.test_packet import PMTUD_SYN_VECTOR
 from utcp import Config, Connection, ConnectionState, Flag, Packet, decode, encode
 from utcp.config import BASE_DATAGRAM_BYTES, MAX_UDP_PAYLOAD_BYTES
@@ -532,25 +528,8 @@ def test_scoreboard_split_keeps_order_history_and_the_retransmission_queue() -> 
 # ------------------------------------------------------------------------ logs
 
 
-@contextmanager
-def _captured() -> Iterator[list[dict[str, Any]]]:
-    events: list[dict[str, Any]] = []
-
-    def capture(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
-        events.append(dict(event))
-        raise structlog.DropEvent
-
-    structlog.configure(
-        processors=[capture], wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG)
-    )
-    try:
-        yield events
-    finally:
-        structlog.reset_defaults()
-
-
 def test_state_changes_are_logged_with_the_connection_id() -> None:
-    with _captured() as events:
+    with captured_logs() as events:
         net = _path(None)
         net.run(until=lambda: _done(net))
     logged = [e for e in events if e["event"] == "pmtud_state" and e["cid"] == "0000000a"]
