@@ -222,10 +222,7 @@ def _encode(p: Packet) -> bytes:
     buf[HEADER_SIZE:hlen] = opts
     if p.payload:
         buf[hlen:] = p.payload
-    mv = memoryview(buf)
-    crc = zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET]))
-    _U32.pack_into(buf, _CRC_OFFSET, crc)
-    return bytes(buf)
+    return _sealed(buf)
 
 
 def stamp(template: bytes, seq: int, payload: bytes | bytearray | memoryview) -> bytes:
@@ -235,10 +232,17 @@ def stamp(template: bytes, seq: int, payload: bytes | bytearray | memoryview) ->
     buf = bytearray(template)
     _U32.pack_into(buf, _SEQ_OFFSET, seq)
     buf += payload
-    mv = memoryview(buf)
-    crc = zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET]))
-    mv.release()
-    _U32.pack_into(buf, _CRC_OFFSET, crc)
+    return _sealed(buf)
+
+
+def _crc(mv: memoryview) -> int:
+    """CRC-32 of a datagram with its own CRC field left out."""
+    return zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET]))
+
+
+def _sealed(buf: bytearray) -> bytes:
+    """The datagram in ``buf`` with its CRC field filled in."""
+    _U32.pack_into(buf, _CRC_OFFSET, _crc(memoryview(buf)))
     return bytes(buf)
 
 
@@ -308,7 +312,7 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
         raise PacketError(f"datagram of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
     vh, flags, window, src, dst, seq, ack, crc = _HEADER.unpack_from(mv, 0)
     # The checksum first: corruption anywhere, header fields included, counts as corruption.
-    if zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET])) != crc:
+    if _crc(mv) != crc:
         raise PacketError("checksum mismatch", DropReason.BAD_CHECKSUM)
     if vh >> 4 != VERSION:
         raise PacketError(f"unsupported version {vh >> 4}")

@@ -33,8 +33,8 @@ __all__ = [
     "OffloadSupport",
     "create_endpoint",
     "offload_support",
+    "burst_sender",
     "resolve_io_path",
-    "send_burst",
     "set_dont_fragment",
 ]
 
@@ -208,16 +208,23 @@ async def create_endpoint(
     return transport, protocol
 
 
-def send_burst(transport: asyncio.DatagramTransport, datagrams: list[bytes], addr: Address) -> None:
-    """Send datagrams to one peer: in GSO runs on the fast path, one by one otherwise."""
+def burst_sender(
+    transport: asyncio.DatagramTransport,
+) -> Callable[[list[bytes], Address], None]:
+    """What sends a burst of datagrams to one peer (``None``: the connected peer) over this
+    transport: GSO runs on the fast path, one ``sendto`` each otherwise."""
     if isinstance(transport, FastDatagramTransport):
-        transport.send_burst(datagrams, addr)
-    elif addr is None:
-        for data in datagrams:
-            transport.sendto(data)
-    else:
-        for data in datagrams:
-            transport.sendto(data, addr)
+        return transport.send_burst
+
+    def send(datagrams: list[bytes], addr: Address) -> None:
+        if addr is None:
+            for data in datagrams:
+                transport.sendto(data)
+        else:
+            for data in datagrams:
+                transport.sendto(data, addr)
+
+    return send
 
 
 class FastDatagramTransport(asyncio.DatagramTransport):

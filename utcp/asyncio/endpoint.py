@@ -36,7 +36,7 @@ from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
 from ..state import SYNCHRONIZED, ConnectionState
 from ..trace import TRACE_ENV, tracer_for
-from .dgram import FastDatagramTransport, send_burst, set_dont_fragment
+from .dgram import FastDatagramTransport, burst_sender, set_dont_fragment
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 Observer = Callable[[str, bytes, Address], None]
@@ -50,6 +50,10 @@ _COOKIE_GRACE_S = 64.0  # a cookie is valid for one to two of these
 _SYN = int(Flag.SYN)
 _ACK = int(Flag.ACK)
 _RST = int(Flag.RST)
+
+
+def _no_socket(datagrams: list[bytes], addr: Address) -> None:
+    """The sender before the socket is made (``_send_burst`` checks the transport first)."""
 
 
 def _addr_key(addr: Address) -> bytes:
@@ -189,6 +193,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._reset_tokens = self.config.max_resets_per_s
         self._reset_refill_at = self._loop.time()
         self.stats = EndpointStats()
+        self._send_datagrams: Callable[[list[bytes], Address], None] = _no_socket
         # Traces record each datagram as it arrived: no merging while they are written.
         self._coalesce = self.config.trace_dir is None and TRACE_ENV not in os.environ
 
@@ -196,6 +201,7 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+        self._send_datagrams = burst_sender(self._transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Bursts of a whole congestion window arrive at once: room for them avoids
@@ -484,18 +490,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._send(rst, addr)
 
     def _send(self, data: bytes, addr: Address) -> None:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return
-        stats = self.stats
-        stats.datagrams_sent += 1
-        stats.bytes_sent += len(data)
-        if self._observer is not None:
-            self._observer("send", data, addr)
-        if addr is None:
-            transport.sendto(data)
-        else:
-            transport.sendto(data, addr)
+        self._send_burst([data], addr)
 
     def _send_burst(self, datagrams: list[bytes], addr: Address) -> None:
         """Send what one connection has, as one burst (GSO runs on the fast path)."""
@@ -510,7 +505,7 @@ class Endpoint(asyncio.DatagramProtocol):
                 self._observer("send", data, addr)
         else:
             stats.bytes_sent += sum(map(len, datagrams))
-        send_burst(transport, datagrams, addr)
+        self._send_datagrams(datagrams, addr)
 
     # ------------------------------------------------------------------ driving the core
 
@@ -524,10 +519,7 @@ class Endpoint(asyncio.DatagramProtocol):
         """Send what the connection has at once, from inside a user call (a request leaves in
         this loop iteration, not the next); events wait for the scheduled flush, since they
         would re-enter the protocol that is calling us."""
-        datagrams = handle.conn.datagrams_to_send(now=self._loop.time())
-        if datagrams:
-            self._send_burst(datagrams, handle.addr)
-            handle.last_sent = datagrams[-1]
+        self._send_due(handle)
         self._rearm(handle)
         if handle.conn.has_events:
             self.schedule_flush(handle)  # delivered from the loop, not inside the user's call
@@ -545,12 +537,7 @@ class Endpoint(asyncio.DatagramProtocol):
         delivery, and a reply rides with it."""
         conn = handle.conn
         self._dispatch_events(handle)
-        datagrams = conn.datagrams_to_send(now=self._loop.time())
-        if not handle.validated:
-            datagrams = self._within_amplification_limit(handle, datagrams)
-        if datagrams:
-            self._send_burst(datagrams, handle.addr)
-            handle.last_sent = datagrams[-1]
+        self._send_due(handle)
         if handle.final_ack_copies and handle.last_sent is not None:
             for _ in range(handle.final_ack_copies):
                 self._send(handle.last_sent, handle.addr)
@@ -563,6 +550,16 @@ class Endpoint(asyncio.DatagramProtocol):
         transport = handle.transport
         if transport is not None:
             transport._update_flow_control()
+
+    def _send_due(self, handle: ConnectionHandle) -> None:
+        """Send, as one burst, what the connection has due now (within the anti-amplification
+        limit while the peer's address is unvalidated)."""
+        datagrams = handle.conn.datagrams_to_send(now=self._loop.time())
+        if not handle.validated:
+            datagrams = self._within_amplification_limit(handle, datagrams)
+        if datagrams:
+            self._send_burst(datagrams, handle.addr)
+            handle.last_sent = datagrams[-1]
 
     def _rearm(self, handle: ConnectionHandle) -> None:
         """Move the loop timer to the connection's deadline, only when that is earlier. Each
