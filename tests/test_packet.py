@@ -22,6 +22,7 @@ from utcp.packet import (
     Packet,
     decode,
     encode,
+    encode_plain,
     options_size,
     stamp,
 )
@@ -890,3 +891,23 @@ def test_prop_stamp_equals_encoding_the_whole_packet(p: Packet, seq: int, payloa
     p.payload = payload
     assert stamp(template, seq, payload) == encode(p)
     assert stamp(template, seq, memoryview(payload)) == encode(p)
+
+
+@settings(max_examples=300, derandomize=True)
+@given(
+    flags=st.integers(0, 255),
+    cids=st.tuples(u32, u32),
+    seq=u32,
+    ack=u32,
+    window=st.integers(0, 0xFFFF),
+    payload=st.binary(max_size=1500),
+)
+def test_prop_encode_plain_equals_encode(
+    flags: int, cids: tuple[int, int], seq: int, ack: int, window: int, payload: bytes
+) -> None:
+    """The option-less shortcut gives exactly the bytes ``encode`` gives, and decodes back."""
+    p = Packet(flags, cids[0], cids[1], seq, ack, window, payload)
+    raw = encode_plain(flags, cids[0], cids[1], seq, ack, window, payload)
+    assert raw == encode(p)
+    assert encode_plain(flags, cids[0], cids[1], seq, ack, window, memoryview(payload)) == raw
+    assert decode(raw) == p

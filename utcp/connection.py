@@ -29,13 +29,20 @@ from .events import (
 from .log import get_logger
 from .packet import HEADER_SIZE, Flag, Packet, PacketError, decode, options_size
 from .pmtud import Pmtud, PmtudState, probe_timeout_s
-from .receiving import rx_listen, rx_syn_sent, rx_synchronized
+from .receiving import rx_listen, rx_predicted, rx_syn_sent, rx_synchronized
 from .recovery import RttEstimator, Scoreboard, SentSegment
 from .sending import build, build_probe, send_data
 from .seqnum import SEQ_MASK
 from .state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, ConnectionState, check_transition
 from .stateless import new_connection_id, new_isn, reset_for
-from .stats import NOT_LIMITED, SSTHRESH_UNBOUNDED, ConnectionStats, classify_limit, snapshot
+from .stats import (
+    LIMITED_BY_APPLICATION,
+    NOT_LIMITED,
+    SSTHRESH_UNBOUNDED,
+    ConnectionStats,
+    classify_limit,
+    snapshot,
+)
 from .timers import (
     arm_idle_timers,
     on_confirm,
@@ -448,6 +455,15 @@ class Connection:
         """Process one already-decoded packet (the endpoint decodes once to demultiplex);
         ``segments`` says how many received segments it stands for (utcp.coalesce)."""
         tracer = self._tracer
+        if (
+            tracer is None
+            and self._state is S.ESTABLISHED
+            and p.flags == _ACK
+            and p.dst_cid == self.local_cid
+            and rx_predicted(self, p, now)
+        ):
+            self._segments_received += segments
+            return
         if tracer is not None:
             self._trace_now = now
             self._trace_packet = p
@@ -512,6 +528,10 @@ class Connection:
     def datagrams_to_send(self, *, now: float) -> list[bytes]:
         """Every datagram due now: control segments, retransmissions, new data, ACKs, and
         last a PMTU probe."""
+        if self._limit == LIMITED_BY_APPLICATION and self._nothing_due():
+            # The common case after a delivery (a request waiting for its reply): nothing to
+            # send, and the sender stays limited by the application, as it was.
+            return []
         self._clock_ms = now * 1000.0
         out = self._pending_raw
         self._pending_raw = []
@@ -574,6 +594,28 @@ class Connection:
             if self._snd_una:
                 classify_limit(self, now)
         return out
+
+    def _nothing_due(self) -> bool:
+        """True when ``datagrams_to_send`` would send nothing and change no timer: no control
+        segment or ACK owed, no data, FIN or retransmission waiting, no probe due, and the
+        idle timers armed."""
+        cfg = self.config
+        st = self._state
+        pm = self._pmtud
+        return (
+            (st is S.ESTABLISHED or st is S.CLOSE_WAIT)
+            and not self._pending_raw
+            and not (self._ack_now or self._need_rst or self._need_syn or self._send_probe)
+            and self._probe_ack_id is None
+            and self._snd_nxt == self._sndbuf.end
+            and self._fin_pos is None
+            and not self._scoreboard.has_lost
+            and self._persist_at is None
+            and self._tracer is None
+            and (pm is None or not pm.probe_due)
+            and (cfg.keepalive_idle_s is None or self._keepalive_at is not None)
+            and (cfg.idle_timeout_s is None or self._idle_at is not None)
+        )
 
     def _may_probe(self) -> bool:
         """A PMTU probe may go: our FIN is not sent yet (there may be data to make bigger), and

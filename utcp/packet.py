@@ -39,6 +39,7 @@ MAX_WSCALE = 14  # RFC 7323 section 2.3
 _HEADER = struct.Struct("!BBHIIIII")
 _SEQ_OFFSET = 12
 _CRC_OFFSET = 20
+_PLAIN_VH = (VERSION << 4) | (HEADER_SIZE >> 2)  # version and header length, no options
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
 _U32X2 = struct.Struct("!II")
@@ -222,6 +223,24 @@ def _encode(p: Packet) -> bytes:
     buf[HEADER_SIZE:hlen] = opts
     if p.payload:
         buf[hlen:] = p.payload
+    return _sealed(buf)
+
+
+def encode_plain(
+    flags: int,
+    src_cid: int,
+    dst_cid: int,
+    seq: int,
+    ack: int,
+    window: int,
+    payload: bytes | bytearray | memoryview,
+) -> bytes:
+    """``encode`` of a packet with no options, from its fields: the same bytes without
+    building a ``Packet`` (most segments of an established connection are like this)."""
+    buf = bytearray(HEADER_SIZE + len(payload))
+    _HEADER.pack_into(buf, 0, _PLAIN_VH, flags, window, src_cid, dst_cid, seq, ack, 0)
+    if payload:
+        buf[HEADER_SIZE:] = payload
     return _sealed(buf)
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .acking import on_syn_acked, rx_ack
+from .acking import on_new_ack, on_syn_acked, rx_ack, update_window
 from .buffers import CHUNK_OVERHEAD_BYTES
 from .events import CloseReason, ConnectionEstablished, DataReceived, DropReason
 from .packet import HEADER_SIZE, Flag, Packet, options_size
 from .sending import wscale_for
-from .seqnum import seq_diff
+from .seqnum import SEQ_MASK, seq_diff
 from .state import CAN_RECEIVE, ConnectionState
 
 if TYPE_CHECKING:
@@ -186,6 +186,55 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
         rx_data(conn, seg_pos, payload, bool(flags & _FIN), now)
     elif p.probe is not None or p.probe_ack is not None:
         rx_pmtud(conn, p, now)
+
+
+def rx_predicted(conn: Connection, p: Packet, now: float) -> bool:
+    """Header prediction, in the spirit of BSD's ``tcp_input``: on an ESTABLISHED connection a
+    plain ACK segment (no option to act on) that is the next in order, and either carries data
+    that fits the window or acknowledges new data, needs none of the general checks.
+
+    Does exactly what ``rx_synchronized`` would for such a segment and returns True; returns
+    False having changed nothing when the segment needs the general path.
+    """
+    if (
+        p.sack_blocks
+        or p.probe is not None
+        or p.probe_ack is not None
+        or conn._reasm.nbytes
+        or conn._peer_fin_pos is not None
+        or conn._fin_pos is not None
+    ):
+        return False
+    rcv_nxt = conn._rcv_nxt
+    if p.seq != (conn._irs + rcv_nxt) & SEQ_MASK:
+        return False
+    snd_una = conn._snd_una
+    ack_pos = snd_una + seq_diff(p.ack, (conn._iss + snd_una) & SEQ_MASK)
+    if not snd_una <= ack_pos <= conn._snd_max:
+        return False
+    payload = p.payload
+    n = len(payload)
+    if n:
+        if n > conn.config.recv_buffer_bytes - len(conn._rcv_buf):
+            return False  # beyond the window: trimmed by the general path
+    elif ack_pos == snd_una:
+        return False  # a duplicate ACK or a window update
+    conn._last_activity = now
+    conn._keepalive_probes = 0
+    conn._confirm_at = None
+    if p.timestamps is not None and conn._ts_ok:
+        conn._ts_recent = p.timestamps[0]
+    if ack_pos != snd_una:
+        on_new_ack(conn, ack_pos, now)
+    update_window(conn, p, rcv_nxt, ack_pos)
+    if n:
+        deliver(conn, bytes(payload))
+        conn._unacked_bytes += n
+        if conn._unacked_bytes >= conn._ack_bytes:
+            conn._ack_now = True
+        elif not conn._ack_now and conn._ack_at is None:
+            conn._ack_at = now + conn.config.delayed_ack_s
+    return True
 
 
 def rx_pmtud(conn: Connection, p: Packet, now: float) -> None:

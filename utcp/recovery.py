@@ -287,6 +287,11 @@ class Scoreboard:
         for k, piece in enumerate(pieces):
             lost.insert(j + k, piece)
 
+    @property
+    def has_lost(self) -> bool:
+        """Whether a segment may be waiting for retransmission (``next_lost`` says which)."""
+        return bool(self._lost)
+
     def next_lost(self, acked_to: int) -> SentSegment | None:
         """The oldest segment still waiting to be retransmitted, or None."""
         lost = self._lost

@@ -19,6 +19,7 @@ from .packet import (
     Flag,
     Packet,
     encode,
+    encode_plain,
     options_size,
     stamp,
 )
@@ -98,7 +99,9 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
         else:
             break
         seg_end = end + 1 if fin else end
-        if fin or slow:
+        if fin or slow or (template is None and not sent_any):
+            # The first segment is built whole: a lone one (a request, a reply) needs no
+            # template.
             emit_segment(conn, out, nxt, seg_end)
         else:
             # A plain data segment: every header field but the sequence number is the same
@@ -176,6 +179,33 @@ def build(
 ) -> bytes:
     """One encoded segment at position ``seq_pos``, with the ACK, window and options due;
     ``probe_ack`` answers the peer's PMTU probe of that id (on a pure ACK)."""
+    if (
+        not syn
+        and not conn._ts_ok
+        and probe_ack is None
+        and conn._tracer is None
+        and not (conn._sack_ok and conn._reasm.nbytes and flags & _ACK)
+    ):
+        # No options: encoded straight from the fields.
+        wnd = conn._rcv_window()
+        window = min(wnd >> conn._rcv_wscale, MAX_WINDOW_FIELD)
+        conn._adv_wnd = window << conn._rcv_wscale
+        if flags & _ACK:
+            conn._ack_now = False
+            conn._ack_at = None
+            conn._unacked_bytes = 0
+            ack = (conn._irs + conn._rcv_nxt) & SEQ_MASK
+        else:
+            ack = 0
+        return encode_plain(
+            flags,
+            conn.local_cid,
+            conn.peer_cid,
+            (conn._iss + seq_pos) & SEQ_MASK,
+            ack,
+            window,
+            payload,
+        )
     cfg = conn.config
     p = Packet(
         flags,

@@ -23,7 +23,7 @@ SSTHRESH_UNBOUNDED = 0x7FFFFFFF  # at or above: reported as unbounded
 NOT_LIMITED = -1
 _LIMITED_BY_RECEIVER = 0
 _LIMITED_BY_CONGESTION = 1
-_LIMITED_BY_APPLICATION = 2
+LIMITED_BY_APPLICATION = 2
 _APP_LIMITED_STATES = frozenset({ConnectionState.ESTABLISHED, ConnectionState.CLOSE_WAIT})
 
 
@@ -119,7 +119,7 @@ def snapshot(conn: Connection) -> ConnectionStats:
         out_of_order_segments_received=conn._ooo_segments,
         time_limited_by_receiver_s=limited[_LIMITED_BY_RECEIVER],
         time_limited_by_congestion_s=limited[_LIMITED_BY_CONGESTION],
-        time_limited_by_application_s=limited[_LIMITED_BY_APPLICATION],
+        time_limited_by_application_s=limited[LIMITED_BY_APPLICATION],
     )
 
 
@@ -138,7 +138,7 @@ def classify_limit(conn: Connection, now: float) -> None:
     elif sb.next_lost(conn._snd_una) is not None:
         conn._limit = _LIMITED_BY_CONGESTION  # a retransmission waits for room in cwnd
     elif conn._state in _APP_LIMITED_STATES and conn._bytes_sent:
-        conn._limit = _LIMITED_BY_APPLICATION
+        conn._limit = LIMITED_BY_APPLICATION
     else:
         return
     conn._limit_since = now

@@ -373,6 +373,10 @@ class FastDatagramTransport(asyncio.DatagramTransport):
             self._enqueue(datagrams, 0, addr)
             return
         count = len(datagrams)
+        if count == 1:
+            if self._send_one(datagrams[0], addr, 0) is _FULL:
+                self._enqueue(datagrams, 0, addr)
+            return
         i = 0
         while i < count:
             data = datagrams[i]

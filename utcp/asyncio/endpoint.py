@@ -250,6 +250,9 @@ class Endpoint(asyncio.DatagramProtocol):
         segments are merged (utcp.coalesce), every segment goes to its connection first, then
         each connection answers once, so a batch draws one cumulative ACK and the data that
         ACK lets out leaves as one burst."""
+        if len(batch) == 1:
+            self.datagram_received(*batch[0])  # the common case when latency-bound
+            return
         decoded: list[Received] = []
         for data, addr in batch:
             packet = self._decode(data, addr)
@@ -536,13 +539,15 @@ class Endpoint(asyncio.DatagramProtocol):
         reply) shapes the datagrams: the ACK for a batch carries the window left after the
         delivery, and a reply rides with it."""
         conn = handle.conn
-        self._dispatch_events(handle)
+        if conn.has_events:
+            self._dispatch_events(handle)
         self._send_due(handle)
         if handle.final_ack_copies and handle.last_sent is not None:
             for _ in range(handle.final_ack_copies):
                 self._send(handle.last_sent, handle.addr)
             handle.final_ack_copies = 0
-        self._dispatch_events(handle)  # any the sending raised
+        if conn.has_events:
+            self._dispatch_events(handle)  # any the sending raised
         if conn.is_finished:
             self._forget(handle)
             return
