@@ -89,9 +89,17 @@ def links(seed: int, **impairment: Any) -> dict[str, Link]:
 
 
 def request_response(
-    seed: int, rounds: int, sizes: tuple[int, int], config: Config, **impairment: Any
+    seed: int,
+    rounds: int,
+    sizes: tuple[int, int],
+    config: Config,
+    *,
+    close: bool = True,
+    **impairment: Any,
 ) -> Callable[[], Network]:
-    """``rounds`` requests from a, each answered by b, as an RPC client and server do."""
+    """``rounds`` requests from a, each answered by b, as an RPC client and server do; then
+    the close, or (``close=False``) a quiet spell ended by a call to ``datagrams_to_send``,
+    which is what brings the limit times up to date."""
 
     def scenario() -> Network:
         net = pair(config_a=config, config_b=config, **links(seed, **impairment))
@@ -105,6 +113,11 @@ def request_response(
             b.send(bytes([i % 256]) * sizes[1])
             want_a = (i + 1) * sizes[1]
             net.run(until=lambda w=want_a: len(net.a.received) >= w, max_time=600)
+        if not close:
+            net.run_for(3.0)
+            for conn in (a, b):
+                assert conn.datagrams_to_send(now=net.now) == []
+            return net
         a.close()
         b.close()
         net.run(max_time=600)
@@ -142,6 +155,15 @@ def test_request_response_clean(config: Config) -> None:
     # The shortcuts must actually run, or this test proves nothing.
     assert calls["predicted"] >= 70
     assert calls["nothing_due"] >= 30
+
+
+def test_quiet_after_exchange() -> None:
+    """A quiet connection's application-limited time still runs to the latest call."""
+    calls = run_twice(request_response(3, 5, (64, 64), FIXED, close=False))
+    assert calls["nothing_due"] >= 2
+    net = request_response(3, 5, (64, 64), FIXED, close=False)()
+    assert net.a.conn is not None
+    assert net.a.conn.stats.time_limited_by_application_s > 3.0
 
 
 @pytest.mark.parametrize(

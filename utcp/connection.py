@@ -531,6 +531,8 @@ class Connection:
         if self._limit == LIMITED_BY_APPLICATION and self._nothing_due():
             # The common case after a delivery (a request waiting for its reply): nothing to
             # send, and the sender stays limited by the application, as it was.
+            self._limited_s[LIMITED_BY_APPLICATION] += now - self._limit_since
+            self._limit_since = now
             return []
         self._clock_ms = now * 1000.0
         out = self._pending_raw
