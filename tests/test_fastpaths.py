@@ -1,8 +1,9 @@
 """The core's shortcuts change nothing on the wire.
 
 ``Connection.receive_packet`` takes the header-prediction path (``receiving.rx_predicted``) for
-the next in-order segment of an ESTABLISHED connection, and ``datagrams_to_send`` returns at
-once when nothing is due (``Connection._nothing_due``).  Each scenario here runs twice on the
+the next in-order segment of an ESTABLISHED connection, ``datagrams_to_send`` returns at once
+when nothing is due (``Connection._nothing_due``), and a write that fits in one segment skips
+the general send loop (``sending.send_lone_segment``).  Each scenario here runs twice on the
 fake network, with the shortcuts and with them turned off, and every datagram sent (time,
 side, bytes) and every counter must come out the same.
 """
@@ -20,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import utcp.connection as connection_module
+import utcp.sending as sending_module
 from tests.helpers import Link, Network, pair
 from utcp import Config, ConnectionState
 from utcp.packet import encode
@@ -32,6 +34,7 @@ def shortcuts(enabled: bool, calls: dict[str, int]) -> Iterator[None]:
     """Run with the shortcuts on (counting how often they were taken) or off."""
     real_predicted = connection_module.rx_predicted
     real_nothing_due = connection_module.Connection._nothing_due
+    real_lone = sending_module.send_lone_segment
 
     def predicted(conn: Any, p: Any, now: float) -> bool:
         if not enabled:
@@ -47,12 +50,21 @@ def shortcuts(enabled: bool, calls: dict[str, int]) -> Iterator[None]:
         calls["nothing_due"] += due
         return due
 
+    def lone(conn: Any, out: list[bytes], now: float) -> bool:
+        if not enabled:
+            return False
+        sent = real_lone(conn, out, now)
+        calls["lone"] += sent
+        return sent
+
+    sending_module.send_lone_segment = lone  # type: ignore[assignment]
     connection_module.rx_predicted = predicted  # type: ignore[assignment]
     connection_module.Connection._nothing_due = nothing_due  # type: ignore[method-assign]
     try:
         yield
     finally:
         connection_module.rx_predicted = real_predicted
+        sending_module.send_lone_segment = real_lone
         connection_module.Connection._nothing_due = real_nothing_due  # type: ignore[method-assign]
 
 
@@ -62,10 +74,10 @@ def record(net: Network) -> list[tuple[float, str, bytes]]:
 
 def run_twice(scenario: Callable[[], Network]) -> dict[str, int]:
     """Run ``scenario`` with and without the shortcuts; assert identical traces and stats."""
-    calls = {"predicted": 0, "nothing_due": 0}
+    calls = {"predicted": 0, "nothing_due": 0, "lone": 0}
     with shortcuts(True, calls):
         fast = scenario()
-    with shortcuts(False, {"predicted": 0, "nothing_due": 0}):
+    with shortcuts(False, dict(calls)):
         slow = scenario()
     assert record(fast) == record(slow)
     for name in ("a", "b"):
@@ -155,6 +167,7 @@ def test_request_response_clean(config: Config) -> None:
     # The shortcuts must actually run, or this test proves nothing.
     assert calls["predicted"] >= 70
     assert calls["nothing_due"] >= 30
+    assert calls["lone"] >= 70
 
 
 def test_quiet_after_exchange() -> None:

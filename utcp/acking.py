@@ -107,10 +107,14 @@ def on_new_ack(conn: Connection, ack_pos: int, now: float) -> None:
     # Karn's rule: no sample when any acknowledged segment was retransmitted (the ACK may
     # answer the retransmission), nor from a segment already SACKed (its ACK was held up by
     # a hole before it); otherwise the newest segment gives the RTT.
-    if acked and not acked[-1].sacked and all(seg.retx == 0 for seg in acked):
-        conn._rtt.on_sample(now - acked[-1].sent_at)
-        if conn._tracer is not None:
-            conn._trace_rtt()
+    if acked and not acked[-1].sacked:
+        for seg in acked:
+            if seg.retx:
+                break
+        else:
+            conn._rtt.on_sample(now - acked[-1].sent_at)
+            if conn._tracer is not None:
+                conn._trace_rtt()
     conn._snd_una = ack_pos
     data_end = conn._sndbuf.end
     conn._sndbuf.release_to(min(ack_pos, data_end))

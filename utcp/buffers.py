@@ -14,11 +14,12 @@ import bisect
 class SendBuffer:
     """Bytes written by the application and not yet acknowledged, addressed by position."""
 
-    __slots__ = ("_base", "_buf")
+    __slots__ = ("_base", "_buf", "end")
 
     def __init__(self, base: int) -> None:
         self._buf = bytearray()
         self._base = base  # position of _buf[0]
+        self.end = base  # position just past the newest byte written (read on every send)
 
     def __len__(self) -> int:
         return len(self._buf)
@@ -28,14 +29,10 @@ class SendBuffer:
         """Position of the oldest byte still held."""
         return self._base
 
-    @property
-    def end(self) -> int:
-        """Position just past the newest byte written."""
-        return self._base + len(self._buf)
-
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append application bytes."""
         self._buf += data
+        self.end = self._base + len(self._buf)
 
     def get(self, start: int, end: int) -> bytes:
         """Copy of the bytes in [start, end); both must lie within the buffer."""

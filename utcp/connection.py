@@ -528,7 +528,11 @@ class Connection:
     def datagrams_to_send(self, *, now: float) -> list[bytes]:
         """Every datagram due now: control segments, retransmissions, new data, ACKs, and
         last a PMTU probe."""
-        if self._limit == LIMITED_BY_APPLICATION and self._nothing_due():
+        if (
+            self._limit == LIMITED_BY_APPLICATION
+            and self._snd_nxt == self._sndbuf.end
+            and self._nothing_due()
+        ):
             # The common case after a delivery (a request waiting for its reply): nothing to
             # send, and the sender stays limited by the application, as it was.
             self._limited_s[LIMITED_BY_APPLICATION] += now - self._limit_since

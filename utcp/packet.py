@@ -322,16 +322,17 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
     The payload is a zero-copy ``memoryview`` into ``data``.
     """
     mv = memoryview(data)
-    if not mv.c_contiguous:
-        mv = memoryview(mv.tobytes())
-    if mv.ndim != 1 or mv.itemsize != 1:
-        mv = mv.cast("B")
+    if type(data) is not bytes:  # bytes (what sockets give) are always a flat run of bytes
+        if not mv.c_contiguous:
+            mv = memoryview(mv.tobytes())
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
     n = len(mv)
     if n < HEADER_SIZE:
         raise PacketError(f"datagram of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
     vh, flags, window, src, dst, seq, ack, crc = _HEADER.unpack_from(mv, 0)
     # The checksum first: corruption anywhere, header fields included, counts as corruption.
-    if _crc(mv) != crc:
+    if zlib.crc32(mv[_CRC_OFFSET + 4 :], zlib.crc32(mv[:_CRC_OFFSET])) != crc:
         raise PacketError("checksum mismatch", DropReason.BAD_CHECKSUM)
     if vh >> 4 != VERSION:
         raise PacketError(f"unsupported version {vh >> 4}")

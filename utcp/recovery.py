@@ -52,17 +52,24 @@ class RttEstimator:
 
     def on_sample(self, rtt_s: float) -> None:
         """Fold in one RTT measurement (RFC 6298 sections 2.2 and 2.3)."""
-        rtt_s = max(rtt_s, 0.0)
+        if rtt_s < 0.0:
+            rtt_s = 0.0
         self.latest_rtt = rtt_s
-        self.min_rtt = rtt_s if self.min_rtt is None else min(self.min_rtt, rtt_s)
-        if self.srtt is None:
-            self.srtt = rtt_s
-            self.rttvar = rtt_s / 2
+        if self.min_rtt is None or rtt_s < self.min_rtt:
+            self.min_rtt = rtt_s
+        srtt = self.srtt
+        if srtt is None:
+            srtt = rtt_s
+            rttvar = rtt_s / 2
         else:
-            self.rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(self.srtt - rtt_s)
-            self.srtt = (1 - _ALPHA) * self.srtt + _ALPHA * rtt_s
-        base = self.srtt + max(_G_S, _K * self.rttvar)
-        self._rto_base = min(max(base, self.rto_min), self.rto_max)
+            rttvar = (1 - _BETA) * self.rttvar + _BETA * abs(srtt - rtt_s)
+            srtt = (1 - _ALPHA) * srtt + _ALPHA * rtt_s
+        self.srtt = srtt
+        self.rttvar = rttvar
+        base = srtt + (_K * rttvar if _K * rttvar > _G_S else _G_S)
+        if base < self.rto_min:
+            base = self.rto_min
+        self._rto_base = base if base < self.rto_max else self.rto_max
         self._backoff = 0
 
     def back_off(self) -> None:
@@ -170,9 +177,14 @@ class Scoreboard:
         segs = self.segs
         i = self._head
         n = len(segs)
-        while i < n and segs[i].end <= position:
-            self._leave_pipe(segs[i])
-            segs[i].acked = True
+        while i < n:
+            seg = segs[i]
+            if seg.end > position:
+                break
+            if seg.in_pipe:
+                seg.in_pipe = False
+                self.pipe -= seg.end - seg.start
+            seg.acked = True
             i += 1
         acked = segs[self._head : i]
         self._head = i

@@ -45,6 +45,8 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
     sb = conn._scoreboard
     cc = conn._cc
     mss = conn._snd_mss
+    if send_lone_segment(conn, out, now):
+        return
     sent_any = False
     # Retransmissions first, within the congestion window (RFC 6675 section 5 step 4.1).
     while True:
@@ -116,15 +118,7 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
         conn._snd_max = max(conn._snd_max, seg_end)
         sent_any = True
     if sent_any:
-        if conn._oldest_unacked_since is None:
-            conn._oldest_unacked_since = now
-        if conn._rto_at is None:
-            conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
-        if not conn._tlp_sent:
-            arm_tlp(conn, now)
-        pm = conn._pmtud
-        if pm is not None and now >= pm.wake_at:
-            pm.wake(now=now)  # traffic after the raise timer ran out (or ERROR's wait)
+        after_send(conn, now)
     # Zero (or too small) window with data waiting and nothing in flight: probe it.
     if window_blocked(conn):
         if conn._persist_at is None:
@@ -132,6 +126,47 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
             conn._persist_at = now + interval
     else:
         conn._persist_at = None
+
+
+def send_lone_segment(conn: Connection, out: list[bytes], now: float) -> bool:
+    """Send what waits if it all fits in one segment the windows allow (a request, a reply),
+    as the general loop of ``send_data`` would, without its bookkeeping; False, having done
+    nothing, in any other case."""
+    nxt = conn._snd_nxt
+    length = conn._sndbuf.end - nxt
+    sb = conn._scoreboard
+    if not (
+        0 < length <= conn._snd_mss
+        and conn._fin_pos is None
+        and not sb.has_lost
+        and length <= conn._snd_una + conn._snd_wnd - nxt
+        and length <= conn._cc.cwnd + conn._dupack_credit - sb.pipe
+        and conn._tracer is None
+    ):
+        return False
+    end = nxt + length
+    emit_segment(conn, out, nxt, end)
+    sb.add(SentSegment(nxt, end, now))
+    conn._bytes_sent += length
+    conn._snd_nxt = end
+    if end > conn._snd_max:
+        conn._snd_max = end
+    after_send(conn, now)
+    conn._persist_at = None  # nothing waits: no window to probe
+    return True
+
+
+def after_send(conn: Connection, now: float) -> None:
+    """Segments went out: arm the retransmission and tail-loss timers, wake PMTU discovery."""
+    if conn._oldest_unacked_since is None:
+        conn._oldest_unacked_since = now
+    if conn._rto_at is None:
+        conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+    if not conn._tlp_sent:
+        arm_tlp(conn, now)
+    pm = conn._pmtud
+    if pm is not None and now >= pm.wake_at:
+        pm.wake(now=now)  # traffic after the raise timer ran out (or ERROR's wait)
 
 
 def fit_to_mss(conn: Connection, seg: SentSegment, mss: int) -> int:

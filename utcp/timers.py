@@ -257,8 +257,8 @@ def arm_idle_timers(conn: Connection, now: float) -> None:
 def window_blocked(conn: Connection) -> bool:
     """True when data or a FIN waits, nothing is in flight and the peer's window has no room."""
     return (
-        not len(conn._scoreboard)
-        and conn._snd_una + conn._snd_wnd <= conn._snd_nxt
+        conn._snd_una + conn._snd_wnd <= conn._snd_nxt
+        and not len(conn._scoreboard)
         and (
             conn._snd_nxt < conn._sndbuf.end
             or (conn._fin_pos is not None and conn._snd_nxt == conn._fin_pos)

@@ -49,6 +49,11 @@ _GSO_MAX_BYTES = 65000  # one GSO send is one UDP datagram to the stack: under 6
 _RECV_BUFFER_BYTES = 65536 + 4096  # a coalesced GRO read is at most one 64 KiB datagram
 _CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
 _READS_PER_WAKEUP = 32  # system calls per wake-up before other callbacks get their turn
+# A socket whose wake-ups keep finding one datagram (request/response traffic) stops asking for
+# a second one, which would cost a failing system call before the reply can be written; every
+# _DRAIN_EVERY-th wake-up drains again, so a backlog (or a coalesced read) ends the shortcut.
+_SINGLES_BEFORE_SHORT = 4
+_DRAIN_EVERY = 16
 BATCH_DATAGRAMS = 64  # datagrams handed over (and answered) together, as one GRO read at most
 _QUEUE_MAX_DATAGRAMS = 4096  # held while the socket is full; beyond, dropped like a full queue
 _U16 = struct.Struct("=H")
@@ -256,6 +261,8 @@ class FastDatagramTransport(asyncio.DatagramTransport):
             with contextlib.suppress(OSError):
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
                 self._gro = True
+        self._singles = 0  # wake-ups in a row that found exactly one datagram
+        self._wakeups = 0
         self._buf = bytearray(_RECV_BUFFER_BYTES)
         self._view = memoryview(self._buf)
         self.dropped_send = 0  # datagrams the socket would not take (queue full, errors)
@@ -325,7 +332,13 @@ class FastDatagramTransport(asyncio.DatagramTransport):
         sock = self._sock
         view = self._view
         gro = self._gro
-        for _ in range(_READS_PER_WAKEUP):
+        reads = _READS_PER_WAKEUP
+        if self._singles >= _SINGLES_BEFORE_SHORT:
+            self._wakeups += 1
+            if self._wakeups % _DRAIN_EVERY:
+                reads = 1
+        found = 0
+        for _ in range(reads):
             try:
                 if gro:
                     n, ancdata, _flags, addr = sock.recvmsg_into([view], _CMSG_SPACE)
@@ -349,9 +362,11 @@ class FastDatagramTransport(asyncio.DatagramTransport):
                     seg = _INT.unpack_from(value)[0] or n
             if seg >= n:
                 batch.append((bytes(view[:n]), addr))
+                found += 1
             else:
                 for i in range(0, n, seg):
                     batch.append((bytes(view[i : min(i + seg, n)]), addr))
+                found += 2
             if len(batch) >= BATCH_DATAGRAMS:
                 # Hand over about one GRO read's worth at a time: the ACK it draws goes out
                 # while the rest is still read, so the sender is not left waiting a whole
@@ -360,6 +375,10 @@ class FastDatagramTransport(asyncio.DatagramTransport):
                 batch = []
                 if self._closing:
                     return
+        if found == 1 or (found == 0 and reads == 1):
+            self._singles += 1
+        else:
+            self._singles = 0
         if batch:
             self._protocol.datagrams_received(batch)
 
