@@ -55,6 +55,9 @@ class Recorder(asyncio.DatagramProtocol):
         self.batches.append(batch)
         self.arrived.set()
 
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.datagrams_received([(data, addr)])
+
     def error_received(self, exc: Exception) -> None:
         self.errors.append(exc)
 
@@ -131,6 +134,66 @@ def test_gro_batches_are_split_back_into_the_datagrams_sent(run: Runner) -> None
         transport.close()
         assert await protocol.lost is None
         assert sock.fileno() == -1  # the socket is released once connection_lost has run
+        sender.close()
+
+    run(main())
+
+
+class _CountingSocket:
+    """The transport's socket, counting receive calls (a C socket's methods cannot be
+    patched)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self.reads = 0
+
+    def recvmsg_into(self, *args: Any) -> Any:
+        self.reads += 1
+        return self._sock.recvmsg_into(*args)
+
+    def recvfrom_into(self, *args: Any) -> Any:
+        self.reads += 1
+        return self._sock.recvfrom_into(*args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_one_datagram_per_wakeup_stops_the_extra_read_until_a_backlog(run: Runner) -> None:
+    """Request/response traffic finds one datagram per wake-up: after a few, the transport
+    stops asking for a second (a failing system call on the reply's critical path). A backlog
+    is still drained in batches, and nothing is lost or reordered on the way."""
+
+    async def main() -> None:
+        sock = _udp(rcvbuf=4 << 20)
+        transport, protocol = await _fast(sock)
+        counting = _CountingSocket(sock)
+        transport._sock = counting  # type: ignore[assignment]
+        sender = _udp()
+        pings = _datagrams(30, 64, 5)
+        reads_before = 0
+        for i, data in enumerate(pings):
+            if i == 10:
+                reads_before = counting.reads
+            protocol.arrived.clear()
+            sender.sendto(data, sock.getsockname())
+            async with asyncio.timeout(10):
+                await protocol.arrived.wait()
+        assert protocol.datagrams == pings
+        # One read per datagram (and the odd full drain), not two.
+        assert counting.reads - reads_before <= 20 + 3
+        batches_before = len(protocol.batches)
+        burst = _datagrams(300, 200, 6)
+        for data in burst:
+            sender.sendto(data, sock.getsockname())
+        async with asyncio.timeout(10):
+            while len(protocol.datagrams) < len(pings) + len(burst):
+                protocol.arrived.clear()
+                await protocol.arrived.wait()
+        assert protocol.datagrams == pings + burst
+        # Draining resumed: far fewer batches than datagrams.
+        assert len(protocol.batches) - batches_before < len(burst) // 4
+        transport.close()
         sender.close()
 
     run(main())

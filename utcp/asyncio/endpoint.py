@@ -31,7 +31,7 @@ from ..events import (
     EofReceived,
 )
 from ..log import get_logger
-from ..packet import MAX_WINDOW_FIELD, Flag, Packet, PacketError, decode, encode
+from ..packet import HEADER_SIZE, MAX_WINDOW_FIELD, Flag, Packet, PacketError, decode, encode
 from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
 from ..state import SYNCHRONIZED, ConnectionState
@@ -131,6 +131,7 @@ class ConnectionHandle:
         "last_sent",
         "reset_detail",
         "rx_bytes",
+        "tail_scheduled",
         "timer",
         "transport",
         "tx_bytes",
@@ -146,6 +147,7 @@ class ConnectionHandle:
         self.transport: Any = None  # UtcpTransport once established
         self.waiter: asyncio.Future[None] | None = None  # connect() waits on it
         self.flush_scheduled = False
+        self.tail_scheduled = False  # a service() after the application's turn (see above)
         self.in_batch = False  # already due a service() at the end of a received batch
         self.final_ack_copies = 0  # extra copies of the last datagram due (a final ACK)
         self.forgotten = False
@@ -242,7 +244,28 @@ class Endpoint(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         handle = self._receive(data, addr)
-        if handle is not None:
+        if handle is None:
+            return
+        conn = handle.conn
+        if (
+            conn.has_events
+            and self._dispatch_events(handle)
+            and len(data) - HEADER_SIZE < conn.mss
+            and conn.state is ConnectionState.ESTABLISHED
+        ):
+            # A segment shorter than the MSS ends what the peer wrote: it is likely waiting
+            # for an answer, and the application (woken just now) may write one within this
+            # loop iteration. What else is due (an ACK, the timer) follows after that, off
+            # the answer's path; the ACK rides on the answer if there is one.
+            if not handle.tail_scheduled:
+                handle.tail_scheduled = True
+                self._loop.call_soon(self._service_tail, handle)
+            return
+        self.service(handle)
+
+    def _service_tail(self, handle: ConnectionHandle) -> None:
+        handle.tail_scheduled = False
+        if self._handles.get(handle.conn.local_cid) is handle:
             self.service(handle)
 
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None:
@@ -506,6 +529,8 @@ class Endpoint(asyncio.DatagramProtocol):
             for data in datagrams:
                 stats.bytes_sent += len(data)
                 self._observer("send", data, addr)
+        elif len(datagrams) == 1:
+            stats.bytes_sent += len(datagrams[0])
         else:
             stats.bytes_sent += sum(map(len, datagrams))
         self._send_datagrams(datagrams, addr)
@@ -605,19 +630,26 @@ class Endpoint(asyncio.DatagramProtocol):
             handle.timer = None
         handle.deadline = None
 
-    def _dispatch_events(self, handle: ConnectionHandle) -> None:
+    def _dispatch_events(self, handle: ConnectionHandle) -> bool:
+        """Deliver the connection's events; True if they were all data, taken by a transport."""
         conn = handle.conn
+        data_only = True
         while (event := conn.next_event()) is not None:
             if isinstance(event, DataReceived):
                 if handle.transport is not None:
                     handle.transport._data_received(event.data)
-            elif isinstance(event, ConnectionEstablished):
+                else:
+                    data_only = False
+                continue
+            data_only = False
+            if isinstance(event, ConnectionEstablished):
                 self._on_established(handle)
             elif isinstance(event, EofReceived):
                 if handle.transport is not None:
                     handle.transport._eof_received()
             elif isinstance(event, ConnectionClosed):
                 self._on_closed(handle, event.reason)
+        return data_only
 
     def _on_established(self, handle: ConnectionHandle) -> None:
         if handle.established:

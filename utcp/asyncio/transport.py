@@ -132,13 +132,14 @@ class UtcpTransport(asyncio.Transport):
             return
         conn = self._conn
         conn.send(data)
-        if conn.send_buffer_size == len(data) and not self._handle.flush_scheduled:
+        handle = self._handle
+        if not handle.flush_scheduled and conn.send_buffer_size == len(data):
             # Nothing was in flight (Nagle's test, inverted as with TCP_NODELAY): the bytes
             # leave now. With data in flight they wait for this loop iteration to end, so
             # small writes in a row coalesce into full segments.
-            self._endpoint.send_now(self._handle)
+            self._endpoint.send_now(handle)
         else:
-            self._endpoint.schedule_flush(self._handle)
+            self._endpoint.schedule_flush(handle)
         self._update_flow_control()
 
     def writelines(self, list_of_data: Any) -> None:
@@ -185,16 +186,16 @@ class UtcpTransport(asyncio.Transport):
     # ------------------------------------------------------------------ from the endpoint
 
     def _update_flow_control(self) -> None:
-        size = self._conn.send_buffer_size
+        if self._writing_paused:
+            if self._conn.send_buffer_size > self._low_water:
+                return
+        elif self._conn.send_buffer_size <= self._high_water:
+            return
         protocol = self._protocol
         if protocol is None or self._lost:
             return
-        if not self._writing_paused and size > self._high_water:
-            self._writing_paused = True
-            self._call(protocol.pause_writing)
-        elif self._writing_paused and size <= self._low_water:
-            self._writing_paused = False
-            self._call(protocol.resume_writing)
+        self._writing_paused = not self._writing_paused
+        self._call(protocol.pause_writing if self._writing_paused else protocol.resume_writing)
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -202,15 +203,20 @@ class UtcpTransport(asyncio.Transport):
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._loop.call_exception_handler(
-                {
-                    "message": f"utcp: protocol callback {fn.__qualname__} raised",
-                    "exception": exc,
-                    "transport": self,
-                    "protocol": self._protocol,
-                }
-            )
+            self._report(fn, exc)
             return None
+
+    def _report(self, fn: Any, exc: BaseException) -> None:
+        """A protocol callback raised: the loop's exception handler hears of it, as with
+        asyncio's own transports."""
+        self._loop.call_exception_handler(
+            {
+                "message": f"utcp: protocol callback {fn.__qualname__} raised",
+                "exception": exc,
+                "transport": self,
+                "protocol": self._protocol,
+            }
+        )
 
     def _attach(self, protocol: asyncio.BaseProtocol) -> None:
         """Give a client connection its protocol once the handshake is done."""
@@ -233,7 +239,8 @@ class UtcpTransport(asyncio.Transport):
             self._connection_closed(exc, None)
 
     def _data_received(self, data: bytes) -> None:
-        if self._protocol is None:
+        protocol = self._protocol
+        if protocol is None:
             self._pending.append(data)
             return
         if self._closing:
@@ -242,7 +249,12 @@ class UtcpTransport(asyncio.Transport):
             # for the FIN of a peer that keeps sending.
             self.abort()
             return
-        self._call(self._protocol.data_received, data)
+        try:
+            protocol.data_received(data)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._report(protocol.data_received, exc)
 
     def _eof_received(self) -> None:
         if self._protocol is None:
