@@ -1031,3 +1031,23 @@ def test_pause_reading_takes_back_data_not_yet_delivered_without_shrinking_the_w
     assert isinstance(rest, DataReceived) and rest.data == payload[mss:] + payload[:mss]
     assert b.next_event() is None
     assert b.stats.receive_window_bytes == recv_buffer
+
+
+def test_a_stretch_ack_showing_a_loss_halves_the_flight_the_loss_was_in() -> None:
+    """One ACK for a whole burst (what a receiver answering batches sends) both acknowledges
+    the segments before a hole and SACKs those after it. The window must be halved from the
+    flight the loss happened in (RFC 5681 FlightSize), not from what is left outstanding once
+    this very ACK has moved SND.UNA: that would cut it to a quarter or less."""
+    config = Config(pmtud=False, initial_cwnd_segments=20)
+    mss = config.mss_bytes
+    # Datagram 0 is the handshake ACK; the burst is datagrams 1..20: lose the 11th segment.
+    net = pair(config_a=config, a_to_b=Link(drop=lambda index, packet: index == 11))
+    net.run(until=lambda: net.b.conn is not None and net.b.conn.state is S.ESTABLISHED)
+    a = net.a.conn
+    assert a is not None
+    a.send(bytes(20 * mss))
+    net.run(until=lambda: a.stats.fast_retransmits == 1)
+    acks = [s.packet for s in net.trace if s.src == "b" and s.packet.sack_blocks]
+    assert len(acks) == 1, "the whole burst drew one ACK"
+    assert acks[0].ack != a.iss + 1, "that ACK also acknowledged the segments before the hole"
+    assert a.stats.ssthresh_bytes == 20 * mss // 2

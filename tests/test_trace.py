@@ -167,9 +167,11 @@ def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     assert sum(k[0] == "loss_detected" for k in keys) == 1
     assert sum(k[0] == "retransmit" for k in keys) == 1
     if by == "sack":
-        # Fast recovery halves the window: reported once, between detection and repair.
+        # Fast recovery halves the flight the loss was seen in (all five segments: the ACK
+        # that shows the loss also acknowledges the two before it): reported once, between
+        # detection and repair.
         cwnd = [e for e in events[loss:retx] if e.name == "cwnd_changed"]
-        assert [e.fields["ssthresh"] for e in cwnd] == [2 * MSS]
+        assert [e.fields["ssthresh"] for e in cwnd] == [SEGMENTS * MSS // 2]
     else:
         assert keys[loss - 1] == ("timer_fired", "tlp")
 

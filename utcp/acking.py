@@ -145,7 +145,7 @@ def on_new_ack(conn: Connection, ack_pos: int, now: float) -> None:
         if 2 * flight_before >= conn._cc.cwnd:
             conn._cc.on_ack(acked_bytes, now=now, rtt_s=conn._rtt.latest_rtt)
         if conn._sack_ok and len(sb):
-            maybe_enter_recovery(conn, now)
+            maybe_enter_recovery(conn, now, flight_before)
     conn._tlp_sent = False
     if len(sb):
         conn._oldest_unacked_since = now
@@ -177,7 +177,13 @@ def on_dupack(conn: Connection, now: float, *, sacked: bool) -> None:
     maybe_enter_recovery(conn, now)
 
 
-def maybe_enter_recovery(conn: Connection, now: float) -> None:
+def maybe_enter_recovery(conn: Connection, now: float, flight_before: int = 0) -> None:
+    """Start a recovery episode if the duplicate ACKs or SACK blocks show a loss.
+
+    ``flight_before`` is what was outstanding before the ACK that shows the loss also moved
+    SND.UNA: the flight size the loss happened in. A stretch ACK (one for a whole batch)
+    acknowledges most of the window at once, so the flight left after it would halve far
+    below the window the loss was seen in."""
     if conn._in_recovery:
         return
     sb = conn._scoreboard
@@ -194,7 +200,7 @@ def maybe_enter_recovery(conn: Connection, now: float) -> None:
     conn._in_recovery = True
     conn._recover = conn._snd_max
     conn._fast_retx += 1
-    conn._cc.on_congestion_event(conn._snd_max - conn._snd_una, now=now)
+    conn._cc.on_congestion_event(max(conn._snd_max - conn._snd_una, flight_before), now=now)
     first = sb.first()
     if first is not None and not first.sacked and first.retx == 0:
         sb.mark_lost(first)
