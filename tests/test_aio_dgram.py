@@ -55,9 +55,6 @@ class Recorder(asyncio.DatagramProtocol):
         self.batches.append(batch)
         self.arrived.set()
 
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        self.datagrams_received([(data, addr)])
-
     def error_received(self, exc: Exception) -> None:
         self.errors.append(exc)
 

@@ -42,11 +42,11 @@ _MAX_SACK_BLOCKS = 4  # 2 + 4 * 8
 
 def send_data(conn: Connection, out: list[bytes], now: float) -> None:
     """Append the retransmissions, then the new data and FIN, that the windows allow now."""
+    if send_lone_segment(conn, out, now):
+        return
     sb = conn._scoreboard
     cc = conn._cc
     mss = conn._snd_mss
-    if send_lone_segment(conn, out, now):
-        return
     sent_any = False
     # Retransmissions first, within the congestion window (RFC 6675 section 5 step 4.1).
     while True:
@@ -101,9 +101,7 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
         else:
             break
         seg_end = end + 1 if fin else end
-        if fin or slow or (template is None and not sent_any):
-            # The first segment is built whole: a lone one (a request, a reply) needs no
-            # template.
+        if fin or slow:
             emit_segment(conn, out, nxt, seg_end)
         else:
             # A plain data segment: every header field but the sequence number is the same

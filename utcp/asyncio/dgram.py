@@ -69,7 +69,6 @@ class BatchProtocol(Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
     def error_received(self, exc: Exception) -> None: ...
-    def datagram_received(self, data: bytes, addr: Address) -> None: ...
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None: ...
 
 
@@ -378,9 +377,6 @@ class FastDatagramTransport(asyncio.DatagramTransport):
                     return
         if found == 1 or (found == 0 and reads == 1):
             self._singles += 1
-            if found == 1 and len(batch) == 1:
-                self._protocol.datagram_received(*batch[0])  # no batch to answer as one
-                return
         else:
             self._singles = 0
         if batch:
