@@ -67,11 +67,24 @@ def _drop_first(pred: Callable[[Packet], bool], count: int = 1) -> Drop:
     return drop
 
 
-def _record_states(net: Network) -> History:
-    """Log every state each side passes through, checked after every public call.
+class _StateLog:
+    """A tracer that keeps only the states a connection passes through."""
 
-    Wraps the public entry points of the instances (no private state is read), so transient
-    states such as FIN_WAIT_2 are seen even when they last no simulated time at all.
+    def __init__(self, log: list[ConnectionState]) -> None:
+        self.log = log
+
+    def event(self, now: float, name: str, fields: dict[str, object]) -> None:
+        if name == "state_changed":
+            self.log.append(ConnectionState(fields["new"]))
+
+    def close(self) -> None:
+        pass
+
+
+def _record_states(net: Network) -> History:
+    """Log every state each side passes through, through the connection's tracer (its public
+    ``set_tracer``), so transient states such as FIN_WAIT_2 are seen even when they last no
+    simulated time at all.
     """
     history: History = {}
     for name, side in net.sides.items():
@@ -79,31 +92,7 @@ def _record_states(net: Network) -> History:
         if conn is None:
             continue
         log = history[name] = [conn.state]
-        for method in (
-            "connect",
-            "listen",
-            "close",
-            "abort",
-            "send",
-            "receive_datagram",
-            "handle_timer",
-            "datagrams_to_send",
-        ):
-            original = getattr(conn, method)
-
-            def wrapper(
-                *args: Any,
-                _original: Callable[..., Any] = original,
-                _conn: Connection = conn,
-                _log: list[ConnectionState] = log,
-                **kwargs: Any,
-            ) -> Any:
-                result = _original(*args, **kwargs)
-                if _log[-1] is not _conn.state:
-                    _log.append(_conn.state)
-                return result
-
-            setattr(conn, method, wrapper)
+        conn.set_tracer(_StateLog(log))
     return history
 
 

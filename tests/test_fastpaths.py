@@ -4,15 +4,15 @@
 the next in-order segment of an ESTABLISHED connection, ``datagrams_to_send`` returns at once
 when nothing is due (``Connection._nothing_due``), and a write that fits in one segment skips
 the general send loop (``sending.send_lone_segment``).  Each scenario here runs twice on the
-fake network, with the shortcuts and with them turned off, and every datagram sent (time,
-side, bytes) and every counter must come out the same.
+fake network, with the shortcuts (``Config.fast_paths``) on and off, and every datagram sent
+(time, side, bytes) and every counter must come out the same; the ``fast_path_*`` counters
+say how often each shortcut was taken.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -20,8 +20,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import utcp.connection as connection_module
-import utcp.sending as sending_module
 from tests.helpers import Link, Network, pair
 from utcp import Config, ConnectionState
 from utcp.packet import encode
@@ -29,57 +27,24 @@ from utcp.packet import encode
 S = ConnectionState
 
 
-@contextmanager
-def shortcuts(enabled: bool, calls: dict[str, int]) -> Iterator[None]:
-    """Run with the shortcuts on (counting how often they were taken) or off."""
-    real_predicted = connection_module.rx_predicted
-    real_nothing_due = connection_module.Connection._nothing_due
-    real_lone = sending_module.send_lone_segment
-
-    def predicted(conn: Any, p: Any, now: float) -> bool:
-        if not enabled:
-            return False
-        taken = real_predicted(conn, p, now)
-        calls["predicted"] += taken
-        return taken
-
-    def nothing_due(self: Any) -> bool:
-        if not enabled:
-            return False
-        due = real_nothing_due(self)
-        calls["nothing_due"] += due
-        return due
-
-    def lone(conn: Any, out: list[bytes], now: float) -> bool:
-        if not enabled:
-            return False
-        sent = real_lone(conn, out, now)
-        calls["lone"] += sent
-        return sent
-
-    sending_module.send_lone_segment = lone  # type: ignore[assignment]
-    connection_module.rx_predicted = predicted  # type: ignore[assignment]
-    connection_module.Connection._nothing_due = nothing_due  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        connection_module.rx_predicted = real_predicted
-        sending_module.send_lone_segment = real_lone
-        connection_module.Connection._nothing_due = real_nothing_due  # type: ignore[method-assign]
+FAST_COUNTERS = {
+    "predicted": "fast_path_received",
+    "nothing_due": "fast_path_idle",
+    "lone": "fast_path_sent",
+}
 
 
 def record(net: Network) -> list[tuple[float, str, bytes]]:
     return [(s.time, s.src, encode(s.packet)) for s in net.trace]
 
 
-def run_twice(scenario: Callable[[], Network]) -> dict[str, int]:
-    """Run ``scenario`` with and without the shortcuts; assert identical traces and stats."""
-    calls = {"predicted": 0, "nothing_due": 0, "lone": 0}
-    with shortcuts(True, calls):
-        fast = scenario()
-    with shortcuts(False, dict(calls)):
-        slow = scenario()
+def run_twice(scenario: Callable[[bool], Network]) -> dict[str, int]:
+    """Run ``scenario`` with and without the shortcuts (``Config.fast_paths``); assert identical
+    traces and stats, and return how often each shortcut was taken on both sides."""
+    fast = scenario(True)
+    slow = scenario(False)
     assert record(fast) == record(slow)
+    calls = dict.fromkeys(FAST_COUNTERS, 0)
     for name in ("a", "b"):
         fc, sc = fast.sides[name].conn, slow.sides[name].conn
         assert fc is not None and sc is not None
@@ -87,6 +52,9 @@ def run_twice(scenario: Callable[[], Network]) -> dict[str, int]:
         fs, ss = asdict(fc.stats), asdict(sc.stats)
         for key in [k for k in fs if k.startswith("time_limited_by_")]:
             assert fs.pop(key) == pytest.approx(ss.pop(key), rel=1e-9, abs=1e-12), key
+        for call, key in FAST_COUNTERS.items():
+            assert ss.pop(key) == 0, key
+            calls[call] += fs.pop(key)
         assert fs == ss
         assert fc.get_timer() == sc.get_timer()
         assert fast.sides[name].received == slow.sides[name].received
@@ -108,13 +76,14 @@ def request_response(
     *,
     close: bool = True,
     **impairment: Any,
-) -> Callable[[], Network]:
+) -> Callable[[bool], Network]:
     """``rounds`` requests from a, each answered by b, as an RPC client and server do; then
     the close, or (``close=False``) a quiet spell ended by a call to ``datagrams_to_send``,
     which is what brings the limit times up to date."""
 
-    def scenario() -> Network:
-        net = pair(config_a=config, config_b=config, **links(seed, **impairment))
+    def scenario(fast: bool) -> Network:
+        cfg = replace(config, fast_paths=fast)
+        net = pair(config_a=cfg, config_b=cfg, **links(seed, **impairment))
         net.run(until=lambda: net.b.conn is not None and net.b.conn.state is S.ESTABLISHED)
         a, b = net.a.conn, net.b.conn
         assert a is not None and b is not None
@@ -138,11 +107,12 @@ def request_response(
     return scenario
 
 
-def both_ways(seed: int, size: int, config: Config, **impairment: Any) -> Callable[[], Network]:
+def both_ways(seed: int, size: int, config: Config, **impairment: Any) -> Callable[[bool], Network]:
     """A bulk transfer each way at once, then the close."""
 
-    def scenario() -> Network:
-        net = pair(config_a=config, config_b=config, **links(seed, **impairment))
+    def scenario(fast: bool) -> Network:
+        cfg = replace(config, fast_paths=fast)
+        net = pair(config_a=cfg, config_b=cfg, **links(seed, **impairment))
         net.run(until=lambda: net.b.conn is not None and net.b.conn.state is S.ESTABLISHED)
         a, b = net.a.conn, net.b.conn
         assert a is not None and b is not None
@@ -174,7 +144,7 @@ def test_quiet_after_exchange() -> None:
     """A quiet connection's application-limited time still runs to the latest call."""
     calls = run_twice(request_response(3, 5, (64, 64), FIXED, close=False))
     assert calls["nothing_due"] >= 2
-    net = request_response(3, 5, (64, 64), FIXED, close=False)()
+    net = request_response(3, 5, (64, 64), FIXED, close=False)(True)
     assert net.a.conn is not None
     assert net.a.conn.stats.time_limited_by_application_s > 3.0
 
@@ -203,8 +173,9 @@ def test_paused_reader_and_small_buffer() -> None:
     path; a connection whose reader is paused holds data back either way."""
     config = replace(FIXED, recv_buffer_bytes=4096, send_buffer_bytes=8192)
 
-    def scenario() -> Network:
-        net = pair(config_a=config, config_b=config)
+    def scenario(fast: bool) -> Network:
+        cfg = replace(config, fast_paths=fast)
+        net = pair(config_a=cfg, config_b=cfg)
         net.run(until=lambda: net.b.conn is not None and net.b.conn.state is S.ESTABLISHED)
         a, b = net.a.conn, net.b.conn
         assert a is not None and b is not None

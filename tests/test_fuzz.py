@@ -417,25 +417,36 @@ def test_script_long_datagram_length() -> None:
     assert driver.conn.stats.segments_received == target.conn.stats.segments_received + 1
 
 
+class _Overriding:
+    """A connection with some methods replaced: every other attribute is the real one's."""
+
+    def __init__(self, conn: Any, **methods: Any) -> None:
+        self._conn = conn
+        self._methods = methods
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._methods:
+            return self._methods[name]
+        return getattr(self._conn, name)
+
+
 def test_harness_catches_a_malformed_datagram_that_changes_something() -> None:
     """The checks bite: a connection that acted on a bad datagram would be caught."""
     target = build(ConnectionState.ESTABLISHED)
     conn = target.conn
-    real = conn.receive_datagram
 
     def receive_and_abort(data: bytes | bytearray | memoryview, *, now: float) -> None:
-        real(data, now=now)
+        conn.receive_datagram(data, now=now)
         conn.abort()
 
-    conn.receive_datagram = receive_and_abort  # type: ignore[method-assign]
+    target.conn = _Overriding(conn, receive_datagram=receive_and_abort)
     with pytest.raises(AssertionError, match="malformed datagram"):
         Driver(target).deliver(bytes(30))
 
 
 def test_harness_catches_timers_that_never_wind_down() -> None:
     target = build(ConnectionState.LISTEN)
-    conn = target.conn
-    conn.get_timer = lambda: target.now  # type: ignore[method-assign]
+    target.conn = _Overriding(target.conn, get_timer=lambda: target.now)
     with pytest.raises(AssertionError, match="timers still running"):
         Driver(target).settle()
 

@@ -112,6 +112,11 @@ class Config:
     """Offer the timestamps option (RFC 7323); values are echoed, RTT still comes from
     Karn-filtered segment timing."""
 
+    fast_paths: bool = True
+    """Take the core's shortcuts for the common cases (header prediction for the next in-order
+    segment, a lone segment sent without the general send loop, an early return when nothing is
+    due).  They change nothing on the wire; turning them off exists to check exactly that."""
+
     tail_loss_probe: bool = True
     """Resend the last segment after two RTTs without an ACK (RFC 8985 section 7), so a loss
     at the tail of a flight is repaired by fast recovery rather than the RTO."""

@@ -209,6 +209,10 @@ class Connection:
         self._passive = False  # opened by a peer's SYN: its address is not validated yet
         self._dup_segments = 0
         self._ooo_segments = 0
+        self._fast = cfg.fast_paths
+        self._fast_received = 0  # shortcuts taken (ConnectionStats.fast_path_*)
+        self._fast_sent = 0
+        self._fast_idle = 0
         self._limit = NOT_LIMITED  # what held the sender back after the last send
         self._limit_since = 0.0
         self._limited_s = [0.0, 0.0, 0.0]  # seconds, indexed by stats._LIMITED_BY_*
@@ -471,9 +475,11 @@ class Connection:
             and self._state is S.ESTABLISHED
             and p.flags == _ACK
             and p.dst_cid == self.local_cid
+            and self._fast
             and rx_predicted(self, p, now)
         ):
             self._segments_received += segments
+            self._fast_received += 1
             return
         if tracer is not None:
             self._trace_now = now
@@ -542,8 +548,10 @@ class Connection:
         if (
             self._limit == LIMITED_BY_APPLICATION
             and self._snd_nxt == self._sndbuf.end
+            and self._fast
             and self._nothing_due()
         ):
+            self._fast_idle += 1
             # The common case after a delivery (a request waiting for its reply): nothing to
             # send, and the sender stays limited by the application, as it was.
             self._limited_s[LIMITED_BY_APPLICATION] += now - self._limit_since

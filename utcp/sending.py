@@ -42,7 +42,8 @@ _MAX_SACK_BLOCKS = 4  # 2 + 4 * 8
 
 def send_data(conn: Connection, out: list[bytes], now: float) -> None:
     """Append the retransmissions, then the new data and FIN, that the windows allow now."""
-    if send_lone_segment(conn, out, now):
+    if conn._fast and send_lone_segment(conn, out, now):
+        conn._fast_sent += 1
         return
     sb = conn._scoreboard
     cc = conn._cc

@@ -78,6 +78,9 @@ class ConnectionStats:
     time_limited_by_receiver_s: float  # data waiting, held back by the peer's window
     time_limited_by_congestion_s: float  # data waiting, held back by the congestion window
     time_limited_by_application_s: float  # windows open, nothing written to send
+    fast_path_received: int  # segments handled by header prediction (Config.fast_paths)
+    fast_path_sent: int  # lone segments sent without the general send loop
+    fast_path_idle: int  # datagrams_to_send calls that found nothing due at once
 
 
 def snapshot(conn: Connection) -> ConnectionStats:
@@ -120,6 +123,9 @@ def snapshot(conn: Connection) -> ConnectionStats:
         time_limited_by_receiver_s=limited[_LIMITED_BY_RECEIVER],
         time_limited_by_congestion_s=limited[_LIMITED_BY_CONGESTION],
         time_limited_by_application_s=limited[LIMITED_BY_APPLICATION],
+        fast_path_received=conn._fast_received,
+        fast_path_sent=conn._fast_sent,
+        fast_path_idle=conn._fast_idle,
     )
 
 
