@@ -525,6 +525,13 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _utcp_build() -> str:
+    """Which core the workers import: the compiled build or the sources (README)."""
+    import utcp._build
+
+    return "compiled" if utcp._build.compiled() else "pure"
+
+
 def versions() -> dict[str, str | None]:
     found: dict[str, str | None] = {"python": platform.python_version()}
     for label, dist in (
@@ -538,6 +545,7 @@ def versions() -> dict[str, str | None]:
             found[label] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             found[label] = None
+    found["utcp_build"] = _utcp_build()
     found["utcp_source_sha256"] = _source_digest()
     try:
         found["utcp_commit"] = subprocess.run(

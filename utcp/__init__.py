@@ -6,6 +6,8 @@ format.
 
 from __future__ import annotations
 
+# First: it decides whether the compiled build of the core or its sources are imported.
+from . import _build  # noqa: F401
 from .asyncio import (
     ClientEndpoint,
     Server,

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Final, cast
 
 from ..coalesce import Received, coalesce
 from ..config import Config
@@ -61,6 +61,23 @@ def _addr_key(addr: Address) -> bytes:
     return repr(addr[:2] if isinstance(addr, tuple) else addr).encode()
 
 
+# EndpointStats' fields, for its snapshot (a compiled class has no __slots__ to list them).
+_ENDPOINT_COUNTERS: Final = (
+    "amplification_limited",
+    "bytes_received",
+    "bytes_sent",
+    "connections_refused",
+    "datagrams_received",
+    "datagrams_sent",
+    "dropped",
+    "resets_rate_limited",
+    "resets_sent",
+    "send_errors",
+    "syn_cookies_accepted",
+    "syn_cookies_sent",
+)
+
+
 class EndpointStats:
     """Datagram counters of one endpoint (all connections together).
 
@@ -68,21 +85,6 @@ class EndpointStats:
     datagrams a connection discarded are in that connection's own stats until it ends, then
     added here.
     """
-
-    __slots__ = (
-        "amplification_limited",
-        "bytes_received",
-        "bytes_sent",
-        "connections_refused",
-        "datagrams_received",
-        "datagrams_sent",
-        "dropped",
-        "resets_rate_limited",
-        "resets_sent",
-        "send_errors",
-        "syn_cookies_accepted",
-        "syn_cookies_sent",
-    )
 
     def __init__(self) -> None:
         self.datagrams_received = 0
@@ -111,7 +113,7 @@ class EndpointStats:
 
     def snapshot(self) -> dict[str, object]:
         """Every counter as a plain dict (a copy)."""
-        out: dict[str, object] = {name: getattr(self, name) for name in self.__slots__}
+        out: dict[str, object] = {name: getattr(self, name) for name in _ENDPOINT_COUNTERS}
         out["dropped"] = dict(self.dropped)
         return out
 

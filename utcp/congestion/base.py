@@ -10,7 +10,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar
 
+from mypy_extensions import mypyc_attr
 
+
+# Applications subclass it (and NewReno) even when the core is the compiled build.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class CongestionController(ABC):
     """Owns the congestion window; fed acknowledgements, congestion events and timeouts."""
 

@@ -1,0 +1,88 @@
+"""Which modules the optional compiled build covers, and whether it is in use.
+
+``setup.py`` compiles ``COMPILED_MODULES`` with mypyc into extension modules beside the
+sources.  Python prefers an extension module to the source of the same name, so an edited
+source would silently lose to an older build: when any source is newer than the build (or
+``UTCP_PURE=1`` is set), a finder on ``sys.meta_path`` loads every one of these modules from
+source instead, all or none, since the compiled ones only work together.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from types import ModuleType
+
+COMPILED_MODULES: tuple[str, ...] = (
+    "utcp.seqnum",
+    "utcp.state",
+    "utcp.packet",
+    "utcp.events",
+    "utcp.buffers",
+    "utcp.recovery",
+    "utcp.congestion.base",
+    "utcp.congestion.newreno",
+    "utcp.coalesce",
+    "utcp.cookies",
+    "utcp.stateless",
+    "utcp.pmtud",
+    "utcp.stats",
+    "utcp.timers",
+    "utcp.acking",
+    "utcp.receiving",
+    "utcp.sending",
+    "utcp.connection",
+    "utcp.asyncio.dgram",
+    "utcp.asyncio.endpoint",
+)
+GROUP = "_core__mypyc"  # the shared library of the build, inside the package
+_ROOT = Path(__file__).resolve().parent
+_PURE_ENV = "UTCP_PURE"
+
+
+def _source(name: str) -> Path:
+    return _ROOT.parent.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def _library() -> Path | None:
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = _ROOT / (GROUP + suffix)
+        if path.exists():
+            return path
+    return None
+
+
+def stale() -> bool:
+    """True when a compiled build exists but some covered source is newer than it."""
+    lib = _library()
+    if lib is None:
+        return False
+    built = lib.stat().st_mtime
+    return any(_source(name).stat().st_mtime > built for name in COMPILED_MODULES)
+
+
+class _SourceFinder:
+    """Loads the covered modules from their sources, ahead of any compiled build."""
+
+    def find_spec(
+        self, name: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name not in COMPILED_MODULES:
+            return None
+        return importlib.util.spec_from_file_location(name, _source(name))
+
+
+_use_source = _library() is not None and (os.environ.get(_PURE_ENV) == "1" or stale())
+if _use_source:
+    sys.meta_path.insert(0, _SourceFinder())
+
+
+def compiled() -> bool:
+    """True when the compiled build of the core is the one imported."""
+    import utcp.connection
+
+    return not (utcp.connection.__file__ or "").endswith(".py")
