@@ -10,6 +10,7 @@ fails the test if anything reached the loop's exception handler (an error nobody
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import os
 import random
@@ -20,6 +21,8 @@ from typing import Any, TypeVar
 
 import pytest
 import uvloop
+
+from utcp import Connection
 
 T = TypeVar("T")
 
@@ -93,13 +96,48 @@ async def deadline(seconds: float, what: str) -> AsyncIterator[None]:
     """Fail (not raise TimeoutError) if the block runs longer than ``seconds``: a hang guard that
     cannot be mistaken for a ``TimeoutError`` the code under test raises on purpose."""
     guard = asyncio.timeout(seconds)
+    report: list[str] = []
+    # Just before the guard cancels everything: what each task waits on, where each connection is.
+    snapshot = asyncio.get_running_loop().call_later(
+        seconds * 0.999, lambda: report.extend(hang_report())
+    )
     try:
         async with guard:
             yield
     except TimeoutError:
         if guard.expired():
-            pytest.fail(f"{what} did not finish within {seconds} s", pytrace=False)
+            detail = "\n".join(report)
+            pytest.fail(f"{what} did not finish within {seconds} s\n{detail}", pytrace=False)
         raise
+    finally:
+        snapshot.cancel()
+
+
+def hang_report(limit: int = 40) -> list[str]:
+    """One line per pending task (its innermost frames) and per live utcp connection (state,
+    counters, timer): what a hang left behind."""
+    lines = []
+    for task in asyncio.all_tasks():
+        frames = task.get_stack(limit=4)
+        where = " < ".join(
+            f"{f.f_code.co_name} ({os.path.basename(f.f_code.co_filename)}:{f.f_lineno})"
+            for f in reversed(frames)
+        )
+        lines.append(f"task {task.get_name()}: {where or 'not started'}")
+    loop_time = asyncio.get_running_loop().time()
+    for obj in gc.get_objects():
+        if isinstance(obj, Connection):
+            st = obj.stats
+            lines.append(
+                f"connection {obj.local_cid:#x} {st.state.value}: sent {st.bytes_sent} "
+                f"received {st.bytes_received} in flight {st.bytes_in_flight} "
+                f"cwnd {st.cwnd_bytes} wnd {st.send_window_bytes} "
+                f"buffered {st.send_buffer_bytes} timeouts {st.timeouts} "
+                f"timer {obj.get_timer()} (loop time {loop_time:.3f})"
+            )
+    if len(lines) > limit:
+        lines = [*lines[:limit], f"... {len(lines) - limit} more"]
+    return lines
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, *, timeout_s: float = 30) -> None:

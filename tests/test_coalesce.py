@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import pair
@@ -77,7 +77,9 @@ def test_order_is_kept_around_unmergeable_packets() -> None:
 
 
 def _established() -> tuple[Connection, Connection]:
-    net = pair(config_a=Config(pmtud=False), config_b=Config(pmtud=False))
+    # An initial window of 32 segments lets every write of the test below leave at once.
+    config = Config(pmtud=False, initial_cwnd_segments=32)
+    net = pair(config_a=config, config_b=config)
     net.run(until=lambda: net.b.conn is not None and net.b.conn.state.name == "ESTABLISHED")
     net.flush()
     a, b = net.a.conn, net.b.conn
@@ -86,6 +88,7 @@ def _established() -> tuple[Connection, Connection]:
 
 
 @settings(max_examples=40, deadline=None)
+@example(sizes=[1428] * 11, seed=0, shuffle=False)  # more than the default initial window
 @given(
     sizes=st.lists(st.integers(1, 1428), min_size=1, max_size=30),
     seed=st.integers(0, 1000),

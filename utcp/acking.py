@@ -6,7 +6,7 @@ Owns RTT sampling (Karn's rule), duplicate-ACK counting, entering and leaving fa
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .events import ConnectionEstablished, DropReason
 from .packet import HEADER_SIZE, Flag, Packet
@@ -17,11 +17,11 @@ from .timers import arm_tlp, cap_to_user_timeout, window_blocked
 if TYPE_CHECKING:
     from .connection import Connection
 
-S = ConnectionState
+S: Final = ConnectionState
 # Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
-_FIN = int(Flag.FIN)
-_SYN = int(Flag.SYN)
-_ACK = int(Flag.ACK)
+_FIN: Final = int(Flag.FIN)
+_SYN: Final = int(Flag.SYN)
+_ACK: Final = int(Flag.ACK)
 
 
 def on_syn_acked(conn: Connection, p: Packet, now: float) -> None:

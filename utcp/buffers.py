@@ -9,6 +9,7 @@ limits the connection passes in, which is what bounds its memory.
 from __future__ import annotations
 
 import bisect
+from typing import Final
 
 
 class SendBuffer:
@@ -101,7 +102,7 @@ class RangeSet:
         return self._ends[-1] if self._ends else None
 
 
-CHUNK_OVERHEAD_BYTES = 128  # what one held chunk costs beyond its payload (objects, lists)
+CHUNK_OVERHEAD_BYTES: Final = 128  # what one held chunk costs beyond its payload (objects, lists)
 
 
 class ReassemblyBuffer:

@@ -9,14 +9,14 @@ and window it would have seen one at a time, with the per-segment work done once
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from .packet import Flag, Packet
 from .seqnum import SEQ_MASK
 
 __all__ = ["Received", "coalesce"]
 
-_ACK = int(Flag.ACK)
+_ACK: Final = int(Flag.ACK)
 
 Received = tuple[Packet, Any, int, int]
 """One decoded datagram: packet, source address, bytes on the wire, segments it stands for."""

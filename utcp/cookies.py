@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import secrets
 import struct
+from typing import Final
 
 __all__ = ["MSS_CLASSES", "SynCookies", "pack_options", "unpack_options"]
 
-MSS_CLASSES = (536, 1200, 1380, 1428)  # peer MSS rounded down to one of these (2 bits)
-_NO_WSCALE = 15
-_SLOT = struct.Struct("!IIqB")
+MSS_CLASSES: Final = (536, 1200, 1380, 1428)  # peer MSS rounded down to one of these (2 bits)
+_NO_WSCALE: Final = 15
+_SLOT: Final = struct.Struct("!IIqB")
 
 
 def pack_options(mss: int | None, wscale: int | None, sack: bool, timestamps: bool) -> int:

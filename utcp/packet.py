@@ -11,6 +11,7 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Final
 
 from .events import DropReason
 
@@ -28,21 +29,21 @@ __all__ = [
     "stamp",
 ]
 
-VERSION = 1
-HEADER_SIZE = 24  # fixed part, bytes
-MAX_HEADER_SIZE = 60  # 4-bit header length in 32-bit words, as in TCP
-MAX_OPTIONS_SIZE = MAX_HEADER_SIZE - HEADER_SIZE  # 36 bytes
-MAX_WINDOW_FIELD = 0xFFFF
-MAX_WSCALE = 14  # RFC 7323 section 2.3
+VERSION: Final = 1
+HEADER_SIZE: Final = 24  # fixed part, bytes
+MAX_HEADER_SIZE: Final = 60  # 4-bit header length in 32-bit words, as in TCP
+MAX_OPTIONS_SIZE: Final = MAX_HEADER_SIZE - HEADER_SIZE  # 36 bytes
+MAX_WINDOW_FIELD: Final = 0xFFFF
+MAX_WSCALE: Final = 14  # RFC 7323 section 2.3
 
 # ver/hlen, flags, window, src cid, dst cid, seq, ack, crc32
-_HEADER = struct.Struct("!BBHIIIII")
-_SEQ_OFFSET = 12
-_CRC_OFFSET = 20
-_PLAIN_VH = (VERSION << 4) | (HEADER_SIZE >> 2)  # version and header length, no options
-_U16 = struct.Struct("!H")
-_U32 = struct.Struct("!I")
-_U32X2 = struct.Struct("!II")
+_HEADER: Final = struct.Struct("!BBHIIIII")
+_SEQ_OFFSET: Final = 12
+_CRC_OFFSET: Final = 20
+_PLAIN_VH: Final = (VERSION << 4) | (HEADER_SIZE >> 2)  # version and header length, no options
+_U16: Final = struct.Struct("!H")
+_U32: Final = struct.Struct("!I")
+_U32X2: Final = struct.Struct("!II")
 
 
 class PacketError(ValueError):
@@ -82,7 +83,7 @@ class OptionKind(enum.IntEnum):
     PROBE_ACK = 11  # u32 id of the probe this ACK answers
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Packet:
     """One decoded datagram. ``window`` is the raw 16-bit field; scaling is the connection's job.
 
@@ -109,6 +110,43 @@ class Packet:
     probe: int | None = None
     probe_ack: int | None = None
     padding: int = 0
+
+    # Written out rather than generated: the compiled build then makes it native code.
+    def __init__(
+        self,
+        flags: int,
+        src_cid: int,
+        dst_cid: int,
+        seq: int,
+        ack: int,
+        window: int,
+        payload: bytes | memoryview = b"",
+        mss: int | None = None,
+        wscale: int | None = None,
+        sack_permitted: bool = False,
+        sack_blocks: tuple[tuple[int, int], ...] = (),
+        timestamps: tuple[int, int] | None = None,
+        probe_permitted: bool = False,
+        probe: int | None = None,
+        probe_ack: int | None = None,
+        padding: int = 0,
+    ) -> None:
+        self.flags = flags
+        self.src_cid = src_cid
+        self.dst_cid = dst_cid
+        self.seq = seq
+        self.ack = ack
+        self.window = window
+        self.payload = payload
+        self.mss = mss
+        self.wscale = wscale
+        self.sack_permitted = sack_permitted
+        self.sack_blocks = sack_blocks
+        self.timestamps = timestamps
+        self.probe_permitted = probe_permitted
+        self.probe = probe
+        self.probe_ack = probe_ack
+        self.padding = padding
 
     @property
     def seg_len(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "MAX_PROBES",
@@ -22,18 +22,18 @@ __all__ = [
     "probe_timeout_s",
 ]
 
-MAX_PROBES = 3  # unanswered probes of one size before it counts as failed (RFC 8899 5.1.2)
-PMTU_RAISE_TIMER_S = 600.0  # SEARCH_COMPLETE searches again after this (RFC 8899 5.1.1)
-PROBE_TIMEOUT_MIN_S = 0.010  # floor of the probe timer, as the tail loss probe's
-ERROR_RETRY_MIN_S = 1.0  # ERROR re-probes the base size after this, doubling ...
-ERROR_RETRY_MAX_S = 60.0  # ... up to this
+MAX_PROBES: Final = 3  # unanswered probes of one size before it counts as failed (RFC 8899 5.1.2)
+PMTU_RAISE_TIMER_S: Final = 600.0  # SEARCH_COMPLETE searches again after this (RFC 8899 5.1.1)
+PROBE_TIMEOUT_MIN_S: Final = 0.010  # floor of the probe timer, as the tail loss probe's
+ERROR_RETRY_MIN_S: Final = 1.0  # ERROR re-probes the base size after this, doubling ...
+ERROR_RETRY_MAX_S: Final = 60.0  # ... up to this
 # UDP payloads of common paths, tried in ascending order before any finer search: a 1500-byte
 # MTU over IPv6 and IPv4, a 9000-byte one, and Linux loopback's 65536 over IPv6 (65507, the
 # IPv4 maximum, is the default ceiling, always tried last).
-PLATEAUS_BYTES = (1452, 1472, 8952, 8972, 65488)
-GALLOP_START_BYTES = 1  # first step of the exponential search: is anything larger carried?
-_RECENT_PROBES = 16  # probe ids remembered, so a late ACK still counts
-_NEVER = float("inf")
+PLATEAUS_BYTES: Final = (1452, 1472, 8952, 8972, 65488)
+GALLOP_START_BYTES: Final = 1  # first step of the exponential search: is anything larger carried?
+_RECENT_PROBES: Final = 16  # probe ids remembered, so a late ACK still counts
+_NEVER: Final = float("inf")
 
 
 class PmtudState(enum.Enum):
@@ -46,7 +46,7 @@ class PmtudState(enum.Enum):
     ERROR = "ERROR"  # not even the base size was confirmed; retrying it now and then
 
 
-P = PmtudState
+P: Final = PmtudState
 # Every state may also fall to DISABLED when the connection stops sending; added below.
 TRANSITIONS: dict[PmtudState, frozenset[PmtudState]] = {
     P.DISABLED: frozenset({P.BASE}),

@@ -7,7 +7,7 @@ bytes delivered in order and then once for the peer's FIN.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .acking import on_new_ack, on_syn_acked, rx_ack, update_window
 from .buffers import CHUNK_OVERHEAD_BYTES
@@ -20,12 +20,12 @@ from .state import CAN_RECEIVE, ConnectionState
 if TYPE_CHECKING:
     from .connection import Connection
 
-S = ConnectionState
+S: Final = ConnectionState
 # Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
-_FIN = int(Flag.FIN)
-_SYN = int(Flag.SYN)
-_RST = int(Flag.RST)
-_ACK = int(Flag.ACK)
+_FIN: Final = int(Flag.FIN)
+_SYN: Final = int(Flag.SYN)
+_RST: Final = int(Flag.RST)
+_ACK: Final = int(Flag.ACK)
 
 
 def rx_listen(conn: Connection, p: Packet, now: float) -> None:

@@ -9,11 +9,12 @@ from __future__ import annotations
 import bisect
 import itertools
 from collections import deque
+from typing import Final
 
-_ALPHA = 1 / 8  # RFC 6298 section 2.3
-_BETA = 1 / 4
-_K = 4
-_G_S = 0.001  # clock granularity we assume, seconds
+_ALPHA: Final = 1 / 8  # RFC 6298 section 2.3
+_BETA: Final = 1 / 4
+_K: Final = 4
+_G_S: Final = 0.001  # clock granularity we assume, seconds
 
 
 class RttEstimator:

@@ -9,7 +9,7 @@ ACK set settles any ACK owed (a PMTU probe, likely to be lost, settles nothing);
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .packet import (
     HEADER_SIZE,
@@ -32,12 +32,12 @@ from .trace import packet_fields
 if TYPE_CHECKING:
     from .connection import Connection
 
-S = ConnectionState
+S: Final = ConnectionState
 # Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
-_FIN = int(Flag.FIN)
-_ACK = int(Flag.ACK)
-_MAX_SACK_BLOCKS_WITH_TS = 3  # 36 option bytes: 10 (timestamps) + 2 + 3 * 8
-_MAX_SACK_BLOCKS = 4  # 2 + 4 * 8
+_FIN: Final = int(Flag.FIN)
+_ACK: Final = int(Flag.ACK)
+_MAX_SACK_BLOCKS_WITH_TS: Final = 3  # 36 option bytes: 10 (timestamps) + 2 + 3 * 8
+_MAX_SACK_BLOCKS: Final = 4  # 2 + 4 * 8
 
 
 def send_data(conn: Connection, out: list[bytes], now: float) -> None:

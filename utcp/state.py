@@ -7,6 +7,7 @@ the table is a bug in utcp, never the peer's fault, and raises ``AssertionError`
 from __future__ import annotations
 
 import enum
+from typing import Final
 
 
 class ConnectionState(enum.Enum):
@@ -29,7 +30,7 @@ class ConnectionState(enum.Enum):
     __hash__ = object.__hash__
 
 
-S = ConnectionState
+S: Final = ConnectionState
 
 # Every state may also fall to CLOSED (reset, abort, timeout); that edge is added below.
 TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
@@ -51,13 +52,13 @@ TRANSITIONS = {
 }
 
 # States in which both sides' initial sequence numbers are known (RFC 9293 "synchronized").
-SYNCHRONIZED = frozenset(
+SYNCHRONIZED: Final = frozenset(
     {S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK, S.TIME_WAIT}
 )
 # States in which the application may still queue data to send.
-CAN_SEND = frozenset({S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT})
+CAN_SEND: Final = frozenset({S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT})
 # States in which data from the peer is still accepted.
-CAN_RECEIVE = frozenset({S.SYN_RECEIVED, S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
+CAN_RECEIVE: Final = frozenset({S.SYN_RECEIVED, S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
 
 
 def check_transition(old: ConnectionState, new: ConnectionState) -> None:

@@ -7,14 +7,15 @@ Ids and ISNs come from ``secrets`` (unpredictable to an observer); a RST is neve
 from __future__ import annotations
 
 import secrets
+from typing import Final
 
 from .packet import Flag, Packet, encode
 from .seqnum import SEQ_MASK
 
 __all__ = ["new_connection_id", "new_isn", "reset_for"]
 
-_RST = int(Flag.RST)
-_ACK = int(Flag.ACK)
+_RST: Final = int(Flag.RST)
+_ACK: Final = int(Flag.ACK)
 
 
 def new_connection_id() -> int:

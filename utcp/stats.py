@@ -8,7 +8,7 @@ ever adds time, charged to the state noted at the previous ``datagrams_to_send``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .packet import HEADER_SIZE
 from .state import ConnectionState
@@ -18,13 +18,13 @@ if TYPE_CHECKING:
 
 __all__ = ["ConnectionStats"]
 
-SSTHRESH_UNBOUNDED = 0x7FFFFFFF  # at or above: reported as unbounded
+SSTHRESH_UNBOUNDED: Final = 0x7FFFFFFF  # at or above: reported as unbounded
 # What held the sender back since the last datagrams_to_send (indexes of Connection._limited_s).
-NOT_LIMITED = -1
-_LIMITED_BY_RECEIVER = 0
-_LIMITED_BY_CONGESTION = 1
-LIMITED_BY_APPLICATION = 2
-_APP_LIMITED_STATES = frozenset({ConnectionState.ESTABLISHED, ConnectionState.CLOSE_WAIT})
+NOT_LIMITED: Final = -1
+_LIMITED_BY_RECEIVER: Final = 0
+_LIMITED_BY_CONGESTION: Final = 1
+LIMITED_BY_APPLICATION: Final = 2
+_APP_LIMITED_STATES: Final = frozenset({ConnectionState.ESTABLISHED, ConnectionState.CLOSE_WAIT})
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,7 @@ deadline is cleared first), and never sends: it sets what ``datagrams_to_send`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from .events import CloseReason
 from .packet import HEADER_SIZE
@@ -18,14 +18,14 @@ if TYPE_CHECKING:
     from .connection import Connection
     from .pmtud import Pmtud
 
-S = ConnectionState
-HANDSHAKE_ACK_TRIES = 6  # a lost handshake ACK is re-sent at most this often
-_TLP_MIN_S = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
+S: Final = ConnectionState
+HANDSHAKE_ACK_TRIES: Final = 6  # a lost handshake ACK is re-sent at most this often
+_TLP_MIN_S: Final = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
 # Consecutive retransmission timeouts of a segment larger than the base size that declare a
 # PMTU black hole (docs/PROTOCOL.md, path MTU discovery): three, as Linux's black hole
 # detection after tcp_retries1 (3) timeouts.  Two in a row are common under heavy random loss
 # (a quarter of the time at 30% each way); a false alarm costs a search from the base size.
-BLACK_HOLE_RTOS = 3
+BLACK_HOLE_RTOS: Final = 3
 
 
 def on_rto(conn: Connection, now: float) -> None:

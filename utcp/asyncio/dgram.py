@@ -18,7 +18,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..config import Config
 from ..log import get_logger
@@ -29,6 +29,7 @@ __all__ = [
     "BATCH_DATAGRAMS",
     "IO_ENV",
     "BatchProtocol",
+    "DatagramIO",
     "FastDatagramTransport",
     "OffloadSupport",
     "create_endpoint",
@@ -40,33 +41,48 @@ __all__ = [
 
 _log = get_logger()
 
-IO_ENV = "UTCP_IO"  # "fast" or "portable": what io_path="auto" means in this process
-SOL_UDP = 17
-UDP_SEGMENT = 103  # linux/udp.h: send with GSO, the cmsg carries the segment size (u16)
-UDP_GRO = 104  # linux/udp.h: receive with GRO, the cmsg carries the segment size (int)
-_GSO_MAX_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels (newer allow 128)
-_GSO_MAX_BYTES = 65000  # one GSO send is one UDP datagram to the stack: under 64 KiB
-_RECV_BUFFER_BYTES = 65536 + 4096  # a coalesced GRO read is at most one 64 KiB datagram
-_CMSG_SPACE = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
-_READS_PER_WAKEUP = 32  # system calls per wake-up before other callbacks get their turn
+IO_ENV: Final = "UTCP_IO"  # "fast" or "portable": what io_path="auto" means in this process
+SOL_UDP: Final = 17
+UDP_SEGMENT: Final = 103  # linux/udp.h: send with GSO, the cmsg carries the segment size (u16)
+UDP_GRO: Final = 104  # linux/udp.h: receive with GRO, the cmsg carries the segment size (int)
+_GSO_MAX_SEGMENTS: Final = 64  # UDP_MAX_SEGMENTS in older kernels (newer allow 128)
+_GSO_MAX_BYTES: Final = 65000  # one GSO send is one UDP datagram to the stack: under 64 KiB
+_RECV_BUFFER_BYTES: Final = 65536 + 4096  # a coalesced GRO read is at most one 64 KiB datagram
+_CMSG_SPACE: Final = socket.CMSG_SPACE(4) if hasattr(socket, "CMSG_SPACE") else 0
+_READS_PER_WAKEUP: Final = 32  # system calls per wake-up before other callbacks get their turn
 # A socket whose wake-ups keep finding one datagram (request/response traffic) stops asking for
 # a second one, which would cost a failing system call before the reply can be written; every
 # _DRAIN_EVERY-th wake-up drains again, so a backlog (or a coalesced read) ends the shortcut.
-_SINGLES_BEFORE_SHORT = 4
-_DRAIN_EVERY = 16
-BATCH_DATAGRAMS = 64  # datagrams handed over (and answered) together, as one GRO read at most
-_QUEUE_MAX_DATAGRAMS = 4096  # held while the socket is full; beyond, dropped like a full queue
-_U16 = struct.Struct("=H")
-_INT = struct.Struct("=i")
-_SENT = object()
-_FULL = object()
-_RETRY = object()
+_SINGLES_BEFORE_SHORT: Final = 4
+_DRAIN_EVERY: Final = 16
+BATCH_DATAGRAMS: Final = (
+    64  # datagrams handed over (and answered) together, as one GRO read at most
+)
+_QUEUE_MAX_DATAGRAMS: Final = (
+    4096  # held while the socket is full; beyond, dropped like a full queue
+)
+_U16: Final = struct.Struct("=H")
+_INT: Final = struct.Struct("=i")
+_SENT: Final = object()
+_FULL: Final = object()
+_RETRY: Final = object()
+
+
+class DatagramIO(Protocol):
+    """What the endpoint uses of its datagram transport: asyncio's (the portable path) or a
+    ``FastDatagramTransport``."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+    def is_closing(self) -> bool: ...
+    def sendto(self, data: Any, addr: Address = None) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class BatchProtocol(Protocol):
     """What the fast path delivers to: the endpoint's datagram callbacks."""
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+    def connection_made(self, transport: DatagramIO) -> None: ...
     def connection_lost(self, exc: Exception | None) -> None: ...
     def error_received(self, exc: Exception) -> None: ...
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None: ...
@@ -112,9 +128,9 @@ def offload_support() -> OffloadSupport:
 
 # linux/in.h and linux/in6.h: set don't-fragment and ignore the kernel's path MTU cache, so a
 # datagram either passes whole or is lost (RFC 8899 section 3 wants exactly that from a PL).
-_IP_MTU_DISCOVER = 10
-_IPV6_MTU_DISCOVER = 23
-_PMTUDISC_PROBE = 3
+_IP_MTU_DISCOVER: Final = 10
+_IPV6_MTU_DISCOVER: Final = 23
+_PMTUDISC_PROBE: Final = 3
 
 
 def set_dont_fragment(sock: socket.socket) -> bool:
@@ -181,7 +197,7 @@ async def create_endpoint(
     remote_addr: Any = None,
     family: int = 0,
     reuse_port: bool | None = None,
-) -> tuple[asyncio.DatagramTransport, Any]:
+) -> tuple[DatagramIO, Any]:
     """Open a UDP socket on the configured I/O path, like ``loop.create_datagram_endpoint``
     with resolved addresses; returns ``(transport, protocol)``."""
     loop = asyncio.get_running_loop()
@@ -213,9 +229,7 @@ async def create_endpoint(
     return transport, protocol
 
 
-def burst_sender(
-    transport: asyncio.DatagramTransport,
-) -> Callable[[list[bytes], Address], None]:
+def burst_sender(transport: DatagramIO) -> Callable[[list[bytes], Address], None]:
     """What sends a burst of datagrams to one peer (``None``: the connected peer) over this
     transport: GSO runs on the fast path, one ``sendto`` each otherwise."""
     if isinstance(transport, FastDatagramTransport):
@@ -232,8 +246,11 @@ def burst_sender(
     return send
 
 
-class FastDatagramTransport(asyncio.DatagramTransport):
-    """A datagram transport over the endpoint's own non-blocking socket (Linux fast path)."""
+class FastDatagramTransport:
+    """A datagram transport over the endpoint's own non-blocking socket (Linux fast path).
+
+    It offers what the endpoint uses of ``asyncio.DatagramTransport`` (``DatagramIO``) without
+    deriving from it, so the compiled build makes it a native class."""
 
     def __init__(
         self,
@@ -243,7 +260,6 @@ class FastDatagramTransport(asyncio.DatagramTransport):
         *,
         peer: Address = None,
     ) -> None:
-        super().__init__()
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Final, cast
+from typing import Any, Final
 
 from ..coalesce import Received, coalesce
 from ..config import Config
@@ -36,20 +36,20 @@ from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
 from ..state import SYNCHRONIZED, ConnectionState
 from ..trace import TRACE_ENV, tracer_for
-from .dgram import FastDatagramTransport, burst_sender, set_dont_fragment
+from .dgram import DatagramIO, FastDatagramTransport, burst_sender, set_dont_fragment
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 Observer = Callable[[str, bytes, Address], None]
 
 _log = get_logger()
-_SOCKET_BUFFER_BYTES = 4 << 20
-_EXTRA_FINAL_ACKS = 2
-_RECENTLY_CLOSED_MAX = 4096
-_AMPLIFICATION_FACTOR = 3  # RFC 9000 section 8.1
-_COOKIE_GRACE_S = 64.0  # a cookie is valid for one to two of these
-_SYN = int(Flag.SYN)
-_ACK = int(Flag.ACK)
-_RST = int(Flag.RST)
+_SOCKET_BUFFER_BYTES: Final = 4 << 20
+_EXTRA_FINAL_ACKS: Final = 2
+_RECENTLY_CLOSED_MAX: Final = 4096
+_AMPLIFICATION_FACTOR: Final = 3  # RFC 9000 section 8.1
+_COOKIE_GRACE_S: Final = 64.0  # a cookie is valid for one to two of these
+_SYN: Final = int(Flag.SYN)
+_ACK: Final = int(Flag.ACK)
+_RST: Final = int(Flag.RST)
 
 
 def _no_socket(datagrams: list[bytes], addr: Address) -> None:
@@ -163,8 +163,12 @@ class ConnectionHandle:
         self.tx_bytes = 0
 
 
-class Endpoint(asyncio.DatagramProtocol):
-    """Demultiplexes the datagrams of one UDP socket to its utcp connections."""
+class Endpoint:
+    """Demultiplexes the datagrams of one UDP socket to its utcp connections.
+
+    It is the protocol of asyncio's datagram transport (the portable path) or of a
+    ``FastDatagramTransport``, with the methods of ``asyncio.DatagramProtocol`` but not
+    derived from it, so the compiled build makes it a native class."""
 
     def __init__(
         self,
@@ -184,7 +188,7 @@ class Endpoint(asyncio.DatagramProtocol):
         self._single = protocol_factory is None and not persistent
         self._backlog = backlog
         self._observer = observer
-        self._transport: asyncio.DatagramTransport | None = None
+        self._transport: DatagramIO | None = None
         self._handles: dict[int, ConnectionHandle] = {}
         self._syn_index: dict[tuple[Address, int], int] = {}  # (addr, peer cid) -> local cid
         self._half_open = 0
@@ -203,9 +207,17 @@ class Endpoint(asyncio.DatagramProtocol):
 
     # ------------------------------------------------------------------ DatagramProtocol
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.DatagramTransport, transport)
-        self._send_datagrams = burst_sender(self._transport)
+    def pause_writing(self) -> None:
+        """asyncio's transport is buffering what the socket could not take yet: nothing to do,
+        the connections' congestion windows already bound what they send (as with
+        ``asyncio.DatagramProtocol``'s default)."""
+
+    def resume_writing(self) -> None:
+        """The socket's buffer has drained."""
+
+    def connection_made(self, transport: DatagramIO) -> None:
+        self._transport = transport
+        self._send_datagrams = burst_sender(transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Bursts of a whole congestion window arrive at once: room for them avoids
@@ -780,7 +792,7 @@ class Endpoint(asyncio.DatagramProtocol):
     # ------------------------------------------------------------------ lifetime
 
     @property
-    def transport(self) -> asyncio.DatagramTransport | None:
+    def transport(self) -> DatagramIO | None:
         """The UDP transport, None once closed."""
         return self._transport
 

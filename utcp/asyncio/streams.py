@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 from ..config import Config
-from .dgram import create_endpoint
+from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer
 
 _DEFAULT_LIMIT = 2**16  # asyncio.streams' default buffer limit
@@ -109,7 +109,7 @@ class ClientEndpoint:
     connection id over the same socket; the socket stays open until ``close()``.
     """
 
-    def __init__(self, endpoint: Endpoint, udp: asyncio.DatagramTransport, family: int) -> None:
+    def __init__(self, endpoint: Endpoint, udp: DatagramIO, family: int) -> None:
         self._endpoint = endpoint
         self._udp = udp
         self._family = family
@@ -195,7 +195,7 @@ async def create_client_endpoint(
 class Server:
     """A utcp server, with the interface of ``asyncio.Server``."""
 
-    def __init__(self, endpoint: Endpoint, udp: asyncio.DatagramTransport) -> None:
+    def __init__(self, endpoint: Endpoint, udp: DatagramIO) -> None:
         self._endpoint = endpoint
         self._udp = udp
         self._loop = asyncio.get_running_loop()
