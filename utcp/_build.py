@@ -38,6 +38,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.connection",
     "utcp.asyncio.dgram",
     "utcp.asyncio.endpoint",
+    "utcp.asyncio.transport",
 )
 GROUP = "_core__mypyc"  # the shared library of the build, inside the package
 _ROOT = Path(__file__).resolve().parent

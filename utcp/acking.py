@@ -11,13 +11,20 @@ from typing import TYPE_CHECKING, Final
 from .events import ConnectionEstablished, DropReason
 from .packet import HEADER_SIZE, Flag, Packet
 from .seqnum import seq_diff
-from .state import ConnectionState
+from .state import (
+    CLOSED,
+    CLOSING,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LAST_ACK,
+    SYN_RECEIVED,
+)
 from .timers import arm_tlp, cap_to_user_timeout, window_blocked
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-S: Final = ConnectionState
 # Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
 _FIN: Final = int(Flag.FIN)
 _SYN: Final = int(Flag.SYN)
@@ -49,13 +56,13 @@ def rx_ack(conn: Connection, p: Packet, seg_pos: int, now: float) -> bool:
     """Process the acknowledgement field; False when the segment must be dropped."""
     st = conn._state
     ack_pos = conn._snd_una + seq_diff(p.ack, conn._wire_seq(conn._snd_una))
-    if st is S.SYN_RECEIVED:
+    if st is SYN_RECEIVED:
         if not 0 < ack_pos <= conn._snd_max:
             conn._queue_reset_for(p)
             conn._drop(DropReason.OUT_OF_WINDOW)
             return False
         on_syn_acked(conn, p, now)
-        conn._set_state(S.FIN_WAIT_1 if conn._fin_pos is not None else S.ESTABLISHED)
+        conn._set_state(FIN_WAIT_1 if conn._fin_pos is not None else ESTABLISHED)
         conn._events.append(ConnectionEstablished())
         if p.flags & _SYN:
             conn._ack_now = True
@@ -236,11 +243,11 @@ def update_window(conn: Connection, p: Packet, seg_pos: int, ack_pos: int) -> No
 
 def on_fin_acked(conn: Connection, now: float) -> None:
     st = conn._state
-    if st is S.FIN_WAIT_1:
-        conn._set_state(S.FIN_WAIT_2)
-    elif st is S.CLOSING:
+    if st is FIN_WAIT_1:
+        conn._set_state(FIN_WAIT_2)
+    elif st is CLOSING:
         conn._enter_time_wait(now)
-    elif st is S.LAST_ACK:
-        conn._set_state(S.CLOSED)
+    elif st is LAST_ACK:
+        conn._set_state(CLOSED)
         conn._orderly_close()
         conn._clear_timers()

@@ -34,7 +34,22 @@ from .receiving import rx_listen, rx_predicted, rx_syn_sent, rx_synchronized
 from .recovery import RttEstimator, Scoreboard, SentSegment
 from .sending import build, build_probe, send_data
 from .seqnum import SEQ_MASK
-from .state import CAN_RECEIVE, CAN_SEND, SYNCHRONIZED, ConnectionState, check_transition
+from .state import (
+    CAN_RECEIVE,
+    CAN_SEND,
+    CLOSE_WAIT,
+    CLOSED,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    LAST_ACK,
+    LISTEN,
+    SYN_RECEIVED,
+    SYN_SENT,
+    SYNCHRONIZED,
+    TIME_WAIT,
+    ConnectionState,
+    check_transition,
+)
 from .stateless import new_connection_id, new_isn, reset_for
 from .stats import (
     LIMITED_BY_APPLICATION,
@@ -58,13 +73,12 @@ from .trace import Tracer, flags_text, packet_fields
 
 __all__ = ["Connection", "ConnectionStats", "new_connection_id", "new_isn", "reset_for"]
 
-S: Final = ConnectionState
 # Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
 _SYN: Final = int(Flag.SYN)
 _RST: Final = int(Flag.RST)
 _ACK: Final = int(Flag.ACK)
 # States in which a PMTU probe may go out: ours is still a sending direction.
-_MAY_PROBE: Final = frozenset({S.ESTABLISHED, S.CLOSE_WAIT, S.FIN_WAIT_1, S.LAST_ACK})
+_MAY_PROBE: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, LAST_ACK})
 
 
 def _round_s(seconds: float | None) -> float | None:
@@ -86,7 +100,7 @@ class Connection:
         self.config = (config or Config()).validate()
         self.local_cid = new_connection_id() if local_cid is None else local_cid
         self.peer_cid = 0
-        self._state = S.CLOSED
+        self._state = CLOSED
         self._log = get_logger(cid=f"{self.local_cid:08x}")
         self._events: deque[Event] = deque()
         self._close_reason: CloseReason | None = None
@@ -234,7 +248,7 @@ class Connection:
     @property
     def is_finished(self) -> bool:
         """True once the connection is CLOSED after having been used: it can be forgotten."""
-        return self._state is S.CLOSED and self._close_reason is not None
+        return self._state is CLOSED and self._close_reason is not None
 
     @property
     def send_buffer_size(self) -> int:
@@ -283,21 +297,21 @@ class Connection:
 
     def connect(self, *, now: float) -> None:
         """Start an active open: send SYN and enter SYN_SENT."""
-        if self._state is not S.CLOSED or self._close_reason is not None:
+        if self._state is not CLOSED or self._close_reason is not None:
             raise RuntimeError(f"connect() needs a fresh connection, not {self._state.value}")
         if self._tracer is not None:
             self._trace_now = now
-        self._set_state(S.SYN_SENT)
+        self._set_state(SYN_SENT)
         self._need_syn = True
         self._last_activity = now
 
     def listen(self, *, now: float | None = None) -> None:
         """Start a passive open: wait in LISTEN for a SYN (``now`` only stamps the trace)."""
-        if self._state is not S.CLOSED or self._close_reason is not None:
+        if self._state is not CLOSED or self._close_reason is not None:
             raise RuntimeError(f"listen() needs a fresh connection, not {self._state.value}")
         if now is not None:
             self._trace_now = now
-        self._set_state(S.LISTEN)
+        self._set_state(LISTEN)
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Queue bytes for reliable, in-order delivery."""
@@ -309,29 +323,29 @@ class Connection:
     def close(self) -> None:
         """Half-close: send FIN after all queued data; receiving goes on until the peer's FIN."""
         st = self._state
-        if st in (S.LISTEN, S.SYN_SENT):
+        if st in (LISTEN, SYN_SENT):
             self._need_syn = False
             self._finish(CloseReason.CLOSED)
             return
-        if self._fin_pos is not None or st not in (S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT):
+        if self._fin_pos is not None or st not in (SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
             return
         self._fin_pos = self._sndbuf.end
-        if st is S.SYN_RECEIVED:
+        if st is SYN_RECEIVED:
             return  # RFC 9293 section 3.10.4: the FIN waits until the handshake completes
-        self._set_state(S.LAST_ACK if st is S.CLOSE_WAIT else S.FIN_WAIT_1)
+        self._set_state(LAST_ACK if st is CLOSE_WAIT else FIN_WAIT_1)
 
     def abort(self) -> None:
         """Reset the connection: send RST and forget everything at once."""
-        if self._state is S.CLOSED:
+        if self._state is CLOSED:
             return
         if self._close_reason is not None and not self._closed_event_pending:
             # The orderly close is done and reported (TIME_WAIT): only the wait is cut
             # short, with nothing sent (RFC 9293 section 3.10.5) and nothing reported again.
-            self._set_state(S.CLOSED)
+            self._set_state(CLOSED)
             self._clear_timers()
             return
         self._closed_event_pending = False  # reported below, once, as the abort
-        if self._state in SYNCHRONIZED or self._state is S.SYN_RECEIVED:
+        if self._state in SYNCHRONIZED or self._state is SYN_RECEIVED:
             self._need_rst = True
         self._finish(CloseReason.ABORTED)
 
@@ -402,7 +416,7 @@ class Connection:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "time_wait"})
             self._time_wait_at = None
-            self._set_state(S.CLOSED)
+            self._set_state(CLOSED)
             self._clear_timers()
             return
         if self._rto_at is not None and now >= self._rto_at:
@@ -467,7 +481,7 @@ class Connection:
         tracer = self._tracer
         if (
             tracer is None
-            and self._state is S.ESTABLISHED
+            and self._state is ESTABLISHED
             and p.flags == _ACK
             and p.dst_cid == self.local_cid
             and self._fast
@@ -482,7 +496,7 @@ class Connection:
             wnd = p.window if p.flags & _SYN else p.window << self._snd_wscale
             tracer.event(now, "datagram_received", packet_fields(p, wnd))
         st = self._state
-        if st is S.CLOSED:
+        if st is CLOSED:
             self._drop(DropReason.UNEXPECTED)
             rst = reset_for(p)
             if rst is not None:
@@ -491,9 +505,9 @@ class Connection:
             self._drop(DropReason.WRONG_CONNECTION_ID)
         else:
             self._segments_received += segments
-            if st is S.LISTEN:
+            if st is LISTEN:
                 rx_listen(self, p, now)
-            elif st is S.SYN_SENT:
+            elif st is SYN_SENT:
                 rx_syn_sent(self, p, now)
             else:
                 rx_synchronized(self, p, now)
@@ -527,7 +541,7 @@ class Connection:
             self._closed_event_pending = True
 
     def _enter_time_wait(self, now: float) -> None:
-        self._set_state(S.TIME_WAIT)
+        self._set_state(TIME_WAIT)
         self._orderly_close()
         self._rto_at = self._persist_at = self._keepalive_at = None
         self._scoreboard.clear()
@@ -567,11 +581,11 @@ class Connection:
         if self._need_rst:
             self._need_rst = False
             out.append(build(self, _RST | _ACK, self._snd_nxt, b""))
-        if st is S.CLOSED or st is S.LISTEN:
+        if st is CLOSED or st is LISTEN:
             return out
         if self._need_syn:
             self._need_syn = False
-            flags = _SYN | _ACK if st is S.SYN_RECEIVED else _SYN
+            flags = _SYN | _ACK if st is SYN_RECEIVED else _SYN
             if self._tracer is not None and 0 in self._lost_by:
                 by = self._lost_by.pop(0)
                 self._tracer.event(now, "retransmit", {"seq": self._iss, "len": 0, "by": by})
@@ -581,7 +595,7 @@ class Connection:
             self._snd_nxt = self._snd_max = max(self._snd_max, 1)
             self._rto_at = now + self._rtt.rto
             self._segments_sent += 1
-            if st is S.SYN_SENT:
+            if st is SYN_SENT:
                 return out
         if self._snd_una >= 1 and st in SYNCHRONIZED:
             send_data(self, out, now)
@@ -609,7 +623,7 @@ class Connection:
             if probe is not None:
                 out.append(build_probe(self, *probe))
                 self._segments_sent += 1
-        if self._state in SYNCHRONIZED and self._state is not S.TIME_WAIT:
+        if self._state in SYNCHRONIZED and self._state is not TIME_WAIT:
             arm_idle_timers(self, now)
             if self._snd_una:
                 classify_limit(self, now)
@@ -623,7 +637,7 @@ class Connection:
         st = self._state
         pm = self._pmtud
         return (
-            (st is S.ESTABLISHED or st is S.CLOSE_WAIT)
+            (st is ESTABLISHED or st is CLOSE_WAIT)
             and not self._pending_raw
             and not (self._ack_now or self._need_rst or self._need_syn or self._send_probe)
             and self._probe_ack_id is None
@@ -755,7 +769,7 @@ class Connection:
             )
 
     def _finish(self, reason: CloseReason) -> None:
-        self._set_state(S.CLOSED)
+        self._set_state(CLOSED)
         self._close_reason = reason
         self._events.append(ConnectionClosed(reason))
         self._clear_timers()
@@ -793,7 +807,7 @@ class Connection:
         assert self._tracer is not None
         cc = self._cc
         current = (cc.cwnd, cc.ssthresh)
-        if self._snd_una and current != self._trace_cc and self._state is not S.CLOSED:
+        if self._snd_una and current != self._trace_cc and self._state is not CLOSED:
             self._trace_cc = current
             ssthresh = cc.ssthresh if cc.ssthresh < SSTHRESH_UNBOUNDED else None
             self._tracer.event(

@@ -15,12 +15,21 @@ from .events import CloseReason, ConnectionEstablished, DataReceived, DropReason
 from .packet import HEADER_SIZE, Flag, Packet, options_size
 from .sending import wscale_for
 from .seqnum import SEQ_MASK, seq_diff
-from .state import CAN_RECEIVE, ConnectionState
+from .state import (
+    CAN_RECEIVE,
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    SYN_RECEIVED,
+    TIME_WAIT,
+)
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-S: Final = ConnectionState
 # Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
 _FIN: Final = int(Flag.FIN)
 _SYN: Final = int(Flag.SYN)
@@ -42,7 +51,7 @@ def rx_listen(conn: Connection, p: Packet, now: float) -> None:
     if p.flags & _SYN:
         take_syn(conn, p)
         conn._passive = True
-        conn._set_state(S.SYN_RECEIVED)
+        conn._set_state(SYN_RECEIVED)
         conn._need_syn = True
         conn._last_activity = now
 
@@ -70,14 +79,14 @@ def rx_syn_sent(conn: Connection, p: Packet, now: float) -> None:
     conn._last_activity = now
     if flags & _ACK:
         on_syn_acked(conn, p, now)
-        conn._set_state(S.ESTABLISHED)
+        conn._set_state(ESTABLISHED)
         conn._events.append(ConnectionEstablished())
         conn._ack_now = True
         if conn.config.syn_retries:
             conn._confirm_at = now + conn._rtt.rto
     else:
         # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK, same ISS.
-        conn._set_state(S.SYN_RECEIVED)
+        conn._set_state(SYN_RECEIVED)
         conn._need_syn = True
 
 
@@ -127,10 +136,10 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
 
     # SYN_RECEIVED: the retransmitted SYN of a peer whose SYN-ACK we sent is not an error.
     if flags & _SYN:
-        if st is S.SYN_RECEIVED and p.seq == conn._irs and not flags & _ACK:
+        if st is SYN_RECEIVED and p.seq == conn._irs and not flags & _ACK:
             conn._need_syn = True
             return
-        if not (flags & _ACK and st is S.SYN_RECEIVED):
+        if not (flags & _ACK and st is SYN_RECEIVED):
             # RFC 5961 section 4: a SYN in a synchronized state draws a challenge ACK.
             conn._challenge(now, DropReason.UNEXPECTED)
             return
@@ -158,7 +167,7 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
     if not ok:
         if flags & _ACK and wnd == 0 and seg_pos == conn._rcv_nxt:
             rx_ack(conn, p, seg_pos, now)
-        if st is S.TIME_WAIT and flags & _FIN:
+        if st is TIME_WAIT and flags & _FIN:
             # The peer did not get our last ACK: ACK again, restart 2MSL (RFC 9293 3.10.7.4).
             conn._time_wait_at = now + 2 * conn.config.msl_s
         if seg_len:
@@ -180,7 +189,7 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
         conn._ts_recent = p.timestamps[0]
     if not rx_ack(conn, p, seg_pos, now):
         return
-    if conn._state is S.CLOSED:
+    if conn._state is CLOSED:
         return
     if payload or flags & _FIN:
         rx_data(conn, seg_pos, payload, bool(flags & _FIN), now)
@@ -251,7 +260,7 @@ def rx_pmtud(conn: Connection, p: Packet, now: float) -> None:
 
 def rx_rst(conn: Connection, seg_pos: int, acceptable: bool, wnd: int, now: float) -> None:
     # RFC 5961 section 3.2: only an exact match resets; elsewhere in the window we challenge.
-    if conn._state is S.TIME_WAIT:
+    if conn._state is TIME_WAIT:
         # RFC 1337: an RST must not cut TIME_WAIT short; the close was reported.
         conn._drop(DropReason.UNEXPECTED)
         return
@@ -270,7 +279,7 @@ def rx_data(
     if conn._state not in CAN_RECEIVE:
         # Data after the peer's FIN is a protocol error; a retransmitted FIN is re-ACKed.
         conn._ack_now = True
-        if conn._state is S.TIME_WAIT and fin:
+        if conn._state is TIME_WAIT and fin:
             conn._time_wait_at = now + 2 * conn.config.msl_s
         return
     rcv_nxt = conn._rcv_nxt
@@ -333,13 +342,13 @@ def on_fin_received(conn: Connection, now: float) -> None:
     """The peer's FIN arrived in order: report EOF and move on in the close sequence."""
     conn._maybe_deliver_eof()  # EOF always comes before ConnectionClosed
     st = conn._state
-    if st in (S.ESTABLISHED, S.SYN_RECEIVED):
-        conn._set_state(S.CLOSE_WAIT)
-    elif st is S.FIN_WAIT_1:
+    if st in (ESTABLISHED, SYN_RECEIVED):
+        conn._set_state(CLOSE_WAIT)
+    elif st is FIN_WAIT_1:
         if conn._fin_pos is not None and conn._snd_una > conn._fin_pos:
             conn._enter_time_wait(now)
         else:
-            conn._set_state(S.CLOSING)
-    elif st is S.FIN_WAIT_2:
+            conn._set_state(CLOSING)
+    elif st is FIN_WAIT_2:
         conn._enter_time_wait(now)
     conn._maybe_deliver_eof()

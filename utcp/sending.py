@@ -25,14 +25,13 @@ from .packet import (
 )
 from .recovery import SentSegment
 from .seqnum import SEQ_MASK
-from .state import ConnectionState
+from .state import SYN_SENT
 from .timers import arm_tlp, cap_to_user_timeout, window_blocked
 from .trace import packet_fields
 
 if TYPE_CHECKING:
     from .connection import Connection
 
-S: Final = ConnectionState
 # Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
 _FIN: Final = int(Flag.FIN)
 _ACK: Final = int(Flag.ACK)
@@ -254,7 +253,7 @@ def build(
         p.mss = conn._adv_mss
         p.window = min(conn._rcv_window(), MAX_WINDOW_FIELD)
         conn._adv_wnd = p.window
-        if conn._state is S.SYN_SENT:
+        if conn._state is SYN_SENT:
             p.wscale = wscale_for(cfg.recv_buffer_bytes)
             p.sack_permitted = cfg.sack
             p.probe_permitted = cfg.pmtud

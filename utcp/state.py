@@ -30,6 +30,21 @@ class ConnectionState(enum.Enum):
     __hash__ = object.__hash__
 
 
+# The states as module constants: in the compiled build a constant is a load, where
+# ``ConnectionState.NAME`` is an attribute lookup on the enum class (hundreds of instructions).
+CLOSED: Final = ConnectionState.CLOSED
+LISTEN: Final = ConnectionState.LISTEN
+SYN_SENT: Final = ConnectionState.SYN_SENT
+SYN_RECEIVED: Final = ConnectionState.SYN_RECEIVED
+ESTABLISHED: Final = ConnectionState.ESTABLISHED
+FIN_WAIT_1: Final = ConnectionState.FIN_WAIT_1
+FIN_WAIT_2: Final = ConnectionState.FIN_WAIT_2
+CLOSE_WAIT: Final = ConnectionState.CLOSE_WAIT
+CLOSING: Final = ConnectionState.CLOSING
+LAST_ACK: Final = ConnectionState.LAST_ACK
+TIME_WAIT: Final = ConnectionState.TIME_WAIT
+
+
 S: Final = ConnectionState
 
 # Every state may also fall to CLOSED (reset, abort, timeout); that edge is added below.

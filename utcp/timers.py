@@ -12,13 +12,12 @@ from typing import TYPE_CHECKING, Final
 
 from .events import CloseReason
 from .packet import HEADER_SIZE
-from .state import SYNCHRONIZED, ConnectionState
+from .state import CLOSED, CLOSING, LAST_ACK, SYN_RECEIVED, SYN_SENT, SYNCHRONIZED
 
 if TYPE_CHECKING:
     from .connection import Connection
     from .pmtud import Pmtud
 
-S: Final = ConnectionState
 HANDSHAKE_ACK_TRIES: Final = 6  # a lost handshake ACK is re-sent at most this often
 _TLP_MIN_S: Final = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
 # Consecutive retransmission timeouts of a segment larger than the base size that declare a
@@ -32,11 +31,11 @@ def on_rto(conn: Connection, now: float) -> None:
     """The retransmission timer expired: resend the SYN or mark the flight lost and back off;
     past the retry limits (or the user timeout) the connection ends."""
     cfg = conn.config
-    if conn._state in (S.SYN_SENT, S.SYN_RECEIVED) and conn._snd_una == 0:
+    if conn._state in (SYN_SENT, SYN_RECEIVED) and conn._snd_una == 0:
         conn._syn_retries += 1
         if conn._syn_retries > cfg.syn_retries:
             conn._log.info("handshake_timeout", state=conn._state.value)
-            conn._need_rst = conn._state is S.SYN_RECEIVED
+            conn._need_rst = conn._state is SYN_RECEIVED
             conn._finish(CloseReason.TIMEOUT)
             return
         if conn._rtt.rto < cfg.syn_rto_max_s:
@@ -60,7 +59,7 @@ def on_rto(conn: Connection, now: float) -> None:
     conn._timeouts += 1
     conn._timeouts_in_a_row += 1
     if (
-        conn._state in (S.LAST_ACK, S.CLOSING)
+        conn._state in (LAST_ACK, CLOSING)
         and conn._fin_pos is not None
         and conn._snd_una >= conn._fin_pos
         and conn._timeouts_in_a_row > cfg.fin_retries
@@ -69,7 +68,7 @@ def on_rto(conn: Connection, now: float) -> None:
         # missing, most likely because the peer already left TIME_WAIT.  Nothing is lost
         # by ending here (as an orphaned TCP socket gives up after tcp_orphan_retries).
         conn._log.info("fin_unacknowledged", retries=conn._timeouts_in_a_row)
-        conn._set_state(S.CLOSED)
+        conn._set_state(CLOSED)
         conn._scoreboard.clear()
         conn._clear_timers()
         conn._orderly_close()

@@ -34,7 +34,7 @@ from ..log import get_logger
 from ..packet import HEADER_SIZE, MAX_WINDOW_FIELD, Flag, Packet, PacketError, decode, encode
 from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
-from ..state import SYNCHRONIZED, ConnectionState
+from ..state import ESTABLISHED, SYN_RECEIVED, SYN_SENT, SYNCHRONIZED, TIME_WAIT
 from ..trace import TRACE_ENV, tracer_for
 from .dgram import DatagramIO, FastDatagramTransport, burst_sender, set_dont_fragment
 
@@ -247,7 +247,7 @@ class Endpoint:
         # listens at the peer's address, so a pending connect is refused at once.
         if isinstance(exc, ConnectionRefusedError) and self._single:
             for handle in list(self._handles.values()):
-                if handle.conn.state is ConnectionState.SYN_SENT and handle.waiter is not None:
+                if handle.conn.state is SYN_SENT and handle.waiter is not None:
                     handle.conn.abort()
                     self._fail_waiter(handle, ConnectionRefusedError("nobody listens there"))
                     self._dispatch_events(handle)
@@ -265,7 +265,7 @@ class Endpoint:
             conn.has_events
             and self._dispatch_events(handle)
             and len(data) - HEADER_SIZE < conn.mss
-            and conn.state is ConnectionState.ESTABLISHED
+            and conn.state is ESTABLISHED
         ):
             # A segment shorter than the MSS ends what the peer wrote: it is likely waiting
             # for an answer, and the application (woken just now) may write one within this
@@ -620,7 +620,7 @@ class Endpoint:
         self, handle: ConnectionHandle, datagrams: list[bytes]
     ) -> list[bytes]:
         state = handle.conn.state
-        if state in SYNCHRONIZED and state is not ConnectionState.SYN_RECEIVED:
+        if state in SYNCHRONIZED and state is not SYN_RECEIVED:
             handle.validated = True  # the peer echoed our ISN from its address: validated
             return datagrams
         out = []
@@ -712,7 +712,7 @@ class Endpoint:
             # Without TIME_WAIT nobody re-acknowledges a retransmitted FIN, so the final ACK
             # goes out twice more: a peer stuck in LAST_ACK would otherwise wait out its
             # retransmissions.
-            if handle.conn.state is ConnectionState.TIME_WAIT:
+            if handle.conn.state is TIME_WAIT:
                 handle.final_ack_copies = _EXTRA_FINAL_ACKS  # sent once the ACK is built
             self._loop.call_soon(self.close)
 
