@@ -22,7 +22,7 @@ venv: $(STAMP)
 # The compiled core (README, "The compiled core"): mypyc builds it in place beside the sources.
 # Without a C compiler the build is skipped and the pure-Python core runs.
 $(COMPILED): $(STAMP) setup.py $(CORE_SOURCES)
-	$(PY) setup.py -q build_ext --inplace -j 2
+	$(PY) -W ignore setup.py -q build_ext --inplace -j 2
 	touch $(COMPILED)
 
 build: $(COMPILED)

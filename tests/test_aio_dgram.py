@@ -272,6 +272,33 @@ def test_server_stats_say_which_path_carries_it(io_path: str, run: Runner) -> No
     run(main())
 
 
+def test_portable_path_reads_one_datagrams_worth(run: Runner) -> None:
+    """asyncio's selector datagram transport asks recvfrom for 256 KiB, which glibc serves with
+    an mmap, mremap and munmap per datagram: the portable path asks for 64 KiB (the largest UDP
+    payload still arrives whole: test_path_mtu_discovery_finds_loopbacks_largest_datagram runs
+    on both paths). uvloop's transport reads into its own buffer and has no such knob."""
+
+    async def main() -> None:
+        cfg = Config(io_path="portable")
+        server = await utcp.start_server(_echo_all, HOST, 0, config=cfg)
+        reader, writer = await utcp.open_connection(HOST, server_port(server), config=cfg)
+        writer.write(b"ping")
+        writer.write_eof()
+        assert await reader.read() == b"ping"
+        client = writer.get_extra_info("endpoint").transport
+        for transport in (server.endpoint.transport, client):
+            size = getattr(transport, "max_size", None)
+            assert size is None or size == 65535, size
+        if run.kind == "asyncio":
+            assert getattr(server.endpoint.transport, "max_size", None) == 65535
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 class _Capture:
     """Stands in for the UDP transport under an endpoint: records what it is asked to send."""
 
