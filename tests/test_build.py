@@ -53,14 +53,30 @@ def test_the_build_is_used_when_current(tmp_path: Path) -> None:
     assert not path.endswith(".py")
 
 
-@pytest.mark.skipif(not BUILT, reason="no compiled build here (make build)")
-def test_an_edited_source_wins_over_an_older_build(tmp_path: Path) -> None:
-    """A source newer than the build is what runs, so an edit never silently loses."""
-    shutil.copytree(ROOT, tmp_path / "utcp", copy_function=shutil.copy2)
+def _newer_source(tree: Path) -> None:
     library = _build._library()
     assert library is not None
     later = library.stat().st_mtime + 10
-    os.utime(tmp_path / "utcp" / "sending.py", (later, later))
+    os.utime(tree / "utcp" / "sending.py", (later, later))
+
+
+@pytest.mark.skipif(not BUILT, reason="no compiled build here (make build)")
+def test_an_edited_source_wins_over_an_older_build(tmp_path: Path) -> None:
+    """In a checkout, a source newer than the build is what runs: an edit never silently
+    loses."""
+    shutil.copytree(ROOT, tmp_path / "utcp", copy_function=shutil.copy2)
+    shutil.copy2(ROOT.parent / "setup.py", tmp_path / "setup.py")
+    _newer_source(tmp_path)
     compiled, path = _probe(tmp_path)
     assert not compiled
     assert path.endswith("connection.py")
+
+
+@pytest.mark.skipif(not BUILT, reason="no compiled build here (make build)")
+def test_an_installed_build_is_used_whatever_the_mtimes(tmp_path: Path) -> None:
+    """An installed package (no setup.py beside it) keeps its build: a wheel's files get
+    their mtimes in the order they were unpacked."""
+    shutil.copytree(ROOT, tmp_path / "utcp", copy_function=shutil.copy2)
+    _newer_source(tmp_path)
+    compiled, path = _probe(tmp_path)
+    assert compiled, path

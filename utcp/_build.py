@@ -1,10 +1,10 @@
 """Which modules the optional compiled build covers, and whether it is in use.
 
 ``setup.py`` compiles ``COMPILED_MODULES`` with mypyc into extension modules beside the
-sources.  Python prefers an extension module to the source of the same name, so an edited
-source would silently lose to an older build: when any source is newer than the build (or
-``UTCP_PURE=1`` is set), a finder on ``sys.meta_path`` loads every one of these modules from
-source instead, all or none, since the compiled ones only work together.
+sources.  Python prefers an extension module to the source of the same name, so in a source
+checkout an edited source would silently lose to an older build: when any source is newer than
+the build (or ``UTCP_PURE=1`` is set), a finder on ``sys.meta_path`` loads every one of these
+modules from source instead, all or none, since the compiled ones only work together.
 """
 
 from __future__ import annotations
@@ -58,9 +58,12 @@ def _library() -> Path | None:
 
 
 def stale() -> bool:
-    """True when a compiled build exists but some covered source is newer than it."""
+    """True when a compiled build in a source checkout is older than some covered source.
+
+    Only a checkout (``setup.py`` beside the package) is judged: an installed wheel's files
+    get their mtimes in extraction order, which says nothing about how they were built."""
     lib = _library()
-    if lib is None:
+    if lib is None or not (_ROOT.parent / "setup.py").is_file():
         return False
     built = lib.stat().st_mtime
     return any(_source(name).stat().st_mtime > built for name in COMPILED_MODULES)
