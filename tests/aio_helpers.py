@@ -125,18 +125,25 @@ def hang_report(limit: int = 40) -> list[str]:
         )
         lines.append(f"task {task.get_name()}: {where or 'not started'}")
     loop_time = asyncio.get_running_loop().time()
+    closed = 0
     for obj in gc.get_objects():
         if isinstance(obj, Connection):
             st = obj.stats
+            if st.state.value == "CLOSED" and not st.send_buffer_bytes:
+                closed += 1
+                continue
             lines.append(
                 f"connection {obj.local_cid:#x} {st.state.value}: sent {st.bytes_sent} "
                 f"received {st.bytes_received} in flight {st.bytes_in_flight} "
                 f"cwnd {st.cwnd_bytes} wnd {st.send_window_bytes} "
                 f"buffered {st.send_buffer_bytes} timeouts {st.timeouts} "
+                f"retransmissions {st.retransmissions} segments in {st.segments_received} "
+                f"out {st.segments_sent} drops {st.drops} pmtu {st.pmtu_bytes} "
                 f"timer {obj.get_timer()} (loop time {loop_time:.3f})"
             )
     if len(lines) > limit:
         lines = [*lines[:limit], f"... {len(lines) - limit} more"]
+    lines.append(f"and {closed} connections CLOSED with nothing left to send")
     return lines
 
 
