@@ -5,9 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 COMPILED := $(VENV)/.compiled
 # The modules mypyc compiles (utcp/_build.py lists them); an edit to one rebuilds.
-CORE_SOURCES := $(shell $(PYTHON) -c "import ast,sys; t=ast.parse(open('utcp/_build.py').read()); \
-	print(' '.join(n.replace('.','/')+'.py' for a in t.body if isinstance(a, ast.AnnAssign) \
-	and getattr(a.target,'id','')=='COMPILED_MODULES' for n in ast.literal_eval(a.value)))")
+CORE_SOURCES := $(shell $(PYTHON) -c "import sys; sys.path.insert(0, 'utcp'); \
+	from _build import source_files; print(*source_files())")
 
 .PHONY: venv build test lint typecheck pytest demo bench fuzz clean
 

@@ -16,7 +16,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, str(Path(__file__).parent / "utcp"))
-from _build import COMPILED_MODULES  # utcp/_build.py imports nothing of utcp
+from _build import source_files  # utcp/_build.py imports nothing of utcp
 
 sys.path.pop(0)
 
@@ -39,8 +39,7 @@ def _extensions() -> list[object]:
         from mypyc.build import mypycify
     except ImportError:
         return []
-    paths = [name.replace(".", "/") + ".py" for name in COMPILED_MODULES]
-    extensions = mypycify(paths, opt_level="3", group_name="utcp._core", verbose=False)
+    extensions = mypycify(source_files(), opt_level="3", group_name="utcp._core", verbose=False)
     for ext in extensions:
         ext.optional = True  # no compiler: install the pure-Python package instead
     return list(extensions)

@@ -45,6 +45,11 @@ _ROOT = Path(__file__).resolve().parent
 _PURE_ENV = "UTCP_PURE"
 
 
+def source_files() -> list[str]:
+    """The covered sources, as paths from the project root (what setup.py compiles)."""
+    return [name.replace(".", "/") + ".py" for name in COMPILED_MODULES]
+
+
 def _source(name: str) -> Path:
     return _ROOT.parent.joinpath(*name.split(".")).with_suffix(".py")
 

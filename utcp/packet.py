@@ -43,6 +43,7 @@ _CRC_OFFSET: Final = 20
 _PLAIN_VH: Final = (VERSION << 4) | (HEADER_SIZE >> 2)  # version and header length, no options
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
+_U32X2: Final = struct.Struct("!II")
 # Bound once: in the compiled build a call through a constant skips the attribute lookups.
 _HEAD_PLAIN: Final = struct.Struct("!BBHIIII")  # the fixed header up to its CRC field
 _pack_head_plain: Final = _HEAD_PLAIN.pack
@@ -50,7 +51,6 @@ _unpack_header: Final = _HEADER.unpack_from
 _pack_u32: Final = _U32.pack
 _pack_u32_into: Final = _U32.pack_into
 _crc32: Final = zlib.crc32
-_U32X2: Final = struct.Struct("!II")
 
 
 class PacketError(ValueError):
@@ -385,7 +385,7 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
     ack: int = fields[6]
     crc: int = fields[7]
     # The checksum first: corruption anywhere, header fields included, counts as corruption.
-    if _crc32(mv[_CRC_OFFSET + 4 :], _crc32(mv[:_CRC_OFFSET])) != crc:
+    if _crc(mv) != crc:
         raise PacketError("checksum mismatch", DropReason.BAD_CHECKSUM)
     if vh >> 4 != VERSION:
         raise PacketError(f"unsupported version {vh >> 4}")

@@ -44,36 +44,33 @@ CLOSING: Final = ConnectionState.CLOSING
 LAST_ACK: Final = ConnectionState.LAST_ACK
 TIME_WAIT: Final = ConnectionState.TIME_WAIT
 
-
-S: Final = ConnectionState
-
 # Every state may also fall to CLOSED (reset, abort, timeout); that edge is added below.
 TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
-    S.CLOSED: frozenset({S.LISTEN, S.SYN_SENT}),
-    S.LISTEN: frozenset({S.SYN_RECEIVED}),
-    S.SYN_SENT: frozenset({S.SYN_RECEIVED, S.ESTABLISHED}),
-    S.SYN_RECEIVED: frozenset({S.ESTABLISHED, S.FIN_WAIT_1, S.CLOSE_WAIT}),
-    S.ESTABLISHED: frozenset({S.FIN_WAIT_1, S.CLOSE_WAIT}),
-    S.FIN_WAIT_1: frozenset({S.FIN_WAIT_2, S.CLOSING, S.TIME_WAIT}),
-    S.FIN_WAIT_2: frozenset({S.TIME_WAIT}),
-    S.CLOSE_WAIT: frozenset({S.LAST_ACK}),
-    S.CLOSING: frozenset({S.TIME_WAIT}),
-    S.LAST_ACK: frozenset(),
-    S.TIME_WAIT: frozenset(),
+    CLOSED: frozenset({LISTEN, SYN_SENT}),
+    LISTEN: frozenset({SYN_RECEIVED}),
+    SYN_SENT: frozenset({SYN_RECEIVED, ESTABLISHED}),
+    SYN_RECEIVED: frozenset({ESTABLISHED, FIN_WAIT_1, CLOSE_WAIT}),
+    ESTABLISHED: frozenset({FIN_WAIT_1, CLOSE_WAIT}),
+    FIN_WAIT_1: frozenset({FIN_WAIT_2, CLOSING, TIME_WAIT}),
+    FIN_WAIT_2: frozenset({TIME_WAIT}),
+    CLOSE_WAIT: frozenset({LAST_ACK}),
+    CLOSING: frozenset({TIME_WAIT}),
+    LAST_ACK: frozenset(),
+    TIME_WAIT: frozenset(),
 }
 TRANSITIONS = {
-    state: (allowed | {S.CLOSED}) if state is not S.CLOSED else allowed
+    state: (allowed | {CLOSED}) if state is not CLOSED else allowed
     for state, allowed in TRANSITIONS.items()
 }
 
 # States in which both sides' initial sequence numbers are known (RFC 9293 "synchronized").
 SYNCHRONIZED: Final = frozenset(
-    {S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2, S.CLOSE_WAIT, S.CLOSING, S.LAST_ACK, S.TIME_WAIT}
+    {ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2, CLOSE_WAIT, CLOSING, LAST_ACK, TIME_WAIT}
 )
 # States in which the application may still queue data to send.
-CAN_SEND: Final = frozenset({S.SYN_SENT, S.SYN_RECEIVED, S.ESTABLISHED, S.CLOSE_WAIT})
+CAN_SEND: Final = frozenset({SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT})
 # States in which data from the peer is still accepted.
-CAN_RECEIVE: Final = frozenset({S.SYN_RECEIVED, S.ESTABLISHED, S.FIN_WAIT_1, S.FIN_WAIT_2})
+CAN_RECEIVE: Final = frozenset({SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2})
 
 
 def check_transition(old: ConnectionState, new: ConnectionState) -> None:

@@ -57,12 +57,10 @@ _READS_PER_WAKEUP: Final = 32  # system calls per wake-up before other callbacks
 # _DRAIN_EVERY-th wake-up drains again, so a backlog (or a coalesced read) ends the shortcut.
 _SINGLES_BEFORE_SHORT: Final = 4
 _DRAIN_EVERY: Final = 16
-BATCH_DATAGRAMS: Final = (
-    64  # datagrams handed over (and answered) together, as one GRO read at most
-)
-_QUEUE_MAX_DATAGRAMS: Final = (
-    4096  # held while the socket is full; beyond, dropped like a full queue
-)
+# Datagrams handed over (and answered) together, as one GRO read at most.
+BATCH_DATAGRAMS: Final = 64
+# Held while the socket is full; beyond, dropped like a full queue.
+_QUEUE_MAX_DATAGRAMS: Final = 4096
 _U16: Final = struct.Struct("=H")
 _INT: Final = struct.Struct("=i")
 _SENT: Final = object()
