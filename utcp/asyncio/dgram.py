@@ -5,6 +5,11 @@ non-blocking UDP socket watched with ``loop.add_reader``: each wake-up drains th
 a bound, so one busy peer cannot starve the loop), with UDP GRO several datagrams arrive per
 system call, and a burst of equal-size datagrams to one peer leaves in one ``sendmsg`` with UDP
 GSO.  What the kernel cannot take yet waits in a bounded queue flushed with ``add_writer``.
+
+On Linux the socket's error queue (``IP_RECVERR``) tells the endpoint which of its datagrams drew
+an ICMP error (a peer whose process died answers with port unreachable).  The invariant: once
+the option is on, the queue is drained whenever the socket reports an error, since a non-empty
+queue keeps epoll reporting ``EPOLLERR`` and the loop would spin.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import socket
 import struct
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from ..config import Config
@@ -27,15 +33,23 @@ Address = Any  # what the socket module uses: (host, port) or (host, port, flow,
 
 __all__ = [
     "BATCH_DATAGRAMS",
+    "ERRORS_PER_DRAIN",
     "IO_ENV",
+    "SO_EE_ORIGIN_ICMP",
+    "SO_EE_ORIGIN_ICMP6",
+    "SO_EE_ORIGIN_LOCAL",
     "BatchProtocol",
     "DatagramIO",
     "FastDatagramTransport",
     "OffloadSupport",
+    "SocketError",
     "create_endpoint",
     "offload_support",
     "burst_sender",
     "cap_receive_size",
+    "drain_error_queue",
+    "drain_transport_errors",
+    "enable_recverr",
     "resolve_io_path",
     "set_dont_fragment",
 ]
@@ -86,6 +100,15 @@ class BatchProtocol(Protocol):
     def connection_lost(self, exc: Exception | None) -> None: ...
     def error_received(self, exc: Exception) -> None: ...
     def datagrams_received(self, batch: list[tuple[bytes, Address]]) -> None: ...
+
+    def errors_received(self, errors: list[SocketError]) -> None:
+        """What the socket's error queue held: ICMP errors our datagrams drew (and local ones).
+
+        Optional at run time: a transport gives the socket ``IP_RECVERR`` only when its protocol
+        has this method.  On the portable path such a protocol must call
+        ``drain_transport_errors(transport)`` on every ``error_received`` (asyncio's transport
+        cannot drain the queue itself) and pass what it returns here."""
+        ...
 
 
 class OffloadSupport:
@@ -146,6 +169,193 @@ def set_dont_fragment(sock: socket.socket) -> bool:
             sock.setsockopt(level, option, _PMTUDISC_PROBE)
             ok = True
     return ok
+
+
+# ---------------------------------------------------------------------- the error queue
+#
+# With IP_RECVERR (IPV6_RECVERR) each ICMP error an outgoing datagram draws is queued on the
+# socket with the datagram's UDP payload (the ICMP quote of it), its destination, the ICMP type
+# and code; the socket's pending error (sk_err) is set too, and is what the next recv or send
+# raises once.  The entry stays until read with MSG_ERRQUEUE, and while any stays, epoll keeps
+# reporting EPOLLERR.  Without the option Linux reports only hard errors (port unreachable), only
+# to a connected socket, and only as that pending error: no payload, no address.
+
+_SOL_IP: Final = 0  # linux/in.h: SOL_IP (= IPPROTO_IP)
+_IP_RECVERR: Final = 11  # linux/in.h: IP_RECVERR, option and cmsg type
+_IPPROTO_IPV6: Final = 41  # linux/in6.h: IPPROTO_IPV6
+_IPV6_RECVERR: Final = 25  # linux/in6.h: IPV6_RECVERR, option and cmsg type
+# linux/errqueue.h: where an error came from (sock_extended_err.ee_origin).
+SO_EE_ORIGIN_LOCAL: Final = 1  # the local stack (EMSGSIZE above the path MTU: ee_info the MTU)
+SO_EE_ORIGIN_ICMP: Final = 2
+SO_EE_ORIGIN_ICMP6: Final = 3
+_ICMP_DEST_UNREACH: Final = 3  # RFC 792: destination unreachable
+_ICMP_PORT_UNREACH: Final = 3  # RFC 792: its code "port unreachable"
+_ICMPV6_DEST_UNREACH: Final = 1  # RFC 4443 section 3.1: destination unreachable
+_ICMPV6_PORT_UNREACH: Final = 4  # RFC 4443 section 3.1: its code "port unreachable"
+# linux/errqueue.h: struct sock_extended_err {u32 ee_errno; u8 ee_origin, ee_type, ee_code,
+# ee_pad; u32 ee_info, ee_data}, followed (SO_EE_OFFENDER) by the sockaddr of the ICMP's sender.
+_EXTENDED_ERR: Final = struct.Struct("=IBBBBII")
+_FAMILY: Final = struct.Struct("=H")  # sa_family_t, host order
+_PORT: Final = struct.Struct("!H")  # sin_port, network order; sin_addr follows
+_PORT_FLOW: Final = struct.Struct("!HI")  # sin6_port, sin6_flowinfo: network order
+_SCOPE: Final = struct.Struct("=I")  # sin6_scope_id, host order, after the 16-byte address
+_SOCKADDR_IN_BYTES: Final = 8  # what is read of a sockaddr_in: family, port, address
+_SOCKADDR_IN6_BYTES: Final = 28
+_MSG_ERRQUEUE: Final[int] = getattr(socket, "MSG_ERRQUEUE", 0)  # Linux only
+_MSG_DONTWAIT: Final[int] = getattr(socket, "MSG_DONTWAIT", 0)
+# The quote is what the ICMP carried of our datagram: at most 576 bytes of IPv4 packet (RFC
+# 1812 section 4.3.2.3), 1280 of IPv6 (RFC 4443 section 2.4 (c)); more than enough room.
+_ERRQUEUE_DATA_BYTES: Final = 2048
+_ERRQUEUE_CMSG_BYTES: Final = 256  # the one error cmsg (16 + 28 bytes) and any others enabled
+# Error queue reads per drain: a flood of ICMP errors cannot hold the loop.  The kernel keeps
+# the socket's pending error set while ICMP errors stay queued, so the next read reports it and
+# the rest are drained then.
+ERRORS_PER_DRAIN: Final = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SocketError:
+    """One entry of a socket's error queue: what an outgoing datagram drew.
+
+    ``quoted`` is the UDP payload of the datagram that failed, as the ICMP error quoted it (a
+    utcp packet, possibly truncated; empty for local errors), ``addr`` where it was sent (as the
+    socket module gives addresses), ``offender`` the host that sent the ICMP error (None for
+    local errors).  ``origin`` is one of the ``SO_EE_ORIGIN_*`` constants, ``info`` the MTU for
+    "fragmentation needed" / "packet too big" and local EMSGSIZE errors.
+    """
+
+    errno: int
+    origin: int
+    icmp_type: int
+    icmp_code: int
+    info: int
+    quoted: bytes
+    addr: Address
+    offender: Address | None
+
+    @property
+    def port_unreachable(self) -> bool:
+        """Nobody listens at ``addr`` any more: ICMP port unreachable (IPv4 or IPv6)."""
+        if self.origin == SO_EE_ORIGIN_ICMP:
+            return self.icmp_type == _ICMP_DEST_UNREACH and self.icmp_code == _ICMP_PORT_UNREACH
+        if self.origin == SO_EE_ORIGIN_ICMP6:
+            return self.icmp_type == _ICMPV6_DEST_UNREACH and self.icmp_code == _ICMPV6_PORT_UNREACH
+        return False
+
+
+def enable_recverr(sock: socket.socket) -> bool:
+    """Have the kernel queue the ICMP errors this UDP socket's datagrams draw (Linux); False
+    where that is not available.  Whoever enables it must drain the queue (see above)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        if sock.family == socket.AF_INET:
+            sock.setsockopt(_SOL_IP, _IP_RECVERR, 1)
+            return True
+        if sock.family != socket.AF_INET6:
+            return False
+        sock.setsockopt(_IPPROTO_IPV6, _IPV6_RECVERR, 1)
+    except OSError:
+        return False
+    # Errors for IPv4-mapped peers of a dual-stack socket are governed by the IPv4 option.
+    with contextlib.suppress(OSError):
+        sock.setsockopt(_SOL_IP, _IP_RECVERR, 1)
+    return True
+
+
+def drain_error_queue(
+    sock: socket.socket, *, max_reads: int = ERRORS_PER_DRAIN
+) -> list[SocketError]:
+    """Read the socket's error queue until it is empty (at most ``max_reads`` entries).
+
+    Never raises: an entry without a well-formed error cmsg is skipped, any error of the read
+    ends the drain, and where ``MSG_ERRQUEUE`` does not exist the answer is ``[]``."""
+    errors: list[SocketError] = []
+    if not _MSG_ERRQUEUE:
+        return errors
+    flags = _MSG_ERRQUEUE | _MSG_DONTWAIT  # never block, even on a blocking socket
+    for _ in range(max_reads):
+        try:
+            data, ancdata, _flags, addr = sock.recvmsg(
+                _ERRQUEUE_DATA_BYTES, _ERRQUEUE_CMSG_BYTES, flags
+            )
+        except OSError:  # BlockingIOError: the queue is empty
+            break
+        error = _parse_error(data, ancdata, addr)
+        if error is not None:
+            errors.append(error)
+    return errors
+
+
+def _parse_error(
+    data: bytes, ancdata: list[tuple[int, int, bytes]], addr: Address
+) -> SocketError | None:
+    for level, kind, value in ancdata:
+        if not (
+            (level == _SOL_IP and kind == _IP_RECVERR)
+            or (level == _IPPROTO_IPV6 and kind == _IPV6_RECVERR)
+        ):
+            continue
+        if len(value) < _EXTENDED_ERR.size:
+            continue
+        err, origin, icmp_type, icmp_code, _pad, info, _data = _EXTENDED_ERR.unpack_from(value)
+        return SocketError(
+            errno=err,
+            origin=origin,
+            icmp_type=icmp_type,
+            icmp_code=icmp_code,
+            info=info,
+            quoted=data,
+            addr=addr,
+            offender=_offender(value, _EXTENDED_ERR.size),
+        )
+    return None
+
+
+def _offender(value: bytes, at: int) -> Address | None:
+    """The sockaddr after ``sock_extended_err`` as the socket module spells addresses, or None
+    (local errors leave it AF_UNSPEC)."""
+    if len(value) < at + _FAMILY.size:
+        return None
+    family = _FAMILY.unpack_from(value, at)[0]
+    try:
+        if family == socket.AF_INET and len(value) >= at + _SOCKADDR_IN_BYTES:
+            port = _PORT.unpack_from(value, at + 2)[0]
+            return (socket.inet_ntop(socket.AF_INET, value[at + 4 : at + 8]), port)
+        if family == socket.AF_INET6 and len(value) >= at + _SOCKADDR_IN6_BYTES:
+            port, flow = _PORT_FLOW.unpack_from(value, at + 2)
+            host = socket.inet_ntop(socket.AF_INET6, value[at + 8 : at + 24])
+            return (host, port, flow, _SCOPE.unpack_from(value, at + 24)[0])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def drain_transport_errors(transport: DatagramIO) -> list[SocketError]:
+    """Drain the error queue of a portable-path transport's socket (asyncio's own transport),
+    for its protocol's ``error_received``.
+
+    A ``FastDatagramTransport`` drains its socket itself and hands what it finds to
+    ``errors_received``: for it the answer is ``[]``, so that every error is reported once.
+    asyncio's transport offers only a ``TransportSocket`` without ``recvmsg`` (uvloop's a
+    pseudo-socket): the queue is read through a socket object borrowing the descriptor, which
+    is detached again, never closed."""
+    if isinstance(transport, FastDatagramTransport) or transport.is_closing():
+        return []
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return []
+    if isinstance(sock, socket.socket):
+        return drain_error_queue(sock)
+    try:
+        fd = sock.fileno()
+        borrowed = socket.socket(sock.family, sock.type, 0, fd)
+    except (AttributeError, OSError, ValueError, TypeError):
+        return []
+    try:
+        return drain_error_queue(borrowed)
+    finally:
+        borrowed.detach()
 
 
 def _fast_path_possible(loop: asyncio.AbstractEventLoop) -> bool:
@@ -210,6 +420,14 @@ async def create_endpoint(
             reuse_port=reuse_port,
         )
         cap_receive_size(portable)
+        if _handles_errors(protocol) and isinstance(loop, asyncio.SelectorEventLoop):
+            # asyncio's transport calls error_received whenever the pending error is raised,
+            # and the protocol drains the queue there (BatchProtocol.errors_received).  Never
+            # on uvloop: its libuv (1.52) reads the error queue itself on POLLERR and hands
+            # uvloop the negated u32 ee_errno as a huge positive length, which crashes it.
+            sock = portable.get_extra_info("socket")
+            if sock is not None:
+                enable_recverr(sock)
         return portable, protocol
     if not family:
         addr = remote_addr if remote_addr is not None else local_addr
@@ -229,6 +447,11 @@ async def create_endpoint(
     protocol = protocol_factory()
     transport = FastDatagramTransport(loop, sock, protocol, peer=remote_addr)
     return transport, protocol
+
+
+def _handles_errors(protocol: object) -> bool:
+    """Whether the protocol takes error queue entries (``BatchProtocol.errors_received``)."""
+    return callable(getattr(protocol, "errors_received", None))
 
 
 def cap_receive_size(transport: object) -> None:
@@ -261,11 +484,26 @@ def burst_sender(transport: DatagramIO) -> Callable[[list[bytes], Address], None
     return send
 
 
+def _earlier_datagrams_error(exc: OSError, errors: list[SocketError]) -> bool:
+    """Whether a send failed with the pending error of an ICMP error to an earlier datagram:
+    the error queue held one with that errno, and no local error (which this send made)."""
+    earlier = False
+    for error in errors:
+        if error.origin == SO_EE_ORIGIN_LOCAL:
+            return False
+        if error.origin in (SO_EE_ORIGIN_ICMP, SO_EE_ORIGIN_ICMP6) and error.errno == exc.errno:
+            earlier = True
+    return earlier
+
+
 class FastDatagramTransport:
     """A datagram transport over the endpoint's own non-blocking socket (Linux fast path).
 
     It offers what the endpoint uses of ``asyncio.DatagramTransport`` (``DatagramIO``) without
-    deriving from it, so the compiled build makes it a native class."""
+    deriving from it, so the compiled build makes it a native class.  For a protocol with
+    ``errors_received`` it enables ``IP_RECVERR`` and drains the error queue itself: after a
+    read or send raised (``error_received`` still gets the exception, as asyncio's transport
+    gives it) and after any wake-up that found no datagram."""
 
     def __init__(
         self,
@@ -292,6 +530,13 @@ class FastDatagramTransport:
             with contextlib.suppress(OSError):
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
                 self._gro = True
+        # The error queue is drained whatever happens (an application may have set the option
+        # itself), but only a protocol that takes its entries gets the option from us.
+        self._errors_received: Callable[[list[SocketError]], None] | None = None
+        if _handles_errors(protocol):
+            self._errors_received = protocol.errors_received
+            enable_recverr(sock)
+        self._rearm_pending = False
         self._singles = 0  # wake-ups in a row that found exactly one datagram
         self._wakeups = 0
         self._buf = bytearray(_RECV_BUFFER_BYTES)
@@ -358,7 +603,8 @@ class FastDatagramTransport:
     # ------------------------------------------------------------------ receiving
 
     def _read_ready(self) -> None:
-        """Drain the socket (bounded), then hand the whole batch over at once."""
+        """Drain the socket (bounded), then hand the whole batch over at once; after an error
+        or a wake-up that found nothing, the error queue too."""
         batch: list[tuple[bytes, Address]] = []
         sock = self._sock
         view = self._view
@@ -369,6 +615,7 @@ class FastDatagramTransport:
             if self._wakeups % _DRAIN_EVERY:
                 reads = 1
         found = 0
+        failed = False
         for _ in range(reads):
             try:
                 if gro:
@@ -379,7 +626,9 @@ class FastDatagramTransport:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
-                # A connected socket reports ICMP errors (port unreachable) here.
+                # The socket's pending error, raised once: an ICMP error (port unreachable) on
+                # a connected socket, or on any socket with IP_RECVERR.
+                failed = True
                 if batch:
                     self._protocol.datagrams_received(batch)
                     batch = []
@@ -412,6 +661,39 @@ class FastDatagramTransport:
             self._singles = 0
         if batch:
             self._protocol.datagrams_received(batch)
+        if (failed or not found) and not self._closing:
+            # EPOLLERR: the pending error was raised above, or a send took it, or only the
+            # error queue is left (it does not set the pending error for local errors).
+            self._socket_errors()
+
+    def _socket_errors(self) -> None:
+        """Drain the error queue, which keeps epoll reporting EPOLLERR while anything is in
+        it, hand over what it held, and register the callbacks again (``_rearm``)."""
+        errors = drain_error_queue(self._sock)
+        if not self._rearm_pending:
+            self._rearm_pending = True
+            self._loop.call_soon(self._rearm)
+        if errors and self._errors_received is not None:
+            self._errors_received(errors)
+
+    def _rearm(self) -> None:
+        """Register the reader (and writer) again after an error wake-up.
+
+        uvloop's ``add_reader`` is a libuv poll handle, which libuv stops for good on POLLERR
+        (reporting EBADF): uvloop runs the callbacks once more and closes the handle, so the
+        socket would never be read again.  Registering again must wait until that callback
+        has returned (closing the handle deletes the descriptor from epoll).  asyncio's
+        selector loop keeps its callbacks; there this costs a few ``epoll_ctl`` calls per
+        error wake-up."""
+        self._rearm_pending = False
+        if self._closing:
+            return
+        loop = self._loop
+        loop.remove_reader(self._fd)
+        loop.add_reader(self._fd, self._read_ready)
+        if self._writing:
+            loop.remove_writer(self._fd)
+            loop.add_writer(self._fd, self._write_ready)
 
     # ------------------------------------------------------------------ sending
 
@@ -455,33 +737,47 @@ class FastDatagramTransport:
 
     def _send_one(self, payload: bytes, addr: Address, segment: int) -> object:
         """Send one datagram, or one GSO run of ``segment``-byte datagrams: _SENT (or dropped
-        for good, reported to the protocol), _FULL when the socket takes nothing now, _RETRY
-        when GSO turned out not to work and the run must go again singly."""
+        for good, reported to the protocol; sent again once first if what failed it was an
+        earlier datagram's ICMP error), _FULL when the socket takes nothing now, _RETRY when
+        GSO turned out not to work and the run must go again singly."""
         sock = self._sock
-        try:
-            if segment:
-                cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))]
-                if addr is None:
-                    sock.sendmsg([payload], cmsg)
+        retried = False
+        while True:
+            try:
+                if segment:
+                    cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))]
+                    if addr is None:
+                        sock.sendmsg([payload], cmsg)
+                    else:
+                        sock.sendmsg([payload], cmsg, 0, addr)
+                elif addr is None:
+                    sock.send(payload)
                 else:
-                    sock.sendmsg([payload], cmsg, 0, addr)
-            elif addr is None:
-                sock.send(payload)
-            else:
-                sock.sendto(payload, addr)
-        except (BlockingIOError, InterruptedError):
-            return _FULL
-        except OSError as exc:
-            if segment and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
-                # The device or route cannot segment after all: send singly from now on.
-                _log.debug("udp_gso_disabled", error=repr(exc))
-                self._gso = False
-                return _RETRY
-            # EMSGSIZE (a datagram above the path MTU with don't-fragment set: a path MTU
-            # probe that cannot pass) and the like: this datagram is lost, as on the wire.
-            self.dropped_send += -(-len(payload) // segment) if segment else 1
-            self._protocol.error_received(exc)
-        return _SENT
+                    sock.sendto(payload, addr)
+            except (BlockingIOError, InterruptedError):
+                return _FULL
+            except OSError as exc:
+                if segment and exc.errno in (errno.EIO, errno.EINVAL, errno.ENOPROTOOPT):
+                    # The device or route cannot segment after all: send singly from now on.
+                    _log.debug("udp_gso_disabled", error=repr(exc))
+                    self._gso = False
+                    return _RETRY
+                # A send raises the socket's pending error, which with IP_RECVERR an ICMP error
+                # to an earlier datagram (to any peer) sets: the queue then holds that error,
+                # and this datagram goes again, once.  Otherwise (EMSGSIZE: above the path MTU
+                # with don't-fragment set, a path MTU probe that cannot pass; and the like)
+                # this datagram is lost, as on the wire.
+                errors = drain_error_queue(sock)
+                again = not retried and _earlier_datagrams_error(exc, errors)
+                if not again:
+                    self.dropped_send += -(-len(payload) // segment) if segment else 1
+                self._protocol.error_received(exc)
+                if errors and self._errors_received is not None:
+                    self._errors_received(errors)
+                if again and not self._closing:
+                    retried = True
+                    continue
+            return _SENT
 
     def _enqueue(self, datagrams: list[bytes], start: int, addr: Address) -> None:
         queue = self._queue
