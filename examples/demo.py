@@ -2,8 +2,10 @@
 their whole connection drawn from the real datagrams; then a 2 MiB transfer through the
 impairment relay with 2% loss each way, traced, and drawn as a time-sequence graph.
 
-Every datagram is taken from the endpoints' observers as it is sent; every state change comes
-from utcp's own structlog ``state_changed`` events.  Run it with ``make demo``.
+Every datagram is taken from the endpoints' observers as it is sent and labelled as
+``utcp ladder`` labels it (PMTU probes and probe ACKs named); every state change comes from
+utcp's own structlog ``state_changed`` events.  srtt is shown no finer than the event loop's
+clock measures it (1 ms on uvloop).  Run it with ``make demo``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ from typing import Any
 import structlog
 
 import utcp
+from utcp.cli.report import clock_note, clock_resolution, rtt_text
 from utcp.netem import Impairment, Relay
-from utcp.packet import Flag, decode
-from utcp.traceview import load_trace, plot_time_sequence
+from utcp.packet import decode
+from utcp.traceview import LADDER_WIDTH, datagram_from_packet, load_trace, plot_time_sequence
 
-WIDTH = 46
+WIDTH = LADDER_WIDTH
 PICTURE = Path("build/demo/transfer-2pct-loss.png")
 LOSSY_BYTES = 2 << 20
 
@@ -38,6 +41,7 @@ class Record:
 
 
 records: list[Record] = []
+last_sent: dict[int, bytes] = {}  # each end's last datagram, to name an exact copy as such
 
 
 def collect_states(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -50,10 +54,10 @@ def observer(direction: str, data: bytes, _addr: object) -> None:
     if direction != "send":
         return
     p = decode(data)
-    flags = str(Flag(p.flags).name).replace("|", "+")
-    text = f"{flags} seq={p.seq} ack={p.ack}"
-    if p.payload:
-        text += f" len={len(p.payload)}"
+    text = datagram_from_packet(p, t=0.0, sent=True).label()
+    if last_sent.get(p.src_cid) == data:
+        text += " (same datagram again)"  # sent twice byte for byte, e.g. a repeated ACK
+    last_sent[p.src_cid] = bytes(data)
     records.append(Record("datagram", p.src_cid, text))
 
 
@@ -99,11 +103,12 @@ async def main() -> None:
             else:
                 print(f"<{body:->{2 * WIDTH - 1}}")
     print(f"\nechoed {reply!r}")
-    srtt_ms = (stats.srtt_s or 0.0) * 1000
+    resolution = clock_resolution()
     print(
         f"client stats: sent {stats.bytes_sent} B, received {stats.bytes_received} B, "
         f"{stats.segments_sent} segments out, {stats.segments_received} in, "
-        f"{stats.retransmissions} retransmissions, srtt {srtt_ms:.3f} ms, "
+        f"{stats.pmtud_probes_sent} PMTU probes, {stats.retransmissions} retransmissions, "
+        f"srtt {rtt_text(stats.srtt_s, resolution)}{clock_note(resolution)}, "
         f"rto {stats.rto_s * 1000:.0f} ms, cwnd {stats.cwnd_bytes} B"
     )
     await lossy_transfer()

@@ -22,6 +22,17 @@ from utcp.connection import Connection, reset_for
 from utcp.events import ConnectionClosed, DataReceived, EofReceived, Event
 from utcp.packet import Flag, Packet, PacketError, decode
 
+# The keepalive and idle timers of the defaults (Config: keepalive_idle_s, keepalive_stall_s,
+# idle_timeout_s) turned off, as they were before they became defaults.  For tests about some
+# other mechanism that assert exact timer deadlines, exact datagram ladders or that a network
+# goes idle: those timers would add deadlines, probes and, after 30 s, an IDLE close.  Use as
+# ``Config(pmtud=False, **QUIET)``.
+QUIET: dict[str, Any] = {
+    "keepalive_idle_s": None,
+    "keepalive_stall_s": None,
+    "idle_timeout_s": None,
+}
+
 
 @dataclass
 class Link:

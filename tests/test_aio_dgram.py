@@ -23,7 +23,6 @@ from tests.aio_helpers import (
     make_run_fixture,
     seeded_bytes,
     server_port,
-    wait_until,
 )
 from utcp import Config, Connection
 from utcp.asyncio.dgram import (
@@ -370,13 +369,15 @@ def test_path_mtu_discovery_finds_loopbacks_largest_datagram(run: Runner) -> Non
         server = await utcp.start_server(_echo_all, HOST, 0)
         reader, writer = await utcp.open_connection(HOST, server_port(server), observer=observe)
         conn = writer.get_extra_info("connection")
-        await wait_until(lambda: conn.stats.pmtud_state == "SEARCH_COMPLETE", "the search")
-        assert conn.stats.pmtu_bytes == 65507
+        # Probing starts once more is queued than one datagram carries: the transfer itself.
         payload = seeded_bytes(21, 4 << 20)
         writer.write(payload)
-        writer.write_eof()
-        assert await reader.read() == payload
+        assert await reader.readexactly(len(payload)) == payload
         stats = conn.stats
+        writer.write_eof()
+        assert await reader.read() == b""
+        assert stats.pmtud_state == "SEARCH_COMPLETE"
+        assert stats.pmtu_bytes == 65507
         writer.close()
         await writer.wait_closed()
         assert max(sizes) == 65507 and stats.pmtud_black_holes == 0

@@ -46,19 +46,22 @@ def _other_tasks() -> set[asyncio.Task[object]]:
 
 async def _open_close_cycles(count: int) -> None:
     """``count`` times: connect, send a few bytes, read the echo, close; then close the server.
-    After every client's ``wait_closed()`` its socket must be gone."""
+    Once each client's connection is done (its TIME_WAIT, zero here, included) its socket
+    must be gone."""
     handlers = Handlers(echo)
     server = await utcp.start_server(handlers, HOST, 0)
     port = server_port(server)
     with_server = open_fds()
     count_with_server = _fd_count()
+    no_time_wait = Config(msl_s=0.0)
     for i in range(count):
         message = b"cycle %d" % i
-        reader, writer = await utcp.open_connection(HOST, port)
+        reader, writer = await utcp.open_connection(HOST, port, config=no_time_wait)
         writer.write(message)
         assert await reader.readexactly(len(message)) == message
         writer.close()
-        await writer.wait_closed()
+        await writer.wait_closed()  # our FIN is acknowledged; the peer's FIN may follow
+        await writer.get_extra_info("endpoint").wait_closed()  # released, TIME_WAIT over
         if _fd_count() != count_with_server:
             now = open_fds()
             pytest.fail(

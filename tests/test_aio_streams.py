@@ -7,11 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import signal
 import socket
-import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,7 +35,6 @@ pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
 S = ConnectionState
 KIB = 1 << 10
 MIB = 1 << 20
-VANISHING_SERVER = Path(__file__).resolve().parent / "_vanishing_server.py"
 
 run = make_run_fixture()
 
@@ -298,60 +294,6 @@ def test_write_after_close_raises_broken_pipe(run: Runner) -> None:
     run(main())
 
 
-def test_peer_killed_mid_transfer_times_out(run: Runner) -> None:
-    """SIGKILL the server process while data flows both ways: with a 2 s user timeout the
-    client's drain() and read() both end in TimeoutError instead of hanging."""
-    config = Config(user_timeout_s=2.0, rto_min_s=0.05, rto_max_s=0.5, send_buffer_bytes=256 * KIB)
-
-    async def main() -> None:
-        proc = await asyncio.create_subprocess_exec(
-            *(sys.executable, str(VANISHING_SERVER), "--loop", run.kind),
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        try:
-            assert proc.stdout is not None
-            async with deadline(30, "the server process starting"):
-                line = await proc.stdout.readline()
-            assert line.startswith(b"port "), f"the server said {line!r}"
-            reader, writer = await utcp.open_connection(HOST, int(line.split()[1]), config=config)
-            killed = False
-
-            async def read_until_error() -> None:
-                nonlocal killed
-                echoed = 0
-                while data := await reader.read(64 * KIB):
-                    echoed += len(data)
-                    if echoed >= MIB and not killed:
-                        proc.send_signal(signal.SIGKILL)  # mid-transfer: both ways busy
-                        killed = True
-                pytest.fail("the reader saw EOF from a killed peer")
-
-            reading = asyncio.create_task(read_until_error())
-            chunk = seeded_bytes(3, 64 * KIB)
-            async with deadline(30, "noticing the dead peer"):
-                with pytest.raises(TimeoutError):
-                    while True:  # writes until the peer is gone and drain() gives up
-                        writer.write(chunk)
-                        await writer.drain()
-                with pytest.raises(TimeoutError):
-                    await reading
-            assert killed
-            conn = writer.get_extra_info("connection")
-            assert conn.close_reason is utcp.CloseReason.TIMEOUT
-            assert writer.get_extra_info("stats").timeouts >= 1
-            with pytest.raises(TimeoutError):
-                await reader.read(1)  # the error stays, as on asyncio's transports
-            writer.close()
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-            _, stderr = await proc.communicate()
-        assert proc.returncode == -signal.SIGKILL, stderr.decode(errors="replace")
-
-    run(main())
-
-
 @pytest.mark.parametrize("stack", sorted(STACKS))
 def test_close_while_the_peer_keeps_sending(run: Runner, stack: str) -> None:
     """As with TCP, closing with data still arriving resets the connection: wait_closed()
@@ -518,7 +460,8 @@ def test_get_extra_info(run: Runner) -> None:
 
         writer.close()
         await writer.wait_closed()
-        assert writer.get_extra_info("connection").state in (S.TIME_WAIT, S.CLOSED)
+        # wait_closed() returns once our FIN is acknowledged; the peer's FIN may follow.
+        assert writer.get_extra_info("connection").state in (S.FIN_WAIT_2, S.TIME_WAIT, S.CLOSED)
         async with server:
             await handlers.wait_finished(1)
         assert handlers.errors == []

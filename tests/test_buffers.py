@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import deque
 
 import pytest
 from hypothesis import given, settings
@@ -647,6 +648,12 @@ class ScoreboardMachine(RuleBasedStateMachine):
         self.una = 1
         self.highest = 0
         self.now = 0.0
+        # Transmission order (first sendings and retransmissions alike), for the rule that
+        # declares a retransmission lost once three later transmissions arrived (SACKed).
+        self.tx = 0
+        self.seg_tx: dict[int, int] = {}
+        self.highest_sacked_tx = 0
+        self.retx_order: deque[tuple[int, SentSegment]] = deque()
 
     @rule(length=st.integers(1, 30))
     def send(self, length: int) -> None:
@@ -655,6 +662,8 @@ class ScoreboardMachine(RuleBasedStateMachine):
         self.live.append(seg)
         self.every.append(seg)  # the model keys on id(): no segment may be freed and reused
         self.retx[id(seg)] = 0
+        self.tx += 1
+        self.seg_tx[id(seg)] = self.tx
         self.nxt += length
 
     @rule(frac=st.floats(0, 1))
@@ -682,6 +691,7 @@ class ScoreboardMachine(RuleBasedStateMachine):
                 self.lost.discard(id(seg))
                 newly += seg.end - seg.start
                 newest = seg.end
+                self.highest_sacked_tx = max(self.highest_sacked_tx, self.seg_tx[id(seg)])
         self.highest = max(self.highest, newest)
         assert self.sb.on_sack(start, end) == newly
         assert self.sb.highest_sacked == self.highest
@@ -694,6 +704,14 @@ class ScoreboardMachine(RuleBasedStateMachine):
             if seg.end > self.highest - threshold:
                 break
             if k not in self.sacked and k not in self.lost and self.retx[k] == 0:
+                self.lost.add(k)
+                newly += seg.end - seg.start
+        order = self.retx_order
+        while order and order[0][0] + 3 <= self.highest_sacked_tx:
+            tx, seg = order.popleft()
+            k = id(seg)
+            live = any(s is seg for s in self.live)
+            if self.seg_tx[k] == tx and live and k not in self.sacked and k not in self.lost:
                 self.lost.add(k)
                 newly += seg.end - seg.start
         assert self.sb.detect_losses(threshold) == newly
@@ -728,6 +746,9 @@ class ScoreboardMachine(RuleBasedStateMachine):
             self.sb.retransmitted(seg, self.now)
             self.lost.discard(id(seg))
             self.retx[id(seg)] += 1
+            self.tx += 1
+            self.seg_tx[id(seg)] = self.tx
+            self.retx_order.append((self.tx, seg))
             assert seg.sent_at == self.now
 
     @invariant()

@@ -1,17 +1,44 @@
 """The ``utcp`` command line: help, argument errors, value parsers, and real runs of
-``echo-server``, ``cat`` and ``perf`` as separate processes on loopback."""
+``echo-server``, ``cat`` and ``perf`` as separate processes on loopback: ``cat`` in the
+background of a terminal, ``-v``'s connection reports, output into closed pipes, and RTTs shown
+no finer than the event loop's clock."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import fcntl
 import hashlib
+import importlib.util
 import json
+import math
+import os
+import pty
 import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import termios
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.cli_helpers import background, utcp_cli
+from tests.cli_helpers import UTCP, background, utcp_cli
 from utcp.cli import build_parser
+from utcp.cli.cat import reads_stdin
+from utcp.cli.report import (
+    FINE_CLOCK_S,
+    clock_note,
+    clock_resolution,
+    measure_resolution,
+    rtt_text,
+)
 from utcp.cli.units import (
     parse_duration,
     parse_fraction,
@@ -171,6 +198,7 @@ def test_perf_json_send_and_reverse() -> None:
     up = json.loads(sent.stdout)
     down = json.loads(back.stdout)
     assert up["bytes"] == 4 << 20 and up["direction"] == "send" and up["goodput_mbit_s"] > 0
+    assert up["clock_resolution_ms"] > 0  # srtt_ms is no finer than this
     assert down["bytes"] == 2 * (2 << 20) and down["parallel"] == 2
     assert len(down["flows"]) == 2
 
@@ -183,6 +211,11 @@ def test_perf_prints_live_lines_and_a_summary() -> None:
     assert lines[0].split() == ["time", "goodput", "retx", "srtt", "cwnd"]
     assert any("Mbit/s" in line for line in lines[1:-1])
     assert lines[-1].startswith("summary: ")
+    # srtt no finer than the loop's clock: on uvloop (1 ms) whole milliseconds and a note.
+    if importlib.util.find_spec("uvloop") is not None:
+        assert re.search(r"srtt (< 1|\d+) ms \(clock resolution 1 ms\)$", lines[-1]), lines[-1]
+    else:
+        assert re.search(r"srtt \d+\.\d\d ms$", lines[-1]), lines[-1]
 
 
 @pytest.mark.parametrize(
@@ -195,3 +228,306 @@ def test_parse_rate_accepts_common_spellings(text: str, bps: float) -> None:
 
 def test_parse_duration_ignores_case() -> None:
     assert parse_duration("20MS") == pytest.approx(0.02)
+
+
+# ------------------------------------------------------------------ cat in the background
+
+
+def _fake_tty(
+    *, tty: bool, foreground: int | None, ours: int = 100
+) -> dict[str, Callable[..., Any]]:
+    """isatty, tcgetpgrp and getpgrp for ``reads_stdin``: ``foreground`` None makes
+    tcgetpgrp fail as it does for a terminal that is not the controlling one."""
+
+    def tcgetpgrp(fd: int) -> int:
+        if foreground is None:
+            raise OSError(errno.ENOTTY, "not the controlling terminal")
+        return foreground
+
+    return {"isatty": lambda fd: tty, "tcgetpgrp": tcgetpgrp, "getpgrp": lambda: ours}
+
+
+@pytest.mark.parametrize(
+    ("tty", "foreground", "reads"),
+    [
+        (False, 7, True),  # a file or a pipe: always read
+        (True, 100, True),  # the terminal of the foreground job: ours to read
+        (True, 7, False),  # a background job (&): reading would stop us with SIGTTIN
+        (True, None, True),  # a terminal that is not our controlling one: no SIGTTIN
+    ],
+)
+def test_cat_reads_stdin_unless_in_the_background_of_its_terminal(
+    tty: bool, foreground: int | None, reads: bool
+) -> None:
+    assert reads_stdin(0, **_fake_tty(tty=tty, foreground=foreground)) is reads
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash for job control")
+def test_cat_listening_in_the_background_of_a_terminal_still_receives(tmp_path: Path) -> None:
+    # README: `utcp cat --listen 9000 > copy.bin &` in an interactive shell. bash with job
+    # control on a pseudo-terminal starts the listener as a background job; reading the
+    # terminal would stop it (SIGTTIN, `wait` then returns 128 + 21) and hang the sender.
+    payload = random.Random(8).randbytes(200_000)
+    out, err, pid_file, status = (tmp_path / n for n in ("out", "err", "pid", "status"))
+    script = (
+        'set -m\n"$PY" -m utcp cat --listen 0 > "$OUT" 2> "$ERR" &\n'
+        'echo $! > "$PID"\nwait $!\necho $? > "$STATUS"\n'
+    )
+    env = {**os.environ, "PY": sys.executable, "OUT": str(out), "ERR": str(err)}
+    env |= {"PID": str(pid_file), "STATUS": str(status)}
+    master, slave = pty.openpty()
+    shell = subprocess.Popen(
+        ["bash", "-c", script],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env,
+        start_new_session=True,  # a session of its own, the pty its controlling terminal
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(slave)
+    sender: subprocess.Popen[bytes] | None = None
+    try:
+        port = _port_from(err, deadline=time.monotonic() + 60)
+        sender = subprocess.Popen(
+            [*UTCP, "cat", "127.0.0.1", str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        assert sender.stdin is not None
+        sender.stdin.write(payload)
+        sender.stdin.close()
+        deadline = time.monotonic() + 60
+        while sender.poll() is None and time.monotonic() < deadline:
+            stopped = status.exists() and status.read_text().strip() == "149"
+            assert not stopped, "the listener was stopped by SIGTTIN"
+            time.sleep(0.05)
+        assert sender.poll() == 0, "the sender did not finish"
+        assert shell.wait(timeout=60) == 0
+        assert status.read_text().strip() == "0", err.read_text()
+        assert out.read_bytes() == payload
+    finally:
+        if sender is not None and sender.poll() is None:
+            sender.kill()
+        with contextlib.suppress(ValueError, OSError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)  # a stopped listener
+        if shell.poll() is None:
+            shell.kill()
+        shell.wait()
+        os.close(master)
+
+
+def _port_from(err: Path, *, deadline: float) -> int:
+    """The port in the ``listening on`` line a background cat writes to ``err``."""
+    while time.monotonic() < deadline:
+        if err.exists():
+            match = re.search(r"listening on utcp://[^:]+:(\d+)", err.read_text())
+            if match:
+                return int(match.group(1))
+        time.sleep(0.05)
+    raise AssertionError("the background listener never said where it listens")
+
+
+# ------------------------------------------------------------------ -v: connection reports
+
+
+def test_verbose_reports_each_connection_and_no_debug() -> None:
+    with background(["-v", "cat", "--listen", "0"], address_on="stderr") as (server, port):
+        client = utcp_cli("-v", "cat", "127.0.0.1", str(port), stdin=b"hello\n")
+        assert client.returncode == 0, client.stderr
+        assert server.wait(timeout=60) == 0
+        assert server.stderr is not None
+        server_err = server.stderr.read().decode()
+    client_err = client.stderr.decode()
+    assert re.search(rf"connection_established\s+peer=127\.0\.0\.1:{port} cid=", client_err)
+    assert re.search(r"connection_accepted\s+peer=127\.0\.0\.1:\d+ cid=", server_err), server_err
+    for err, sent, received in ((client_err, 6, 0), (server_err, 0, 6)):
+        closed = [line for line in err.splitlines() if "connection_closed" in line]
+        assert len(closed) == 1, err
+        line = closed[0]
+        # The reason is the core's (normally "closed"); this test is about the report.
+        assert "[info" in line and re.search(r" reason=[a-z]+ ", line), line
+        assert f"bytes_sent={sent} bytes_received={received} duration_s=" in line, line
+        assert re.search(r"srtt='?(< )?\d", line) and "retransmissions=0" in line, line
+        assert "[debug" not in err, err  # -vv's stream, not -v's
+
+
+# ------------------------------------------------------------------ closed output pipes
+
+
+@contextlib.contextmanager
+def _closed_pipe() -> Iterator[int]:
+    """The write end of a pipe whose reader has gone (``| head`` after it exited)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        yield write_end
+    finally:
+        os.close(write_end)
+
+
+def _run_into(
+    args: list[str], *, stdout: int, stderr: int | None = subprocess.PIPE, stdin: Any = b""
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*UTCP, *args],
+        input=stdin if isinstance(stdin, bytes) else None,
+        stdin=None if isinstance(stdin, bytes) else stdin,
+        stdout=stdout,
+        stderr=stderr,
+        timeout=30,  # only to catch a hang: each exits within a second
+        check=False,
+    )
+
+
+def test_debug_log_into_a_pipe_that_closes_exits_promptly() -> None:
+    # `echo hi | utcp -vv cat HOST PORT 2>&1 | head -3`: once `head` has gone, the log calls
+    # inside utcp's core meet a closed pipe.
+    with background(["echo-server", "--port", "0"]) as (_, port):
+        proc = subprocess.Popen(
+            [*UTCP, "-vv", "cat", "127.0.0.1", str(port)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(b"hi\n")
+            proc.stdin.flush()
+            while (line := proc.stdout.readline()) not in (b"hi\n", b""):
+                assert b"[debug" in line or b"[info" in line, line
+            proc.stdout.close()  # `head` exits
+            proc.stdin.close()  # end of input: FIN, and the core logs its state changes
+            assert proc.wait(timeout=30) == 1  # the timeout only catches a hang
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+# Runs the command with a stderr whose reader goes away at one chosen log event, as `| head`
+# does: which event meets the closed pipe first is a race in a real pipeline.
+_BREAK_STDERR_AT = """
+import os, sys
+from utcp.cli import main
+
+read_end, closed_pipe = os.pipe()
+os.close(read_end)
+
+class Breaks:
+    def __init__(self, stream):
+        self.stream = stream
+    def write(self, text):
+        if sys.argv[1] in text:
+            os.dup2(closed_pipe, self.stream.fileno())
+        return self.stream.write(text)
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+sys.stderr = Breaks(sys.stderr)
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("event", ["state_changed", "pmtud_state", "transport_closed"])
+def test_debug_log_failing_inside_the_core_exits_promptly(event: str) -> None:
+    # Before, a log call failing at the connection's close (transport_closed) left the
+    # transport unclosed and `utcp cat` waiting for it forever.
+    with background(["echo-server", "--port", "0"]) as (_, port):
+        result = subprocess.run(
+            [sys.executable, "-c", _BREAK_STDERR_AT, event, "-vv", "cat", "127.0.0.1", str(port)],
+            input=b"hi\n",
+            capture_output=True,
+            timeout=30,  # only to catch the hang
+            check=False,
+        )
+    assert result.returncode == 1, result.stderr
+
+
+def test_cat_into_a_closed_pipe_exits_quietly_though_stdin_stays_open(tmp_path: Path) -> None:
+    # Our stdout broke, not the connection: no "connection failed", and no wait for an
+    # idle standard input either.
+    src = tmp_path / "in.bin"
+    src.write_bytes(random.Random(9).randbytes(1 << 20))
+    with (
+        src.open("rb") as f,
+        background(["cat", "--listen", "0"], stdin=f, address_on="stderr") as (_, port),
+        _closed_pipe() as broken,
+    ):
+        idle = subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE)
+        try:
+            result = _run_into(["cat", "127.0.0.1", str(port)], stdout=broken, stdin=idle.stdout)
+        finally:
+            idle.kill()
+            idle.wait()
+            assert idle.stdout is not None
+            idle.stdout.close()
+    assert result.returncode == 1
+    assert result.stderr == b""
+
+
+@pytest.mark.parametrize("command", ["echo-server", "perf-server", "perf"])
+def test_servers_and_perf_exit_quietly_into_a_closed_pipe(command: str) -> None:
+    with background(["perf", "--server", "--port", "0"]) as (_, port), _closed_pipe() as broken:
+        args = {
+            "echo-server": ["echo-server", "--port", "0"],
+            "perf-server": ["perf", "--server", "--port", "0"],
+            "perf": ["perf", "127.0.0.1", str(port), "--time", "5s"],
+        }[command]
+        result = _run_into(args, stdout=broken)
+    assert result.returncode == 1
+    assert result.stderr == b""
+
+
+def test_ladder_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    trace = tmp_path / "t.jsonl"
+    header = {"trace": "utcp", "version": 1, "cid": "0000abcd", "role": "client"}
+    header |= {"local": None, "peer": None, "reference_time": 0.0, "iss": 1, "mss": 1000}
+    lines = [json.dumps(header | {"congestion": "newreno"})]
+    lines += [json.dumps({"t": i / 1000, "ev": "timer_fired", "timer": "rto"}) for i in range(9)]
+    trace.write_text("\n".join(lines) + "\n")
+    with _closed_pipe() as broken:
+        result = _run_into(["ladder", str(trace)], stdout=broken)
+    assert result.returncode == 1
+    assert result.stderr == b""
+
+
+# ------------------------------------------------------------------ RTTs and the loop's clock
+
+
+@pytest.mark.parametrize(
+    ("rtt_s", "resolution_s", "text"),
+    [
+        (0.000204, 1e-7, "0.204 ms"),  # asyncio's loop: microseconds are real
+        (0.0, 0.001, "< 1 ms"),  # uvloop: a 0.2 ms loopback RTT is sampled as 0 or 1 ms
+        (0.000125, 0.001, "< 1 ms"),
+        (0.00157, 0.001, "2 ms"),  # never 1.57: the samples were whole milliseconds
+        (0.0123, 0.0001, "12.3 ms"),
+        (None, 0.001, "-"),
+    ],
+)
+def test_rtt_shown_no_finer_than_the_clock(
+    rtt_s: float | None, resolution_s: float, text: str
+) -> None:
+    assert rtt_text(rtt_s, resolution_s) == text
+
+
+def test_clock_note_only_for_a_coarse_clock() -> None:
+    assert clock_note(0.001) == " (clock resolution 1 ms)"
+    assert clock_note(1e-7) == ""
+
+
+def test_measured_clock_resolution() -> None:
+    def coarse() -> float:  # libuv's uv_now(): whole milliseconds
+        return math.floor(time.monotonic() * 1000) / 1000
+
+    assert measure_resolution(coarse) == pytest.approx(0.001)
+    assert measure_resolution(time.monotonic) < FINE_CLOCK_S
+    assert asyncio.run(_loop_clock_resolution()) < FINE_CLOCK_S  # asyncio's own loop
+    uvloop = pytest.importorskip("uvloop")
+    assert uvloop.run(_loop_clock_resolution()) == 0.001
+
+
+async def _loop_clock_resolution() -> float:
+    return clock_resolution()

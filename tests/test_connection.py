@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Link, Network, Sent, ladder, pair
+from tests.helpers import QUIET, Link, Network, Sent, ladder, pair
 from utcp import (
     CloseReason,
     Config,
@@ -26,6 +26,7 @@ from utcp import (
     DataReceived,
     EofReceived,
     Event,
+    FinAcknowledged,
     Flag,
     Packet,
     decode,
@@ -208,23 +209,36 @@ def test_close_ladder_is_exact_and_time_wait_lasts_two_msl() -> None:
 
 @pytest.mark.parametrize("scenario", ["client_first", "server_first", "simultaneous"])
 def test_eof_is_reported_before_connection_closed(scenario: str) -> None:
-    """A driver that tears down on ConnectionClosed must already have seen the peer's EOF."""
+    """A driver that tears down on ConnectionClosed must already have seen the peer's EOF.
+    FinAcknowledged (our FIN's ACK) comes when it happens: before the peer's EOF for the
+    side that closed first, after it for the other (and for both in a simultaneous close)."""
     net = pair()
     a, b = _establish(net)
+    acked_first = [
+        ConnectionEstablished(),
+        FinAcknowledged(),
+        EofReceived(),
+        ConnectionClosed(CloseReason.CLOSED),
+    ]
+    eof_first = [
+        ConnectionEstablished(),
+        EofReceived(),
+        FinAcknowledged(),
+        ConnectionClosed(CloseReason.CLOSED),
+    ]
     if scenario == "simultaneous":
         _simultaneous_close(net)
+        expected = {"a": eof_first, "b": eof_first}
     else:
         first, second = (a, b) if scenario == "client_first" else (b, a)
         first.close()
         net.run(until=lambda: first.state is S.FIN_WAIT_2)
         second.close()
         net.run()
-    for side in (net.a, net.b):
-        assert side.events == [
-            ConnectionEstablished(),
-            EofReceived(),
-            ConnectionClosed(CloseReason.CLOSED),
-        ]
+        closer = "a" if first is a else "b"
+        expected = {name: acked_first if name == closer else eof_first for name in "ab"}
+    for name, side in net.sides.items():
+        assert side.events == expected[name], name
 
 
 def test_every_state_is_visited() -> None:
@@ -422,7 +436,12 @@ def test_lost_handshake_ack_without_data_client_resends_it() -> None:
     """The server never re-sends a SYN-ACK on its own (at most one per SYN: no
     amplification), so a silent client re-sends its handshake ACK until the server shows
     it arrived."""
-    net = pair(config_a=FIXED, a_to_b=Link(drop=lambda index, packet: index == 1))
+    # Keepalive off: its probes during the 60 s of silence below would add datagrams.
+    net = pair(
+        config_a=FIXED.replace(**QUIET),
+        config_b=Config(**QUIET),
+        a_to_b=Link(drop=lambda index, packet: index == 1),
+    )
     a, b = _conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     established = net.now
@@ -623,7 +642,9 @@ def test_vanished_peer_hits_user_timeout(user_timeout_s: float) -> None:
 
 
 def test_vanished_peer_gives_up_after_max_retransmits() -> None:
-    net, cut, rto0 = _vanish_mid_transfer(Config(tail_loss_probe=False))
+    # Idle timeout and keepalive off: this is about the retransmission budget, which the 30 s
+    # idle timeout of the defaults would cut short (a test of its own covers that).
+    net, cut, rto0 = _vanish_mid_transfer(Config(tail_loss_probe=False, **QUIET))
     a, _ = _conns(net)
     after = [s for s in _sent(net, "a") if s.time > cut]
     retransmits, final = after[:-1], after[-1]
@@ -806,6 +827,8 @@ def test_half_close_peer_keeps_sending() -> None:
         ({"msl_s": -1.0}, "msl_s"),
         ({"keepalive_idle_s": 0.0}, "keepalive_idle_s"),
         ({"keepalive_probes": 0}, "keepalive_probes"),
+        ({"keepalive_stall_s": 0.0}, "keepalive_stall_s"),
+        ({"idle_timeout_s": 0.0}, "idle_timeout_s"),
         ({"dupack_threshold": 0}, "dupack_threshold"),
         ({"congestion_control": "no-such-algorithm"}, "congestion_control"),
     ],
@@ -824,7 +847,15 @@ def test_config_validate_accepts_defaults_and_edges() -> None:
     assert DEFAULTS.validate() is DEFAULTS
     edge = Config(mss_bytes=64, recv_buffer_bytes=128, syn_retries=0, msl_s=0.0)
     assert edge.validate() is edge
-    assert DEFAULTS.replace(user_timeout_s=None, keepalive_idle_s=None) == DEFAULTS
+    assert DEFAULTS.replace(user_timeout_s=None) == DEFAULTS
+    # Keepalive and the idle timeout are on by default (a vanished peer is noticed in ~30 s).
+    assert (
+        DEFAULTS.keepalive_idle_s,
+        DEFAULTS.keepalive_interval_s,
+        DEFAULTS.keepalive_probes,
+        DEFAULTS.keepalive_stall_s,
+        DEFAULTS.idle_timeout_s,
+    ) == (15.0, 5.0, 3, 1.0, 30.0)
 
 
 def test_close_in_syn_received_still_completes_the_handshake_then_closes() -> None:

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+from utcp.packet import Flag, Packet, encode
 
 pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
 
@@ -132,9 +136,47 @@ def test_demo_prints_the_ladder_from_real_packets() -> None:
     syn = int(re.search(r" SYN seq=(\d+)", out).group(1))  # type: ignore[union-attr]
     synack_ack = int(re.search(r"SYN\+ACK seq=\d+ ack=(\d+)", out).group(1))  # type: ignore[union-attr]
     assert synack_ack == (syn + 1) % 2**32
+    # Every PMTU probe the client sent is labelled as one in its ladder (`utcp ladder`'s labels).
+    stats = re.search(r"client stats: .*?(\d+) PMTU probes", out)
+    assert stats is not None, out
+    client_probes = [line for line in out.splitlines() if " probe=" in line and line.endswith(">")]
+    assert len(client_probes) == int(stats.group(1)), out
+    # srtt no finer than the loop's clock measures it: never "0.000 ms" from a 1 ms clock.
+    srtt = re.search(
+        r"srtt (< 1 ms \(clock resolution 1 ms\)|\d+ ms \(clock res|\d+\.\d{3} ms,)", out
+    )
+    assert srtt is not None and "srtt 0.000 ms" not in out, out
     # Then the traced transfer through 2% loss, drawn where the demo says.
     assert "2 MiB through 2% loss each way: intact" in out, out
     assert "path MTU discovered: 1472 B datagrams" in out, out  # the relay's 1500-byte path
     picture = re.search(r"time-sequence graph of that transfer: (.+\.png)", out)
     assert picture is not None, out
     assert Path(picture.group(1)).stat().st_size > 10_000
+
+
+def _demo_module(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """examples/demo.py imported (not run), for the duration of the test."""
+    spec = importlib.util.spec_from_file_location("utcp_demo", EXAMPLES / "demo.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_demo_labels_probes_and_probe_acks_as_the_ladder_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bare ACK that is a PMTU probe (padding) or a probe's ACK is named, as `utcp ladder`
+    # names it; a datagram sent again byte for byte is marked as such.
+    demo = _demo_module(monkeypatch)
+    probe = Packet(Flag.ACK, 1, 2, 8, 9, 100, probe=3, padding=1200)
+    probe_ack = Packet(Flag.ACK, 2, 1, 9, 8, 100, probe_ack=3)
+    for packet in (probe, probe_ack, probe):
+        demo.observer("send", encode(packet), ("127.0.0.1", 9))
+        demo.observer("receive", encode(packet), ("127.0.0.1", 9))  # only sends are drawn
+    assert [(r.cid, r.text) for r in demo.records] == [
+        (1, "ACK seq=8 ack=9 probe=3 pad=1200"),
+        (2, "ACK seq=9 ack=8 probe_ack=3"),
+        (1, "ACK seq=8 ack=9 probe=3 pad=1200 (same datagram again)"),
+    ]

@@ -9,8 +9,13 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.helpers import captured_logs, pair
+from tests.helpers import QUIET, captured_logs, pair
+from utcp import Config
 from utcp.log import get_logger
+
+# Keepalive and idle timers off: these tests run a handshake until the network goes idle,
+# which a connection with keepalive on never does.
+QUIET_CONFIG = Config(**QUIET)
 
 
 @pytest.fixture
@@ -21,7 +26,7 @@ def captured() -> Iterator[list[dict[str, Any]]]:
 
 def test_silent_by_default(capsys: pytest.CaptureFixture[str]) -> None:
     structlog.reset_defaults()
-    net = pair()
+    net = pair(config_a=QUIET_CONFIG, config_b=QUIET_CONFIG)
     net.run()
     out = capsys.readouterr()
     assert out.out == "" and out.err == ""
@@ -38,7 +43,7 @@ def test_a_logger_made_before_configuration_follows_it() -> None:
 
 
 def test_state_changes_are_logged_with_stable_names(captured: list[dict[str, Any]]) -> None:
-    net = pair()
+    net = pair(config_a=QUIET_CONFIG, config_b=QUIET_CONFIG)
     net.run()
     changes = [(e["cid"], e["old"], e["new"]) for e in captured if e["event"] == "state_changed"]
     assert ("0000000a", "CLOSED", "SYN_SENT") in changes

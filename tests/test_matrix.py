@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import signal
@@ -233,4 +234,6 @@ def test_dead_peer_ends_the_client_with_a_timeout(tmp_path: Path) -> None:
         assert client.stderr is not None
         err = client.stderr.read().decode()
     assert code == 1, err
-    assert "timed out" in err
+    # The relay's port is closed now: where the client reads ICMP errors (Linux, the fast I/O
+    # path or asyncio's own loop) it is reset at once; elsewhere the user timeout ends it.
+    assert ("timed out" if os.environ.get("UTCP_IO") == "portable" else "unreachable") in err

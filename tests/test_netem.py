@@ -521,12 +521,16 @@ async def test_utcp_discovers_the_relays_path_mtu() -> None:
     ):
         reader, writer = await utcp.open_connection(*relay.address, observer=observe)
         conn = writer.get_extra_info("connection")
-        await wait_until(lambda: conn.stats.pmtud_state == "SEARCH_COMPLETE", "search done")
-        assert sizes == []  # nothing written yet: the search needs no data
+        # The search starts once more is queued than one datagram carries, and runs with the
+        # transfer: probes are padding, so a lost one costs no data a retransmission.
         writer.write(data)
-        writer.write_eof()
-        echoed = await reader.read()
+        echoed = await reader.readexactly(len(data))
+        await wait_until(lambda: conn.stats.pmtud_state == "SEARCH_COMPLETE", "search done")
+        writer.write(data)  # now at the size found
+        assert await reader.readexactly(len(data)) == data
         stats = conn.stats
+        writer.write_eof()
+        assert await reader.read() == b""
         writer.close()
         await writer.wait_closed()
     assert echoed == data

@@ -14,7 +14,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import Link, Network, captured_logs, pair
+from tests.helpers import QUIET, Link, Network, captured_logs, pair
 from tests.test_packet import PMTUD_SYN_VECTOR
 from utcp import Config, Connection, ConnectionState, Flag, Packet, decode, encode
 from utcp.config import BASE_DATAGRAM_BYTES, MAX_UDP_PAYLOAD_BYTES
@@ -65,8 +65,12 @@ def _path(
     return net
 
 
-def _done(net: Network) -> bool:
-    return all(c.stats.pmtud_state == "SEARCH_COMPLETE" for c in _conns(net))
+def _done(net: Network, sides: str = "ab") -> bool:
+    """Whether discovery has completed on each of ``sides`` ("a", "b" or both).  A side
+    probes only once it has had more queued than one segment carries: a pure receiver,
+    sending only ACKs, never completes a search because it never starts one."""
+    conns = dict(zip("ab", _conns(net), strict=True))
+    return all(conns[name].stats.pmtud_state == "SEARCH_COMPLETE" for name in sides)
 
 
 def _sent(net: Network, src: str, *, probes: bool) -> list[Packet]:
@@ -227,17 +231,20 @@ def test_discovery_converges_under_a_transfer_without_touching_congestion_contro
     a.send(data)
     cwnds: list[int] = []
     net.on_step = lambda n: cwnds.append(a.stats.cwnd_bytes)
-    net.run(until=lambda: _done(net), max_time=60)
+    net.run(until=lambda: _done(net, "a"), max_time=60)
     took = net.now - start
     net.run(until=lambda: len(net.b.received) == len(data), max_time=60)
     assert bytes(net.b.received) == data
+    st = a.stats
+    assert st.pmtu_bytes == limit and st.mss_bytes == limit - HEADER_SIZE
+    assert st.pmtud_probes_lost > 0  # probes above the limit were lost ...
     for conn in (a, b):
         st = conn.stats
-        assert st.pmtu_bytes == limit and st.mss_bytes == limit - HEADER_SIZE
-        assert st.pmtud_probes_lost > 0  # probes above the limit were lost ...
         assert st.retransmissions == st.timeouts == st.fast_retransmits == 0  # ... harmlessly
         assert st.duplicate_acks == 0  # probes and their answers are no duplicate ACKs
         assert st.ssthresh_bytes == 0x7FFFFFFF
+    # The receiver has only ACKs to send, never more than a segment queued: it never probes.
+    assert b.stats.pmtud_probes_sent == 0 and b.stats.pmtu_bytes == BASE_DATAGRAM_BYTES
     assert cwnds == sorted(cwnds) and cwnds[-1] > cwnds[0]  # never reduced, still growing
     assert took <= 60 * RTT_S, took  # a few RTTs per size that fails (MAX_PROBES lost each)
     assert net.links["a"].too_big == a.stats.pmtud_probes_lost  # only probes were too big
@@ -250,8 +257,15 @@ def test_discovery_converges_under_a_transfer_without_touching_congestion_contro
 
 def test_no_limit_converges_to_the_largest_udp_payload_in_a_few_rtts() -> None:
     tracer = ListTracer()
-    net = _path(None, tracer=tracer)
+    # Keepalive and idle timers off: the test ends by checking that discovery leaves no
+    # timer running on an idle connection, and keepalive would keep one.
+    quiet = Config(**QUIET)
+    net = _path(None, config_a=quiet, config_b=quiet, tracer=tracer)
     a, b = _conns(net)
+    # Probing starts once more is queued than one segment carries: a kick of two each way.
+    kick = bytes(2 * a.mss)
+    a.send(kick)
+    b.send(kick)
     start = net.now
     net.run(until=lambda: _done(net))
     # One answered probe per RTT: the base size, each plateau, the ceiling.
@@ -266,11 +280,12 @@ def test_no_limit_converges_to_the_largest_udp_payload_in_a_few_rtts() -> None:
         ("SEARCHING", "SEARCH_COMPLETE"),
     ]
     assert tracer.named("pmtu_changed")[-1].fields == {"pmtu": 65507, "mss": 65483, "by": "probe"}
+    net.run()
     assert a.get_timer() is None and b.get_timer() is None  # idle: no timer left running
     data = random.Random(1).randbytes(1 << 20)
     a.send(data)
-    net.run(until=lambda: len(net.b.received) == len(data))
-    assert bytes(net.b.received) == data
+    net.run(until=lambda: len(net.b.received) == len(kick) + len(data))
+    assert bytes(net.b.received) == kick + data
     assert max(len(p.payload) for p in _sent(net, "a", probes=False)) == 65483
 
 
@@ -282,16 +297,29 @@ def test_default_syn_is_the_protocol_vector() -> None:
 
 def test_handshake_offers_discovery_and_announces_the_largest_datagram() -> None:
     net = _path(None)
+    a, b = _conns(net)
     syn, syn_ack, ack, *_ = (s.packet for s in net.trace)
     for p in (syn, syn_ack):
         assert p.mss == MAX_UDP_PAYLOAD_BYTES - HEADER_SIZE and p.probe_permitted
     assert ack.probe is None and ack.flags == Flag.ACK
+    # No probe while no more is queued than one segment carries (issue 17: a short
+    # request/response connection has nothing to gain from a larger size).
+    net.run_for(1.0)
+    mss = a.mss
+    a.send(bytes(mss))
+    net.run_for(1.0)
+    assert not [s for s in net.trace if s.packet.probe is not None]
+    assert a.stats.pmtud_probes_sent == b.stats.pmtud_probes_sent == 0
+    # Two segments' worth queued: the first probe, at the base size, follows them at once.
+    start = net.now
+    a.send(bytes(mss + 1))
     net.run_for(0.001)
     first = next(s for s in net.trace if s.packet.probe is not None)
-    assert (first.src, first.time, _size(first.packet)) == ("a", 2 * Link().delay_s, 1200)
+    assert (first.src, first.time, _size(first.packet)) == ("a", start, 1200)
     # A probe is an ACK at SND.NXT with the current ACK: acceptable, no sequence space.
-    assert (first.packet.seq, first.packet.ack) == (ISN_A + 1, ISN_B + 1)
+    assert (first.packet.seq, first.packet.ack) == (ISN_A + 1 + 2 * mss + 1, ISN_B + 1)
     assert first.packet.seg_len == 0
+    assert b.stats.pmtud_probes_sent == 0  # b has only ACKs to send
 
 
 @pytest.mark.parametrize("pinned", [1500, 1200])
@@ -301,7 +329,7 @@ def test_pinned_max_datagram_is_never_exceeded(pinned: int) -> None:
     a, _ = _conns(net)
     assert net.trace[0].packet.mss == pinned - HEADER_SIZE
     a.send(bytes(500_000))
-    net.run(until=lambda: _done(net) and len(net.b.received) == 500_000)
+    net.run(until=lambda: _done(net, "a") and len(net.b.received) == 500_000)
     assert max(_size(s.packet) for s in net.trace) == pinned
     assert a.stats.pmtu_bytes == pinned and a.stats.pmtud_probes_lost == 0
 
@@ -420,7 +448,7 @@ def test_one_side_off_means_no_probes_and_todays_sizes(off: str) -> None:
 def test_probe_is_answered_and_never_delivered() -> None:
     net = _path(None)
     _, b = _conns(net)
-    net.run(until=lambda: _done(net))
+    net.run_for(0.5)  # b answers a probe whether or not it has searched itself
     now = net.now + 1.0
     probe = Packet(
         int(Flag.ACK), 0xA, 0xB, ISN_A + 1, ISN_B + 1, 0xFFFF, b"", probe=0xDEAD, padding=1000
@@ -455,7 +483,7 @@ def test_probes_stay_inside_the_peers_window() -> None:
     full_at = max(s.time for s in net.trace if s.src == "a" and s.packet.payload)
     assert not [s for s in net.trace if s.src == "a" and s.packet.probe and s.time > full_at]
     b.resume_reading()
-    net.run(until=lambda: _done(net) and len(net.b.received) == 200_000)
+    net.run(until=lambda: _done(net, "a") and len(net.b.received) == 200_000)
     assert a.stats.pmtu_bytes == 9000
     # Every probe the path carried was acceptable to b, so b answered it.
     carried = {p.probe for p in _sent(net, "a", probes=True) if _size(p) <= 9000}
@@ -466,13 +494,14 @@ def test_probes_stay_inside_the_peers_window() -> None:
 def test_raise_timer_finds_a_path_that_grew() -> None:
     net = _path(1472, changes=((100.0, 8972),))
     a, _ = _conns(net)
-    net.run(until=lambda: _done(net))
+    a.send(bytes(100_000))  # probing waits for more queued than one segment carries
+    net.run(until=lambda: _done(net, "a") and len(net.b.received) == 100_000)
     assert a.stats.pmtu_bytes == 1472
     net.run_for(PMTU_RAISE_TIMER_S + 10)  # idle: no search, whatever the timer
     assert a.stats.pmtu_bytes == 1472 and a.stats.pmtud_state == "SEARCH_COMPLETE"
     a.send(bytes(100_000))
     net.run(until=lambda: a.stats.pmtud_state == "SEARCHING")
-    net.run(until=lambda: _done(net) and len(net.b.received) == 100_000)
+    net.run(until=lambda: _done(net, "a") and len(net.b.received) == 200_000)
     assert a.stats.pmtu_bytes == 8972
 
 
@@ -533,7 +562,9 @@ def test_scoreboard_split_keeps_order_history_and_the_retransmission_queue() -> 
 def test_state_changes_are_logged_with_the_connection_id() -> None:
     with captured_logs() as events:
         net = _path(None)
-        net.run(until=lambda: _done(net))
+        a, _ = _conns(net)
+        a.send(bytes(100_000))  # probing waits for more queued than one segment carries
+        net.run(until=lambda: _done(net, "a"))
     logged = [e for e in events if e["event"] == "pmtud_state" and e["cid"] == "0000000a"]
     assert [(e["old"], e["new"], e["size"]) for e in logged] == [
         ("DISABLED", "BASE", 1200),

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.helpers import Link, Network, pair
+from tests.helpers import QUIET, Link, Network, pair
 from utcp import (
     Config,
     Connection,
@@ -39,8 +39,10 @@ SEQ_MASK = 0xFFFFFFFF
 MSS = Config().mss_bytes
 # These tests check exact segment sizes, ACK ladders and window arithmetic: path MTU discovery
 # is off (its probes add datagrams and it starts at the 1200-byte base size); both SYNs must
-# offer it, so one side without it is enough.  tests/test_pmtud.py covers it.
-FIXED = Config(pmtud=False)
+# offer it, so one side without it is enough.  tests/test_pmtud.py covers it.  The keepalive
+# and idle timers are off too (QUIET): they would add deadlines after the handshake and probes
+# to the ladders, and keep a network from going idle.
+FIXED = Config(pmtud=False, **QUIET)
 UNSCALED_MAX = 0xFFFF
 
 
@@ -66,9 +68,10 @@ def client_segment(
 
 
 def established(**kwargs: object) -> Network:
-    """A ``pair()`` whose handshake has completed on the simulated network (PMTUD off on the
-    client unless ``config_a`` is given)."""
+    """A ``pair()`` whose handshake has completed on the simulated network.  Unless given,
+    ``config_a`` is FIXED (PMTUD off) and ``config_b`` has the keepalive and idle timers off."""
     kwargs.setdefault("config_a", FIXED)
+    kwargs.setdefault("config_b", Config(**QUIET))
     net = pair(**kwargs)  # type: ignore[arg-type]
     net.run(until=lambda: net.b.conn is not None and net.b.conn.state is S.ESTABLISHED)
     assert net.a.conn is not None and net.a.conn.state is S.ESTABLISHED
@@ -279,7 +282,7 @@ def test_segment_wholly_before_rcv_nxt_is_acked_but_not_delivered() -> None:
 
 
 def test_data_beyond_the_advertised_window_is_dropped_and_acked() -> None:
-    cfg = Config(mss_bytes=1024, recv_buffer_bytes=4096)
+    cfg = Config(mss_bytes=1024, recv_buffer_bytes=4096, **QUIET)
     rx = Receiver(cfg)
     data = random.Random(9).randbytes(8192)
     assert not rx.feed(0, data[:1000])
@@ -311,7 +314,7 @@ def test_data_beyond_the_advertised_window_is_dropped_and_acked() -> None:
 
 
 def test_zero_window_refuses_in_order_data_until_reading_resumes() -> None:
-    rx = Receiver(Config(mss_bytes=1024, recv_buffer_bytes=4096))
+    rx = Receiver(Config(mss_bytes=1024, recv_buffer_bytes=4096, **QUIET))
     rx.conn.pause_reading()
     data = random.Random(10).randbytes(5000)
     acks: list[Packet] = []
@@ -344,8 +347,8 @@ def test_zero_window_refuses_in_order_data_until_reading_resumes() -> None:
 @pytest.mark.parametrize(("mss_a", "mss_b"), [(1000, 600), (600, 1000)])
 def test_segments_never_exceed_the_smaller_mss(mss_a: int, mss_b: int) -> None:
     net = established(
-        config_a=Config(mss_bytes=mss_a, pmtud=False),
-        config_b=Config(mss_bytes=mss_b, pmtud=False),
+        config_a=Config(mss_bytes=mss_a, pmtud=False, **QUIET),
+        config_b=Config(mss_bytes=mss_b, pmtud=False, **QUIET),
     )
     a, b = conns(net)
     syn, syn_ack = net.trace[0].packet, net.trace[1].packet
@@ -400,8 +403,8 @@ def test_steady_stream_is_acked_every_second_full_segment() -> None:
 def test_single_small_segment_is_acked_after_exactly_the_ack_delay(delay_s: float) -> None:
     # No probe from the sender: it would draw an immediate ACK before the delayed one.
     net = established(
-        config_a=Config(tail_loss_probe=False, pmtud=False),
-        config_b=Config(delayed_ack_s=delay_s),
+        config_a=Config(tail_loss_probe=False, pmtud=False, **QUIET),
+        config_b=Config(delayed_ack_s=delay_s, **QUIET),
     )
     a, b = conns(net)
     a.send(b"0123456789")
@@ -422,8 +425,8 @@ def test_single_small_segment_is_acked_after_exactly_the_ack_delay(delay_s: floa
 def test_paused_reader_stalls_the_sender_losslessly_and_resume_restarts_it() -> None:
     window = 50_000
     net = established(
-        config_a=Config(mss_bytes=1000),
-        config_b=Config(mss_bytes=1000, recv_buffer_bytes=window),
+        config_a=Config(mss_bytes=1000, **QUIET),
+        config_b=Config(mss_bytes=1000, recv_buffer_bytes=window, **QUIET),
     )
     a, b = conns(net)
     b.pause_reading()
@@ -472,7 +475,7 @@ FOUR_MIB = 4 << 20
 
 
 def test_large_buffer_is_advertised_through_window_scaling() -> None:
-    net = established(config_b=Config(recv_buffer_bytes=FOUR_MIB))
+    net = established(config_b=Config(recv_buffer_bytes=FOUR_MIB, **QUIET))
     a, b = conns(net)
     syn, syn_ack = net.trace[0].packet, net.trace[1].packet
     assert syn.wscale == 5  # 65535 << 4 < 1 MiB <= 65535 << 5
@@ -610,7 +613,9 @@ def drop_once(seq: int) -> Callable[[int, Packet], bool]:
 @pytest.mark.parametrize("sack", [True, False])
 def test_fast_retransmit_halves_cwnd_then_grows_linearly(sack: bool) -> None:
     a_to_b = PacedLink(drop=drop_once(wire(60 * MSS)))
-    net = established(config_a=Config(sack=sack, pmtud=False), a_to_b=a_to_b, b_to_a=PacedLink())
+    net = established(
+        config_a=Config(sack=sack, pmtud=False, **QUIET), a_to_b=a_to_b, b_to_a=PacedLink()
+    )
     a, _ = conns(net)
     size = 2_000_000
     data = random.Random(17).randbytes(size)
@@ -637,7 +642,9 @@ def test_fast_retransmit_halves_cwnd_then_grows_linearly(sack: bool) -> None:
 @pytest.mark.parametrize("sack", [True, False])
 def test_fast_retransmit_is_sent_on_the_third_duplicate_ack(sack: bool) -> None:
     """RFC 5681 3.2 step 4 and RFC 6675 5 step 4.3: the retransmission is not paced by pipe."""
-    net = established(config_a=Config(initial_cwnd_segments=20, sack=sack))
+    # No PMTU probe: it now waits for more than a segment to be queued, so it would join
+    # this flight of exactly 20 segments.
+    net = established(config_a=Config(initial_cwnd_segments=20, sack=sack, pmtud=False, **QUIET))
     a, b = conns(net)
     now = net.now
     a.send(bytes(20 * MSS))
@@ -657,7 +664,7 @@ def test_fast_retransmit_is_sent_on_the_third_duplicate_ack(sack: bool) -> None:
 
 
 def test_retransmission_timeout_drops_cwnd_to_one_segment() -> None:
-    net = established(config_a=Config(tail_loss_probe=False))
+    net = established(config_a=Config(tail_loss_probe=False, **QUIET))
     a, _ = conns(net)
     net.links["a"].blackhole = (net.now + 0.05, net.now + 3.0)
     size = 500_000
@@ -747,7 +754,8 @@ def test_stats_agree_with_the_wire_after_a_lossy_transfer(seed: int) -> None:
 
     a_to_b = Link(rng=random.Random(seed + 100), drop=drop_data)
     b_to_a = Link(rng=random.Random(seed + 200), loss=0.05)
-    net = pair(a_to_b=a_to_b, b_to_a=b_to_a)
+    # Quiet: the run below waits for the network to go idle, which keepalive never lets it.
+    net = pair(config_a=Config(**QUIET), config_b=Config(**QUIET), a_to_b=a_to_b, b_to_a=b_to_a)
     a, b = conns(net)
     size = 300_000
     data = random.Random(seed).randbytes(size)
@@ -785,7 +793,7 @@ def test_congestion_window_does_not_grow_while_the_receive_window_limits_the_sen
     # A receiver-limited sender never fills its congestion window, so that window proves
     # nothing about the path and must not keep growing (it reached tens of MB before).
     window = 64 * 1024
-    net = established(config_b=Config(recv_buffer_bytes=window))
+    net = established(config_b=Config(recv_buffer_bytes=window, **QUIET))
     a, _ = conns(net)
     payload = random.Random(11).randbytes(4 << 20)
     a.send(payload)

@@ -13,7 +13,15 @@ from typing import Any
 import pytest
 
 from utcp.cli import main
-from utcp.traceview import SeqUnwrapper, load_trace, parse_trace, time_sequence, unwrap
+from utcp.packet import Flag, Packet, decode, encode
+from utcp.traceview import (
+    SeqUnwrapper,
+    datagram_from_packet,
+    load_trace,
+    parse_trace,
+    time_sequence,
+    unwrap,
+)
 
 MOD = 1 << 32
 ISS = MOD - 1500  # ours: the data crosses 2**32 in its third segment
@@ -337,3 +345,26 @@ def test_a_last_line_cut_off_by_a_crash_is_skipped() -> None:
     assert len(trace.events) == 1 and trace.skipped == 1
     with pytest.raises(ValueError, match="line 2"):
         parse_trace([lines[0], lines[2] + "\n", lines[1]], "middle.jsonl")
+
+
+# ---------------------------------------------------------------------------------- packets
+
+
+@pytest.mark.parametrize(
+    ("packet", "label"),
+    [
+        (Packet(Flag.SYN, 1, 0, 7, 0, 100), "SYN seq=7 ack=0"),
+        (Packet(Flag.ACK, 1, 2, 8, 9, 100, payload=b"hello"), "ACK seq=8 ack=9 len=5"),
+        (Packet(Flag.ACK, 1, 2, 8, 9, 100, sack_blocks=((20, 30),)), "ACK seq=8 ack=9 sack=20-30"),
+        # PMTU probes and their ACKs are bare ACKs but for these options: named, not anonymous
+        (
+            Packet(Flag.ACK, 1, 2, 8, 9, 100, probe=3, padding=1200),
+            "ACK seq=8 ack=9 probe=3 pad=1200",
+        ),
+        (Packet(Flag.ACK, 2, 1, 9, 8, 100, probe_ack=3), "ACK seq=9 ack=8 probe_ack=3"),
+        (Packet(Flag.FIN | Flag.ACK, 1, 2, 8, 9, 100), "FIN+ACK seq=8 ack=9"),
+    ],
+)
+def test_a_decoded_datagram_gets_the_ladders_label(packet: Packet, label: str) -> None:
+    # examples/demo.py labels what its observers see with this, as `utcp ladder` labels traces.
+    assert datagram_from_packet(decode(encode(packet)), t=0.0, sent=True).label() == label

@@ -28,6 +28,7 @@ from .events import (
     DataReceived,
     EofReceived,
     Event,
+    FinAcknowledged,
 )
 from .packet import Flag, Packet, PacketError, decode, encode
 from .state import ConnectionState
@@ -45,6 +46,7 @@ __all__ = [
     "DataReceived",
     "EofReceived",
     "Event",
+    "FinAcknowledged",
     "Flag",
     "Packet",
     "PacketError",

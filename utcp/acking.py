@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .events import ConnectionEstablished, DropReason
+from .events import ConnectionEstablished, DropReason, FinAcknowledged
 from .packet import HEADER_SIZE, Flag, Packet
 from .seqnum import seq_diff
 from .state import (
@@ -242,9 +242,15 @@ def update_window(conn: Connection, p: Packet, seg_pos: int, ack_pos: int) -> No
 
 
 def on_fin_acked(conn: Connection, now: float) -> None:
+    """Our FIN is acknowledged: tell the driver (the application's close is done), then move
+    on in the close sequence."""
     st = conn._state
+    if st is FIN_WAIT_1 or st is CLOSING or st is LAST_ACK:
+        conn._events.append(FinAcknowledged())
     if st is FIN_WAIT_1:
         conn._set_state(FIN_WAIT_2)
+        if conn._orphaned:
+            conn._arm_fin_wait_2(now)
     elif st is CLOSING:
         conn._enter_time_wait(now)
     elif st is LAST_ACK:

@@ -73,12 +73,15 @@ class Config:
     tcp_retries2: about nine minutes with the default RTO bounds)."""
 
     fin_wait_2_timeout_s: float | None = 60.0
-    """After a transport's close(), how long the peer may take to close its side before the
-    connection is reset (Linux's tcp_fin_timeout); half-close with write_eof() has no limit."""
+    """After the application closed (``Connection.orphan``, a transport's close()), how long
+    FIN_WAIT_2 waits for the peer to close its side before the connection is reset (Linux's
+    tcp_fin_timeout); half-close with write_eof() has no limit."""
 
     fin_retries: int = 6
-    """FIN retransmissions, once all data is acknowledged and the peer's FIN received, before
-    the close is taken as done (about 25 s with the default minimum RTO)."""
+    """Unanswered retransmissions of our FIN (with any data before it) after which a
+    connection the application has closed gives up: in LAST_ACK or CLOSING, or in FIN_WAIT_1
+    once orphaned (as Linux's tcp_orphan_retries).  About 25 s with the default minimum RTO;
+    the close counts as done if every byte was acknowledged, as a timeout otherwise."""
 
     syn_retries: int = 10
     """SYN retransmissions before the connect fails with TimeoutError (71 s with the
@@ -124,18 +127,29 @@ class Config:
     dupack_threshold: int = 3
     """Duplicate ACKs (or SACKed segments above a hole) that trigger fast retransmit."""
 
-    keepalive_idle_s: float | None = None
-    """Idle time before keepalive probes start (None: keepalive off, as in TCP)."""
+    keepalive_idle_s: float | None = 15.0
+    """Silence (nothing heard from the peer) before keepalive probes start; None: keepalive
+    off.  On by default, unlike TCP: with ``idle_timeout_s`` it is how a peer that vanished
+    without a word (a killed process, a pulled cable) is noticed, and it keeps NAT bindings
+    of a quiet connection alive.  Each probe is one bare ACK and draws one from the peer."""
 
-    keepalive_interval_s: float = 10.0
+    keepalive_interval_s: float = 5.0
     """Time between unanswered keepalive probes."""
 
-    keepalive_probes: int = 5
-    """Unanswered keepalive probes after which the connection aborts."""
+    keepalive_probes: int = 3
+    """Unanswered keepalive probes after which the connection aborts (TimeoutError)."""
 
-    idle_timeout_s: float | None = None
-    """Close (with a reset) a connection that has received nothing acceptable for this long;
-    None: no limit, as in TCP.  Keepalive probes, when on, count as traffic."""
+    keepalive_stall_s: float | None = 1.0
+    """When a peer that was sending full-sized segments (in the middle of a transfer) falls
+    silent for this long (and at least three RTOs), probe it once, so a peer whose process
+    died is found in seconds where its host answers with ICMP port unreachable; None: only
+    the regular keepalive probes."""
+
+    idle_timeout_s: float | None = 30.0
+    """End (with a reset and TimeoutError) a connection that has received nothing acceptable
+    for this long, whether it was sending or only reading; None: no limit, as in TCP.  As
+    QUIC's idle timeout (quinn's default is 30 s too), but a quiet connection whose peer is
+    alive stays up: the keepalive probes it draws answers to count as traffic."""
 
     challenge_ack_interval_s: float = 0.5
     """Least time between two challenge ACKs of one connection (RFC 5961 section 7; Linux's
@@ -201,6 +215,10 @@ class Config:
             ),
             (self.keepalive_interval_s > 0, "keepalive_interval_s must be positive"),
             (self.keepalive_probes >= 1, "keepalive_probes must be >= 1"),
+            (
+                self.keepalive_stall_s is None or self.keepalive_stall_s > 0,
+                "keepalive_stall_s must be positive or None",
+            ),
             (
                 self.idle_timeout_s is None or self.idle_timeout_s > 0,
                 "idle_timeout_s must be positive or None",

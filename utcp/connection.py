@@ -33,14 +33,16 @@ from .pmtud import Pmtud, PmtudState, probe_timeout_s
 from .receiving import rx_listen, rx_predicted, rx_syn_sent, rx_synchronized
 from .recovery import RttEstimator, Scoreboard, SentSegment
 from .sending import build, build_probe, send_data
-from .seqnum import SEQ_MASK
+from .seqnum import SEQ_MASK, seq_diff
 from .state import (
     CAN_RECEIVE,
     CAN_SEND,
     CLOSE_WAIT,
     CLOSED,
+    CLOSING,
     ESTABLISHED,
     FIN_WAIT_1,
+    FIN_WAIT_2,
     LAST_ACK,
     LISTEN,
     SYN_RECEIVED,
@@ -62,6 +64,7 @@ from .stats import (
 from .timers import (
     arm_idle_timers,
     on_confirm,
+    on_fin_wait_2,
     on_idle,
     on_keepalive,
     on_persist,
@@ -188,9 +191,27 @@ class Connection:
         self._persist_backoff = 0
         self._persist_probes = 0
         self._time_wait_at: float | None = None
+        self._time_wait_s = 2 * cfg.msl_s  # how long TIME_WAIT lasts (shorten_time_wait)
+        self._fin_wait_2_at: float | None = None  # an orphan's FIN_WAIT_2 ends here
         self._keepalive_at: float | None = None
         self._keepalive_probes = 0
-        self._last_activity = 0.0
+        self._last_activity = 0.0  # when the peer was last heard from (or connect() called)
+        # Full-sized segments from the peer mean it is in the middle of a transfer: silence
+        # then draws one early keepalive probe (Config.keepalive_stall_s).
+        self._full_seg = cfg.mss_bytes  # set from the handshake
+        self._peer_mid_stream = False
+        self._stall_probed_at = -1.0  # _last_activity when the stall probe went out
+        # ICMP port unreachable for this connection (RFC 5927 checks passed): when the first
+        # arrived since the peer was last heard, and whether a confirming probe is due.
+        self._unreachable_at: float | None = None
+        self._confirm_unreachable = False
+        self._icmp_errors = 0  # accepted ICMP errors (ConnectionStats.icmp_errors)
+        # The application has closed and reads nothing more (orphan()): FIN_WAIT_2 is bounded
+        # and FIN_WAIT_1 gives up after fin_retries, as Linux treats orphaned sockets.
+        self._orphaned = False
+        # PMTU probing waits until more is queued than one datagram carries: a short
+        # request/response connection has nothing to gain from a larger size.
+        self._probe_worthy = False
 
         # Counters.
         self._bytes_sent = 0
@@ -249,6 +270,22 @@ class Connection:
     def is_finished(self) -> bool:
         """True once the connection is CLOSED after having been used: it can be forgotten."""
         return self._state is CLOSED and self._close_reason is not None
+
+    @property
+    def last_heard(self) -> float:
+        """When the peer was last heard from (an acceptable segment), or ``connect()`` was
+        called: the start of the silence an idle or retransmission timeout reports."""
+        return self._last_activity
+
+    @property
+    def fin_acknowledged(self) -> bool:
+        """Whether our FIN, and so every byte before it, has been acknowledged."""
+        return self._fin_pos is not None and self._snd_una > self._fin_pos
+
+    @property
+    def is_orphaned(self) -> bool:
+        """Whether ``orphan()`` was called: the application has closed for good."""
+        return self._orphaned
 
     @property
     def send_buffer_size(self) -> int:
@@ -334,6 +371,95 @@ class Connection:
             return  # RFC 9293 section 3.10.4: the FIN waits until the handshake completes
         self._set_state(LAST_ACK if st is CLOSE_WAIT else FIN_WAIT_1)
 
+    def orphan(self, *, now: float) -> None:
+        """The application has closed for good (asyncio's ``transport.close()``): send FIN
+        after queued data as ``close()`` does, and from now on bound what is left as the
+        kernel bounds an orphaned TCP socket: FIN_WAIT_2 lasts at most
+        ``fin_wait_2_timeout_s``, and FIN_WAIT_1 gives up after ``fin_retries`` unanswered
+        retransmissions.  Data arriving later is the driver's to refuse (with ``abort()``).
+        """
+        if self._tracer is not None:
+            self._trace_now = now
+        self.close()
+        self._orphaned = True
+        if self._state is FIN_WAIT_2:
+            self._arm_fin_wait_2(now)
+
+    def shorten_time_wait(self, *, now: float) -> None:
+        """Cut TIME_WAIT down to two RTOs from now (at most 2 MSL): the driver is going away
+        (its endpoint closing) and will not hold the socket for the full 2 MSL.  A lost final
+        ACK shows as the peer's FIN retransmitted after about one RTO, still re-acknowledged
+        within that time, which restarts the shortened wait."""
+        short = min(2 * self.config.msl_s, 2 * max(self._rtt.rto, self.config.rto_min_s))
+        self._time_wait_s = min(self._time_wait_s, short)
+        if self._state is TIME_WAIT and self._time_wait_at is not None:
+            self._time_wait_at = min(self._time_wait_at, now + self._time_wait_s)
+
+    def _arm_fin_wait_2(self, now: float) -> None:
+        """An orphan waits in FIN_WAIT_2 at most ``fin_wait_2_timeout_s`` for the peer's FIN."""
+        timeout = self.config.fin_wait_2_timeout_s
+        if timeout is not None and self._fin_wait_2_at is None:
+            self._fin_wait_2_at = now + timeout
+
+    def receive_unreachable(self, quoted: Packet, *, now: float) -> bool:
+        """An ICMP port unreachable (or another hard error) quoting ``quoted``, the header of
+        a datagram sent to this connection's peer address; True if it is taken as ours.
+
+        The checks of RFC 5927 section 4.1: the quote must name both connection ids and a
+        sequence number between SND.UNA - 1 (a keepalive or window probe) and SND.MAX, which
+        an off-path attacker cannot guess.  A connect (SYN_SENT) is refused at once; a
+        half-open passive connection ends at once; a synchronized one ends when the error
+        repeats at least ``rto_min_s`` after the first with nothing heard in between (a
+        retransmission, or a probe sent to confirm it, met a closed port again).
+        """
+        if self._tracer is not None:
+            self._trace_now = now
+        st = self._state
+        if quoted.src_cid != self.local_cid or st is CLOSED or st is LISTEN or st is TIME_WAIT:
+            return False
+        if st is SYN_SENT or st is SYN_RECEIVED:
+            if not quoted.flags & _SYN or quoted.seq != self._iss:
+                return False
+            if st is SYN_RECEIVED and quoted.dst_cid != self.peer_cid:
+                return False
+            self._icmp_errors += 1
+            self._log.info("port_unreachable", state=st.value)
+            self._need_syn = False
+            self._finish(CloseReason.REFUSED if st is SYN_SENT else CloseReason.UNREACHABLE)
+            return True
+        if quoted.dst_cid != self.peer_cid:
+            return False
+        una = self._snd_una
+        pos = una + seq_diff(quoted.seq, self._wire_seq(una))
+        if not una - 1 <= pos <= self._snd_max:
+            return False
+        self._icmp_errors += 1
+        first = self._unreachable_at
+        if first is None or first < self._last_activity:
+            # The first since the peer was last heard: confirm it with one more datagram an
+            # RTO from now (a retransmission does that when data is in flight).
+            self._unreachable_at = now
+            if not len(self._scoreboard):
+                self._confirm_unreachable = True
+                at = now + max(self._rtt.rto, self.config.rto_min_s)
+                if self._keepalive_at is None or at < self._keepalive_at:
+                    self._keepalive_at = at
+            return True
+        if now - first < self.config.rto_min_s:
+            return True  # the same round of datagrams: wait for a repeat
+        self._log.info("port_unreachable", state=st.value, errors=self._icmp_errors)
+        fin_pos = self._fin_pos
+        if (st is LAST_ACK or st is CLOSING) and fin_pos is not None and una >= fin_pos:
+            # Both sides closed and every byte arrived; only our FIN's ACK is missing and the
+            # peer is gone (it left TIME_WAIT, or its process exited): the close is done.
+            self._set_state(CLOSED)
+            self._scoreboard.clear()
+            self._clear_timers()
+            self._orderly_close()
+            return True
+        self._finish(CloseReason.UNREACHABLE)
+        return True
+
     def abort(self) -> None:
         """Reset the connection: send RST and forget everything at once."""
         if self._state is CLOSED:
@@ -344,7 +470,8 @@ class Connection:
             self._set_state(CLOSED)
             self._clear_timers()
             return
-        self._closed_event_pending = False  # reported below, once, as the abort
+        # An orderly close held back until the EOF is read is reported below, once, as the
+        # abort (_finish).
         if self._state in SYNCHRONIZED or self._state is SYN_RECEIVED:
             self._need_rst = True
         self._finish(CloseReason.ABORTED)
@@ -394,6 +521,7 @@ class Connection:
             self._ack_at,
             self._persist_at,
             self._time_wait_at,
+            self._fin_wait_2_at,
             self._keepalive_at,
             self._idle_at,
             self._confirm_at,
@@ -429,6 +557,11 @@ class Connection:
                 tracer.event(now, "timer_fired", {"timer": "tlp"})
             self._tlp_at = None
             on_tlp(self, now)
+        if self._fin_wait_2_at is not None and now >= self._fin_wait_2_at:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "fin_wait_2"})
+            self._fin_wait_2_at = None
+            on_fin_wait_2(self, now)
         if self._persist_at is not None and now >= self._persist_at:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "persist"})
@@ -541,13 +674,15 @@ class Connection:
             self._closed_event_pending = True
 
     def _enter_time_wait(self, now: float) -> None:
+        """Both FINs are acknowledged and ours was the first: report the close, stop every
+        timer, and only re-acknowledge a retransmitted FIN for 2 MSL."""
         self._set_state(TIME_WAIT)
         self._orderly_close()
-        self._rto_at = self._persist_at = self._keepalive_at = None
+        self._clear_timers()
         self._scoreboard.clear()
-        self._time_wait_at = now + 2 * self.config.msl_s
-        if self._pmtud is not None:
-            self._pmtud.stop()
+        self._need_syn = self._send_probe = False
+        self._probe_ack_id = None
+        self._time_wait_at = now + self._time_wait_s
 
     # ------------------------------------------------------------------ sending
 
@@ -617,6 +752,8 @@ class Connection:
             out.append(build(self, _ACK, self._snd_nxt, b""))
             self._segments_sent += 1
         pm = self._pmtud
+        if not self._probe_worthy and len(self._sndbuf) > self._snd_mss:
+            self._probe_worthy = True
         if pm is not None and pm.probe_due and self._may_probe():
             # Last: the probe is the datagram most likely to be dropped.
             probe = pm.next_probe(now=now, timeout_s=self._probe_timeout())
@@ -646,8 +783,14 @@ class Connection:
             and not self._scoreboard.has_lost
             and self._persist_at is None
             and self._tracer is None
-            and (pm is None or not pm.probe_due)
-            and (cfg.keepalive_idle_s is None or self._keepalive_at is not None)
+            and (pm is None or not pm.probe_due or not self._probe_worthy)
+            and (
+                self._keepalive_at is not None
+                or (
+                    cfg.keepalive_idle_s is None
+                    and (cfg.keepalive_stall_s is None or not self._peer_mid_stream)
+                )
+            )
             and (cfg.idle_timeout_s is None or self._idle_at is not None)
         )
 
@@ -657,6 +800,7 @@ class Connection:
         acceptability test (RFC 9293 section 3.10.7.4)."""
         return (
             self._pmtud_ok
+            and self._probe_worthy
             and self._state in _MAY_PROBE
             and (self._fin_pos is None or self._snd_nxt <= self._fin_pos)
             and self._snd_nxt < self._snd_una + self._snd_wnd
@@ -769,6 +913,14 @@ class Connection:
             )
 
     def _finish(self, reason: CloseReason) -> None:
+        """End the connection for ``reason``, reported once: a connection whose orderly close
+        was already reported (TIME_WAIT) only falls silent."""
+        if self._close_reason is not None and not self._closed_event_pending:
+            self._set_state(CLOSED)
+            self._clear_timers()
+            self._scoreboard.clear()
+            return
+        self._closed_event_pending = False
         self._set_state(CLOSED)
         self._close_reason = reason
         self._events.append(ConnectionClosed(reason))
@@ -781,6 +933,8 @@ class Connection:
     def _clear_timers(self) -> None:
         self._rto_at = self._ack_at = self._persist_at = self._tlp_at = None
         self._time_wait_at = self._keepalive_at = self._idle_at = self._confirm_at = None
+        self._fin_wait_2_at = None
+        self._confirm_unreachable = False
         if self._pmtud is not None:
             self._pmtud.stop()
 

@@ -18,6 +18,7 @@ class CloseReason(enum.Enum):
     TIMEOUT = "timeout"  # retransmissions or user timeout exhausted: TimeoutError
     ABORTED = "aborted"  # abort() called locally
     IDLE = "idle"  # idle or keepalive timeout: TimeoutError
+    UNREACHABLE = "unreachable"  # ICMP port unreachable, repeated: ConnectionResetError
 
     def exception(self) -> OSError | None:
         """The exception a user sees for this reason, or None for an orderly close."""
@@ -29,6 +30,8 @@ class CloseReason(enum.Enum):
             return TimeoutError("peer stopped acknowledging: connection timed out")
         if self is CloseReason.IDLE:
             return TimeoutError("connection timed out: idle timeout or keepalive unanswered")
+        if self is CloseReason.UNREACHABLE:
+            return ConnectionResetError("connection reset: the peer's port is unreachable")
         if self is CloseReason.ABORTED:
             return ConnectionAbortedError("connection aborted locally")
         return None
@@ -73,6 +76,14 @@ class DataReceived(Event):
 @dataclass(frozen=True, slots=True)
 class EofReceived(Event):
     """The peer sent FIN and every byte before it has been delivered."""
+
+
+@dataclass(frozen=True, slots=True)
+class FinAcknowledged(Event):
+    """Our FIN, and with it every byte written before it, is acknowledged by the peer.
+
+    After ``close()`` this is where the application's part ends (asyncio's ``wait_closed()``
+    returns): what is left of the teardown (FIN_WAIT_2, TIME_WAIT) needs nothing from it."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ __all__ = [
     "Packet",
     "PacketError",
     "decode",
+    "decode_quoted",
     "encode",
     "options_size",
     "stamp",
@@ -401,6 +402,23 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
         if p.probe is not None:
             _take_padding(p)
     return p
+
+
+def decode_quoted(data: bytes | bytearray | memoryview) -> Packet:
+    """The fixed header of one of our own datagrams as an ICMP error quotes it back.
+
+    An ICMP message carries only the start of the datagram that caused it (576 bytes of IPv4
+    at most), so the CRC cannot be checked and the payload is left out: only the version and
+    the header fields are read (what RFC 5927's checks need: both connection ids and the
+    sequence number).  Raises ``PacketError`` when even the header is not there.
+    """
+    n = len(data)
+    if n < HEADER_SIZE:
+        raise PacketError(f"quoted datagram of {n} bytes is shorter than the header")
+    vh, flags, window, src, dst, seq, ack, _crc_field = _unpack_header(data, 0)
+    if vh >> 4 != VERSION:
+        raise PacketError(f"unsupported version {vh >> 4}")
+    return Packet(flags, src, dst, seq, ack, window)
 
 
 def _take_padding(p: Packet) -> None:

@@ -120,6 +120,7 @@ def take_syn(conn: Connection, p: Packet) -> None:
     else:
         conn._snd_mss = max(64, min(cfg.mss_bytes, peer_mss) - ts_cost)
         conn._ack_bytes = cfg.ack_every_segments * conn._snd_mss
+    conn._full_seg = conn._ack_bytes // cfg.ack_every_segments
     conn._cc.mss = conn._snd_mss
     conn._cc.cwnd = cfg.initial_cwnd_segments * conn._snd_mss
     conn._snd_wnd = p.window  # SYN windows are never scaled (RFC 7323 section 2.2)
@@ -131,6 +132,9 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
     st = conn._state
     seg_pos = conn._rcv_nxt + seq_diff(p.seq, conn._wire_ack(conn._rcv_nxt))
     payload = p.payload
+    if st is TIME_WAIT:
+        rx_time_wait(conn, p, seg_pos, now)
+        return
     seg_len = len(payload) + (1 if flags & _FIN else 0)
     wnd = conn._rcv_window()
 
@@ -148,6 +152,19 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
             conn._drop(DropReason.OUT_OF_WINDOW)
             return
         seg_pos = 1
+
+    if (
+        st is SYN_RECEIVED
+        and flags == _ACK
+        and not payload
+        and p.seq == conn._irs
+        and p.ack == conn._wire_seq(1)
+    ):
+        # A keepalive probe (SEQ = the peer's SND.UNA - 1) from a peer that is established
+        # while its handshake ACK was lost: acknowledging our SYN-ACK, it proves as much as
+        # that ACK would.  Take it as the handshake ACK and answer it, as a probe is answered.
+        seg_pos = conn._rcv_nxt
+        conn._ack_now = True
 
     # Acceptability (RFC 9293 section 3.10.7.4).
     if seg_len == 0:
@@ -167,9 +184,6 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
     if not ok:
         if flags & _ACK and wnd == 0 and seg_pos == conn._rcv_nxt:
             rx_ack(conn, p, seg_pos, now)
-        if st is TIME_WAIT and flags & _FIN:
-            # The peer did not get our last ACK: ACK again, restart 2MSL (RFC 9293 3.10.7.4).
-            conn._time_wait_at = now + 2 * conn.config.msl_s
         if seg_len:
             # A retransmission of data we already have: its ACK is how the peer learns.
             if payload and seg_pos + len(payload) <= conn._rcv_nxt:
@@ -195,6 +209,40 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
         rx_data(conn, seg_pos, payload, bool(flags & _FIN), now)
     elif p.probe is not None or p.probe_ack is not None:
         rx_pmtud(conn, p, now)
+
+
+def rx_time_wait(conn: Connection, p: Packet, seg_pos: int, now: float) -> None:
+    """TIME_WAIT answers one thing: a retransmission from the peer that did not get our
+    final ACK (its FIN, or data before it when earlier ACKs were lost too), acknowledged
+    again with 2 MSL restarted (RFC 9293 section 3.10.7.4).  Anything else is dropped
+    unanswered: the close is reported, nothing more may leave (an RST may not cut TIME_WAIT
+    short either, RFC 1337)."""
+    flags = p.flags
+    fin_pos = conn._peer_fin_pos
+    n = len(p.payload)
+    if (
+        (n or flags & _FIN)
+        and flags & _ACK
+        and not flags & (_SYN | _RST)
+        and fin_pos is not None
+        and seg_pos + n <= fin_pos
+    ):
+        conn._ack_now = True
+        conn._dup_segments += 1
+        conn._time_wait_at = now + conn._time_wait_s
+        return
+    conn._drop(DropReason.UNEXPECTED)
+
+
+def note_segment_size(conn: Connection, n: int) -> None:
+    """Remember whether the peer's latest data segment was full-sized (it is in the middle
+    of a transfer); on becoming so, the keepalive deadline is re-armed to include the early
+    stall probe (``timers.stall_probe_due``)."""
+    full = n >= conn._full_seg
+    if full is not conn._peer_mid_stream:
+        conn._peer_mid_stream = full
+        if full:
+            conn._keepalive_at = None  # re-armed by the next datagrams_to_send
 
 
 def rx_predicted(conn: Connection, p: Packet, now: float) -> bool:
@@ -237,6 +285,8 @@ def rx_predicted(conn: Connection, p: Packet, now: float) -> bool:
         on_new_ack(conn, ack_pos, now)
     update_window(conn, p, rcv_nxt, ack_pos)
     if n:
+        if (n >= conn._full_seg) is not conn._peer_mid_stream:
+            note_segment_size(conn, n)
         deliver(conn, bytes(payload))
         conn._unacked_bytes += n
         if conn._unacked_bytes >= conn._ack_bytes:
@@ -286,6 +336,8 @@ def rx_data(
     wnd = conn._rcv_window()
     hi = rcv_nxt + wnd
     fin_new = False
+    if payload:
+        note_segment_size(conn, len(payload))
     if fin:
         fin_new = conn._peer_fin_pos is None
         fin_pos = seg_pos + len(payload)

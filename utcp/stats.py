@@ -81,6 +81,7 @@ class ConnectionStats:
     fast_path_received: int  # segments handled by header prediction (Config.fast_paths)
     fast_path_sent: int  # lone segments sent without the general send loop
     fast_path_idle: int  # datagrams_to_send calls that found nothing due at once
+    icmp_errors: int  # ICMP errors taken as this connection's (receive_unreachable)
 
 
 def snapshot(conn: Connection) -> ConnectionStats:
@@ -126,6 +127,7 @@ def snapshot(conn: Connection) -> ConnectionStats:
         fast_path_received=conn._fast_received,
         fast_path_sent=conn._fast_sent,
         fast_path_idle=conn._fast_idle,
+        icmp_errors=conn._icmp_errors,
     )
 
 

@@ -12,7 +12,18 @@ from typing import TYPE_CHECKING, Final
 
 from .events import CloseReason
 from .packet import HEADER_SIZE
-from .state import CLOSED, CLOSING, LAST_ACK, SYN_RECEIVED, SYN_SENT, SYNCHRONIZED
+from .state import (
+    CAN_RECEIVE,
+    CLOSED,
+    CLOSING,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LAST_ACK,
+    SYN_RECEIVED,
+    SYN_SENT,
+    SYNCHRONIZED,
+    TIME_WAIT,
+)
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -58,20 +69,29 @@ def on_rto(conn: Connection, now: float) -> None:
         return
     conn._timeouts += 1
     conn._timeouts_in_a_row += 1
+    st = conn._state
     if (
-        conn._state in (LAST_ACK, CLOSING)
-        and conn._fin_pos is not None
-        and conn._snd_una >= conn._fin_pos
+        conn._fin_pos is not None
         and conn._timeouts_in_a_row > cfg.fin_retries
+        and (st is LAST_ACK or st is CLOSING or (st is FIN_WAIT_1 and conn._orphaned))
     ):
-        # Every byte both ways is delivered and acknowledged; only our FIN's ACK is
-        # missing, most likely because the peer already left TIME_WAIT.  Nothing is lost
-        # by ending here (as an orphaned TCP socket gives up after tcp_orphan_retries).
-        conn._log.info("fin_unacknowledged", retries=conn._timeouts_in_a_row)
-        conn._set_state(CLOSED)
-        conn._scoreboard.clear()
-        conn._clear_timers()
-        conn._orderly_close()
+        # The application has closed and the peer answers nothing: give up, as an orphaned
+        # TCP socket does after tcp_orphan_retries, whether or not data is outstanding.
+        conn._log.info(
+            "fin_unacknowledged",
+            retries=conn._timeouts_in_a_row,
+            unacked=conn._fin_pos - conn._snd_una,
+        )
+        if conn._snd_una >= conn._fin_pos and st is not FIN_WAIT_1:
+            # Every byte both ways is delivered and acknowledged; only our FIN's ACK is
+            # missing, most likely because the peer already left TIME_WAIT.
+            conn._set_state(CLOSED)
+            conn._scoreboard.clear()
+            conn._clear_timers()
+            conn._orderly_close()
+        else:
+            conn._need_rst = True
+            conn._finish(CloseReason.TIMEOUT)
         return
     if conn._timeouts_in_a_row > cfg.max_retransmits or user_timeout_expired(conn, now):
         conn._log.info(
@@ -190,13 +210,58 @@ def on_persist(conn: Connection, now: float) -> None:
     conn._log.debug("window_probe", probes=conn._persist_probes)
 
 
+def stall_probe_due(conn: Connection) -> float | None:
+    """When the one early probe of a peer that fell silent mid-transfer is due
+    (``Config.keepalive_stall_s``), or None when none is."""
+    stall = conn.config.keepalive_stall_s
+    if (
+        stall is None
+        or not conn._peer_mid_stream
+        or conn._stall_probed_at == conn._last_activity
+        or conn._state not in CAN_RECEIVE
+    ):
+        return None
+    return conn._last_activity + max(stall, 3 * conn._rtt.rto)
+
+
+def keepalive_due(conn: Connection) -> float | None:
+    """The next keepalive deadline counted from when the peer was last heard, or None."""
+    idle = conn.config.keepalive_idle_s
+    due = None if idle is None else conn._last_activity + idle
+    stall = stall_probe_due(conn)
+    if stall is not None and (due is None or stall < due):
+        due = stall
+    return due
+
+
 def on_keepalive(conn: Connection, now: float) -> None:
-    """The keepalive timer expired: probe an idle peer, or give up after too many probes."""
+    """The keepalive timer expired: confirm an ICMP error, probe a peer that stalled
+    mid-transfer or has been quiet for ``keepalive_idle_s``, or give up after too many
+    unanswered probes."""
     cfg = conn.config
-    if cfg.keepalive_idle_s is None or conn._state not in SYNCHRONIZED:
+    if conn._state not in SYNCHRONIZED or conn._state is TIME_WAIT:
         return
-    if conn._keepalive_probes == 0 and now < conn._last_activity + cfg.keepalive_idle_s:
-        conn._keepalive_at = conn._last_activity + cfg.keepalive_idle_s
+    if conn._confirm_unreachable:
+        # A port unreachable came back with nothing in flight: one more datagram tells a
+        # closed port (the error repeats) from a passing fault.
+        conn._confirm_unreachable = False
+        conn._send_probe = True
+        conn._keepalive_at = keepalive_due(conn)
+        conn._log.debug("unreachable_probe")
+        return
+    if conn._keepalive_probes == 0:
+        stall = stall_probe_due(conn)
+        if stall is not None and now >= stall:
+            conn._stall_probed_at = conn._last_activity
+            conn._send_probe = True
+            conn._keepalive_at = keepalive_due(conn)
+            conn._log.debug("stall_probe", silent_s=now - conn._last_activity)
+            return
+        due = keepalive_due(conn)
+        if due is None or now < due:
+            conn._keepalive_at = due
+            return
+    if cfg.keepalive_idle_s is None:
         return
     ut = cfg.user_timeout_s
     if conn._keepalive_probes and ut is not None and now >= conn._last_activity + ut:
@@ -216,6 +281,16 @@ def on_keepalive(conn: Connection, now: float) -> None:
     conn._keepalive_at = now + cfg.keepalive_interval_s
     if ut is not None:
         conn._keepalive_at = min(conn._keepalive_at, conn._last_activity + ut)
+
+
+def on_fin_wait_2(conn: Connection, now: float) -> None:
+    """An orphan's FIN_WAIT_2 lasted ``fin_wait_2_timeout_s``: the peer never closed its side.
+    Reset, as Linux does after tcp_fin_timeout, so the connection cannot linger forever."""
+    if conn._state is not FIN_WAIT_2:
+        return
+    conn._log.info("fin_wait_2_timeout")
+    conn._need_rst = True
+    conn._finish(CloseReason.TIMEOUT)
 
 
 def on_confirm(conn: Connection, now: float) -> None:
@@ -246,9 +321,11 @@ def on_idle(conn: Connection, now: float) -> None:
 def arm_idle_timers(conn: Connection, now: float) -> None:
     """Arm the keepalive and idle timers, if configured and not armed yet."""
     cfg = conn.config
-    since = conn._last_activity if conn._last_activity else now
-    if cfg.keepalive_idle_s is not None and conn._keepalive_at is None:
-        conn._keepalive_at = since + cfg.keepalive_idle_s
+    if not conn._last_activity:
+        conn._last_activity = now
+    since = conn._last_activity
+    if conn._keepalive_at is None:
+        conn._keepalive_at = keepalive_due(conn)
     if cfg.idle_timeout_s is not None and conn._idle_at is None:
         conn._idle_at = since + cfg.idle_timeout_s
 

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from .packet import Packet
 from .seqnum import SEQ_MASK, seq_add, seq_diff
+from .trace import packet_fields
 
 __all__ = [
     "Closed",
@@ -31,6 +33,7 @@ __all__ = [
     "TimerFired",
     "Trace",
     "TraceHeader",
+    "datagram_from_packet",
     "ladder_lines",
     "ladder_svg",
     "load_trace",
@@ -294,6 +297,12 @@ def _datagram(f: _Fields, t: float, *, sent: bool) -> Datagram:
         pad=f.maybe_integer("pad") or 0,
         probe_ack=f.maybe_integer("probe_ack"),
     )
+
+
+def datagram_from_packet(p: Packet, *, t: float, sent: bool, wnd: int = 0) -> Datagram:
+    """A decoded datagram as a trace records it (``trace.packet_fields``), so that its
+    ``label()`` is the one ``utcp ladder`` shows: PMTU probes and probe ACKs named."""
+    return _datagram(_Fields(packet_fields(p, wnd), "<packet>"), t, sent=sent)
 
 
 _EVENTS: dict[str, Callable[[_Fields, float], Event]] = {

@@ -132,10 +132,7 @@ class Driver:
         if kind == 0:
             conn.close()
         elif kind == 1:
-            # Known: abort() after the orderly close was reported (in TIME_WAIT) reports a
-            # second ConnectionClosed; test_fuzz.py holds that case, so it is skipped here.
-            if not self.closed_events:
-                conn.abort()
+            conn.abort()  # also after the close was reported: never a second ConnectionClosed
         elif kind == 2:
             conn.pause_reading()
         elif kind == 3:

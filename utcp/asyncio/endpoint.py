@@ -29,21 +29,38 @@ from ..events import (
     DataReceived,
     DropReason,
     EofReceived,
+    FinAcknowledged,
 )
 from ..log import get_logger
-from ..packet import HEADER_SIZE, MAX_WINDOW_FIELD, Flag, Packet, PacketError, decode, encode
+from ..packet import (
+    HEADER_SIZE,
+    MAX_WINDOW_FIELD,
+    Flag,
+    Packet,
+    PacketError,
+    decode,
+    decode_quoted,
+    encode,
+)
 from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
 from ..state import ESTABLISHED, SYN_RECEIVED, SYN_SENT, SYNCHRONIZED, TIME_WAIT
 from ..trace import TRACE_ENV, tracer_for
-from .dgram import DatagramIO, FastDatagramTransport, burst_sender, set_dont_fragment
+from .dgram import (
+    DatagramIO,
+    FastDatagramTransport,
+    SocketError,
+    burst_sender,
+    drain_transport_errors,
+    set_dont_fragment,
+)
+from .shutdown import call_at_shutdown, cancel_at_shutdown
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 Observer = Callable[[str, bytes, Address], None]
 
 _log = get_logger()
 _SOCKET_BUFFER_BYTES: Final = 4 << 20
-_EXTRA_FINAL_ACKS: Final = 2
 _RECENTLY_CLOSED_MAX: Final = 4096
 _AMPLIFICATION_FACTOR: Final = 3  # RFC 9000 section 8.1
 _COOKIE_GRACE_S: Final = 64.0  # a cookie is valid for one to two of these
@@ -54,6 +71,22 @@ _RST: Final = int(Flag.RST)
 
 def _no_socket(datagrams: list[bytes], addr: Address) -> None:
     """The sender before the socket is made (``_send_burst`` checks the transport first)."""
+
+
+def _same_address(a: Address, b: Address) -> bool:
+    """Whether two socket addresses name the same host and port (IPv6 addresses carry flow
+    and scope fields that an error-queue read may fill differently)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return bool(a[:2] == b[:2])
+    return bool(a == b)
+
+
+def _peer_text(addr: Address) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) for messages a user reads."""
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        host = str(addr[0])
+        return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
+    return "the peer" if addr is None else str(addr)
 
 
 def _addr_key(addr: Address) -> bytes:
@@ -70,6 +103,8 @@ _ENDPOINT_COUNTERS: Final = (
     "datagrams_received",
     "datagrams_sent",
     "dropped",
+    "icmp_errors",
+    "icmp_errors_ignored",
     "resets_rate_limited",
     "resets_sent",
     "send_errors",
@@ -99,6 +134,8 @@ class EndpointStats:
         self.connections_refused = 0  # SYNs refused at max_connections
         self.amplification_limited = 0  # datagrams held back by the 3x limit
         self.send_errors = 0  # datagrams the kernel refused as too big for the path (EMSGSIZE)
+        self.icmp_errors = 0  # ICMP errors read from the socket's error queue (Linux)
+        self.icmp_errors_ignored = 0  # of those: no connection took them (failed the checks)
 
     def count_drop(self, reason: DropReason, addr: Address, count: int = 1) -> None:
         """Count discarded datagrams and log why."""
@@ -126,7 +163,6 @@ class ConnectionHandle:
         "conn",
         "deadline",
         "established",
-        "final_ack_copies",
         "flush_scheduled",
         "forgotten",
         "in_batch",
@@ -151,7 +187,6 @@ class ConnectionHandle:
         self.flush_scheduled = False
         self.tail_scheduled = False  # a service() after the application's turn (see above)
         self.in_batch = False  # already due a service() at the end of a received batch
-        self.final_ack_copies = 0  # extra copies of the last datagram due (a final ACK)
         self.forgotten = False
         self.established = False
         self.last_sent: bytes | None = None
@@ -190,11 +225,16 @@ class Endpoint:
         self._observer = observer
         self._transport: DatagramIO | None = None
         self._handles: dict[int, ConnectionHandle] = {}
+        # Connections the application is done with (its transport is lost) that still wind
+        # down here (FIN_WAIT_2, TIME_WAIT, an orphan's last retransmissions), oldest first:
+        # the first to go when max_connections is reached, as Linux drops TIME_WAIT buckets.
+        self._background: dict[int, ConnectionHandle] = {}
         self._syn_index: dict[tuple[Address, int], int] = {}  # (addr, peer cid) -> local cid
         self._half_open = 0
         self._recently_closed: dict[int, float] = {}  # cid -> until when bare ACKs are ignored
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._closing = False
+        self._cutting = False  # _close_socket is ending background connections
         self._until_released: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         self._cookies = SynCookies(lifetime_s=_COOKIE_GRACE_S) if self.config.syn_cookies else None
         self._cookie_sent_at: float | None = None
@@ -230,6 +270,8 @@ class Endpoint:
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
+        cancel_at_shutdown(id(self))
+        self._background.clear()
         for handle in list(self._handles.values()):
             self._cancel_timer(handle)
             if handle.conn.close_reason is None:
@@ -255,6 +297,43 @@ class Endpoint:
         if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
             self.stats.send_errors += 1  # too big for the path: a lost probe, as on the wire
         _log.debug("socket_error", error=repr(exc))
+        transport = self._transport
+        if transport is not None and not isinstance(transport, FastDatagramTransport):
+            # asyncio's transport reports the socket error; the ICMP message that caused it
+            # waits in the error queue (IP_RECVERR), which must be read.
+            errors = drain_transport_errors(transport)
+            if errors:
+                self.errors_received(errors)
+
+    def errors_received(self, errors: list[SocketError]) -> None:
+        """ICMP errors about datagrams this socket sent (Linux's error queue).  A port
+        unreachable quoting one of our datagrams goes to the connection it names, from the
+        address it was sent to; the connection checks the rest (``receive_unreachable``).
+        Anything else is counted and ignored."""
+        stats = self.stats
+        now = self._loop.time()
+        for err in errors:
+            stats.icmp_errors += 1
+            handle = None
+            if err.port_unreachable:
+                try:
+                    quoted = decode_quoted(err.quoted)
+                except PacketError:
+                    quoted = None
+                if quoted is not None:
+                    handle = self._handles.get(quoted.src_cid)
+            if (
+                handle is None
+                or quoted is None
+                or (handle.addr is not None and not _same_address(handle.addr, err.addr))
+                or not handle.conn.receive_unreachable(quoted, now=now)
+            ):
+                stats.icmp_errors_ignored += 1
+                _log.debug("icmp_error_ignored", errno=err.errno, peer=str(err.addr))
+                continue
+            _log.debug("icmp_port_unreachable", cid=f"{quoted.src_cid:08x}", peer=str(err.addr))
+            if not handle.forgotten:
+                self.service(handle)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         handle = self._receive(data, addr)
@@ -380,7 +459,7 @@ class Endpoint:
             self.stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr)
             self._reset(packet, addr)
             return None
-        if len(self._handles) >= self.config.max_connections:
+        if len(self._handles) >= self.config.max_connections and not self._make_room():
             self._refuse(packet, addr, "too many connections")
             return None
         if self._half_open >= self._backlog:
@@ -452,7 +531,7 @@ class Endpoint:
         opts = self._cookies.check(key, packet.src_cid, peer_isn, packet.dst_cid, isn, now=now)
         if opts is None:
             return None
-        if len(self._handles) >= self.config.max_connections:
+        if len(self._handles) >= self.config.max_connections and not self._make_room():
             return None
         mss, wscale, sack, ts = unpack_options(opts)
         syn = Packet(_SYN, packet.src_cid, 0, peer_isn, 0, packet.window, b"")
@@ -581,10 +660,6 @@ class Endpoint:
         if conn.has_events:
             self._dispatch_events(handle)
         self._send_due(handle)
-        if handle.final_ack_copies and handle.last_sent is not None:
-            for _ in range(handle.final_ack_copies):
-                self._send(handle.last_sent, handle.addr)
-            handle.final_ack_copies = 0
         if conn.has_events:
             self._dispatch_events(handle)  # any the sending raised
         if conn.is_finished:
@@ -650,10 +725,16 @@ class Endpoint:
         data_only = True
         while (event := conn.next_event()) is not None:
             if isinstance(event, DataReceived):
-                if handle.transport is not None:
-                    handle.transport._data_received(event.data)
-                else:
+                transport = handle.transport
+                if transport is None:
                     data_only = False
+                elif transport._lost:
+                    # Data for a connection the application closed: as a closed TCP socket
+                    # (RFC 1122 section 4.2.2.13), reset; the peer learns nobody reads.
+                    conn.abort()
+                    data_only = False
+                else:
+                    transport._data_received(event.data)
                 continue
             data_only = False
             if isinstance(event, ConnectionEstablished):
@@ -661,6 +742,9 @@ class Endpoint:
             elif isinstance(event, EofReceived):
                 if handle.transport is not None:
                     handle.transport._eof_received()
+            elif isinstance(event, FinAcknowledged):
+                if handle.transport is not None and not conn.is_finished:
+                    handle.transport._fin_acknowledged()
             elif isinstance(event, ConnectionClosed):
                 self._on_closed(handle, event.reason)
         return data_only
@@ -698,29 +782,65 @@ class Endpoint:
     def _on_closed(self, handle: ConnectionHandle, reason: CloseReason) -> None:
         if not handle.established and handle.waiter is None:
             self._half_open -= 1
-        exc = reason.exception()
-        if exc is not None and handle.reset_detail and reason is CloseReason.REFUSED:
-            exc = ConnectionRefusedError(f"{exc}: {handle.reset_detail}")
+        exc = self._close_exception(handle, reason)
         self._fail_waiter(handle, exc or ConnectionResetError("connection closed"))
         if handle.transport is not None:
             # asyncio reports a local abort() as connection_lost(None).
             lost_exc = None if reason is CloseReason.ABORTED else exc
             handle.transport._connection_closed(lost_exc, reason)
-        if self._single and not self._live_connections():
-            # A client endpoint ends with its connection; the connection ids keep a later
-            # connection from ever taking this one's stray datagrams, so TIME_WAIT is skipped.
-            # Without TIME_WAIT nobody re-acknowledges a retransmitted FIN, so the final ACK
-            # goes out twice more: a peer stuck in LAST_ACK would otherwise wait out its
-            # retransmissions.
-            if handle.conn.state is TIME_WAIT:
-                handle.final_ack_copies = _EXTRA_FINAL_ACKS  # sent once the ACK is built
-            self._loop.call_soon(self.close)
+        if not handle.conn.is_finished:
+            self._to_background(handle)  # TIME_WAIT: reported, not over
 
-    def call_when_released(self, callback: Callable[..., object], *args: Any) -> None:
-        """Call ``callback(*args)`` soon; on a client endpoint not before its socket is closed,
-        so that ``connection_lost`` (and a stream's ``wait_closed()``) mean the descriptor is
-        released, as with asyncio's own transports."""
-        if self._single and self._transport is not None:
+    def _close_exception(self, handle: ConnectionHandle, reason: CloseReason) -> OSError | None:
+        """The exception a user sees for ``reason``, in words about this peer."""
+        exc = reason.exception()
+        if exc is None:
+            return None
+        peer = _peer_text(handle.addr if handle.addr is not None else self._peername())
+        if reason is CloseReason.REFUSED and handle.reset_detail:
+            return ConnectionRefusedError(f"{exc}: {handle.reset_detail}")
+        if reason is CloseReason.REFUSED:
+            return ConnectionRefusedError(f"connection refused by {peer}")
+        if reason is CloseReason.TIMEOUT or reason is CloseReason.IDLE:
+            silent = max(0.0, self._loop.time() - handle.conn.last_heard)
+            return TimeoutError(f"no answer from {peer} for {silent:.0f} s")
+        if reason is CloseReason.UNREACHABLE:
+            return ConnectionResetError(
+                f"{peer} is unreachable: nothing listens there any more (ICMP port unreachable)"
+            )
+        if reason is CloseReason.RESET:
+            return ConnectionResetError(f"connection reset by {peer}")
+        return exc
+
+    def _peername(self) -> Address:
+        transport = self._transport
+        return transport.get_extra_info("peername") if transport is not None else None
+
+    def _to_background(self, handle: ConnectionHandle) -> None:
+        """The application is done with this connection, which winds down on its own; on an
+        endpoint being closed it is not waited for."""
+        cid = handle.conn.local_cid
+        if self._handles.get(cid) is handle and cid not in self._background:
+            if not self._background:
+                call_at_shutdown(id(self), self._close_lingering)
+            self._background[cid] = handle
+        if self._closing:
+            # Not from inside the event dispatch: what the connection has to send (the final
+            # ACK that took it to TIME_WAIT) goes out first.
+            self._loop.call_soon(self._maybe_close_socket)
+
+    def transport_released(self, handle: ConnectionHandle) -> None:
+        """The transport gave up the connection (connection_lost) before it ended."""
+        self._to_background(handle)
+
+    def call_when_released(
+        self, callback: Callable[..., object], *args: Any, finished: bool = True
+    ) -> None:
+        """Call ``callback(*args)`` soon; for a finished connection of a client endpoint not
+        before its socket is closed, so that ``connection_lost`` (and a stream's
+        ``wait_closed()``) mean the descriptor is released, as with asyncio's own transports.
+        A connection still winding down (TIME_WAIT) keeps the socket a while longer."""
+        if finished and self._single and self._transport is not None:
             self._until_released.append((callback, args))
         else:
             self._loop.call_soon(callback, *args)
@@ -757,24 +877,69 @@ class Endpoint:
         self._cancel_timer(handle)
         if self._handles.get(handle.conn.local_cid) is handle:
             del self._handles[handle.conn.local_cid]
+            self._background.pop(handle.conn.local_cid, None)
         # The SYN index lives as long as the connection: a duplicate or late SYN must reach it
         # (and draw a challenge ACK), not open a second, never-completed connection.
         key = (handle.addr, handle.conn.peer_cid)
         if self._syn_index.get(key) == handle.conn.local_cid:
             del self._syn_index[key]
-        if self._closing and not self._connections_to_wait_for():
+        if self._single and not self._handles:
+            # A client endpoint ends with its connection, TIME_WAIT included: its socket is
+            # released then, whether or not anyone waits for it.
+            self._closing = True
+        if self._closing:
+            self._maybe_close_socket()
+
+    def _maybe_close_socket(self) -> None:
+        """Close the socket of a closing endpoint once nothing holds it.  A single-connection
+        client's socket lasts as long as its connection (TIME_WAIT re-acknowledges a lost
+        final ACK).  A server or client endpoint closed by the application waits for the
+        connections the application still holds; of those winding down in the background,
+        an orphan waiting in FIN_WAIT_2 is reset and TIME_WAIT is cut to two RTOs
+        (``Connection.shorten_time_wait``): long enough to answer the retransmitted FIN of a
+        peer whose final ACK was lost, short enough that closing is not held up by 2 MSL."""
+        if self._cutting or self._transport is None:
+            return
+        if self._single:
+            if self._handles:
+                return
+        elif len(self._handles) > len(self._background):
+            return
+        now = self._loop.time()
+        for handle in list(self._background.values()):
+            conn = handle.conn
+            if conn.state is TIME_WAIT:
+                conn.shorten_time_wait(now=now)
+                self._rearm(handle)
+            elif not handle.forgotten:
+                self._end_background(handle)  # forgetting it may close the socket
+        if not self._handles and self._transport is not None:
             self._close_socket()
 
-    def _connections_to_wait_for(self) -> int:
-        """A closing server waits out TIME_WAIT (2 MSL, short by default) so that a peer
-        whose last ACK was lost still gets its FIN acknowledged; a single-connection client
-        does not."""
-        if not self._single:
-            return len(self._handles)
-        return self._live_connections()
+    def _close_lingering(self) -> None:
+        """The event loop is shutting down: a socket held only by connections winding down
+        (TIME_WAIT) closes now, as it would if the process exited, rather than at garbage
+        collection.  Connections the application still holds are left to it."""
+        if self._transport is not None and len(self._handles) == len(self._background):
+            self._close_socket()
 
-    def _live_connections(self) -> int:
-        return sum(1 for h in self._handles.values() if h.conn.close_reason is None)
+    def _make_room(self) -> bool:
+        """At max_connections, end the oldest connection winding down in the background to
+        admit a new one (as Linux recycles TIME_WAIT buckets); False when none is."""
+        for handle in self._background.values():
+            self._end_background(handle)
+            return True
+        return False
+
+    def _end_background(self, handle: ConnectionHandle) -> None:
+        """Cut a background connection short: reset an orphan still exchanging segments,
+        let TIME_WAIT end silently."""
+        conn = handle.conn
+        conn.abort()  # RST unless in TIME_WAIT, whose close is already reported
+        self._send_due(handle)
+        if conn.has_events:
+            self._dispatch_events(handle)
+        self._forget(handle)
 
     def totals(self) -> dict[str, object]:
         """The endpoint's counters with the drops of its live connections folded in: every
@@ -817,11 +982,11 @@ class Endpoint:
         self._accepting = False
 
     def close(self) -> None:
-        """Close the socket once every connection has ended (on a server, TIME_WAIT too)."""
+        """Accept no more connections and close the socket once the application's
+        connections have ended (those winding down in the background are cut short)."""
         self._closing = True
         self._accepting = False
-        if not self._connections_to_wait_for():
-            self._close_socket()
+        self._maybe_close_socket()
 
     def abort_all(self) -> None:
         """Reset every connection and close the socket now."""
@@ -833,11 +998,19 @@ class Endpoint:
         self._close_socket()
 
     def _close_socket(self) -> None:
+        self._cutting = True
+        try:
+            for handle in list(self._background.values()):
+                if not handle.forgotten:
+                    self._end_background(handle)
+        finally:
+            self._cutting = False
         for handle in list(self._handles.values()):
             self._cancel_timer(handle)
             if handle.conn.tracer is not None:
                 handle.conn.tracer.close()
         self._handles.clear()
+        self._background.clear()
         self._syn_index.clear()
         if self._transport is not None and not self._transport.is_closing():
             self._transport.close()

@@ -42,7 +42,6 @@ class UtcpTransport(asyncio.Transport):
         self._writing_paused = False
         self._pending: list[bytes] = []  # data that arrived before a protocol was attached
         self._pending_eof = False
-        self._linger_timer: asyncio.TimerHandle | None = None
         self._pending_lost: tuple[Exception | None] | None = None
         high = endpoint.config.send_buffer_bytes
         self._high_water = high
@@ -72,29 +71,33 @@ class UtcpTransport(asyncio.Transport):
         return self._closing or self._lost
 
     def close(self) -> None:
-        """Send what is buffered, then FIN; ``connection_lost`` follows the peer's FIN, or a
-        reset if the peer still sends data (as on a closed TCP socket)."""
+        """Send what is buffered, then FIN.  ``connection_lost(None)`` follows as soon as the
+        peer has acknowledged every byte written and the FIN (the stream's ``wait_closed()``
+        returns then: a stronger promise than TCP's, whose close only queues the bytes), or
+        ``connection_lost(exc)`` if the connection fails first.  The peer need not close its
+        side: the rest of the teardown runs in the background of the endpoint, bounded in
+        time (``Config.fin_wait_2_timeout_s``, TIME_WAIT), and data the peer still sends
+        draws a reset, as on a closed TCP socket."""
         if self._closing or self._lost:
             return
         self._closing = True
         self._reading = True
-        self._conn.resume_reading()
-        if not self._eof_written:
-            self._eof_written = True
-            self._conn.close()
+        conn = self._conn
+        conn.resume_reading()
+        self._eof_written = True
+        conn.orphan(now=self._loop.time())
+        if conn.fin_acknowledged:
+            self._fin_acknowledged()  # a write_eof() was acknowledged before
         self._endpoint.schedule_flush(self._handle)
-        timeout = self._endpoint.config.fin_wait_2_timeout_s
-        if timeout is not None:
-            self._linger_timer = self._loop.call_later(timeout, self._linger_expired)
 
-    def _linger_expired(self) -> None:
-        """The peer never closed its side after our close(): reset, as Linux does after
-        tcp_fin_timeout, so that close() and wait_closed() cannot wait forever."""
-        self._linger_timer = None
-        if not self._lost:
-            _log.info("fin_wait_timeout", state=self._conn.state.value)
-            self._conn.abort()
-            self._endpoint.service(self._handle)
+    def _fin_acknowledged(self) -> None:
+        """Our FIN is acknowledged: after close(), the application's part is done."""
+        if not self._closing or self._lost or self._protocol is None:
+            return
+        self._lost = True
+        _log.debug("transport_closed", reason="fin_acknowledged")
+        self._endpoint.transport_released(self._handle)
+        self._loop.call_soon(self._call, self._protocol.connection_lost, None)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
@@ -274,9 +277,8 @@ class UtcpTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
-        if self._linger_timer is not None:
-            self._linger_timer.cancel()
-            self._linger_timer = None
         if reason is not None:
             _log.debug("transport_closed", reason=reason.value)
-        self._endpoint.call_when_released(self._call, self._protocol.connection_lost, exc)
+        self._endpoint.call_when_released(
+            self._call, self._protocol.connection_lost, exc, finished=self._conn.is_finished
+        )

@@ -1,7 +1,9 @@
 """The ``utcp`` command line: echo-server, cat, perf, netem, plot, ladder and tunnel subcommands.
 
-Argument errors exit with status 2 and one line saying what is wrong; ``-v`` sends utcp's
-structlog events to standard error.
+Argument errors exit with status 2 and one line saying what is wrong; ``-v`` reports each
+connection (established or accepted, closed with a summary) and utcp's notable events on standard
+error, ``-vv`` adds the debug stream.  When standard output or error turns out to be a pipe whose
+reader has gone (``| head``), the command stops at once and exits 1 without a message, as nc does.
 """
 
 from __future__ import annotations
@@ -11,12 +13,14 @@ import asyncio
 import contextlib
 import logging
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, NoReturn, cast
+from typing import Any, NoReturn, TextIO, cast
 
 import structlog
 
+from .. import start_server
+from .output import OutputClosed, guarded_output, log_sink, output_is_broken
+from .report import reported
 from .units import parse_duration, parse_fraction, parse_hostport, parse_rate, parse_size
 
 __all__ = ["arg_type", "build_parser", "main", "serve_until_signalled", "wait_for_signal"]
@@ -76,32 +80,34 @@ async def serve_until_signalled(
     port: int,
     name: str,
 ) -> None:
-    """Run a stream server, print its address, and serve until SIGINT or SIGTERM."""
-    from .. import start_server
-
-    server = await start_server(callback, host, port)
-    addr = server.sockets[0].getsockname()
-    print(f"{name} listening on utcp://{addr[0]}:{addr[1]}", flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    """Run a stream server, print its address, and serve until SIGINT or SIGTERM; with -v
+    each connection is reported (utcp.cli.report)."""
+    server = await start_server(reported(callback), host, port)
     async with server:
-        await stop.wait()
-        server.abort_clients()
+        try:
+            addr = server.sockets[0].getsockname()
+            print(f"{name} listening on utcp://{addr[0]}:{addr[1]}", flush=True)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+        finally:  # also when stopped because our output broke: nobody waits on a lingering peer
+            server.abort_clients()
 
 
-def _configure_logging(verbose: int) -> None:
-    """-v: utcp's structlog events (info and up) to stderr; -vv: debug too."""
+def _configure_logging(verbose: int, stderr: TextIO) -> None:
+    """-v: utcp's structlog events at info and up (the connection reports among them) to
+    stderr; -vv: debug too.  Fields print in the order the event gives them."""
     level = logging.DEBUG if verbose > 1 else logging.INFO
     structlog.configure(
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="%H:%M:%S.%f", utc=False),
-            structlog.dev.ConsoleRenderer(colors=False),
+            structlog.dev.ConsoleRenderer(colors=False, sort_keys=False),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(log_sink(stderr)),
     )
 
 
@@ -118,7 +124,8 @@ def build_parser() -> CliParser:
         "--verbose",
         action="count",
         default=0,
-        help="log utcp's events to stderr (-vv for debug detail)",
+        help="report each connection (peer; close reason, bytes, duration, srtt, "
+        "retransmissions) and utcp's notable events on stderr (-vv: the debug stream too)",
     )
     sub = cast(
         "argparse._SubParsersAction[argparse.ArgumentParser]",
@@ -136,14 +143,18 @@ def build_parser() -> CliParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``utcp`` console script and ``python -m utcp``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.verbose:
-        _configure_logging(args.verbose)
     try:
-        return int(args.func(args))
+        with guarded_output() as stderr:
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            if args.verbose:
+                _configure_logging(args.verbose, stderr)
+            status = int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except OutputClosed:
+        return 1
+    return 1 if output_is_broken() else status
 
 
 # Re-exported for the subcommand modules.

@@ -2,19 +2,30 @@
 
 Standard input goes to the connection and the connection to standard output.  End of input
 sends FIN (half-close) while the other direction keeps flowing until the peer closes, so a
-file copied through a pair of ``utcp cat`` processes arrives exactly.
+file copied through a pair of ``utcp cat`` processes arrives exactly.  A ``cat`` started in the
+background of a terminal (``utcp cat --listen 9000 > out &``) does not read that terminal, which
+would stop it (SIGTTIN): it sends no data, only its FIN, and still receives.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import os
 import sys
+import threading
+from collections.abc import Callable
 from typing import BinaryIO
 
-from .. import Config, open_connection, run, start_server
+from .. import Config, open_connection, start_server
+from ..log import get_logger
+from . import report
+from .output import run_command
 
 CHUNK = 64 * 1024
+
+_log = get_logger()
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -53,11 +64,51 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=main, _port_type=port_number)
 
 
-async def _pump_in(writer: asyncio.StreamWriter, stdin: BinaryIO) -> None:
-    loop = asyncio.get_running_loop()
-    while data := await loop.run_in_executor(None, stdin.read1, CHUNK):  # type: ignore[attr-defined]
-        writer.write(data)
-        await writer.drain()
+def reads_stdin(
+    fd: int,
+    *,
+    isatty: Callable[[int], bool] = os.isatty,
+    tcgetpgrp: Callable[[int], int] = os.tcgetpgrp,
+    getpgrp: Callable[[], int] = os.getpgrp,
+) -> bool:
+    """Whether cat may read standard input ``fd``: not when it is a terminal whose foreground
+    process group is not ours (a job started with ``&``), since reading it would stop the whole
+    process (SIGTTIN) and leave the peer hanging.  A terminal that is not our controlling one
+    (``tcgetpgrp`` fails) sends no SIGTTIN: read it."""
+    try:
+        return not isatty(fd) or tcgetpgrp(fd) == getpgrp()
+    except OSError:
+        return True
+
+
+def _read_chunks(fd: int, loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue[bytes]) -> None:
+    """A daemon thread's loop: blocking reads of ``fd``, one chunk handed over at a time (the
+    queue holds one: backpressure).  Not the loop's executor, which asyncio.run joins at exit:
+    a read blocked on a terminal or an idle pipe would then keep the command from exiting."""
+    while True:
+        try:
+            data = os.read(fd, CHUNK)
+        except OSError:
+            data = b""
+        try:
+            asyncio.run_coroutine_threadsafe(chunks.put(data), loop).result()
+        except (RuntimeError, concurrent.futures.CancelledError):
+            return  # the loop is gone: the command has finished
+        if not data:
+            return
+
+
+async def _pump_in(writer: asyncio.StreamWriter, fd: int | None) -> None:
+    """Standard input (``fd``; None: nothing to send) to the connection, then FIN."""
+    if fd is not None:
+        chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
+        loop = asyncio.get_running_loop()
+        threading.Thread(
+            target=_read_chunks, args=(fd, loop, chunks), name="utcp-cat-stdin", daemon=True
+        ).start()
+        while data := await chunks.get():
+            writer.write(data)
+            await writer.drain()
     if not writer.is_closing():
         writer.write_eof()
 
@@ -69,16 +120,34 @@ async def _pump_out(reader: asyncio.StreamReader, stdout: BinaryIO) -> None:
     await loop.run_in_executor(None, stdout.flush)
 
 
-async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    stdin = sys.stdin.buffer
+def _stdin_fd() -> int | None:
+    """Standard input's descriptor, or None when cat must not read it (``reads_stdin``)."""
+    if sys.stdin is None:  # started with standard input closed
+        return None
+    fd = sys.stdin.fileno()
+    if reads_stdin(fd):
+        return fd
+    _log.info("stdin_not_read", why="a terminal this background job must not read")
+    return None
+
+
+async def _session(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, accepted: bool
+) -> None:
+    opened_at = report.connection_opened(writer, accepted=accepted)
     stdout = sys.stdout.buffer
     inbound = asyncio.create_task(_pump_out(reader, stdout))
-    outbound = asyncio.create_task(_pump_in(writer, stdin))
+    outbound = asyncio.create_task(_pump_in(writer, _stdin_fd()))
     try:
         await inbound  # the peer closed its side (or the connection failed)
         if not outbound.done():
             # The peer has finished; what we still have to say may yet go out.
             await outbound
+    except BaseException:
+        # The connection failed, our output broke, or we were stopped: reset rather than
+        # close, so that neither end waits for a goodbye the other will not send.
+        writer.transport.abort()
+        raise
     finally:
         outbound.cancel()
         writer.close()
@@ -86,6 +155,7 @@ async def _session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -
             await writer.wait_closed()
         except ConnectionError:
             pass
+        report.connection_closed(writer, opened_at)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -98,7 +168,7 @@ async def _connect(args: argparse.Namespace, host: str, port: int) -> None:
         reader, writer = await asyncio.wait_for(coro, args.connect_timeout)
     else:
         reader, writer = await coro
-    await _session(reader, writer)
+    await _session(reader, writer, accepted=False)
 
 
 async def _listen(args: argparse.Namespace, port: int) -> None:
@@ -107,19 +177,23 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
     async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         server.close()  # one connection, like netcat
         try:
-            await _session(reader, writer)
-        except BaseException as exc:
+            await _session(reader, writer, accepted=True)
+        except Exception as exc:  # main() reports it (raised here, asyncio would log it too)
             if not done.done():
                 done.set_exception(exc)
-            raise
-        if not done.done():
-            done.set_result(None)
+        else:
+            if not done.done():
+                done.set_result(None)
 
     server = await start_server(accept, args.host, port, config=_config(args))
     addr = server.sockets[0].getsockname()
     print(f"utcp cat listening on utcp://{addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
     try:
         await done
+    except BaseException:
+        server.close()  # stopped before or during the connection: no TIME_WAIT to keep
+        server.abort_clients()
+        raise
     finally:
         # Stay for TIME_WAIT (seconds): should the peer's copy of our last ACK be lost, its
         # retransmitted FIN still gets an answer and the peer ends cleanly too.
@@ -142,7 +216,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"utcp cat: error: {exc}", file=sys.stderr)
         return 2
     try:
-        run(coro)
+        run_command(coro)
     except (OSError, asyncio.TimeoutError, EOFError) as exc:
         kind = "timed out" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else "failed"
         print(f"utcp cat: error: connection {kind}: {exc!r}", file=sys.stderr)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from .. import run
+from .output import run_command
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -42,5 +42,5 @@ async def serve(host: str, port: int) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run the echo server."""
-    run(serve(args.host, args.port))
+    run_command(serve(args.host, args.port))
     return 0

@@ -2,7 +2,8 @@
 
 The client sends (or, with ``--reverse``, receives) for a number of bytes or seconds on one or
 more parallel connections, printing a line per second (goodput, retransmissions, srtt, cwnd)
-and a summary.  Goodput is measured at the receiver, from its first byte to its last.
+and a summary.  Goodput is measured at the receiver, from its first byte to its last.  srtt is
+shown no finer than the event loop's clock measures it (1 ms on uvloop: utcp.cli.report).
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import Config, ConnectionStats, open_connection, run
+from .. import Config, ConnectionStats, open_connection
 from ..trace import TRACE_ENV
+from .output import run_command
+from .report import (
+    clock_note,
+    clock_resolution,
+    connection_closed,
+    connection_opened,
+    rtt_text,
+)
 
 CHUNK = 64 * 1024
 _ZEROS = bytes(CHUNK)
@@ -117,9 +126,10 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
             writer.write(json.dumps(result).encode() + b"\n")
             writer.write_eof()
         stats = writer.get_extra_info("stats")
+        resolution = clock_resolution()
         print(
             f"perf flow done: {flow.bytes} bytes, {stats.retransmissions} retransmissions, "
-            f"srtt {(stats.srtt_s or 0) * 1e3:.2f} ms",
+            f"srtt {rtt_text(stats.srtt_s, resolution, decimals=2)}{clock_note(resolution)}",
             file=sys.stderr,
             flush=True,
         )
@@ -141,6 +151,7 @@ async def serve(host: str, port: int) -> None:
 
 async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flow) -> None:
     reader, writer = await open_connection(host, port, config=Config())
+    opened_at = connection_opened(writer, accepted=False)
     flow.writer = writer
     request = {"reverse": args.reverse, "bytes": args.bytes, "time": args.time}
     writer.write(json.dumps(request).encode() + b"\n")
@@ -155,11 +166,15 @@ async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flo
         flow.stats = writer.get_extra_info("stats")
     finally:
         writer.close()
-        await writer.wait_closed()
+        try:
+            await writer.wait_closed()
+        finally:
+            connection_closed(writer, opened_at)
 
 
-def _sample(flows: list[Flow], reverse: bool) -> tuple[int, int, float, int]:
-    """(bytes so far, retransmissions, mean srtt, total cwnd) across flows."""
+def _sample(flows: list[Flow], reverse: bool) -> tuple[int, int, float | None, int]:
+    """(bytes so far, retransmissions, mean srtt or None before a sample, total cwnd) across
+    flows."""
     total = retx = cwnd = 0
     srtts = []
     for f in flows:
@@ -171,31 +186,45 @@ def _sample(flows: list[Flow], reverse: bool) -> tuple[int, int, float, int]:
         cwnd += st.cwnd_bytes
         if st.srtt_s is not None:
             srtts.append(st.srtt_s)
-    return total, retx, (sum(srtts) / len(srtts) if srtts else 0.0), cwnd
+    return total, retx, (sum(srtts) / len(srtts) if srtts else None), cwnd
 
 
-async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, Any]:
-    """Run the test; print live lines unless --json; return the summary."""
-    flows = [Flow() for _ in range(args.parallel)]
-    tasks = [asyncio.create_task(_client_flow(args, host, port, f)) for f in flows]
+async def _watch(
+    args: argparse.Namespace, flows: list[Flow], tasks: list[asyncio.Task[None]], resolution: float
+) -> None:
+    """Wait for the flows, printing a line a second unless --json; raise the first error."""
     start = time.monotonic()
     last_bytes = 0
     live = not args.json
     if live:
-        print("  time     goodput      retx   srtt      cwnd", flush=True)
+        print("  time     goodput      retx     srtt      cwnd", flush=True)
     while not all(t.done() for t in tasks):
         await asyncio.wait(tasks, timeout=1.0)
         total, retx, srtt, cwnd = _sample(flows, args.reverse)
         if live and not all(t.done() for t in tasks):
             elapsed = time.monotonic() - start
             mbit = (total - last_bytes) * 8 / 1e6
-            print(
-                f"{elapsed:6.1f}s {mbit:8.2f} Mbit/s {retx:6d} {srtt * 1e3:6.2f}ms {cwnd:9d}",
-                flush=True,
-            )
+            shown = rtt_text(srtt, resolution, decimals=2)
+            print(f"{elapsed:6.1f}s {mbit:8.2f} Mbit/s {retx:6d} {shown:>9} {cwnd:9d}", flush=True)
         last_bytes = total
     for t in tasks:
         t.result()  # raise the first connection error
+
+
+async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, Any]:
+    """Run the test; print live lines unless --json; return the summary."""
+    resolution = clock_resolution()
+    flows = [Flow() for _ in range(args.parallel)]
+    tasks = [asyncio.create_task(_client_flow(args, host, port, f)) for f in flows]
+    try:
+        await _watch(args, flows, tasks, resolution)
+    except BaseException:  # our output broke, or we were stopped: reset, do not linger
+        for f in flows:
+            if f.writer is not None:
+                f.writer.transport.abort()
+        for t in tasks:
+            t.cancel()
+        raise
     total_bytes = sum(f.bytes for f in flows)
     seconds = max((f.seconds() for f in flows), default=0.0)
     stats = [f.stats for f in flows if f.stats is not None]
@@ -208,6 +237,7 @@ async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, An
         "retransmissions": sum(s.retransmissions for s in stats),
         "timeouts": sum(s.timeouts for s in stats),
         "srtt_ms": (sum((s.srtt_s or 0.0) for s in stats) / len(stats) * 1e3) if stats else 0.0,
+        "clock_resolution_ms": resolution * 1e3,  # srtt_ms is no finer than this
         "flows": [asdict(s) | {"state": s.state.value} for s in stats],
     }
 
@@ -226,7 +256,7 @@ def main(args: argparse.Namespace) -> int:
         if args.target:
             print("utcp perf: error: --server takes no HOST PORT", file=sys.stderr)
             return 2
-        run(serve(args.host, args.port))
+        run_command(serve(args.host, args.port))
         return 0
     if len(args.target) != 2:
         print("utcp perf: error: give HOST PORT (or --server)", file=sys.stderr)
@@ -237,7 +267,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"utcp perf: error: {exc}", file=sys.stderr)
         return 2
     try:
-        summary = run(client(args, args.target[0], port))
+        summary = run_command(client(args, args.target[0], port))
     except (OSError, asyncio.TimeoutError) as exc:
         print(f"utcp perf: error: {exc!r}", file=sys.stderr)
         return 1
@@ -246,9 +276,11 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
+        resolution = summary["clock_resolution_ms"] / 1e3
+        srtt = rtt_text(summary["srtt_ms"] / 1e3, resolution, decimals=2)
         print(
             f"summary: {summary['bytes']} bytes in {summary['seconds']:.3f} s = "
             f"{summary['goodput_mbit_s']:.2f} Mbit/s goodput, "
-            f"{summary['retransmissions']} retransmissions, srtt {summary['srtt_ms']:.2f} ms"
+            f"{summary['retransmissions']} retransmissions, srtt {srtt}{clock_note(resolution)}"
         )
     return 0
