@@ -310,10 +310,7 @@ def rx_pmtud(conn: Connection, p: Packet, now: float) -> None:
 
 def rx_rst(conn: Connection, seg_pos: int, acceptable: bool, wnd: int, now: float) -> None:
     # RFC 5961 section 3.2: only an exact match resets; elsewhere in the window we challenge.
-    if conn._state is TIME_WAIT:
-        # RFC 1337: an RST must not cut TIME_WAIT short; the close was reported.
-        conn._drop(DropReason.UNEXPECTED)
-        return
+    # (TIME_WAIT never gets here: rx_time_wait drops an RST, RFC 1337.)
     if seg_pos == conn._rcv_nxt:
         conn._log.info("connection_reset", state=conn._state.value)
         conn._finish(CloseReason.RESET)
@@ -328,9 +325,8 @@ def rx_data(
 ) -> None:
     if conn._state not in CAN_RECEIVE:
         # Data after the peer's FIN is a protocol error; a retransmitted FIN is re-ACKed.
+        # (TIME_WAIT never gets here: rx_time_wait answers it.)
         conn._ack_now = True
-        if conn._state is TIME_WAIT and fin:
-            conn._time_wait_at = now + 2 * conn.config.msl_s
         return
     rcv_nxt = conn._rcv_nxt
     wnd = conn._rcv_window()

@@ -192,7 +192,9 @@ def cap_to_user_timeout(conn: Connection, deadline: float) -> float:
 def user_timeout_expired(conn: Connection, now: float) -> bool:
     ut = conn.config.user_timeout_s
     since = conn._oldest_unacked_since
-    return ut is not None and since is not None and now - since >= ut
+    # The same sum cap_to_user_timeout arms the timer at: ``now - since >= ut`` can round
+    # below ``ut`` at exactly that deadline and let the timer fire again and again.
+    return ut is not None and since is not None and now >= since + ut
 
 
 def on_persist(conn: Connection, now: float) -> None:
@@ -249,6 +251,13 @@ def on_keepalive(conn: Connection, now: float) -> None:
         conn._keepalive_at = keepalive_due(conn)
         conn._log.debug("unreachable_probe")
         return
+    if len(conn._scoreboard):
+        # Data or a FIN in flight: its retransmissions probe the peer already (as Linux's
+        # keepalive timer stands aside while packets are out).
+        conn._keepalive_at = keepalive_due(conn)
+        if conn._keepalive_at is not None and conn._keepalive_at <= now:
+            conn._keepalive_at = now + cfg.keepalive_interval_s
+        return
     if conn._keepalive_probes == 0:
         stall = stall_probe_due(conn)
         if stall is not None and now >= stall:
@@ -280,7 +289,11 @@ def on_keepalive(conn: Connection, now: float) -> None:
     conn._send_probe = True
     conn._keepalive_at = now + cfg.keepalive_interval_s
     if ut is not None:
-        conn._keepalive_at = min(conn._keepalive_at, conn._last_activity + ut)
+        # The user timeout may end it sooner, but never before this probe could be answered
+        # (a user timeout shorter than keepalive_idle_s would otherwise reset a quiet
+        # connection to a live peer at the very instant of its first probe).
+        answer_by = now + max(conn._rtt.rto, cfg.rto_min_s)
+        conn._keepalive_at = min(conn._keepalive_at, max(conn._last_activity + ut, answer_by))
 
 
 def on_fin_wait_2(conn: Connection, now: float) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import math
 import os
 import socket
 import time
@@ -60,6 +61,7 @@ Address = Any  # what the socket module uses: (host, port) or (host, port, flow,
 Observer = Callable[[str, bytes, Address], None]
 
 _log = get_logger()
+_clock: Final = time.monotonic  # what the core is given as ``now`` (see Endpoint.__init__)
 _SOCKET_BUFFER_BYTES: Final = 4 << 20
 _RECENTLY_CLOSED_MAX: Final = 4096
 _AMPLIFICATION_FACTOR: Final = 3  # RFC 9000 section 8.1
@@ -216,6 +218,10 @@ class Endpoint:
     ) -> None:
         self.config = config.validate()
         self._loop = asyncio.get_running_loop()
+        # The core's clock is time.monotonic(), not loop.time(): uvloop's loop time moves in
+        # whole milliseconds, which would make every RTT on a fast path 0 or 1 ms.  Loop
+        # timers are set with call_later from it.
+        self._coarse_timers = type(self._loop).__module__.startswith("uvloop")
         self._protocol_factory = protocol_factory  # set: this endpoint accepts connections
         self._accepting = protocol_factory is not None
         # A single-connection client endpoint ends with its connection; a persistent one (many
@@ -239,7 +245,7 @@ class Endpoint:
         self._cookies = SynCookies(lifetime_s=_COOKIE_GRACE_S) if self.config.syn_cookies else None
         self._cookie_sent_at: float | None = None
         self._reset_tokens = self.config.max_resets_per_s
-        self._reset_refill_at = self._loop.time()
+        self._reset_refill_at = _clock()
         self.stats = EndpointStats()
         self._send_datagrams: Callable[[list[bytes], Address], None] = _no_socket
         # Traces record each datagram as it arrived: no merging while they are written.
@@ -311,7 +317,7 @@ class Endpoint:
         address it was sent to; the connection checks the rest (``receive_unreachable``).
         Anything else is counted and ignored."""
         stats = self.stats
-        now = self._loop.time()
+        now = _clock()
         for err in errors:
             stats.icmp_errors += 1
             handle = None
@@ -437,7 +443,7 @@ class Endpoint:
             handle.rx_bytes += size
         elif packet.flags & _RST and packet.payload and handle.waiter is not None:
             handle.reset_detail = bytes(packet.payload[:200]).decode("utf-8", "replace")
-        handle.conn.receive_packet(packet, now=self._loop.time(), segments=segments)
+        handle.conn.receive_packet(packet, now=_clock(), segments=segments)
         return handle
 
     # ------------------------------------------------------------------ connections
@@ -470,7 +476,7 @@ class Endpoint:
             return None
         conn = Connection(self.config, local_cid=self._new_cid())
         self._trace(conn, "server", addr)
-        conn.listen(now=self._loop.time())
+        conn.listen(now=_clock())
         handle = ConnectionHandle(conn, addr)
         handle.validated = False  # its bytes are counted by the caller
         self._handles[conn.local_cid] = handle
@@ -495,7 +501,7 @@ class Endpoint:
         sack = cfg.sack and syn.sack_permitted
         ts = cfg.timestamps and syn.timestamps is not None
         opts = pack_options(syn.mss, syn.wscale, sack, ts)
-        now = self._loop.time()
+        now = _clock()
         cid, isn = self._cookies.make(_addr_key(addr), syn.src_cid, syn.seq, opts, now=now)
         p = Packet(_SYN | _ACK, cid, syn.src_cid, isn, (syn.seq + 1) & SEQ_MASK, 0)
         p.mss = cfg.mss_bytes
@@ -516,7 +522,7 @@ class Endpoint:
         return (
             bool(flags & _ACK)
             and self._cookie_sent_at is not None
-            and self._loop.time() - self._cookie_sent_at < _COOKIE_GRACE_S
+            and _clock() - self._cookie_sent_at < _COOKIE_GRACE_S
         )
 
     def _handle_for_cookie(self, packet: Packet, addr: Address) -> ConnectionHandle | None:
@@ -524,7 +530,7 @@ class Endpoint:
         assert self._cookies is not None
         if not self._accepting or self._closing:
             return None
-        now = self._loop.time()
+        now = _clock()
         peer_isn = (packet.seq - 1) & SEQ_MASK
         isn = (packet.ack - 1) & SEQ_MASK
         key = _addr_key(addr)
@@ -560,7 +566,7 @@ class Endpoint:
         handle = ConnectionHandle(conn, addr)
         handle.waiter = self._loop.create_future()
         self._handles[conn.local_cid] = handle
-        conn.connect(now=self._loop.time())
+        conn.connect(now=_clock())
         self.service(handle)
         return handle
 
@@ -573,7 +579,7 @@ class Endpoint:
         local = transport.get_extra_info("sockname") if transport is not None else None
         if addr is None and transport is not None:
             addr = transport.get_extra_info("peername")
-        now = self._loop.time()
+        now = _clock()
         tracer = tracer_for(
             self.config,
             cid=conn.local_cid,
@@ -598,7 +604,7 @@ class Endpoint:
         """Send a reset unless the endpoint's reset budget (a token bucket refilled at
         ``max_resets_per_s``) is spent: spoofed datagrams must not draw a reflected flood."""
         rate = self.config.max_resets_per_s
-        now = self._loop.time()
+        now = _clock()
         self._reset_tokens = min(rate, self._reset_tokens + (now - self._reset_refill_at) * rate)
         self._reset_refill_at = now
         if self._reset_tokens < 1:
@@ -673,7 +679,7 @@ class Endpoint:
     def _send_due(self, handle: ConnectionHandle) -> None:
         """Send, as one burst, what the connection has due now (within the anti-amplification
         limit while the peer's address is unvalidated)."""
-        datagrams = handle.conn.datagrams_to_send(now=self._loop.time())
+        datagrams = handle.conn.datagrams_to_send(now=_clock())
         if not handle.validated:
             datagrams = self._within_amplification_limit(handle, datagrams)
         if datagrams:
@@ -689,7 +695,14 @@ class Endpoint:
         if deadline is not None and (handle.deadline is None or deadline < handle.deadline):
             self._cancel_timer(handle)
             handle.deadline = deadline
-            handle.timer = self._loop.call_at(deadline, self._on_timer, handle)
+            delay = deadline - _clock()
+            if delay < 0.0:
+                delay = 0.0
+            elif self._coarse_timers:
+                # A 1 ms timer wheel (uvloop) rounds to the nearest millisecond: round up, so
+                # a timer never fires before its deadline and only re-arms itself.
+                delay = math.ceil(delay * 1000.0) / 1000.0
+            handle.timer = self._loop.call_later(delay, self._on_timer, handle)
 
     def _within_amplification_limit(
         self, handle: ConnectionHandle, datagrams: list[bytes]
@@ -710,7 +723,7 @@ class Endpoint:
     def _on_timer(self, handle: ConnectionHandle) -> None:
         handle.timer = None
         handle.deadline = None
-        handle.conn.handle_timer(now=self._loop.time())
+        handle.conn.handle_timer(now=_clock())
         self.service(handle)
 
     def _cancel_timer(self, handle: ConnectionHandle) -> None:
@@ -768,7 +781,7 @@ class Endpoint:
                     {"message": "utcp: server protocol factory raised", "exception": exc}
                 )
                 handle.conn.abort()
-                for data in handle.conn.datagrams_to_send(now=self._loop.time()):
+                for data in handle.conn.datagrams_to_send(now=_clock()):
                     self._send(data, handle.addr)
                 return
             handle.transport = UtcpTransport(self, handle, protocol)
@@ -802,7 +815,7 @@ class Endpoint:
         if reason is CloseReason.REFUSED:
             return ConnectionRefusedError(f"connection refused by {peer}")
         if reason is CloseReason.TIMEOUT or reason is CloseReason.IDLE:
-            silent = max(0.0, self._loop.time() - handle.conn.last_heard)
+            silent = max(0.0, _clock() - handle.conn.last_heard)
             return TimeoutError(f"no answer from {peer} for {silent:.0f} s")
         if reason is CloseReason.UNREACHABLE:
             return ConnectionResetError(
@@ -855,7 +868,7 @@ class Endpoint:
         expiry = self._recently_closed.get(packet.dst_cid)
         if expiry is None:
             return False
-        if self._loop.time() > expiry:
+        if _clock() > expiry:
             del self._recently_closed[packet.dst_cid]
             return False
         return packet.flags == Flag.ACK and not packet.payload
@@ -873,7 +886,7 @@ class Endpoint:
             closed = self._recently_closed
             if len(closed) >= _RECENTLY_CLOSED_MAX:
                 del closed[next(iter(closed))]  # the oldest entry
-            closed[handle.conn.local_cid] = self._loop.time() + 2 * self.config.msl_s
+            closed[handle.conn.local_cid] = _clock() + 2 * self.config.msl_s
         self._cancel_timer(handle)
         if self._handles.get(handle.conn.local_cid) is handle:
             del self._handles[handle.conn.local_cid]
@@ -905,7 +918,7 @@ class Endpoint:
                 return
         elif len(self._handles) > len(self._background):
             return
-        now = self._loop.time()
+        now = _clock()
         for handle in list(self._background.values()):
             conn = handle.conn
             if conn.state is TIME_WAIT:
@@ -955,6 +968,10 @@ class Endpoint:
         return out
 
     # ------------------------------------------------------------------ lifetime
+
+    def now(self) -> float:
+        """The clock the connections of this endpoint run on (``time.monotonic()``)."""
+        return _clock()
 
     @property
     def transport(self) -> DatagramIO | None:

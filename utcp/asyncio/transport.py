@@ -85,7 +85,7 @@ class UtcpTransport(asyncio.Transport):
         conn = self._conn
         conn.resume_reading()
         self._eof_written = True
-        conn.orphan(now=self._loop.time())
+        conn.orphan(now=self._endpoint.now())
         if conn.fin_acknowledged:
             self._fin_acknowledged()  # a write_eof() was acknowledged before
         self._endpoint.schedule_flush(self._handle)

@@ -33,7 +33,8 @@ _PROBE_S = 0.05  # longest we watch a clock tick while measuring its resolution
 _TICKS = 3  # steps observed; the smallest is the resolution
 
 _log = get_logger()
-_resolutions: dict[type, float] = {}
+_CLOCK = "monotonic"  # the one clock measured (see clock_resolution)
+_resolutions: dict[str, float] = {}
 
 
 def measure_resolution(clock: Callable[[], float], *, budget_s: float = _PROBE_S) -> float:
@@ -51,17 +52,15 @@ def measure_resolution(clock: Callable[[], float], *, budget_s: float = _PROBE_S
 
 
 def clock_resolution(loop: asyncio.AbstractEventLoop | None = None) -> float:
-    """The resolution of ``loop.time()`` in seconds (the running loop's by default), measured
-    once per loop class: 0.001 on uvloop, well under a microsecond on asyncio's own loop.
-
-    It is the resolution of utcp's RTTs because the endpoint gives the core ``loop.time()`` as
-    ``now``; should the endpoint take ``now`` from another clock, measure that one here."""
-    loop = loop or asyncio.get_running_loop()
-    kind = type(loop)
-    if kind not in _resolutions:
+    """The resolution, in seconds, of the clock utcp's RTTs are measured with: the endpoint
+    gives the core ``time.monotonic()`` as ``now`` on every loop (uvloop's ``loop.time()``
+    moves in whole milliseconds, which is why it is not used), so this is well under a
+    microsecond on Linux.  ``loop`` is accepted for compatibility and not needed."""
+    del loop
+    if _CLOCK not in _resolutions:
         # Two significant digits: a step of 0.00099999999997 (float subtraction) is 1 ms.
-        _resolutions[kind] = float(f"{measure_resolution(loop.time):.2g}")
-    return _resolutions[kind]
+        _resolutions[_CLOCK] = float(f"{measure_resolution(time.monotonic):.2g}")
+    return _resolutions[_CLOCK]
 
 
 def _ms(seconds: float) -> str:
