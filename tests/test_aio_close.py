@@ -237,3 +237,35 @@ def test_loop_shutdown_closes_a_socket_held_only_by_time_wait(kind: str) -> None
         runner(main())
     assert kept["endpoint"].transport is None
     assert kept["socket"].fileno() == -1
+
+
+def test_connections_winding_down_make_room_at_max_connections(run: Runner) -> None:
+    """A server that closes first keeps TIME_WAIT (a minute here) for each connection: at
+    max_connections the oldest of those goes to admit a new client, as Linux recycles
+    TIME_WAIT buckets, instead of refusing it."""
+
+    async def main() -> None:
+        async def close_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"bye")
+            writer.close()
+            await writer.wait_closed()
+
+        config = Config(msl_s=30.0, max_connections=2)
+        server = await utcp.start_server(close_first, HOST, 0, config=config)
+        for _ in range(4):
+            reader, writer = await utcp.open_connection(HOST, server_port(server))
+            assert await reader.read() == b"bye"  # admitted, even with two in TIME_WAIT
+            writer.close()
+            await writer.wait_closed()
+            await wait_until(
+                lambda: all(
+                    h.conn.state is S.TIME_WAIT for h in list(server.endpoint._handles.values())
+                ),
+                "the server's side in TIME_WAIT",
+            )
+            assert server.endpoint.connection_count <= 2
+        assert server.stats["connections_refused"] == 0
+        server.close()
+        await server.wait_closed()
+
+    run(main())
