@@ -36,6 +36,15 @@ async def read_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     await writer.wait_closed()
 
 
+async def server_side_in_time_wait(server: utcp.Server) -> None:
+    """Wait until every connection the server holds is in TIME_WAIT (it closed first)."""
+
+    def all_in_time_wait() -> bool:
+        return all(h.conn.state is S.TIME_WAIT for h in list(server.endpoint._handles.values()))
+
+    await wait_until(all_in_time_wait, "the server's side in TIME_WAIT")
+
+
 def test_close_returns_once_our_data_is_acknowledged_though_the_peer_never_closes(
     run: Runner,
 ) -> None:
@@ -91,12 +100,7 @@ def test_server_wait_closed_does_not_wait_out_time_wait(run: Runner) -> None:
         assert await reader.read() == b"bye"
         writer.close()
         await writer.wait_closed()
-        await wait_until(
-            lambda: any(
-                h.conn.state is S.TIME_WAIT for h in list(server.endpoint._handles.values())
-            ),
-            "the server's side in TIME_WAIT",
-        )
+        await server_side_in_time_wait(server)
         server.close()
         async with deadline(10, "server.wait_closed() with a connection in TIME_WAIT"):
             await server.wait_closed()
@@ -257,12 +261,7 @@ def test_connections_winding_down_make_room_at_max_connections(run: Runner) -> N
             assert await reader.read() == b"bye"  # admitted, even with two in TIME_WAIT
             writer.close()
             await writer.wait_closed()
-            await wait_until(
-                lambda: all(
-                    h.conn.state is S.TIME_WAIT for h in list(server.endpoint._handles.values())
-                ),
-                "the server's side in TIME_WAIT",
-            )
+            await server_side_in_time_wait(server)
             assert server.endpoint.connection_count <= 2
         assert server.stats["connections_refused"] == 0
         server.close()
