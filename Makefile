@@ -22,6 +22,9 @@ venv: $(STAMP)
 # Without a C compiler the build is skipped and the pure-Python core runs.
 $(COMPILED): $(STAMP) setup.py $(CORE_SOURCES)
 	$(PY) -W ignore setup.py -q build_ext --inplace -j 2
+	@# setuptools leaves a library alone when the C it generates is unchanged (a source that
+	@# was only touched): mark the build current, or it would count as stale (utcp/_build.py).
+	find utcp -name '*.so' -exec touch {} +
 	touch $(COMPILED)
 
 build: $(COMPILED)

@@ -407,7 +407,7 @@ def _title(scenario: str, settings: dict[str, Any]) -> str:
             f"{settings['many_kib']} KiB; {rounds}"
         )
     return (
-        f"lossy: {settings['lossy_mib']:g} MiB through utcp.netem.Relay, 1% loss and 10 ms "
+        f"lossy: {settings['lossy_mib']:g} MiB through utcp.tools.netem.Relay, 1% loss and 10 ms "
         f"delay each way; {rounds}"
     )
 

@@ -116,7 +116,7 @@ async def client_main(
 
 
 async def relay_main(to_port: int, loss: float, delay_s: float, seed: int) -> dict[str, Any]:
-    from utcp.netem import Impairment, Relay
+    from utcp.tools.netem import Impairment, Relay
 
     impairment = Impairment(loss=loss, delay_s=delay_s)
     relay = await Relay.start((HOST, 0), (HOST, to_port), up=impairment, down=impairment, seed=seed)

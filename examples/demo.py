@@ -24,9 +24,9 @@ import structlog
 
 import utcp
 from utcp.cli.report import clock_note, clock_resolution, rtt_text
-from utcp.netem import Impairment, Relay
 from utcp.packet import decode
-from utcp.traceview import LADDER_WIDTH, datagram_from_packet, load_trace, plot_time_sequence
+from utcp.tools.netem import Impairment, Relay
+from utcp.tools.traceview import LADDER_WIDTH, datagram_from_packet, load_trace, plot_time_sequence
 
 WIDTH = LADDER_WIDTH
 PICTURE = Path("build/demo/transfer-2pct-loss.png")

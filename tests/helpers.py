@@ -21,6 +21,7 @@ import structlog
 from utcp.connection import Connection, reset_for
 from utcp.events import ConnectionClosed, DataReceived, EofReceived, Event
 from utcp.packet import Flag, Packet, PacketError, decode
+from utcp.state import ESTABLISHED
 
 # The keepalive and idle timers of the defaults (Config: keepalive_idle_s, keepalive_stall_s,
 # idle_timeout_s) turned off, as they were before they became defaults.  For tests about some
@@ -285,6 +286,20 @@ def pair(
     if connect:
         a.connect(now=net.now)
     return net
+
+
+def conns(net: Network) -> tuple[Connection, Connection]:
+    """The pair's two connections, a (the client) first."""
+    a, b = net.a.conn, net.b.conn
+    assert a is not None and b is not None
+    return a, b
+
+
+def establish(net: Network) -> tuple[Connection, Connection]:
+    """Run the pair until both ends are ESTABLISHED; return them, a first."""
+    a, b = conns(net)
+    net.run(until=lambda: a.state is ESTABLISHED and b.state is ESTABLISHED)
+    return a, b
 
 
 def ladder(net: Network) -> list[tuple[str, str, int, int]]:

@@ -87,7 +87,7 @@ def test_close_returns_once_our_data_is_acknowledged_though_the_peer_never_close
 
 def test_server_wait_closed_does_not_wait_out_time_wait(run: Runner) -> None:
     """The server closes first, so its side ends in TIME_WAIT (a minute here): closing the
-    server still returns at once, cutting TIME_WAIT short as a process exit would."""
+    server still returns at once, as asyncio's does, and leaves TIME_WAIT to the background."""
 
     async def main() -> None:
         async def close_first(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -104,8 +104,10 @@ def test_server_wait_closed_does_not_wait_out_time_wait(run: Runner) -> None:
         server.close()
         async with deadline(10, "server.wait_closed() with a connection in TIME_WAIT"):
             await server.wait_closed()
-        assert server.endpoint.transport is None
-        assert server.endpoint.connection_count == 0
+        # TIME_WAIT runs its course in the background, on the still-open socket, until the
+        # loop shuts down (test_loop_shutdown_closes_a_socket_held_only_by_time_wait).
+        assert server.endpoint.connection_count == 1
+        assert server.endpoint.transport is not None
 
     run(main())
 

@@ -31,7 +31,7 @@ from tests.aio_helpers import (
     wait_until,
 )
 from utcp import CloseReason, Config
-from utcp.netem import Relay
+from utcp.tools.netem import Relay
 
 pytestmark = [
     pytest.mark.sockets,

@@ -22,7 +22,7 @@ from tests.aio_helpers import (
     server_port,
 )
 from utcp import Config
-from utcp.traceview import Closed, Datagram, ladder_lines, load_trace
+from utcp.tools.traceview import Closed, Datagram, ladder_lines, load_trace
 
 pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
 

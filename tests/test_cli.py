@@ -188,6 +188,30 @@ def test_cat_to_nobody_fails_with_exit_1() -> None:
     assert b"refused" in result.stderr.lower()
 
 
+def test_cat_takes_config_fields_from_a_file(tmp_path: Path) -> None:
+    """--config FILE sets Config fields (the file's, then --user-timeout); a bad field is an
+    argument error (exit 2) that names it, before anything is opened."""
+    good = tmp_path / "good.json"
+    good.write_text('{"idle_timeout_s": null, "fin_retries": 9}')
+    with background(["cat", "--config", str(good), "--listen", "0"], address_on="stderr") as (
+        server,
+        port,
+    ):
+        result = utcp_cli("cat", "--config", str(good), "127.0.0.1", str(port), stdin=b"hi")
+        assert result.returncode == 0, result.stderr
+        assert server.wait(timeout=30) == 0
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"idle_timeout": 5}')
+    result = utcp_cli("cat", "--config", str(bad), "127.0.0.1", "9", stdin=b"x")
+    assert result.returncode == 2
+    assert b"unknown Config field 'idle_timeout'" in result.stderr
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text('{"fin_retries": -1}')
+    result = utcp_cli("cat", "--config", str(wrong), "127.0.0.1", "9", stdin=b"x")
+    assert result.returncode == 2
+    assert b"fin_retries" in result.stderr
+
+
 def test_perf_json_send_and_reverse() -> None:
     with background(["perf", "--server", "--port", "0"]) as (_, port):
         sent = utcp_cli("perf", "127.0.0.1", str(port), "--bytes", "4M", "--json")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import QUIET, Link, Network, Sent, ladder, pair
+from tests.helpers import QUIET, Link, Network, Sent, conns, establish, ladder, pair
 from utcp import (
     CloseReason,
     Config,
@@ -97,18 +97,6 @@ def _record_states(net: Network) -> History:
     return history
 
 
-def _conns(net: Network) -> tuple[Connection, Connection]:
-    a, b = net.a.conn, net.b.conn
-    assert a is not None and b is not None
-    return a, b
-
-
-def _establish(net: Network) -> tuple[Connection, Connection]:
-    a, b = _conns(net)
-    net.run(until=lambda: a.state is S.ESTABLISHED and b.state is S.ESTABLISHED)
-    return a, b
-
-
 def _sent(net: Network, src: str, pred: Callable[[Packet], bool] = lambda p: True) -> list[Sent]:
     return [s for s in net.trace if s.src == src and pred(s.packet)]
 
@@ -127,7 +115,7 @@ def _closes(events: list[Event]) -> list[ConnectionClosed]:
 
 def _orderly_close(net: Network) -> None:
     """``a`` closes first; ``b`` closes once ``a`` sits in FIN_WAIT_2 (the textbook ladder)."""
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2 and b.state is S.CLOSE_WAIT)
     b.close()
@@ -135,7 +123,7 @@ def _orderly_close(net: Network) -> None:
 
 
 def _simultaneous_close(net: Network) -> None:
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     b.close()
     net.run()
@@ -147,7 +135,7 @@ def _simultaneous_close(net: Network) -> None:
 def test_handshake_ladder_is_exact() -> None:
     net = pair(config_a=FIXED, config_b=FIXED)
     history = _record_states(net)
-    _establish(net)
+    establish(net)
     assert ladder(net) == [
         ("a", "SYN", ISN_A, 0),
         ("b", "SYN|ACK", ISN_B, ISN_A + 1),
@@ -171,7 +159,7 @@ def test_close_ladder_is_exact_and_time_wait_lasts_two_msl() -> None:
     msl_s = 7.5
     cfg = Config(msl_s=msl_s, pmtud=False)
     net = pair(config_a=cfg, config_b=cfg)
-    a, b = _establish(net)
+    a, b = establish(net)
     history = _record_states(net)
     handshake = len(net.trace)
     a.close()
@@ -213,7 +201,7 @@ def test_eof_is_reported_before_connection_closed(scenario: str) -> None:
     FinAcknowledged (our FIN's ACK) comes when it happens: before the peer's EOF for the
     side that closed first, after it for the other (and for both in a simultaneous close)."""
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     acked_first = [
         ConnectionEstablished(),
         FinAcknowledged(),
@@ -271,7 +259,7 @@ def test_simultaneous_open() -> None:
     history = _record_states(net)
     a.connect(now=net.now)
     b.connect(now=net.now)
-    _establish(net)
+    establish(net)
     assert ladder(net)[:4] == [
         ("a", "SYN", ISN_A, 0),
         ("b", "SYN", ISN_B, 0),
@@ -292,7 +280,7 @@ def test_simultaneous_open() -> None:
 
 def test_simultaneous_close_goes_through_closing() -> None:
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     history = _record_states(net)
     handshake = len(net.trace)
     a.close()
@@ -321,7 +309,7 @@ def test_lost_final_ack_restarts_time_wait() -> None:
     cfg = Config(msl_s=msl_s, tail_loss_probe=False)  # the FIN comes back after one RTO
     final_ack = _drop_first(lambda p: p.flags == Flag.ACK and p.ack == ISN_B + 2)
     net = pair(config_a=cfg, config_b=cfg, a_to_b=Link(drop=final_ack))
-    a, b = _establish(net)
+    a, b = establish(net)
     rto_b = b.stats.rto_s
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2)
@@ -354,7 +342,7 @@ def test_lost_final_ack_restarts_time_wait() -> None:
 def test_rst_in_time_wait_does_not_report_a_second_close() -> None:
     """TIME_WAIT already reported an orderly close; a later RST must not re-report it."""
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2)
     b.close()
@@ -378,7 +366,7 @@ def test_each_lost_fin_is_retransmitted_after_one_rto(who: str) -> None:
         config_b=no_tlp,
         **{"a_to_b" if who == "a" else "b_to_a": link},  # type: ignore[arg-type]
     )
-    a, b = _establish(net)
+    a, b = establish(net)
     rto = (a if who == "a" else b).stats.rto_s
     assert rto == DEFAULTS.rto_min_s  # a 20 ms handshake RTT, clamped up to rto_min_s
     _orderly_close(net)
@@ -399,7 +387,7 @@ def test_each_lost_fin_is_retransmitted_after_one_rto(who: str) -> None:
 def test_lost_syn_is_retransmitted_with_doubling_timeout(lost: int, rto_initial_s: float) -> None:
     cfg = Config(rto_initial_s=rto_initial_s, pmtud=False)
     net = pair(config_a=cfg, a_to_b=Link(drop=_drop_first(lambda p: True, lost)))
-    a, _ = _establish(net)
+    a, _ = establish(net)
     syns = _sent(net, "a", lambda p: p.flags == Flag.SYN)
     # Sent at 0, then rto, 2 * rto, 4 * rto ... after the previous one.
     assert [s.time for s in syns] == [rto_initial_s * ((1 << k) - 1) for k in range(lost + 1)]
@@ -420,7 +408,7 @@ def test_lost_syn_is_retransmitted_with_doubling_timeout(lost: int, rto_initial_
 
 def test_lost_syn_ack_is_recovered_by_the_client_syn_retransmission() -> None:
     net = pair(config_a=FIXED, b_to_a=Link(drop=_drop_first(lambda p: True)))
-    _establish(net)
+    establish(net)
     rto = DEFAULTS.rto_initial_s
     assert [(s.time, *step) for s, step in zip(net.trace, ladder(net))] == [
         (0.0, "a", "SYN", ISN_A, 0),
@@ -442,7 +430,7 @@ def test_lost_handshake_ack_without_data_client_resends_it() -> None:
         config_b=Config(**QUIET),
         a_to_b=Link(drop=lambda index, packet: index == 1),
     )
-    a, b = _conns(net)
+    a, b = conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     established = net.now
     rto = DEFAULTS.rto_min_s  # after one 20 ms RTT sample the RTO is at its floor
@@ -464,7 +452,7 @@ def test_lost_handshake_ack_without_data_client_resends_it() -> None:
 
 def test_passive_opener_never_resends_syn_ack_by_itself() -> None:
     net = pair(a_to_b=Link(drop=lambda index, packet: index >= 1))  # the client goes dark
-    _, b = _conns(net)
+    _, b = conns(net)
     net.run(until=lambda: b.state is S.CLOSED, max_time=300.0)
     assert [step[:2] for step in ladder(net) if step[0] == "b"] == [
         ("b", "SYN|ACK"),
@@ -475,7 +463,7 @@ def test_passive_opener_never_resends_syn_ack_by_itself() -> None:
 
 def test_lost_handshake_ack_first_data_segment_establishes_server() -> None:
     net = pair(config_a=FIXED, a_to_b=Link(drop=lambda index, packet: index == 1))
-    a, b = _conns(net)
+    a, b = conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     a.send(b"first bytes")
     net.run(until=lambda: b.state is S.ESTABLISHED)
@@ -494,7 +482,7 @@ def test_lost_handshake_ack_first_data_segment_establishes_server() -> None:
 def test_lost_first_data_segment_is_retransmitted_after_one_rto() -> None:
     link = Link(drop=_drop_first(_has_data))
     net = pair(a_to_b=link, config_a=Config(tail_loss_probe=False))  # the RTO path itself
-    a, _ = _establish(net)
+    a, _ = establish(net)
     rto = a.stats.rto_s
     assert rto == DEFAULTS.rto_min_s
     a.send(b"x" * 500)
@@ -528,7 +516,7 @@ def test_unanswered_syn_times_out(
 ) -> None:
     cfg = Config(syn_retries=syn_retries, rto_initial_s=rto_initial_s)
     net = pair(config_a=cfg, a_to_b=Link(blackhole=FOREVER))
-    a, _ = _conns(net)
+    a, _ = conns(net)
     net.run()
     assert ladder(net) == [("a", "SYN", ISN_A, 0)] * (syn_retries + 1)
     assert [s.time for s in net.trace] == pytest.approx(times[:-1])
@@ -583,7 +571,7 @@ def test_close_in_syn_sent_sends_nothing_and_a_late_syn_ack_gets_rst() -> None:
 @pytest.mark.parametrize("who", ["a", "b"])
 def test_abort_sends_rst_and_peer_sees_reset(who: str) -> None:
     net = pair(config_a=FIXED)
-    a, b = _establish(net)
+    a, b = establish(net)
     a.send(b"abc")
     net.run_for(0.1)
     me, peer = (a, b) if who == "a" else (b, a)
@@ -612,7 +600,7 @@ def _vanish_mid_transfer(config: Config) -> tuple[Network, float, float]:
     """
     a_to_b, b_to_a = Link(), Link()
     net = pair(config_a=config.replace(pmtud=False), a_to_b=a_to_b, b_to_a=b_to_a)
-    a, _ = _establish(net)
+    a, _ = establish(net)
     a.send(bytes(200_000))
     net.run_for(0.1)
     cut = net.now
@@ -627,7 +615,7 @@ def _vanish_mid_transfer(config: Config) -> tuple[Network, float, float]:
 @pytest.mark.parametrize("user_timeout_s", [2.0, 5.0])
 def test_vanished_peer_hits_user_timeout(user_timeout_s: float) -> None:
     net, cut, _ = _vanish_mid_transfer(Config(user_timeout_s=user_timeout_s))
-    a, _ = _conns(net)
+    a, _ = conns(net)
     closed_at = net.now
     # The last acknowledgement that got through arrived one link delay after b sent it.
     progress = max(s.time for s in _sent(net, "b") if s.time < cut) + DELAY_S
@@ -645,7 +633,7 @@ def test_vanished_peer_gives_up_after_max_retransmits() -> None:
     # Idle timeout and keepalive off: this is about the retransmission budget, which the 30 s
     # idle timeout of the defaults would cut short (a test of its own covers that).
     net, cut, rto0 = _vanish_mid_transfer(Config(tail_loss_probe=False, **QUIET))
-    a, _ = _conns(net)
+    a, _ = conns(net)
     after = [s for s in _sent(net, "a") if s.time > cut]
     retransmits, final = after[:-1], after[-1]
     assert len(retransmits) == DEFAULTS.max_retransmits
@@ -673,7 +661,7 @@ def _probes(net: Network, src: str, isn: int) -> list[Sent]:
 
 def test_keepalive_to_live_peer_keeps_connection_up() -> None:
     net = pair(config_a=KEEPALIVE)
-    a, b = _establish(net)
+    a, b = establish(net)
     idle_since = net.trace[-1].time  # the SYN-ACK arrived as a sent the handshake's ACK
     net.run_for(100.0)
     assert a.state is b.state is S.ESTABLISHED
@@ -693,7 +681,7 @@ def test_keepalive_to_live_peer_keeps_connection_up() -> None:
 def test_keepalive_on_both_sides_keeps_connection_up(probes: int) -> None:
     cfg = Config(keepalive_idle_s=10.0, keepalive_interval_s=2.0, keepalive_probes=probes)
     net = pair(config_a=cfg, config_b=cfg)
-    a, b = _establish(net)
+    a, b = establish(net)
     net.run_for(60.0)
     assert (a.state, b.state) == (S.ESTABLISHED, S.ESTABLISHED), ladder(net)
     assert net.a.closed is None and net.b.closed is None
@@ -702,7 +690,7 @@ def test_keepalive_on_both_sides_keeps_connection_up(probes: int) -> None:
 def test_keepalive_to_vanished_peer_closes_idle() -> None:
     a_to_b, b_to_a = Link(), Link()
     net = pair(config_a=KEEPALIVE, a_to_b=a_to_b, b_to_a=b_to_a)
-    a, _ = _establish(net)
+    a, _ = establish(net)
     idle_since = net.trace[-1].time
     a_to_b.blackhole = b_to_a.blackhole = (net.now, float("inf"))
     net.run(until=lambda: net.a.closed is not None)
@@ -726,7 +714,7 @@ def test_user_timeout_cuts_unanswered_keepalive_short() -> None:
     cfg = KEEPALIVE.replace(user_timeout_s=13.0)  # idle 10 s, probes at 10 and 12 s
     a_to_b, b_to_a = Link(), Link()
     net = pair(config_a=cfg, a_to_b=a_to_b, b_to_a=b_to_a)
-    _establish(net)
+    establish(net)
     idle_since = net.trace[-1].time
     a_to_b.blackhole = b_to_a.blackhole = (net.now, float("inf"))
     net.run(until=lambda: net.a.closed is not None)
@@ -747,7 +735,7 @@ def test_first_of_four_segments_lost_is_fast_retransmitted(sack: bool) -> None:
     lost_seq = ISN_A + 1 + warmup
     link = Link(drop=_drop_first(lambda p: p.seq == lost_seq and _has_data(p)))
     net = pair(config_a=cfg, config_b=cfg, a_to_b=link)
-    a, _ = _establish(net)
+    a, _ = establish(net)
     # A first exchange teaches a b's scaled window: the SYN-ACK can only carry 64 KiB, so the
     # first ACK after it is a window update, which RFC 5681 does not count as a duplicate.
     a.send(bytes(warmup))
@@ -788,7 +776,7 @@ def test_half_close_peer_keeps_sending() -> None:
     size = 200 * 1024
     data = random.Random(seed).randbytes(size)
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     history = _record_states(net)
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2)
@@ -862,7 +850,7 @@ def test_close_in_syn_received_still_completes_the_handshake_then_closes() -> No
     # The server closes before its SYN-ACK is acknowledged, and that SYN-ACK is lost: it must
     # keep retransmitting it, report the establishment, then send its FIN (RFC 9293 3.10.4).
     net = pair(b_to_a=Link(drop=_drop_first(lambda p: bool(p.flags & Flag.SYN))))
-    a, b = _conns(net)
+    a, b = conns(net)
     net.run(until=lambda: b.state is S.SYN_RECEIVED)
     b.close()
     assert b.state is S.SYN_RECEIVED
@@ -882,7 +870,7 @@ def test_data_segments_with_sack_blocks_fit_the_datagram_budget() -> None:
     # against the discovered size).
     lose_sixth = Link(drop=lambda i, p: i == 5)
     net = pair(config_a=FIXED, a_to_b=lose_sixth, b_to_a=Link(drop=lambda i, p: i == 5))
-    a, b = _establish(net)
+    a, b = establish(net)
     payload = random.Random(7).randbytes(200_000)
     a.send(payload)
     b.send(payload)
@@ -900,7 +888,7 @@ def test_last_ack_with_everything_delivered_gives_up_cleanly(fin_retries: int) -
     final_ack = ISN_B + 2  # b sends no data: its FIN takes 5001
     a_to_b = Link(drop=lambda _i, p: p.ack == final_ack)
     net = pair(a_to_b=a_to_b, config_b=Config(fin_retries=fin_retries))
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2)
     b.close()
@@ -919,7 +907,7 @@ def test_tail_loss_is_repaired_by_a_probe_before_the_rto() -> None:
     net = pair(
         config_a=FIXED, a_to_b=Link(drop=_drop_first(lambda p: p.seq == third and _has_data(p)))
     )
-    a, _ = _establish(net)
+    a, _ = establish(net)
     srtt = a.stats.srtt_s
     assert srtt is not None
     a.send(bytes(3 * mss))
@@ -939,7 +927,7 @@ def test_tail_loss_probe_can_be_turned_off() -> None:
         a_to_b=Link(drop=_drop_first(lambda p: p.seq == third and _has_data(p))),
         config_a=Config(tail_loss_probe=False, pmtud=False),
     )
-    a, _ = _establish(net)
+    a, _ = establish(net)
     a.send(bytes(3 * mss))
     net.run(until=lambda: len(net.b.received) == 3 * mss)
     assert a.stats.tail_loss_probes == 0 and a.stats.timeouts == 1
@@ -947,7 +935,7 @@ def test_tail_loss_probe_can_be_turned_off() -> None:
 
 def test_abort_after_a_close_held_back_by_paused_reading_reports_one_close() -> None:
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     b.pause_reading()
     a.send(b"unread")
     a.close()
@@ -965,7 +953,7 @@ def test_abort_after_a_close_held_back_by_paused_reading_reports_one_close() -> 
 
 def test_abort_in_time_wait_sends_and_reports_nothing() -> None:
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2)
     b.close()
@@ -981,7 +969,7 @@ def test_abort_in_time_wait_sends_and_reports_nothing() -> None:
 
 def test_abort_in_time_wait_with_the_close_report_held_back_reports_it_once() -> None:
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     a.pause_reading()
     b.send(b"unread")
     a.close()
@@ -1002,7 +990,7 @@ def _lossy_handshake_completes(seed: int) -> bool:
         a_to_b=Link(rng=random.Random(seed), loss=0.3),
         b_to_a=Link(rng=random.Random(seed + 1000), loss=0.3),
     )
-    a, b = _conns(net)
+    a, b = conns(net)
 
     def ended() -> bool:
         return a.state is S.CLOSED or b.state is S.CLOSED
@@ -1027,7 +1015,7 @@ def test_pause_reading_takes_back_data_not_yet_delivered_without_shrinking_the_w
     first; pausing while taking it holds the rest back in the connection (not delivered after
     the pause) and counts them in the window, whose right edge still does not move back."""
     net = pair()
-    a, b = _establish(net)
+    a, b = establish(net)
     mss = a.mss
     recv_buffer = DEFAULTS.recv_buffer_bytes
     payload = (bytes(range(256)) * (4 * mss // 256 + 1))[: 4 * mss]

@@ -1,4 +1,4 @@
-"""The impairing UDP relay (utcp.netem) and its command, on real loopback sockets.
+"""The impairing UDP relay (utcp.tools.netem) and its command, on real loopback sockets.
 
 Every random decision is seeded; time only enters as generous lower bounds (a datagram is never
 early) and as wide margins around the blackhole interval.
@@ -27,7 +27,7 @@ import utcp
 from tests.aio_helpers import echo
 from utcp.cli.netem_cmd import impairments, register
 from utcp.cli.netem_cmd import run as netem_run
-from utcp.netem import DirectionCounters, Impairment, Relay
+from utcp.tools.netem import DirectionCounters, Impairment, Relay
 
 pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
 

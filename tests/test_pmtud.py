@@ -14,7 +14,7 @@ import structlog
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import QUIET, Link, Network, captured_logs, pair
+from tests.helpers import QUIET, Link, Network, captured_logs, conns, pair
 from tests.test_packet import PMTUD_SYN_VECTOR
 from utcp import Config, Connection, ConnectionState, Flag, Packet, decode, encode
 from utcp.config import BASE_DATAGRAM_BYTES, MAX_UDP_PAYLOAD_BYTES
@@ -35,12 +35,6 @@ RTT_S = 2 * Link().delay_s  # the fake links' round trip
 ISN_A, ISN_B = 1000, 5000
 
 
-def _conns(net: Network) -> tuple[Connection, Connection]:
-    a, b = net.a.conn, net.b.conn
-    assert a is not None and b is not None
-    return a, b
-
-
 def _path(
     mtu: int | None,
     *,
@@ -57,11 +51,11 @@ def _path(
         b_to_a=Link(mtu=mtu, mtu_changes=changes),
         connect=False,
     )
-    a, _ = _conns(net)
+    a, _ = conns(net)
     if tracer is not None:
         a.set_tracer(tracer, now=net.now)
     a.connect(now=net.now)
-    net.run(until=lambda: all(c.state is S.ESTABLISHED for c in _conns(net)))
+    net.run(until=lambda: all(c.state is S.ESTABLISHED for c in conns(net)))
     return net
 
 
@@ -69,8 +63,8 @@ def _done(net: Network, sides: str = "ab") -> bool:
     """Whether discovery has completed on each of ``sides`` ("a", "b" or both).  A side
     probes only once it has had more queued than one segment carries: a pure receiver,
     sending only ACKs, never completes a search because it never starts one."""
-    conns = dict(zip("ab", _conns(net), strict=True))
-    return all(conns[name].stats.pmtud_state == "SEARCH_COMPLETE" for name in sides)
+    ends = dict(zip("ab", conns(net), strict=True))
+    return all(ends[name].stats.pmtud_state == "SEARCH_COMPLETE" for name in sides)
 
 
 def _sent(net: Network, src: str, *, probes: bool) -> list[Packet]:
@@ -225,7 +219,7 @@ def test_discovery_converges_under_a_transfer_without_touching_congestion_contro
     limit: int,
 ) -> None:
     net = _path(limit)
-    a, b = _conns(net)
+    a, b = conns(net)
     start = net.now
     data = random.Random(limit).randbytes(3 << 20)
     a.send(data)
@@ -261,7 +255,7 @@ def test_no_limit_converges_to_the_largest_udp_payload_in_a_few_rtts() -> None:
     # timer running on an idle connection, and keepalive would keep one.
     quiet = Config(**QUIET)
     net = _path(None, config_a=quiet, config_b=quiet, tracer=tracer)
-    a, b = _conns(net)
+    a, b = conns(net)
     # Probing starts once more is queued than one segment carries: a kick of two each way.
     kick = bytes(2 * a.mss)
     a.send(kick)
@@ -297,7 +291,7 @@ def test_default_syn_is_the_protocol_vector() -> None:
 
 def test_handshake_offers_discovery_and_announces_the_largest_datagram() -> None:
     net = _path(None)
-    a, b = _conns(net)
+    a, b = conns(net)
     syn, syn_ack, ack, *_ = (s.packet for s in net.trace)
     for p in (syn, syn_ack):
         assert p.mss == MAX_UDP_PAYLOAD_BYTES - HEADER_SIZE and p.probe_permitted
@@ -326,7 +320,7 @@ def test_handshake_offers_discovery_and_announces_the_largest_datagram() -> None
 def test_pinned_max_datagram_is_never_exceeded(pinned: int) -> None:
     cfg = Config(max_datagram_bytes=pinned)
     net = _path(None, config_a=cfg, config_b=cfg)
-    a, _ = _conns(net)
+    a, _ = conns(net)
     assert net.trace[0].packet.mss == pinned - HEADER_SIZE
     a.send(bytes(500_000))
     net.run(until=lambda: _done(net, "a") and len(net.b.received) == 500_000)
@@ -340,7 +334,7 @@ def test_peer_mss_caps_the_search() -> None:
     client = Config(timestamps=True)
     server = Config(max_datagram_bytes=3000, timestamps=True)
     net = _path(9000, config_a=client, config_b=server)
-    a, b = _conns(net)
+    a, b = conns(net)
     a.send(bytes(300_000))
     b.send(bytes(300_000))
     net.run(until=lambda: _done(net) and len(net.b.received) == len(net.a.received) == 300_000)
@@ -355,7 +349,7 @@ def test_black_hole_mid_transfer_drops_to_base_then_settles_below_the_new_limit(
     tracer = ListTracer()
     change_at = 0.3
     net = _path(9000, changes=((change_at, 1400),), tracer=tracer)
-    a, b = _conns(net)
+    a, b = conns(net)
     data = random.Random(9).randbytes(16 << 20)
     a.send(data)
     net.run(until=lambda: net.now >= change_at)
@@ -390,7 +384,7 @@ def test_lost_probes_never_count_as_congestion() -> None:
     a_to_b = Link(drop=lambda _i, p: p.probe is not None)
     b_to_a = Link(drop=lambda _i, p: p.probe is not None)
     net = pair(a_to_b=a_to_b, b_to_a=b_to_a)
-    a, _ = _conns(net)
+    a, _ = conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     data = random.Random(3).randbytes(2 << 20)
     a.send(data)
@@ -417,7 +411,7 @@ def test_pmtud_off_sends_exactly_what_it_did_before() -> None:
         "02 04 05 94  03 03 05 04  02 01 01 01"
     )
     net = _path(1452, config_a=cfg, config_b=cfg)
-    a, b = _conns(net)
+    a, b = conns(net)
     a.send(bytes(200_000))
     net.run(until=lambda: len(net.b.received) == 200_000)
     net.run_for(10.0)
@@ -435,7 +429,7 @@ def test_pmtud_off_sends_exactly_what_it_did_before() -> None:
 def test_one_side_off_means_no_probes_and_todays_sizes(off: str) -> None:
     on, fixed = Config(), Config(pmtud=False)
     net = _path(None, config_a=fixed if off == "a" else on, config_b=fixed if off == "b" else on)
-    a, b = _conns(net)
+    a, b = conns(net)
     a.send(bytes(100_000))
     b.send(bytes(100_000))
     net.run(until=lambda: len(net.b.received) == len(net.a.received) == 100_000)
@@ -447,7 +441,7 @@ def test_one_side_off_means_no_probes_and_todays_sizes(off: str) -> None:
 
 def test_probe_is_answered_and_never_delivered() -> None:
     net = _path(None)
-    _, b = _conns(net)
+    _, b = conns(net)
     net.run_for(0.5)  # b answers a probe whether or not it has searched itself
     now = net.now + 1.0
     probe = Packet(
@@ -464,7 +458,7 @@ def test_probe_is_answered_and_never_delivered() -> None:
 def test_probe_to_a_connection_without_discovery_is_not_answered() -> None:
     cfg = Config(pmtud=False)
     net = _path(None, config_a=cfg, config_b=cfg)
-    _, b = _conns(net)
+    _, b = conns(net)
     probe = Packet(int(Flag.ACK), 0xA, 0xB, ISN_A + 1, ISN_B + 1, 0xFFFF, b"", probe=1, padding=9)
     b.receive_datagram(encode(probe), now=net.now + 1)
     assert b.datagrams_to_send(now=net.now + 1) == []
@@ -475,7 +469,7 @@ def test_probes_stay_inside_the_peers_window() -> None:
     """A zero-length probe must be acceptable: none goes while the window is full."""
     small = Config(recv_buffer_bytes=16_384)
     net = _path(9000, config_b=small)
-    a, b = _conns(net)
+    a, b = conns(net)
     b.pause_reading()
     a.send(bytes(200_000))
     net.run_for(5.0)
@@ -493,7 +487,7 @@ def test_probes_stay_inside_the_peers_window() -> None:
 
 def test_raise_timer_finds_a_path_that_grew() -> None:
     net = _path(1472, changes=((100.0, 8972),))
-    a, _ = _conns(net)
+    a, _ = conns(net)
     a.send(bytes(100_000))  # probing waits for more queued than one segment carries
     net.run(until=lambda: _done(net, "a") and len(net.b.received) == 100_000)
     assert a.stats.pmtu_bytes == 1472
@@ -512,7 +506,7 @@ def test_data_segments_with_sack_blocks_fit_the_discovered_size() -> None:
         a_to_b=Link(mtu=1500, drop=lambda i, p: i % 31 == 15),
         b_to_a=Link(mtu=1500, drop=lambda i, p: i % 29 == 10),
     )
-    a, b = _conns(net)
+    a, b = conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED and b.state is S.ESTABLISHED)
     payload = random.Random(7).randbytes(400_000)
     a.send(payload)
@@ -562,7 +556,7 @@ def test_scoreboard_split_keeps_order_history_and_the_retransmission_queue() -> 
 def test_state_changes_are_logged_with_the_connection_id() -> None:
     with captured_logs() as events:
         net = _path(None)
-        a, _ = _conns(net)
+        a, _ = conns(net)
         a.send(bytes(100_000))  # probing waits for more queued than one segment carries
         net.run(until=lambda: _done(net, "a"))
     logged = [e for e in events if e["event"] == "pmtud_state" and e["cid"] == "0000000a"]

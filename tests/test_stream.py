@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.helpers import QUIET, Link, Network, pair
+from tests.helpers import QUIET, Link, Network, conns, pair
 from utcp import (
     Config,
     Connection,
@@ -76,12 +76,6 @@ def established(**kwargs: object) -> Network:
     net.run(until=lambda: net.b.conn is not None and net.b.conn.state is S.ESTABLISHED)
     assert net.a.conn is not None and net.a.conn.state is S.ESTABLISHED
     return net
-
-
-def conns(net: Network) -> tuple[Connection, Connection]:
-    a, b = net.a.conn, net.b.conn
-    assert a is not None and b is not None
-    return a, b
 
 
 @dataclass

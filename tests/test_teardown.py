@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Link, Network, Sent, pair
+from tests.helpers import Link, Network, Sent, conns, establish, pair
 from utcp import (
     CloseReason,
     Config,
@@ -51,18 +51,6 @@ def _print_seed() -> None:
 def _net(cfg_a: Config = FIXED, cfg_b: Config = FIXED) -> Network:
     links = Link(rng=random.Random(SEED)), Link(rng=random.Random(SEED + 1))
     return pair(config_a=cfg_a, config_b=cfg_b, a_to_b=links[0], b_to_a=links[1])
-
-
-def _conns(net: Network) -> tuple[Connection, Connection]:
-    a, b = net.a.conn, net.b.conn
-    assert a is not None and b is not None
-    return a, b
-
-
-def _establish(net: Network) -> tuple[Connection, Connection]:
-    a, b = _conns(net)
-    net.run(until=lambda: a.state is S.ESTABLISHED and b.state is S.ESTABLISHED)
-    return a, b
 
 
 def _vanish(net: Network, start: float | None = None) -> None:
@@ -121,7 +109,7 @@ def test_last_ack_with_a_vanished_peer_ends_after_fin_retries(acked: bool) -> No
     RTOs from 0.2 s doubling: 25.4 s) the server gives up: TIMEOUT and an RST when the data
     was never acknowledged, an orderly close when only the FIN's ACK is missing."""
     net = _net()
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     net.run(until=lambda: b.state is S.CLOSE_WAIT)
     b.send(random.Random(SEED).randbytes(5000))
@@ -164,7 +152,7 @@ def test_time_wait_reacks_a_retransmitted_fin_and_restarts_2msl(closer: str) -> 
     msl = 1.5
     net = _net(FIXED.replace(msl_s=msl), FIXED.replace(msl_s=msl))
     net.links[closer].drop = drop
-    _establish(net)
+    establish(net)
     first, second = net.sides[closer].conn, net.sides[other].conn
     assert first is not None and second is not None
     first.close()
@@ -218,7 +206,7 @@ def test_time_wait_answers_only_a_retransmission_from_the_peer(kind: str) -> Non
     restarted.  A bare ACK, an RST, a SYN, new data: no datagram, no event, no restart,
     counted as a drop."""
     net = _net()
-    a, b = _establish(net)
+    a, b = establish(net)
     b.send(b"hello")
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2 and net.a.received == b"hello")
@@ -283,7 +271,7 @@ TIMERS: dict[str, tuple[dict[str, Any], float, float]] = {
 def _vanish_in(scenario: str, cfg: Config) -> Network:
     """A traced pair in ``scenario`` (see SCENARIOS) at the moment its path dies."""
     net = _net(cfg, cfg)
-    a, b = _conns(net)
+    a, b = conns(net)
     for conn in (a, b):
         conn.set_tracer(_Recorder(), now=net.now)
     data = random.Random(SEED).randbytes(200_000)
@@ -292,7 +280,7 @@ def _vanish_in(scenario: str, cfg: Config) -> Network:
         _vanish(net, 0.0 if scenario == "SYN_SENT" else DELAY_S / 2)  # the SYN gets in
         net.run_for(DELAY_S)
     else:
-        _establish(net)
+        establish(net)
     if scenario.startswith("ESTABLISHED"):
         if scenario.endswith("sending"):
             a.send(data)
@@ -444,7 +432,7 @@ def test_a_reader_whose_peer_vanished_probes_and_ends_idle_at_30_s(
     stalled transfer only, probes once early: after max(keepalive_stall_s, 3 RTO)."""
     cfg = DEFAULTS.replace(rto_min_s=rto_min_s)  # PMTU discovery on, as by default
     net = _net(cfg, cfg)
-    a, b = _establish(net)
+    a, b = establish(net)
     assert a.stats.rto_s == rto_min_s
     for _ in range(3 if size == 100 else 1):  # the transfer still goes on after 0.3 s
         b.send(random.Random(SEED).randbytes(size))
@@ -465,7 +453,7 @@ def test_a_healthy_idle_connection_stays_up_for_ten_minutes_with_few_probes() ->
     """Default config on both ends, nothing to say for 10 simulated minutes: every probe is
     answered on arrival, nothing closes, and each end probes at most every keepalive_idle_s."""
     net = _net(DEFAULTS, DEFAULTS)
-    a, b = _establish(net)
+    a, b = establish(net)
     net.run_for(600.0)
     assert (a.state, b.state) == (S.ESTABLISHED, S.ESTABLISHED)
     assert net.a.events == net.b.events == [ConnectionEstablished()]
@@ -489,7 +477,7 @@ def _quiet_pair() -> tuple[Network, Connection]:
     """Established; a wrote b"ping" (acknowledged: SND.UNA = SND.MAX = ISN + 5) and read
     b"pong"; from now on nothing a sends reaches b (b's port is closed)."""
     net = _net()
-    a, b = _establish(net)
+    a, b = establish(net)
     a.send(b"ping")
     b.send(b"pong")
     net.run(until=lambda: a.send_buffer_size == 0 and net.a.received == b"pong")
@@ -543,7 +531,7 @@ def test_port_unreachable_repeated_an_rto_later_ends_a_quiet_connection() -> Non
 
 def test_a_segment_from_the_peer_between_two_errors_starts_the_count_again() -> None:
     net, a = _quiet_pair()
-    _, b = _conns(net)
+    _, b = conns(net)
     t1 = net.now
     assert a.receive_unreachable(_header(ISN_A + 5), now=t1)
     b.send(b"still here")
@@ -580,7 +568,7 @@ def test_port_unreachable_in_last_ack(acked: bool) -> None:
     """LAST_ACK, the client gone: the error repeated by the FIN's retransmission ends the
     connection orderly when every byte was acknowledged, as UNREACHABLE otherwise."""
     net = _net()
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     net.run(until=lambda: b.state is S.CLOSE_WAIT)
     b.send(b"bye")
@@ -612,7 +600,7 @@ def test_an_orphan_in_fin_wait_2_resets_after_fin_wait_2_timeout() -> None:
     alive (answering probes) without closing: fin_wait_2_timeout_s after FIN_WAIT_2 began
     the orphan resets the connection (TIMEOUT) and the peer sees the reset."""
     net = _net(DEFAULTS, DEFAULTS)
-    a, _ = _establish(net)
+    a, _ = establish(net)
     a.orphan(now=net.now)
     assert a.is_orphaned and a.state is S.FIN_WAIT_1
     net.run(until=lambda: a.state is S.FIN_WAIT_2)
@@ -632,7 +620,7 @@ def test_a_half_closed_fin_wait_2_lasts_while_the_peer_talks() -> None:
     """close() (write_eof) is a half-close: FIN_WAIT_2 has no limit while the peer is alive,
     well past fin_wait_2_timeout_s, and data still flows towards the closer."""
     net = _net(DEFAULTS, DEFAULTS)
-    a, b = _establish(net)
+    a, b = establish(net)
     a.close()
     net.run(until=lambda: a.state is S.FIN_WAIT_2)
     for k in range(6):
@@ -660,7 +648,7 @@ def test_a_server_takes_the_clients_keepalive_probe_as_the_handshake_ack() -> No
         return p.flags == Flag.ACK and p.seq == ISN_A + 1 and not p.payload and net.now < 20
 
     net.links["a"].drop = drop
-    a, b = _conns(net)
+    a, b = conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     synack = _sent(net, "b")[-1].time
     net.run(until=lambda: b.state is S.ESTABLISHED)
@@ -683,7 +671,7 @@ def test_user_timeout_fires_once_without_a_burst_of_retransmissions() -> None:
     and again at one instant, each time retransmitting (12 copies at t=2.11 s here)."""
     cfg = FIXED.replace(user_timeout_s=2.0)
     net = _net(cfg, cfg)
-    a, _ = _establish(net)
+    a, _ = establish(net)
     net.run_for(0.08)
     a.send(b"x" * 100)
     net.run_for(0.001)
@@ -699,6 +687,6 @@ def test_a_quiet_connection_to_a_live_peer_survives_a_short_user_timeout() -> No
     probe, which never has time to be answered."""
     cfg = FIXED.replace(user_timeout_s=2.0)
     net = _net(cfg, cfg)
-    a, b = _establish(net)
+    a, b = establish(net)
     net.run_for(60.0)
     assert (a.state, b.state) == (S.ESTABLISHED, S.ESTABLISHED), (a.close_reason, b.close_reason)

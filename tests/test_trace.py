@@ -1,5 +1,5 @@
 """Connection traces and the extended statistics: the exact events of a known scenario, trace
-files read back by ``utcp.traceview``, counters checked against the fake network's own counts,
+files read back by ``utcp.tools.traceview``, counters checked against the fake network's own counts,
 tracing off by default, and the time split between receiver, congestion and application limits.
 
 The client ``a`` starts at ISN 1000 and the server ``b`` at ISN 5000 unless a test says
@@ -17,10 +17,11 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import Link, Network, pair
+from tests.helpers import Link, Network, conns, pair
 from utcp import Config, Connection, ConnectionState, decode, encode
 from utcp.packet import Packet
 from utcp.seqnum import SEQ_MASK
+from utcp.tools.traceview import ladder_lines, load_trace
 from utcp.trace import (
     JsonlTracer,
     ListTracer,
@@ -29,7 +30,6 @@ from utcp.trace import (
     trace_path,
     tracer_for,
 )
-from utcp.traceview import ladder_lines, load_trace
 
 S = ConnectionState
 ISN_A = 1000
@@ -66,15 +66,9 @@ def _connected_pair(
     return net
 
 
-def _conns(net: Network) -> tuple[Connection, Connection]:
-    a, b = net.a.conn, net.b.conn
-    assert a is not None and b is not None
-    return a, b
-
-
 def _transfer_and_close(net: Network, data: bytes) -> None:
     """``a`` sends ``data`` and closes; ``b`` closes after the EOF; run until all is quiet."""
-    a, b = _conns(net)
+    a, b = conns(net)
     a.send(data)
     net.run(until=lambda: len(net.b.received) == len(data))
     a.close()
@@ -136,7 +130,7 @@ def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     tracer = ListTracer()
     net = _connected_pair(tracer, a_to_b=Link(drop=_drop_data_segment(lost)))
     _transfer_and_close(net, random.Random(lost).randbytes(SEGMENTS * MSS))
-    a, b = _conns(net)
+    a, b = conns(net)
     events = tracer.events
     keys = [_key(e) for e in events]
 
@@ -240,7 +234,7 @@ def test_abort_traces_the_reset_and_the_close_reason() -> None:
     peer's trace shows it received and the close reason ``reset``."""
     tracer_a, tracer_b = ListTracer(), ListTracer()
     net = _connected_pair(tracer_a, tracer_b)
-    a, _ = _conns(net)
+    a, _ = conns(net)
     a.abort()
     net.run()
     assert [_key(e) for e in tracer_a.events[-3:]] == [
@@ -284,7 +278,7 @@ def test_drops_name_the_datagram_when_it_decoded() -> None:
     its flags, seq and len, after its datagram_received."""
     tracer = ListTracer()
     net = _connected_pair(tracer)
-    a, _ = _conns(net)
+    a, _ = conns(net)
     good = Packet(0x10, 0xB, 0xA, ISN_B + 1, ISN_A + 1, 100, b"")
     raw = bytearray(encode(good))
     raw[-1] ^= 1
@@ -317,11 +311,11 @@ def test_flags_are_spelled_as_the_ladder_shows_them() -> None:
 
 
 def test_jsonl_trace_loads_and_draws_the_real_handshake(tmp_path: Path) -> None:
-    """A file written through ``tracer_for`` loads with ``utcp.traceview`` and its ladder shows
-    the handshake's wire numbers, here across the 2**32 wrap of the client's ISN."""
+    """A file written through ``tracer_for`` loads with ``utcp.tools.traceview`` and its ladder
+    shows the handshake's wire numbers, here across the 2**32 wrap of the client's ISN."""
     isn_a, isn_b = SEQ_MASK, 123_456_789
     net = pair(isn_a=isn_a, isn_b=isn_b, connect=False)
-    a, b = _conns(net)
+    a, b = conns(net)
     unix_time = 1_795_999_162.512
     tracer = tracer_for(
         Config(trace_dir=str(tmp_path / "traces")),
@@ -440,7 +434,7 @@ def test_duplicates_received_are_link_copies_plus_retransmissions(seed: int) -> 
     tracer = ListTracer()
     net = _connected_pair(tracer, a_to_b=a_to_b, b_to_a=b_to_a)
     _transfer_and_close(net, random.Random(seed).randbytes(300_000))
-    a, b = _conns(net)
+    a, b = conns(net)
     data_retransmissions = sum(1 for e in tracer.named("retransmit") if _length(e))
     assert a_to_b.data_duplicated > 0 and data_retransmissions > 0, f"seed {seed}: weak scenario"
     assert b.stats.duplicate_segments_received == a_to_b.data_duplicated + data_retransmissions
@@ -456,7 +450,7 @@ def test_out_of_order_and_duplicates_match_the_arrivals(seed: int) -> None:
     b_to_a = Link(loss=0.05, rng=random.Random(seed + 1000))
     net = _connected_pair(a_to_b=a_to_b, b_to_a=b_to_a)
     _transfer_and_close(net, random.Random(seed).randbytes(400_000))
-    _, b = _conns(net)
+    _, b = conns(net)
     duplicates = out_of_order = 0
     have: set[int] = set()  # data byte offsets received
     next_byte = 0
@@ -506,7 +500,7 @@ def test_corrupted_datagrams_are_the_bad_checksum_drops(seed: int) -> None:
 
 def _full_exchange() -> Network:
     net = pair()
-    _, b = _conns(net)
+    _, b = conns(net)
     net.run(until=lambda: b.state is S.ESTABLISHED)
     _transfer_and_close(net, b"x" * 10_000)
     return net
@@ -517,7 +511,7 @@ def test_no_tracer_and_no_file_by_default(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.delenv("UTCP_TRACE", raising=False)
     monkeypatch.chdir(tmp_path)
     net = _full_exchange()
-    a, b = _conns(net)
+    a, b = conns(net)
     assert a.tracer is None and b.tracer is None
     assert Connection().tracer is None
     kwargs: dict[str, Any] = {
@@ -602,7 +596,7 @@ def test_config_trace_dir_is_validated(trace_dir: str | None, ok: bool) -> None:
 def test_application_limited_time_runs_from_the_last_send() -> None:
     """One small write, then nothing: from the moment it is sent the application limits."""
     net = _connected_pair()
-    a, _ = _conns(net)
+    a, _ = conns(net)
     assert a.stats.time_limited_by_application_s == 0.0, "nothing sent yet: not limited"
     sent_at = net.now
     a.send(b"ping")
@@ -618,7 +612,7 @@ def test_receiver_limited_time_while_the_peer_does_not_read() -> None:
     """A peer that stops reading closes its window: the sender's time goes to the receiver."""
     small = Config(recv_buffer_bytes=4 * MSS)
     net = _connected_pair(config_b=small)
-    a, b = _conns(net)
+    a, b = conns(net)
     b.pause_reading()
     start = net.now
     a.send(bytes(40 * MSS))
@@ -639,7 +633,7 @@ def test_congestion_limited_time_in_slow_start() -> None:
     """A bulk write with one segment of initial window waits on the congestion window; a
     large receive buffer never limits it; the three figures never exceed the elapsed time."""
     net = _connected_pair(config_a=Config(initial_cwnd_segments=1, pmtud=False))
-    a, _ = _conns(net)
+    a, _ = conns(net)
     start = net.now
     _transfer_and_close(net, bytes(200 * MSS))
     st = a.stats

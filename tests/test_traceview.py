@@ -14,7 +14,7 @@ import pytest
 
 from utcp.cli import main
 from utcp.packet import Flag, Packet, decode, encode
-from utcp.traceview import (
+from utcp.tools.traceview import (
     SeqUnwrapper,
     datagram_from_packet,
     load_trace,

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import UTCP, utcp_cli
-from utcp.tunnel import Tunnel, TunnelAddress, parse_address
+from utcp.tools.tunnel import Tunnel, TunnelAddress, parse_address
 
 pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
 

@@ -445,8 +445,10 @@ class Connection:
                 if self._keepalive_at is None or at < self._keepalive_at:
                     self._keepalive_at = at
             return True
-        if now - first < self.config.rto_min_s:
-            return True  # the same round of datagrams: wait for a repeat
+        if now < first + self.config.rto_min_s:
+            # The same round of datagrams: wait for a repeat.  (Compared as a sum, the way
+            # the confirming probe's deadline was set, so float rounding cannot miss it.)
+            return True
         self._log.info("port_unreachable", state=st.value, errors=self._icmp_errors)
         fin_pos = self._fin_pos
         if (st is LAST_ACK or st is CLOSING) and fin_pos is not None and una >= fin_pos:

@@ -236,6 +236,14 @@ def keepalive_due(conn: Connection) -> float | None:
     return due
 
 
+def keepalive_after_probe(conn: Connection, now: float) -> float | None:
+    """The keepalive deadline after a probe has just gone out: the regular one, but never
+    before the probe could be answered (one RTO), so two probes never leave at one instant."""
+    due = keepalive_due(conn)
+    answer_by = now + max(conn._rtt.rto, conn.config.rto_min_s)
+    return None if due is None else max(due, answer_by)
+
+
 def on_keepalive(conn: Connection, now: float) -> None:
     """The keepalive timer expired: confirm an ICMP error, probe a peer that stalled
     mid-transfer or has been quiet for ``keepalive_idle_s``, or give up after too many
@@ -248,7 +256,7 @@ def on_keepalive(conn: Connection, now: float) -> None:
         # closed port (the error repeats) from a passing fault.
         conn._confirm_unreachable = False
         conn._send_probe = True
-        conn._keepalive_at = keepalive_due(conn)
+        conn._keepalive_at = keepalive_after_probe(conn, now)
         conn._log.debug("unreachable_probe")
         return
     if len(conn._scoreboard):
@@ -263,7 +271,7 @@ def on_keepalive(conn: Connection, now: float) -> None:
         if stall is not None and now >= stall:
             conn._stall_probed_at = conn._last_activity
             conn._send_probe = True
-            conn._keepalive_at = keepalive_due(conn)
+            conn._keepalive_at = keepalive_after_probe(conn, now)
             conn._log.debug("stall_probe", silent_s=now - conn._last_activity)
             return
         due = keepalive_due(conn)

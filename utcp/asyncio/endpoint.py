@@ -239,6 +239,8 @@ class Endpoint:
         self._half_open = 0
         self._recently_closed: dict[int, float] = {}  # cid -> until when bare ACKs are ignored
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        # Closing, and no connection the application holds is left (wait_done()).
+        self._done: asyncio.Future[None] = self._loop.create_future()
         self._closing = False
         self._cutting = False  # _close_socket is ending background connections
         self._until_released: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
@@ -289,6 +291,8 @@ class Endpoint:
         self._until_released.clear()
         if not self._closed.done():
             self._closed.set_result(None)
+        if not self._done.done():
+            self._done.set_result(None)
 
     def error_received(self, exc: Exception) -> None:
         # On a connected (client) socket the kernel reports ICMP port unreachable here: nobody
@@ -905,12 +909,12 @@ class Endpoint:
 
     def _maybe_close_socket(self) -> None:
         """Close the socket of a closing endpoint once nothing holds it.  A single-connection
-        client's socket lasts as long as its connection (TIME_WAIT re-acknowledges a lost
-        final ACK).  A server or client endpoint closed by the application waits for the
-        connections the application still holds; of those winding down in the background,
-        an orphan waiting in FIN_WAIT_2 is reset and TIME_WAIT is cut to two RTOs
-        (``Connection.shorten_time_wait``): long enough to answer the retransmitted FIN of a
-        peer whose final ACK was lost, short enough that closing is not held up by 2 MSL."""
+        client's socket lasts as long as its connection.  A server or client endpoint closed
+        by the application is done (``wait_done``) once the connections the application
+        holds have ended; of those winding down in the background, an orphan waiting in
+        FIN_WAIT_2 for a peer that never closes is reset, and TIME_WAIT runs its course (it
+        re-acknowledges the FIN a peer retransmits if our final ACK was lost), after which the
+        socket closes: the kernel keeps TIME_WAIT of a closed TCP socket the same way."""
         if self._cutting or self._transport is None:
             return
         if self._single:
@@ -918,13 +922,10 @@ class Endpoint:
                 return
         elif len(self._handles) > len(self._background):
             return
-        now = _clock()
+        if not self._done.done():
+            self._done.set_result(None)
         for handle in list(self._background.values()):
-            conn = handle.conn
-            if conn.state is TIME_WAIT:
-                conn.shorten_time_wait(now=now)
-                self._rearm(handle)
-            elif not handle.forgotten:
+            if handle.conn.state is not TIME_WAIT and not handle.forgotten:
                 self._end_background(handle)  # forgetting it may close the socket
         if not self._handles and self._transport is not None:
             self._close_socket()
@@ -990,6 +991,12 @@ class Endpoint:
         return "portable"
 
     @property
+    def closing(self) -> bool:
+        """Whether ``close()`` (or the end of a single client connection) has begun to close
+        the endpoint: it accepts and opens no more connections."""
+        return self._closing
+
+    @property
     def connection_count(self) -> int:
         """Connections not yet finished (TIME_WAIT included)."""
         return len(self._handles)
@@ -1033,5 +1040,13 @@ class Endpoint:
             self._transport.close()
 
     async def wait_closed(self) -> None:
-        """Wait until the UDP socket is closed."""
+        """Wait until the UDP socket is closed (after TIME_WAIT, when a connection is in it)."""
         await asyncio.shield(self._closed)
+
+    async def wait_done(self) -> None:
+        """Wait until the endpoint is closing and every connection the application holds has
+        ended; TIME_WAIT may still hold the socket a while (``wait_closed``), and when
+        nothing does, this also waits for the socket to be closed (a loop turn)."""
+        await asyncio.shield(self._done)
+        if not self._handles:
+            await asyncio.shield(self._closed)

@@ -126,15 +126,18 @@ class ClientEndpoint:
 
     @property
     def sockets(self) -> tuple[Any, ...]:
-        """The UDP socket (empty once closed)."""
+        """The UDP socket (empty once closing)."""
         sock = self._udp.get_extra_info("socket")
-        return (sock,) if sock is not None and self._endpoint.transport is not None else ()
+        endpoint = self._endpoint
+        if sock is None or endpoint.transport is None or endpoint.closing:
+            return ()  # as asyncio.Server.sockets once closed (TIME_WAIT may still hold it)
+        return (sock,)
 
     async def create_connection(
         self, protocol_factory: Callable[[], P], host: str, port: int
     ) -> tuple[asyncio.Transport, P]:
         """Open a connection to ``host:port`` and attach ``protocol_factory()`` to it."""
-        if self._endpoint.transport is None or self._endpoint._closing:
+        if self._endpoint.transport is None or self._endpoint.closing:
             raise RuntimeError("the client endpoint is closed")
         family, remote = await _resolve(host, port, passive=False, family=self._family)
         addr = remote[:2] if family == socket.AF_INET else remote
@@ -159,8 +162,10 @@ class ClientEndpoint:
         self._endpoint.abort_all()
 
     async def wait_closed(self) -> None:
-        """Wait until the socket is closed."""
-        await self._endpoint.wait_closed()
+        """Wait until the endpoint is closed and its connections have ended; one the peer
+        closed second may still be in TIME_WAIT, which ends on its own (the socket closes
+        then, or when the event loop shuts down)."""
+        await self._endpoint.wait_done()
 
     async def __aenter__(self) -> ClientEndpoint:
         return self
@@ -257,10 +262,13 @@ class Server:
         ]
 
     async def wait_closed(self) -> None:
-        """Wait until the server is closed and its connections have ended."""
+        """Wait until the server is closed and its connections have ended, as asyncio's does.
+        Connections in TIME_WAIT (the server closed first) are not waited for: it runs its
+        course in the background and the socket closes after it, or when the event loop shuts
+        down (``server.endpoint.wait_closed()`` waits for that)."""
         if self._serving:
             return
-        await self._endpoint.wait_closed()
+        await self._endpoint.wait_done()
 
     async def serve_forever(self) -> None:
         """Serve until cancelled; then close the server."""

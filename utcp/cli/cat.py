@@ -16,11 +16,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import BinaryIO
 
 from .. import Config, open_connection, start_server
 from ..log import get_logger
 from . import report
+from .helpers import duration, load_config_file, port_number
 from .output import run_command
 
 CHUNK = 64 * 1024
@@ -30,8 +32,6 @@ _log = get_logger()
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``cat`` subcommand."""
-    from . import duration, port_number
-
     p = sub.add_parser(
         "cat",
         help="netcat for utcp: stdin to the connection, the connection to stdout",
@@ -52,7 +52,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         metavar="DURATION",
         help="abort when the peer acknowledges nothing for this long, e.g. 10s "
-        "(default: after 15 retransmissions, as TCP)",
+        "(default: none; a peer silent for 30 s is given up anyway, Config.idle_timeout_s)",
     )
     p.add_argument(
         "--connect-timeout",
@@ -60,6 +60,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         metavar="DURATION",
         help="give up connecting after this long (default: after 5 SYN retransmissions)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="a JSON (or TOML) object of utcp.Config fields, e.g. "
+        '{"idle_timeout_s": 120}; --user-timeout overrides its user_timeout_s',
     )
     p.set_defaults(func=main, _port_type=port_number)
 
@@ -159,11 +166,15 @@ async def _session(
 
 
 def _config(args: argparse.Namespace) -> Config:
-    return Config(user_timeout_s=args.user_timeout)
+    """The ``Config`` the options ask for: the file's fields, then --user-timeout."""
+    values = load_config_file(args.config) if args.config is not None else {}
+    if args.user_timeout is not None or "user_timeout_s" not in values:
+        values["user_timeout_s"] = args.user_timeout
+    return Config(**values).validate()
 
 
 async def _connect(args: argparse.Namespace, host: str, port: int) -> None:
-    coro = open_connection(host, port, config=_config(args))
+    coro = open_connection(host, port, config=args.utcp_config)
     if args.connect_timeout is not None:
         reader, writer = await asyncio.wait_for(coro, args.connect_timeout)
     else:
@@ -185,7 +196,7 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
             if not done.done():
                 done.set_result(None)
 
-    server = await start_server(accept, args.host, port, config=_config(args))
+    server = await start_server(accept, args.host, port, config=args.utcp_config)
     addr = server.sockets[0].getsockname()
     print(f"utcp cat listening on utcp://{addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
     try:
@@ -193,16 +204,24 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
     except BaseException:
         server.close()  # stopped before or during the connection: no TIME_WAIT to keep
         server.abort_clients()
+        server.endpoint.abort_all()
         raise
     finally:
-        # Stay for TIME_WAIT (seconds): should the peer's copy of our last ACK be lost, its
-        # retransmitted FIN still gets an answer and the peer ends cleanly too.
         await server.wait_closed()
+        # Stay while our side is in TIME_WAIT (when we closed first: 2 x msl_s): should the
+        # peer's copy of our last ACK be lost, its retransmitted FIN still gets an answer and
+        # the peer ends cleanly too.  A process's exit would end TIME_WAIT.
+        await server.endpoint.wait_closed()
 
 
 def main(args: argparse.Namespace) -> int:
     """Run ``utcp cat``; 0 after a clean close, 1 on a connection error."""
     parse_port = args._port_type
+    try:
+        args.utcp_config = _config(args)
+    except (ValueError, TypeError) as exc:
+        print(f"utcp cat: error: {exc}", file=sys.stderr)
+        return 2
     try:
         if args.listen:
             if len(args.target) != 1:

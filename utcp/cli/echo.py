@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+from .helpers import port_number, serve_until_signalled
 from .output import run_command
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``echo-server`` subcommand."""
-    from . import port_number
-
     p = sub.add_parser(
         "echo-server",
         help="run an echo server",
@@ -35,8 +34,6 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def serve(host: str, port: int) -> None:
     """Serve until SIGINT or SIGTERM."""
-    from . import serve_until_signalled
-
     await serve_until_signalled(_echo, host, port, "echo server")
 
 

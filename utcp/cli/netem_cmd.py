@@ -1,4 +1,4 @@
-"""The ``utcp netem`` subcommand: run an impairing UDP relay (``utcp.netem.Relay``) until
+"""The ``utcp netem`` subcommand: run an impairing UDP relay (``utcp.tools.netem.Relay``) until
 SIGINT/SIGTERM, then print what it did to each direction.
 
 It owns the command's options and their parsing; every impairment can be set for both directions
@@ -11,11 +11,10 @@ import argparse
 import re
 import sys
 from collections.abc import Callable
-from typing import TypeVar
 
 from ..asyncio import run as utcp_run
-from ..netem import Impairment, Relay
-from . import wait_for_signal
+from ..tools.netem import Impairment, Relay
+from .helpers import arg_type, wait_for_signal
 from .units import (
     parse_duration,
     parse_fraction,
@@ -25,8 +24,6 @@ from .units import (
     parse_size,
 )
 
-T = TypeVar("T")
-
 USAGE = (
     "%(prog)s --listen H:P --to H:P [--loss PCT] [--delay MS] [--jitter MS]\n"
     "       [--dup PCT] [--corrupt PCT] [--reorder PCT] [--rate MBIT --queue KB]\n"
@@ -34,19 +31,6 @@ USAGE = (
     "       (each impairment also as --OPTION-up, --OPTION-down)"
 )
 DIRECTIONS = ("up", "down")
-
-
-def _arg_type(parse: Callable[[str], T], name: str) -> Callable[[str], T]:
-    """Wrap a units parser so argparse reports its one-line message (exit status 2)."""
-
-    def convert(text: str) -> T:
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    convert.__name__ = name  # argparse names the type in some messages
-    return convert
 
 
 def _milliseconds(text: str) -> float:
@@ -69,68 +53,68 @@ def _datagram_size(text: str) -> int:
 
 # option, Impairment field, type, metavar, help
 _IMPAIRMENTS: list[tuple[str, str, Callable[[str], object], str, str]] = [
-    ("loss", "loss", _arg_type(parse_fraction, "percentage"), "PCT", "drop this fraction (5%%)"),
+    ("loss", "loss", arg_type(parse_fraction, "percentage"), "PCT", "drop this fraction (5%%)"),
     (
         "delay",
         "delay_s",
-        _arg_type(_milliseconds, "duration"),
+        arg_type(_milliseconds, "duration"),
         "MS",
         "one-way propagation delay (20, 20ms or 0.5s)",
     ),
     (
         "jitter",
         "jitter_s",
-        _arg_type(_milliseconds, "duration"),
+        arg_type(_milliseconds, "duration"),
         "MS",
         "add a uniform random 0..MS to each delay (may reorder)",
     ),
-    ("dup", "dup", _arg_type(parse_fraction, "percentage"), "PCT", "duplicate this fraction"),
+    ("dup", "dup", arg_type(parse_fraction, "percentage"), "PCT", "duplicate this fraction"),
     (
         "corrupt",
         "corrupt",
-        _arg_type(parse_fraction, "percentage"),
+        arg_type(parse_fraction, "percentage"),
         "PCT",
         "flip one random bit in this fraction",
     ),
     (
         "reorder",
         "reorder",
-        _arg_type(parse_fraction, "percentage"),
+        arg_type(parse_fraction, "percentage"),
         "PCT",
         "hold this fraction back by a random extra delay (see --reorder-extra)",
     ),
     (
         "reorder-extra",
         "reorder_extra_s",
-        _arg_type(_milliseconds, "duration"),
+        arg_type(_milliseconds, "duration"),
         "MS",
         "the most a reordered datagram is held back (default 30ms)",
     ),
     (
         "rate",
         "rate_bps",
-        _arg_type(parse_rate, "rate"),
+        arg_type(parse_rate, "rate"),
         "MBIT",
         "bottleneck rate in Mbit/s (20, 500kbit, 1gbit); off by default",
     ),
     (
         "queue",
         "queue_bytes",
-        _arg_type(_queue_size, "size"),
+        arg_type(_queue_size, "size"),
         "KB",
         "the bottleneck's tail-drop queue (64 or 64K = 64 KiB, 1M; default 64K)",
     ),
     (
         "blackhole",
         "blackhole",
-        _arg_type(parse_interval, "interval"),
+        arg_type(parse_interval, "interval"),
         "START+LEN",
         "drop everything from START for LEN after the relay starts (2s+3s)",
     ),
     (
         "mtu",
         "mtu",
-        _arg_type(_datagram_size, "size"),
+        arg_type(_datagram_size, "size"),
         "BYTES",
         "silently drop datagrams (UDP payloads) larger than this: a PMTU black hole",
     ),
@@ -159,14 +143,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--listen",
         required=True,
-        type=_arg_type(parse_hostport, "address"),
+        type=arg_type(parse_hostport, "address"),
         metavar="H:P",
         help="where clients send (port 0 picks a free one)",
     )
     parser.add_argument(
         "--to",
         required=True,
-        type=_arg_type(parse_hostport, "address"),
+        type=arg_type(parse_hostport, "address"),
         metavar="H:P",
         help="the server datagrams are relayed to",
     )

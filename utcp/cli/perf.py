@@ -19,6 +19,7 @@ from typing import Any
 
 from .. import Config, ConnectionStats, open_connection
 from ..trace import TRACE_ENV
+from .helpers import duration, port_number, serve_until_signalled, size
 from .output import run_command
 from .report import (
     clock_note,
@@ -34,8 +35,6 @@ _ZEROS = bytes(CHUNK)
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``perf`` subcommand."""
-    from . import duration, port_number, size
-
     p = sub.add_parser(
         "perf",
         help="measure throughput (iperf3-style)",
@@ -141,8 +140,6 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
 
 async def serve(host: str, port: int) -> None:
     """The perf server: serves tests until SIGINT or SIGTERM."""
-    from . import serve_until_signalled
-
     await serve_until_signalled(_serve_one, host, port, "perf server")
 
 

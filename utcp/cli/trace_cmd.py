@@ -12,7 +12,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
-from ..traceview import Trace, ladder_lines, ladder_svg, load_trace, plot_time_sequence
+from ..tools.traceview import Trace, ladder_lines, ladder_svg, load_trace, plot_time_sequence
 
 INSTALL_HINT = "matplotlib is not installed: pip install 'utcp-transport[plot]'"
 

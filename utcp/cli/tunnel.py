@@ -1,4 +1,5 @@
-"""``utcp tunnel``: carry TCP connections over utcp (``utcp.tunnel.Tunnel``) until SIGINT/SIGTERM.
+"""``utcp tunnel``: carry TCP connections over utcp (``utcp.tools.tunnel.Tunnel``) until
+SIGINT/SIGTERM.
 
 It owns the command's options: the two ends, the utcp tunables that matter on a bad path (as
 flags or a JSON/TOML file of ``Config`` fields), and the human output (a start line, a line per
@@ -8,8 +9,6 @@ connection on stderr, the counters on exit).
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,8 +16,8 @@ from typing import Any
 from ..asyncio import run as utcp_run
 from ..config import Config
 from ..congestion import available
-from ..tunnel import ConnectionRecord, Tunnel, TunnelAddress, parse_address
-from . import wait_for_signal
+from ..tools.tunnel import ConnectionRecord, Tunnel, TunnelAddress, parse_address
+from .helpers import arg_type, duration, load_config_file, size, wait_for_signal
 
 USAGE = (
     "%(prog)s --listen tcp:[HOST:]PORT --to utcp:HOST:PORT [options]   (client end)\n"
@@ -28,8 +27,6 @@ USAGE = (
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the ``tunnel`` subcommand."""
-    from . import arg_type, duration, size
-
     p = sub.add_parser(
         "tunnel",
         usage=USAGE,
@@ -88,14 +85,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=duration,
         metavar="DURATION",
         help="reset a connection whose data goes unacknowledged this long, e.g. 30s "
-        "(default: after 15 retransmissions, minutes)",
+        "(default: none; a peer silent for 30 s is given up anyway, Config.idle_timeout_s)",
     )
     tun.add_argument(
         "--keepalive",
         type=duration,
         metavar="DURATION",
         help="probe an idle connection after DURATION of silence and every DURATION after; "
-        f"reset it after {defaults.keepalive_probes} unanswered probes (default: off)",
+        f"reset it after {defaults.keepalive_probes} unanswered probes "
+        f"(default: after {defaults.keepalive_idle_s:g}s, then every "
+        f"{defaults.keepalive_interval_s:g}s)",
     )
     p.add_argument(
         "--connect-timeout",
@@ -105,61 +104,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "(default: when utcp's SYN retries or the kernel's TCP connect give up)",
     )
     p.set_defaults(func=main)
-
-
-# Config fields given as text in a file, checked against the dataclass's own annotations.
-_FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(Config)}
-
-
-def _check_value(name: str, value: Any) -> None:
-    kinds = {part.strip() for part in _FIELD_TYPES[name].split("|")}
-    ok = (
-        (value is None and "None" in kinds)
-        or (isinstance(value, bool) and "bool" in kinds)
-        or (
-            not isinstance(value, bool)
-            and (
-                (isinstance(value, int) and ("int" in kinds or "float" in kinds))
-                or (isinstance(value, float) and "float" in kinds)
-                or (isinstance(value, str) and "str" in kinds)
-            )
-        )
-    )
-    if not ok:
-        raise ValueError(f"{name} must be {_FIELD_TYPES[name]}, not {value!r}")
-
-
-def _load_toml(path: Path, text: str) -> Any:
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        try:
-            return tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ValueError(f"{path}: not TOML: {exc}") from None
-    raise ValueError(f"{path}: TOML needs Python 3.11+; write it as JSON")
-
-
-def load_config_file(path: Path) -> dict[str, Any]:
-    """The ``Config`` fields a JSON or TOML file sets; ``ValueError`` says what is wrong."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if path.suffix.lower() == ".toml":
-        values: Any = _load_toml(path, text)
-    else:
-        try:
-            values = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: not JSON: {exc}") from None
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected an object of Config fields")
-    for name, value in values.items():
-        if name not in _FIELD_TYPES:
-            raise ValueError(f"{path}: unknown Config field {name!r}")
-        _check_value(name, value)
-    return values
 
 
 def build_config(args: argparse.Namespace) -> Config:

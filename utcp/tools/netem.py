@@ -18,7 +18,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from .log import get_logger
+from ..log import get_logger
 
 __all__ = ["DirectionCounters", "Impairment", "Relay", "RelayCounters"]
 

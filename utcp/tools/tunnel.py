@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from .asyncio import ClientEndpoint, Server, create_client_endpoint, start_server
-from .config import Config
-from .log import get_logger
+from ..asyncio import ClientEndpoint, Server, create_client_endpoint, start_server
+from ..config import Config
+from ..log import get_logger
 
 __all__ = [
     "ConnectionRecord",

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
-from .packet import Packet
-from .seqnum import SEQ_MASK, seq_add, seq_diff
-from .trace import packet_fields
+from ..packet import Packet
+from ..seqnum import SEQ_MASK, seq_add, seq_diff
+from ..trace import packet_fields
 
 __all__ = [
     "Closed",
