@@ -30,6 +30,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.cookies",
     "utcp.stateless",
     "utcp.pmtud",
+    "utcp.deadlines",
     "utcp.stats",
     "utcp.timers",
     "utcp.acking",

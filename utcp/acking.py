@@ -40,7 +40,7 @@ def on_syn_acked(conn: Connection, p: Packet, now: float) -> None:
                 conn._trace_rtt()
         conn._snd_una = 1
         conn._rtt.reset_backoff()
-        conn._rto_at = None
+        conn._dl.rto = None
         conn._need_syn = False
         if conn._tracer is not None:
             conn._lost_by.pop(0, None)  # the SYN arrived: no retransmission is due
@@ -156,10 +156,10 @@ def on_new_ack(conn: Connection, ack_pos: int, now: float) -> None:
     conn._tlp_sent = False
     if len(sb):
         conn._oldest_unacked_since = now
-        conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+        conn._dl.rto = cap_to_user_timeout(conn, now + conn._rtt.rto)
         arm_tlp(conn, now)
     else:
-        conn._rto_at = conn._tlp_at = None
+        conn._dl.rto = conn._dl.tlp = None
         conn._oldest_unacked_since = None
         if conn._tracer is not None:
             conn._lost_by.clear()
@@ -231,7 +231,7 @@ def update_window(conn: Connection, p: Packet, seg_pos: int, ack_pos: int) -> No
         shift = 0 if p.flags & _SYN else conn._snd_wscale
         wnd = p.window << shift
         if wnd and conn._snd_wnd == 0:
-            conn._persist_at = None
+            conn._dl.persist = None
             conn._persist_backoff = 0
         conn._snd_wnd = wnd
         conn._max_snd_wnd = max(conn._max_snd_wnd, wnd)

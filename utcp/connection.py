@@ -19,6 +19,7 @@ from typing import Final
 from . import congestion
 from .buffers import ReassemblyBuffer, SendBuffer
 from .config import Config
+from .deadlines import Deadlines
 from .events import (
     CloseReason,
     ConnectionClosed,
@@ -140,7 +141,6 @@ class Connection:
         self._dupacks = 0
         self._dupack_credit = 0  # bytes of dup-ACK inflation in recovery without SACK
         self._rexmit_now = False  # fast retransmit due: send it whatever the pipe says
-        self._tlp_at: float | None = None  # tail loss probe deadline (RFC 8985 section 7)
         self._tlp_sent = False  # one probe per flight, until new data is acknowledged
         self._sack_ok = False
         self._ts_ok = False
@@ -184,16 +184,11 @@ class Connection:
         self._pmtud_ok = False  # both ends take part: we probe, and answer the peer's probes
         self._probe_ack_id: int | None = None  # the peer's probe we owe an answer
 
-        # Timers: absolute deadlines or None.
-        self._rto_at: float | None = None
-        self._ack_at: float | None = None
-        self._persist_at: float | None = None
+        # Timers: absolute deadlines or None, one named table (utcp/deadlines.py).
+        self._dl = Deadlines()
         self._persist_backoff = 0
         self._persist_probes = 0
-        self._time_wait_at: float | None = None
         self._time_wait_s = 2 * cfg.msl_s  # how long TIME_WAIT lasts (shorten_time_wait)
-        self._fin_wait_2_at: float | None = None  # an orphan's FIN_WAIT_2 ends here
-        self._keepalive_at: float | None = None
         self._keepalive_probes = 0
         self._last_activity = 0.0  # when the peer was last heard from (or connect() called)
         # Full-sized segments from the peer mean it is in the middle of a transfer: silence
@@ -228,11 +223,9 @@ class Connection:
         self._drops: dict[DropReason, int] = {}
         self._challenge_acks = 0
         self._last_challenge_at: float | None = None
-        self._idle_at: float | None = None
         # An active opener re-sends its handshake ACK until the peer shows it arrived: the
         # peer never re-sends a SYN-ACK on its own (anti-amplification), and a lost final
         # ACK would otherwise leave a silent client and a half-open server waiting forever.
-        self._confirm_at: float | None = None
         self._confirm_tries = 0
         self._passive = False  # opened by a peer's SYN: its address is not validated yet
         self._dup_segments = 0
@@ -392,14 +385,14 @@ class Connection:
         within that time, which restarts the shortened wait."""
         short = min(2 * self.config.msl_s, 2 * max(self._rtt.rto, self.config.rto_min_s))
         self._time_wait_s = min(self._time_wait_s, short)
-        if self._state is TIME_WAIT and self._time_wait_at is not None:
-            self._time_wait_at = min(self._time_wait_at, now + self._time_wait_s)
+        if self._state is TIME_WAIT and self._dl.time_wait is not None:
+            self._dl.time_wait = min(self._dl.time_wait, now + self._time_wait_s)
 
     def _arm_fin_wait_2(self, now: float) -> None:
         """An orphan waits in FIN_WAIT_2 at most ``fin_wait_2_timeout_s`` for the peer's FIN."""
         timeout = self.config.fin_wait_2_timeout_s
-        if timeout is not None and self._fin_wait_2_at is None:
-            self._fin_wait_2_at = now + timeout
+        if timeout is not None and self._dl.fin_wait_2 is None:
+            self._dl.fin_wait_2 = now + timeout
 
     def receive_unreachable(self, quoted: Packet, *, now: float) -> bool:
         """An ICMP port unreachable (or another hard error) quoting ``quoted``, the header of
@@ -442,8 +435,8 @@ class Connection:
             if not len(self._scoreboard):
                 self._confirm_unreachable = True
                 at = now + max(self._rtt.rto, self.config.rto_min_s)
-                if self._keepalive_at is None or at < self._keepalive_at:
-                    self._keepalive_at = at
+                if self._dl.keepalive is None or at < self._dl.keepalive:
+                    self._dl.keepalive = at
             return True
         if now < first + self.config.rto_min_s:
             # The same round of datagrams: wait for a repeat.  (Compared as a sum, the way
@@ -515,21 +508,7 @@ class Connection:
 
     def get_timer(self) -> float | None:
         """The earliest deadline at which ``handle_timer`` must be called, or None."""
-        # Plain comparisons: compiled, this is a few machine instructions per timer (it is
-        # asked after every datagram); the sources pay about a microsecond.
-        best = self._rto_at
-        for t in (
-            self._tlp_at,
-            self._ack_at,
-            self._persist_at,
-            self._time_wait_at,
-            self._fin_wait_2_at,
-            self._keepalive_at,
-            self._idle_at,
-            self._confirm_at,
-        ):
-            if t is not None and (best is None or t < best):
-                best = t
+        best = self._dl.earliest()
         pm = self._pmtud
         if pm is not None:
             t = pm.timer
@@ -542,52 +521,52 @@ class Connection:
         tracer = self._tracer
         if tracer is not None:
             self._trace_now = now
-        if self._time_wait_at is not None and now >= self._time_wait_at:
+        if self._dl.time_wait is not None and now >= self._dl.time_wait:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "time_wait"})
-            self._time_wait_at = None
+            self._dl.time_wait = None
             self._set_state(CLOSED)
             self._clear_timers()
             return
-        if self._rto_at is not None and now >= self._rto_at:
+        if self._dl.rto is not None and now >= self._dl.rto:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "rto"})
-            self._rto_at = self._tlp_at = None
+            self._dl.rto = self._dl.tlp = None
             on_rto(self, now)
-        if self._tlp_at is not None and now >= self._tlp_at:
+        if self._dl.tlp is not None and now >= self._dl.tlp:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "tlp"})
-            self._tlp_at = None
+            self._dl.tlp = None
             on_tlp(self, now)
-        if self._fin_wait_2_at is not None and now >= self._fin_wait_2_at:
+        if self._dl.fin_wait_2 is not None and now >= self._dl.fin_wait_2:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "fin_wait_2"})
-            self._fin_wait_2_at = None
+            self._dl.fin_wait_2 = None
             on_fin_wait_2(self, now)
-        if self._persist_at is not None and now >= self._persist_at:
+        if self._dl.persist is not None and now >= self._dl.persist:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "persist"})
-            self._persist_at = None
+            self._dl.persist = None
             on_persist(self, now)
-        if self._ack_at is not None and now >= self._ack_at:
+        if self._dl.ack is not None and now >= self._dl.ack:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "delayed_ack"})
-            self._ack_at = None
+            self._dl.ack = None
             self._ack_now = True
-        if self._keepalive_at is not None and now >= self._keepalive_at:
+        if self._dl.keepalive is not None and now >= self._dl.keepalive:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "keepalive"})
-            self._keepalive_at = None
+            self._dl.keepalive = None
             on_keepalive(self, now)
-        if self._idle_at is not None and now >= self._idle_at:
+        if self._dl.idle is not None and now >= self._dl.idle:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "idle"})
-            self._idle_at = None
+            self._dl.idle = None
             on_idle(self, now)
-        if self._confirm_at is not None and now >= self._confirm_at:
+        if self._dl.confirm is not None and now >= self._dl.confirm:
             if tracer is not None:
                 tracer.event(now, "timer_fired", {"timer": "handshake_ack"})
-            self._confirm_at = None
+            self._dl.confirm = None
             on_confirm(self, now)
         pm = self._pmtud
         if pm is not None and pm.timer is not None and now >= pm.timer:
@@ -684,7 +663,7 @@ class Connection:
         self._scoreboard.clear()
         self._need_syn = self._send_probe = False
         self._probe_ack_id = None
-        self._time_wait_at = now + self._time_wait_s
+        self._dl.time_wait = now + self._time_wait_s
 
     # ------------------------------------------------------------------ sending
 
@@ -730,7 +709,7 @@ class Connection:
             if self._syn_retries == 0:
                 self._syn_sent_at = now
             self._snd_nxt = self._snd_max = max(self._snd_max, 1)
-            self._rto_at = now + self._rtt.rto
+            self._dl.rto = now + self._rtt.rto
             self._segments_sent += 1
             if st is SYN_SENT:
                 return out
@@ -783,17 +762,17 @@ class Connection:
             and self._snd_nxt == self._sndbuf.end
             and self._fin_pos is None
             and not self._scoreboard.has_lost
-            and self._persist_at is None
+            and self._dl.persist is None
             and self._tracer is None
             and (pm is None or not pm.probe_due or not self._probe_worthy)
             and (
-                self._keepalive_at is not None
+                self._dl.keepalive is not None
                 or (
                     cfg.keepalive_idle_s is None
                     and (cfg.keepalive_stall_s is None or not self._peer_mid_stream)
                 )
             )
-            and (cfg.idle_timeout_s is None or self._idle_at is not None)
+            and (cfg.idle_timeout_s is None or self._dl.idle is not None)
         )
 
     def _may_probe(self) -> bool:
@@ -933,9 +912,7 @@ class Connection:
             self._tracer.event(self._trace_now, "connection_closed", {"reason": reason.value})
 
     def _clear_timers(self) -> None:
-        self._rto_at = self._ack_at = self._persist_at = self._tlp_at = None
-        self._time_wait_at = self._keepalive_at = self._idle_at = self._confirm_at = None
-        self._fin_wait_2_at = None
+        self._dl.clear()
         self._confirm_unreachable = False
         if self._pmtud is not None:
             self._pmtud.stop()

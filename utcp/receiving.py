@@ -83,7 +83,7 @@ def rx_syn_sent(conn: Connection, p: Packet, now: float) -> None:
         conn._events.append(ConnectionEstablished())
         conn._ack_now = True
         if conn.config.syn_retries:
-            conn._confirm_at = now + conn._rtt.rto
+            conn._dl.confirm = now + conn._rtt.rto
     else:
         # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK, same ISS.
         conn._set_state(SYN_RECEIVED)
@@ -198,7 +198,7 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
         return
     conn._last_activity = now
     conn._keepalive_probes = 0
-    conn._confirm_at = None  # the peer is synchronized: it sent an acceptable segment
+    conn._dl.confirm = None  # the peer is synchronized: it sent an acceptable segment
     if p.timestamps is not None and conn._ts_ok and seg_pos <= conn._rcv_nxt:
         conn._ts_recent = p.timestamps[0]
     if not rx_ack(conn, p, seg_pos, now):
@@ -229,7 +229,7 @@ def rx_time_wait(conn: Connection, p: Packet, seg_pos: int, now: float) -> None:
     ):
         conn._ack_now = True
         conn._dup_segments += 1
-        conn._time_wait_at = now + conn._time_wait_s
+        conn._dl.time_wait = now + conn._time_wait_s
         return
     conn._drop(DropReason.UNEXPECTED)
 
@@ -242,7 +242,7 @@ def note_segment_size(conn: Connection, n: int) -> None:
     if full is not conn._peer_mid_stream:
         conn._peer_mid_stream = full
         if full:
-            conn._keepalive_at = None  # re-armed by the next datagrams_to_send
+            conn._dl.keepalive = None  # re-armed by the next datagrams_to_send
 
 
 def rx_predicted(conn: Connection, p: Packet, now: float) -> bool:
@@ -278,7 +278,7 @@ def rx_predicted(conn: Connection, p: Packet, now: float) -> bool:
         return False  # a duplicate ACK or a window update
     conn._last_activity = now
     conn._keepalive_probes = 0
-    conn._confirm_at = None
+    conn._dl.confirm = None
     if p.timestamps is not None and conn._ts_ok:
         conn._ts_recent = p.timestamps[0]
     if ack_pos != snd_una:
@@ -291,8 +291,8 @@ def rx_predicted(conn: Connection, p: Packet, now: float) -> bool:
         conn._unacked_bytes += n
         if conn._unacked_bytes >= conn._ack_bytes:
             conn._ack_now = True
-        elif not conn._ack_now and conn._ack_at is None:
-            conn._ack_at = now + conn.config.delayed_ack_s
+        elif not conn._ack_now and conn._dl.ack is None:
+            conn._dl.ack = now + conn.config.delayed_ack_s
     return True
 
 
@@ -372,8 +372,8 @@ def rx_data(
         conn._rcv_nxt += 1
         conn._ack_now = True
         on_fin_received(conn, now)
-    elif not conn._ack_now and conn._ack_at is None:
-        conn._ack_at = now + conn.config.delayed_ack_s
+    elif not conn._ack_now and conn._dl.ack is None:
+        conn._dl.ack = now + conn.config.delayed_ack_s
 
 
 def deliver(conn: Connection, data: bytes) -> None:

@@ -119,11 +119,11 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
         after_send(conn, now)
     # Zero (or too small) window with data waiting and nothing in flight: probe it.
     if window_blocked(conn):
-        if conn._persist_at is None:
+        if conn._dl.persist is None:
             interval = min(conn._rtt.rto * (1 << conn._persist_backoff), conn.config.rto_max_s)
-            conn._persist_at = now + interval
+            conn._dl.persist = now + interval
     else:
-        conn._persist_at = None
+        conn._dl.persist = None
 
 
 def send_lone_segment(conn: Connection, out: list[bytes], now: float) -> bool:
@@ -150,7 +150,7 @@ def send_lone_segment(conn: Connection, out: list[bytes], now: float) -> bool:
     if end > conn._snd_max:
         conn._snd_max = end
     after_send(conn, now)
-    conn._persist_at = None  # nothing waits: no window to probe
+    conn._dl.persist = None  # nothing waits: no window to probe
     return True
 
 
@@ -158,8 +158,8 @@ def after_send(conn: Connection, now: float) -> None:
     """Segments went out: arm the retransmission and tail-loss timers, wake PMTU discovery."""
     if conn._oldest_unacked_since is None:
         conn._oldest_unacked_since = now
-    if conn._rto_at is None:
-        conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+    if conn._dl.rto is None:
+        conn._dl.rto = cap_to_user_timeout(conn, now + conn._rtt.rto)
     if not conn._tlp_sent:
         arm_tlp(conn, now)
     pm = conn._pmtud
@@ -225,7 +225,7 @@ def build(
         conn._adv_wnd = window << conn._rcv_wscale
         if flags & _ACK:
             conn._ack_now = False
-            conn._ack_at = None
+            conn._dl.ack = None
             conn._unacked_bytes = 0
             ack = (conn._irs + conn._rcv_nxt) & SEQ_MASK
         else:
@@ -278,7 +278,7 @@ def build(
             p.sack_blocks = sack_blocks(conn, len(payload), probe_ack is not None)
     if flags & _ACK:
         conn._ack_now = False
-        conn._ack_at = None
+        conn._dl.ack = None
         conn._unacked_bytes = 0
     if conn._tracer is not None:
         conn._tracer.event(conn._trace_now, "datagram_sent", packet_fields(p, conn._adv_wnd))

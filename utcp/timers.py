@@ -55,7 +55,7 @@ def on_rto(conn: Connection, now: float) -> None:
             # At most one SYN-ACK per SYN (RFC 9000 section 8.1's concern: no
             # amplification towards an unvalidated address). The client re-sends its
             # SYN, or its handshake ACK; we only wait for them.
-            conn._rto_at = now + conn._rtt.rto
+            conn._dl.rto = now + conn._rtt.rto
             return
         conn._timeouts += 1
         conn._retx += 1
@@ -121,7 +121,7 @@ def on_rto(conn: Connection, now: float) -> None:
         cwnd=conn._cc.cwnd,
         backoff=conn._rtt.backoff,
     )
-    conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+    conn._dl.rto = cap_to_user_timeout(conn, now + conn._rtt.rto)
 
 
 def check_black_hole(conn: Connection, now: float) -> None:
@@ -154,13 +154,13 @@ def arm_tlp(conn: Connection, now: float) -> None:
         or conn._in_recovery
         or not len(conn._scoreboard)
     ):
-        conn._tlp_at = None
+        conn._dl.tlp = None
         return
     pto = 2 * srtt
     if conn._scoreboard.pipe <= conn._snd_mss:
         pto += conn.config.delayed_ack_s  # a lone segment's ACK may be delayed
     at = now + max(pto, _TLP_MIN_S)
-    conn._tlp_at = at if conn._rto_at is None or at < conn._rto_at else None
+    conn._dl.tlp = at if conn._dl.rto is None or at < conn._dl.rto else None
 
 
 def on_tlp(conn: Connection, now: float) -> None:
@@ -176,7 +176,7 @@ def on_tlp(conn: Connection, now: float) -> None:
     if conn._tracer is not None:
         conn._trace_losses("tlp")
     conn._rexmit_now = True
-    conn._rto_at = cap_to_user_timeout(conn, now + conn._rtt.rto)
+    conn._dl.rto = cap_to_user_timeout(conn, now + conn._rtt.rto)
     conn._log.debug("tail_loss_probe", seq=conn._wire_seq(last.start))
 
 
@@ -256,27 +256,27 @@ def on_keepalive(conn: Connection, now: float) -> None:
         # closed port (the error repeats) from a passing fault.
         conn._confirm_unreachable = False
         conn._send_probe = True
-        conn._keepalive_at = keepalive_after_probe(conn, now)
+        conn._dl.keepalive = keepalive_after_probe(conn, now)
         conn._log.debug("unreachable_probe")
         return
     if len(conn._scoreboard):
         # Data or a FIN in flight: its retransmissions probe the peer already (as Linux's
         # keepalive timer stands aside while packets are out).
-        conn._keepalive_at = keepalive_due(conn)
-        if conn._keepalive_at is not None and conn._keepalive_at <= now:
-            conn._keepalive_at = now + cfg.keepalive_interval_s
+        conn._dl.keepalive = keepalive_due(conn)
+        if conn._dl.keepalive is not None and conn._dl.keepalive <= now:
+            conn._dl.keepalive = now + cfg.keepalive_interval_s
         return
     if conn._keepalive_probes == 0:
         stall = stall_probe_due(conn)
         if stall is not None and now >= stall:
             conn._stall_probed_at = conn._last_activity
             conn._send_probe = True
-            conn._keepalive_at = keepalive_after_probe(conn, now)
+            conn._dl.keepalive = keepalive_after_probe(conn, now)
             conn._log.debug("stall_probe", silent_s=now - conn._last_activity)
             return
         due = keepalive_due(conn)
         if due is None or now < due:
-            conn._keepalive_at = due
+            conn._dl.keepalive = due
             return
     if cfg.keepalive_idle_s is None:
         return
@@ -295,13 +295,13 @@ def on_keepalive(conn: Connection, now: float) -> None:
         return
     conn._keepalive_probes += 1
     conn._send_probe = True
-    conn._keepalive_at = now + cfg.keepalive_interval_s
+    conn._dl.keepalive = now + cfg.keepalive_interval_s
     if ut is not None:
         # The user timeout may end it sooner, but never before this probe could be answered
         # (a user timeout shorter than keepalive_idle_s would otherwise reset a quiet
         # connection to a live peer at the very instant of its first probe).
         answer_by = now + max(conn._rtt.rto, cfg.rto_min_s)
-        conn._keepalive_at = min(conn._keepalive_at, max(conn._last_activity + ut, answer_by))
+        conn._dl.keepalive = min(conn._dl.keepalive, max(conn._last_activity + ut, answer_by))
 
 
 def on_fin_wait_2(conn: Connection, now: float) -> None:
@@ -322,7 +322,7 @@ def on_confirm(conn: Connection, now: float) -> None:
     conn._ack_now = True
     conn._log.debug("handshake_ack_resent", attempt=conn._confirm_tries)
     if conn._confirm_tries < min(conn.config.syn_retries, HANDSHAKE_ACK_TRIES):
-        conn._confirm_at = now + conn._rtt.rto * (1 << conn._confirm_tries)
+        conn._dl.confirm = now + conn._rtt.rto * (1 << conn._confirm_tries)
 
 
 def on_idle(conn: Connection, now: float) -> None:
@@ -332,7 +332,7 @@ def on_idle(conn: Connection, now: float) -> None:
         return
     due = conn._last_activity + timeout
     if now < due:
-        conn._idle_at = due
+        conn._dl.idle = due
         return
     conn._log.info("idle_timeout", idle_s=now - conn._last_activity)
     conn._need_rst = True
@@ -345,10 +345,10 @@ def arm_idle_timers(conn: Connection, now: float) -> None:
     if not conn._last_activity:
         conn._last_activity = now
     since = conn._last_activity
-    if conn._keepalive_at is None:
-        conn._keepalive_at = keepalive_due(conn)
-    if cfg.idle_timeout_s is not None and conn._idle_at is None:
-        conn._idle_at = since + cfg.idle_timeout_s
+    if conn._dl.keepalive is None:
+        conn._dl.keepalive = keepalive_due(conn)
+    if cfg.idle_timeout_s is not None and conn._dl.idle is None:
+        conn._dl.idle = since + cfg.idle_timeout_s
 
 
 def window_blocked(conn: Connection) -> bool:

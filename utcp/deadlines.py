@@ -1,0 +1,79 @@
+"""The deadlines of one connection, by name: the core's timer table.
+
+Each field is an absolute time (the ``now`` the driver passes in) or None when that timer is
+off.  ``earliest()`` is what ``Connection.get_timer`` answers, ``clear()`` stops every one of
+them at once (entering TIME_WAIT or ending the connection can no longer forget one), and
+``NAMES`` lists them in the order ``Connection.handle_timer`` runs those that expired.  Path MTU
+discovery keeps its own deadline (``pmtud.Pmtud.timer``).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+__all__ = ["NAMES", "Deadlines"]
+
+# The order handle_timer checks them in: TIME_WAIT's end first (nothing else runs after it),
+# the retransmission timer before the tail loss probe it supersedes.
+NAMES: Final = (
+    "time_wait",
+    "rto",
+    "tlp",
+    "fin_wait_2",
+    "persist",
+    "ack",
+    "keepalive",
+    "idle",
+    "confirm",
+)
+
+
+class Deadlines:
+    """Every deadline of one connection; the connection's handlers set and clear them."""
+
+    def __init__(self) -> None:
+        self.rto: float | None = None  # retransmission timeout (RFC 6298)
+        self.tlp: float | None = None  # tail loss probe (RFC 8985 section 7)
+        self.ack: float | None = None  # delayed ACK (RFC 9293 section 3.8.6.3)
+        self.persist: float | None = None  # zero-window probe (RFC 9293 section 3.8.6.1)
+        self.time_wait: float | None = None  # end of TIME_WAIT (2 MSL, restartable)
+        self.fin_wait_2: float | None = None  # an orphan's FIN_WAIT_2 gives up
+        self.keepalive: float | None = None  # keepalive, stall or ICMP-confirming probe
+        self.idle: float | None = None  # idle timeout: the peer silent too long
+        self.confirm: float | None = None  # re-send of the handshake ACK
+
+    def earliest(self) -> float | None:
+        """The earliest deadline set, or None when every timer is off."""
+        # Plain comparisons: compiled, a few machine instructions per field (this is asked
+        # after every datagram).
+        best = self.rto
+        t = self.tlp
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.ack
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.persist
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.time_wait
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.fin_wait_2
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.keepalive
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.idle
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.confirm
+        if t is not None and (best is None or t < best):
+            best = t
+        return best
+
+    def clear(self) -> None:
+        """Stop every timer."""
+        self.rto = self.tlp = self.ack = self.persist = None
+        self.time_wait = self.fin_wait_2 = self.keepalive = self.idle = self.confirm = None
