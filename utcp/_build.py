@@ -31,6 +31,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.stateless",
     "utcp.pmtud",
     "utcp.deadlines",
+    "utcp.counters",
     "utcp.stats",
     "utcp.timers",
     "utcp.acking",

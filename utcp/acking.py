@@ -172,7 +172,7 @@ def loss_threshold(conn: Connection) -> int:
 def on_dupack(conn: Connection, now: float, *, sacked: bool) -> None:
     """A duplicate ACK: count it, and in recovery inflate the window or look for more losses."""
     conn._dupacks += 1
-    conn._dupack_count += 1
+    conn._count.dupack_count += 1
     if conn._in_recovery:
         if not conn._sack_ok:
             conn._dupack_credit += conn._snd_mss
@@ -206,7 +206,7 @@ def maybe_enter_recovery(conn: Connection, now: float, flight_before: int = 0) -
         return
     conn._in_recovery = True
     conn._recover = conn._snd_max
-    conn._fast_retx += 1
+    conn._count.fast_retx += 1
     conn._cc.on_congestion_event(max(conn._snd_max - conn._snd_una, flight_before), now=now)
     first = sb.first()
     if first is not None and not first.sacked and first.retx == 0:

@@ -19,6 +19,7 @@ from typing import Final
 from . import congestion
 from .buffers import ReassemblyBuffer, SendBuffer
 from .config import Config
+from .counters import Counters
 from .deadlines import Deadlines
 from .events import (
     CloseReason,
@@ -200,7 +201,6 @@ class Connection:
         # arrived since the peer was last heard, and whether a confirming probe is due.
         self._unreachable_at: float | None = None
         self._confirm_unreachable = False
-        self._icmp_errors = 0  # accepted ICMP errors (ConnectionStats.icmp_errors)
         # The application has closed and reads nothing more (orphan()): FIN_WAIT_2 is bounded
         # and FIN_WAIT_1 gives up after fin_retries, as Linux treats orphaned sockets.
         self._orphaned = False
@@ -208,32 +208,14 @@ class Connection:
         # request/response connection has nothing to gain from a larger size.
         self._probe_worthy = False
 
-        # Counters.
-        self._bytes_sent = 0
-        self._bytes_received = 0
-        self._bytes_retx = 0
-        self._segments_sent = 0
-        self._segments_received = 0
-        self._retx = 0
-        self._fast_retx = 0
-        self._timeouts = 0
-        self._tlp_probes = 0
-        self._dupack_count = 0
-        self._dropped = 0
-        self._drops: dict[DropReason, int] = {}
-        self._challenge_acks = 0
+        self._count = Counters()  # what ConnectionStats reports (utcp/counters.py)
         self._last_challenge_at: float | None = None
         # An active opener re-sends its handshake ACK until the peer shows it arrived: the
         # peer never re-sends a SYN-ACK on its own (anti-amplification), and a lost final
         # ACK would otherwise leave a silent client and a half-open server waiting forever.
         self._confirm_tries = 0
         self._passive = False  # opened by a peer's SYN: its address is not validated yet
-        self._dup_segments = 0
-        self._ooo_segments = 0
         self._fast = cfg.fast_paths
-        self._fast_received = 0  # shortcuts taken (ConnectionStats.fast_path_*)
-        self._fast_sent = 0
-        self._fast_idle = 0
         self._limit = NOT_LIMITED  # what held the sender back after the last send
         self._limit_since = 0.0
         self._limited_s = [0.0, 0.0, 0.0]  # seconds, indexed by stats._LIMITED_BY_*
@@ -321,7 +303,7 @@ class Connection:
     @property
     def drops(self) -> dict[str, int]:
         """Datagrams discarded so far, by reason: ``stats.drops`` without the full snapshot."""
-        return {str(k): v for k, v in self._drops.items()}
+        return {str(k): v for k, v in self._count.drops.items()}
 
     # ------------------------------------------------------------------ user calls
 
@@ -415,7 +397,7 @@ class Connection:
                 return False
             if st is SYN_RECEIVED and quoted.dst_cid != self.peer_cid:
                 return False
-            self._icmp_errors += 1
+            self._count.icmp_errors += 1
             self._log.info("port_unreachable", state=st.value)
             self._need_syn = False
             self._finish(CloseReason.REFUSED if st is SYN_SENT else CloseReason.UNREACHABLE)
@@ -426,7 +408,7 @@ class Connection:
         pos = una + seq_diff(quoted.seq, self._wire_seq(una))
         if not una - 1 <= pos <= self._snd_max:
             return False
-        self._icmp_errors += 1
+        self._count.icmp_errors += 1
         first = self._unreachable_at
         if first is None or first < self._last_activity:
             # The first since the peer was last heard: confirm it with one more datagram an
@@ -442,7 +424,7 @@ class Connection:
             # The same round of datagrams: wait for a repeat.  (Compared as a sum, the way
             # the confirming probe's deadline was set, so float rounding cannot miss it.)
             return True
-        self._log.info("port_unreachable", state=st.value, errors=self._icmp_errors)
+        self._log.info("port_unreachable", state=st.value, errors=self._count.icmp_errors)
         fin_pos = self._fin_pos
         if (st is LAST_ACK or st is CLOSING) and fin_pos is not None and una >= fin_pos:
             # Both sides closed and every byte arrived; only our FIN's ACK is missing and the
@@ -601,8 +583,8 @@ class Connection:
             and self._fast
             and rx_predicted(self, p, now)
         ):
-            self._segments_received += segments
-            self._fast_received += 1
+            self._count.segments_received += segments
+            self._count.fast_received += 1
             return
         if tracer is not None:
             self._trace_now = now
@@ -618,7 +600,7 @@ class Connection:
         elif p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & _SYN):
             self._drop(DropReason.WRONG_CONNECTION_ID)
         else:
-            self._segments_received += segments
+            self._count.segments_received += segments
             if st is LISTEN:
                 rx_listen(self, p, now)
             elif st is SYN_SENT:
@@ -676,7 +658,7 @@ class Connection:
             and self._fast
             and self._nothing_due()
         ):
-            self._fast_idle += 1
+            self._count.fast_idle += 1
             # The common case after a delivery (a request waiting for its reply): nothing to
             # send, and the sender stays limited by the application, as it was.
             self._limited_s[LIMITED_BY_APPLICATION] += now - self._limit_since
@@ -710,7 +692,7 @@ class Connection:
                 self._syn_sent_at = now
             self._snd_nxt = self._snd_max = max(self._snd_max, 1)
             self._dl.rto = now + self._rtt.rto
-            self._segments_sent += 1
+            self._count.segments_sent += 1
             if st is SYN_SENT:
                 return out
         if self._snd_una >= 1 and st in SYNCHRONIZED:
@@ -720,7 +702,7 @@ class Connection:
             # beside a full-sized payload, and this ACK is small enough to get through.
             out.append(build(self, _ACK, self._snd_nxt, b"", probe_ack=self._probe_ack_id))
             self._probe_ack_id = None
-            self._segments_sent += 1
+            self._count.segments_sent += 1
         if self._send_probe:
             self._send_probe = False
             # An old sequence number draws an ACK with the peer's current window.  The probe is
@@ -728,10 +710,10 @@ class Connection:
             ack_owed = self._ack_now
             out.append(build(self, _ACK, self._snd_una - 1, b""))
             self._ack_now = ack_owed
-            self._segments_sent += 1
+            self._count.segments_sent += 1
         if self._ack_now and self._rcv_nxt:
             out.append(build(self, _ACK, self._snd_nxt, b""))
-            self._segments_sent += 1
+            self._count.segments_sent += 1
         pm = self._pmtud
         if not self._probe_worthy and len(self._sndbuf) > self._snd_mss:
             self._probe_worthy = True
@@ -740,7 +722,7 @@ class Connection:
             probe = pm.next_probe(now=now, timeout_s=self._probe_timeout())
             if probe is not None:
                 out.append(build_probe(self, *probe))
-                self._segments_sent += 1
+                self._count.segments_sent += 1
         if self._state in SYNCHRONIZED and self._state is not TIME_WAIT:
             arm_idle_timers(self, now)
             if self._snd_una:
@@ -843,8 +825,7 @@ class Connection:
 
     def _drop(self, reason: DropReason, detail: str | None = None) -> None:
         """Count a discarded datagram by reason; it changes nothing else."""
-        self._dropped += 1
-        self._drops[reason] = self._drops.get(reason, 0) + 1
+        self._count.count_drop(reason)
         self._log.debug(
             "datagram_dropped", reason=reason.value, detail=detail, state=self._state.value
         )
@@ -864,7 +845,7 @@ class Connection:
             self._drop(DropReason.RATE_LIMITED)
             return
         self._last_challenge_at = now
-        self._challenge_acks += 1
+        self._count.challenge_acks += 1
         self._ack_now = True
         self._drop(reason)
 

@@ -187,7 +187,7 @@ def rx_synchronized(conn: Connection, p: Packet, now: float) -> None:
         if seg_len:
             # A retransmission of data we already have: its ACK is how the peer learns.
             if payload and seg_pos + len(payload) <= conn._rcv_nxt:
-                conn._dup_segments += 1
+                conn._count.dup_segments += 1
             conn._ack_now = True
             conn._drop(DropReason.OUT_OF_WINDOW)
         else:
@@ -228,7 +228,7 @@ def rx_time_wait(conn: Connection, p: Packet, seg_pos: int, now: float) -> None:
         and seg_pos + n <= fin_pos
     ):
         conn._ack_now = True
-        conn._dup_segments += 1
+        conn._count.dup_segments += 1
         conn._dl.time_wait = now + conn._time_wait_s
         return
     conn._drop(DropReason.UNEXPECTED)
@@ -354,9 +354,9 @@ def rx_data(
             if not stored and conn._reasm.truesize + CHUNK_OVERHEAD_BYTES > limit:
                 conn._drop(DropReason.OVER_BUFFER)
             elif not stored and not fin_new:
-                conn._dup_segments += 1
+                conn._count.dup_segments += 1
             elif seg_pos > rcv_nxt:
-                conn._ooo_segments += 1
+                conn._count.ooo_segments += 1
             if seg_pos > rcv_nxt:
                 conn._last_rcv_pos = seg_pos
             for chunk in conn._reasm.pop_ready(conn._rcv_nxt):
@@ -379,7 +379,7 @@ def rx_data(
 def deliver(conn: Connection, data: bytes) -> None:
     """Hand in-order bytes to the application, or hold them while reading is paused."""
     conn._rcv_nxt += len(data)
-    conn._bytes_received += len(data)
+    conn._count.bytes_received += len(data)
     if conn._reading_paused:
         conn._rcv_buf += data
     else:

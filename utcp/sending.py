@@ -42,7 +42,7 @@ _MAX_SACK_BLOCKS: Final = 4  # 2 + 4 * 8
 def send_data(conn: Connection, out: list[bytes], now: float) -> None:
     """Append the retransmissions, then the new data and FIN, that the windows allow now."""
     if conn._fast and send_lone_segment(conn, out, now):
-        conn._fast_sent += 1
+        conn._count.fast_sent += 1
         return
     sb = conn._scoreboard
     cc = conn._cc
@@ -63,8 +63,8 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
             conn._trace_retransmit(seg)
         emit_segment(conn, out, seg.start, seg.end)
         sb.retransmitted(seg, now)
-        conn._retx += 1
-        conn._bytes_retx += length
+        conn._count.retx += 1
+        conn._count.bytes_retx += length
         sent_any = True
         conn._log.debug("retransmit", seq=conn._wire_seq(seg.start), len=length, cwnd=cc.cwnd)
     # New data (and the FIN) within both windows.
@@ -109,9 +109,9 @@ def send_data(conn: Connection, out: list[bytes], now: float) -> None:
             if template is None:
                 template = build(conn, _ACK, nxt, b"")
             out.append(stamp(template, conn._wire_seq(nxt), conn._sndbuf.get(nxt, end)))
-            conn._segments_sent += 1
+            conn._count.segments_sent += 1
         sb.add(SentSegment(nxt, seg_end, now))
-        conn._bytes_sent += end - nxt
+        conn._count.bytes_sent += end - nxt
         conn._snd_nxt = seg_end
         conn._snd_max = max(conn._snd_max, seg_end)
         sent_any = True
@@ -145,7 +145,7 @@ def send_lone_segment(conn: Connection, out: list[bytes], now: float) -> bool:
     end = nxt + length
     emit_segment(conn, out, nxt, end)
     sb.add(SentSegment(nxt, end, now))
-    conn._bytes_sent += length
+    conn._count.bytes_sent += length
     conn._snd_nxt = end
     if end > conn._snd_max:
         conn._snd_max = end
@@ -198,7 +198,7 @@ def emit_segment(conn: Connection, out: list[bytes], start: int, end: int) -> No
         data_end = fin_pos
     payload = conn._sndbuf.get(start, data_end) if data_end > start else b""
     out.append(build(conn, flags, start, payload))
-    conn._segments_sent += 1
+    conn._count.segments_sent += 1
 
 
 def build(

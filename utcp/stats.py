@@ -90,19 +90,19 @@ def snapshot(conn: Connection) -> ConnectionStats:
     pm = conn._pmtud
     return ConnectionStats(
         state=conn._state,
-        bytes_sent=conn._bytes_sent,
-        bytes_received=conn._bytes_received,
-        bytes_retransmitted=conn._bytes_retx,
-        segments_sent=conn._segments_sent,
-        segments_received=conn._segments_received,
-        retransmissions=conn._retx,
-        fast_retransmits=conn._fast_retx,
-        timeouts=conn._timeouts,
-        tail_loss_probes=conn._tlp_probes,
-        duplicate_acks=conn._dupack_count,
-        datagrams_dropped=conn._dropped,
+        bytes_sent=conn._count.bytes_sent,
+        bytes_received=conn._count.bytes_received,
+        bytes_retransmitted=conn._count.bytes_retx,
+        segments_sent=conn._count.segments_sent,
+        segments_received=conn._count.segments_received,
+        retransmissions=conn._count.retx,
+        fast_retransmits=conn._count.fast_retx,
+        timeouts=conn._count.timeouts,
+        tail_loss_probes=conn._count.tlp_probes,
+        duplicate_acks=conn._count.dupack_count,
+        datagrams_dropped=conn._count.dropped,
         drops=conn.drops,
-        challenge_acks=conn._challenge_acks,
+        challenge_acks=conn._count.challenge_acks,
         reassembly_bytes=conn._reasm.truesize,
         srtt_s=conn._rtt.srtt,
         rttvar_s=conn._rtt.rttvar,
@@ -119,15 +119,15 @@ def snapshot(conn: Connection) -> ConnectionStats:
         pmtud_probes_sent=pm.probes_sent if pm is not None else 0,
         pmtud_probes_lost=pm.probes_lost if pm is not None else 0,
         pmtud_black_holes=pm.black_holes if pm is not None else 0,
-        duplicate_segments_received=conn._dup_segments,
-        out_of_order_segments_received=conn._ooo_segments,
+        duplicate_segments_received=conn._count.dup_segments,
+        out_of_order_segments_received=conn._count.ooo_segments,
         time_limited_by_receiver_s=limited[_LIMITED_BY_RECEIVER],
         time_limited_by_congestion_s=limited[_LIMITED_BY_CONGESTION],
         time_limited_by_application_s=limited[LIMITED_BY_APPLICATION],
-        fast_path_received=conn._fast_received,
-        fast_path_sent=conn._fast_sent,
-        fast_path_idle=conn._fast_idle,
-        icmp_errors=conn._icmp_errors,
+        fast_path_received=conn._count.fast_received,
+        fast_path_sent=conn._count.fast_sent,
+        fast_path_idle=conn._count.fast_idle,
+        icmp_errors=conn._count.icmp_errors,
     )
 
 
@@ -145,7 +145,7 @@ def classify_limit(conn: Connection, now: float) -> None:
             conn._limit = _LIMITED_BY_CONGESTION
     elif sb.next_lost(conn._snd_una) is not None:
         conn._limit = _LIMITED_BY_CONGESTION  # a retransmission waits for room in cwnd
-    elif conn._state in _APP_LIMITED_STATES and conn._bytes_sent:
+    elif conn._state in _APP_LIMITED_STATES and conn._count.bytes_sent:
         conn._limit = LIMITED_BY_APPLICATION
     else:
         return

@@ -57,8 +57,8 @@ def on_rto(conn: Connection, now: float) -> None:
             # SYN, or its handshake ACK; we only wait for them.
             conn._dl.rto = now + conn._rtt.rto
             return
-        conn._timeouts += 1
-        conn._retx += 1
+        conn._count.timeouts += 1
+        conn._count.retx += 1
         conn._need_syn = True
         if conn._tracer is not None:
             conn._lost_by[0] = "rto"
@@ -67,7 +67,7 @@ def on_rto(conn: Connection, now: float) -> None:
         return
     if not len(conn._scoreboard):
         return
-    conn._timeouts += 1
+    conn._count.timeouts += 1
     conn._timeouts_in_a_row += 1
     st = conn._state
     if (
@@ -171,7 +171,7 @@ def on_tlp(conn: Connection, now: float) -> None:
     if last is None or conn._in_recovery or last.sacked or last.lost:
         return
     conn._tlp_sent = True
-    conn._tlp_probes += 1
+    conn._count.tlp_probes += 1
     sb.mark_lost(last)
     if conn._tracer is not None:
         conn._trace_losses("tlp")
