@@ -24,7 +24,7 @@ import pytest
 import uvloop
 
 import utcp
-from tests.aio_helpers import echo
+from tests.aio_helpers import echo, wait_until
 from utcp.cli.netem_cmd import impairments, register
 from utcp.cli.netem_cmd import run as netem_run
 from utcp.tools.netem import DirectionCounters, Impairment, Relay
@@ -84,16 +84,6 @@ async def peer(*, echo: bool = False, remote: tuple[str, int] | None = None) -> 
         remote_addr=remote,
     )
     return protocol
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 10) -> None:
-    """Poll a condition with no event of its own; fail loudly if it never holds."""
-    try:
-        async with asyncio.timeout(timeout_s):
-            while not predicate():
-                await asyncio.sleep(0.001)
-    except TimeoutError:
-        pytest.fail(f"timed out waiting until {what}", pytrace=False)
 
 
 async def send_paced(client: Peer, relay: Relay, payloads: list[bytes], batch: int = 50) -> None:
