@@ -341,7 +341,7 @@ def test_a_forged_port_unreachable_cannot_end_a_connection(run: Runner) -> None:
     ignored (RFC 5927 section 4.1)."""
 
     async def main() -> None:
-        from utcp.asyncio.dgram import SocketError
+        from utcp.asyncio.errqueue import SocketError
         from utcp.packet import Flag, Packet, encode
 
         async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -22,15 +22,13 @@ import pytest
 
 from tests.aio_helpers import HOST, Runner, deadline, make_run_fixture
 from utcp import Config
-from utcp.asyncio.dgram import (
+from utcp.asyncio.dgram import FastDatagramTransport, create_endpoint, drain_transport_errors
+from utcp.asyncio.errqueue import (
     SO_EE_ORIGIN_ICMP,
     SO_EE_ORIGIN_ICMP6,
     SO_EE_ORIGIN_LOCAL,
-    FastDatagramTransport,
     SocketError,
-    create_endpoint,
     drain_error_queue,
-    drain_transport_errors,
     enable_recverr,
 )
 

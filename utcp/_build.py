@@ -38,6 +38,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.receiving",
     "utcp.sending",
     "utcp.connection",
+    "utcp.asyncio.errqueue",
     "utcp.asyncio.dgram",
     "utcp.asyncio.endpoint",
     "utcp.asyncio.transport",

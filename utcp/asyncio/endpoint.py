@@ -50,11 +50,11 @@ from ..trace import TRACE_ENV, tracer_for
 from .dgram import (
     DatagramIO,
     FastDatagramTransport,
-    SocketError,
     burst_sender,
     drain_transport_errors,
     set_dont_fragment,
 )
+from .errqueue import SocketError
 from .shutdown import call_at_shutdown, cancel_at_shutdown
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
