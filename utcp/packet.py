@@ -28,6 +28,7 @@ __all__ = [
     "encode",
     "options_size",
     "stamp",
+    "wscale_for",
 ]
 
 VERSION: Final = 1
@@ -429,3 +430,11 @@ def _take_padding(p: Packet) -> None:
         raise PacketError("probe padding must be zero bytes")
     p.padding = n
     p.payload = b""
+
+
+def wscale_for(buffer_bytes: int) -> int:
+    """The window scale (RFC 7323 section 2.3) that lets a window field carry ``buffer_bytes``."""
+    shift = 0
+    while (MAX_WINDOW_FIELD << shift) < buffer_bytes and shift < MAX_WSCALE:
+        shift += 1
+    return shift

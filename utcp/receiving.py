@@ -12,8 +12,7 @@ from typing import TYPE_CHECKING, Final
 from .acking import on_new_ack, on_syn_acked, rx_ack, update_window
 from .buffers import CHUNK_OVERHEAD_BYTES
 from .events import CloseReason, ConnectionEstablished, DataReceived, DropReason
-from .packet import HEADER_SIZE, Flag, Packet, options_size
-from .sending import wscale_for
+from .packet import HEADER_SIZE, Flag, Packet, options_size, wscale_for
 from .seqnum import SEQ_MASK, seq_diff
 from .state import (
     CAN_RECEIVE,

@@ -15,13 +15,13 @@ from .packet import (
     HEADER_SIZE,
     MAX_OPTIONS_SIZE,
     MAX_WINDOW_FIELD,
-    MAX_WSCALE,
     Flag,
     Packet,
     encode,
     encode_plain,
     options_size,
     stamp,
+    wscale_for,
 )
 from .recovery import SentSegment
 from .seqnum import SEQ_MASK
@@ -336,10 +336,3 @@ def sack_blocks(
     # RFC 2018 section 4: the block holding the most recent arrival goes first.
     ranges.sort(key=lambda r: not (r[0] <= conn._last_rcv_pos < r[1]))
     return tuple((conn._wire_ack(s), conn._wire_ack(e)) for s, e in ranges[:limit])
-
-
-def wscale_for(buffer_bytes: int) -> int:
-    shift = 0
-    while (MAX_WINDOW_FIELD << shift) < buffer_bytes and shift < MAX_WSCALE:
-        shift += 1
-    return shift

@@ -42,8 +42,8 @@ from ..packet import (
     decode,
     decode_quoted,
     encode,
+    wscale_for,
 )
-from ..sending import wscale_for
 from ..seqnum import SEQ_MASK
 from ..state import ESTABLISHED, SYN_RECEIVED, SYN_SENT, SYNCHRONIZED, TIME_WAIT
 from ..trace import TRACE_ENV, tracer_for
