@@ -15,7 +15,7 @@ from utcp import _build
 
 ROOT = Path(utcp.__file__).resolve().parent
 BUILT = _build._library() is not None
-PROBE = "import utcp._build as b, utcp.connection as c; print(b.compiled(), c.__file__)"
+PROBE = "import utcp._build as b, utcp.connection.connection as c; print(b.compiled(), c.__file__)"
 
 
 def _probe(pythonpath: Path, **env: str) -> tuple[bool, str]:
@@ -57,7 +57,7 @@ def _newer_source(tree: Path) -> None:
     library = _build._library()
     assert library is not None
     later = library.stat().st_mtime + 10
-    os.utime(tree / "utcp" / "sending.py", (later, later))
+    os.utime(tree / "utcp" / "connection" / "sender.py", (later, later))
 
 
 @pytest.mark.skipif(not BUILT, reason="no compiled build here (make build)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tests.helpers import Link, establish, pair
 from utcp import Config
-from utcp.counters import Counters
+from utcp.connection.counters import Counters
 from utcp.events import DropReason
 
 

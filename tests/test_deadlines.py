@@ -1,5 +1,5 @@
-"""The connection's timer table (utcp/deadlines.py): one place names every deadline, finds the
-earliest, and stops them all."""
+"""The connection's timer table (utcp/connection/deadlines.py): one place names every deadline,
+finds the earliest, and stops them all."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ import itertools
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.helpers import Link, conns, establish, pair
 from utcp import Config
-from utcp.deadlines import NAMES, Deadlines
+from utcp.connection.deadlines import NAMES, TIMER_COUNT, TRACE_NAMES, Deadlines
 
 
 def _set(d: Deadlines, name: str, value: float | None) -> None:
@@ -45,7 +47,8 @@ def test_clear_stops_every_timer_in_the_table() -> None:
 def test_the_table_lists_every_deadline_field() -> None:
     """NAMES (the order handle_timer runs them in) and the fields are the same set: a timer
     added to one and not the other would be missed by earliest() or clear()."""
-    source = (Path(__file__).resolve().parents[1] / "utcp" / "deadlines.py").read_text()
+    path = Path(__file__).resolve().parents[1] / "utcp" / "connection" / "deadlines.py"
+    source = path.read_text()
     fields = re.findall(r"self\.(\w+): float \| None = None", source)
     assert sorted(fields) == sorted(NAMES)
     assert len(set(NAMES)) == len(NAMES)
@@ -67,3 +70,20 @@ def test_a_connection_in_time_wait_keeps_only_its_own_deadline() -> None:
     assert deadline is not None
     assert abs(deadline - (entered + 2.0)) < 1e-9
     assert conns(net)[0] is a
+
+
+def test_indexes_name_the_fields_in_table_order() -> None:
+    """``at(i)``/``stop(i)`` reach the field NAMES[i] (handle_timer walks the table by index),
+    and TRACE_NAMES gives one trace name per timer."""
+    assert TIMER_COUNT == len(NAMES) == len(TRACE_NAMES)
+    for i, name in enumerate(NAMES):
+        d = Deadlines()
+        setattr(d, name, float(i + 1))
+        assert d.at(i) == float(i + 1)
+        assert [d.at(j) for j in range(TIMER_COUNT) if j != i] == [None] * (TIMER_COUNT - 1)
+        d.stop(i)
+        assert d.earliest() is None
+    with pytest.raises(ValueError):
+        Deadlines().at(TIMER_COUNT)
+    with pytest.raises(ValueError):
+        Deadlines().stop(TIMER_COUNT)

@@ -30,14 +30,20 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.cookies",
     "utcp.stateless",
     "utcp.pmtud",
-    "utcp.deadlines",
-    "utcp.counters",
-    "utcp.stats",
-    "utcp.timers",
-    "utcp.acking",
-    "utcp.receiving",
-    "utcp.sending",
-    "utcp.connection",
+    "utcp.connection.deadlines",
+    "utcp.connection.counters",
+    "utcp.connection.control",
+    "utcp.connection.options",
+    "utcp.connection.send_side",
+    "utcp.connection.receive_side",
+    "utcp.connection.tracepoints",
+    "utcp.connection.loss",
+    "utcp.connection.segments",
+    "utcp.connection.sender",
+    "utcp.connection.liveness",
+    "utcp.connection.timers",
+    "utcp.connection.stats",
+    "utcp.connection.connection",
     "utcp.asyncio.errqueue",
     "utcp.asyncio.dgram",
     "utcp.asyncio.endpoint",
@@ -95,6 +101,6 @@ if _use_source:
 
 def compiled() -> bool:
     """True when the compiled build of the core is the one imported."""
-    import utcp.connection
+    import utcp.connection.connection
 
-    return not (utcp.connection.__file__ or "").endswith(".py")
+    return not (utcp.connection.connection.__file__ or "").endswith(".py")

@@ -6,7 +6,7 @@ Plain integers the connection's handlers add to; nothing here decides anything. 
 
 from __future__ import annotations
 
-from .events import DropReason
+from ..events import DropReason
 
 __all__ = ["Counters"]
 

@@ -9,9 +9,23 @@ discovery keeps its own deadline (``pmtud.Pmtud.timer``).
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, final
 
-__all__ = ["NAMES", "Deadlines"]
+__all__ = [
+    "ACK",
+    "CONFIRM",
+    "FIN_WAIT_2_TIMER",
+    "IDLE",
+    "KEEPALIVE",
+    "NAMES",
+    "PERSIST",
+    "RTO",
+    "TIMER_COUNT",
+    "TIME_WAIT_TIMER",
+    "TLP",
+    "TRACE_NAMES",
+    "Deadlines",
+]
 
 # The order handle_timer checks them in: TIME_WAIT's end first (nothing else runs after it),
 # the retransmission timer before the tail loss probe it supersedes.
@@ -26,8 +40,32 @@ NAMES: Final = (
     "idle",
     "confirm",
 )
+# The same timers as trace events name them (docs/TRACE.md, ``timer_fired``).
+TRACE_NAMES: Final = (
+    "time_wait",
+    "rto",
+    "tlp",
+    "fin_wait_2",
+    "persist",
+    "delayed_ack",
+    "keepalive",
+    "idle",
+    "handshake_ack",
+)
+# Each timer's index in NAMES: what ``Deadlines.at`` and ``Deadlines.stop`` take.
+TIME_WAIT_TIMER: Final = 0
+RTO: Final = 1
+TLP: Final = 2
+FIN_WAIT_2_TIMER: Final = 3
+PERSIST: Final = 4
+ACK: Final = 5
+KEEPALIVE: Final = 6
+IDLE: Final = 7
+CONFIRM: Final = 8
+TIMER_COUNT: Final = 9
 
 
+@final
 class Deadlines:
     """Every deadline of one connection; the connection's handlers set and clear them."""
 
@@ -72,6 +110,51 @@ class Deadlines:
         if t is not None and (best is None or t < best):
             best = t
         return best
+
+    def at(self, timer: int) -> float | None:
+        """The deadline of the timer with index ``timer`` (its place in NAMES)."""
+        if timer == TIME_WAIT_TIMER:
+            return self.time_wait
+        if timer == RTO:
+            return self.rto
+        if timer == TLP:
+            return self.tlp
+        if timer == FIN_WAIT_2_TIMER:
+            return self.fin_wait_2
+        if timer == PERSIST:
+            return self.persist
+        if timer == ACK:
+            return self.ack
+        if timer == KEEPALIVE:
+            return self.keepalive
+        if timer == IDLE:
+            return self.idle
+        if timer == CONFIRM:
+            return self.confirm
+        raise ValueError(f"no timer {timer}")
+
+    def stop(self, timer: int) -> None:
+        """Turn off the timer with index ``timer``."""
+        if timer == TIME_WAIT_TIMER:
+            self.time_wait = None
+        elif timer == RTO:
+            self.rto = None
+        elif timer == TLP:
+            self.tlp = None
+        elif timer == FIN_WAIT_2_TIMER:
+            self.fin_wait_2 = None
+        elif timer == PERSIST:
+            self.persist = None
+        elif timer == ACK:
+            self.ack = None
+        elif timer == KEEPALIVE:
+            self.keepalive = None
+        elif timer == IDLE:
+            self.idle = None
+        elif timer == CONFIRM:
+            self.confirm = None
+        else:
+            raise ValueError(f"no timer {timer}")
 
     def clear(self) -> None:
         """Stop every timer."""

@@ -1,5 +1,5 @@
 """A connection's counters as a ``ConnectionStats`` snapshot, and the accounting of what held
-its sender back (the ``time_limited_by_*`` figures).
+its sender back (the ``time_limited_by_*`` figures, ``SenderLimits``).
 
 A snapshot is frozen and shares nothing mutable with the connection; the limit accounting only
 ever adds time, charged to the state noted at the previous ``datagrams_to_send``.
@@ -8,23 +8,25 @@ ever adds time, charged to the state noted at the previous ``datagrams_to_send``
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final, final
 
-from .packet import HEADER_SIZE
-from .state import ConnectionState
+from ..packet import HEADER_SIZE
+from ..pmtud import Pmtud
+from ..state import CLOSE_WAIT, ESTABLISHED, ConnectionState
+from .counters import Counters
+from .loss import LossRecovery
+from .options import Negotiated
+from .receive_side import ReceiveSide
+from .send_side import SendSide
+from .tracepoints import SSTHRESH_UNBOUNDED
 
-if TYPE_CHECKING:
-    from .connection import Connection
+__all__ = ["LIMITED_BY_APPLICATION", "NOT_LIMITED", "ConnectionStats", "SenderLimits", "snapshot"]
 
-__all__ = ["ConnectionStats"]
-
-SSTHRESH_UNBOUNDED: Final = 0x7FFFFFFF  # at or above: reported as unbounded
-# What held the sender back since the last datagrams_to_send (indexes of Connection._limited_s).
+# What held the sender back since the last datagrams_to_send (indexes of SenderLimits.seconds).
 NOT_LIMITED: Final = -1
 _LIMITED_BY_RECEIVER: Final = 0
 _LIMITED_BY_CONGESTION: Final = 1
 LIMITED_BY_APPLICATION: Final = 2
-_APP_LIMITED_STATES: Final = frozenset({ConnectionState.ESTABLISHED, ConnectionState.CLOSE_WAIT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,69 +86,109 @@ class ConnectionStats:
     icmp_errors: int  # ICMP errors taken as this connection's (receive_unreachable)
 
 
-def snapshot(conn: Connection) -> ConnectionStats:
-    """The counters and estimators of ``conn`` now."""
-    limited = conn._limited_s
-    pm = conn._pmtud
+@final
+class SenderLimits:
+    """What held the sender back after the latest ``datagrams_to_send``, since when, and the
+    seconds charged so far to each cause (see ConnectionStats)."""
+
+    def __init__(self) -> None:
+        self.limit = NOT_LIMITED
+        self.since = 0.0
+        self.seconds = [0.0, 0.0, 0.0]  # indexed by _LIMITED_BY_*
+
+    def charge(self, now: float) -> None:
+        """Charge the time since the last send to what held the sender back then."""
+        if self.limit >= 0:
+            self.seconds[self.limit] += now - self.since
+            self.limit = NOT_LIMITED
+
+    def still_application(self, now: float) -> None:
+        """Nothing to send and still limited by the application (the fast idle path)."""
+        self.seconds[LIMITED_BY_APPLICATION] += now - self.since
+        self.since = now
+
+    def classify(
+        self,
+        now: float,
+        *,
+        snd: SendSide,
+        loss: LossRecovery,
+        state: ConnectionState,
+        bytes_sent: int,
+    ) -> None:
+        """Note what holds the sender back from now until the next send."""
+        nxt = snd.nxt
+        sb = loss.scoreboard
+        if snd.has_unsent:
+            wnd_room = snd.una + snd.wnd - nxt
+            cwnd_room = loss.cc.cwnd + loss.dupack_credit - sb.pipe
+            if wnd_room <= cwnd_room and sb.next_lost(snd.una) is None:
+                self.limit = _LIMITED_BY_RECEIVER
+            else:
+                self.limit = _LIMITED_BY_CONGESTION
+        elif sb.next_lost(snd.una) is not None:
+            self.limit = _LIMITED_BY_CONGESTION  # a retransmission waits for room in cwnd
+        elif (state is ESTABLISHED or state is CLOSE_WAIT) and bytes_sent:
+            self.limit = LIMITED_BY_APPLICATION
+        else:
+            return
+        self.since = now
+
+
+def snapshot(
+    *,
+    state: ConnectionState,
+    count: Counters,
+    snd: SendSide,
+    rcv: ReceiveSide,
+    opts: Negotiated,
+    loss: LossRecovery,
+    pmtud: Pmtud | None,
+    limits: SenderLimits,
+) -> ConnectionStats:
+    """The counters and estimators of one connection now."""
+    limited = limits.seconds
+    pm = pmtud
+    rtt = loss.rtt
+    cc = loss.cc
     return ConnectionStats(
-        state=conn._state,
-        bytes_sent=conn._count.bytes_sent,
-        bytes_received=conn._count.bytes_received,
-        bytes_retransmitted=conn._count.bytes_retx,
-        segments_sent=conn._count.segments_sent,
-        segments_received=conn._count.segments_received,
-        retransmissions=conn._count.retx,
-        fast_retransmits=conn._count.fast_retx,
-        timeouts=conn._count.timeouts,
-        tail_loss_probes=conn._count.tlp_probes,
-        duplicate_acks=conn._count.dupack_count,
-        datagrams_dropped=conn._count.dropped,
-        drops=conn.drops,
-        challenge_acks=conn._count.challenge_acks,
-        reassembly_bytes=conn._reasm.truesize,
-        srtt_s=conn._rtt.srtt,
-        rttvar_s=conn._rtt.rttvar,
-        rto_s=conn._rtt.rto,
-        cwnd_bytes=conn._cc.cwnd,
-        ssthresh_bytes=min(conn._cc.ssthresh, SSTHRESH_UNBOUNDED),
-        bytes_in_flight=conn._scoreboard.pipe,
-        send_window_bytes=conn._snd_wnd,
-        receive_window_bytes=conn._rcv_window(),
-        send_buffer_bytes=len(conn._sndbuf),
-        mss_bytes=conn._snd_mss,
-        pmtu_bytes=HEADER_SIZE + conn._ts_cost() + conn._snd_mss,
+        state=state,
+        bytes_sent=count.bytes_sent,
+        bytes_received=count.bytes_received,
+        bytes_retransmitted=count.bytes_retx,
+        segments_sent=count.segments_sent,
+        segments_received=count.segments_received,
+        retransmissions=count.retx,
+        fast_retransmits=count.fast_retx,
+        timeouts=count.timeouts,
+        tail_loss_probes=count.tlp_probes,
+        duplicate_acks=count.dupack_count,
+        datagrams_dropped=count.dropped,
+        drops={str(k): v for k, v in count.drops.items()},
+        challenge_acks=count.challenge_acks,
+        reassembly_bytes=rcv.reasm.truesize,
+        srtt_s=rtt.srtt,
+        rttvar_s=rtt.rttvar,
+        rto_s=rtt.rto,
+        cwnd_bytes=cc.cwnd,
+        ssthresh_bytes=min(cc.ssthresh, SSTHRESH_UNBOUNDED),
+        bytes_in_flight=loss.scoreboard.pipe,
+        send_window_bytes=snd.wnd,
+        receive_window_bytes=rcv.window(),
+        send_buffer_bytes=len(snd.buf),
+        mss_bytes=snd.mss,
+        pmtu_bytes=HEADER_SIZE + opts.ts_cost + snd.mss,
         pmtud_state=pm.state.value if pm is not None else "DISABLED",
         pmtud_probes_sent=pm.probes_sent if pm is not None else 0,
         pmtud_probes_lost=pm.probes_lost if pm is not None else 0,
         pmtud_black_holes=pm.black_holes if pm is not None else 0,
-        duplicate_segments_received=conn._count.dup_segments,
-        out_of_order_segments_received=conn._count.ooo_segments,
+        duplicate_segments_received=count.dup_segments,
+        out_of_order_segments_received=count.ooo_segments,
         time_limited_by_receiver_s=limited[_LIMITED_BY_RECEIVER],
         time_limited_by_congestion_s=limited[_LIMITED_BY_CONGESTION],
         time_limited_by_application_s=limited[LIMITED_BY_APPLICATION],
-        fast_path_received=conn._count.fast_received,
-        fast_path_sent=conn._count.fast_sent,
-        fast_path_idle=conn._count.fast_idle,
-        icmp_errors=conn._count.icmp_errors,
+        fast_path_received=count.fast_received,
+        fast_path_sent=count.fast_sent,
+        fast_path_idle=count.fast_idle,
+        icmp_errors=count.icmp_errors,
     )
-
-
-def classify_limit(conn: Connection, now: float) -> None:
-    """Note what holds the sender back from now until the next send (see ConnectionStats)."""
-    nxt = conn._snd_nxt
-    fin_pos = conn._fin_pos
-    sb = conn._scoreboard
-    if nxt < conn._sndbuf.end or (fin_pos is not None and nxt == fin_pos):
-        wnd_room = conn._snd_una + conn._snd_wnd - nxt
-        cwnd_room = conn._cc.cwnd + conn._dupack_credit - sb.pipe
-        if wnd_room <= cwnd_room and sb.next_lost(conn._snd_una) is None:
-            conn._limit = _LIMITED_BY_RECEIVER
-        else:
-            conn._limit = _LIMITED_BY_CONGESTION
-    elif sb.next_lost(conn._snd_una) is not None:
-        conn._limit = _LIMITED_BY_CONGESTION  # a retransmission waits for room in cwnd
-    elif conn._state in _APP_LIMITED_STATES and conn._count.bytes_sent:
-        conn._limit = LIMITED_BY_APPLICATION
-    else:
-        return
-    conn._limit_since = now

@@ -1,0 +1,1213 @@
+"""The sans-I/O connection: the orchestrator of its parts, and the one place that changes the
+RFC 9293 state or ends the connection.
+
+Inputs: ``connect``/``listen``, ``receive_datagram``, ``send``, ``close``, ``orphan``,
+``abort``, ``handle_timer``.  Outputs: ``datagrams_to_send``, ``get_timer`` and
+``next_event``.  Internally all sequence numbers are unbounded stream positions (0 is the
+SYN); they are converted to 32-bit wire numbers only when a packet is built or parsed.
+
+The parts own their state and never see this object (README, "Design"): ``SendSide`` and
+``ReceiveSide`` (positions, buffers, windows, ACK scheduling), ``Negotiated`` (the options of
+the handshake), ``LossRecovery`` (scoreboard, RTT, congestion control, recovery, TLP),
+``Sender`` and ``Segments`` (what goes out and how it is encoded), ``Liveness`` (keepalive,
+idle timeout), ``TimerHandlers`` (RTO, persist, FIN_WAIT_2), ``Control`` (control segments
+owed), ``Deadlines``, ``Counters`` and ``TracePoints``.  They report back by return values;
+the state transitions, the close sequence and the events live here.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+from ..config import Config
+from ..events import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionEstablished,
+    DataReceived,
+    DropReason,
+    EofReceived,
+    Event,
+    FinAcknowledged,
+)
+from ..log import get_logger
+from ..packet import HEADER_SIZE, Flag, Packet, PacketError, decode, wscale_for
+from ..pmtud import Pmtud, PmtudState, probe_timeout_s
+from ..seqnum import SEQ_MASK, seq_diff
+from ..state import (
+    CAN_RECEIVE,
+    CAN_SEND,
+    CLOSE_WAIT,
+    CLOSED,
+    CLOSING,
+    ESTABLISHED,
+    FIN_WAIT_1,
+    FIN_WAIT_2,
+    LAST_ACK,
+    LISTEN,
+    SYN_RECEIVED,
+    SYN_SENT,
+    SYNCHRONIZED,
+    TIME_WAIT,
+    ConnectionState,
+    check_transition,
+)
+from ..stateless import new_connection_id, new_isn, reset_for
+from ..trace import Tracer, flags_text, packet_fields
+from .control import Control
+from .counters import Counters
+from .deadlines import (
+    ACK,
+    CONFIRM,
+    FIN_WAIT_2_TIMER,
+    IDLE,
+    KEEPALIVE,
+    PERSIST,
+    RTO,
+    TIME_WAIT_TIMER,
+    TIMER_COUNT,
+    TLP,
+    TRACE_NAMES,
+    Deadlines,
+)
+from .liveness import Liveness
+from .loss import LossRecovery
+from .options import Negotiated
+from .receive_side import TAKE_FIN, TAKE_OVER_BUFFER, ReceiveSide
+from .segments import Segments
+from .send_side import SendSide
+from .sender import Sender
+from .stats import LIMITED_BY_APPLICATION, ConnectionStats, SenderLimits, snapshot
+from .timers import TimerHandlers
+from .tracepoints import TracePoints
+
+__all__ = ["Connection", "ConnectionStats", "new_connection_id", "new_isn", "reset_for"]
+
+# Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
+_FIN: Final = int(Flag.FIN)
+_SYN: Final = int(Flag.SYN)
+_RST: Final = int(Flag.RST)
+_ACK: Final = int(Flag.ACK)
+# States in which a PMTU probe may go out: ours is still a sending direction.
+_MAY_PROBE: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, LAST_ACK})
+
+
+class Connection:
+    """One end of a utcp connection, free of I/O: feed it datagrams and time, send what it says."""
+
+    def __init__(
+        self,
+        config: Config | None = None,
+        *,
+        local_cid: int | None = None,
+        isn: int | None = None,
+        tracer: Tracer | None = None,
+    ) -> None:
+        self.config = cfg = (config or Config()).validate()
+        self.local_cid = new_connection_id() if local_cid is None else local_cid
+        self._state = CLOSED
+        self._log = log = get_logger(cid=f"{self.local_cid:08x}")
+        self._events: deque[Event] = deque()
+        self._close_reason: CloseReason | None = None
+        self._closed_event_pending = False  # the orderly close waits for the EOF to be read
+        # The application has closed and reads nothing more (orphan()): FIN_WAIT_2 is bounded
+        # and FIN_WAIT_1 gives up after fin_retries, as Linux treats orphaned sockets.
+        self._orphaned = False
+        self._time_wait_s = 2 * cfg.msl_s  # how long TIME_WAIT lasts (shorten_time_wait)
+        # PMTU probing waits until more is queued than one datagram carries: a short
+        # request/response connection has nothing to gain from a larger size.
+        self._probe_worthy = False
+        self._fast = cfg.fast_paths
+
+        # The parts, each given the others it needs (never this object).
+        self._trace = trace = TracePoints()
+        self._dl = dl = Deadlines()
+        self._count = count = Counters()
+        self._control = control = Control()
+        self._opts = opts = Negotiated(cfg)
+        self._snd = snd = SendSide(
+            iss=new_isn() if isn is None else isn & SEQ_MASK, mss=cfg.mss_bytes
+        )
+        self._rcv = rcv = ReceiveSide(cfg, events=self._events, counters=count, deadlines=dl)
+        self._loss = loss = LossRecovery(
+            cfg, snd=snd, opts=opts, deadlines=dl, counters=count, trace=trace, log=log
+        )
+        # Path MTU discovery (utcp/pmtud.py): on when both SYNs offered it.
+        self._pmtud = pmtud = (
+            Pmtud(base_bytes=cfg.base_datagram_bytes, log=log, on_state=self._pmtud_state)
+            if cfg.pmtud
+            else None
+        )
+        self._seg = seg = Segments(
+            cfg,
+            local_cid=self.local_cid,
+            snd=snd,
+            rcv=rcv,
+            opts=opts,
+            counters=count,
+            trace=trace,
+        )
+        self._sender = sender = Sender(
+            cfg,
+            snd=snd,
+            rcv=rcv,
+            opts=opts,
+            loss=loss,
+            segments=seg,
+            deadlines=dl,
+            counters=count,
+            trace=trace,
+            pmtud=pmtud,
+            log=log,
+        )
+        self._timers = TimerHandlers(
+            cfg,
+            snd=snd,
+            opts=opts,
+            loss=loss,
+            sender=sender,
+            control=control,
+            deadlines=dl,
+            counters=count,
+            trace=trace,
+            pmtud=pmtud,
+            log=log,
+        )
+        self._live = Liveness(cfg, rcv=rcv, loss=loss, control=control, deadlines=dl, log=log)
+        self._limits = SenderLimits()
+        if tracer is not None:
+            self.set_tracer(tracer)
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def state(self) -> ConnectionState:
+        """The RFC 9293 state."""
+        return self._state
+
+    @property
+    def peer_cid(self) -> int:
+        """The peer's connection id (0 until its SYN arrived)."""
+        return self._seg.peer_cid
+
+    @property
+    def close_reason(self) -> CloseReason | None:
+        """Why the connection ended, once it has."""
+        return self._close_reason
+
+    @property
+    def is_finished(self) -> bool:
+        """True once the connection is CLOSED after having been used: it can be forgotten."""
+        return self._state is CLOSED and self._close_reason is not None
+
+    @property
+    def last_heard(self) -> float:
+        """When the peer was last heard from (an acceptable segment), or ``connect()`` was
+        called: the start of the silence an idle or retransmission timeout reports."""
+        return self._live.last_activity
+
+    @property
+    def fin_acknowledged(self) -> bool:
+        """Whether our FIN, and so every byte before it, has been acknowledged."""
+        return self._snd.fin_acknowledged
+
+    @property
+    def is_orphaned(self) -> bool:
+        """Whether ``orphan()`` was called: the application has closed for good."""
+        return self._orphaned
+
+    @property
+    def send_buffer_size(self) -> int:
+        """Bytes written by the application and not yet acknowledged by the peer."""
+        return len(self._snd.buf)
+
+    @property
+    def mss(self) -> int:
+        """Largest payload this side puts in one segment."""
+        return self._snd.mss
+
+    @property
+    def iss(self) -> int:
+        """This end's initial sequence number: the ``seq`` of its SYN on the wire."""
+        return self._snd.iss
+
+    @property
+    def tracer(self) -> Tracer | None:
+        """The tracer receiving this connection's events, or None when tracing is off."""
+        return self._trace.tracer
+
+    def set_tracer(self, tracer: Tracer | None, *, now: float | None = None) -> None:
+        """Start (or with None stop) reporting events to ``tracer``; it is not closed here.
+
+        ``now`` stamps events raised before the next call that carries a clock (``listen``
+        without ``now``, ``close``, ``abort``); later events carry their own input's ``now``.
+        """
+        trace = self._trace
+        trace.tracer = tracer
+        if now is not None:
+            trace.now = now
+        trace.cc_reported = None
+        trace.lost_by.clear()
+        self._loss.scoreboard.lost_log = [] if tracer is not None else None
+
+    @property
+    def stats(self) -> ConnectionStats:
+        """A snapshot of counters and estimators."""
+        return snapshot(
+            state=self._state,
+            count=self._count,
+            snd=self._snd,
+            rcv=self._rcv,
+            opts=self._opts,
+            loss=self._loss,
+            pmtud=self._pmtud,
+            limits=self._limits,
+        )
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Datagrams discarded so far, by reason: ``stats.drops`` without the full snapshot."""
+        return {str(k): v for k, v in self._count.drops.items()}
+
+    # ------------------------------------------------------------------ user calls
+
+    def connect(self, *, now: float) -> None:
+        """Start an active open: send SYN and enter SYN_SENT."""
+        if self._state is not CLOSED or self._close_reason is not None:
+            raise RuntimeError(f"connect() needs a fresh connection, not {self._state.value}")
+        if self._trace.tracer is not None:
+            self._trace.now = now
+        self._set_state(SYN_SENT)
+        self._control.need_syn = True
+        self._live.last_activity = now
+
+    def listen(self, *, now: float | None = None) -> None:
+        """Start a passive open: wait in LISTEN for a SYN (``now`` only stamps the trace)."""
+        if self._state is not CLOSED or self._close_reason is not None:
+            raise RuntimeError(f"listen() needs a fresh connection, not {self._state.value}")
+        if now is not None:
+            self._trace.now = now
+        self._set_state(LISTEN)
+
+    def send(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue bytes for reliable, in-order delivery."""
+        if self._state not in CAN_SEND or self._snd.fin_pos is not None:
+            raise BrokenPipeError(f"cannot send in state {self._state.value} after close")
+        if data:
+            self._snd.buf.write(data)
+
+    def close(self) -> None:
+        """Half-close: send FIN after all queued data; receiving goes on until the peer's FIN."""
+        st = self._state
+        if st in (LISTEN, SYN_SENT):
+            self._control.need_syn = False
+            self._finish(CloseReason.CLOSED)
+            return
+        snd = self._snd
+        if snd.fin_pos is not None or st not in (SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
+            return
+        snd.fin_pos = snd.buf.end
+        if st is SYN_RECEIVED:
+            return  # RFC 9293 section 3.10.4: the FIN waits until the handshake completes
+        self._set_state(LAST_ACK if st is CLOSE_WAIT else FIN_WAIT_1)
+
+    def orphan(self, *, now: float) -> None:
+        """The application has closed for good (asyncio's ``transport.close()``): send FIN
+        after queued data as ``close()`` does, and from now on bound what is left as the
+        kernel bounds an orphaned TCP socket: FIN_WAIT_2 lasts at most
+        ``fin_wait_2_timeout_s``, and FIN_WAIT_1 gives up after ``fin_retries`` unanswered
+        retransmissions.  Data arriving later is the driver's to refuse (with ``abort()``).
+        """
+        if self._trace.tracer is not None:
+            self._trace.now = now
+        self.close()
+        self._orphaned = True
+        if self._state is FIN_WAIT_2:
+            self._arm_fin_wait_2(now)
+
+    def shorten_time_wait(self, *, now: float) -> None:
+        """Cut TIME_WAIT down to two RTOs from now (at most 2 MSL): the driver is going away
+        (its endpoint closing) and will not hold the socket for the full 2 MSL.  A lost final
+        ACK shows as the peer's FIN retransmitted after about one RTO, still re-acknowledged
+        within that time, which restarts the shortened wait."""
+        cfg = self.config
+        short = min(2 * cfg.msl_s, 2 * max(self._loss.rtt.rto, cfg.rto_min_s))
+        self._time_wait_s = min(self._time_wait_s, short)
+        dl = self._dl
+        if self._state is TIME_WAIT and dl.time_wait is not None:
+            dl.time_wait = min(dl.time_wait, now + self._time_wait_s)
+
+    def _arm_fin_wait_2(self, now: float) -> None:
+        """An orphan waits in FIN_WAIT_2 at most ``fin_wait_2_timeout_s`` for the peer's FIN."""
+        timeout = self.config.fin_wait_2_timeout_s
+        if timeout is not None and self._dl.fin_wait_2 is None:
+            self._dl.fin_wait_2 = now + timeout
+
+    def receive_unreachable(self, quoted: Packet, *, now: float) -> bool:
+        """An ICMP port unreachable (or another hard error) quoting ``quoted``, the header of
+        a datagram sent to this connection's peer address; True if it is taken as ours.
+
+        The checks of RFC 5927 section 4.1: the quote must name both connection ids and a
+        sequence number between SND.UNA - 1 (a keepalive or window probe) and SND.MAX, which
+        an off-path attacker cannot guess.  A connect (SYN_SENT) is refused at once; a
+        half-open passive connection ends at once; a synchronized one ends when the error
+        repeats at least ``rto_min_s`` after the first with nothing heard in between (a
+        retransmission, or a probe sent to confirm it, met a closed port again).
+        """
+        if self._trace.tracer is not None:
+            self._trace.now = now
+        st = self._state
+        snd = self._snd
+        live = self._live
+        if quoted.src_cid != self.local_cid or st is CLOSED or st is LISTEN or st is TIME_WAIT:
+            return False
+        if st is SYN_SENT or st is SYN_RECEIVED:
+            if not quoted.flags & _SYN or quoted.seq != snd.iss:
+                return False
+            if st is SYN_RECEIVED and quoted.dst_cid != self.peer_cid:
+                return False
+            self._count.icmp_errors += 1
+            self._log.info("port_unreachable", state=st.value)
+            self._control.need_syn = False
+            self._finish(CloseReason.REFUSED if st is SYN_SENT else CloseReason.UNREACHABLE)
+            return True
+        if quoted.dst_cid != self.peer_cid:
+            return False
+        una = snd.una
+        pos = snd.position(quoted.seq)
+        if not una - 1 <= pos <= snd.max:
+            return False
+        self._count.icmp_errors += 1
+        first = live.unreachable_at
+        if first is None or first < live.last_activity:
+            # The first since the peer was last heard: confirm it with one more datagram an
+            # RTO from now (a retransmission does that when data is in flight).
+            live.unreachable_at = now
+            if not len(self._loss.scoreboard):
+                live.confirm_unreachable = True
+                at = now + max(self._loss.rtt.rto, self.config.rto_min_s)
+                if self._dl.keepalive is None or at < self._dl.keepalive:
+                    self._dl.keepalive = at
+            return True
+        if now < first + self.config.rto_min_s:
+            # The same round of datagrams: wait for a repeat.  (Compared as a sum, the way
+            # the confirming probe's deadline was set, so float rounding cannot miss it.)
+            return True
+        self._log.info("port_unreachable", state=st.value, errors=self._count.icmp_errors)
+        fin_pos = snd.fin_pos
+        if (st is LAST_ACK or st is CLOSING) and fin_pos is not None and una >= fin_pos:
+            # Both sides closed and every byte arrived; only our FIN's ACK is missing and the
+            # peer is gone (it left TIME_WAIT, or its process exited): the close is done.
+            self._close_acknowledged()
+            return True
+        self._finish(CloseReason.UNREACHABLE)
+        return True
+
+    def abort(self) -> None:
+        """Reset the connection: send RST and forget everything at once."""
+        if self._state is CLOSED:
+            return
+        if self._close_reason is not None and not self._closed_event_pending:
+            # The orderly close is done and reported (TIME_WAIT): only the wait is cut
+            # short, with nothing sent (RFC 9293 section 3.10.5) and nothing reported again.
+            self._set_state(CLOSED)
+            self._clear_timers()
+            return
+        # An orderly close held back until the EOF is read is reported below, once, as the
+        # abort (_finish).
+        if self._state in SYNCHRONIZED or self._state is SYN_RECEIVED:
+            self._control.need_rst = True
+        self._finish(CloseReason.ABORTED)
+
+    def pause_reading(self) -> None:
+        """Stop delivering data; it is held here and the advertised window shrinks.
+
+        Data already queued as events but not yet taken goes back to the buffer too (a batch
+        of segments can queue a whole window at once), unless other events follow it."""
+        self._rcv.reading_paused = True
+        events = self._events
+        if events and all(type(e) is DataReceived for e in events):
+            held = b"".join(e.data for e in events if isinstance(e, DataReceived))
+            events.clear()
+            # Counted in the window from now on: they arrived after the last ACK was built
+            # (events are taken before the answer to a batch), so its right edge stays put.
+            self._rcv.held[:0] = held
+
+    def resume_reading(self) -> None:
+        """Deliver held data and reopen the window, telling the peer if it grew enough."""
+        rcv = self._rcv
+        rcv.reading_paused = False
+        if rcv.held:
+            data = bytes(rcv.held)
+            rcv.held.clear()
+            self._events.append(DataReceived(data))
+        self._maybe_deliver_eof()
+        self._maybe_window_update()
+
+    def next_event(self) -> Event | None:
+        """The oldest undelivered event, or None."""
+        return self._events.popleft() if self._events else None
+
+    @property
+    def has_events(self) -> bool:
+        """Whether ``next_event`` has something to give."""
+        return bool(self._events)
+
+    # ------------------------------------------------------------------ timers
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline at which ``handle_timer`` must be called, or None."""
+        best = self._dl.earliest()
+        pm = self._pmtud
+        if pm is not None:
+            t = pm.timer
+            if t is not None and (best is None or t < best):
+                best = t
+        return best
+
+    def handle_timer(self, *, now: float) -> None:
+        """Run every timer whose deadline has passed, in the table's order
+        (``deadlines.NAMES``); a handler may move or stop the ones after it."""
+        trace = self._trace
+        tracer = trace.tracer
+        if tracer is not None:
+            trace.now = now
+        dl = self._dl
+        for timer in range(TIMER_COUNT):
+            at = dl.at(timer)
+            if at is None or now < at:
+                continue
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": TRACE_NAMES[timer]})
+            dl.stop(timer)
+            if timer == TIME_WAIT_TIMER:
+                self._set_state(CLOSED)
+                self._clear_timers()
+                return
+            self._end(self._on_timer(timer, now))
+        pm = self._pmtud
+        if pm is not None and pm.timer is not None and now >= pm.timer:
+            if tracer is not None:
+                tracer.event(now, "timer_fired", {"timer": "pmtud"})
+            # A PMTU probe went unanswered.  Never a congestion signal: no cwnd, RTO, backoff
+            # or retransmission is touched; only the search learns from it.
+            pm.on_timer(now=now)
+        if tracer is not None:
+            self._trace_cwnd()
+
+    def _on_timer(self, timer: int, now: float) -> CloseReason | None:
+        """Run the handler of one expired timer; the reason to end the connection, or None.
+        Each handler runs only in the states (and conditions) it is for."""
+        st = self._state
+        if timer == RTO:
+            self._dl.tlp = None
+            return self._timers.on_rto(now, st, self._orphaned)
+        if timer == TLP:
+            self._loss.on_tlp(now)
+        elif timer == ACK:
+            self._rcv.ack_now = True
+        elif st not in SYNCHRONIZED:
+            pass
+        elif timer == FIN_WAIT_2_TIMER:
+            return self._timers.on_fin_wait_2() if st is FIN_WAIT_2 else None
+        elif timer == PERSIST:
+            if self._snd.window_closed() and not len(self._loss.scoreboard):
+                return self._timers.on_persist(now)
+        elif timer == KEEPALIVE:
+            return self._live.on_keepalive(now, st in CAN_RECEIVE) if st is not TIME_WAIT else None
+        elif timer == IDLE:
+            return self._live.on_idle(now)
+        elif timer == CONFIRM and not len(self._loss.scoreboard) and self._snd.fin_pos is None:
+            self._live.on_confirm(now)
+        return None
+
+    def _end(self, reason: CloseReason | None) -> None:
+        """Act on a part's verdict: nothing, the orderly close, or the end for ``reason``."""
+        if reason is None:
+            return
+        if reason is CloseReason.CLOSED:
+            self._close_acknowledged()
+        else:
+            self._finish(reason)
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive_datagram(self, data: bytes | bytearray | memoryview, *, now: float) -> None:
+        """Process one datagram; malformed ones are counted and dropped."""
+        if self._trace.tracer is not None:
+            self._trace.now = now
+        try:
+            packet = decode(data)
+        except PacketError as exc:
+            self._drop(exc.reason, str(exc))
+            return
+        self.receive_packet(packet, now=now)
+
+    def receive_packet(self, p: Packet, *, now: float, segments: int = 1) -> None:
+        """Process one already-decoded packet (the endpoint decodes once to demultiplex);
+        ``segments`` says how many received segments it stands for (utcp.coalesce)."""
+        trace = self._trace
+        tracer = trace.tracer
+        if (
+            tracer is None
+            and self._state is ESTABLISHED
+            and p.flags == _ACK
+            and p.dst_cid == self.local_cid
+            and self._fast
+            and self._rx_predicted(p, now)
+        ):
+            self._count.segments_received += segments
+            self._count.fast_received += 1
+            return
+        if tracer is not None:
+            trace.now = now
+            trace.packet = p
+            wnd = p.window if p.flags & _SYN else p.window << self._snd.wscale
+            tracer.event(now, "datagram_received", packet_fields(p, wnd))
+        st = self._state
+        if st is CLOSED:
+            self._drop(DropReason.UNEXPECTED)
+            rst = reset_for(p)
+            if rst is not None:
+                self._control.pending_raw.append(rst)
+        elif p.dst_cid != self.local_cid and not (p.dst_cid == 0 and p.flags & _SYN):
+            self._drop(DropReason.WRONG_CONNECTION_ID)
+        else:
+            self._count.segments_received += segments
+            if st is LISTEN:
+                self._rx_listen(p, now)
+            elif st is SYN_SENT:
+                self._rx_syn_sent(p, now)
+            else:
+                self._rx_synchronized(p, now)
+        if tracer is not None:
+            trace.packet = None
+            self._trace_cwnd()
+
+    def _rx_predicted(self, p: Packet, now: float) -> bool:
+        """Header prediction, in the spirit of BSD's ``tcp_input``: on an ESTABLISHED
+        connection a plain ACK segment (no option to act on) that is the next in order, and
+        either carries data that fits the window or acknowledges new data, needs none of the
+        general checks.
+
+        Does exactly what ``_rx_synchronized`` would for such a segment and returns True;
+        returns False having changed nothing when the segment needs the general path.
+        """
+        rcv = self._rcv
+        snd = self._snd
+        if (
+            p.sack_blocks
+            or p.probe is not None
+            or p.probe_ack is not None
+            or rcv.reasm.nbytes
+            or rcv.fin_pos is not None
+            or snd.fin_pos is not None
+        ):
+            return False
+        rcv_nxt = rcv.nxt
+        if p.seq != (rcv.irs + rcv_nxt) & SEQ_MASK:
+            return False
+        snd_una = snd.una
+        ack_pos = snd_una + seq_diff(p.ack, (snd.iss + snd_una) & SEQ_MASK)
+        if not snd_una <= ack_pos <= snd.max:
+            return False
+        payload = p.payload
+        n = len(payload)
+        if n:
+            if n > rcv.buffer_bytes - len(rcv.held):
+                return False  # beyond the window: trimmed by the general path
+        elif ack_pos == snd_una:
+            return False  # a duplicate ACK or a window update
+        self._live.heard(now)
+        if p.timestamps is not None and self._opts.ts_ok:
+            self._opts.ts_recent = p.timestamps[0]
+        if ack_pos != snd_una:
+            self._loss.on_new_ack(ack_pos, now)
+        self._update_window(p, rcv_nxt, ack_pos)
+        if n:
+            rcv.take_next(payload, now)
+        return True
+
+    def _rx_listen(self, p: Packet, now: float) -> None:
+        """LISTEN: a SYN opens the connection (SYN_RECEIVED); anything else is dropped."""
+        if p.flags & _RST or not p.flags & _SYN:
+            self._drop(DropReason.UNEXPECTED)
+            if not p.flags & _RST and p.flags & _ACK:
+                self._queue_reset_for(p)
+            return
+        if p.flags & _ACK:
+            self._drop(DropReason.UNEXPECTED)
+            self._queue_reset_for(p)
+            return
+        self._take_syn(p)
+        self._control.passive = True
+        self._set_state(SYN_RECEIVED)
+        self._control.need_syn = True
+        self._live.last_activity = now
+
+    def _rx_syn_sent(self, p: Packet, now: float) -> None:
+        """SYN_SENT: a SYN-ACK for our SYN establishes, a bare SYN is a simultaneous open."""
+        flags = p.flags
+        if flags & _ACK:
+            if p.ack != self._snd.wire_seq(1):
+                if not flags & _RST:
+                    self._queue_reset_for(p)
+                self._drop(DropReason.OUT_OF_WINDOW)
+                return
+            if flags & _RST:
+                self._log.info("connection_refused")
+                self._finish(CloseReason.REFUSED)
+                return
+        elif flags & _RST:
+            self._drop(DropReason.UNEXPECTED)
+            return
+        if not flags & _SYN:
+            self._drop(DropReason.UNEXPECTED)
+            return
+        self._take_syn(p)
+        self._live.last_activity = now
+        if flags & _ACK:
+            self._on_syn_acked(p, now)
+            self._set_state(ESTABLISHED)
+            self._events.append(ConnectionEstablished())
+            self._rcv.ack_now = True
+            if self.config.syn_retries:
+                self._dl.confirm = now + self._loss.rtt.rto
+        else:
+            # Simultaneous open (RFC 9293 figure 7): answer with SYN-ACK, same ISS.
+            self._set_state(SYN_RECEIVED)
+            self._control.need_syn = True
+
+    def _take_syn(self, p: Packet) -> None:
+        """Learn the peer's ISN, connection id and options from its SYN."""
+        cfg = self.config
+        rcv = self._rcv
+        snd = self._snd
+        opts = self._opts
+        rcv.irs = p.seq
+        rcv.nxt = 1
+        self._seg.peer_cid = p.src_cid
+        snd.wl1 = 0
+        peer_mss = p.mss if p.mss is not None else 536
+        opts.learn(p, cfg)
+        if p.wscale is not None:
+            snd.wscale = p.wscale
+            rcv.wscale = wscale_for(cfg.recv_buffer_bytes)
+        else:
+            snd.wscale = rcv.wscale = 0
+        ts_cost = opts.ts_cost
+        snd.peer_mss = peer_mss
+        if opts.pmtud_ok:
+            # Path MTU discovery starts from the base size and raises it as probes get
+            # through; the peer's segments range as widely, so count ACK-worthy data in
+            # base-size segments.
+            base_mss = max(64, cfg.base_datagram_bytes - HEADER_SIZE - ts_cost)
+            snd.mss = min(max(64, peer_mss - ts_cost), base_mss)
+            rcv.ack_bytes = cfg.ack_every_segments * base_mss
+        else:
+            snd.mss = max(64, min(cfg.mss_bytes, peer_mss) - ts_cost)
+            rcv.ack_bytes = cfg.ack_every_segments * snd.mss
+        rcv.full_seg = rcv.ack_bytes // cfg.ack_every_segments
+        cc = self._loss.cc
+        cc.mss = snd.mss
+        cc.cwnd = cfg.initial_cwnd_segments * snd.mss
+        snd.wnd = p.window  # SYN windows are never scaled (RFC 7323 section 2.2)
+
+    def _rx_synchronized(self, p: Packet, now: float) -> None:
+        """After the SYN exchange: SYN, RST and acceptability checks, then the ACK, then the
+        data."""
+        flags = p.flags
+        st = self._state
+        rcv = self._rcv
+        seg_pos = rcv.position(p.seq)
+        payload = p.payload
+        if st is TIME_WAIT:
+            self._rx_time_wait(p, seg_pos, now)
+            return
+        seg_len = len(payload) + (1 if flags & _FIN else 0)
+        wnd = rcv.window()
+
+        # SYN_RECEIVED: the retransmitted SYN of a peer whose SYN-ACK we sent is not an error.
+        if flags & _SYN:
+            if st is SYN_RECEIVED and p.seq == rcv.irs and not flags & _ACK:
+                self._control.need_syn = True
+                return
+            if not (flags & _ACK and st is SYN_RECEIVED):
+                # RFC 5961 section 4: a SYN in a synchronized state draws a challenge ACK.
+                self._challenge(now, DropReason.UNEXPECTED)
+                return
+            # A SYN-ACK during simultaneous open: its SYN occupies position 0, already taken.
+            if p.seq != rcv.irs:
+                self._drop(DropReason.OUT_OF_WINDOW)
+                return
+            seg_pos = 1
+
+        if (
+            st is SYN_RECEIVED
+            and flags == _ACK
+            and not payload
+            and p.seq == rcv.irs
+            and p.ack == self._snd.wire_seq(1)
+        ):
+            # A keepalive probe (SEQ = the peer's SND.UNA - 1) from a peer that is established
+            # while its handshake ACK was lost: acknowledging our SYN-ACK, it proves as much as
+            # that ACK would.  Take it as the handshake ACK and answer it, as a probe is
+            # answered.
+            seg_pos = rcv.nxt
+            rcv.ack_now = True
+
+        ok = rcv.acceptable(seg_pos, seg_len, wnd)
+        if flags & _RST:
+            self._rx_rst(seg_pos, ok or (seg_len == 0 and seg_pos == rcv.nxt), wnd, now)
+            return
+        if not ok:
+            if flags & _ACK and wnd == 0 and seg_pos == rcv.nxt:
+                self._rx_ack(p, seg_pos, now)
+            if seg_len:
+                # A retransmission of data we already have: its ACK is how the peer learns.
+                if payload and seg_pos + len(payload) <= rcv.nxt:
+                    self._count.dup_segments += 1
+                rcv.ack_now = True
+                self._drop(DropReason.OUT_OF_WINDOW)
+            else:
+                self._challenge(now, DropReason.OUT_OF_WINDOW)
+            return
+        if not flags & _ACK:
+            self._drop(DropReason.UNEXPECTED)
+            return
+        self._live.heard(now)
+        if p.timestamps is not None and self._opts.ts_ok and seg_pos <= rcv.nxt:
+            self._opts.ts_recent = p.timestamps[0]
+        if not self._rx_ack(p, seg_pos, now):
+            return
+        if self._state is CLOSED:
+            return
+        if payload or flags & _FIN:
+            self._rx_data(seg_pos, payload, bool(flags & _FIN), now)
+        elif p.probe is not None or p.probe_ack is not None:
+            self._rx_pmtud(p, now)
+
+    def _rx_time_wait(self, p: Packet, seg_pos: int, now: float) -> None:
+        """TIME_WAIT answers one thing: a retransmission from the peer that did not get our
+        final ACK (its FIN, or data before it when earlier ACKs were lost too), acknowledged
+        again with 2 MSL restarted (RFC 9293 section 3.10.7.4).  Anything else is dropped
+        unanswered: the close is reported, nothing more may leave (an RST may not cut
+        TIME_WAIT short either, RFC 1337)."""
+        flags = p.flags
+        fin_pos = self._rcv.fin_pos
+        n = len(p.payload)
+        if (
+            (n or flags & _FIN)
+            and flags & _ACK
+            and not flags & (_SYN | _RST)
+            and fin_pos is not None
+            and seg_pos + n <= fin_pos
+        ):
+            self._rcv.ack_now = True
+            self._count.dup_segments += 1
+            self._dl.time_wait = now + self._time_wait_s
+            return
+        self._drop(DropReason.UNEXPECTED)
+
+    def _rx_rst(self, seg_pos: int, acceptable: bool, wnd: int, now: float) -> None:
+        """An RST: RFC 5961 section 3.2, only an exact match resets; elsewhere in the window
+        it draws a challenge ACK.  (TIME_WAIT never gets here: it drops an RST, RFC 1337.)"""
+        nxt = self._rcv.nxt
+        if seg_pos == nxt:
+            self._log.info("connection_reset", state=self._state.value)
+            self._finish(CloseReason.RESET)
+        elif acceptable or 0 <= seg_pos - nxt < max(wnd, 1):
+            self._challenge(now, DropReason.OUT_OF_WINDOW)
+        else:
+            self._drop(DropReason.OUT_OF_WINDOW)
+
+    def _rx_ack(self, p: Packet, seg_pos: int, now: float) -> bool:
+        """Process the acknowledgement field; False when the segment must be dropped."""
+        st = self._state
+        snd = self._snd
+        loss = self._loss
+        ack_pos = snd.position(p.ack)
+        if st is SYN_RECEIVED:
+            if not 0 < ack_pos <= snd.max:
+                self._queue_reset_for(p)
+                self._drop(DropReason.OUT_OF_WINDOW)
+                return False
+            self._on_syn_acked(p, now)
+            self._set_state(FIN_WAIT_1 if snd.fin_pos is not None else ESTABLISHED)
+            self._events.append(ConnectionEstablished())
+            if p.flags & _SYN:
+                self._rcv.ack_now = True
+        # RFC 5961 section 5.2: ACKs of data never sent, or far too old, are dropped.
+        if ack_pos > snd.max or ack_pos < snd.una - max(snd.max_wnd, 1 << 16):
+            self._challenge(now, DropReason.OUT_OF_WINDOW)
+            return False
+        sack_ok = self._opts.sack_ok
+        if sack_ok and p.sack_blocks:
+            loss.on_sack(p.sack_blocks)
+        if ack_pos > snd.una:
+            loss.on_new_ack(ack_pos, now)
+        elif (
+            ack_pos == snd.una
+            and not p.payload
+            and not p.flags & (_FIN | _SYN)
+            and len(loss.scoreboard)
+            and (p.window << snd.wscale) == snd.wnd
+            and p.probe is None  # a PMTU probe, or its answer, says nothing about our data
+            and p.probe_ack is None
+        ):
+            loss.on_dupack(now, sacked=bool(p.sack_blocks and sack_ok))
+        elif sack_ok and p.sack_blocks and len(loss.scoreboard):
+            loss.maybe_enter_recovery(now)
+        self._update_window(p, seg_pos, ack_pos)
+        fin_pos = snd.fin_pos
+        if fin_pos is not None and ack_pos > fin_pos:
+            self._on_fin_acked(now)
+        return True
+
+    def _update_window(self, p: Packet, seg_pos: int, ack_pos: int) -> None:
+        """Take the peer's window from the newest segment; a peer that answers a closed
+        window is alive, only not reading (its window probes are not unanswered)."""
+        snd = self._snd
+        if snd.update_window(p, seg_pos, ack_pos, bool(p.flags & _SYN)):
+            self._dl.persist = None
+        if snd.window_closed() and not len(self._loss.scoreboard) and self._state in SYNCHRONIZED:
+            snd.persist_probes = 0
+
+    def _on_syn_acked(self, p: Packet, now: float) -> None:
+        """Our SYN is acknowledged: take its RTT sample, stop its timer, learn the peer's
+        window, and start path MTU discovery."""
+        snd = self._snd
+        control = self._control
+        if snd.una == 0:
+            self._loss.on_syn_acked(now, control.syn_sent_at if control.syn_retries == 0 else None)
+            snd.una = 1
+            control.need_syn = False
+            if self._trace.tracer is not None:
+                self._trace.lost_by.pop(0, None)  # the SYN arrived: no retransmission is due
+            if self._opts.pmtud_ok:
+                assert self._pmtud is not None
+                ceiling = min(self.config.max_datagram_bytes, snd.peer_mss + HEADER_SIZE)
+                self._pmtud.start(ceiling=ceiling, now=now)  # the handshake set the base MSS
+        if p.flags & _SYN:
+            self._update_window(p, 0, 1)
+
+    def _on_fin_acked(self, now: float) -> None:
+        """Our FIN is acknowledged: tell the driver (the application's close is done), then
+        move on in the close sequence."""
+        st = self._state
+        if st is FIN_WAIT_1 or st is CLOSING or st is LAST_ACK:
+            self._events.append(FinAcknowledged())
+        if st is FIN_WAIT_1:
+            self._set_state(FIN_WAIT_2)
+            if self._orphaned:
+                self._arm_fin_wait_2(now)
+        elif st is CLOSING:
+            self._enter_time_wait(now)
+        elif st is LAST_ACK:
+            self._set_state(CLOSED)
+            self._orderly_close()
+            self._clear_timers()
+
+    def _rx_data(self, seg_pos: int, payload: bytes | memoryview, fin: bool, now: float) -> None:
+        """An acceptable segment's data and FIN, in a state that takes them."""
+        rcv = self._rcv
+        if self._state not in CAN_RECEIVE:
+            # Data after the peer's FIN is a protocol error; a retransmitted FIN is re-ACKed.
+            # (TIME_WAIT never gets here: _rx_time_wait answers it.)
+            rcv.ack_now = True
+            return
+        taken = rcv.take(seg_pos, payload, fin, now)
+        if taken & TAKE_OVER_BUFFER:
+            self._drop(DropReason.OVER_BUFFER)
+        if taken & TAKE_FIN:
+            self._on_fin_received(now)
+
+    def _on_fin_received(self, now: float) -> None:
+        """The peer's FIN arrived in order: report EOF and move on in the close sequence."""
+        self._maybe_deliver_eof()  # EOF always comes before ConnectionClosed
+        st = self._state
+        if st in (ESTABLISHED, SYN_RECEIVED):
+            self._set_state(CLOSE_WAIT)
+        elif st is FIN_WAIT_1:
+            if self._snd.fin_acknowledged:
+                self._enter_time_wait(now)
+            else:
+                self._set_state(CLOSING)
+        elif st is FIN_WAIT_2:
+            self._enter_time_wait(now)
+        self._maybe_deliver_eof()
+
+    def _rx_pmtud(self, p: Packet, now: float) -> None:
+        """An acceptable PMTU probe (answered on the next pure ACK) or answer to ours; both
+        are ignored unless path MTU discovery was negotiated."""
+        if not self._opts.pmtud_ok:
+            return
+        if p.probe is not None:
+            self._control.probe_ack_id = p.probe
+        pm = self._pmtud
+        if p.probe_ack is not None and pm is not None and pm.on_probe_acked(p.probe_ack, now=now):
+            self._sender.apply_pmtu("probe")
+
+    def _maybe_deliver_eof(self) -> None:
+        rcv = self._rcv
+        if (
+            not rcv.eof_delivered
+            and not rcv.held
+            and rcv.fin_pos is not None
+            and rcv.nxt > rcv.fin_pos
+        ):
+            rcv.eof_delivered = True
+            self._events.append(EofReceived())
+            if self._closed_event_pending:
+                self._closed_event_pending = False
+                self._events.append(ConnectionClosed(CloseReason.CLOSED))
+
+    def _orderly_close(self) -> None:
+        """Both FINs are acknowledged: report it, after the EOF if reading held that back."""
+        self._close_reason = CloseReason.CLOSED
+        if self._trace.tracer is not None:
+            self._trace.event("connection_closed", {"reason": CloseReason.CLOSED.value})
+        if self._rcv.eof_delivered:
+            self._events.append(ConnectionClosed(CloseReason.CLOSED))
+        else:
+            self._closed_event_pending = True
+
+    def _close_acknowledged(self) -> None:
+        """Every byte both ways arrived and only our FIN's acknowledgement is missing, from a
+        peer that is gone: the close is done, not failed."""
+        self._set_state(CLOSED)
+        self._loss.clear()
+        self._clear_timers()
+        self._orderly_close()
+
+    def _enter_time_wait(self, now: float) -> None:
+        """Both FINs are acknowledged and ours was the first: report the close, stop every
+        timer, and only re-acknowledge a retransmitted FIN for 2 MSL."""
+        self._set_state(TIME_WAIT)
+        self._orderly_close()
+        self._clear_timers()
+        self._loss.clear()
+        control = self._control
+        control.need_syn = control.send_probe = False
+        control.probe_ack_id = None
+        self._dl.time_wait = now + self._time_wait_s
+
+    # ------------------------------------------------------------------ sending
+
+    def datagrams_to_send(self, *, now: float) -> list[bytes]:
+        """Every datagram due now: control segments, retransmissions, new data, ACKs, and
+        last a PMTU probe."""
+        snd = self._snd
+        if (
+            self._limits.limit == LIMITED_BY_APPLICATION
+            and snd.nxt == snd.buf.end
+            and self._fast
+            and self._nothing_due()
+        ):
+            self._count.fast_idle += 1
+            # The common case after a delivery (a request waiting for its reply): nothing to
+            # send, and the sender stays limited by the application, as it was.
+            self._limits.still_application(now)
+            return []
+        self._opts.clock_ms = now * 1000.0
+        control = self._control
+        seg = self._seg
+        out = control.take_raw()
+        self._limits.charge(now)
+        trace = self._trace
+        if trace.tracer is not None:
+            trace.now = now
+            for raw in out:  # resets answering stray packets, built as they arrived
+                rst = decode(raw)
+                trace.event("datagram_sent", packet_fields(rst, rst.window))
+        st = self._state
+        if control.need_rst:
+            control.need_rst = False
+            out.append(seg.build(_RST | _ACK, snd.nxt, b""))
+        if st is CLOSED or st is LISTEN:
+            return out
+        if control.need_syn:
+            control.need_syn = False
+            flags = _SYN | _ACK if st is SYN_RECEIVED else _SYN
+            if trace.tracer is not None and 0 in trace.lost_by:
+                by = trace.lost_by.pop(0)
+                trace.event("retransmit", {"seq": snd.iss, "len": 0, "by": by})
+            out.append(seg.build_syn(flags, active=st is SYN_SENT))
+            if control.syn_retries == 0:
+                control.syn_sent_at = now
+            snd.nxt = snd.max = max(snd.max, 1)
+            self._dl.rto = now + self._loss.rtt.rto
+            self._count.segments_sent += 1
+            if st is SYN_SENT:
+                return out
+        if snd.una >= 1 and st in SYNCHRONIZED:
+            self._sender.send_data(out, now)
+        if control.probe_ack_id is not None:
+            # Answer the peer's PMTU probe on a pure ACK of its own: the option would not fit
+            # beside a full-sized payload, and this ACK is small enough to get through.
+            out.append(seg.build(_ACK, snd.nxt, b"", probe_ack=control.probe_ack_id))
+            control.probe_ack_id = None
+            self._count.segments_sent += 1
+        rcv = self._rcv
+        if control.send_probe:
+            control.send_probe = False
+            # An old sequence number draws an ACK with the peer's current window.  The probe is
+            # itself unacceptable to the peer, so it must not stand in for an ACK we owe.
+            ack_owed = rcv.ack_now
+            out.append(seg.build(_ACK, snd.una - 1, b""))
+            rcv.ack_now = ack_owed
+            self._count.segments_sent += 1
+        if rcv.ack_now and rcv.nxt:
+            out.append(seg.build(_ACK, snd.nxt, b""))
+            self._count.segments_sent += 1
+        pm = self._pmtud
+        if not self._probe_worthy and len(snd.buf) > snd.mss:
+            self._probe_worthy = True
+        if pm is not None and pm.probe_due and self._may_probe():
+            # Last: the probe is the datagram most likely to be dropped.
+            probe = pm.next_probe(now=now, timeout_s=self._probe_timeout())
+            if probe is not None:
+                out.append(seg.build_probe(*probe))
+                self._count.segments_sent += 1
+        st = self._state
+        if st in SYNCHRONIZED and st is not TIME_WAIT:
+            self._live.arm(now, st in CAN_RECEIVE)
+            if snd.una:
+                self._limits.classify(
+                    now, snd=snd, loss=self._loss, state=st, bytes_sent=self._count.bytes_sent
+                )
+        return out
+
+    def _nothing_due(self) -> bool:
+        """True when ``datagrams_to_send`` would send nothing and change no timer: no control
+        segment or ACK owed, no data, FIN or retransmission waiting, no probe due, and the
+        idle timers armed."""
+        cfg = self.config
+        st = self._state
+        pm = self._pmtud
+        control = self._control
+        dl = self._dl
+        return (
+            (st is ESTABLISHED or st is CLOSE_WAIT)
+            and not control.pending_raw
+            and not (self._rcv.ack_now or control.need_rst or control.need_syn)
+            and not control.send_probe
+            and control.probe_ack_id is None
+            and self._snd.nxt == self._snd.buf.end
+            and self._snd.fin_pos is None
+            and not self._loss.scoreboard.has_lost
+            and dl.persist is None
+            and self._trace.tracer is None
+            and (pm is None or not pm.probe_due or not self._probe_worthy)
+            and (
+                dl.keepalive is not None
+                or (
+                    cfg.keepalive_idle_s is None
+                    and (cfg.keepalive_stall_s is None or not self._rcv.peer_mid_stream)
+                )
+            )
+            and (cfg.idle_timeout_s is None or dl.idle is not None)
+        )
+
+    def _may_probe(self) -> bool:
+        """A PMTU probe may go: our FIN is not sent yet (there may be data to make bigger), and
+        SND.NXT lies inside the peer's window, so the zero-length probe passes its
+        acceptability test (RFC 9293 section 3.10.7.4)."""
+        snd = self._snd
+        return (
+            self._opts.pmtud_ok
+            and self._probe_worthy
+            and self._state in _MAY_PROBE
+            and (snd.fin_pos is None or snd.nxt <= snd.fin_pos)
+            and snd.nxt < snd.una + snd.wnd
+        )
+
+    def _probe_timeout(self) -> float:
+        rtt = self._loss.rtt
+        return probe_timeout_s(rtt.srtt, rtt.rttvar, rtt.rto)
+
+    def _pmtud_state(self, old: PmtudState, new: PmtudState, size: int) -> None:
+        """Every PMTUD state change goes to the trace."""
+        if self._trace.tracer is not None:
+            self._trace.event("pmtud_state", {"old": old.value, "new": new.value, "size": size})
+
+    def _maybe_window_update(self) -> None:
+        if self._state not in CAN_RECEIVE or not self._rcv.nxt:
+            return
+        if self._rcv.window_grew(self._snd.mss):
+            self._rcv.ack_now = True
+
+    def _drop(self, reason: DropReason, detail: str | None = None) -> None:
+        """Count a discarded datagram by reason; it changes nothing else."""
+        self._count.count_drop(reason)
+        self._log.debug(
+            "datagram_dropped", reason=reason.value, detail=detail, state=self._state.value
+        )
+        trace = self._trace
+        if trace.tracer is not None:
+            fields: dict[str, object] = {"reason": reason.value}
+            p = trace.packet
+            if p is not None:  # decoded: say which datagram it was
+                fields.update(flags=flags_text(p.flags), seq=p.seq, len=len(p.payload))
+            trace.event("datagram_dropped", fields)
+
+    def _challenge(self, now: float, reason: DropReason) -> None:
+        """Drop a suspicious segment and answer with an ACK (RFC 5961), at most one per
+        ``challenge_ack_interval_s`` per connection, so a flood of forgeries draws no flood
+        of ACKs (and no shared counter leaks one connection's state to another)."""
+        if not self._live.challenge_allowed(now):
+            self._drop(DropReason.RATE_LIMITED)
+            return
+        self._count.challenge_acks += 1
+        self._rcv.ack_now = True
+        self._drop(reason)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _queue_reset_for(self, p: Packet) -> None:
+        rst = reset_for(p)
+        if rst is not None:
+            self._control.pending_raw.append(rst)
+
+    def _set_state(self, new: ConnectionState) -> None:
+        """The one place the state changes: checked against the table (utcp/state.py)."""
+        old = self._state
+        if old is new:
+            return
+        check_transition(old, new)
+        self._state = new
+        self._log.debug("state_changed", old=old.value, new=new.value)
+        if self._trace.tracer is not None:
+            self._trace.event("state_changed", {"old": old.value, "new": new.value})
+
+    def _finish(self, reason: CloseReason) -> None:
+        """End the connection for ``reason``, reported once: a connection whose orderly close
+        was already reported (TIME_WAIT) only falls silent."""
+        if self._close_reason is not None and not self._closed_event_pending:
+            self._set_state(CLOSED)
+            self._clear_timers()
+            self._loss.clear()
+            return
+        self._closed_event_pending = False
+        self._set_state(CLOSED)
+        self._close_reason = reason
+        self._events.append(ConnectionClosed(reason))
+        self._clear_timers()
+        self._loss.clear()
+        trace = self._trace
+        if trace.tracer is not None:
+            trace.lost_by.clear()
+            trace.event("connection_closed", {"reason": reason.value})
+
+    def _clear_timers(self) -> None:
+        self._dl.clear()
+        self._live.confirm_unreachable = False
+        if self._pmtud is not None:
+            self._pmtud.stop()
+
+    def _trace_cwnd(self) -> None:
+        """Report the congestion window if it changed (once the SYN is acknowledged, so the
+        first report is the initial window, and not after the end)."""
+        if self._snd.una and self._state is not CLOSED:
+            self._trace.cwnd(self._loss.cc, self._loss.scoreboard.pipe)

@@ -1,0 +1,296 @@
+"""Loss recovery: the scoreboard of segments in flight, the RTT estimator, the congestion
+controller, the recovery episode (RFC 6582 NewReno, RFC 6675 SACK) and the tail loss probe.
+
+It learns from acknowledgements (``on_new_ack``, ``on_dupack``, ``on_sack``) and timers
+(``on_timeout``, ``on_tlp``), declares segments lost for the sender to resend, and arms the
+retransmission and probe deadlines.  Karn's rule holds here: no RTT sample from a segment
+that was sent twice.  It never ends the connection; the timer handlers decide that.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, final
+
+from .. import congestion
+from ..config import Config
+from ..recovery import RttEstimator, Scoreboard
+from ..seqnum import seq_diff
+from .counters import Counters
+from .deadlines import Deadlines
+from .options import Negotiated
+from .send_side import SendSide
+from .tracepoints import TracePoints
+
+__all__ = ["LossRecovery"]
+
+_TLP_MIN_S: Final = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
+
+
+@final
+class LossRecovery:
+    """Scoreboard, RTT, congestion window and the recovery episode of one connection."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        snd: SendSide,
+        opts: Negotiated,
+        deadlines: Deadlines,
+        counters: Counters,
+        trace: TracePoints,
+        log: Any,
+    ) -> None:
+        self.scoreboard = Scoreboard()
+        self.rtt = RttEstimator(
+            initial_rto_s=config.rto_initial_s,
+            rto_min_s=config.rto_min_s,
+            rto_max_s=config.rto_max_s,
+        )
+        self.cc = congestion.create(
+            config.congestion_control,
+            mss=config.mss_bytes,
+            initial_window_segments=config.initial_cwnd_segments,
+        )
+        self.in_recovery = False
+        self.recover = 0  # RFC 6582 "recover"
+        self.dupacks = 0
+        self.dupack_credit = 0  # bytes of dup-ACK inflation in recovery without SACK
+        self.rexmit_now = False  # fast retransmit due: send it whatever the pipe says
+        self.tlp_sent = False  # one probe per flight, until new data is acknowledged
+        self.timeouts_in_a_row = 0
+        self.oldest_unacked_since: float | None = None
+        self._dupthresh = config.dupack_threshold
+        self._tail_loss_probe = config.tail_loss_probe
+        self._delayed_ack_s = config.delayed_ack_s
+        self._user_timeout_s = config.user_timeout_s
+        self._snd = snd
+        self._opts = opts
+        self._dl = deadlines
+        self._count = counters
+        self._trace = trace
+        self._log = log
+
+    # ------------------------------------------------------------------ acknowledgements
+
+    def on_syn_acked(self, now: float, sent_at: float | None) -> None:
+        """Our SYN is acknowledged: its RTT sample (None when it was sent more than once)
+        and the end of its timer."""
+        if sent_at is not None:
+            self.rtt.on_sample(now - sent_at)
+            if self._trace.tracer is not None:
+                self._trace.rtt(self.rtt)
+        self.rtt.reset_backoff()
+        self._dl.rto = None
+
+    def on_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+        """Mark the SACK blocks of an ACK (wire numbers) on the scoreboard."""
+        snd = self._snd
+        una = snd.una
+        una_wire = snd.wire_seq(una)
+        sb = self.scoreboard
+        for left, right in blocks:
+            lp = una + seq_diff(left, una_wire)
+            rp = una + seq_diff(right, una_wire)
+            if una <= lp < rp <= snd.max:
+                sb.on_sack(lp, rp)
+
+    def on_new_ack(self, ack_pos: int, now: float) -> None:
+        """SND.UNA advances to ``ack_pos``: release the data, sample the RTT, grow the window
+        or go on with recovery, and re-arm the timers."""
+        snd = self._snd
+        sb = self.scoreboard
+        trace = self._trace
+        acked_bytes = ack_pos - snd.una
+        acked = sb.ack_to(ack_pos)
+        # Karn's rule: no sample when any acknowledged segment was retransmitted (the ACK may
+        # answer the retransmission), nor from a segment already SACKed (its ACK was held up
+        # by a hole before it); otherwise the newest segment gives the RTT.
+        if acked and not acked[-1].sacked:
+            for seg in acked:
+                if seg.retx:
+                    break
+            else:
+                self.rtt.on_sample(now - acked[-1].sent_at)
+                if trace.tracer is not None:
+                    trace.rtt(self.rtt)
+        snd.acknowledge(ack_pos)
+        self.dupacks = 0
+        self.timeouts_in_a_row = 0
+        self.rtt.reset_backoff()
+        if self.in_recovery:
+            if ack_pos >= self.recover:
+                self.in_recovery = False
+                self.dupack_credit = 0
+                self.cc.on_recovery_exit(now=now)
+            else:
+                # Partial ACK (RFC 6582 section 3.2 step 5): the next hole is lost too.
+                self.dupack_credit = max(0, self.dupack_credit - acked_bytes)
+                first = sb.first()
+                if first is not None and first.retx == 0:
+                    sb.mark_lost(first)
+                    if trace.tracer is not None:
+                        trace.losses(sb, snd, "sack" if self._opts.sack_ok else "dupack")
+                if self._opts.sack_ok:
+                    sb.detect_losses(self.loss_threshold(), self._dupthresh)
+                    if trace.tracer is not None:
+                        trace.losses(sb, snd, "sack")
+        else:
+            # Grow the window only while it limits us (RFC 7661 spirit): an application- or
+            # receiver-limited sender must not build a window it never tested.
+            flight_before = snd.max - (ack_pos - acked_bytes)
+            if 2 * flight_before >= self.cc.cwnd:
+                self.cc.on_ack(acked_bytes, now=now, rtt_s=self.rtt.latest_rtt)
+            if self._opts.sack_ok and len(sb):
+                self.maybe_enter_recovery(now, flight_before)
+        self.tlp_sent = False
+        if len(sb):
+            self.oldest_unacked_since = now
+            self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+            self.arm_tlp(now)
+        else:
+            self._dl.rto = self._dl.tlp = None
+            self.oldest_unacked_since = None
+            if trace.tracer is not None:
+                trace.lost_by.clear()
+
+    def loss_threshold(self) -> int:
+        """SACKed bytes beyond a segment that declare it lost (RFC 6675's DupThresh)."""
+        return (self._dupthresh - 1) * self._snd.mss + 1
+
+    def on_dupack(self, now: float, *, sacked: bool) -> None:
+        """A duplicate ACK: count it, and in recovery inflate the window or look for more
+        losses."""
+        self.dupacks += 1
+        self._count.dupack_count += 1
+        if self.in_recovery:
+            if not self._opts.sack_ok:
+                self.dupack_credit += self._snd.mss
+            else:
+                self.scoreboard.detect_losses(self.loss_threshold(), self._dupthresh)
+                if self._trace.tracer is not None:
+                    self._trace.losses(self.scoreboard, self._snd, "sack")
+            return
+        self.maybe_enter_recovery(now)
+
+    def maybe_enter_recovery(self, now: float, flight_before: int = 0) -> None:
+        """Start a recovery episode if the duplicate ACKs or SACK blocks show a loss.
+
+        ``flight_before`` is what was outstanding before the ACK that shows the loss also moved
+        SND.UNA: the flight size the loss happened in. A stretch ACK (one for a whole batch)
+        acknowledges most of the window at once, so the flight left after it would halve far
+        below the window the loss was seen in."""
+        if self.in_recovery:
+            return
+        sb = self.scoreboard
+        snd = self._snd
+        trace = self._trace
+        sack_ok = self._opts.sack_ok
+        lost = sb.detect_losses(self.loss_threshold(), self._dupthresh) if sack_ok else 0
+        if lost and trace.tracer is not None:
+            trace.losses(sb, snd, "sack")
+        if self.dupacks < self._dupthresh and not lost:
+            return
+        if snd.una < self.recover:
+            # RFC 6582 section 3.2 step 2: still inside the window of an earlier episode.
+            return
+        self.in_recovery = True
+        self.recover = snd.max
+        self._count.fast_retx += 1
+        self.cc.on_congestion_event(max(snd.max - snd.una, flight_before), now=now)
+        first = sb.first()
+        if first is not None and not first.sacked and first.retx == 0:
+            sb.mark_lost(first)
+            if trace.tracer is not None:
+                trace.losses(sb, snd, "sack" if lost else "dupack")
+            # RFC 5681 section 3.2 step 4: the fast retransmit goes out at once.
+            self.rexmit_now = True
+        if not sack_ok:
+            self.dupack_credit = self.dupacks * snd.mss
+        self._log.debug(
+            "fast_retransmit",
+            snd_una=snd.wire_seq(snd.una),
+            cwnd=self.cc.cwnd,
+            ssthresh=self.cc.ssthresh,
+        )
+
+    # ------------------------------------------------------------------ timers
+
+    def after_send(self, now: float) -> None:
+        """Segments went out: arm the retransmission and tail-loss timers."""
+        if self.oldest_unacked_since is None:
+            self.oldest_unacked_since = now
+        if self._dl.rto is None:
+            self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+        if not self.tlp_sent:
+            self.arm_tlp(now)
+
+    def cap_to_user_timeout(self, at: float) -> float:
+        """A retransmission deadline, no later than the user timeout allows (the timer then
+        fires at the timeout and ends the connection)."""
+        ut = self._user_timeout_s
+        since = self.oldest_unacked_since
+        if ut is not None and since is not None and since + ut < at:
+            return since + ut
+        return at
+
+    def user_timeout_expired(self, now: float) -> bool:
+        """Whether the oldest unacknowledged data has waited ``user_timeout_s``."""
+        ut = self._user_timeout_s
+        since = self.oldest_unacked_since
+        # The same sum cap_to_user_timeout arms the timer at: ``now - since >= ut`` can round
+        # below ``ut`` at exactly that deadline and let the timer fire again and again.
+        return ut is not None and since is not None and now >= since + ut
+
+    def arm_tlp(self, now: float) -> None:
+        """Schedule a tail loss probe two smoothed RTTs out, when that comes before the RTO."""
+        srtt = self.rtt.srtt
+        dl = self._dl
+        if (
+            srtt is None
+            or not self._tail_loss_probe
+            or self.tlp_sent
+            or self.in_recovery
+            or not len(self.scoreboard)
+        ):
+            dl.tlp = None
+            return
+        pto = 2 * srtt
+        if self.scoreboard.pipe <= self._snd.mss:
+            pto += self._delayed_ack_s  # a lone segment's ACK may be delayed
+        at = now + max(pto, _TLP_MIN_S)
+        dl.tlp = at if dl.rto is None or at < dl.rto else None
+
+    def on_tlp(self, now: float) -> None:
+        """No ACK for two RTTs: resend the last segment so its SACK (or ACK) reveals any
+        loss at the tail of the flight, instead of waiting for the retransmission timer."""
+        sb = self.scoreboard
+        last = sb.last()
+        if last is None or self.in_recovery or last.sacked or last.lost:
+            return
+        self.tlp_sent = True
+        self._count.tlp_probes += 1
+        sb.mark_lost(last)
+        if self._trace.tracer is not None:
+            self._trace.losses(sb, self._snd, "tlp")
+        self.rexmit_now = True
+        self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+        self._log.debug("tail_loss_probe", seq=self._snd.wire_seq(last.start))
+
+    def on_timeout(self, now: float) -> None:
+        """The retransmission timer expired with data in flight: the whole flight is presumed
+        lost, the window collapses and the timer backs off (RFC 6298 section 5, RFC 5681)."""
+        snd = self._snd
+        self.cc.on_timeout(snd.max - snd.una, now=now)
+        self.recover = snd.max
+        self.in_recovery = False
+        self.dupacks = 0
+        self.dupack_credit = 0
+        self.scoreboard.mark_all_lost()
+        if self._trace.tracer is not None:
+            self._trace.losses(self.scoreboard, snd, "rto")
+        self.rtt.back_off()
+
+    def clear(self) -> None:
+        """The connection ends (or enters TIME_WAIT): nothing in flight matters any more."""
+        self.scoreboard.clear()

@@ -1,0 +1,235 @@
+"""The send loop: retransmissions first, then new data and the FIN, within the congestion
+window and the peer's window, and the window probe timer when the peer's window is closed.
+
+Nothing beyond ``snd.una + snd.wnd`` is ever sent as new data and no payload is larger than
+``snd.mss``; every segment sent for the first time enters the scoreboard.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, final
+
+from ..config import Config
+from ..packet import HEADER_SIZE, Flag, stamp
+from ..pmtud import Pmtud
+from ..recovery import SentSegment
+from .counters import Counters
+from .deadlines import Deadlines
+from .loss import LossRecovery
+from .options import Negotiated
+from .receive_side import ReceiveSide
+from .segments import Segments
+from .send_side import SendSide
+from .tracepoints import TracePoints
+
+__all__ = ["Sender"]
+
+_ACK: Final = int(Flag.ACK)
+
+
+@final
+class Sender:
+    """Decides which segments go out now and records them."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        snd: SendSide,
+        rcv: ReceiveSide,
+        opts: Negotiated,
+        loss: LossRecovery,
+        segments: Segments,
+        deadlines: Deadlines,
+        counters: Counters,
+        trace: TracePoints,
+        pmtud: Pmtud | None,
+        log: Any,
+    ) -> None:
+        self._fast = config.fast_paths
+        self._rto_max_s = config.rto_max_s
+        self._snd = snd
+        self._rcv = rcv
+        self._opts = opts
+        self._loss = loss
+        self._seg = segments
+        self._dl = deadlines
+        self._count = counters
+        self._trace = trace
+        self._pmtud = pmtud
+        self._log = log
+
+    def send_data(self, out: list[bytes], now: float) -> None:
+        """Append the retransmissions, then the new data and FIN, that the windows allow now
+        (the connection is synchronized)."""
+        if self._fast and self._send_lone_segment(out, now):
+            self._count.fast_sent += 1
+            return
+        snd = self._snd
+        loss = self._loss
+        sb = loss.scoreboard
+        cc = loss.cc
+        seg_out = self._seg
+        count = self._count
+        trace = self._trace
+        mss = snd.mss
+        sent_any = False
+        # Retransmissions first, within the congestion window (RFC 6675 section 5 step 4.1).
+        while True:
+            seg = sb.next_lost(snd.una)
+            if seg is None:
+                break
+            length = seg.end - seg.start
+            if length > mss:
+                length = self._fit_to_mss(seg, mss)
+            if not loss.rexmit_now and sb.pipe and sb.pipe + length > cc.cwnd + loss.dupack_credit:
+                break
+            loss.rexmit_now = False
+            if trace.tracer is not None:
+                trace.retransmit(seg, snd)
+            seg_out.emit(out, seg.start, seg.end)
+            sb.retransmitted(seg, now)
+            count.retx += 1
+            count.bytes_retx += length
+            sent_any = True
+            self._log.debug("retransmit", seq=snd.wire_seq(seg.start), len=length, cwnd=cc.cwnd)
+        # New data (and the FIN) within both windows.
+        data_end = snd.buf.end
+        fin_pos = snd.fin_pos
+        template: bytes | None = None
+        # Traces record every segment built, and SACK blocks depend on each payload's length.
+        slow = trace.tracer is not None or (self._opts.sack_ok and len(self._rcv.reasm) > 0)
+        while True:
+            nxt = snd.nxt
+            if nxt < data_end:
+                wnd_room = snd.una + snd.wnd - nxt
+                cwnd_room = cc.cwnd + loss.dupack_credit - sb.pipe
+                length = min(mss, data_end - nxt, wnd_room, cwnd_room)
+                if length <= 0:
+                    break
+                # Sender silly-window avoidance (RFC 9293 section 3.8.6.2.1).
+                if (
+                    length < mss
+                    and length < data_end - nxt
+                    and length < snd.max_wnd // 2
+                    and sb.pipe
+                ):
+                    break
+                end = nxt + length
+                fin = fin_pos is not None and end == fin_pos
+            elif fin_pos is not None and nxt == fin_pos:
+                if sb.pipe and sb.pipe >= cc.cwnd + loss.dupack_credit:
+                    break
+                if snd.una + snd.wnd <= nxt:
+                    break  # a FIN needs room in the window like data does
+                end = nxt
+                fin = True
+            else:
+                break
+            seg_end = end + 1 if fin else end
+            if fin or slow:
+                seg_out.emit(out, nxt, seg_end)
+            else:
+                # A plain data segment: every header field but the sequence number is the same
+                # for the whole run, so the header is built once and stamped per segment.
+                if template is None:
+                    template = seg_out.build(_ACK, nxt, b"")
+                out.append(stamp(template, snd.wire_seq(nxt), snd.buf.get(nxt, end)))
+                count.segments_sent += 1
+            sb.add(SentSegment(nxt, seg_end, now))
+            count.bytes_sent += end - nxt
+            snd.nxt = seg_end
+            if seg_end > snd.max:
+                snd.max = seg_end
+            sent_any = True
+        if sent_any:
+            self._after_send(now)
+        # Zero (or too small) window with data waiting and nothing in flight: probe it.
+        if snd.window_closed() and not len(sb):
+            if self._dl.persist is None:
+                interval = min(loss.rtt.rto * (1 << snd.persist_backoff), self._rto_max_s)
+                self._dl.persist = now + interval
+        else:
+            self._dl.persist = None
+
+    def _send_lone_segment(self, out: list[bytes], now: float) -> bool:
+        """Send what waits if it all fits in one segment the windows allow (a request, a
+        reply), as the general loop of ``send_data`` would, without its bookkeeping; False,
+        having done nothing, in any other case."""
+        snd = self._snd
+        nxt = snd.nxt
+        length = snd.buf.end - nxt
+        loss = self._loss
+        sb = loss.scoreboard
+        if not (
+            0 < length <= snd.mss
+            and snd.fin_pos is None
+            and not sb.has_lost
+            and length <= snd.una + snd.wnd - nxt
+            and length <= loss.cc.cwnd + loss.dupack_credit - sb.pipe
+            and self._trace.tracer is None
+        ):
+            return False
+        end = nxt + length
+        self._seg.emit(out, nxt, end)
+        sb.add(SentSegment(nxt, end, now))
+        self._count.bytes_sent += length
+        snd.nxt = end
+        if end > snd.max:
+            snd.max = end
+        self._after_send(now)
+        self._dl.persist = None  # nothing waits: no window to probe
+        return True
+
+    def _after_send(self, now: float) -> None:
+        """Segments went out: arm the loss timers, wake path MTU discovery."""
+        self._loss.after_send(now)
+        pm = self._pmtud
+        if pm is not None and now >= pm.wake_at:
+            pm.wake(now=now)  # traffic after the raise timer ran out (or ERROR's wait)
+
+    def apply_pmtu(self, by: str) -> None:
+        """Make the send MSS (and the controller's) follow the PLPMTU; ``send_data`` cuts
+        retransmissions that no longer fit.
+
+        A smaller size scales cwnd down with it, so the window holds as many segments as
+        before; a larger one leaves cwnd alone (RFC 8899 section 3: an update to the PLPMTU
+        MUST NOT increase the congestion window measured in bytes).
+        """
+        pm = self._pmtud
+        assert pm is not None
+        snd = self._snd
+        old = snd.mss
+        new = max(64, min(snd.peer_mss, pm.size - HEADER_SIZE) - self._opts.ts_cost)
+        if new == old:
+            return
+        snd.mss = new
+        cc = self._loss.cc
+        cc.mss = new
+        if new < old:
+            cc.cwnd = max(new, cc.cwnd * new // old)
+        self._log.debug("pmtu_changed", size=pm.size, mss=new, old_mss=old, by=by)
+        trace = self._trace
+        if trace.tracer is not None:
+            trace.event("pmtu_changed", {"pmtu": pm.size, "mss": new, "by": by})
+
+    def _fit_to_mss(self, seg: SentSegment, mss: int) -> int:
+        """Cut a segment awaiting retransmission into pieces of at most ``mss`` payload bytes
+        and return the first piece's length.
+
+        Only path MTU discovery shrinks the MSS; after a black hole the old size is what the
+        path drops, so resending the segment whole would never get through.
+        """
+        snd = self._snd
+        start = max(seg.start, snd.una)
+        n = snd.data_len(start, seg.end)
+        if n <= mss:
+            return seg.end - seg.start  # a FIN's position, not payload, made it look long
+        cuts = list(range(start + mss, start + n, mss))
+        trace = self._trace
+        if trace.tracer is not None:
+            by = trace.lost_by.get(seg.start, "rto")
+            for cut in cuts:
+                trace.lost_by[cut] = by
+        self._loss.scoreboard.split(seg, cuts)
+        return seg.end - seg.start
