@@ -25,16 +25,15 @@ from ..events import (
     CloseReason,
     ConnectionClosed,
     ConnectionEstablished,
-    DataReceived,
     DropReason,
     EofReceived,
     Event,
     FinAcknowledged,
 )
 from ..log import get_logger
-from ..packet import HEADER_SIZE, Flag, Packet, PacketError, decode, wscale_for
-from ..pmtud import Pmtud, PmtudState, probe_timeout_s
-from ..seqnum import SEQ_MASK, seq_diff
+from ..packet import HEADER_SIZE, Flag, Packet, PacketError, decode
+from ..pmtud import Pmtud, PmtudState
+from ..seqnum import SEQ_MASK
 from ..state import (
     CAN_RECEIVE,
     CAN_SEND,
@@ -71,16 +70,19 @@ from .deadlines import (
     TRACE_NAMES,
     Deadlines,
 )
-from .liveness import Liveness
+from .handshake import take_syn
+from .liveness import UNREACHABLE_CONFIRMED, UNREACHABLE_NOTED, Liveness
 from .loss import LossRecovery
 from .options import Negotiated
+from .prediction import HeaderPrediction
 from .receive_side import TAKE_FIN, TAKE_OVER_BUFFER, ReceiveSide
 from .segments import Segments
 from .send_side import SendSide
 from .sender import Sender
-from .stats import LIMITED_BY_APPLICATION, ConnectionStats, SenderLimits, snapshot
+from .stats import ConnectionStats, SenderLimits, snapshot
 from .timers import TimerHandlers
 from .tracepoints import TracePoints
+from .transmit import Transmit
 
 __all__ = ["Connection", "ConnectionStats", "new_connection_id", "new_isn", "reset_for"]
 
@@ -89,8 +91,6 @@ _FIN: Final = int(Flag.FIN)
 _SYN: Final = int(Flag.SYN)
 _RST: Final = int(Flag.RST)
 _ACK: Final = int(Flag.ACK)
-# States in which a PMTU probe may go out: ours is still a sending direction.
-_MAY_PROBE: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, LAST_ACK})
 
 
 class Connection:
@@ -115,9 +115,6 @@ class Connection:
         # and FIN_WAIT_1 gives up after fin_retries, as Linux treats orphaned sockets.
         self._orphaned = False
         self._time_wait_s = 2 * cfg.msl_s  # how long TIME_WAIT lasts (shorten_time_wait)
-        # PMTU probing waits until more is queued than one datagram carries: a short
-        # request/response connection has nothing to gain from a larger size.
-        self._probe_worthy = False
         self._fast = cfg.fast_paths
 
         # The parts, each given the others it needs (never this object).
@@ -174,8 +171,36 @@ class Connection:
             pmtud=pmtud,
             log=log,
         )
-        self._live = Liveness(cfg, rcv=rcv, loss=loss, control=control, deadlines=dl, log=log)
-        self._limits = SenderLimits()
+        self._live = live = Liveness(
+            cfg,
+            snd=snd,
+            rcv=rcv,
+            loss=loss,
+            control=control,
+            deadlines=dl,
+            counters=count,
+            log=log,
+        )
+        self._limits = limits = SenderLimits()
+        self._prediction = HeaderPrediction(
+            snd=snd, rcv=rcv, opts=opts, loss=loss, sender=sender, liveness=live
+        )
+        self._transmit = Transmit(
+            cfg,
+            snd=snd,
+            rcv=rcv,
+            opts=opts,
+            loss=loss,
+            segments=seg,
+            sender=sender,
+            control=control,
+            liveness=live,
+            limits=limits,
+            deadlines=dl,
+            counters=count,
+            trace=trace,
+            pmtud=pmtud,
+        )
         if tracer is not None:
             self.set_tracer(tracer)
 
@@ -348,12 +373,9 @@ class Connection:
         """An ICMP port unreachable (or another hard error) quoting ``quoted``, the header of
         a datagram sent to this connection's peer address; True if it is taken as ours.
 
-        The checks of RFC 5927 section 4.1: the quote must name both connection ids and a
-        sequence number between SND.UNA - 1 (a keepalive or window probe) and SND.MAX, which
-        an off-path attacker cannot guess.  A connect (SYN_SENT) is refused at once; a
-        half-open passive connection ends at once; a synchronized one ends when the error
-        repeats at least ``rto_min_s`` after the first with nothing heard in between (a
-        retransmission, or a probe sent to confirm it, met a closed port again).
+        The quote must name both connection ids (RFC 5927 section 4.1).  A connect
+        (SYN_SENT) is refused at once; a half-open passive connection ends at once; a
+        synchronized one ends once ``Liveness.on_unreachable`` has confirmed the error.
         """
         if self._trace.tracer is not None:
             self._trace.now = now
@@ -374,29 +396,12 @@ class Connection:
             return True
         if quoted.dst_cid != self.peer_cid:
             return False
-        una = snd.una
-        pos = snd.position(quoted.seq)
-        if not una - 1 <= pos <= snd.max:
-            return False
-        self._count.icmp_errors += 1
-        first = live.unreachable_at
-        if first is None or first < live.last_activity:
-            # The first since the peer was last heard: confirm it with one more datagram an
-            # RTO from now (a retransmission does that when data is in flight).
-            live.unreachable_at = now
-            if not len(self._loss.scoreboard):
-                live.confirm_unreachable = True
-                at = now + max(self._loss.rtt.rto, self.config.rto_min_s)
-                if self._dl.keepalive is None or at < self._dl.keepalive:
-                    self._dl.keepalive = at
-            return True
-        if now < first + self.config.rto_min_s:
-            # The same round of datagrams: wait for a repeat.  (Compared as a sum, the way
-            # the confirming probe's deadline was set, so float rounding cannot miss it.)
-            return True
+        verdict = live.on_unreachable(quoted.seq, now)
+        if verdict != UNREACHABLE_CONFIRMED:
+            return verdict == UNREACHABLE_NOTED
         self._log.info("port_unreachable", state=st.value, errors=self._count.icmp_errors)
         fin_pos = snd.fin_pos
-        if (st is LAST_ACK or st is CLOSING) and fin_pos is not None and una >= fin_pos:
+        if (st is LAST_ACK or st is CLOSING) and fin_pos is not None and snd.una >= fin_pos:
             # Both sides closed and every byte arrived; only our FIN's ACK is missing and the
             # peer is gone (it left TIME_WAIT, or its process exited): the close is done.
             self._close_acknowledged()
@@ -425,23 +430,11 @@ class Connection:
 
         Data already queued as events but not yet taken goes back to the buffer too (a batch
         of segments can queue a whole window at once), unless other events follow it."""
-        self._rcv.reading_paused = True
-        events = self._events
-        if events and all(type(e) is DataReceived for e in events):
-            held = b"".join(e.data for e in events if isinstance(e, DataReceived))
-            events.clear()
-            # Counted in the window from now on: they arrived after the last ACK was built
-            # (events are taken before the answer to a batch), so its right edge stays put.
-            self._rcv.held[:0] = held
+        self._rcv.pause()
 
     def resume_reading(self) -> None:
         """Deliver held data and reopen the window, telling the peer if it grew enough."""
-        rcv = self._rcv
-        rcv.reading_paused = False
-        if rcv.held:
-            data = bytes(rcv.held)
-            rcv.held.clear()
-            self._events.append(DataReceived(data))
+        self._rcv.resume()
         self._maybe_deliver_eof()
         self._maybe_window_update()
 
@@ -555,7 +548,7 @@ class Connection:
             and p.flags == _ACK
             and p.dst_cid == self.local_cid
             and self._fast
-            and self._rx_predicted(p, now)
+            and self._prediction.receive(p, now)
         ):
             self._count.segments_received += segments
             self._count.fast_received += 1
@@ -584,50 +577,6 @@ class Connection:
         if tracer is not None:
             trace.packet = None
             self._trace_cwnd()
-
-    def _rx_predicted(self, p: Packet, now: float) -> bool:
-        """Header prediction, in the spirit of BSD's ``tcp_input``: on an ESTABLISHED
-        connection a plain ACK segment (no option to act on) that is the next in order, and
-        either carries data that fits the window or acknowledges new data, needs none of the
-        general checks.
-
-        Does exactly what ``_rx_synchronized`` would for such a segment and returns True;
-        returns False having changed nothing when the segment needs the general path.
-        """
-        rcv = self._rcv
-        snd = self._snd
-        if (
-            p.sack_blocks
-            or p.probe is not None
-            or p.probe_ack is not None
-            or rcv.reasm.nbytes
-            or rcv.fin_pos is not None
-            or snd.fin_pos is not None
-        ):
-            return False
-        rcv_nxt = rcv.nxt
-        if p.seq != (rcv.irs + rcv_nxt) & SEQ_MASK:
-            return False
-        snd_una = snd.una
-        ack_pos = snd_una + seq_diff(p.ack, (snd.iss + snd_una) & SEQ_MASK)
-        if not snd_una <= ack_pos <= snd.max:
-            return False
-        payload = p.payload
-        n = len(payload)
-        if n:
-            if n > rcv.buffer_bytes - len(rcv.held):
-                return False  # beyond the window: trimmed by the general path
-        elif ack_pos == snd_una:
-            return False  # a duplicate ACK or a window update
-        self._live.heard(now)
-        if p.timestamps is not None and self._opts.ts_ok:
-            self._opts.ts_recent = p.timestamps[0]
-        if ack_pos != snd_una:
-            self._loss.on_new_ack(ack_pos, now)
-        self._update_window(p, rcv_nxt, ack_pos)
-        if n:
-            rcv.take_next(payload, now)
-        return True
 
     def _rx_listen(self, p: Packet, now: float) -> None:
         """LISTEN: a SYN opens the connection (SYN_RECEIVED); anything else is dropped."""
@@ -680,39 +629,16 @@ class Connection:
             self._control.need_syn = True
 
     def _take_syn(self, p: Packet) -> None:
-        """Learn the peer's ISN, connection id and options from its SYN."""
-        cfg = self.config
-        rcv = self._rcv
-        snd = self._snd
-        opts = self._opts
-        rcv.irs = p.seq
-        rcv.nxt = 1
-        self._seg.peer_cid = p.src_cid
-        snd.wl1 = 0
-        peer_mss = p.mss if p.mss is not None else 536
-        opts.learn(p, cfg)
-        if p.wscale is not None:
-            snd.wscale = p.wscale
-            rcv.wscale = wscale_for(cfg.recv_buffer_bytes)
-        else:
-            snd.wscale = rcv.wscale = 0
-        ts_cost = opts.ts_cost
-        snd.peer_mss = peer_mss
-        if opts.pmtud_ok:
-            # Path MTU discovery starts from the base size and raises it as probes get
-            # through; the peer's segments range as widely, so count ACK-worthy data in
-            # base-size segments.
-            base_mss = max(64, cfg.base_datagram_bytes - HEADER_SIZE - ts_cost)
-            snd.mss = min(max(64, peer_mss - ts_cost), base_mss)
-            rcv.ack_bytes = cfg.ack_every_segments * base_mss
-        else:
-            snd.mss = max(64, min(cfg.mss_bytes, peer_mss) - ts_cost)
-            rcv.ack_bytes = cfg.ack_every_segments * snd.mss
-        rcv.full_seg = rcv.ack_bytes // cfg.ack_every_segments
-        cc = self._loss.cc
-        cc.mss = snd.mss
-        cc.cwnd = cfg.initial_cwnd_segments * snd.mss
-        snd.wnd = p.window  # SYN windows are never scaled (RFC 7323 section 2.2)
+        """Learn the peer's ISN, connection id and options from its SYN (handshake.py)."""
+        take_syn(
+            p,
+            self.config,
+            snd=self._snd,
+            rcv=self._rcv,
+            opts=self._opts,
+            cc=self._loss.cc,
+            segments=self._seg,
+        )
 
     def _rx_synchronized(self, p: Packet, now: float) -> None:
         """After the SYN exchange: SYN, RST and acceptability checks, then the ACK, then the
@@ -842,23 +768,7 @@ class Connection:
         if ack_pos > snd.max or ack_pos < snd.una - max(snd.max_wnd, 1 << 16):
             self._challenge(now, DropReason.OUT_OF_WINDOW)
             return False
-        sack_ok = self._opts.sack_ok
-        if sack_ok and p.sack_blocks:
-            loss.on_sack(p.sack_blocks)
-        if ack_pos > snd.una:
-            loss.on_new_ack(ack_pos, now)
-        elif (
-            ack_pos == snd.una
-            and not p.payload
-            and not p.flags & (_FIN | _SYN)
-            and len(loss.scoreboard)
-            and (p.window << snd.wscale) == snd.wnd
-            and p.probe is None  # a PMTU probe, or its answer, says nothing about our data
-            and p.probe_ack is None
-        ):
-            loss.on_dupack(now, sacked=bool(p.sack_blocks and sack_ok))
-        elif sack_ok and p.sack_blocks and len(loss.scoreboard):
-            loss.maybe_enter_recovery(now)
+        loss.on_ack(p, ack_pos, now)
         self._update_window(p, seg_pos, ack_pos)
         fin_pos = snd.fin_pos
         if fin_pos is not None and ack_pos > fin_pos:
@@ -866,13 +776,7 @@ class Connection:
         return True
 
     def _update_window(self, p: Packet, seg_pos: int, ack_pos: int) -> None:
-        """Take the peer's window from the newest segment; a peer that answers a closed
-        window is alive, only not reading (its window probes are not unanswered)."""
-        snd = self._snd
-        if snd.update_window(p, seg_pos, ack_pos, bool(p.flags & _SYN)):
-            self._dl.persist = None
-        if snd.window_closed() and not len(self._loss.scoreboard) and self._state in SYNCHRONIZED:
-            snd.persist_probes = 0
+        self._sender.update_window(p, seg_pos, ack_pos, self._state in SYNCHRONIZED)
 
     def _on_syn_acked(self, p: Packet, now: float) -> None:
         """Our SYN is acknowledged: take its RTT sample, stop its timer, learn the peer's
@@ -997,135 +901,8 @@ class Connection:
 
     def datagrams_to_send(self, *, now: float) -> list[bytes]:
         """Every datagram due now: control segments, retransmissions, new data, ACKs, and
-        last a PMTU probe."""
-        snd = self._snd
-        if (
-            self._limits.limit == LIMITED_BY_APPLICATION
-            and snd.nxt == snd.buf.end
-            and self._fast
-            and self._nothing_due()
-        ):
-            self._count.fast_idle += 1
-            # The common case after a delivery (a request waiting for its reply): nothing to
-            # send, and the sender stays limited by the application, as it was.
-            self._limits.still_application(now)
-            return []
-        self._opts.clock_ms = now * 1000.0
-        control = self._control
-        seg = self._seg
-        out = control.take_raw()
-        self._limits.charge(now)
-        trace = self._trace
-        if trace.tracer is not None:
-            trace.now = now
-            for raw in out:  # resets answering stray packets, built as they arrived
-                rst = decode(raw)
-                trace.event("datagram_sent", packet_fields(rst, rst.window))
-        st = self._state
-        if control.need_rst:
-            control.need_rst = False
-            out.append(seg.build(_RST | _ACK, snd.nxt, b""))
-        if st is CLOSED or st is LISTEN:
-            return out
-        if control.need_syn:
-            control.need_syn = False
-            flags = _SYN | _ACK if st is SYN_RECEIVED else _SYN
-            if trace.tracer is not None and 0 in trace.lost_by:
-                by = trace.lost_by.pop(0)
-                trace.event("retransmit", {"seq": snd.iss, "len": 0, "by": by})
-            out.append(seg.build_syn(flags, active=st is SYN_SENT))
-            if control.syn_retries == 0:
-                control.syn_sent_at = now
-            snd.nxt = snd.max = max(snd.max, 1)
-            self._dl.rto = now + self._loss.rtt.rto
-            self._count.segments_sent += 1
-            if st is SYN_SENT:
-                return out
-        if snd.una >= 1 and st in SYNCHRONIZED:
-            self._sender.send_data(out, now)
-        if control.probe_ack_id is not None:
-            # Answer the peer's PMTU probe on a pure ACK of its own: the option would not fit
-            # beside a full-sized payload, and this ACK is small enough to get through.
-            out.append(seg.build(_ACK, snd.nxt, b"", probe_ack=control.probe_ack_id))
-            control.probe_ack_id = None
-            self._count.segments_sent += 1
-        rcv = self._rcv
-        if control.send_probe:
-            control.send_probe = False
-            # An old sequence number draws an ACK with the peer's current window.  The probe is
-            # itself unacceptable to the peer, so it must not stand in for an ACK we owe.
-            ack_owed = rcv.ack_now
-            out.append(seg.build(_ACK, snd.una - 1, b""))
-            rcv.ack_now = ack_owed
-            self._count.segments_sent += 1
-        if rcv.ack_now and rcv.nxt:
-            out.append(seg.build(_ACK, snd.nxt, b""))
-            self._count.segments_sent += 1
-        pm = self._pmtud
-        if not self._probe_worthy and len(snd.buf) > snd.mss:
-            self._probe_worthy = True
-        if pm is not None and pm.probe_due and self._may_probe():
-            # Last: the probe is the datagram most likely to be dropped.
-            probe = pm.next_probe(now=now, timeout_s=self._probe_timeout())
-            if probe is not None:
-                out.append(seg.build_probe(*probe))
-                self._count.segments_sent += 1
-        st = self._state
-        if st in SYNCHRONIZED and st is not TIME_WAIT:
-            self._live.arm(now, st in CAN_RECEIVE)
-            if snd.una:
-                self._limits.classify(
-                    now, snd=snd, loss=self._loss, state=st, bytes_sent=self._count.bytes_sent
-                )
-        return out
-
-    def _nothing_due(self) -> bool:
-        """True when ``datagrams_to_send`` would send nothing and change no timer: no control
-        segment or ACK owed, no data, FIN or retransmission waiting, no probe due, and the
-        idle timers armed."""
-        cfg = self.config
-        st = self._state
-        pm = self._pmtud
-        control = self._control
-        dl = self._dl
-        return (
-            (st is ESTABLISHED or st is CLOSE_WAIT)
-            and not control.pending_raw
-            and not (self._rcv.ack_now or control.need_rst or control.need_syn)
-            and not control.send_probe
-            and control.probe_ack_id is None
-            and self._snd.nxt == self._snd.buf.end
-            and self._snd.fin_pos is None
-            and not self._loss.scoreboard.has_lost
-            and dl.persist is None
-            and self._trace.tracer is None
-            and (pm is None or not pm.probe_due or not self._probe_worthy)
-            and (
-                dl.keepalive is not None
-                or (
-                    cfg.keepalive_idle_s is None
-                    and (cfg.keepalive_stall_s is None or not self._rcv.peer_mid_stream)
-                )
-            )
-            and (cfg.idle_timeout_s is None or dl.idle is not None)
-        )
-
-    def _may_probe(self) -> bool:
-        """A PMTU probe may go: our FIN is not sent yet (there may be data to make bigger), and
-        SND.NXT lies inside the peer's window, so the zero-length probe passes its
-        acceptability test (RFC 9293 section 3.10.7.4)."""
-        snd = self._snd
-        return (
-            self._opts.pmtud_ok
-            and self._probe_worthy
-            and self._state in _MAY_PROBE
-            and (snd.fin_pos is None or snd.nxt <= snd.fin_pos)
-            and snd.nxt < snd.una + snd.wnd
-        )
-
-    def _probe_timeout(self) -> float:
-        rtt = self._loss.rtt
-        return probe_timeout_s(rtt.srtt, rtt.rttvar, rtt.rto)
+        last a PMTU probe (``Transmit.poll``)."""
+        return self._transmit.poll(now, self._state)
 
     def _pmtud_state(self, old: PmtudState, new: PmtudState, size: int) -> None:
         """Every PMTUD state change goes to the trace."""

@@ -13,13 +13,25 @@ from typing import Any, Final, final
 from ..config import Config
 from ..events import CloseReason
 from .control import Control
+from .counters import Counters
 from .deadlines import Deadlines
 from .loss import LossRecovery
 from .receive_side import ReceiveSide
+from .send_side import SendSide
 
-__all__ = ["HANDSHAKE_ACK_TRIES", "Liveness"]
+__all__ = [
+    "HANDSHAKE_ACK_TRIES",
+    "UNREACHABLE_CONFIRMED",
+    "UNREACHABLE_NOTED",
+    "UNREACHABLE_NOT_OURS",
+    "Liveness",
+]
 
 HANDSHAKE_ACK_TRIES: Final = 6  # a lost handshake ACK is re-sent at most this often
+# What ``Liveness.on_unreachable`` makes of an ICMP error quoting one of our datagrams.
+UNREACHABLE_NOT_OURS: Final = 0  # its sequence number is not one we could have sent
+UNREACHABLE_NOTED: Final = 1  # taken as ours; waiting for it to repeat
+UNREACHABLE_CONFIRMED: Final = 2  # it repeated with nothing heard between: the peer is gone
 
 
 @final
@@ -30,10 +42,12 @@ class Liveness:
         self,
         config: Config,
         *,
+        snd: SendSide,
         rcv: ReceiveSide,
         loss: LossRecovery,
         control: Control,
         deadlines: Deadlines,
+        counters: Counters,
         log: Any,
     ) -> None:
         self.last_activity = 0.0  # when the peer was last heard from (or connect() called)
@@ -49,6 +63,8 @@ class Liveness:
         self.confirm_tries = 0
         self.last_challenge_at: float | None = None
         self._cfg = config
+        self._snd = snd
+        self._count = counters
         self._rcv = rcv
         self._loss = loss
         self._control = control
@@ -190,3 +206,32 @@ class Liveness:
             return False
         self.last_challenge_at = now
         return True
+
+    def on_unreachable(self, quoted_seq: int, now: float) -> int:
+        """An ICMP port unreachable quoting a synchronized connection's datagram of sequence
+        number ``quoted_seq``: the checks of RFC 5927 section 4.1 (between SND.UNA - 1, a
+        keepalive or window probe, and SND.MAX, which an off-path attacker cannot guess),
+        then confirmation: the error must repeat at least ``rto_min_s`` after the first with
+        nothing heard in between.  Returns an ``UNREACHABLE_*`` verdict."""
+        snd = self._snd
+        pos = snd.position(quoted_seq)
+        if not snd.una - 1 <= pos <= snd.max:
+            return UNREACHABLE_NOT_OURS
+        self._count.icmp_errors += 1
+        first = self.unreachable_at
+        if first is None or first < self.last_activity:
+            # The first since the peer was last heard: confirm it with one more datagram an
+            # RTO from now (a retransmission does that when data is in flight).
+            self.unreachable_at = now
+            if not len(self._loss.scoreboard):
+                self.confirm_unreachable = True
+                at = now + max(self._loss.rtt.rto, self._cfg.rto_min_s)
+                dl = self._dl
+                if dl.keepalive is None or at < dl.keepalive:
+                    dl.keepalive = at
+            return UNREACHABLE_NOTED
+        if now < first + self._cfg.rto_min_s:
+            # The same round of datagrams: wait for a repeat.  (Compared as a sum, the way
+            # the confirming probe's deadline was set, so float rounding cannot miss it.)
+            return UNREACHABLE_NOTED
+        return UNREACHABLE_CONFIRMED

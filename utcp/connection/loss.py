@@ -13,6 +13,7 @@ from typing import Any, Final, final
 
 from .. import congestion
 from ..config import Config
+from ..packet import Flag, Packet
 from ..recovery import RttEstimator, Scoreboard
 from ..seqnum import seq_diff
 from .counters import Counters
@@ -23,6 +24,9 @@ from .tracepoints import TracePoints
 
 __all__ = ["LossRecovery"]
 
+# Flag bits as plain ints: IntFlag arithmetic is slow on the per-datagram path.
+_FIN: Final = int(Flag.FIN)
+_SYN: Final = int(Flag.SYN)
 _TLP_MIN_S: Final = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
 
 
@@ -82,6 +86,29 @@ class LossRecovery:
                 self._trace.rtt(self.rtt)
         self.rtt.reset_backoff()
         self._dl.rto = None
+
+    def on_ack(self, p: Packet, ack_pos: int, now: float) -> None:
+        """An acceptable segment acknowledging ``ack_pos``: its SACK blocks, then new data
+        acknowledged, a duplicate ACK (RFC 5681 section 2's definition, a PMTU probe or its
+        answer excepted) or SACK blocks alone showing a loss."""
+        snd = self._snd
+        sack_ok = self._opts.sack_ok
+        if sack_ok and p.sack_blocks:
+            self.on_sack(p.sack_blocks)
+        if ack_pos > snd.una:
+            self.on_new_ack(ack_pos, now)
+        elif (
+            ack_pos == snd.una
+            and not p.payload
+            and not p.flags & (_FIN | _SYN)
+            and len(self.scoreboard)
+            and (p.window << snd.wscale) == snd.wnd
+            and p.probe is None  # a PMTU probe, or its answer, says nothing about our data
+            and p.probe_ack is None
+        ):
+            self.on_dupack(now, sacked=bool(p.sack_blocks and sack_ok))
+        elif sack_ok and p.sack_blocks and len(self.scoreboard):
+            self.maybe_enter_recovery(now)
 
     def on_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
         """Mark the SACK blocks of an ACK (wire numbers) on the scoreboard."""

@@ -178,6 +178,28 @@ class ReceiveSide:
             self.delay_ack(now)
         return result
 
+    def pause(self) -> None:
+        """Stop delivering: data is held here and the advertised window shrinks.
+
+        Data already queued as events but not yet taken comes back too (a batch of segments
+        can queue a whole window at once), unless other events follow it."""
+        self.reading_paused = True
+        events = self._events
+        if events and all(type(e) is DataReceived for e in events):
+            held = b"".join(e.data for e in events if isinstance(e, DataReceived))
+            events.clear()
+            # Counted in the window from now on: they arrived after the last ACK was built
+            # (events are taken before the answer to a batch), so its right edge stays put.
+            self.held[:0] = held
+
+    def resume(self) -> None:
+        """Deliver again, starting with what was held."""
+        self.reading_paused = False
+        if self.held:
+            data = bytes(self.held)
+            self.held.clear()
+            self._events.append(DataReceived(data))
+
     def window_grew(self, mss: int) -> bool:
         """Whether the window opened enough since last advertised to tell the peer now
         (receiver silly-window avoidance, RFC 9293 section 3.8.6.2.2)."""

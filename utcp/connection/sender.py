@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any, Final, final
 
 from ..config import Config
-from ..packet import HEADER_SIZE, Flag, stamp
+from ..packet import HEADER_SIZE, Flag, Packet, stamp
 from ..pmtud import Pmtud
 from ..recovery import SentSegment
 from .counters import Counters
@@ -24,6 +24,7 @@ from .tracepoints import TracePoints
 
 __all__ = ["Sender"]
 
+_SYN: Final = int(Flag.SYN)
 _ACK: Final = int(Flag.ACK)
 
 
@@ -187,6 +188,16 @@ class Sender:
         pm = self._pmtud
         if pm is not None and now >= pm.wake_at:
             pm.wake(now=now)  # traffic after the raise timer ran out (or ERROR's wait)
+
+    def update_window(self, p: Packet, seg_pos: int, ack_pos: int, synchronized: bool) -> None:
+        """Take the peer's window from the newest segment (``SendSide.update_window``); a
+        reopened window stops the window probes, and a peer that answers a closed window is
+        alive, only not reading (its probes are not unanswered)."""
+        snd = self._snd
+        if snd.update_window(p, seg_pos, ack_pos, bool(p.flags & _SYN)):
+            self._dl.persist = None
+        if snd.window_closed() and not len(self._loss.scoreboard) and synchronized:
+            snd.persist_probes = 0
 
     def apply_pmtu(self, by: str) -> None:
         """Make the send MSS (and the controller's) follow the PLPMTU; ``send_data`` cuts
