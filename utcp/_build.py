@@ -38,8 +38,10 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.receiving",
     "utcp.sending",
     "utcp.connection",
+    "utcp.endpoint",
     "utcp.asyncio.errqueue",
     "utcp.asyncio.dgram",
+    "utcp.asyncio.interfaces",
     "utcp.asyncio.endpoint",
     "utcp.asyncio.transport",
 )
