@@ -164,10 +164,10 @@ class Capture:
 
     @classmethod
     def install(cls) -> None:
-        from utcp.asyncio import endpoint
+        from utcp.asyncio import endpoint, interfaces
 
         endpoint_init = endpoint.Endpoint.__init__
-        handle_init = endpoint.ConnectionHandle.__init__
+        handle_init = interfaces.ConnectionHandle.__init__
 
         def new_endpoint(self: Any, *args: Any, **kwargs: Any) -> None:
             endpoint_init(self, *args, **kwargs)
@@ -178,7 +178,7 @@ class Capture:
             cls.connections.append(conn)
 
         endpoint.Endpoint.__init__ = new_endpoint  # type: ignore[method-assign]
-        endpoint.ConnectionHandle.__init__ = new_handle  # type: ignore[method-assign]
+        interfaces.ConnectionHandle.__init__ = new_handle  # type: ignore[method-assign]
 
     @classmethod
     def report(cls) -> dict[str, Any]:

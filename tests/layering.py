@@ -12,7 +12,7 @@ import ast
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-__all__ = ["cycles", "import_graph", "module_name", "restrict"]
+__all__ = ["cycles", "import_graph", "module_name", "private_reach_ins", "restrict"]
 
 
 def module_name(path: Path, package_dir: Path) -> str:
@@ -151,3 +151,24 @@ if __name__ == "__main__":  # python tests/layering.py [PACKAGE_DIR]: print the 
         print("with type-only imports:" if type_only else "without type-only imports:")
         for cycle in cycles(import_graph(package, type_only=type_only)):
             print("  " + " ".join(cycle))
+
+
+def private_reach_ins(package_dir: str | Path) -> dict[str, list[str]]:
+    """Per module, every ``x._name`` whose ``x`` is not ``self`` or ``cls``: a reach into
+    another object's underscore attribute (``__dunder__`` names excepted), as
+    ``"line: expression"``."""
+    package_dir = Path(package_dir)
+    found: dict[str, list[str]] = {}
+    for path in sorted(package_dir.rglob("*.py")):
+        name = module_name(path, package_dir)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            attr = node.attr
+            if not attr.startswith("_") or attr.startswith("__"):
+                continue
+            value = node.value
+            if isinstance(value, ast.Name) and value.id in ("self", "cls"):
+                continue
+            found.setdefault(name, []).append(f"{node.lineno}: {ast.unparse(node)}")
+    return found

@@ -40,7 +40,7 @@ async def server_side_in_time_wait(server: utcp.Server) -> None:
     """Wait until every connection the server holds is in TIME_WAIT (it closed first)."""
 
     def all_in_time_wait() -> bool:
-        return all(h.conn.state is S.TIME_WAIT for h in list(server.endpoint._handles.values()))
+        return all(h.conn.state is S.TIME_WAIT for h in list(server.endpoint.handles()))
 
     await wait_until(all_in_time_wait, "the server's side in TIME_WAIT")
 

@@ -47,8 +47,10 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.connection.transmit",
     "utcp.connection.prediction",
     "utcp.connection.connection",
+    "utcp.endpoint",
     "utcp.asyncio.errqueue",
     "utcp.asyncio.dgram",
+    "utcp.asyncio.interfaces",
     "utcp.asyncio.endpoint",
     "utcp.asyncio.transport",
 )

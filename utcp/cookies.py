@@ -4,7 +4,8 @@ ACK proves, by echoing them, that it received that SYN-ACK at its address.
 
 Like TCP's SYN cookies (and QUIC's Retry tokens), the hash also carries the few option bits
 the connection needs (peer MSS class, window scale, SACK, timestamps), authenticated with it.
-Sans-I/O: time is passed in; the secret comes from ``secrets``.
+Sans-I/O: time is passed in; the secret comes from ``secrets``.  The endpoint
+(``utcp.endpoint``) decides when to hand cookies out and rebuilds the connection from one.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ streams and protocol APIs shaped like asyncio's own."""
 
 from __future__ import annotations
 
-from .endpoint import Endpoint, EndpointStats
+from .endpoint import Endpoint
 from .streams import (
     ClientEndpoint,
     Server,
@@ -18,7 +18,6 @@ from .transport import UtcpTransport
 
 __all__ = [
     "Endpoint",
-    "EndpointStats",
     "ClientEndpoint",
     "Server",
     "UtcpTransport",

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from ..config import Config
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer
+from .transport import UtcpTransport
 
 _DEFAULT_LIMIT = 2**16  # asyncio.streams' default buffer limit
 T = TypeVar("T")
@@ -91,6 +92,7 @@ async def _connect_on(
             endpoint.service(handle)
         raise
     transport = handle.transport
+    assert isinstance(transport, UtcpTransport)
     try:
         protocol = protocol_factory()
     except Exception:
@@ -98,7 +100,7 @@ async def _connect_on(
         if single:
             await endpoint.wait_closed()
         raise
-    transport._attach(protocol)
+    transport.attach(protocol)
     return transport, protocol
 
 
@@ -254,11 +256,11 @@ class Server:
         for transport in self._transports():
             transport.abort()
 
-    def _transports(self) -> list[Any]:
+    def _transports(self) -> list[UtcpTransport]:
         return [
             h.transport
-            for h in list(self._endpoint._handles.values())
-            if h.transport is not None and not h.transport.is_closing()
+            for h in self._endpoint.handles()
+            if isinstance(h.transport, UtcpTransport) and not h.transport.is_closing()
         ]
 
     async def wait_closed(self) -> None:

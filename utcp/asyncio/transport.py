@@ -3,37 +3,33 @@
 It keeps asyncio's Transport/Protocol contract, so the standard library's own
 ``StreamReaderProtocol``/``StreamWriter`` (and any protocol written for TCP) run on it unchanged:
 ``pause_writing``/``resume_writing`` follow the bytes not yet acknowledged by the peer, and
-``pause_reading`` closes the advertised receive window.
+``pause_reading`` closes the advertised receive window.  It sees its endpoint only through
+``utcp.asyncio.interfaces.TransportHost`` and is driven through the public methods of
+``StreamSink`` (``deliver_data``, ``deliver_eof``, ``connection_closed``, ...).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..events import CloseReason
 from ..log import get_logger
-
-if TYPE_CHECKING:
-    from .endpoint import ConnectionHandle, Endpoint
+from .interfaces import ConnectionHandle, TransportHost
 
 _log = get_logger()
 
 
 class UtcpTransport(asyncio.Transport):
-    """A stream transport whose bytes travel as utcp segments."""
+    """A stream transport whose bytes travel as utcp segments (a ``StreamSink`` for its
+    endpoint); its protocol comes with ``attach()``."""
 
-    def __init__(
-        self,
-        endpoint: Endpoint,
-        handle: ConnectionHandle,
-        protocol: asyncio.BaseProtocol | None,
-    ) -> None:
+    def __init__(self, endpoint: TransportHost, handle: ConnectionHandle) -> None:
         super().__init__()
         self._endpoint = endpoint
         self._handle = handle
         self._conn = handle.conn
-        self._protocol: Any = protocol
+        self._protocol: Any = None
         self._loop = asyncio.get_running_loop()
         self._closing = False
         self._eof_written = False
@@ -87,10 +83,10 @@ class UtcpTransport(asyncio.Transport):
         self._eof_written = True
         conn.orphan(now=self._endpoint.now())
         if conn.fin_acknowledged:
-            self._fin_acknowledged()  # a write_eof() was acknowledged before
+            self.fin_acknowledged()  # a write_eof() was acknowledged before
         self._endpoint.schedule_flush(self._handle)
 
-    def _fin_acknowledged(self) -> None:
+    def fin_acknowledged(self) -> None:
         """Our FIN is acknowledged: after close(), the application's part is done."""
         if not self._closing or self._lost or self._protocol is None:
             return
@@ -143,7 +139,7 @@ class UtcpTransport(asyncio.Transport):
             self._endpoint.send_now(handle)
         else:
             self._endpoint.schedule_flush(handle)
-        self._update_flow_control()
+        self.update_flow_control()
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -184,11 +180,17 @@ class UtcpTransport(asyncio.Transport):
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._high_water = high
         self._low_water = low
-        self._update_flow_control()
+        self.update_flow_control()
 
     # ------------------------------------------------------------------ from the endpoint
 
-    def _update_flow_control(self) -> None:
+    @property
+    def lost(self) -> bool:
+        """The application is done with the connection (``connection_lost`` is due or done)."""
+        return self._lost
+
+    def update_flow_control(self) -> None:
+        """The bytes in flight changed: pause or resume the protocol's writing."""
         if self._writing_paused:
             if self._conn.send_buffer_size > self._low_water:
                 return
@@ -221,8 +223,9 @@ class UtcpTransport(asyncio.Transport):
             }
         )
 
-    def _attach(self, protocol: asyncio.BaseProtocol) -> None:
-        """Give a client connection its protocol once the handshake is done."""
+    def attach(self, protocol: asyncio.BaseProtocol) -> None:
+        """Give the connection its protocol once the handshake is done: ``connection_made``,
+        then whatever arrived before it."""
         self._protocol = protocol
         self._call(protocol.connection_made, self)
         self._replay_pending()
@@ -232,16 +235,17 @@ class UtcpTransport(asyncio.Transport):
             return
         pending, self._pending = self._pending, []
         for data in pending:
-            self._data_received(data)
+            self.deliver_data(data)
         if self._pending_eof:
             self._pending_eof = False
-            self._eof_received()
+            self.deliver_eof()
         if self._pending_lost is not None:
             (exc,) = self._pending_lost
             self._pending_lost = None
-            self._connection_closed(exc, None)
+            self.connection_closed(exc, None)
 
-    def _data_received(self, data: bytes) -> None:
+    def deliver_data(self, data: bytes) -> None:
+        """Bytes arrived in order: to the protocol's ``data_received``."""
         protocol = self._protocol
         if protocol is None:
             self._pending.append(data)
@@ -259,7 +263,8 @@ class UtcpTransport(asyncio.Transport):
         except BaseException as exc:
             self._report(protocol.data_received, exc)
 
-    def _eof_received(self) -> None:
+    def deliver_eof(self) -> None:
+        """The peer's FIN: to the protocol's ``eof_received``."""
         if self._protocol is None:
             self._pending_eof = True
             return
@@ -269,7 +274,8 @@ class UtcpTransport(asyncio.Transport):
         if not keep_open:
             self.close()
 
-    def _connection_closed(self, exc: Exception | None, reason: CloseReason | None) -> None:
+    def connection_closed(self, exc: Exception | None, reason: CloseReason | None) -> None:
+        """The connection ended: ``connection_lost(exc)`` follows."""
         if self._lost:
             return
         if self._protocol is None:

@@ -22,7 +22,7 @@ from typing import BinaryIO
 from .. import Config, open_connection, start_server
 from ..log import get_logger
 from . import report
-from .helpers import duration, load_config_file, port_number
+from .helpers import Subcommands, duration, load_config_file, port_number
 from .output import run_command
 
 CHUNK = 64 * 1024
@@ -30,7 +30,7 @@ CHUNK = 64 * 1024
 _log = get_logger()
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     """Add the ``cat`` subcommand."""
     p = sub.add_parser(
         "cat",
@@ -68,7 +68,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="a JSON (or TOML) object of utcp.Config fields, e.g. "
         '{"idle_timeout_s": 120}; --user-timeout overrides its user_timeout_s',
     )
-    p.set_defaults(func=main, _port_type=port_number)
+    p.set_defaults(func=main, port_type=port_number)
 
 
 def reads_stdin(
@@ -216,7 +216,7 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``utcp cat``; 0 after a clean close, 1 on a connection error."""
-    parse_port = args._port_type
+    parse_port = args.port_type
     try:
         args.utcp_config = _config(args)
     except (ValueError, TypeError) as exc:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from .helpers import port_number, serve_until_signalled
+from .helpers import Subcommands, port_number, serve_until_signalled
 from .output import run_command
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     """Add the ``echo-server`` subcommand."""
     p = sub.add_parser(
         "echo-server",

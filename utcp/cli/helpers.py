@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from .. import start_server
 from ..config import Config
@@ -24,6 +24,7 @@ from .report import reported
 from .units import parse_duration, parse_size
 
 __all__ = [
+    "Subcommands",
     "arg_type",
     "duration",
     "port_number",
@@ -33,6 +34,14 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+class Subcommands(Protocol):
+    """What a subcommand's ``register`` is given: the parser's subparsers, to add its own."""
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        """A new subcommand's parser."""
+        ...
 
 
 def arg_type(parse: Callable[[str], T], name: str | None = None) -> Callable[[str], T]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..asyncio import run as utcp_run
 from ..tools.netem import Impairment, Relay
-from .helpers import arg_type, wait_for_signal
+from .helpers import Subcommands, arg_type, wait_for_signal
 from .units import (
     parse_duration,
     parse_fraction,
@@ -121,7 +121,7 @@ _IMPAIRMENTS: list[tuple[str, str, Callable[[str], object], str, str]] = [
 ]
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subcommands) -> None:
     """Add the ``netem`` subcommand to ``subparsers``."""
     parser = subparsers.add_parser(
         "netem",

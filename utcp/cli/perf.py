@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import Config, ConnectionStats, open_connection
 from ..trace import TRACE_ENV
-from .helpers import duration, port_number, serve_until_signalled, size
+from .helpers import Subcommands, duration, port_number, serve_until_signalled, size
 from .output import run_command
 from .report import (
     clock_note,
@@ -33,7 +33,7 @@ CHUNK = 64 * 1024
 _ZEROS = bytes(CHUNK)
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     """Add the ``perf`` subcommand."""
     p = sub.add_parser(
         "perf",
@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=None,
         help="write a trace of every connection to DIR (docs/TRACE.md; see utcp plot)",
     )
-    p.set_defaults(func=main, _port_type=port_number)
+    p.set_defaults(func=main, port_type=port_number)
 
 
 @dataclass
@@ -259,7 +259,7 @@ def main(args: argparse.Namespace) -> int:
         print("utcp perf: error: give HOST PORT (or --server)", file=sys.stderr)
         return 2
     try:
-        port = args._port_type(args.target[1])
+        port = args.port_type(args.target[1])
     except argparse.ArgumentTypeError as exc:
         print(f"utcp perf: error: {exc}", file=sys.stderr)
         return 2

@@ -13,11 +13,12 @@ import sys
 from pathlib import Path
 
 from ..tools.traceview import Trace, ladder_lines, ladder_svg, load_trace, plot_time_sequence
+from .helpers import Subcommands
 
 INSTALL_HINT = "matplotlib is not installed: pip install 'utcp-transport[plot]'"
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     """Add the ``plot`` and ``ladder`` subcommands."""
     p = sub.add_parser(
         "plot",

@@ -17,7 +17,7 @@ from ..asyncio import run as utcp_run
 from ..config import Config
 from ..congestion import available
 from ..tools.tunnel import ConnectionRecord, Tunnel, TunnelAddress, parse_address
-from .helpers import arg_type, duration, load_config_file, size, wait_for_signal
+from .helpers import Subcommands, arg_type, duration, load_config_file, size, wait_for_signal
 
 USAGE = (
     "%(prog)s --listen tcp:[HOST:]PORT --to utcp:HOST:PORT [options]   (client end)\n"
@@ -25,7 +25,7 @@ USAGE = (
 )
 
 
-def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(sub: Subcommands) -> None:
     """Add the ``tunnel`` subcommand."""
     p = sub.add_parser(
         "tunnel",

@@ -278,8 +278,8 @@ class Relay:
             listen=_format(relay.address),
             to=_format(dest[1]),
             seed=seed,
-            up=str(relay._up.imp),
-            down=str(relay._down.imp),
+            up=str(relay.up_impairment),
+            down=str(relay.down_impairment),
         )
         return relay
 
@@ -295,6 +295,16 @@ class Relay:
     def destination(self) -> tuple[str, int]:
         """The resolved address datagrams from clients are relayed to."""
         return self._to[0], self._to[1]
+
+    @property
+    def up_impairment(self) -> Impairment:
+        """What datagrams from the clients to the destination go through."""
+        return self._up.imp
+
+    @property
+    def down_impairment(self) -> Impairment:
+        """What datagrams from the destination back to the clients go through."""
+        return self._down.imp
 
     @property
     def clients(self) -> int:

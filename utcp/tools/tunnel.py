@@ -175,7 +175,7 @@ class _Relay:
             try:
                 writer.write(data)
                 self.bytes[direction] += len(data)
-                self.tunnel._count(direction, len(data))
+                self.tunnel.count_bytes(direction, len(data))
                 await writer.drain()
             except (OSError, RuntimeError) as exc:
                 raise _SideError(dst_side, dst[0].exception() or exc) from exc
@@ -329,7 +329,7 @@ class Tunnel:
             to = parse_address(to)
         tunnel = cls(listen, to, config or Config(), on_close, connect_timeout_s)
         try:
-            await tunnel._bind()
+            await tunnel.bind()
         except BaseException:
             tunnel.close()
             await tunnel.wait_closed()
@@ -337,7 +337,8 @@ class Tunnel:
         _log.info("tunnel_started", listen=tunnel.listen_url(), to=to.url())
         return tunnel
 
-    async def _bind(self) -> None:
+    async def bind(self) -> None:
+        """Bind the listening side and start accepting (``start`` does this)."""
         if self.listen.scheme == "tcp":
             self._endpoint = await create_client_endpoint(
                 config=self.config, **await _local_for(self.to)
@@ -393,7 +394,8 @@ class Tunnel:
         _log.debug("tunnel_connection_opened", conn=relay.id, peer=relay.peer)
         return relay
 
-    def _count(self, direction: str, nbytes: int) -> None:
+    def count_bytes(self, direction: str, nbytes: int) -> None:
+        """Add ``nbytes`` relayed in ``direction`` (``"up"``: toward ``to``) to the counters."""
         if direction == "up":
             self.counters.bytes_up += nbytes
         else:

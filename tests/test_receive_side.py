@@ -1,0 +1,236 @@
+"""The receive side of a connection (utcp/connection/receive_side.py): RCV.NXT, the
+acceptability test, reassembly, in-order delivery and the scheduling of our ACKs."""
+
+from __future__ import annotations
+
+from collections import deque
+
+from utcp.config import Config
+from utcp.connection.counters import Counters
+from utcp.connection.deadlines import Deadlines
+from utcp.connection.receive_side import TAKE_FIN, TAKE_OVER_BUFFER, ReceiveSide
+from utcp.events import DataReceived, Event
+
+MSS = 100
+BUFFER = 1000
+CONFIG = Config(
+    mss_bytes=MSS, recv_buffer_bytes=BUFFER, delayed_ack_s=0.040, ack_every_segments=2
+).validate()
+
+
+class Side:
+    """A receive side after the handshake (RCV.NXT = 1), with what it reports to."""
+
+    def __init__(self, config: Config = CONFIG) -> None:
+        self.events: deque[Event] = deque()
+        self.count = Counters()
+        self.dl = Deadlines()
+        self.rcv = ReceiveSide(config, events=self.events, counters=self.count, deadlines=self.dl)
+        self.rcv.irs = 5000
+        self.rcv.nxt = 1
+
+    def delivered(self) -> bytes:
+        out = b"".join(e.data for e in self.events if isinstance(e, DataReceived))
+        self.events.clear()
+        return out
+
+
+def test_wire_ack_and_position_wrap_around_the_peer_isn() -> None:
+    s = Side()
+    rcv = s.rcv
+    rcv.irs = 0xFFFF_FFFE
+    assert rcv.wire_ack(1) == 0xFFFF_FFFF
+    assert rcv.wire_ack(2) == 0
+    assert rcv.wire_ack(12) == 10
+    assert rcv.position(10) == 12
+    assert rcv.position(0xFFFF_FFFE) == 0  # the peer's SYN, just behind RCV.NXT
+
+
+def test_acceptability_of_empty_segments() -> None:
+    """RFC 9293 section 3.10.7.4, table 6, zero-length rows: with RCV.WND = 0 only
+    SEG.SEQ = RCV.NXT; otherwise RCV.NXT =< SEG.SEQ < RCV.NXT + RCV.WND."""
+    rcv = Side().rcv
+    rcv.nxt = 100
+    assert rcv.acceptable(100, 0, 0)
+    assert not rcv.acceptable(101, 0, 0)
+    assert not rcv.acceptable(99, 0, 0)
+    assert rcv.acceptable(100, 0, 10)
+    assert rcv.acceptable(109, 0, 10)
+    assert not rcv.acceptable(110, 0, 10)
+    assert not rcv.acceptable(99, 0, 10)
+
+
+def test_acceptability_of_segments_with_data() -> None:
+    """RFC 9293 table 6, data rows: not acceptable with a zero window; otherwise the first or
+    the last byte must fall inside the window, and a segment spanning the whole window is
+    taken too (what fits is kept)."""
+    rcv = Side().rcv
+    rcv.nxt = 100
+    assert not rcv.acceptable(100, 5, 0)
+    assert rcv.acceptable(100, 5, 10)  # starts at RCV.NXT
+    assert rcv.acceptable(95, 10, 10)  # old start, last byte (104) inside
+    assert rcv.acceptable(105, 20, 10)  # starts inside, runs past the right edge
+    assert rcv.acceptable(90, 40, 10)  # covers the whole window
+    assert not rcv.acceptable(90, 10, 10)  # ends at 99: entirely old
+    assert not rcv.acceptable(110, 5, 10)  # entirely beyond the window
+
+
+def test_in_order_data_is_delivered_and_draws_a_delayed_ack() -> None:
+    """RFC 9293 section 3.8.6.3 / RFC 5681 section 4.2: a lone in-order segment may be
+    acknowledged late, by the delayed-ACK deadline."""
+    s = Side()
+    assert s.rcv.take(1, b"hello", False, 10.0) == 0
+    assert s.delivered() == b"hello"
+    assert s.rcv.nxt == 6
+    assert s.count.bytes_received == 5
+    assert s.rcv.unacked_bytes == 5
+    assert not s.rcv.ack_now
+    assert s.dl.ack == 10.040
+
+
+def test_every_second_full_segment_is_acknowledged_at_once() -> None:
+    """RFC 5681 section 4.2: an ACK SHOULD be generated for at least every second full-sized
+    segment (``ack_every_segments`` = 2)."""
+    s = Side()
+    s.rcv.take(1, b"a" * MSS, False, 1.0)
+    assert not s.rcv.ack_now and s.dl.ack == 1.040
+    s.rcv.take(1 + MSS, b"b" * MSS, False, 1.010)
+    assert s.rcv.ack_now
+    assert s.rcv.unacked_bytes == 2 * MSS
+    s.rcv.ack_sent()
+    assert (s.rcv.ack_now, s.dl.ack, s.rcv.unacked_bytes) == (False, None, 0)
+
+
+def test_delay_ack_keeps_the_earlier_deadline_and_yields_to_an_immediate_ack() -> None:
+    s = Side()
+    s.rcv.delay_ack(1.0)
+    s.rcv.delay_ack(1.030)
+    assert s.dl.ack == 1.040  # not pushed back by later data
+    s.rcv.ack_sent()
+    s.rcv.ack_now = True
+    s.rcv.delay_ack(2.0)
+    assert s.dl.ack is None  # an ACK is owed at once anyway
+
+
+def test_out_of_order_data_is_held_and_acknowledged_at_once() -> None:
+    """RFC 5681 section 4.2: an out-of-order segment draws an immediate (duplicate) ACK, and
+    so does the segment that fills the gap."""
+    s = Side()
+    rcv = s.rcv
+    assert rcv.take(11, b"world", False, 1.0) == 0
+    assert s.delivered() == b""
+    assert rcv.nxt == 1
+    assert rcv.ack_now
+    assert rcv.last_pos == 11
+    assert rcv.reasm.ranges() == [(11, 16)]
+    assert s.count.ooo_segments == 1
+    rcv.ack_sent()
+    rcv.take(1, b"0123456789", False, 1.010)
+    assert s.delivered() == b"0123456789world"
+    assert rcv.nxt == 16
+    assert rcv.ack_now  # filled a gap
+    assert len(rcv.reasm) == 0
+
+
+def test_a_duplicate_segment_is_counted_and_acknowledged() -> None:
+    s = Side()
+    s.rcv.take(1, b"abc", False, 1.0)
+    s.rcv.ack_sent()
+    s.delivered()
+    assert s.rcv.take(1, b"abc", False, 2.0) == 0
+    assert s.delivered() == b""
+    assert s.count.dup_segments == 1
+    assert s.rcv.ack_now  # RFC 9293: a duplicate draws an ACK
+    assert s.rcv.nxt == 4
+
+
+def test_data_beyond_the_window_is_trimmed() -> None:
+    """RFC 9293 section 3.10.7.4: only the part inside the receive window is kept."""
+    s = Side()
+    s.rcv.take(1, b"z" * (BUFFER + 200), False, 1.0)
+    assert len(s.delivered()) == BUFFER
+    assert s.rcv.nxt == 1 + BUFFER
+
+
+def test_an_in_order_fin_moves_rcv_nxt_past_it() -> None:
+    s = Side()
+    assert s.rcv.take(1, b"bye", True, 3.0) == TAKE_FIN
+    assert s.delivered() == b"bye"
+    assert s.rcv.fin_pos == 4
+    assert s.rcv.nxt == 5  # the FIN occupies one position
+    assert s.rcv.ack_now
+
+
+def test_a_fin_beyond_a_gap_waits_for_the_gap() -> None:
+    s = Side()
+    assert s.rcv.take(4, b"def", True, 1.0) == 0
+    assert s.rcv.fin_pos == 7
+    assert s.rcv.nxt == 1
+    assert s.rcv.take(1, b"abc", False, 1.1) == TAKE_FIN
+    assert s.delivered() == b"abcdef"
+    assert s.rcv.nxt == 8
+
+
+def test_reassembly_beyond_its_memory_limit_is_reported() -> None:
+    """Reassembly is charged payload plus per-chunk overhead, up to twice the buffer: a peer
+    scattering one-byte pieces reaches the limit after 2000 // 129 = 15 of them."""
+    s = Side()
+    results = [s.rcv.take(3 + 2 * i, b"x", False, 1.0) for i in range(16)]
+    assert results[:15] == [0] * 15
+    assert results[15] == TAKE_OVER_BUFFER
+    assert len(s.rcv.reasm) == 15
+    assert s.count.ooo_segments == 15
+
+
+def test_take_next_is_the_in_order_fast_path() -> None:
+    s = Side()
+    s.rcv.take_next(b"q" * 50, 1.0)
+    assert s.delivered() == b"q" * 50
+    assert (s.rcv.nxt, s.rcv.unacked_bytes, s.rcv.ack_now, s.dl.ack) == (51, 50, False, 1.040)
+    s.rcv.take_next(memoryview(b"r" * 150), 1.001)
+    assert s.delivered() == b"r" * 150
+    assert s.rcv.ack_now  # 200 bytes: two full segments' worth
+    assert s.count.bytes_received == 200
+
+
+def test_paused_reading_holds_data_and_shrinks_the_window() -> None:
+    s = Side()
+    s.rcv.reading_paused = True
+    s.rcv.take(1, b"x" * 300, False, 1.0)
+    assert s.delivered() == b""
+    assert bytes(s.rcv.held) == b"x" * 300
+    assert s.rcv.window() == BUFFER - 300
+    assert s.rcv.nxt == 301
+
+
+def test_a_full_sized_segment_marks_the_peer_mid_stream() -> None:
+    s = Side()
+    s.dl.keepalive = 50.0
+    s.rcv.note_segment_size(MSS - 1)
+    assert not s.rcv.peer_mid_stream and s.dl.keepalive == 50.0
+    s.rcv.note_segment_size(MSS)
+    assert s.rcv.peer_mid_stream
+    assert s.dl.keepalive is None  # re-armed with the stall probe in view
+    s.dl.keepalive = 60.0
+    s.rcv.note_segment_size(MSS)  # still mid-stream: nothing to re-arm
+    assert s.dl.keepalive == 60.0
+    s.rcv.note_segment_size(10)
+    assert not s.rcv.peer_mid_stream and s.dl.keepalive == 60.0
+
+
+def test_window_update_waits_until_the_window_grew_enough() -> None:
+    """RFC 9293 section 3.8.6.2.2 (receiver SWS avoidance): announce a larger window only
+    once it grew by min(buffer / 2, 2 * MSS) = 200 here, or reopened from zero."""
+    s = Side()
+    rcv = s.rcv
+    rcv.held += b"h" * 400
+    rcv.adv_wnd = 600
+    del rcv.held[:199]  # the application read 199 bytes: window 799
+    assert not rcv.window_grew(MSS)
+    del rcv.held[:1]  # window 800
+    assert rcv.window_grew(MSS)
+    rcv.held[:] = b"h" * (BUFFER - 1)
+    rcv.adv_wnd = 0
+    assert rcv.window_grew(MSS)  # 1 byte after a zero window
+    rcv.held[:] = b"h" * BUFFER
+    assert not rcv.window_grew(MSS)

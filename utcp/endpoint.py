@@ -1,0 +1,604 @@
+"""The sans-I/O endpoint: the protocol work of one UDP socket shared by many connections.
+
+It routes each decoded datagram to the connection named by its destination connection id (a
+SYN with none opens a server connection, within the backlog and ``max_connections``), answers
+what reaches no connection statelessly (SYN cookies, resets within a rate budget), holds
+unvalidated peers to the anti-amplification limit, and counts every datagram it drops.  Like
+the ``Connection`` it never reads a clock or touches a socket: ``now`` is passed in, and what
+it has to send comes back from ``datagrams_to_send()`` with the address to send it to.
+quinn-proto's ``endpoint.rs`` is the model.  Its time-dependent state (reset budget, cookie
+period, recently closed ids) is judged lazily against the ``now`` of each input, so it has no
+deadline of its own and no ``get_timer()``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final, final
+
+from .config import Config
+from .connection import Connection
+from .cookies import SynCookies, pack_options, unpack_options
+from .events import CloseReason, DropReason
+from .log import get_logger
+from .packet import (
+    MAX_WINDOW_FIELD,
+    Flag,
+    Packet,
+    PacketError,
+    decode,
+    decode_quoted,
+    encode,
+    wscale_for,
+)
+from .seqnum import SEQ_MASK
+from .state import SYN_RECEIVED, SYNCHRONIZED
+from .stateless import new_connection_id, reset_for
+
+__all__ = [
+    "AMPLIFICATION_FACTOR",
+    "COOKIE_GRACE_S",
+    "Address",
+    "ConnectionEvicted",
+    "Endpoint",
+    "EndpointStats",
+    "Route",
+    "RouteFactory",
+]
+
+Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
+
+_log = get_logger()
+RECENTLY_CLOSED_MAX: Final = 4096  # closed connection ids remembered at most
+AMPLIFICATION_FACTOR: Final = 3  # RFC 9000 section 8.1
+COOKIE_GRACE_S: Final = 64.0  # a cookie is valid for one to two of these
+_SYN: Final = int(Flag.SYN)
+_ACK: Final = int(Flag.ACK)
+_RST: Final = int(Flag.RST)
+
+
+def same_address(a: Address, b: Address) -> bool:
+    """Whether two socket addresses name the same host and port (IPv6 addresses carry flow
+    and scope fields that an error-queue read may fill differently)."""
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return bool(a[:2] == b[:2])
+    return bool(a == b)
+
+
+def _addr_key(addr: Address) -> bytes:
+    """An address as bytes for the cookie hash."""
+    return repr(addr[:2] if isinstance(addr, tuple) else addr).encode()
+
+
+# EndpointStats' fields, for its snapshot (a compiled class has no __slots__ to list them).
+_ENDPOINT_COUNTERS: Final = (
+    "amplification_limited",
+    "bytes_received",
+    "bytes_sent",
+    "connections_refused",
+    "datagrams_received",
+    "datagrams_sent",
+    "dropped",
+    "icmp_errors",
+    "icmp_errors_ignored",
+    "resets_rate_limited",
+    "resets_sent",
+    "send_errors",
+    "syn_cookies_accepted",
+    "syn_cookies_sent",
+)
+
+
+class EndpointStats:
+    """Datagram counters of one endpoint (all connections together).
+
+    ``dropped`` counts datagrams the endpoint itself discarded, by ``DropReason`` value;
+    datagrams a connection discarded are in that connection's own stats until it ends, then
+    added here.  The I/O layer counts what it sends and what the socket reports
+    (``datagrams_sent``, ``bytes_sent``, ``send_errors``); the endpoint counts the rest.
+    """
+
+    def __init__(self) -> None:
+        self.datagrams_received = 0
+        self.datagrams_sent = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.dropped: dict[str, int] = {}
+        self.resets_sent = 0
+        self.resets_rate_limited = 0
+        self.syn_cookies_sent = 0
+        self.syn_cookies_accepted = 0
+        self.connections_refused = 0  # SYNs refused at max_connections
+        self.amplification_limited = 0  # datagrams held back by the 3x limit
+        self.send_errors = 0  # datagrams the kernel refused as too big for the path (EMSGSIZE)
+        self.icmp_errors = 0  # ICMP errors read from the socket's error queue (Linux)
+        self.icmp_errors_ignored = 0  # of those: no connection took them (failed the checks)
+
+    def count_drop(self, reason: DropReason, addr: Address, count: int = 1) -> None:
+        """Count discarded datagrams and log why."""
+        key = reason.value
+        self.dropped[key] = self.dropped.get(key, 0) + count
+        _log.debug("datagram_dropped", reason=key, peer=str(addr))
+
+    def add_drops(self, drops: dict[str, int]) -> None:
+        """Fold a finished connection's drop counters into the totals."""
+        for key, n in drops.items():
+            self.dropped[key] = self.dropped.get(key, 0) + n
+
+    def snapshot(self) -> dict[str, object]:
+        """Every counter as a plain dict (a copy)."""
+        out: dict[str, object] = {name: getattr(self, name) for name in _ENDPOINT_COUNTERS}
+        out["dropped"] = dict(self.dropped)
+        return out
+
+
+class Route:
+    """The endpoint's record of one connection: the core, its peer's address, and what the
+    endpoint keeps about it (address validation, the backlog).  A driver may subclass it to
+    keep its own per-connection state beside it (see ``RouteFactory``)."""
+
+    __slots__ = (
+        "addr",
+        "client",
+        "conn",
+        "ended",
+        "in_backlog",
+        "reset_detail",
+        "rx_bytes",
+        "tx_bytes",
+        "validated",
+    )
+
+    def __init__(self, conn: Connection, addr: Address) -> None:
+        self.conn = conn
+        self.addr = addr  # None on a connected socket: the peer is the socket's
+        self.client = False  # an active open (connect())
+        self.in_backlog = False  # a passive open not yet established, counted in the backlog
+        self.ended = False  # forget() has run for it
+        self.reset_detail = ""  # text a refusing peer put in its RST
+        # Anti-amplification (RFC 9000 section 8.1): until a passive open is validated by the
+        # handshake, at most three times the bytes received from that address go back to it.
+        self.validated = True
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+
+
+# Makes the record of a new connection, before it sees any packet: (connection, peer
+# address, whether it is an active open).  The I/O layer gives one that also opens the
+# connection's trace file; the default makes a plain Route.
+RouteFactory = Callable[[Connection, Address, bool], Route]
+
+
+def _plain_route(conn: Connection, addr: Address, client: bool) -> Route:
+    return Route(conn, addr)
+
+
+@final
+class ConnectionEvicted:
+    """The endpoint cut short a connection winding down without its application (an orphan
+    or TIME_WAIT) to admit a new one at ``max_connections``, as Linux recycles TIME_WAIT
+    buckets.  It is aborted and forgotten here; the driver sends what it has left (an
+    orphan's RST), delivers its events and drops its own state for it."""
+
+    __slots__ = ("route",)
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+
+
+@final
+class Endpoint:
+    """Routes the datagrams of one socket to connections and answers the rest statelessly."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        now: float,
+        accepting: bool = False,
+        backlog: int = 100,
+        route_factory: RouteFactory | None = None,
+        cookie_secret: bytes | None = None,
+        cid_source: Callable[[], int] | None = None,
+    ) -> None:
+        self.config = config.validate()
+        self.stats = EndpointStats()
+        self._accepting = accepting
+        self._backlog = backlog
+        self._route_factory: RouteFactory = route_factory or _plain_route
+        self._cid_source: Callable[[], int] = cid_source or new_connection_id
+        self._routes: dict[int, Route] = {}
+        # Connections the application is done with that still wind down here (FIN_WAIT_2,
+        # TIME_WAIT, an orphan's last retransmissions), oldest first: the first to go when
+        # max_connections is reached.
+        self._released: dict[int, Route] = {}
+        self._syn_index: dict[tuple[Address, int], int] = {}  # (addr, peer cid) -> local cid
+        self._half_open = 0
+        self._recently_closed: dict[int, float] = {}  # cid -> until when bare ACKs are ignored
+        self._cookies = (
+            SynCookies(secret=cookie_secret, lifetime_s=COOKIE_GRACE_S)
+            if self.config.syn_cookies
+            else None
+        )
+        self._cookie_sent_at: float | None = None
+        self._reset_tokens = float(self.config.max_resets_per_s)
+        self._reset_refill_at = now
+        self._transmits: list[tuple[bytes, Address]] = []
+        self._events: list[ConnectionEvicted] = []
+
+    # ------------------------------------------------------------------ inputs
+
+    def decode(self, data: bytes, addr: Address) -> Packet | None:
+        """Count a datagram and decode it; None (counted as dropped) if it is malformed."""
+        stats = self.stats
+        stats.datagrams_received += 1
+        stats.bytes_received += len(data)
+        try:
+            return decode(data)
+        except PacketError as exc:
+            stats.count_drop(exc.reason, addr)
+            return None
+
+    def receive_datagram(self, data: bytes, addr: Address, *, now: float) -> Route | None:
+        """One datagram from ``addr``: the route of the connection that took it (to be
+        serviced: its events and datagrams), or None when it was answered statelessly or
+        dropped (and counted)."""
+        packet = self.decode(data, addr)
+        return None if packet is None else self.receive_packet(packet, addr, len(data), now=now)
+
+    def receive_packet(
+        self, packet: Packet, addr: Address, size: int, segments: int = 1, *, now: float
+    ) -> Route | None:
+        """Feed a decoded packet (``segments`` merged ones, ``size`` bytes on the wire) to its
+        connection; as ``receive_datagram``."""
+        route = self._routes.get(packet.dst_cid) if packet.dst_cid else None
+        if route is None:
+            flags = packet.flags
+            if packet.dst_cid == 0 and flags & _SYN and not flags & _ACK:
+                route = self._route_for_syn(packet, addr, now)
+                if route is None:
+                    return None  # answered (cookie, refusal) or dropped, and counted
+            elif self._cookies is not None and flags & _ACK and not flags & (_SYN | _RST):
+                route = self._route_for_cookie(packet, addr, now)
+            if route is None:
+                self.stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr, segments)
+                if not self._recently_closed_ack(packet, now) and not self._cookie_mode(flags, now):
+                    self._reset(packet, addr, now)
+                return None
+        elif addr != route.addr and route.addr is not None:
+            self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
+            return None
+        if not route.validated:
+            route.rx_bytes += size
+        elif packet.flags & _RST and packet.payload and route.client:
+            route.reset_detail = bytes(packet.payload[:200]).decode("utf-8", "replace")
+        route.conn.receive_packet(packet, now=now, segments=segments)
+        return route
+
+    def receive_icmp(
+        self,
+        quoted: bytes,
+        addr: Address,
+        *,
+        port_unreachable: bool,
+        errno: int,
+        now: float,
+    ) -> Route | None:
+        """An ICMP error about a datagram this socket sent to ``addr``, quoting its start.  A
+        port unreachable quoting one of our datagrams goes to the connection it names, from
+        the address it was sent to, and the connection checks the rest; the route to service
+        then, else None (counted as ignored)."""
+        stats = self.stats
+        stats.icmp_errors += 1
+        route = None
+        packet = None
+        if port_unreachable:
+            try:
+                packet = decode_quoted(quoted)
+            except PacketError:
+                packet = None
+            if packet is not None:
+                route = self._routes.get(packet.src_cid)
+        if (
+            route is None
+            or packet is None
+            or (route.addr is not None and not same_address(route.addr, addr))
+            or not route.conn.receive_unreachable(packet, now=now)
+        ):
+            stats.icmp_errors_ignored += 1
+            _log.debug("icmp_error_ignored", errno=errno, peer=str(addr))
+            return None
+        _log.debug("icmp_port_unreachable", cid=f"{packet.src_cid:08x}", peer=str(addr))
+        return route
+
+    def connect(self, addr: Address, *, now: float) -> Route:
+        """Start an active open towards ``addr`` (None on a connected socket)."""
+        conn = Connection(self.config, local_cid=self._new_cid())
+        route = self._route_factory(conn, addr, True)
+        route.client = True
+        self._routes[conn.local_cid] = route
+        conn.connect(now=now)
+        return route
+
+    # ------------------------------------------------------------------ outputs
+
+    @property
+    def has_output(self) -> bool:
+        """Whether ``datagrams_to_send()`` or ``next_event()`` has something."""
+        return bool(self._transmits) or bool(self._events)
+
+    def datagrams_to_send(self) -> list[tuple[bytes, Address]]:
+        """The stateless answers due (resets, refusals, cookie SYN-ACKs), with the address
+        each goes to; the connections' own datagrams come from ``datagrams_for``."""
+        out = self._transmits
+        self._transmits = []
+        return out
+
+    def next_event(self) -> ConnectionEvicted | None:
+        """The next thing the driver must act on, or None."""
+        return self._events.pop(0) if self._events else None
+
+    def datagrams_for(self, route: Route, *, now: float) -> list[bytes]:
+        """What the connection has to send now, within the anti-amplification limit while
+        its peer's address is unvalidated."""
+        datagrams = route.conn.datagrams_to_send(now=now)
+        if not route.validated:
+            datagrams = self.limit_amplification(route, datagrams)
+        return datagrams
+
+    def limit_amplification(self, route: Route, datagrams: list[bytes]) -> list[bytes]:
+        """Of a connection's datagrams, those within three times the bytes its unvalidated
+        peer has sent (RFC 9000 section 8.1); the rest are dropped, to be retransmitted."""
+        state = route.conn.state
+        if state in SYNCHRONIZED and state is not SYN_RECEIVED:
+            route.validated = True  # the peer echoed our ISN from its address: validated
+            return datagrams
+        out = []
+        for data in datagrams:
+            if route.tx_bytes + len(data) > AMPLIFICATION_FACTOR * route.rx_bytes:
+                self.stats.amplification_limited += 1
+                continue
+            route.tx_bytes += len(data)
+            out.append(data)
+        return out
+
+    # ------------------------------------------------------------------ the driver's news
+
+    def leave_backlog(self, route: Route) -> None:
+        """A passive open is established or has ended: it no longer counts as half-open."""
+        if route.in_backlog:
+            route.in_backlog = False
+            self._half_open -= 1
+
+    def release(self, route: Route) -> bool:
+        """The application is done with this connection, which winds down on its own; it is
+        the first to be evicted at ``max_connections``.  False if it was already released
+        or is no longer routed."""
+        cid = route.conn.local_cid
+        if self._routes.get(cid) is not route or cid in self._released:
+            return False
+        self._released[cid] = route
+        return True
+
+    def forget(self, route: Route, *, now: float) -> None:
+        """The connection is over: stop routing to it, keep its drop counts, and remember a
+        cleanly closed one's id a while (its peer's last ACKs draw no reset)."""
+        if route.ended:
+            return
+        route.ended = True
+        conn = route.conn
+        drops = conn.drops
+        if drops:
+            self.stats.add_drops(drops)
+        cid = conn.local_cid
+        if conn.close_reason is CloseReason.CLOSED:
+            closed = self._recently_closed
+            if len(closed) >= RECENTLY_CLOSED_MAX:
+                del closed[next(iter(closed))]  # the oldest entry
+            closed[cid] = now + 2 * self.config.msl_s
+        if self._routes.get(cid) is route:
+            del self._routes[cid]
+            self._released.pop(cid, None)
+        # The SYN index lives as long as the connection: a duplicate or late SYN must reach it
+        # (and draw a challenge ACK), not open a second, never-completed connection.
+        key = (route.addr, conn.peer_cid)
+        if self._syn_index.get(key) == cid:
+            del self._syn_index[key]
+
+    def stop_accepting(self) -> None:
+        """Open no more server connections; SYNs draw a reset from now on."""
+        self._accepting = False
+
+    def clear(self) -> None:
+        """The socket is gone: route nothing any more."""
+        self._routes.clear()
+        self._released.clear()
+        self._syn_index.clear()
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a SYN may open a new server connection."""
+        return self._accepting
+
+    @property
+    def connection_count(self) -> int:
+        """Connections routed (TIME_WAIT included)."""
+        return len(self._routes)
+
+    @property
+    def released_count(self) -> int:
+        """Of those, the ones winding down without their application."""
+        return len(self._released)
+
+    @property
+    def half_open(self) -> int:
+        """Passive opens not yet established (what the backlog bounds)."""
+        return self._half_open
+
+    def route_for(self, cid: int) -> Route | None:
+        """The route of the connection with local id ``cid``."""
+        return self._routes.get(cid)
+
+    def routes(self) -> list[Route]:
+        """Every routed connection (a copy)."""
+        return list(self._routes.values())
+
+    def released(self) -> list[Route]:
+        """The released connections, oldest first (a copy)."""
+        return list(self._released.values())
+
+    # ------------------------------------------------------------------ new connections
+
+    def _new_cid(self) -> int:
+        while True:
+            cid = self._cid_source()
+            if cid and cid not in self._routes:
+                return cid
+
+    def _route_for_syn(self, packet: Packet, addr: Address, now: float) -> Route | None:
+        """The connection a SYN goes to: the one it opened before (a retransmission), or a new
+        one; None when it was answered statelessly or dropped (always counted)."""
+        key = (addr, packet.src_cid)
+        cid = self._syn_index.get(key)
+        if cid is not None and cid in self._routes:
+            return self._routes[cid]  # a retransmitted SYN
+        if not self._accepting:
+            self.stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr)
+            self._reset(packet, addr, now)
+            return None
+        if len(self._routes) >= self.config.max_connections and not self._make_room(now):
+            self._refuse(packet, addr, "too many connections", now)
+            return None
+        if self._half_open >= self._backlog:
+            if self._cookies is not None:
+                self._send_cookie(packet, addr, now)
+            else:
+                self.stats.count_drop(DropReason.BACKLOG_FULL, addr)
+            return None
+        conn = Connection(self.config, local_cid=self._new_cid())
+        route = self._route_factory(conn, addr, False)
+        conn.listen(now=now)
+        route.validated = False  # its bytes are counted by the caller
+        route.in_backlog = True
+        self._routes[conn.local_cid] = route
+        self._syn_index[key] = conn.local_cid
+        self._half_open += 1
+        return route
+
+    def _make_room(self, now: float) -> bool:
+        """At max_connections, evict the oldest released connection to admit a new one;
+        False when there is none."""
+        for route in self._released.values():
+            route.conn.abort()  # RST unless in TIME_WAIT, whose close is already reported
+            self.forget(route, now=now)
+            self._events.append(ConnectionEvicted(route))
+            return True
+        return False
+
+    def _refuse(self, packet: Packet, addr: Address, why: str, now: float) -> None:
+        """Answer a SYN with a reset that carries the reason as its payload (RFC 9293 section
+        3.5.3 allows diagnostic data in a RST), for the client's ConnectionRefusedError."""
+        self.stats.connections_refused += 1
+        self.stats.count_drop(DropReason.TOO_MANY_CONNECTIONS, addr)
+        _log.info("connection_refused", reason=why, peer=str(addr))
+        ack = (packet.seq + packet.seg_len) & SEQ_MASK
+        rst = Packet(_RST | _ACK, 0, packet.src_cid, 0, ack, 0, why.encode()[: packet.seg_len + 40])
+        self._send_limited_reset(encode(rst), addr, now)
+
+    def _send_cookie(self, syn: Packet, addr: Address, now: float) -> None:
+        """Answer a SYN statelessly: the SYN-ACK's connection id and ISN are a cookie."""
+        cookies = self._cookies
+        assert cookies is not None
+        cfg = self.config
+        sack = cfg.sack and syn.sack_permitted
+        ts = cfg.timestamps and syn.timestamps is not None
+        opts = pack_options(syn.mss, syn.wscale, sack, ts)
+        cid, isn = cookies.make(_addr_key(addr), syn.src_cid, syn.seq, opts, now=now)
+        p = Packet(_SYN | _ACK, cid, syn.src_cid, isn, (syn.seq + 1) & SEQ_MASK, 0)
+        p.mss = cfg.mss_bytes
+        p.window = min(cfg.recv_buffer_bytes, MAX_WINDOW_FIELD)
+        if syn.wscale is not None:
+            p.wscale = wscale_for(cfg.recv_buffer_bytes)
+        p.sack_permitted = sack
+        if ts and syn.timestamps is not None:
+            p.timestamps = (0, syn.timestamps[0])
+        self.stats.syn_cookies_sent += 1
+        self._cookie_sent_at = now
+        self._transmits.append((encode(p), addr))
+
+    def _cookie_mode(self, flags: int, now: float) -> bool:
+        """While SYN cookies are being handed out, an ACK that fails the cookie check may be
+        a cookie client's later segment whose first one was lost in the flood: it gets no
+        reset (that would kill the connection); its retransmission of the first will pass."""
+        return (
+            bool(flags & _ACK)
+            and self._cookie_sent_at is not None
+            and now - self._cookie_sent_at < COOKIE_GRACE_S
+        )
+
+    def _route_for_cookie(self, packet: Packet, addr: Address, now: float) -> Route | None:
+        """A connection rebuilt from the ACK of a cookie SYN-ACK, or None if it is not one."""
+        cookies = self._cookies
+        assert cookies is not None
+        if not self._accepting:
+            return None
+        peer_isn = (packet.seq - 1) & SEQ_MASK
+        isn = (packet.ack - 1) & SEQ_MASK
+        key = _addr_key(addr)
+        opts = cookies.check(key, packet.src_cid, peer_isn, packet.dst_cid, isn, now=now)
+        if opts is None:
+            return None
+        if len(self._routes) >= self.config.max_connections and not self._make_room(now):
+            return None
+        mss, wscale, sack, ts = unpack_options(opts)
+        syn = Packet(_SYN, packet.src_cid, 0, peer_isn, 0, packet.window, b"")
+        syn.mss = mss
+        syn.wscale = wscale
+        syn.sack_permitted = sack
+        if ts:
+            syn.timestamps = (packet.timestamps[0] if packet.timestamps else 0, 0)
+        conn = Connection(self.config, local_cid=packet.dst_cid, isn=isn)
+        route = self._route_factory(conn, addr, False)
+        conn.listen(now=now)
+        conn.receive_packet(syn, now=now)
+        conn.datagrams_to_send(now=now)  # the SYN-ACK the cookie already answered
+        route.in_backlog = True  # as if it had waited in the backlog
+        self._routes[conn.local_cid] = route
+        self._syn_index[(addr, packet.src_cid)] = conn.local_cid
+        self._half_open += 1
+        self.stats.syn_cookies_accepted += 1
+        _log.debug("syn_cookie_accepted", cid=f"{conn.local_cid:08x}", peer=str(addr))
+        return route
+
+    # ------------------------------------------------------------------ stateless answers
+
+    def _recently_closed_ack(self, packet: Packet, now: float) -> bool:
+        """A bare ACK for a connection that closed in order moments ago (the copies of a
+        client's final ACK) needs no RST: the connection ended cleanly on both sides."""
+        expiry = self._recently_closed.get(packet.dst_cid)
+        if expiry is None:
+            return False
+        if now > expiry:
+            del self._recently_closed[packet.dst_cid]
+            return False
+        return packet.flags == _ACK and not packet.payload
+
+    def _reset(self, packet: Packet, addr: Address, now: float) -> None:
+        rst = reset_for(packet)
+        if rst is not None:
+            self._send_limited_reset(rst, addr, now)
+
+    def _send_limited_reset(self, rst: bytes, addr: Address, now: float) -> None:
+        """Send a reset unless the endpoint's reset budget (a token bucket refilled at
+        ``max_resets_per_s``) is spent: spoofed datagrams must not draw a reflected flood."""
+        rate = self.config.max_resets_per_s
+        self._reset_tokens = min(rate, self._reset_tokens + (now - self._reset_refill_at) * rate)
+        self._reset_refill_at = now
+        if self._reset_tokens < 1:
+            self.stats.resets_rate_limited += 1
+            return
+        self._reset_tokens -= 1
+        self.stats.resets_sent += 1
+        self._transmits.append((rst, addr))
