@@ -5,12 +5,24 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 TIMEOUT_S = 120
 UTCP = [sys.executable, "-m", "utcp"]
+
+
+def poll_until(predicate: Callable[[], bool], what: str, *, timeout_s: float = 30) -> None:
+    """Poll a condition that has no event of its own (a process's output, a file) until it
+    holds, failing loudly with ``what`` after ``timeout_s``: the synchronous twin of
+    ``tests.aio_helpers.wait_until``, for tests that drive processes rather than a loop."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        time.sleep(0.05)
 
 
 def utcp_cli(

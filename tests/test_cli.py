@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from tests.cli_helpers import UTCP, background, utcp_cli
+from tests.cli_helpers import UTCP, background, poll_until, utcp_cli
 from utcp.cli import build_parser
 from utcp.cli.cat import reads_stdin
 from utcp.cli.report import (
@@ -308,7 +308,7 @@ def test_cat_listening_in_the_background_of_a_terminal_still_receives(tmp_path: 
     os.close(slave)
     sender: subprocess.Popen[bytes] | None = None
     try:
-        port = _port_from(err, deadline=time.monotonic() + 60)
+        port = _port_from(err, timeout_s=60)
         sender = subprocess.Popen(
             [*UTCP, "cat", "127.0.0.1", str(port)],
             stdin=subprocess.PIPE,
@@ -338,15 +338,20 @@ def test_cat_listening_in_the_background_of_a_terminal_still_receives(tmp_path: 
         os.close(master)
 
 
-def _port_from(err: Path, *, deadline: float) -> int:
+def _port_from(err: Path, *, timeout_s: float) -> int:
     """The port in the ``listening on`` line a background cat writes to ``err``."""
-    while time.monotonic() < deadline:
-        if err.exists():
-            match = re.search(r"listening on utcp://[^:]+:(\d+)", err.read_text())
-            if match:
-                return int(match.group(1))
-        time.sleep(0.05)
-    raise AssertionError("the background listener never said where it listens")
+    found: list[int] = []
+
+    def said() -> bool:
+        match = (
+            re.search(r"listening on utcp://[^:]+:(\d+)", err.read_text()) if err.exists() else None
+        )
+        if match:
+            found.append(int(match.group(1)))
+        return bool(found)
+
+    poll_until(said, "the background listener says where it listens", timeout_s=timeout_s)
+    return found[0]
 
 
 # ------------------------------------------------------------------ -v: connection reports

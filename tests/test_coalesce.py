@@ -8,7 +8,7 @@ import random
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import pair
+from tests.helpers import establish, pair
 from utcp import Config, Connection
 from utcp.coalesce import Received, coalesce
 from utcp.events import DataReceived
@@ -80,10 +80,8 @@ def _established() -> tuple[Connection, Connection]:
     # An initial window of 32 segments lets every write of the test below leave at once.
     config = Config(pmtud=False, initial_cwnd_segments=32)
     net = pair(config_a=config, config_b=config)
-    net.run(until=lambda: net.b.conn is not None and net.b.conn.state.name == "ESTABLISHED")
+    a, b = establish(net)
     net.flush()
-    a, b = net.a.conn, net.b.conn
-    assert a is not None and b is not None
     return a, b
 
 

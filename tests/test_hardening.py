@@ -11,7 +11,7 @@ import tracemalloc
 
 import pytest
 
-from tests.helpers import Network, pair
+from tests.helpers import Network, establish, pair
 from utcp import CloseReason, Config, Connection, ConnectionState, Flag, Packet, decode, encode
 
 S = ConnectionState
@@ -23,10 +23,8 @@ SND_NXT = ISN_A + 1
 
 def _established(config: Config | None = None) -> tuple[Network, Connection]:
     net = pair(config_a=config, config_b=config)
-    net.run(until=lambda: all(s.conn and s.conn.state is S.ESTABLISHED for s in net.sides.values()))
+    a, _ = establish(net)
     net.run_for(1.0)  # let delayed ACKs and timers settle
-    a = net.a.conn
-    assert a is not None
     assert a.datagrams_to_send(now=net.now) == []
     return net, a
 

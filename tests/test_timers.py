@@ -1,4 +1,4 @@
-"""What the RTO, persist and FIN_WAIT_2 timers do (utcp/connection/timers.py): SYN retries,
+"""What the RTO and persist timers do (utcp/connection/timers.py): SYN retries,
 backoff, the retry limits and their verdicts, the user timeout, and PMTU black hole detection,
 driven on an explicit timeline with the real parts a connection composes."""
 
@@ -319,12 +319,6 @@ def test_the_window_probe_backoff_is_capped() -> None:
     s.snd.persist_backoff = 16
     s.timers.on_persist(1.0)
     assert s.snd.persist_backoff == 16
-
-
-def test_an_orphan_fin_wait_2_ends_with_a_reset() -> None:
-    s = Stack()
-    assert s.timers.on_fin_wait_2() is CloseReason.TIMEOUT
-    assert s.control.need_rst
 
 
 @pytest.mark.xfail(

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import UTCP, utcp_cli
+from tests.cli_helpers import UTCP, poll_until, utcp_cli
 from utcp.tools.tunnel import Tunnel, TunnelAddress, parse_address
 
 pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
@@ -175,15 +175,6 @@ class Chain:
         sock = socket.create_connection((HOST, self.port), timeout=HANG_S)
         sock.settimeout(HANG_S)
         return sock
-
-
-def wait_until(predicate: Callable[[], bool], what: str, timeout: float = HANG_S) -> None:
-    """Poll a condition that has no event of its own; fail loudly if it never holds."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting until {what}")
-        time.sleep(0.05)
 
 
 def closed_lines(proc: Proc) -> list[str]:
@@ -333,7 +324,7 @@ def test_http_20_parallel_requests(
             if MIB < int(re.findall(r"down (\d+) B", line)[0]) < MIB + KIB
         ]
 
-    wait_until(lambda: len(small_ones()) >= 20, "the 20 connections are logged")
+    poll_until(lambda: len(small_ones()) >= 20, "the 20 connections are logged")
     assert all(line.endswith(", closed") for line in closed_lines(chain.client))
 
 
@@ -363,7 +354,7 @@ def test_half_close_still_receives_the_whole_answer(
     assert not server.errors
 
     # The client end's log line and its counters on exit tell the same story.
-    wait_until(lambda: bool(closed_lines(chain.client)), "the connection is logged")
+    poll_until(lambda: bool(closed_lines(chain.client)), "the connection is logged")
     (line,) = closed_lines(chain.client)
     assert f"up {len(request)} B, down {len(reply)} B" in line and line.endswith(", closed")
     out = chain.client.stop(signal.SIGTERM)
@@ -411,7 +402,7 @@ def test_a_reset_on_one_side_resets_the_other(
     assert got_reset.wait(HANG_S), "the server never saw the client's reset"
     assert seen == ["reset"]
 
-    wait_until(lambda: len(closed_lines(chain.client)) == 2, "both connections are logged")
+    poll_until(lambda: len(closed_lines(chain.client)) == 2, "both connections are logged")
     reasons = {
         int(line.split()[2]): line.rpartition(", ")[2] for line in closed_lines(chain.client)
     }
@@ -425,7 +416,7 @@ def test_nobody_at_the_far_end_resets_the_client(procs: Procs) -> None:
         chain = Chain(procs, free_port)
         with chain.connect() as sock, pytest.raises(ConnectionResetError):
             sock.recv(64)
-    wait_until(lambda: bool(closed_lines(chain.server)), "the server end logs it")
+    poll_until(lambda: bool(closed_lines(chain.server)), "the server end logs it")
     assert closed_lines(chain.server)[0].endswith("tcp connect refused")
 
 
@@ -472,7 +463,7 @@ def test_killed_server_end_resets_client_connections(
         for t in threads:
             t.join(HANG_S + 5)
     assert results == {"talker": "reset", "idler": "reset"}
-    wait_until(lambda: len(closed_lines(chain.client)) == 2, "both connections are logged")
+    poll_until(lambda: len(closed_lines(chain.client)) == 2, "both connections are logged")
     reasons = sorted(line.rpartition(", ")[2] for line in closed_lines(chain.client))
     # The server end's port is closed: read from the ICMP errors (the fast I/O path) that is
     # a reset within seconds; without them the user timeout and keepalive end both.
@@ -497,7 +488,7 @@ def test_stopped_server_end_resets_client_connections(
             sock.recv(64)
     assert chain.server.popen.returncode == 0
     assert "connections=1 active=0 closed=0 errors=1 (tunnel closed=1)" in out, out
-    wait_until(lambda: bool(closed_lines(chain.client)), "the client end logs it")
+    poll_until(lambda: bool(closed_lines(chain.client)), "the client end logs it")
     assert closed_lines(chain.client)[0].endswith(", utcp reset")
 
 

@@ -46,6 +46,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.connection.handshake",
     "utcp.connection.transmit",
     "utcp.connection.prediction",
+    "utcp.connection.teardown",
     "utcp.connection.connection",
     "utcp.endpoint",
     "utcp.asyncio.errqueue",

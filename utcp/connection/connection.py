@@ -9,10 +9,12 @@ SYN); they are converted to 32-bit wire numbers only when a packet is built or p
 The parts own their state and never see this object (README, "Design"): ``SendSide`` and
 ``ReceiveSide`` (positions, buffers, windows, ACK scheduling), ``Negotiated`` (the options of
 the handshake), ``LossRecovery`` (scoreboard, RTT, congestion control, recovery, TLP),
-``Sender`` and ``Segments`` (what goes out and how it is encoded), ``Liveness`` (keepalive,
-idle timeout), ``TimerHandlers`` (RTO, persist, FIN_WAIT_2), ``Control`` (control segments
-owed), ``Deadlines``, ``Counters`` and ``TracePoints``.  They report back by return values;
-the state transitions, the close sequence and the events live here.
+``Sender``, ``Segments`` and ``Transmit`` (what goes out, how it is encoded, in what order),
+``HeaderPrediction`` (the fast receive path), ``Liveness`` (keepalive, idle timeout),
+``TimerHandlers`` (RTO, persist), ``Teardown`` (TIME_WAIT, an orphan's FIN_WAIT_2),
+``Control`` (control segments owed), ``Deadlines``, ``Counters`` and ``TracePoints``.  They
+report back by return values; the state transitions, the close sequence and the events live
+here, as do the receive path's checks that decide them.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ from .segments import Segments
 from .send_side import SendSide
 from .sender import Sender
 from .stats import ConnectionStats, SenderLimits, snapshot
+from .teardown import Teardown
 from .timers import TimerHandlers
 from .tracepoints import TracePoints
 from .transmit import Transmit
@@ -111,10 +114,6 @@ class Connection:
         self._events: deque[Event] = deque()
         self._close_reason: CloseReason | None = None
         self._closed_event_pending = False  # the orderly close waits for the EOF to be read
-        # The application has closed and reads nothing more (orphan()): FIN_WAIT_2 is bounded
-        # and FIN_WAIT_1 gives up after fin_retries, as Linux treats orphaned sockets.
-        self._orphaned = False
-        self._time_wait_s = 2 * cfg.msl_s  # how long TIME_WAIT lasts (shorten_time_wait)
         self._fast = cfg.fast_paths
 
         # The parts, each given the others it needs (never this object).
@@ -182,6 +181,9 @@ class Connection:
             log=log,
         )
         self._limits = limits = SenderLimits()
+        self._teardown = Teardown(
+            cfg, rcv=rcv, loss=loss, control=control, deadlines=dl, counters=count, log=log
+        )
         self._prediction = HeaderPrediction(
             snd=snd, rcv=rcv, opts=opts, loss=loss, sender=sender, liveness=live
         )
@@ -240,7 +242,7 @@ class Connection:
     @property
     def is_orphaned(self) -> bool:
         """Whether ``orphan()`` was called: the application has closed for good."""
-        return self._orphaned
+        return self._teardown.orphaned
 
     @property
     def send_buffer_size(self) -> int:
@@ -347,27 +349,16 @@ class Connection:
         if self._trace.tracer is not None:
             self._trace.now = now
         self.close()
-        self._orphaned = True
+        self._teardown.orphaned = True
         if self._state is FIN_WAIT_2:
-            self._arm_fin_wait_2(now)
+            self._teardown.arm_fin_wait_2(now)
 
     def shorten_time_wait(self, *, now: float) -> None:
         """Cut TIME_WAIT down to two RTOs from now (at most 2 MSL): the driver is going away
         (its endpoint closing) and will not hold the socket for the full 2 MSL.  A lost final
         ACK shows as the peer's FIN retransmitted after about one RTO, still re-acknowledged
         within that time, which restarts the shortened wait."""
-        cfg = self.config
-        short = min(2 * cfg.msl_s, 2 * max(self._loss.rtt.rto, cfg.rto_min_s))
-        self._time_wait_s = min(self._time_wait_s, short)
-        dl = self._dl
-        if self._state is TIME_WAIT and dl.time_wait is not None:
-            dl.time_wait = min(dl.time_wait, now + self._time_wait_s)
-
-    def _arm_fin_wait_2(self, now: float) -> None:
-        """An orphan waits in FIN_WAIT_2 at most ``fin_wait_2_timeout_s`` for the peer's FIN."""
-        timeout = self.config.fin_wait_2_timeout_s
-        if timeout is not None and self._dl.fin_wait_2 is None:
-            self._dl.fin_wait_2 = now + timeout
+        self._teardown.shorten(now, self._state is TIME_WAIT)
 
     def receive_unreachable(self, quoted: Packet, *, now: float) -> bool:
         """An ICMP port unreachable (or another hard error) quoting ``quoted``, the header of
@@ -495,7 +486,7 @@ class Connection:
         st = self._state
         if timer == RTO:
             self._dl.tlp = None
-            return self._timers.on_rto(now, st, self._orphaned)
+            return self._timers.on_rto(now, st, self._teardown.orphaned)
         if timer == TLP:
             self._loss.on_tlp(now)
         elif timer == ACK:
@@ -503,7 +494,7 @@ class Connection:
         elif st not in SYNCHRONIZED:
             pass
         elif timer == FIN_WAIT_2_TIMER:
-            return self._timers.on_fin_wait_2() if st is FIN_WAIT_2 else None
+            return self._teardown.on_fin_wait_2() if st is FIN_WAIT_2 else None
         elif timer == PERSIST:
             if self._snd.window_closed() and not len(self._loss.scoreboard):
                 return self._timers.on_persist(now)
@@ -649,7 +640,8 @@ class Connection:
         seg_pos = rcv.position(p.seq)
         payload = p.payload
         if st is TIME_WAIT:
-            self._rx_time_wait(p, seg_pos, now)
+            if not self._teardown.rx_time_wait(p, seg_pos, now):
+                self._drop(DropReason.UNEXPECTED)
             return
         seg_len = len(payload) + (1 if flags & _FIN else 0)
         wnd = rcv.window()
@@ -713,28 +705,6 @@ class Connection:
             self._rx_data(seg_pos, payload, bool(flags & _FIN), now)
         elif p.probe is not None or p.probe_ack is not None:
             self._rx_pmtud(p, now)
-
-    def _rx_time_wait(self, p: Packet, seg_pos: int, now: float) -> None:
-        """TIME_WAIT answers one thing: a retransmission from the peer that did not get our
-        final ACK (its FIN, or data before it when earlier ACKs were lost too), acknowledged
-        again with 2 MSL restarted (RFC 9293 section 3.10.7.4).  Anything else is dropped
-        unanswered: the close is reported, nothing more may leave (an RST may not cut
-        TIME_WAIT short either, RFC 1337)."""
-        flags = p.flags
-        fin_pos = self._rcv.fin_pos
-        n = len(p.payload)
-        if (
-            (n or flags & _FIN)
-            and flags & _ACK
-            and not flags & (_SYN | _RST)
-            and fin_pos is not None
-            and seg_pos + n <= fin_pos
-        ):
-            self._rcv.ack_now = True
-            self._count.dup_segments += 1
-            self._dl.time_wait = now + self._time_wait_s
-            return
-        self._drop(DropReason.UNEXPECTED)
 
     def _rx_rst(self, seg_pos: int, acceptable: bool, wnd: int, now: float) -> None:
         """An RST: RFC 5961 section 3.2, only an exact match resets; elsewhere in the window
@@ -804,8 +774,8 @@ class Connection:
             self._events.append(FinAcknowledged())
         if st is FIN_WAIT_1:
             self._set_state(FIN_WAIT_2)
-            if self._orphaned:
-                self._arm_fin_wait_2(now)
+            if self._teardown.orphaned:
+                self._teardown.arm_fin_wait_2(now)
         elif st is CLOSING:
             self._enter_time_wait(now)
         elif st is LAST_ACK:
@@ -891,11 +861,7 @@ class Connection:
         self._set_state(TIME_WAIT)
         self._orderly_close()
         self._clear_timers()
-        self._loss.clear()
-        control = self._control
-        control.need_syn = control.send_probe = False
-        control.probe_ack_id = None
-        self._dl.time_wait = now + self._time_wait_s
+        self._teardown.start_time_wait(now)
 
     # ------------------------------------------------------------------ sending
 

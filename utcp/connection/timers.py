@@ -1,5 +1,5 @@
-"""The retransmission timer (and the PMTU black hole it may reveal), the window probe timer
-and an orphan's FIN_WAIT_2 limit.
+"""The retransmission timer (and the PMTU black hole it may reveal) and the window probe
+timer.
 
 Each handler runs from ``Connection.handle_timer`` once its deadline has passed (and was
 cleared), never sends (it sets what ``datagrams_to_send`` will emit) and answers with the
@@ -36,7 +36,7 @@ BLACK_HOLE_RTOS: Final = 3
 
 @final
 class TimerHandlers:
-    """What the RTO, persist and FIN_WAIT_2 timers do when they expire."""
+    """What the RTO and persist timers do when they expire."""
 
     def __init__(
         self,
@@ -166,10 +166,3 @@ class TimerHandlers:
         snd.persist_backoff = min(snd.persist_backoff + 1, 16)
         self._log.debug("window_probe", probes=snd.persist_probes)
         return None
-
-    def on_fin_wait_2(self) -> CloseReason:
-        """An orphan's FIN_WAIT_2 lasted ``fin_wait_2_timeout_s``: the peer never closed its
-        side.  Reset, as Linux does after tcp_fin_timeout, so it cannot linger forever."""
-        self._log.info("fin_wait_2_timeout")
-        self._control.need_rst = True
-        return CloseReason.TIMEOUT
