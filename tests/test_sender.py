@@ -8,8 +8,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import pytest
-
 from utcp.config import Config
 from utcp.connection.counters import Counters
 from utcp.connection.deadlines import Deadlines
@@ -410,11 +408,6 @@ def test_a_retransmission_waiting_for_cwnd_is_congestion() -> None:
     assert _stats(s, limits, ESTABLISHED).time_limited_by_congestion_s == 0.5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bytes_retx counts the FIN's sequence position as a payload byte (Sender.send_data "
-    "adds seg.end - seg.start); Counters.bytes_retx is documented as payload bytes",
-)
 def test_retransmitted_bytes_count_payload_not_the_fin() -> None:
     s = Stack()
     s.write(500)
@@ -427,11 +420,6 @@ def test_retransmitted_bytes_count_payload_not_the_fin() -> None:
     assert s.count.bytes_retx == 500
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bytes_retx counts the acknowledged head of a partly acknowledged segment, which "
-    "Segments.emit leaves out of the datagram",
-)
 def test_retransmitted_bytes_leave_out_what_was_acknowledged() -> None:
     """A peer that trimmed a segment to its window acknowledges part of it; the resend
     carries only the rest (RFC 9293 section 3.10.7.4), and only that is counted."""

@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-import pytest
-
 from utcp.config import Config
 from utcp.connection.control import Control
 from utcp.connection.counters import Counters
@@ -321,11 +319,6 @@ def test_the_window_probe_backoff_is_capped() -> None:
     assert s.snd.persist_backoff == 16
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="on_rto backs off whenever rto < syn_rto_max_s, so from rto_initial_s = 3 the "
-    "SYN timer goes 6 -> 12 s, past the documented ceiling (Config.syn_rto_max_s)",
-)
 def test_the_syn_timer_never_exceeds_its_ceiling() -> None:
     """Config.syn_rto_max_s: the longest wait between two SYNs; the timer doubles from
     rto_initial_s up to it (RFC 6298 section 5.5 backoff, bounded)."""

@@ -90,7 +90,8 @@ class Config:
     handshake is the client's."""
 
     syn_rto_max_s: float = 8.0
-    """Longest wait between two SYNs: their timer doubles from ``rto_initial_s`` up to here."""
+    """Longest wait between two SYNs: their timer doubles from ``rto_initial_s`` for as long as
+    it stays within this."""
 
     user_timeout_s: float | None = None
     """Longest the peer may go without acknowledging outstanding data before the connection

@@ -88,10 +88,12 @@ class Sender:
             loss.rexmit_now = False
             if trace.tracer is not None:
                 trace.retransmit(seg, snd)
+            # Payload bytes the datagram carries: what the peer already acknowledged is left
+            # out, and a FIN's position is no byte.
+            count.bytes_retx += snd.data_len(max(seg.start, snd.una), seg.end)
             seg_out.emit(out, seg.start, seg.end)
             sb.retransmitted(seg, now)
             count.retx += 1
-            count.bytes_retx += length
             sent_any = True
             self._log.debug("retransmit", seq=snd.wire_seq(seg.start), len=length, cwnd=cc.cwnd)
         # New data (and the FIN) within both windows.

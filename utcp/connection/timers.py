@@ -79,8 +79,8 @@ class TimerHandlers:
                 self._log.info("handshake_timeout", state=state.value)
                 control.need_rst = state is SYN_RECEIVED
                 return CloseReason.TIMEOUT
-            if rtt.rto < cfg.syn_rto_max_s:
-                rtt.back_off()
+            if 2 * rtt.rto <= cfg.syn_rto_max_s:
+                rtt.back_off()  # doubles, never past the SYN timer's ceiling
             if control.passive:
                 # At most one SYN-ACK per SYN (RFC 9000 section 8.1's concern: no
                 # amplification towards an unvalidated address). The client re-sends its
