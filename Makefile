@@ -8,7 +8,7 @@ COMPILED := $(VENV)/.compiled
 CORE_SOURCES := $(shell $(PYTHON) -c "import sys; sys.path.insert(0, 'utcp'); \
 	from _build import source_files; print(*source_files())")
 
-.PHONY: venv build test lint typecheck pytest demo bench fuzz clean
+.PHONY: venv build test lint typecheck pytest demo bench bench-wan fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,13 @@ demo: $(COMPILED)
 bench: $(COMPILED)
 	UTCP_PURE_BUILD=1 $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+
+# The same transports across one emulated WAN path between two network namespaces
+# (benchmarks/README.md, "WAN benchmark"); needs root and /dev/net/tun, else it says so and
+# exits 0. Extra flags: make bench-wan BENCH_WAN_ARGS='--quick'
+bench-wan: $(COMPILED)
+	UTCP_PURE_BUILD=1 $(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/wan/bench_wan.py $(BENCH_WAN_ARGS)
 
 # Coverage-guided fuzzing (docs/FUZZING.md): each target runs FUZZ_SECONDS from the seed corpus in
 # tests/fuzz/corpus/; new inputs and crash files go to FUZZ_OUT, never into the corpus.

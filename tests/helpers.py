@@ -115,6 +115,32 @@ class Link:
 
 
 @dataclass
+class BottleneckLink(Link):
+    """A ``Link`` behind a bottleneck: datagrams are serialised at ``rate_bps`` through a
+    first-in first-out queue of at most ``queue_packets`` (tail drop), then delayed and
+    impaired as a ``Link``; ``queue_dropped`` counts what the full queue refused."""
+
+    rate_bps: float = 10e6
+    queue_packets: int = 50
+    queue_dropped: int = 0
+    busy_until: float = 0.0
+    departures: list[float] = field(default_factory=list)
+
+    def transmit(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
+        waiting = [t for t in self.departures if t > now]
+        if len(waiting) >= self.queue_packets:
+            self.sent += 1
+            self.dropped += 1
+            self.queue_dropped += 1
+            return []
+        departure = max(now, self.busy_until) + len(data) * 8 / self.rate_bps
+        self.busy_until = departure
+        waiting.append(departure)
+        self.departures = waiting
+        return super().transmit(data, departure)
+
+
+@dataclass
 class Side:
     """What one application end saw: its events and the bytes delivered to it."""
 

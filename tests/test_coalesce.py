@@ -77,8 +77,9 @@ def test_order_is_kept_around_unmergeable_packets() -> None:
 
 
 def _established() -> tuple[Connection, Connection]:
-    # An initial window of 32 segments lets every write of the test below leave at once.
-    config = Config(pmtud=False, initial_cwnd_segments=32)
+    # An initial window of 32 segments, unpaced, lets every write of the test below leave at
+    # once.
+    config = Config(pmtud=False, initial_cwnd_segments=32, pacing="off")
     net = pair(config_a=config, config_b=config)
     a, b = establish(net)
     net.flush()

@@ -594,14 +594,14 @@ def test_abort_sends_rst_and_peer_sees_reset(who: str) -> None:
 
 
 def _vanish_mid_transfer(config: Config) -> tuple[Network, float, float]:
-    """Start a 200 kB upload, then cut both directions for good.
+    """Start a 2 MB upload, then cut both directions for good (mid-transfer).
 
     Returns the network once ``a`` has given up, the time of the cut and ``a``'s RTO then.
     """
     a_to_b, b_to_a = Link(), Link()
     net = pair(config_a=config.replace(pmtud=False), a_to_b=a_to_b, b_to_a=b_to_a)
     a, _ = establish(net)
-    a.send(bytes(200_000))
+    a.send(bytes(2_000_000))
     net.run_for(0.1)
     cut = net.now
     rto = a.stats.rto_s
@@ -631,8 +631,9 @@ def test_vanished_peer_hits_user_timeout(user_timeout_s: float) -> None:
 
 def test_vanished_peer_gives_up_after_max_retransmits() -> None:
     # Idle timeout and keepalive off: this is about the retransmission budget, which the 30 s
-    # idle timeout of the defaults would cut short (a test of its own covers that).
-    net, cut, rto0 = _vanish_mid_transfer(Config(tail_loss_probe=False, **QUIET))
+    # idle timeout of the defaults would cut short (a test of its own covers that).  Unpaced,
+    # the whole window is in flight at the cut: every datagram after it is a retransmission.
+    net, cut, rto0 = _vanish_mid_transfer(Config(tail_loss_probe=False, pacing="off", **QUIET))
     a, _ = conns(net)
     after = [s for s in _sent(net, "a") if s.time > cut]
     retransmits, final = after[:-1], after[-1]
@@ -1017,7 +1018,7 @@ def test_pause_reading_takes_back_data_not_yet_delivered_without_shrinking_the_w
     net = pair()
     a, b = establish(net)
     mss = a.mss
-    recv_buffer = DEFAULTS.recv_buffer_bytes
+    recv_buffer = DEFAULTS.recv_window_initial_bytes  # the window first offered
     payload = (bytes(range(256)) * (4 * mss // 256 + 1))[: 4 * mss]
     advertised_edge = b.stats.bytes_received + b.stats.receive_window_bytes  # before the batch
     a.send(payload)
@@ -1046,7 +1047,7 @@ def test_a_stretch_ack_showing_a_loss_halves_the_flight_the_loss_was_in() -> Non
     the segments before a hole and SACKs those after it. The window must be halved from the
     flight the loss happened in (RFC 5681 FlightSize), not from what is left outstanding once
     this very ACK has moved SND.UNA: that would cut it to a quarter or less."""
-    config = Config(pmtud=False, initial_cwnd_segments=20)
+    config = Config(pmtud=False, initial_cwnd_segments=20, pacing="off")  # one burst
     mss = config.mss_bytes
     # Datagram 0 is the handshake ACK; the burst is datagrams 1..20: lose the 11th segment.
     net = pair(config_a=config, a_to_b=Link(drop=lambda index, packet: index == 11))

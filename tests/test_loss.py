@@ -123,7 +123,7 @@ def test_karn_no_sample_from_a_retransmitted_segment() -> None:
 def test_no_sample_from_a_segment_sacked_before_its_cumulative_ack() -> None:
     s = Stack(sack=True)
     s.send(2, now=0.0)
-    s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 2 * MSS)),))
+    s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 2 * MSS)),), now=0.1)
     s.loss.on_new_ack(1 + 2 * MSS, now=3.0)  # a late ACK: 3 s would inflate SRTT
     assert s.loss.rtt.srtt is None
 
@@ -214,7 +214,7 @@ def test_sack_blocks_declare_a_hole_lost_without_three_duplicate_acks() -> None:
     SACKed above it is lost; section 5: recovery starts and it is resent at once."""
     s = Stack(sack=True)
     s.send(5, now=0.0)
-    s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 5 * MSS)),))  # all but the first
+    s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 5 * MSS)),), now=0.1)  # all but the first
     assert s.sb.pipe == MSS
     s.loss.maybe_enter_recovery(0.1)
     assert s.loss.in_recovery
@@ -230,7 +230,7 @@ def test_too_few_sacked_bytes_do_not_declare_a_loss() -> None:
     right behind a hole are not enough."""
     s = Stack(sack=True)
     s.send(3, now=0.0)
-    s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 3 * MSS)),))
+    s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 3 * MSS)),), now=0.1)
     s.loss.maybe_enter_recovery(0.1)
     assert not s.loss.in_recovery
     assert not s.seg(0).lost
@@ -241,11 +241,11 @@ def test_sack_blocks_outside_the_flight_are_ignored() -> None:
     """RFC 2018 section 3 / RFC 5961 spirit: a block must lie within [SND.UNA, SND.MAX]."""
     s = Stack(sack=True)
     s.send(3, now=0.0)
-    s.loss.on_sack(((s.wire(1 + 2 * MSS), s.wire(1 + 4 * MSS)),))  # runs past SND.MAX
-    s.loss.on_sack(((s.wire(1 - MSS), s.wire(1 + MSS)),))  # starts before SND.UNA
+    s.loss.on_sack(((s.wire(1 + 2 * MSS), s.wire(1 + 4 * MSS)),), now=0.1)  # runs past SND.MAX
+    s.loss.on_sack(((s.wire(1 - MSS), s.wire(1 + MSS)),), now=0.1)  # starts before SND.UNA
     assert s.sb.pipe == 3 * MSS
     assert not any(seg.sacked for seg in s.sb.segs)
-    s.loss.on_sack(((s.wire(1 + 2 * MSS), s.wire(1 + 3 * MSS)),))
+    s.loss.on_sack(((s.wire(1 + 2 * MSS), s.wire(1 + 3 * MSS)),), now=0.1)
     assert s.seg(2).sacked and s.sb.pipe == 2 * MSS
 
 

@@ -250,3 +250,24 @@ def test_dead_peer_ends_the_client_with_a_timeout(tmp_path: Path) -> None:
     # The relay's port is closed now: where the client reads ICMP errors (Linux, the fast I/O
     # path or asyncio's own loop) it is reset at once; elsewhere the user timeout ends it.
     assert ("timed out" if os.environ.get("UTCP_IO") == "portable" else "unreachable") in err
+
+
+# ------------------------------------------------------------------ the matrix with bbr
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(
+    ("options", "seed"),
+    [
+        (["--loss", "10%", "--delay", "20ms"], 81),
+        (["--loss", "2%", "--reorder", "5%", "--dup", "5%", "--corrupt", "1%"], 82),
+        (["--rate", "10", "--queue", "128K", "--blackhole", "1.5s+3s"], 83),
+    ],
+)
+def test_bbr_copies_intact(tmp_path: Path, options: list[str], seed: int, scale: str) -> None:
+    """The reliability matrix's impairments with ``--congestion bbr`` at both ends: paced,
+    model-based sending changes when segments leave, never what arrives."""
+    size = _size(1 * MIB, 4 * MIB, scale) if "--rate" not in options else 3 * MIB
+    relay, _, _ = _copy(tmp_path, size, seed, options, cat_args=["--congestion", "bbr"])
+    up = relay.counters["up"]
+    assert sum(v for k, v in up.items() if k.startswith(("dropped", "dup", "reord", "corr"))) > 0

@@ -284,7 +284,8 @@ def test_no_limit_converges_to_the_largest_udp_payload_in_a_few_rtts() -> None:
 
 
 def test_default_syn_is_the_protocol_vector() -> None:
-    a = Connection(Config(), local_cid=0xA, isn=1000)
+    # The vector's window scale (5) is a 1 MiB receive buffer's; the rest is the default.
+    a = Connection(Config(recv_buffer_bytes=1 << 20), local_cid=0xA, isn=1000)
     a.connect(now=0.0)
     assert a.datagrams_to_send(now=0.0) == [PMTUD_SYN_VECTOR]
 
@@ -402,7 +403,7 @@ def test_lost_probes_never_count_as_congestion() -> None:
 def test_pmtud_off_sends_exactly_what_it_did_before() -> None:
     """With discovery off the SYN is docs/PROTOCOL.md's test vector byte for byte, and no
     probe, answer or offer is ever sent."""
-    cfg = Config(pmtud=False)
+    cfg = Config(pmtud=False, recv_buffer_bytes=1 << 20)  # the vector's window scale: 5
     a = Connection(cfg, local_cid=0xA, isn=1000)
     a.connect(now=0.0)
     (syn,) = a.datagrams_to_send(now=0.0)

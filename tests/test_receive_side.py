@@ -229,8 +229,10 @@ def test_window_update_waits_until_the_window_grew_enough() -> None:
     assert not rcv.window_grew(MSS)
     del rcv.held[:1]  # window 800
     assert rcv.window_grew(MSS)
-    rcv.held[:] = b"h" * (BUFFER - 1)
-    rcv.adv_wnd = 0
-    assert rcv.window_grew(MSS)  # 1 byte after a zero window
+    # A zero window advertised (a fresh side, so no wider edge was promised before).
+    rcv = Side().rcv
     rcv.held[:] = b"h" * BUFFER
+    rcv.adv_wnd = 0
     assert not rcv.window_grew(MSS)
+    del rcv.held[:1]
+    assert rcv.window_grew(MSS)  # 1 byte after a zero window

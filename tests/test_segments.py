@@ -25,7 +25,9 @@ IRS = 40_000
 LOCAL_CID = 0x1111
 PEER_CID = 0x2222
 BUFFER = 1 << 20
-CONFIG = Config(mss_bytes=MSS, recv_buffer_bytes=BUFFER, pmtud=True, sack=True).validate()
+CONFIG = Config(
+    mss_bytes=MSS, recv_buffer_bytes=BUFFER, recv_autotune=False, pmtud=True, sack=True
+).validate()
 
 
 class Stack:

@@ -13,6 +13,7 @@ from utcp.connection.counters import Counters
 from utcp.connection.deadlines import Deadlines
 from utcp.connection.loss import LossRecovery
 from utcp.connection.options import Negotiated
+from utcp.connection.pacer import Pacer
 from utcp.connection.receive_side import ReceiveSide
 from utcp.connection.segments import Segments
 from utcp.connection.send_side import SendSide
@@ -87,6 +88,7 @@ class Stack:
             counters=self.count,
             trace=self.trace,
             pmtud=self.pm,
+            pacer=Pacer(enabled=config.pacing != "off", default_rate=config.pacing == "on"),
             log=log,
         )
 
@@ -357,6 +359,7 @@ def _stats(s: Stack, limits: SenderLimits, state: ConnectionState) -> Connection
         loss=s.loss,
         pmtud=s.pm,
         limits=limits,
+        pacing_rate=0.0,
     )
 
 

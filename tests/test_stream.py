@@ -469,10 +469,14 @@ FOUR_MIB = 4 << 20
 
 
 def test_large_buffer_is_advertised_through_window_scaling() -> None:
-    net = established(config_b=Config(recv_buffer_bytes=FOUR_MIB, **QUIET))
+    # Fixed windows (no autotuning): b's 4 MiB is offered whole from the first ACK.
+    net = established(
+        config_a=FIXED.replace(recv_autotune=False),
+        config_b=Config(recv_buffer_bytes=FOUR_MIB, recv_autotune=False, **QUIET),
+    )
     a, b = conns(net)
     syn, syn_ack = net.trace[0].packet, net.trace[1].packet
-    assert syn.wscale == 5  # 65535 << 4 < 1 MiB <= 65535 << 5
+    assert syn.wscale == 8  # 65535 << 7 < 8 MiB (the default maximum) <= 65535 << 8
     assert syn_ack.wscale == 7  # 65535 << 6 < 4 MiB <= 65535 << 7
     assert syn.window == syn_ack.window == UNSCALED_MAX  # SYN windows are never scaled
     a.send(b"x" * 5000)
@@ -481,7 +485,7 @@ def test_large_buffer_is_advertised_through_window_scaling() -> None:
     acks = [s.packet for s in net.trace[2:] if s.src == "b"]
     assert acks and all(p.window << 7 == FOUR_MIB for p in acks)
     assert a.stats.send_window_bytes == FOUR_MIB
-    assert b.stats.send_window_bytes == 1 << 20  # the client's default buffer, scaled by 5
+    assert b.stats.send_window_bytes == 8 << 20  # the client's default buffer, scaled by 8
 
 
 def handshake_raw(config: Config, *, wscale: int | None, window: int) -> tuple[Connection, Packet]:
@@ -508,7 +512,7 @@ def test_client_takes_the_syn_ack_window_unscaled() -> None:
     a = Connection(Config(), local_cid=CID_A, isn=ISN_A)
     a.connect(now=0.0)
     (raw,) = a.datagrams_to_send(now=0.0)
-    assert decode(raw).wscale == 5
+    assert decode(raw).wscale == 8  # from the 8 MiB the window may grow to
     syn_ack = Packet(
         Flag.SYN | Flag.ACK,
         src_cid=CID_B,
@@ -544,7 +548,8 @@ def test_no_window_scaling_when_the_peer_does_not_offer_it() -> None:
 
 
 def test_peer_window_is_scaled_by_its_offer_but_not_in_the_syn() -> None:
-    b, syn_ack = handshake_raw(Config(recv_buffer_bytes=FOUR_MIB), wscale=3, window=1000)
+    config = Config(recv_buffer_bytes=FOUR_MIB, recv_autotune=False)  # a fixed 4 MiB window
+    b, syn_ack = handshake_raw(config, wscale=3, window=1000)
     assert syn_ack.wscale == 7 and syn_ack.window == UNSCALED_MAX
     assert b.stats.send_window_bytes == 1000  # RFC 7323 2.2: the SYN's window is unscaled
     b.receive_datagram(client_segment(0, b"", window=1000), now=0.01)

@@ -35,7 +35,7 @@ S = ConnectionState
 ISN_A = 1000
 ISN_B = 5000
 MSS = Config().mss_bytes  # 1428
-WND = Config().recv_buffer_bytes  # 1 MiB, advertised as 32768 << 5 after the SYN
+WND = Config().recv_window_initial_bytes  # 256 KiB: 1024 << 8 (the scale of 8 MiB)
 SYN_WND = 65535  # SYN windows are never scaled
 SEGMENTS = 5
 FIXED = Config(pmtud=False)  # exact events and sizes: no PMTU probes (see _connected_pair)

@@ -7,7 +7,7 @@ bad value never surfaces as odd behaviour deep in the protocol.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .packet import HEADER_SIZE, MAX_WINDOW_FIELD, MAX_WSCALE
 
@@ -15,6 +15,51 @@ DEFAULT_DATAGRAM_BYTES = 1452  # UDP payload that fits a 1500-byte path (IPv6 40
 BASE_DATAGRAM_BYTES = 1200  # UDP payload every path is assumed to carry (RFC 8899 section 5.1.2)
 MAX_UDP_PAYLOAD_BYTES = 65507  # 65535 - IPv4 header 20 - UDP header 8
 IO_PATHS = ("auto", "fast", "portable")
+
+
+class BufferBudget:
+    """The running total behind ``Config.endpoint_buffer_bytes``: how many bytes of buffer
+    growth the connections sharing one ``Config`` object hold, against the limit."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def lease(self) -> BufferLease:
+        """A new, empty share of this budget for one buffer of one connection."""
+        return BufferLease(self)
+
+
+class BufferLease:
+    """One buffer's share of a ``BufferBudget``: resized as the buffer grows, given back by
+    ``release()`` or, at the latest, when the lease is freed with its connection."""
+
+    __slots__ = ("_budget", "bytes")
+
+    def __init__(self, budget: BufferBudget) -> None:
+        self._budget = budget
+        self.bytes = 0
+
+    def resize(self, want: int) -> int:
+        """Hold ``want`` bytes if the budget has room, else as many as it has (at least what
+        is held already); returns the bytes now held."""
+        budget = self._budget
+        have = self.bytes
+        if want > have:
+            want = have + max(0, min(want - have, budget.limit - budget.used))
+        budget.used += want - have
+        self.bytes = want
+        return want
+
+    def release(self) -> None:
+        """Give everything back."""
+        self._budget.used -= self.bytes
+        self.bytes = 0
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def _usable_path(value: object) -> bool:
@@ -47,11 +92,42 @@ class Config:
     OS and loop), or ``"auto"``: the ``UTCP_IO`` environment variable if set, else fast where
     the kernel supports it."""
 
-    recv_buffer_bytes: int = 1 << 20
-    """Receive buffer: bytes held for the application plus out-of-order data; the window."""
+    recv_buffer_bytes: int = 8 << 20
+    """Most the receive buffer may hold: bytes held for the application (while it does not
+    read) plus those the window lets the peer send.  The window scale our SYN offers is chosen
+    from it.  With ``recv_autotune`` the window starts at ``recv_window_initial_bytes`` and
+    grows towards this; without, the window is this from the start (a fixed buffer)."""
+
+    recv_window_initial_bytes: int = 256 << 10
+    """The window first offered with ``recv_autotune`` on (never more than
+    ``recv_buffer_bytes``)."""
+
+    recv_autotune: bool = True
+    """Receive-window autotuning ("dynamic right-sizing", as Linux's tcp_rcv_space_adjust):
+    once per receiver RTT the window grows to about twice the bytes the application took in
+    that RTT (more while that amount is still growing), so the window stays ahead of the
+    path's bandwidth-delay product; it never shrinks (docs/PROTOCOL.md, "Receive window
+    autotuning").  A reader that does not read takes nothing and closes the window as
+    before."""
 
     send_buffer_bytes: int = 1 << 20
-    """Unacknowledged bytes above which the stream layer applies backpressure to writers."""
+    """Unacknowledged bytes above which the stream layer applies backpressure to writers: the
+    transport's high-water mark (low water a quarter of it) when the connection needs no
+    more than this in flight."""
+
+    send_buffer_max_bytes: int = 8 << 20
+    """Most the transport's high-water mark grows to when the connection can have more in
+    flight (``Connection.send_buffer_goal``: twice what the congestion and peer windows let
+    fly), so a long fat path is not starved by ``send_buffer_bytes`` (a maximum below that
+    means no growth).  An application's own ``set_write_buffer_limits()`` replaces the
+    automatic mark."""
+
+    endpoint_buffer_bytes: int = 256 << 20
+    """Most the connections built from one ``Config`` object (those of one endpoint) may grow
+    their buffers by, together: receive windows beyond ``recv_window_initial_bytes`` and
+    high-water marks beyond ``send_buffer_bytes``.  Past it, windows and marks stop growing
+    (they never shrink for it); a connection gives its share back when its peer's FIN arrives
+    (receive) or the application is done with it (send), at the latest when it is freed."""
 
     delayed_ack_s: float = 0.040
     """Longest an acknowledgement may be held back (RFC 9293 section 3.8.6.3)."""
@@ -108,6 +184,14 @@ class Config:
 
     congestion_control: str = "newreno"
     """Name of the congestion control algorithm (see ``utcp.congestion.available``)."""
+
+    pacing: str = "auto"
+    """When segments are paced (``utcp/connection/pacer.py``) rather than sent in
+    window-sized bursts: ``"auto"`` at the rate the congestion controller sets (``bbr``
+    does; ``newreno`` sets none and is not paced, as Linux paces only where the controller
+    asks), ``"on"`` also for a controller without a rate (twice cwnd per smoothed RTT in
+    slow start, 1.2 times after, Linux's defaults), ``"off"`` never.  A burst is a millisecond
+    of data at the rate, so pacing costs nothing at loopback rates."""
 
     sack: bool = True
     """Offer and use selective acknowledgements (RFC 2018)."""
@@ -172,6 +256,13 @@ class Config:
     """Directory where the asyncio layer writes one trace file per connection
     (docs/TRACE.md); None leaves it to the ``UTCP_TRACE`` environment variable."""
 
+    buffer_budget: BufferBudget = field(init=False, repr=False, compare=False)
+    """Not a tunable: the running total of ``endpoint_buffer_bytes``, one per ``Config``
+    object (``replace()`` makes a new one), shared by the connections built from it."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "buffer_budget", BufferBudget(self.endpoint_buffer_bytes))
+
     def validate(self) -> Config:
         """Return self, or raise ``ValueError`` naming the first field with a bad value."""
         checks = [
@@ -190,7 +281,13 @@ class Config:
                 self.recv_buffer_bytes <= MAX_WINDOW_FIELD << MAX_WSCALE,
                 "recv_buffer_bytes is larger than the largest window",
             ),
+            (
+                self.recv_window_initial_bytes >= 2 * self.mss_bytes,
+                "recv_window_initial_bytes < 2 * mss_bytes",
+            ),
             (self.send_buffer_bytes > 0, "send_buffer_bytes must be positive"),
+            (self.send_buffer_max_bytes > 0, "send_buffer_max_bytes must be positive"),
+            (self.endpoint_buffer_bytes >= 0, "endpoint_buffer_bytes must be >= 0"),
             (self.delayed_ack_s >= 0, "delayed_ack_s must be >= 0"),
             (self.ack_every_segments >= 1, "ack_every_segments must be >= 1"),
             (0 < self.rto_min_s <= self.rto_max_s, "need 0 < rto_min_s <= rto_max_s"),
@@ -198,6 +295,7 @@ class Config:
             (self.max_retransmits >= 1, "max_retransmits must be >= 1"),
             (self.syn_retries >= 0, "syn_retries must be >= 0"),
             (self.syn_rto_max_s > 0, "syn_rto_max_s must be positive"),
+            (self.pacing in ("auto", "on", "off"), "pacing must be 'auto', 'on' or 'off'"),
             (self.fin_retries >= 0, "fin_retries must be >= 0"),
             (
                 self.fin_wait_2_timeout_s is None or self.fin_wait_2_timeout_s > 0,

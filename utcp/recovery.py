@@ -86,7 +86,21 @@ class RttEstimator:
 class SentSegment:
     """One transmitted segment awaiting acknowledgement; ``end`` includes a FIN's position."""
 
-    __slots__ = ("acked", "end", "in_pipe", "lost", "retx", "sacked", "sent_at", "start", "tx")
+    __slots__ = (
+        "acked",
+        "app_limited",
+        "delivered",
+        "delivered_time",
+        "end",
+        "first_sent_time",
+        "in_pipe",
+        "lost",
+        "retx",
+        "sacked",
+        "sent_at",
+        "start",
+        "tx",
+    )
 
     def __init__(self, start: int, end: int, sent_at: float) -> None:
         self.start = start
@@ -98,6 +112,12 @@ class SentSegment:
         self.sacked = False
         self.lost = False  # declared lost and not yet sent again
         self.in_pipe = True  # counted in ``Scoreboard.pipe``
+        # The connection's delivery state when it was (last) sent, for the delivery rate
+        # sample its acknowledgement gives (draft-cheng-iccrg-delivery-rate-estimation).
+        self.delivered = 0
+        self.delivered_time = 0.0
+        self.first_sent_time = 0.0
+        self.app_limited = False
 
 
 def _start_key(seg: SentSegment) -> int:
@@ -117,9 +137,14 @@ class Scoreboard:
         "_lost",
         "_retx_order",
         "_tx",
+        "app_limited_until",
+        "delivered",
+        "delivered_time",
+        "first_sent_time",
         "highest_sacked",
         "highest_sacked_tx",
         "lost_log",
+        "newest_delivered",
         "pipe",
         "segs",
     )
@@ -137,6 +162,16 @@ class Scoreboard:
         # When a list, every segment newly declared lost is appended to it (for tracing; the
         # owner empties it).  None, the default, costs one test per loss.
         self.lost_log: list[SentSegment] | None = None
+        # Delivery accounting for rate samples (draft-cheng-iccrg-delivery-rate-estimation):
+        # bytes delivered (cumulatively ACKed or SACKed) so far and when the latest were,
+        # the send time of the first segment of the current flight, the delivered mark below
+        # which samples are application-limited (0: none), and the most recently sent segment
+        # delivered since the last sample was taken.
+        self.delivered = 0
+        self.delivered_time = 0.0
+        self.first_sent_time = 0.0
+        self.app_limited_until = 0
+        self.newest_delivered: SentSegment | None = None
 
     def __len__(self) -> int:
         return len(self.segs) - self._head
@@ -149,8 +184,19 @@ class Scoreboard:
         """The newest segment sent."""
         return self.segs[-1] if self._head < len(self.segs) else None
 
+    def _stamp(self, seg: SentSegment, now: float) -> None:
+        """Note the delivery state ``seg`` leaves in (on each of its transmissions)."""
+        if not self.pipe:
+            # Nothing in flight: the flight, and the rate sample's intervals, start now.
+            self.first_sent_time = self.delivered_time = now
+        seg.delivered = self.delivered
+        seg.delivered_time = self.delivered_time
+        seg.first_sent_time = self.first_sent_time
+        seg.app_limited = self.app_limited_until != 0
+
     def add(self, seg: SentSegment) -> None:
         """Record a first transmission."""
+        self._stamp(seg, seg.sent_at)
         self._tx += 1
         seg.tx = self._tx
         self.segs.append(seg)
@@ -158,6 +204,7 @@ class Scoreboard:
 
     def retransmitted(self, seg: SentSegment, now: float) -> None:
         """Record that ``seg`` was sent again."""
+        self._stamp(seg, now)
         self._tx += 1
         seg.tx = self._tx
         self._retx_order.append((seg.tx, seg))
@@ -173,7 +220,15 @@ class Scoreboard:
             seg.in_pipe = False
             self.pipe -= seg.end - seg.start
 
-    def ack_to(self, position: int) -> list[SentSegment]:
+    def _delivered(self, seg: SentSegment, now: float) -> None:
+        """``seg`` reached the peer (ACKed or SACKed for the first time)."""
+        self.delivered += seg.end - seg.start
+        self.delivered_time = now
+        newest = self.newest_delivered
+        if newest is None or seg.tx > newest.tx:
+            self.newest_delivered = seg
+
+    def ack_to(self, position: int, now: float = 0.0) -> list[SentSegment]:
         """Remove and return the segments wholly before ``position`` (cumulative ACK)."""
         segs = self.segs
         i = self._head
@@ -185,6 +240,8 @@ class Scoreboard:
             if seg.in_pipe:
                 seg.in_pipe = False
                 self.pipe -= seg.end - seg.start
+            if not seg.sacked:
+                self._delivered(seg, now)
             seg.acked = True
             i += 1
         acked = segs[self._head : i]
@@ -197,7 +254,7 @@ class Scoreboard:
             self._head = 0
         return acked
 
-    def on_sack(self, start: int, end: int) -> int:
+    def on_sack(self, start: int, end: int, now: float = 0.0) -> int:
         """Mark segments wholly inside [start, end) as SACKed; return bytes newly SACKed.
 
         SACKed segments give no RTT sample: the ACK that reports them may be late because
@@ -214,6 +271,7 @@ class Scoreboard:
                 seg.sacked = True
                 seg.lost = False
                 self._leave_pipe(seg)
+                self._delivered(seg, now)
                 newly += seg.end - seg.start
                 newest = seg.end
                 if seg.tx > self.highest_sacked_tx:
@@ -287,6 +345,10 @@ class Scoreboard:
             piece.retx = seg.retx
             piece.lost = True
             piece.in_pipe = False
+            piece.delivered = seg.delivered
+            piece.delivered_time = seg.delivered_time
+            piece.first_sent_time = seg.first_sent_time
+            piece.app_limited = seg.app_limited
             pieces.append(piece)
         seg.end = cuts[0]
         segs = self.segs
@@ -315,6 +377,11 @@ class Scoreboard:
             lost.popleft()
         return None
 
+    def mark_app_limited(self) -> None:
+        """The sender has nothing more to send with room in its window: rate samples until
+        what is in flight now is delivered measure the application, not the path."""
+        self.app_limited_until = max(self.delivered + self.pipe, 1)
+
     def clear(self) -> None:
         """Forget everything (the connection is gone)."""
         self.segs.clear()
@@ -322,3 +389,4 @@ class Scoreboard:
         self._retx_order.clear()
         self._head = self._loss_scan = self.pipe = self.highest_sacked = 0
         self._tx = self.highest_sacked_tx = 0
+        self.newest_delivered = None

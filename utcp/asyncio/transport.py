@@ -3,7 +3,10 @@
 It keeps asyncio's Transport/Protocol contract, so the standard library's own
 ``StreamReaderProtocol``/``StreamWriter`` (and any protocol written for TCP) run on it unchanged:
 ``pause_writing``/``resume_writing`` follow the bytes not yet acknowledged by the peer, and
-``pause_reading`` closes the advertised receive window.  It sees its endpoint only through
+``pause_reading`` closes the advertised receive window.  The high-water mark sizes itself: at
+least ``Config.send_buffer_bytes``, more when the connection can have more in flight
+(``Connection.send_buffer_goal``), up to ``Config.send_buffer_max_bytes`` and the endpoint's
+budget, until the application sets its own limits.  It sees its endpoint only through
 ``utcp.asyncio.interfaces.TransportHost`` and is driven through the public methods of
 ``StreamSink`` (``deliver_data``, ``deliver_eof``, ``connection_closed``, ...).
 """
@@ -39,9 +42,14 @@ class UtcpTransport(asyncio.Transport):
         self._pending: list[bytes] = []  # data that arrived before a protocol was attached
         self._pending_eof = False
         self._pending_lost: tuple[Exception | None] | None = None
-        high = endpoint.config.send_buffer_bytes
+        cfg = endpoint.config
+        high = cfg.send_buffer_bytes
         self._high_water = high
         self._low_water = high // 4
+        # The automatic mark, until set_write_buffer_limits(): growth beyond the configured
+        # one is leased from the endpoint's budget (Config.endpoint_buffer_bytes).
+        self._auto_limits = cfg.send_buffer_max_bytes > high
+        self._lease = cfg.buffer_budget.lease()
         udp = endpoint.transport
         self._extra: dict[str, Any] = {
             "peername": handle.addr
@@ -91,6 +99,7 @@ class UtcpTransport(asyncio.Transport):
         if not self._closing or self._lost or self._protocol is None:
             return
         self._lost = True
+        self._lease.release()
         _log.debug("transport_closed", reason="fin_acknowledged")
         self._endpoint.transport_released(self._handle)
         self._loop.call_soon(self._call, self._protocol.connection_lost, None)
@@ -172,15 +181,32 @@ class UtcpTransport(asyncio.Transport):
         return (self._low_water, self._high_water)
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """Fix the marks, as on asyncio's transports; they win over the automatic sizing.
+        With neither given, the automatic marks come back (asyncio's "the defaults")."""
+        cfg = self._endpoint.config
+        auto = high is None and low is None and cfg.send_buffer_max_bytes > cfg.send_buffer_bytes
         if high is None:
-            high = 4 * low if low is not None else self._endpoint.config.send_buffer_bytes
+            high = 4 * low if low is not None else cfg.send_buffer_bytes
         if low is None:
             low = high // 4
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+        self._auto_limits = auto
+        if not auto:
+            self._lease.release()
         self._high_water = high
         self._low_water = low
         self.update_flow_control()
+
+    def _size_limits(self) -> None:
+        """The automatic marks: the connection's goal, between the configured mark and
+        maximum, within what the endpoint's budget still grants."""
+        cfg = self._endpoint.config
+        base = cfg.send_buffer_bytes
+        goal = min(self._conn.send_buffer_goal, cfg.send_buffer_max_bytes)
+        high = base + self._lease.resize(goal - base if goal > base else 0)
+        self._high_water = high
+        self._low_water = high // 4
 
     # ------------------------------------------------------------------ from the endpoint
 
@@ -190,7 +216,14 @@ class UtcpTransport(asyncio.Transport):
         return self._lost
 
     def update_flow_control(self) -> None:
-        """The bytes in flight changed: pause or resume the protocol's writing."""
+        """The bytes in flight changed: size the marks, pause or resume the protocol's
+        writing."""
+        if self._auto_limits:
+            if self._lost:
+                self._auto_limits = False
+                self._lease.release()
+            else:
+                self._size_limits()
         if self._writing_paused:
             if self._conn.send_buffer_size > self._low_water:
                 return
@@ -283,6 +316,7 @@ class UtcpTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        self._lease.release()
         if reason is not None:
             _log.debug("transport_closed", reason=reason.value)
         self._endpoint.call_when_released(

@@ -22,7 +22,14 @@ from typing import BinaryIO
 from .. import Config, open_connection, start_server
 from ..log import get_logger
 from . import report
-from .helpers import Subcommands, duration, load_config_file, port_number
+from .helpers import (
+    Subcommands,
+    add_congestion_option,
+    config_for,
+    duration,
+    load_config_file,
+    port_number,
+)
 from .output import run_command
 
 CHUNK = 64 * 1024
@@ -66,8 +73,9 @@ def register(sub: Subcommands) -> None:
         type=Path,
         metavar="FILE",
         help="a JSON (or TOML) object of utcp.Config fields, e.g. "
-        '{"idle_timeout_s": 120}; --user-timeout overrides its user_timeout_s',
+        '{"idle_timeout_s": 120}; --user-timeout and --congestion override its fields',
     )
+    add_congestion_option(p)
     p.set_defaults(func=main, port_type=port_number)
 
 
@@ -170,7 +178,7 @@ def _config(args: argparse.Namespace) -> Config:
     values = load_config_file(args.config) if args.config is not None else {}
     if args.user_timeout is not None or "user_timeout_s" not in values:
         values["user_timeout_s"] = args.user_timeout
-    return Config(**values).validate()
+    return config_for(args, **values)
 
 
 async def _connect(args: argparse.Namespace, host: str, port: int) -> None:

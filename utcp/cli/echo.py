@@ -5,7 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from .helpers import Subcommands, port_number, serve_until_signalled
+from ..config import Config
+from .helpers import (
+    Subcommands,
+    add_congestion_option,
+    config_for,
+    port_number,
+    serve_until_signalled,
+)
 from .output import run_command
 
 
@@ -18,6 +25,7 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=9000, help="UDP port (0: any free port)")
+    add_congestion_option(p)
     p.set_defaults(func=main)
 
 
@@ -32,12 +40,12 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, config: Config | None = None) -> None:
     """Serve until SIGINT or SIGTERM."""
-    await serve_until_signalled(_echo, host, port, "echo server")
+    await serve_until_signalled(_echo, host, port, "echo server", config)
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the echo server."""
-    run_command(serve(args.host, args.port))
+    run_command(serve(args.host, args.port, config_for(args)))
     return 0

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from .. import start_server
 from ..config import Config
+from ..congestion import available
 from .report import reported
 from .units import parse_duration, parse_size
 
@@ -96,10 +97,11 @@ async def serve_until_signalled(
     host: str,
     port: int,
     name: str,
+    config: Config | None = None,
 ) -> None:
     """Run a stream server, print its address, and serve until SIGINT or SIGTERM; with -v
     each connection is reported (utcp.cli.report)."""
-    server = await start_server(reported(callback), host, port)
+    server = await start_server(reported(callback), host, port, config=config)
     async with server:
         try:
             addr = server.sockets[0].getsockname()
@@ -166,3 +168,21 @@ def load_config_file(path: Path) -> dict[str, Any]:
             raise ValueError(f"{path}: unknown Config field {name!r}")
         _check_value(name, value)
     return values
+
+
+def add_congestion_option(parser: argparse.ArgumentParser) -> None:
+    """``--congestion NAME``: the congestion controller of the command's connections."""
+    parser.add_argument(
+        "--congestion",
+        choices=sorted(available()),
+        default=None,
+        help=f"congestion control algorithm (default {Config().congestion_control})",
+    )
+
+
+def config_for(args: argparse.Namespace, **fields: Any) -> Config:
+    """The ``Config`` of a command: its defaults, ``fields``, then ``--congestion``."""
+    congestion = getattr(args, "congestion", None)
+    if congestion is not None:
+        fields["congestion_control"] = congestion
+    return Config(**fields).validate()

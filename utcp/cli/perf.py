@@ -19,7 +19,15 @@ from typing import Any
 
 from .. import Config, ConnectionStats, open_connection
 from ..trace import TRACE_ENV
-from .helpers import Subcommands, duration, port_number, serve_until_signalled, size
+from .helpers import (
+    Subcommands,
+    add_congestion_option,
+    config_for,
+    duration,
+    port_number,
+    serve_until_signalled,
+    size,
+)
 from .output import run_command
 from .report import (
     clock_note,
@@ -47,6 +55,7 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument("target", nargs="*", metavar="HOST PORT", help="the perf server to test")
     p.add_argument("-s", "--server", action="store_true", help="run the perf server")
+    add_congestion_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address the server binds")
     p.add_argument("--port", type=port_number, default=5201, help="server UDP port (default 5201)")
     amount = p.add_mutually_exclusive_group()
@@ -138,16 +147,16 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         writer.close()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, config: Config | None = None) -> None:
     """The perf server: serves tests until SIGINT or SIGTERM."""
-    await serve_until_signalled(_serve_one, host, port, "perf server")
+    await serve_until_signalled(_serve_one, host, port, "perf server", config)
 
 
 # ---------------------------------------------------------------------------------- client
 
 
 async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flow) -> None:
-    reader, writer = await open_connection(host, port, config=Config())
+    reader, writer = await open_connection(host, port, config=config_for(args))
     opened_at = connection_opened(writer, accepted=False)
     flow.writer = writer
     request = {"reverse": args.reverse, "bytes": args.bytes, "time": args.time}
@@ -253,7 +262,7 @@ def main(args: argparse.Namespace) -> int:
         if args.target:
             print("utcp perf: error: --server takes no HOST PORT", file=sys.stderr)
             return 2
-        run_command(serve(args.host, args.port))
+        run_command(serve(args.host, args.port, config_for(args)))
         return 0
     if len(args.target) != 2:
         print("utcp perf: error: give HOST PORT (or --server)", file=sys.stderr)

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from .base import CongestionController, available, create, register
+from .base import CongestionController, RateSample, available, create, register
+from .bbr import Bbr
 from .newreno import NewReno
 
-__all__ = ["CongestionController", "NewReno", "available", "create", "register"]
+__all__ = [
+    "Bbr",
+    "CongestionController",
+    "NewReno",
+    "RateSample",
+    "available",
+    "create",
+    "register",
+]

@@ -1,16 +1,56 @@
 """The congestion controller interface and the registry of algorithms by name.
 
-A controller only decides ``cwnd`` and ``ssthresh``; loss detection and the recovery episode
-belong to the connection, which tells the controller what happened.
+A controller decides ``cwnd`` and ``ssthresh`` and may set a ``pacing_rate``; loss detection
+and the recovery episode belong to the connection, which tells the controller what happened.
+A model-based controller (BBR) also asks for a delivery rate sample on every acknowledgement
+(``wants_rate_samples``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar
+from typing import ClassVar, final
 
 from mypy_extensions import mypyc_attr
+
+
+@final
+class RateSample:
+    """One delivery rate sample (draft-cheng-iccrg-delivery-rate-estimation): taken when an
+    acknowledgement delivers data, from the most recently sent segment it delivered."""
+
+    __slots__ = (
+        "app_limited",
+        "delivered",
+        "delivery_rate",
+        "in_flight",
+        "interval_s",
+        "newly_acked",
+        "prior_delivered",
+        "rtt_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        delivery_rate: float,
+        delivered: int,
+        interval_s: float,
+        prior_delivered: int,
+        rtt_s: float | None,
+        app_limited: bool,
+        in_flight: int,
+        newly_acked: int,
+    ) -> None:
+        self.delivery_rate = delivery_rate  # bytes per second; 0.0 when the sample is invalid
+        self.delivered = delivered  # bytes delivered over the interval
+        self.interval_s = interval_s
+        self.prior_delivered = prior_delivered  # the connection's delivered count at its send
+        self.rtt_s = rtt_s  # of that segment, None if it was retransmitted (Karn)
+        self.app_limited = app_limited  # the sender had nothing to send: a lower bound only
+        self.in_flight = in_flight  # bytes in flight after this acknowledgement
+        self.newly_acked = newly_acked  # bytes this acknowledgement delivered
 
 
 # Applications subclass it (and NewReno) even when the core is the compiled build.
@@ -19,11 +59,23 @@ class CongestionController(ABC):
     """Owns the congestion window; fed acknowledgements, congestion events and timeouts."""
 
     name: ClassVar[str]
+    # Whether on_rate_sample is to be called (building samples costs a little per ACK).
+    wants_rate_samples: ClassVar[bool] = False
 
     def __init__(self, *, mss: int, initial_window_segments: int) -> None:
         self.mss = mss
         self.cwnd = initial_window_segments * mss
         self.ssthresh = 1 << 62  # "arbitrarily high" (RFC 5681 section 3.1)
+        # Bytes per second segments should leave at, or None for the connection's default
+        # (Linux's: twice cwnd per smoothed RTT in slow start, 1.2 times after).
+        self.pacing_rate: float | None = None
+        self.phase = ""  # the controller's state, for stats and traces ("" if it has none)
+        self.bandwidth: float | None = None  # bytes per second, a model's estimate
+        self.min_rtt: float | None = None  # seconds, a model's estimate
+
+    def on_rate_sample(self, sample: RateSample, *, now: float) -> None:  # noqa: B027
+        """An acknowledgement delivered data (only when ``wants_rate_samples``); a controller
+        that does not ask for samples never gets this call, so the default does nothing."""
 
     @property
     def in_slow_start(self) -> bool:

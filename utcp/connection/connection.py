@@ -76,6 +76,7 @@ from .handshake import take_syn
 from .liveness import UNREACHABLE_CONFIRMED, UNREACHABLE_NOTED, Liveness
 from .loss import LossRecovery
 from .options import Negotiated
+from .pacer import Pacer
 from .prediction import HeaderPrediction
 from .receive_side import TAKE_FIN, TAKE_OVER_BUFFER, ReceiveSide
 from .segments import Segments
@@ -144,6 +145,7 @@ class Connection:
             counters=count,
             trace=trace,
         )
+        self._pacer = pacer = Pacer(enabled=cfg.pacing != "off", default_rate=cfg.pacing == "on")
         self._sender = sender = Sender(
             cfg,
             snd=snd,
@@ -155,6 +157,7 @@ class Connection:
             counters=count,
             trace=trace,
             pmtud=pmtud,
+            pacer=pacer,
             log=log,
         )
         self._timers = TimerHandlers(
@@ -250,6 +253,14 @@ class Connection:
         return len(self._snd.buf)
 
     @property
+    def send_buffer_goal(self) -> int:
+        """Bytes the application should keep written and unacknowledged for the path to stay
+        full: twice what may be in flight (the congestion window, or the peer's window when
+        smaller), so a flight's worth waits behind the one under way.  What a transport's
+        automatic high-water mark follows (Config.send_buffer_max_bytes bounds it)."""
+        return 2 * min(self._loss.cc.cwnd, self._snd.wnd)
+
+    @property
     def mss(self) -> int:
         """Largest payload this side puts in one segment."""
         return self._snd.mss
@@ -290,6 +301,7 @@ class Connection:
             loss=self._loss,
             pmtud=self._pmtud,
             limits=self._limits,
+            pacing_rate=self._pacer.rate,
         )
 
     @property
@@ -953,4 +965,7 @@ class Connection:
         """Report the congestion window if it changed (once the SYN is acknowledged, so the
         first report is the initial window, and not after the end)."""
         if self._snd.una and self._state is not CLOSED:
-            self._trace.cwnd(self._loss.cc, self._loss.scoreboard.pipe)
+            cc = self._loss.cc
+            self._trace.cwnd(cc, self._loss.scoreboard.pipe)
+            if cc.phase:
+                self._trace.phase(cc, self._pacer.rate)

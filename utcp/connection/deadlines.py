@@ -18,6 +18,7 @@ __all__ = [
     "IDLE",
     "KEEPALIVE",
     "NAMES",
+    "PACE",
     "PERSIST",
     "RTO",
     "TIMER_COUNT",
@@ -39,6 +40,7 @@ NAMES: Final = (
     "keepalive",
     "idle",
     "confirm",
+    "pace",
 )
 # The same timers as trace events name them (docs/TRACE.md, ``timer_fired``).
 TRACE_NAMES: Final = (
@@ -51,6 +53,7 @@ TRACE_NAMES: Final = (
     "keepalive",
     "idle",
     "handshake_ack",
+    "pacing",
 )
 # Each timer's index in NAMES: what ``Deadlines.at`` and ``Deadlines.stop`` take.
 TIME_WAIT_TIMER: Final = 0
@@ -62,7 +65,8 @@ ACK: Final = 5
 KEEPALIVE: Final = 6
 IDLE: Final = 7
 CONFIRM: Final = 8
-TIMER_COUNT: Final = 9
+PACE: Final = 9
+TIMER_COUNT: Final = 10
 
 
 @final
@@ -79,6 +83,7 @@ class Deadlines:
         self.keepalive: float | None = None  # keepalive, stall or ICMP-confirming probe
         self.idle: float | None = None  # idle timeout: the peer silent too long
         self.confirm: float | None = None  # re-send of the handshake ACK
+        self.pace: float | None = None  # the pacer lets the next segment leave
 
     def earliest(self) -> float | None:
         """The earliest deadline set, or None when every timer is off."""
@@ -109,6 +114,9 @@ class Deadlines:
         t = self.confirm
         if t is not None and (best is None or t < best):
             best = t
+        t = self.pace
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def at(self, timer: int) -> float | None:
@@ -131,6 +139,8 @@ class Deadlines:
             return self.idle
         if timer == CONFIRM:
             return self.confirm
+        if timer == PACE:
+            return self.pace
         raise ValueError(f"no timer {timer}")
 
     def stop(self, timer: int) -> None:
@@ -153,6 +163,8 @@ class Deadlines:
             self.idle = None
         elif timer == CONFIRM:
             self.confirm = None
+        elif timer == PACE:
+            self.pace = None
         else:
             raise ValueError(f"no timer {timer}")
 
@@ -160,3 +172,4 @@ class Deadlines:
         """Stop every timer."""
         self.rto = self.tlp = self.ack = self.persist = None
         self.time_wait = self.fin_wait_2 = self.keepalive = self.idle = self.confirm = None
+        self.pace = None

@@ -13,6 +13,7 @@ from typing import Any, Final, final
 
 from .. import congestion
 from ..config import Config
+from ..congestion import RateSample
 from ..packet import Flag, Packet
 from ..recovery import RttEstimator, Scoreboard
 from ..seqnum import seq_diff
@@ -64,6 +65,7 @@ class LossRecovery:
         self.tlp_sent = False  # one probe per flight, until new data is acknowledged
         self.timeouts_in_a_row = 0
         self.oldest_unacked_since: float | None = None
+        self._delivered_at_sample = 0  # scoreboard.delivered at the last rate sample
         self._dupthresh = config.dupack_threshold
         self._tail_loss_probe = config.tail_loss_probe
         self._delayed_ack_s = config.delayed_ack_s
@@ -94,7 +96,7 @@ class LossRecovery:
         snd = self._snd
         sack_ok = self._opts.sack_ok
         if sack_ok and p.sack_blocks:
-            self.on_sack(p.sack_blocks)
+            self.on_sack(p.sack_blocks, now)
         if ack_pos > snd.una:
             self.on_new_ack(ack_pos, now)
         elif (
@@ -109,8 +111,51 @@ class LossRecovery:
             self.on_dupack(now, sacked=bool(p.sack_blocks and sack_ok))
         elif sack_ok and p.sack_blocks and len(self.scoreboard):
             self.maybe_enter_recovery(now)
+        if self.scoreboard.newest_delivered is not None:
+            self.take_rate_sample(now)
 
-    def on_sack(self, blocks: tuple[tuple[int, int], ...]) -> None:
+    def take_rate_sample(self, now: float) -> None:
+        """Data was delivered since the last sample: measure the delivery rate from the most
+        recently sent segment delivered (draft-cheng-iccrg-delivery-rate-estimation section
+        3.3) and hand it to a controller that wants it."""
+        sb = self.scoreboard
+        p = sb.newest_delivered
+        if p is None:
+            return
+        sb.newest_delivered = None
+        # The next sample's send interval starts at this segment's sending (draft section
+        # 3.3: C.first_sent_time = P.send_time).
+        sb.first_sent_time = p.sent_at
+        delivered_total = sb.delivered
+        newly = delivered_total - self._delivered_at_sample
+        self._delivered_at_sample = delivered_total
+        if sb.app_limited_until and delivered_total > sb.app_limited_until:
+            sb.app_limited_until = 0
+        cc = self.cc
+        if not cc.wants_rate_samples:
+            return
+        send_elapsed = p.sent_at - p.first_sent_time
+        ack_elapsed = sb.delivered_time - p.delivered_time
+        interval = send_elapsed if send_elapsed > ack_elapsed else ack_elapsed
+        delivered = delivered_total - p.delivered
+        min_rtt = self.rtt.min_rtt
+        # An interval shorter than the minimum RTT is ACK compression: no valid rate.
+        valid = interval > 0.0 and (min_rtt is None or interval >= min_rtt)
+        cc.on_rate_sample(
+            RateSample(
+                delivery_rate=delivered / interval if valid else 0.0,
+                delivered=delivered,
+                interval_s=interval,
+                prior_delivered=p.delivered,
+                rtt_s=now - p.sent_at if p.retx == 0 else None,
+                app_limited=p.app_limited,
+                in_flight=sb.pipe,
+                newly_acked=newly,
+            ),
+            now=now,
+        )
+
+    def on_sack(self, blocks: tuple[tuple[int, int], ...], now: float) -> None:
         """Mark the SACK blocks of an ACK (wire numbers) on the scoreboard."""
         snd = self._snd
         una = snd.una
@@ -120,7 +165,7 @@ class LossRecovery:
             lp = una + seq_diff(left, una_wire)
             rp = una + seq_diff(right, una_wire)
             if una <= lp < rp <= snd.max:
-                sb.on_sack(lp, rp)
+                sb.on_sack(lp, rp, now)
 
     def on_new_ack(self, ack_pos: int, now: float) -> None:
         """SND.UNA advances to ``ack_pos``: release the data, sample the RTT, grow the window
@@ -129,7 +174,7 @@ class LossRecovery:
         sb = self.scoreboard
         trace = self._trace
         acked_bytes = ack_pos - snd.una
-        acked = sb.ack_to(ack_pos)
+        acked = sb.ack_to(ack_pos, now)
         # Karn's rule: no sample when any acknowledged segment was retransmitted (the ACK may
         # answer the retransmission), nor from a segment already SACKed (its ACK was held up
         # by a hole before it); otherwise the newest segment gives the RTT.
@@ -180,6 +225,8 @@ class LossRecovery:
             self.oldest_unacked_since = None
             if trace.tracer is not None:
                 trace.lost_by.clear()
+        if sb.newest_delivered is not None:
+            self.take_rate_sample(now)
 
     def loss_threshold(self) -> int:
         """SACKed bytes beyond a segment that declare it lost (RFC 6675's DupThresh)."""

@@ -1,10 +1,12 @@
-"""The receive side of a connection: the peer's positions, reassembly, the window we offer,
-in-order delivery and the scheduling of our ACKs.
+"""The receive side of a connection: the peer's positions, reassembly, the window we offer
+and its autotuning, in-order delivery and the scheduling of our ACKs.
 
 Positions are the peer's: 0 is its SYN.  ``nxt`` (RCV.NXT) only moves forward, by bytes
 delivered in order and then once for the peer's FIN; every byte it passes is handed to the
 application exactly once (``deliver``), or held while reading is paused.  An ACK is owed at
-once (``ack_now``) or by the delayed-ACK deadline, which building any ACK settles.
+once (``ack_now``) or by the delayed-ACK deadline, which building any ACK settles.  The
+buffer behind the window only grows (``Config.recv_autotune``), and the right edge of the
+window never moves left of the furthest one advertised (RFC 9293 section 3.8.6.2.2).
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from collections import deque
 from typing import Final, final
 
 from ..buffers import CHUNK_OVERHEAD_BYTES, ReassemblyBuffer
-from ..config import Config
+from ..config import BufferLease, Config
 from ..events import DataReceived, Event
+from ..packet import MAX_WINDOW_FIELD
 from ..seqnum import SEQ_MASK, seq_diff
 from .counters import Counters
 from .deadlines import Deadlines
@@ -25,6 +28,9 @@ __all__ = ["TAKE_FIN", "TAKE_OVER_BUFFER", "ReceiveSide"]
 TAKE_FIN: Final = 1  # the peer's FIN is now in order: RCV.NXT has passed it
 TAKE_OVER_BUFFER: Final = 2  # out-of-order data dropped: reassembly is full
 
+_NO_MARK: Final = 1 << 62  # no receiver RTT measurement under way
+_CUSHION_SEGMENTS: Final = 16  # added to the tuned window, as Linux's 16 * advmss
+
 
 @final
 class ReceiveSide:
@@ -33,7 +39,33 @@ class ReceiveSide:
     def __init__(
         self, config: Config, *, events: deque[Event], counters: Counters, deadlines: Deadlines
     ) -> None:
-        self.buffer_bytes = config.recv_buffer_bytes
+        autotune = config.recv_autotune
+        most = config.recv_buffer_bytes
+        # The buffer behind the window: starts modest with autotuning, grows up to ``max_bytes``
+        # (Config.recv_buffer_bytes, from which the SYN's window scale was chosen), and never
+        # shrinks.  Growth beyond the start is leased from the endpoint's budget.
+        self.buffer_bytes = min(config.recv_window_initial_bytes, most) if autotune else most
+        self.max_bytes = most
+        self._start_bytes = self.buffer_bytes
+        self._lease: BufferLease | None = (
+            config.buffer_budget.lease() if autotune and most > self.buffer_bytes else None
+        )
+        # Receiver RTT (docs/PROTOCOL.md, "Receive window autotuning"): from an ACK that moves
+        # the right edge past the furthest advertised (``_rtt_mark``, at ``_rtt_start``) to the
+        # first data beyond that old edge, which the peer could only send after hearing it.
+        # Never shorter than the round trip; the minimum of the samples is kept.
+        self.rtt_s = 0.0  # 0: no sample yet
+        self._rtt_mark = _NO_MARK
+        self._rtt_start = 0.0
+        self._edge = 0  # the furthest right edge advertised: nxt + window, as positions
+        self._now = 0.0  # when data last arrived: stands for the time of the ACKs built next
+        self._seen = False  # whether ``_now`` is known (data has arrived)
+        # Tuning: once per receiver RTT, from ``_tune_start``, what the application took
+        # (``nxt`` less what is held: ``_tune_pos`` at the start) sets the window's size.
+        self._tune_at = float("inf")
+        self._tune_start = 0.0
+        self._tune_pos = 0
+        self._space = config.initial_cwnd_segments * config.mss_bytes  # taken in one RTT
         self.delayed_ack_s = config.delayed_ack_s
         self.irs = 0  # the peer's initial sequence number: the wire seq of its position 0
         self.nxt = 0
@@ -44,7 +76,7 @@ class ReceiveSide:
         self.fin_pos: int | None = None  # position of the peer's FIN, once it arrived
         self.eof_delivered = False
         self.reading_paused = False
-        self.adv_wnd = config.recv_buffer_bytes  # window last advertised, bytes
+        self._adv_wnd = self.buffer_bytes  # window last advertised, bytes
         self.ack_now = False
         self.unacked_bytes = 0
         # In-order bytes that draw an immediate ACK (ack_every_segments segments), set with
@@ -60,8 +92,74 @@ class ReceiveSide:
         self._dl = deadlines
 
     def window(self) -> int:
-        """Bytes the peer may send beyond RCV.NXT now."""
-        return max(0, self.buffer_bytes - len(self.held))
+        """Bytes the peer may send beyond RCV.NXT now: the buffer less what is held, but never
+        less than the furthest edge advertised still promises (rounded up to the window
+        scale's unit, so the field can carry it: RFC 7323 section 2.4)."""
+        wnd = self.buffer_bytes - len(self.held)
+        promised = self._edge - self.nxt
+        unit = (1 << self.wscale) - 1
+        if wnd & ~unit < promised:  # as the field carries it, it would move the edge left
+            wnd = (promised + unit) & ~unit
+        return max(0, wnd)
+
+    @property
+    def adv_wnd(self) -> int:
+        """The window last advertised, bytes."""
+        return self._adv_wnd
+
+    @adv_wnd.setter
+    def adv_wnd(self, wnd: int) -> None:
+        # Every segment built records the window it carries: an edge further right than any
+        # before starts a receiver RTT measurement, unless one is under way.
+        self._adv_wnd = wnd
+        edge = self.nxt + wnd
+        if edge > self._edge:
+            if self._rtt_mark == _NO_MARK and self._seen and self._lease is not None:
+                self._rtt_mark = self._edge
+                self._rtt_start = self._now
+            self._edge = edge
+
+    def _arrived(self, end: int, now: float) -> None:
+        """Data ending at position ``end`` arrived: complete an RTT sample it proves, and
+        tune the window once per receiver RTT."""
+        self._now = now
+        if not self._seen:
+            self._seen = True
+            self._tune_start = now
+            self._tune_pos = self.nxt - len(self.held)
+        if end > self._rtt_mark:
+            sample = now - self._rtt_start
+            self._rtt_mark = _NO_MARK
+            if sample > 0.0 and (self.rtt_s == 0.0 or sample < self.rtt_s):
+                self.rtt_s = sample
+                self._tune_at = self._tune_start + sample
+        if now >= self._tune_at:
+            self._tune(now)
+
+    def _tune(self, now: float) -> None:
+        """One receiver RTT has passed: size the window from what the application took in
+        it (Linux's tcp_rcv_space_adjust).  Twice that, plus a cushion, keeps a sender that
+        is not growing from being window-limited; a sender still growing (slow start) gets
+        more, in proportion to how much more it sent than in the RTT before."""
+        taken = self.nxt - len(self.held)
+        copied = taken - self._tune_pos
+        space = self._space
+        if copied > space:
+            target = 2 * copied + _CUSHION_SEGMENTS * self.full_seg
+            target += 2 * target * (copied - space) // space
+            self._grow(target)
+            self._space = copied
+        self._tune_pos = taken
+        self._tune_start = now
+        self._tune_at = now + self.rtt_s
+
+    def _grow(self, target: int) -> None:
+        """Let the buffer grow to ``target`` bytes, within ``max_bytes``, what the window
+        field can carry, and the endpoint's budget; it never shrinks."""
+        lease = self._lease
+        target = min(target, self.max_bytes, MAX_WINDOW_FIELD << self.wscale)
+        if lease is not None and target > self.buffer_bytes:
+            self.buffer_bytes = self._start_bytes + lease.resize(target - self._start_bytes)
 
     def wire_ack(self, pos: int) -> int:
         """The 32-bit acknowledgement number of the peer's position ``pos``."""
@@ -120,6 +218,8 @@ class ReceiveSide:
         if (n >= self.full_seg) is not self.peer_mid_stream:
             self.note_segment_size(n)
         self.deliver(bytes(payload))
+        if self._lease is not None:
+            self._arrived(self.nxt, now)
         self.unacked_bytes += n
         if self.unacked_bytes >= self.ack_bytes:
             self.ack_now = True
@@ -170,10 +270,17 @@ class ReceiveSide:
                     self.unacked_bytes += len(payload)
             if self.nxt == rcv_nxt:
                 self.ack_now = True  # nothing new in order: a duplicate, ACK it
+            if self._lease is not None:
+                self._arrived(seg_pos + len(payload), now)
         if self.fin_pos is not None and self.nxt == self.fin_pos:
             self.nxt += 1
             self.ack_now = True
             result |= TAKE_FIN
+            if self._lease is not None:
+                # Nothing more will arrive: the window's growth goes back to the endpoint.
+                self._lease.release()
+                self._lease = None
+                self._rtt_mark = _NO_MARK
         else:
             self.delay_ack(now)
         return result

@@ -17,6 +17,7 @@ from .counters import Counters
 from .deadlines import Deadlines
 from .loss import LossRecovery
 from .options import Negotiated
+from .pacer import Pacer
 from .receive_side import ReceiveSide
 from .segments import Segments
 from .send_side import SendSide
@@ -45,9 +46,11 @@ class Sender:
         counters: Counters,
         trace: TracePoints,
         pmtud: Pmtud | None,
+        pacer: Pacer,
         log: Any,
     ) -> None:
         self._fast = config.fast_paths
+        self._pacer = pacer
         self._rto_max_s = config.rto_max_s
         self._snd = snd
         self._rcv = rcv
@@ -63,11 +66,13 @@ class Sender:
     def send_data(self, out: list[bytes], now: float) -> None:
         """Append the retransmissions, then the new data and FIN, that the windows allow now
         (the connection is synchronized)."""
+        snd = self._snd
+        loss = self._loss
+        pacer = self._pacer
+        pacer.update(loss.cc, loss.rtt.srtt, snd.mss, now)
         if self._fast and self._send_lone_segment(out, now):
             self._count.fast_sent += 1
             return
-        snd = self._snd
-        loss = self._loss
         sb = loss.scoreboard
         cc = loss.cc
         seg_out = self._seg
@@ -75,6 +80,7 @@ class Sender:
         trace = self._trace
         mss = snd.mss
         sent_any = False
+        paced = 0  # bytes the pacer held back, if it did
         # Retransmissions first, within the congestion window (RFC 6675 section 5 step 4.1).
         while True:
             seg = sb.next_lost(snd.una)
@@ -83,9 +89,14 @@ class Sender:
             length = seg.end - seg.start
             if length > mss:
                 length = self._fit_to_mss(seg, mss)
-            if not loss.rexmit_now and sb.pipe and sb.pipe + length > cc.cwnd + loss.dupack_credit:
-                break
+            if not loss.rexmit_now:
+                if sb.pipe and sb.pipe + length > cc.cwnd + loss.dupack_credit:
+                    break
+                if not pacer.may_send(length):
+                    paced = length
+                    break
             loss.rexmit_now = False
+            pacer.sent(length)
             if trace.tracer is not None:
                 trace.retransmit(seg, snd)
             # Payload bytes the datagram carries: what the peer already acknowledged is left
@@ -129,6 +140,10 @@ class Sender:
                 fin = True
             else:
                 break
+            if not pacer.may_send(end - nxt):
+                paced = end - nxt if end > nxt else 1
+                break
+            pacer.sent(end - nxt)
             seg_end = end + 1 if fin else end
             if fin or slow:
                 seg_out.emit(out, nxt, seg_end)
@@ -147,6 +162,12 @@ class Sender:
             sent_any = True
         if sent_any:
             self._after_send(now)
+        if paced:
+            self._dl.pace = pacer.next_send_at(paced, now)
+        else:
+            self._dl.pace = None
+            if not snd.has_unsent and not sb.has_lost and sb.pipe < cc.cwnd:
+                sb.mark_app_limited()
         # Zero (or too small) window with data waiting and nothing in flight: probe it.
         if snd.window_closed() and not len(sb):
             if self._dl.persist is None:
@@ -171,8 +192,10 @@ class Sender:
             and length <= snd.una + snd.wnd - nxt
             and length <= loss.cc.cwnd + loss.dupack_credit - sb.pipe
             and self._trace.tracer is None
+            and self._pacer.may_send(length)
         ):
             return False
+        self._pacer.sent(length)
         end = nxt + length
         self._seg.emit(out, nxt, end)
         sb.add(SentSegment(nxt, end, now))
@@ -182,6 +205,9 @@ class Sender:
             snd.max = end
         self._after_send(now)
         self._dl.persist = None  # nothing waits: no window to probe
+        self._dl.pace = None
+        if sb.pipe < loss.cc.cwnd:
+            sb.mark_app_limited()  # everything written is sent
         return True
 
     def _after_send(self, now: float) -> None:

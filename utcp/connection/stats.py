@@ -84,6 +84,11 @@ class ConnectionStats:
     fast_path_sent: int  # lone segments sent without the general send loop
     fast_path_idle: int  # datagrams_to_send calls that found nothing due at once
     icmp_errors: int  # ICMP errors taken as this connection's (receive_unreachable)
+    congestion_control: str  # the controller's name (Config.congestion_control)
+    congestion_phase: str  # its state, "" for one without phases (bbr: startup, probe_bw...)
+    pacing_rate_bps: float | None  # bits per second segments leave at; None when not paced
+    bandwidth_estimate_bps: float | None  # a model-based controller's bottleneck estimate
+    min_rtt_s: float | None  # the smallest RTT seen (bbr: over its ten-second window)
 
 
 @final
@@ -145,6 +150,7 @@ def snapshot(
     loss: LossRecovery,
     pmtud: Pmtud | None,
     limits: SenderLimits,
+    pacing_rate: float,
 ) -> ConnectionStats:
     """The counters and estimators of one connection now."""
     limited = limits.seconds
@@ -191,4 +197,9 @@ def snapshot(
         fast_path_sent=count.fast_sent,
         fast_path_idle=count.fast_idle,
         icmp_errors=count.icmp_errors,
+        congestion_control=cc.name,
+        congestion_phase=cc.phase,
+        pacing_rate_bps=pacing_rate * 8 if pacing_rate else None,
+        bandwidth_estimate_bps=cc.bandwidth * 8 if cc.bandwidth is not None else None,
+        min_rtt_s=cc.min_rtt if cc.min_rtt is not None else rtt.min_rtt,
     )

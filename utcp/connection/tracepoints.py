@@ -35,6 +35,7 @@ class TracePoints:
         self.packet: Packet | None = None  # the packet being processed, for drops
         self.cc_reported: tuple[int, int] | None = None  # (cwnd, ssthresh) last reported
         self.lost_by: dict[int, str] = {}  # position of a lost segment -> what found it
+        self.phase_reported = ""  # the congestion controller's phase last reported
 
     def event(self, name: str, fields: dict[str, object]) -> None:
         """Report ``name`` stamped with ``now`` (only call with a tracer set)."""
@@ -62,6 +63,22 @@ class TracePoints:
             self.cc_reported = current
             ssthresh = cc.ssthresh if cc.ssthresh < SSTHRESH_UNBOUNDED else None
             self.event("cwnd_changed", {"cwnd": cc.cwnd, "ssthresh": ssthresh, "in_flight": pipe})
+
+    def phase(self, cc: CongestionController, pacing_rate: float) -> None:
+        """Report a model-based controller's state when its phase changed (``cc_state``)."""
+        if cc.phase == self.phase_reported:
+            return
+        self.phase_reported = cc.phase
+        bw = cc.bandwidth
+        self.event(
+            "cc_state",
+            {
+                "phase": cc.phase,
+                "pacing_rate": round(pacing_rate * 8) if pacing_rate else None,
+                "bandwidth": round(bw * 8) if bw is not None else None,
+                "min_rtt": _round_s(cc.min_rtt),
+            },
+        )
 
     def losses(self, scoreboard: Scoreboard, snd: SendSide, by: str) -> None:
         """Report the segments the scoreboard has just declared lost, and remember why."""

@@ -151,9 +151,9 @@ class Transmit:
             control.send_probe = False
             # An old sequence number draws an ACK with the peer's current window.  The probe
             # is itself unacceptable to the peer, so it must not stand in for an ACK we owe.
-            ack_owed = rcv.ack_now
+            ack_owed, unacked, ack_at = rcv.ack_now, rcv.unacked_bytes, self._dl.ack
             out.append(seg.build(_ACK, snd.una - 1, b""))
-            rcv.ack_now = ack_owed
+            rcv.ack_now, rcv.unacked_bytes, self._dl.ack = ack_owed, unacked, ack_at
             count.segments_sent += 1
         if rcv.ack_now and rcv.nxt:
             out.append(seg.build(_ACK, snd.nxt, b""))

@@ -136,6 +136,18 @@ class CwndChange:
 
 
 @dataclass(frozen=True)
+class CcState:
+    """``cc_state``: a model-based controller's new phase and its estimates then (bit/s and
+    seconds; None while unknown)."""
+
+    t: float
+    phase: str
+    pacing_rate: int | None
+    bandwidth: int | None
+    min_rtt: float | None
+
+
+@dataclass(frozen=True)
 class Loss:
     """``loss_detected``: a segment of ours declared lost, and by what."""
 
@@ -204,6 +216,7 @@ Event = (
     | StateChange
     | RttSample
     | CwndChange
+    | CcState
     | Loss
     | Retransmit
     | TimerFired
@@ -260,6 +273,9 @@ class _Fields:
             raise self.error(f"{key!r} should be a number, not {value!r}")
         return float(value)
 
+    def maybe_number(self, key: str) -> float | None:
+        return None if self.obj.get(key) is None else self.number(key)
+
     def text(self, key: str) -> str:
         value = self.obj.get(key)
         if not isinstance(value, str):
@@ -315,6 +331,13 @@ _EVENTS: dict[str, Callable[[_Fields, float], Event]] = {
     ),
     "cwnd_changed": lambda f, t: CwndChange(
         t, f.integer("cwnd"), f.maybe_integer("ssthresh"), f.integer("in_flight")
+    ),
+    "cc_state": lambda f, t: CcState(
+        t,
+        f.text("phase"),
+        f.maybe_integer("pacing_rate"),
+        f.maybe_integer("bandwidth"),
+        f.maybe_number("min_rtt"),
     ),
     "loss_detected": lambda f, t: Loss(t, f.integer("seq"), f.integer("len"), f.text("by")),
     "retransmit": lambda f, t: Retransmit(t, f.integer("seq"), f.integer("len"), f.text("by")),
@@ -455,6 +478,9 @@ class TimeSequence:
     cwnd: list[tuple[float, int]] = field(default_factory=list)
     ssthresh: list[tuple[float, int | None]] = field(default_factory=list)
     srtt_ms: list[tuple[float, float]] = field(default_factory=list)
+    # (time, phase, estimated bandwidth-delay product in bytes or None) of a model-based
+    # controller (bbr), at each phase change.
+    phases: list[tuple[float, str, int | None]] = field(default_factory=list)
     end_t: float = 0.0
 
 
@@ -485,6 +511,11 @@ def time_sequence(trace: Trace) -> TimeSequence:
             ts.ssthresh.append((e.t, e.ssthresh))
         elif isinstance(e, RttSample):
             ts.srtt_ms.append((e.t, e.srtt * 1e3))
+        elif isinstance(e, CcState):
+            bdp = None
+            if e.bandwidth is not None and e.min_rtt is not None:
+                bdp = int(e.bandwidth / 8 * e.min_rtt)
+            ts.phases.append((e.t, e.phase, bdp))
     return ts
 
 
@@ -779,6 +810,33 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
                 color="tab:gray",
                 linestyle="--",
                 label="ssthresh",
+            )
+    if ts.phases:
+        # A model-based controller: its phases as labelled spans, and its estimate of the
+        # bandwidth-delay product beside cwnd.
+        shades = {"startup": "tab:orange", "drain": "tab:purple", "probe_rtt": "tab:red"}
+        ends = [*_column(ts.phases, 0)[1:], ts.end_t]
+        for (t0, phase, _), t1 in zip(ts.phases, ends, strict=True):
+            if phase in shades:
+                cc_ax.axvspan(t0, t1, color=shades[phase], alpha=0.12, linewidth=0)
+            cc_ax.text(
+                t0,
+                1.0,
+                f" {phase}",
+                transform=cc_ax.get_xaxis_transform(),
+                fontsize="x-small",
+                va="top",
+                color="dimgray",
+            )
+        bdps = [(t, b) for t, _, b in ts.phases if b is not None]
+        if bdps:
+            handles += cc_ax.step(
+                [*_column(bdps, 0), ts.end_t],
+                [*_column(bdps, 1), bdps[-1][1]],
+                where="post",
+                color="tab:green",
+                linestyle=":",
+                label="estimated BDP",
             )
     cc_ax.yaxis.set_major_formatter(EngFormatter(unit="B"))
     cc_ax.set_ylabel("window")

@@ -1,0 +1,305 @@
+"""Buffers that size themselves: the receive window grows with the measured bandwidth-delay
+product (Config.recv_autotune), never past its maximum or the endpoint's budget, never moving
+its right edge left, and a reader that does not read still stops the sender; the transport's
+high-water mark follows the congestion window unless the application sets its own.
+
+The sans-I/O tests run a long fat path on the fake network: a bottleneck link with a rate and a
+queue of one bandwidth-delay product, as the WAN benchmark's 100 Mbit/s, 100 ms path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from dataclasses import dataclass
+
+import pytest
+
+import utcp
+from tests.aio_helpers import HOST, Handlers, Runner, make_run_fixture, seeded_bytes, server_port
+from tests.helpers import QUIET, Link, Network, conns, establish, pair
+from utcp import Config
+from utcp.connection import Connection
+from utcp.packet import Flag
+
+KIB = 1 << 10
+MIB = 1 << 20
+RATE_BPS = 100e6
+DELAY_S = 0.050  # each way: a 100 ms round trip
+BDP_BYTES = int(RATE_BPS / 8 * 2 * DELAY_S)  # 1.25 MB
+# Exact segment sizes (no PMTU probing up to 64 KiB segments): as on a 1500-byte path.
+PATH = Config(pmtud=False, **QUIET)
+
+
+@dataclass
+class Bottleneck(Link):
+    """A link that serializes datagrams at ``rate_bps`` behind a tail-drop queue of
+    ``queue_bytes``, then delays them by ``delay_s``."""
+
+    rate_bps: float = RATE_BPS
+    queue_bytes: int = BDP_BYTES
+    busy_until: float = 0.0
+
+    def transmit(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
+        self.sent += 1
+        start = max(now, self.busy_until)
+        if (start - now) * self.rate_bps / 8 > self.queue_bytes:
+            self.dropped += 1
+            return []
+        self.busy_until = start + len(data) * 8 / self.rate_bps
+        return [(self.busy_until + self.delay_s, data)]
+
+
+def long_fat_path(config: Config) -> Network:
+    """A client ``a`` sending to ``b`` through the bottleneck; ACKs come back unimpeded."""
+    return pair(
+        config_a=config,
+        config_b=config,
+        a_to_b=Bottleneck(delay_s=DELAY_S),
+        b_to_a=Link(delay_s=DELAY_S),
+    )
+
+
+@dataclass
+class Transfer:
+    seconds: float
+    receiver_limited_s: float
+    largest_window: int
+
+
+def transfer(config: Config, total: int) -> Transfer:
+    """Send ``total`` bytes from a to b over the long fat path; how long it took (from the
+    first byte written to the last delivered), how long the sender was held back by b's
+    window, and the largest window b offered."""
+    net = long_fat_path(config)
+    a, b = establish(net)
+    start = net.now
+    a.send(bytes(total))
+    largest = 0
+    while len(net.b.received) < total:
+        assert net.step(), "the transfer stalled"
+        largest = max(largest, b.stats.receive_window_bytes)
+        assert net.now - start < 120, "the transfer takes too long"
+    return Transfer(net.now - start, a.stats.time_limited_by_receiver_s, largest)
+
+
+def advertised_edges(net: Network, side: str) -> list[int]:
+    """The right edge (ACK + scaled window, as a wire sequence number) of every segment
+    ``side`` sent after its SYN."""
+    conn = net.sides[side].conn
+    assert conn is not None
+    shift = None
+    edges = []
+    for sent in net.trace:
+        if sent.src != side:
+            continue
+        p = sent.packet
+        if p.flags & Flag.SYN:
+            shift = p.wscale or 0
+        elif p.flags & Flag.ACK and not p.flags & Flag.RST:
+            assert shift is not None
+            edges.append(p.ack + (p.window << shift))
+    return edges
+
+
+# ---------------------------------------------------------------- growth on a long fat path
+
+
+def test_window_grows_until_the_sender_is_not_window_limited() -> None:
+    """100 Mbit/s, 100 ms: the window starts at 256 KiB (a fifth of the path's BDP) and grows
+    within a few round trips, so the sender is almost never held back by it and the transfer
+    is several times faster than with the starting window fixed, and faster than with the
+    old fixed 1 MiB buffer."""
+    total = 16 * MIB
+    tuned = transfer(PATH, total)
+    fixed_start = transfer(PATH.replace(recv_autotune=False, recv_buffer_bytes=256 * KIB), total)
+    fixed_old = transfer(PATH.replace(recv_autotune=False, recv_buffer_bytes=MIB), total)
+    print(
+        f"16 MiB over 100 Mbit/s x 100 ms: autotuned {tuned.seconds:.2f} s "
+        f"(receiver-limited {tuned.receiver_limited_s:.2f} s, window up to "
+        f"{tuned.largest_window} B); fixed 256 KiB {fixed_start.seconds:.2f} s "
+        f"(receiver-limited {fixed_start.receiver_limited_s:.2f} s); fixed 1 MiB "
+        f"{fixed_old.seconds:.2f} s (receiver-limited {fixed_old.receiver_limited_s:.2f} s)"
+    )
+    assert tuned.largest_window >= 2 * BDP_BYTES
+    assert tuned.receiver_limited_s < 0.05 * tuned.seconds
+    assert fixed_start.receiver_limited_s > 0.8 * fixed_start.seconds
+    assert tuned.seconds < 0.4 * fixed_start.seconds
+    assert tuned.seconds < 0.95 * fixed_old.seconds
+
+
+def test_window_never_exceeds_the_configured_maximum() -> None:
+    most = 2 * MIB
+    result = transfer(PATH.replace(recv_buffer_bytes=most), 8 * MIB)
+    assert result.largest_window == most  # grown all the way, and no further
+
+
+def test_window_scale_is_chosen_from_the_maximum() -> None:
+    """The SYN offers the scale that lets the field carry the largest window the buffer can
+    grow to (utcp.packet.wscale_for), not just the first window."""
+    net = long_fat_path(PATH)
+    establish(net)
+    syn, syn_ack = net.trace[0].packet, net.trace[1].packet
+    assert syn.wscale == syn_ack.wscale == 8  # 65535 << 7 < 8 MiB <= 65535 << 8
+    assert PATH.recv_buffer_bytes == 8 * MIB and PATH.recv_window_initial_bytes == 256 * KIB
+
+
+def test_the_advertised_right_edge_never_moves_left() -> None:
+    """While the window grows, and while the reader pauses and resumes every 300 ms (held
+    data shrinks the window), no ACK moves the right edge back (RFC 9293 3.8.6.2.2)."""
+    net = long_fat_path(PATH)
+    a, b = establish(net)
+    total = 8 * MIB
+    a.send(bytes(total))
+    paused = False
+    toggle_at = net.now + 0.3
+    while len(net.b.received) < total:
+        assert net.step()
+        if net.now >= toggle_at:
+            toggle_at += 0.3
+            if paused:
+                b.resume_reading()
+            else:
+                b.pause_reading()
+            paused = not paused
+        if paused and net.now - toggle_at > 10:
+            pytest.fail("the transfer stalled")
+    edges = advertised_edges(net, "b")
+    assert len(edges) > 1000
+    retreats = [(i, e0 - e1) for i, (e0, e1) in enumerate(itertools.pairwise(edges)) if e1 < e0]
+    assert retreats == []
+
+
+# ---------------------------------------------------------------- backpressure and bounds
+
+
+def test_a_reader_that_does_not_read_stops_the_sender() -> None:
+    """Nothing taken, nothing grown: the window closes at what the start offered, the sender
+    stops with nothing in flight, and resuming delivers every byte."""
+    net = long_fat_path(PATH)
+    a, b = establish(net)
+    b.pause_reading()
+    total = 4 * MIB
+    a.send(bytes(total))
+    net.run_for(5.0)
+    assert b.stats.receive_window_bytes == 0
+    assert a.stats.send_window_bytes == 0 and a.stats.bytes_in_flight == 0
+    held = b.stats.bytes_received
+    # The window field counts 256-byte units here (scale 8): keeping the edge from moving left
+    # while held data shrinks the buffer's room rounds up, less than a unit per ACK.
+    assert held <= PATH.recv_window_initial_bytes * 1.02
+    net.run_for(5.0)
+    assert b.stats.bytes_received == held  # still shut: nothing more came
+    b.resume_reading()
+    net.run(until=lambda: len(net.b.received) == total)
+    assert net.b.received == bytes(total)
+
+
+def test_the_endpoint_budget_stops_growth_and_comes_back_at_the_end() -> None:
+    """Connections built from one Config share its budget: past it windows stop growing
+    (they do not shrink); the peer's FIN gives the growth back."""
+    budget = 512 * KIB
+    config = PATH.replace(endpoint_buffer_bytes=budget)
+    net = long_fat_path(config)
+    a, b = establish(net)
+    a.send(bytes(8 * MIB))
+    a.close()
+    largest = 0
+    while not net.b.eof:
+        assert net.step()
+        largest = max(largest, b.stats.receive_window_bytes)
+        assert config.buffer_budget.used <= budget
+    assert largest == config.recv_window_initial_bytes + budget
+    assert config.buffer_budget.used == 0
+
+
+def test_autotuning_off_keeps_the_fixed_window() -> None:
+    config = PATH.replace(recv_autotune=False, recv_buffer_bytes=512 * KIB)
+    assert transfer(config, 4 * MIB).largest_window == 512 * KIB
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"recv_window_initial_bytes": 1000}, "recv_window_initial_bytes"),
+        ({"send_buffer_max_bytes": 0}, "send_buffer_max_bytes"),
+        ({"endpoint_buffer_bytes": -1}, "endpoint_buffer_bytes"),
+    ],
+)
+def test_config_rejects_bad_buffer_sizes(changes: dict[str, int], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        Config(**changes).validate()  # type: ignore[arg-type]
+
+
+def test_send_buffer_goal_follows_the_congestion_and_peer_windows() -> None:
+    net = long_fat_path(PATH)
+    a, _b = establish(net)
+    assert a.send_buffer_goal == 2 * min(a.stats.cwnd_bytes, a.stats.send_window_bytes)
+    a.send(bytes(8 * MIB))
+    net.run_for(1.0)
+    st = a.stats
+    assert st.cwnd_bytes > BDP_BYTES // 2
+    assert a.send_buffer_goal == 2 * min(st.cwnd_bytes, st.send_window_bytes) > 2 * MIB
+
+
+# ---------------------------------------------------------------- the transport, real sockets
+
+run = make_run_fixture()
+
+
+@pytest.mark.sockets
+def test_high_water_mark_grows_with_cwnd_and_explicit_limits_win(run: Runner) -> None:
+    """A writer with a 16 KiB configured mark: the automatic mark follows the connection's
+    goal (twice cwnd) up to its maximum; after set_write_buffer_limits() it stays put."""
+    base, most = 16 * KIB, 256 * KIB
+    chunk = 8 * KIB
+    payload = seeded_bytes(31, 4 * MIB)
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(MIB):
+            pass
+        writer.close()
+
+    async def main() -> None:
+        server = await utcp.start_server(Handlers(sink), HOST, 0)
+        config = Config(send_buffer_bytes=base, send_buffer_max_bytes=most)
+        _reader, writer = await utcp.open_connection(HOST, server_port(server), config=config)
+        transport = writer.transport
+        conn = writer.get_extra_info("connection")
+        assert isinstance(conn, Connection)
+        low, high = transport.get_write_buffer_limits()
+        assert base <= high == 4 * low or high == base  # a 10-segment cwnd: 2 * 10 * mss
+        highs = []
+        half = len(payload) // 2
+        for start in range(0, half, chunk):
+            writer.write(payload[start : start + chunk])
+            await writer.drain()
+            highs.append(transport.get_write_buffer_limits()[1])
+        assert max(highs) > 4 * base, "the mark never followed the congestion window"
+        assert max(highs) <= most
+        assert config.buffer_budget.used <= most - base
+
+        transport.set_write_buffer_limits(high=24 * KIB, low=8 * KIB)
+        await writer.drain()  # down to the new low-water mark first
+        peak = 0
+        for start in range(half, len(payload), chunk):
+            writer.write(payload[start : start + chunk])
+            peak = max(peak, transport.get_write_buffer_size())
+            assert transport.get_write_buffer_limits() == (8 * KIB, 24 * KIB)
+            await writer.drain()
+        assert peak <= 24 * KIB + chunk
+        assert config.buffer_budget.used == 0  # the explicit marks gave the growth back
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_conns_helper_is_used() -> None:
+    """The pair helper gives both ends; the receive side of an idle pair offers the start."""
+    net = long_fat_path(PATH)
+    establish(net)
+    _a, b = conns(net)
+    assert b.stats.receive_window_bytes == PATH.recv_window_initial_bytes

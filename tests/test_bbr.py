@@ -1,0 +1,328 @@
+"""BBR (utcp/congestion/bbr.py) and the pacer (utcp/connection/pacer.py): the phases on
+synthetic delivery rate samples, then whole transfers on the fake network through a
+bottleneck (``tests.helpers.BottleneckLink``: a rate, a tail-drop queue, a delay, random loss).
+
+The draft (draft-ietf-ccwg-bbr) and Linux's tcp_bbr.c are the reference: the bandwidth
+estimate is the windowed maximum delivery rate, STARTUP ends after three rounds without 25%
+growth, DRAIN then empties the queue, PROBE_BW cycles its gains, PROBE_RTT visits four
+segments every ten seconds, and random loss does not shrink the model.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import BottleneckLink, Network, conns, establish, pair
+from utcp import Config
+from utcp.congestion import Bbr, RateSample, create
+from utcp.congestion.bbr import (
+    DRAIN,
+    HIGH_GAIN,
+    MIN_CWND_SEGMENTS,
+    PACING_GAINS,
+    PROBE_BW,
+    PROBE_RTT,
+    STARTUP,
+)
+from utcp.connection.pacer import QUANTUM_S, Pacer
+from utcp.tools.traceview import load_trace, plot_time_sequence, time_sequence
+from utcp.trace import JsonlTracer, ListTracer
+
+MSS = 1000
+
+
+class Model:
+    """A BBR fed synthetic samples: a path of ``rate`` bytes/s and ``rtt`` seconds, one ACK of
+    one segment every MSS / rate seconds, rounds counted as the controller counts them."""
+
+    def __init__(self, rate: float = 1e6, rtt: float = 0.05) -> None:
+        self.cc = Bbr(mss=MSS, initial_window_segments=10)
+        self.rate = rate
+        self.rtt = rtt
+        self.now = 0.0
+        self.delivered = 0
+
+    def ack(
+        self, *, rate: float | None = None, in_flight: int | None = None, app: bool = False
+    ) -> None:
+        r = self.rate if rate is None else rate
+        self.now += MSS / r
+        prior = max(0, self.delivered - int(r * self.rtt))
+        self.delivered += MSS
+        self.cc.on_rate_sample(
+            RateSample(
+                delivery_rate=r,
+                delivered=self.delivered - prior,
+                interval_s=self.rtt,
+                prior_delivered=prior,
+                rtt_s=self.rtt,
+                app_limited=app,
+                in_flight=self.cc.cwnd if in_flight is None else in_flight,
+                newly_acked=MSS,
+            ),
+            now=self.now,
+        )
+
+    def rounds(self, n: int, **kw: object) -> None:
+        per_round = max(1, int(self.rate * self.rtt / MSS))
+        for _ in range(n * per_round):
+            self.ack(**kw)  # type: ignore[arg-type]
+
+
+def test_bbr_is_registered_and_asks_for_rate_samples() -> None:
+    cc = create("bbr", mss=MSS, initial_window_segments=10)
+    assert isinstance(cc, Bbr) and cc.wants_rate_samples
+    assert not create("newreno", mss=MSS, initial_window_segments=10).wants_rate_samples
+    assert Config(congestion_control="bbr").validate().congestion_control == "bbr"
+
+
+def test_startup_paces_at_high_gain_and_ends_when_bandwidth_stops_growing() -> None:
+    """STARTUP's gain is 2/ln2; three rounds with under 25% growth end it (draft 4.3.1.2)."""
+    m = Model()
+    m.ack()
+    assert m.cc.phase == STARTUP and m.cc.pacing_gain == HIGH_GAIN
+    assert m.cc.pacing_rate == pytest.approx(HIGH_GAIN * m.rate * 0.99)
+    m.rounds(2)
+    assert m.cc.phase == STARTUP and not m.cc.full_bw_reached
+    m.rounds(3)
+    assert m.cc.full_bw_reached
+    assert m.cc.phase in (DRAIN, PROBE_BW)
+    assert m.cc.bandwidth == pytest.approx(m.rate)
+    assert m.cc.min_rtt == pytest.approx(m.rtt)
+
+
+def test_a_growing_bandwidth_keeps_startup_going() -> None:
+    m = Model(rate=1e5)
+    for k in range(6):
+        m.rounds(1, rate=1e5 * 1.5**k)
+    assert m.cc.phase == STARTUP and not m.cc.full_bw_reached
+
+
+def test_drain_ends_when_the_flight_is_down_to_one_bdp_then_probe_bw_cycles() -> None:
+    m = Model()
+    m.rounds(6)
+    assert m.cc.full_bw_reached
+    bdp = int(m.rate * m.rtt)
+    m.ack(in_flight=3 * bdp)
+    if m.cc.phase == DRAIN:
+        assert m.cc.pacing_gain == pytest.approx(1 / HIGH_GAIN)
+    m.ack(in_flight=bdp // 2)
+    assert m.cc.phase == PROBE_BW and m.cc.cwnd_gain == 2.0
+    gains = set()
+    for _ in range(40):
+        # Probing at 1.25 ends once the extra quarter is in flight (draft 4.3.3.5).
+        m.rounds(1, in_flight=int(1.3 * bdp) if m.cc.pacing_gain > 1 else bdp)
+        gains.add(m.cc.pacing_gain)
+    assert gains == set(PACING_GAINS)
+
+
+def test_probe_bw_window_is_twice_the_bdp_plus_quantization() -> None:
+    m = Model()
+    m.rounds(10, in_flight=int(m.rate * m.rtt) // 2)
+    assert m.cc.phase == PROBE_BW
+    bdp = int(m.rate * m.rtt)
+    assert m.cc.cwnd == 2 * bdp + 3 * MSS
+
+
+def test_application_limited_samples_do_not_lower_the_estimate() -> None:
+    """draft 4.5.2: an app-limited sample only raises the bandwidth estimate."""
+    m = Model()
+    m.rounds(6)
+    bw = m.cc.bandwidth
+    m.rounds(12, rate=m.rate / 10, app=True)
+    assert m.cc.bandwidth == bw
+
+
+def test_the_bandwidth_estimate_forgets_after_ten_rounds() -> None:
+    m = Model()
+    m.rounds(6)
+    m.rounds(12, rate=m.rate / 2)
+    assert m.cc.bandwidth == pytest.approx(m.rate / 2)
+
+
+def test_probe_rtt_cuts_the_window_to_four_segments_after_ten_seconds() -> None:
+    """draft 4.3.4: min_rtt not refreshed for 10 s -> PROBE_RTT at 4 segments, >= 200 ms."""
+    m = Model(rtt=0.05)
+    m.rounds(6, in_flight=25_000)
+    m.rtt = 0.06  # the queue grew: no sample reaches the minimum again
+    m.now = 10.5
+    m.ack(in_flight=60_000)
+    assert m.cc.phase == PROBE_RTT
+    assert m.cc.cwnd == MIN_CWND_SEGMENTS * MSS
+    start = m.now
+    while m.cc.phase == PROBE_RTT and m.now < start + 5:
+        m.ack(in_flight=MIN_CWND_SEGMENTS * MSS)
+    assert m.cc.phase == PROBE_BW
+    assert m.now - start >= 0.2
+    assert m.cc.min_rtt == pytest.approx(0.06)
+    assert m.cc.cwnd > MIN_CWND_SEGMENTS * MSS  # restored
+
+
+def test_a_recovery_episode_conserves_packets_then_restores_the_window() -> None:
+    m = Model()
+    m.rounds(10, in_flight=25_000)
+    before = m.cc.cwnd
+    m.cc.on_congestion_event(50_000, now=m.now)
+    assert m.cc.cwnd < before
+    m.cc.on_recovery_exit(now=m.now)
+    assert m.cc.cwnd == before
+    assert m.cc.bandwidth == pytest.approx(m.rate)  # loss leaves the model alone
+
+
+def test_a_timeout_drops_to_one_segment_and_restores_after_a_round() -> None:
+    m = Model()
+    m.rounds(10, in_flight=25_000)
+    before = m.cc.cwnd
+    m.cc.on_timeout(50_000, now=m.now)
+    assert m.cc.cwnd == MSS
+    m.rounds(2, in_flight=MSS)
+    assert m.cc.cwnd >= before
+
+
+# ------------------------------------------------------------------ the pacer
+
+
+def test_the_pacer_spends_tokens_at_the_rate_and_says_when_to_wait() -> None:
+    cc = create("bbr", mss=MSS, initial_window_segments=10)
+    cc.pacing_rate = 1e6  # bytes/s: a 1 ms quantum is 1000 bytes, below two segments
+    pacer = Pacer(enabled=True)
+    pacer.update(cc, 0.05, MSS, now=0.0)
+    assert pacer.rate == 1e6
+    sent = 0
+    while pacer.may_send(MSS):
+        pacer.sent(MSS)
+        sent += MSS
+    assert sent == 4 * MSS  # a full bucket (two segments) and one quantum borrowed
+    at = pacer.next_send_at(MSS, now=0.0)
+    assert at == pytest.approx(MSS / 1e6)
+    pacer.update(cc, 0.05, MSS, now=at)
+    assert pacer.may_send(MSS)
+
+
+def test_without_a_rate_nothing_is_paced() -> None:
+    cc = create("newreno", mss=MSS, initial_window_segments=10)
+    auto = Pacer(enabled=True)
+    auto.update(cc, 0.05, MSS, now=0.0)
+    assert auto.rate == 0.0 and auto.may_send(10**9)
+    on = Pacer(enabled=True, default_rate=True)
+    on.update(cc, 0.05, MSS, now=0.0)
+    assert on.rate == pytest.approx(2 * cc.cwnd / 0.05)  # slow start: 200%
+    off = Pacer(enabled=False)
+    cc.pacing_rate = 1.0
+    off.update(cc, 0.05, MSS, now=0.0)
+    assert off.may_send(10**9)
+
+
+def test_the_quantum_is_a_millisecond_of_data() -> None:
+    cc = create("bbr", mss=MSS, initial_window_segments=10)
+    cc.pacing_rate = 12.5e6  # 100 Mbit/s
+    pacer = Pacer(enabled=True)
+    pacer.update(cc, 0.05, MSS, now=0.0)
+    assert pacer.tokens == pytest.approx(12.5e6 * QUANTUM_S)
+
+
+# ------------------------------------------------------------------ on the fake network
+
+RATE_BPS = 10e6
+DELAY_S = 0.02
+
+
+def _transfer(cc: str, loss: float, size: int, seed: int = 1) -> tuple[float, Network]:
+    """Goodput in bit/s of ``size`` bytes from a to b through the bottleneck."""
+    config = Config(congestion_control=cc, pmtud=False)
+    links = [
+        BottleneckLink(rng=random.Random(seed + k), delay_s=DELAY_S, loss=loss, rate_bps=RATE_BPS)
+        for k in (0, 100)
+    ]
+    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    a, _ = establish(net)
+    start = net.now
+    a.send(bytes(size))
+    net.run(until=lambda: len(net.b.received) >= size, max_time=600)
+    assert bytes(net.b.received) == bytes(size)
+    return size * 8 / (net.now - start), net
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.01, 0.02, 0.05])
+def test_bbr_keeps_a_lossy_bottleneck_full(loss: float) -> None:
+    """Random loss does not shrink BBR's model: at least 0.85 x link x (1 - loss) of goodput
+    (the link's rate counts headers too), where NewReno collapses (RFC 5681's halving)."""
+    goodput, net = _transfer("bbr", loss, 3_000_000)
+    a, _ = conns(net)
+    assert goodput >= 0.85 * RATE_BPS * (1 - loss), f"{goodput / 1e6:.2f} Mbit/s"
+    stats = a.stats
+    assert stats.congestion_control == "bbr" and stats.congestion_phase == PROBE_BW
+    assert stats.bandwidth_estimate_bps == pytest.approx(RATE_BPS, rel=0.1)
+    assert stats.min_rtt_s == pytest.approx(2 * DELAY_S, rel=0.1)
+    assert stats.pacing_rate_bps is not None
+    if loss >= 0.02:
+        newreno, _ = _transfer("newreno", loss, 1_000_000)
+        assert goodput > 2 * newreno
+
+
+def test_bbr_paces_its_segments_through_the_bottleneck() -> None:
+    """After STARTUP, segments leave spaced at the pacing rate: no burst of a whole window
+    at one instant (the unpaced NewReno sends its window's worth at once)."""
+    _, net = _transfer("bbr", 0.0, 2_000_000)
+    times = [s.time for s in net.trace if s.src == "a" and s.packet.payload and s.time > 1.0]
+    assert times
+    per_instant: dict[float, int] = {}
+    for t in times:
+        per_instant[t] = per_instant.get(t, 0) + 1
+    # 10 Mbit/s: a 1 ms quantum is 1250 bytes, so two segments in a bucket and two borrowed.
+    assert max(per_instant.values()) <= 4
+    _, reno = _transfer("newreno", 0.0, 2_000_000)
+    reno_times = [s.time for s in reno.trace if s.src == "a" and s.packet.payload]
+    reno_bursts: dict[float, int] = {}
+    for t in reno_times:
+        reno_bursts[t] = reno_bursts.get(t, 0) + 1
+    assert max(reno_bursts.values()) > 4
+
+
+def test_bbr_traces_its_phases() -> None:
+    tracer = ListTracer()
+    config = Config(congestion_control="bbr", pmtud=False)
+    links = [BottleneckLink(delay_s=DELAY_S, rate_bps=RATE_BPS) for _ in range(2)]
+    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    a, _ = conns(net)
+    a.set_tracer(tracer)
+    establish(net)
+    a.send(bytes(1_000_000))
+    net.run(until=lambda: len(net.b.received) >= 1_000_000, max_time=600)
+    phases = [e.fields["phase"] for e in tracer.events if e.name == "cc_state"]
+    assert phases[:3] == [STARTUP, DRAIN, PROBE_BW]
+
+
+def test_plot_draws_the_phases_and_the_estimated_bdp(tmp_path: Path) -> None:
+    """``utcp plot`` reads cc_state events: the phases and the model's BDP beside cwnd."""
+    image = pytest.importorskip("matplotlib.image")
+    config = Config(congestion_control="bbr", pmtud=False)
+    links = [BottleneckLink(delay_s=DELAY_S, rate_bps=RATE_BPS) for _ in range(2)]
+    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    a, _ = conns(net)
+    header = {
+        "cid": "0000000a",
+        "role": "client",
+        "reference_time": 0.0,
+        "iss": a.iss,
+        "mss": 1428,
+        "congestion": "bbr",
+    }
+    path = tmp_path / "bbr.jsonl"
+    tracer = JsonlTracer(path, header, t0=0.0)
+    a.set_tracer(tracer, now=0.0)
+    establish(net)
+    a.send(bytes(1_000_000))
+    net.run(until=lambda: len(net.b.received) >= 1_000_000, max_time=600)
+    tracer.close()
+    ts = time_sequence(load_trace(path))
+    assert [p for _, p, _ in ts.phases][:3] == [STARTUP, DRAIN, PROBE_BW]
+    bdp = ts.phases[-1][2]
+    assert bdp == pytest.approx(RATE_BPS / 8 * 2 * DELAY_S, rel=0.15)
+    out = tmp_path / "bbr.png"
+    plot_time_sequence(load_trace(path), out)
+    pixels = image.imread(str(out))
+    assert len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])}) > 1

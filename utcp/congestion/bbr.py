@@ -1,0 +1,266 @@
+"""BBR congestion control: a model of the path (its bottleneck bandwidth and round-trip
+propagation time) rather than a reaction to loss.
+
+After the BBR draft (draft-cardwell-iccrg-bbr-congestion-control, now
+draft-ietf-ccwg-bbr) and Linux's ``tcp_bbr.c`` (version 1): the bandwidth estimate is the
+maximum delivery rate over the last ten round trips, the propagation delay the minimum RTT
+over ten seconds; segments are paced at ``pacing_gain`` times the bandwidth and the window
+is ``cwnd_gain`` times the bandwidth-delay product.  The phases: STARTUP doubles the rate
+every round until the bandwidth stops growing (three rounds under 25% growth), DRAIN empties
+the queue STARTUP built, PROBE_BW cycles its pacing gain through 1.25, 0.75 and six rounds
+of 1 to find more bandwidth and give it back, and PROBE_RTT cuts the window to four segments
+for 200 ms when the minimum RTT has not been seen for ten seconds.  Random loss does not
+shrink the model, which is why BBR keeps a lossy path full; a recovery episode only holds
+the flight to what is delivered (packet conservation) for its first round, as Linux does.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final
+
+from mypy_extensions import mypyc_attr
+
+from .base import CongestionController, RateSample, register
+
+__all__ = ["Bbr"]
+
+HIGH_GAIN: Final = 2.885  # 2 / ln 2: doubles the delivery rate each round (draft 4.6.1)
+DRAIN_GAIN: Final = 1 / HIGH_GAIN
+CWND_GAIN: Final = 2.0
+# A plain tuple: a Final one is not set when compiled methods read it (mypyc).
+PACING_GAINS: tuple[float, ...] = (1.25, 0.75, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+PROBE_BW_START_PHASE: Final = 2  # a cruising phase: Linux picks one at random, we the first
+BW_WINDOW_ROUNDS: Final = 10  # the bandwidth filter's length, in round trips
+MIN_RTT_WINDOW_S: Final = 10.0
+PROBE_RTT_S: Final = 0.2
+MIN_CWND_SEGMENTS: Final = 4
+FULL_BW_GROWTH: Final = 1.25
+FULL_BW_ROUNDS: Final = 3
+PACING_MARGIN: Final = 0.99  # pace 1% below the estimate, so the queue drains (Linux)
+
+STARTUP: Final = "startup"
+DRAIN: Final = "drain"
+PROBE_BW: Final = "probe_bw"
+PROBE_RTT: Final = "probe_rtt"
+
+
+@mypyc_attr(allow_interpreted_subclasses=True)
+class Bbr(CongestionController):
+    """BBR (version 1): bandwidth and min-RTT estimates, a pacing rate and probing phases."""
+
+    name = "bbr"
+    wants_rate_samples: ClassVar[bool] = True
+
+    def __init__(self, *, mss: int, initial_window_segments: int) -> None:
+        super().__init__(mss=mss, initial_window_segments=initial_window_segments)
+        self.phase = STARTUP
+        self.pacing_gain = HIGH_GAIN
+        self.cwnd_gain = HIGH_GAIN
+        self._init_cwnd = self.cwnd
+        self._bw_rounds: list[tuple[int, float]] = []  # (round, max rate seen in it)
+        self._min_rtt_stamp = 0.0
+        self._round = 0
+        self._next_round_delivered = 0
+        self._round_start = False
+        self._full_bw = 0.0
+        self._full_bw_count = 0
+        self.full_bw_reached = False
+        self._cycle_index = 0
+        self._cycle_stamp = 0.0
+        self._probe_rtt_done_at = 0.0
+        self._probe_rtt_round_done = False
+        self._prior_cwnd = 0
+        self._conservation_round = -1  # the round packet conservation lasts to (-1: off)
+        self._restore_round = -1  # after a timeout: the round prior_cwnd is restored at
+        self._in_flight = 0
+
+    # ------------------------------------------------------------------ the model
+
+    def _bdp(self, gain: float) -> int:
+        """``gain`` times the estimated bandwidth-delay product, bytes (the initial window
+        while there is no estimate)."""
+        bw = self.bandwidth
+        rtt = self.min_rtt
+        if bw is None or rtt is None:
+            return self._init_cwnd
+        return int(gain * bw * rtt)
+
+    def _target_cwnd(self) -> int:
+        # Three segments more for the sender's and receiver's batching (Linux's quantization
+        # budget), at least four segments.
+        return max(self._bdp(self.cwnd_gain) + 3 * self.mss, MIN_CWND_SEGMENTS * self.mss)
+
+    def _update_bw(self, rs: RateSample) -> None:
+        rate = rs.delivery_rate
+        rounds = self._bw_rounds
+        while rounds and rounds[0][0] <= self._round - BW_WINDOW_ROUNDS:
+            rounds.pop(0)
+        if rate <= 0.0:
+            return
+        current = self.bandwidth or 0.0
+        # An application-limited sample only counts if it shows more than the model knows.
+        if rs.app_limited and rate < current:
+            return
+        if rounds and rounds[-1][0] == self._round:
+            if rate > rounds[-1][1]:
+                rounds[-1] = (self._round, rate)
+        else:
+            rounds.append((self._round, rate))
+        self.bandwidth = max(r for _, r in rounds)
+
+    def _update_round(self, rs: RateSample) -> None:
+        delivered_now = rs.prior_delivered + rs.delivered
+        self._round_start = False
+        if rs.prior_delivered >= self._next_round_delivered:
+            self._next_round_delivered = delivered_now
+            self._round += 1
+            self._round_start = True
+
+    def _check_full_bw(self, rs: RateSample) -> None:
+        """STARTUP ends when three rounds in a row grew the bandwidth by less than 25%."""
+        if self.full_bw_reached or not self._round_start or rs.app_limited:
+            return
+        bw = self.bandwidth or 0.0
+        if bw >= self._full_bw * FULL_BW_GROWTH:
+            self._full_bw = bw
+            self._full_bw_count = 0
+            return
+        self._full_bw_count += 1
+        if self._full_bw_count >= FULL_BW_ROUNDS:
+            self.full_bw_reached = True
+
+    def _enter_probe_bw(self, now: float) -> None:
+        self.phase = PROBE_BW
+        self.cwnd_gain = CWND_GAIN
+        self._cycle_index = PROBE_BW_START_PHASE
+        self.pacing_gain = PACING_GAINS[self._cycle_index]
+        self._cycle_stamp = now
+
+    def _update_phase(self, rs: RateSample, now: float) -> None:
+        if self.phase == STARTUP and self.full_bw_reached:
+            self.phase = DRAIN
+            self.pacing_gain = DRAIN_GAIN
+            self.cwnd_gain = HIGH_GAIN
+        if self.phase == DRAIN and rs.in_flight <= self._bdp(1.0):
+            self._enter_probe_bw(now)
+        if self.phase == PROBE_BW and self._next_cycle_phase(rs, now):
+            self._cycle_index = (self._cycle_index + 1) % len(PACING_GAINS)
+            self.pacing_gain = PACING_GAINS[self._cycle_index]
+            self._cycle_stamp = now
+
+    def _next_cycle_phase(self, rs: RateSample, now: float) -> bool:
+        """Whether PROBE_BW's gain cycle moves on (Linux's bbr_is_next_cycle_phase)."""
+        min_rtt = self.min_rtt or 0.0
+        full_length = now - self._cycle_stamp > min_rtt
+        gain = self.pacing_gain
+        if gain == 1.0:
+            return full_length
+        if gain > 1.0:
+            # Probing: go on until the extra data is in flight (or a round has passed).
+            return full_length and rs.in_flight >= self._bdp(gain)
+        # Draining what the probe queued: done as soon as the flight is down to one BDP.
+        return full_length or rs.in_flight <= self._bdp(1.0)
+
+    def _update_min_rtt(self, rs: RateSample, now: float) -> None:
+        expired = now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
+        rtt = rs.rtt_s
+        if rtt is not None and (self.min_rtt is None or rtt <= self.min_rtt or expired):
+            self.min_rtt = rtt
+            self._min_rtt_stamp = now
+        if expired and self.phase != PROBE_RTT and self.min_rtt is not None:
+            self.phase = PROBE_RTT
+            self.pacing_gain = 1.0
+            self.cwnd_gain = 1.0
+            self._prior_cwnd = max(self._prior_cwnd, self.cwnd)
+            self._probe_rtt_done_at = 0.0
+        if self.phase == PROBE_RTT:
+            if self._probe_rtt_done_at == 0.0 and rs.in_flight <= MIN_CWND_SEGMENTS * self.mss:
+                self._probe_rtt_done_at = now + PROBE_RTT_S
+                self._probe_rtt_round_done = False
+                self._next_round_delivered = rs.prior_delivered + rs.delivered
+            elif self._probe_rtt_done_at:
+                if self._round_start:
+                    self._probe_rtt_round_done = True
+                if self._probe_rtt_round_done and now >= self._probe_rtt_done_at:
+                    self._min_rtt_stamp = now
+                    self.cwnd = max(self.cwnd, self._prior_cwnd)
+                    self._prior_cwnd = 0
+                    if self.full_bw_reached:
+                        self._enter_probe_bw(now)
+                    else:
+                        self.phase = STARTUP
+                        self.pacing_gain = self.cwnd_gain = HIGH_GAIN
+
+    def _set_pacing_rate(self) -> None:
+        bw = self.bandwidth
+        if bw is None:
+            rtt = self.min_rtt
+            if rtt:
+                # No bandwidth sample yet: the initial window per RTT, at the startup gain.
+                self.pacing_rate = HIGH_GAIN * self.cwnd / rtt
+            return
+        rate = self.pacing_gain * bw * PACING_MARGIN
+        # In STARTUP the rate only rises: an early low sample must not slow the ramp.
+        if self.full_bw_reached or self.pacing_rate is None or rate > self.pacing_rate:
+            self.pacing_rate = rate
+
+    def _set_cwnd(self, rs: RateSample) -> None:
+        acked = rs.newly_acked
+        target = self._target_cwnd()
+        min_cwnd = MIN_CWND_SEGMENTS * self.mss
+        if self._round <= self._conservation_round:
+            # Packet conservation in a recovery episode's first round: send one for one.
+            self.cwnd = max(self.cwnd, rs.in_flight + acked)
+        elif self.full_bw_reached:
+            self.cwnd = min(self.cwnd + acked, target)
+        elif self.cwnd < target or rs.prior_delivered + rs.delivered < self._init_cwnd:
+            self.cwnd += acked
+        if self._restore_round >= 0 and self._round >= self._restore_round:
+            self.cwnd = max(self.cwnd, self._prior_cwnd)
+            self._restore_round = -1
+            self._prior_cwnd = 0
+        if self.cwnd < min_cwnd:
+            self.cwnd = min_cwnd
+        if self.phase == PROBE_RTT and self.cwnd > min_cwnd:
+            self.cwnd = min_cwnd
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_rate_sample(self, sample: RateSample, *, now: float) -> None:
+        self._in_flight = sample.in_flight
+        self._update_round(sample)
+        self._update_bw(sample)
+        self._check_full_bw(sample)
+        self._update_phase(sample, now)
+        self._update_min_rtt(sample, now)
+        self._set_pacing_rate()
+        self._set_cwnd(sample)
+
+    def on_ack(self, acked_bytes: int, *, now: float, rtt_s: float | None) -> None:
+        """Nothing: every acknowledgement reaches ``on_rate_sample``."""
+
+    def on_congestion_event(self, flight_size: int, *, now: float) -> None:
+        """A recovery episode starts: keep the window to restore at its end, and for one
+        round send only as much as is delivered."""
+        if not self._prior_cwnd:
+            self._prior_cwnd = self.cwnd
+        self._conservation_round = self._round + 1
+        self.cwnd = max(self._in_flight, MIN_CWND_SEGMENTS * self.mss)
+
+    def on_recovery_exit(self, *, now: float) -> None:
+        self._conservation_round = -1
+        if self._prior_cwnd:
+            self.cwnd = max(self.cwnd, self._prior_cwnd)
+            self._prior_cwnd = 0
+
+    def on_timeout(self, flight_size: int, *, now: float) -> None:
+        """The retransmission timer expired: one segment at a time until a round trip shows
+        the path again, then the window from before (the model is kept)."""
+        self._prior_cwnd = max(self._prior_cwnd, self.cwnd)
+        self._conservation_round = -1
+        self._restore_round = self._round + 1
+        self.cwnd = self.mss
+
+
+# Not a decorator: the compiled build keeps the class native only if it has none.
+register(Bbr)
