@@ -99,11 +99,8 @@ def test_time_wait_lasts_two_msl_and_forgets_everything_else() -> None:
     s.td.start_time_wait(T0)
     assert len(s.loss.scoreboard) == 0
     assert s.loss.scoreboard.pipe == 0
-    assert (s.control.need_syn, s.control.send_probe, s.control.probe_ack_id) == (
-        False,
-        False,
-        None,
-    )
+    assert not s.control.need_syn and not s.control.send_probe
+    assert s.control.probe_ack_id is None
     assert s.dl.time_wait == T0 + 4.0
 
 
