@@ -94,6 +94,15 @@ def test_startup_paces_at_high_gain_and_ends_when_bandwidth_stops_growing() -> N
     assert m.cc.min_rtt == pytest.approx(m.rtt)
 
 
+def test_a_clock_far_from_zero_does_not_expire_the_first_min_rtt() -> None:
+    """The driver's clock is the loop's (monotonic, hours from 0): the 10 s min-RTT window
+    starts at the first sample, so STARTUP is not cut short by a PROBE_RTT at once."""
+    m = Model()
+    m.now = 12_345.0
+    m.rounds(2)
+    assert m.cc.phase == STARTUP
+
+
 def test_a_growing_bandwidth_keeps_startup_going() -> None:
     m = Model(rate=1e5)
     for k in range(6):

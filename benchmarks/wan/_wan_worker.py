@@ -150,8 +150,41 @@ async def open_streams(
     return reader, writer, context
 
 
+async def _log_stats(writer: Any, path: str) -> None:
+    """Diagnostics (UTCP_WAN_STATS=FILE): every 0.25 s, what held the utcp sender back and
+    its controller's model, one JSON line each."""
+    keys = (
+        "time_limited_by_receiver_s",
+        "time_limited_by_congestion_s",
+        "time_limited_by_application_s",
+        "congestion_phase",
+        "pacing_rate_bps",
+        "bandwidth_estimate_bps",
+        "min_rtt_s",
+        "cwnd_bytes",
+        "bytes_in_flight",
+        "send_window_bytes",
+        "retransmissions",
+        "srtt_s",
+        "bytes_sent",
+    )
+    start = time.monotonic()
+    while True:
+        st = writer.transport.get_extra_info("stats")
+        row = {"t": round(time.monotonic() - start, 3), **{k: getattr(st, k) for k in keys}}
+        with open(path, "a", encoding="utf-8") as out:
+            out.write(json.dumps(row) + "\n")
+        await asyncio.sleep(0.25)
+
+
 async def send(args: argparse.Namespace) -> None:
     _reader, writer, keep = await open_streams(args.peer, args.variant, args.host, args.port)
+    stats_file = os.environ.get("UTCP_WAN_STATS")
+    logger = (
+        asyncio.create_task(_log_stats(writer, stats_file))
+        if args.peer == "utcp" and stats_file
+        else None
+    )
     if args.peer == "tcp":
         print(f"CC {keep}", flush=True)
     left = int(args.bytes)
@@ -162,6 +195,7 @@ async def send(args: argparse.Namespace) -> None:
         left -= n
     print("SENT", flush=True)
     await asyncio.Event().wait()  # until the harness kills us
+    del logger
 
 
 class _Echo(asyncio.DatagramProtocol):

@@ -162,7 +162,8 @@ class Bbr(CongestionController):
         return full_length or rs.in_flight <= self._bdp(1.0)
 
     def _update_min_rtt(self, rs: RateSample, now: float) -> None:
-        expired = now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
+        # The window starts with the first sample (the driver's clock need not start at 0).
+        expired = self.min_rtt is not None and now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
         rtt = rs.rtt_s
         if rtt is not None and (self.min_rtt is None or rtt <= self.min_rtt or expired):
             self.min_rtt = rtt
