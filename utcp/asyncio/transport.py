@@ -204,7 +204,10 @@ class UtcpTransport(asyncio.Transport):
         cfg = self._endpoint.config
         base = cfg.send_buffer_bytes
         goal = min(self._conn.send_buffer_goal, cfg.send_buffer_max_bytes)
-        high = base + self._lease.resize(goal - base if goal > base else 0)
+        want = goal - base if goal > base else 0
+        if want == self._lease.bytes:
+            return  # the marks already stand at base + what the lease holds (every write)
+        high = base + self._lease.resize(want)
         self._high_water = high
         self._low_water = high // 4
 
