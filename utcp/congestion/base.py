@@ -61,6 +61,8 @@ class CongestionController(ABC):
     name: ClassVar[str]
     # Whether on_rate_sample is to be called (building samples costs a little per ACK).
     wants_rate_samples: ClassVar[bool] = False
+    # Whether on_delay_sample is to be called (a delay-based controller: LEDBAT).
+    wants_delay_samples: ClassVar[bool] = False
 
     def __init__(self, *, mss: int, initial_window_segments: int) -> None:
         self.mss = mss
@@ -76,6 +78,12 @@ class CongestionController(ABC):
     def on_rate_sample(self, sample: RateSample, *, now: float) -> None:  # noqa: B027
         """An acknowledgement delivered data (only when ``wants_rate_samples``); a controller
         that does not ask for samples never gets this call, so the default does nothing."""
+
+    def on_delay_sample(self, one_way_delay_s: float, *, now: float) -> None:  # noqa: B027
+        """An acknowledgement of new data carried timestamps (only when
+        ``wants_delay_samples``): the data's one-way delay to the peer, in seconds, plus the
+        unknown offset between the two clocks (constant, so a minimum over time removes it:
+        RFC 6817's base delay).  Millisecond resolution."""
 
     @property
     def in_slow_start(self) -> bool:

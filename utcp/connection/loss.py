@@ -66,6 +66,7 @@ class LossRecovery:
         self.timeouts_in_a_row = 0
         self.oldest_unacked_since: float | None = None
         self._delivered_at_sample = 0  # scoreboard.delivered at the last rate sample
+        self.wants_delay_samples = self.cc.wants_delay_samples
         self._dupthresh = config.dupack_threshold
         self._tail_loss_probe = config.tail_loss_probe
         self._delayed_ack_s = config.delayed_ack_s
@@ -98,6 +99,8 @@ class LossRecovery:
         if sack_ok and p.sack_blocks:
             self.on_sack(p.sack_blocks, now)
         if ack_pos > snd.una:
+            if self.wants_delay_samples and p.timestamps is not None:
+                self.delay_sample(p.timestamps, now)
             self.on_new_ack(ack_pos, now)
         elif (
             ack_pos == snd.una
@@ -113,6 +116,17 @@ class LossRecovery:
             self.maybe_enter_recovery(now)
         if self.scoreboard.newest_delivered is not None:
             self.take_rate_sample(now)
+
+    def delay_sample(self, timestamps: tuple[int, int], now: float) -> None:
+        """An ACK of new data with timestamps: the peer's clock when it sent the ACK minus
+        ours when we sent the data it echoes is the data's one-way delay plus the clocks'
+        offset (RFC 6817 section 3.4.1 measures it this way, at the receiver)."""
+        ts_val, ts_ecr = timestamps
+        if not self._opts.ts_ok or ts_ecr == 0:
+            return
+        # Signed 32-bit difference of two millisecond clocks.
+        delay_ms = ((ts_val - ts_ecr + 0x80000000) & 0xFFFFFFFF) - 0x80000000
+        self.cc.on_delay_sample(delay_ms / 1000.0, now=now)
 
     def take_rate_sample(self, now: float) -> None:
         """Data was delivered since the last sample: measure the delivery rate from the most

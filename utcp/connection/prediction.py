@@ -81,7 +81,10 @@ class HeaderPrediction:
         if p.timestamps is not None and self._opts.ts_ok:
             self._opts.ts_recent = p.timestamps[0]
         if ack_pos != snd_una:
-            self._loss.on_new_ack(ack_pos, now)
+            loss = self._loss
+            if loss.wants_delay_samples and p.timestamps is not None:
+                loss.delay_sample(p.timestamps, now)
+            loss.on_new_ack(ack_pos, now)
         self._sender.update_window(p, rcv_nxt, ack_pos, True)
         if n:
             rcv.take_next(payload, now)
