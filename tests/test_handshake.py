@@ -117,15 +117,16 @@ def test_the_peer_isn_and_connection_id_are_learned() -> None:
 
 
 def test_an_option_is_on_only_when_both_syns_offer_it() -> None:
-    """RFC 2018 section 2 (SACK-permitted), RFC 7323 section 3.2 (timestamps), path MTU
-    discovery's PROBE_PERMITTED: each side's offer alone enables nothing."""
+    """RFC 2018 section 2 (SACK-permitted), path MTU discovery's PROBE_PERMITTED: each side's
+    offer alone enables nothing; timestamps (RFC 7323 section 3.2) offered in a SYN are
+    accepted, as TCP does."""
     cases: list[tuple[dict[str, Any], dict[str, Any], tuple[bool, bool, bool]]] = [
         # (our config, the peer's offer) -> (sack_ok, ts_ok, pmtud_ok)
         (dict(sack=True, timestamps=True, pmtud=True), dict(), (False, False, False)),
         (
             dict(sack=False, timestamps=False, pmtud=False),
             dict(sack=True, timestamps=(5, 0), probe=True),
-            (False, False, False),
+            (False, True, False),
         ),
         (
             dict(sack=True, timestamps=True, pmtud=True),
@@ -135,7 +136,7 @@ def test_an_option_is_on_only_when_both_syns_offer_it() -> None:
         (
             dict(sack=True, timestamps=False),
             dict(sack=True, timestamps=(5, 0)),
-            (True, False, False),
+            (True, True, False),
         ),
     ]
     for ours, theirs, want in cases:

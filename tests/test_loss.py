@@ -211,8 +211,9 @@ def test_no_new_recovery_for_losses_inside_a_timed_out_flight() -> None:
 
 def test_sack_blocks_declare_a_hole_lost_without_three_duplicate_acks() -> None:
     """RFC 6675 section 4 IsLost(): a segment with more than (DupThresh - 1) * SMSS bytes
-    SACKed above it is lost; section 5: recovery starts and it is resent at once."""
-    s = Stack(sack=True)
+    SACKed above it is lost; section 5: recovery starts and it is resent at once (with RACK
+    off: RACK judges by time, tests/test_rack.py)."""
+    s = Stack(sack=True, rack=False)
     s.send(5, now=0.0)
     s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 5 * MSS)),), now=0.1)  # all but the first
     assert s.sb.pipe == MSS

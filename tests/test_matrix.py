@@ -271,3 +271,46 @@ def test_bbr_copies_intact(tmp_path: Path, options: list[str], seed: int, scale:
     relay, _, _ = _copy(tmp_path, size, seed, options, cat_args=["--congestion", "bbr"])
     up = relay.counters["up"]
     assert sum(v for k, v in up.items() if k.startswith(("dropped", "dup", "reord", "corr"))) > 0
+
+
+# ------------------------------------------------------------------ the matrix with cubic
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(
+    ("options", "seed"),
+    [
+        (["--loss", "10%", "--delay", "20ms"], 91),
+        (["--loss", "2%", "--reorder", "5%", "--dup", "5%", "--corrupt", "1%"], 92),
+        (["--rate", "10", "--queue", "128K", "--blackhole", "1.5s+3s"], 93),
+    ],
+)
+def test_cubic_copies_intact(tmp_path: Path, options: list[str], seed: int, scale: str) -> None:
+    """The reliability matrix's impairments with ``--congestion cubic`` at both ends: the
+    cubic window and HyStart++ change how much is in flight, never what arrives."""
+    size = _size(1 * MIB, 4 * MIB, scale) if "--rate" not in options else 3 * MIB
+    relay, _, _ = _copy(tmp_path, size, seed, options, cat_args=["--congestion", "cubic"])
+    up = relay.counters["up"]
+    assert sum(v for k, v in up.items() if k.startswith(("dropped", "dup", "reord", "corr"))) > 0
+
+
+# ------------------------------------------------------------------ the matrix with ledbat
+
+
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(
+    ("options", "seed"),
+    [
+        (["--loss", "10%", "--delay", "20ms"], 101),
+        (["--loss", "2%", "--reorder", "5%", "--dup", "5%", "--corrupt", "1%"], 102),
+        (["--rate", "10", "--queue", "128K", "--blackhole", "1.5s+3s"], 103),
+    ],
+)
+def test_ledbat_copies_intact(tmp_path: Path, options: list[str], seed: int, scale: str) -> None:
+    """The reliability matrix's impairments with ``--congestion ledbat`` at both ends (which
+    turns timestamps on for its delay samples): backing off as the queue grows changes how
+    much is in flight, never what arrives."""
+    size = _size(1 * MIB, 4 * MIB, scale) if "--rate" not in options else 3 * MIB
+    relay, _, _ = _copy(tmp_path, size, seed, options, cat_args=["--congestion", "ledbat"])
+    up = relay.counters["up"]
+    assert sum(v for k, v in up.items() if k.startswith(("dropped", "dup", "reord", "corr"))) > 0

@@ -49,9 +49,10 @@ def test_sack_needs_both_ends() -> None:
     assert not opts.sack_ok
 
 
-def test_timestamps_need_both_ends_and_the_peer_value_is_kept_to_echo() -> None:
-    """RFC 7323 section 3.2: timestamps are on when both SYNs carried them; TS.Recent starts
-    from the SYN's TSval."""
+def test_timestamps_offered_are_accepted_and_the_peer_value_is_kept_to_echo() -> None:
+    """RFC 7323 section 3.2: timestamps are on when the SYN carried them and the SYN-ACK
+    answers (a passive end accepts an offer whatever it would offer itself, as TCP does); a
+    SYN-ACK's timestamps count only if our SYN offered them.  TS.Recent starts from the TSval."""
     opts = Negotiated(ALL_ON)
     opts.learn(_syn(ts=(0xDEADBEEF, 0)), ALL_ON)
     assert opts.ts_ok
@@ -59,7 +60,17 @@ def test_timestamps_need_both_ends_and_the_peer_value_is_kept_to_echo() -> None:
     off = Config(timestamps=False)
     opts = Negotiated(off)
     opts.learn(_syn(ts=(7, 0)), off)
-    assert not opts.ts_ok
+    assert opts.ts_ok  # a SYN's offer: accepted
+    syn_ack = _syn(ts=(7, 1))
+    syn_ack.flags |= Flag.ACK
+    opts = Negotiated(off)
+    opts.learn(syn_ack, off)
+    assert not opts.ts_ok  # a SYN-ACK answering no offer of ours
+    ledbat = Config(congestion_control="ledbat")
+    assert ledbat.offers_timestamps and not off.offers_timestamps
+    opts = Negotiated(ledbat)
+    opts.learn(syn_ack, ledbat)
+    assert opts.ts_ok  # the delay-based controller offered them
     opts = Negotiated(ALL_ON)
     opts.learn(_syn(ts=None), ALL_ON)
     assert not opts.ts_ok

@@ -168,6 +168,7 @@ def arrive(rx: Receiver, model: StreamModel, data: bytes, start: int, end: int) 
     """Feed data[start:end] and check the ACK it draws against the model; return the ACK."""
     before = model.contiguous
     held_before = model.held()
+    duplicate = all(o in model.have for o in range(start, end))
     model.add(start, end)
     after = model.contiguous
     acks = rx.feed(start, data[start:end])
@@ -181,6 +182,10 @@ def arrive(rx: Receiver, model: StreamModel, data: bytes, start: int, end: int) 
     assert ack.flags == Flag.ACK and not len(ack.payload)
     assert rx.offset(ack.ack) == after, f"[{start}, {end}): cumulative ACK"
     blocks = [(rx.offset(left), rx.offset(right)) for left, right in ack.sack_blocks]
+    if duplicate:
+        # RFC 2883: a wholly duplicate segment is reported once, as the first block.
+        assert blocks[0] == (start, end), f"[{start}, {end}): D-SACK block"
+        blocks = blocks[1:]
     assert sorted(blocks) == model.held(), f"[{start}, {end}): SACK blocks"
     if after == before and start >= before:
         # RFC 2018 section 4: the first block holds the segment that triggered this ACK.
@@ -266,10 +271,13 @@ def test_segment_wholly_before_rcv_nxt_is_acked_but_not_delivered() -> None:
     assert rx.fire_delayed_ack()[0].ack == wire(100)
     dropped = rx.conn.stats.datagrams_dropped
     acks = rx.feed(0, data[:50])
-    assert [(p.ack, p.sack_blocks) for p in acks] == [(wire(100), ())]
+    # Reported as a D-SACK (RFC 2883), once: the next ACK has no block.
+    assert [(p.ack, p.sack_blocks) for p in acks] == [(wire(100), ((wire(0), wire(50)),))]
     assert rx.conn.stats.datagrams_dropped == dropped + 1
-    assert bytes(rx.delivered) == data
-    assert sum(isinstance(ev, DataReceived) for ev in rx.events) == 1
+    assert [(p.ack, p.sack_blocks) for p in rx.feed(100, data[:1])] == []
+    assert [(p.ack, p.sack_blocks) for p in rx.fire_delayed_ack()] == [(wire(101), ())]
+    assert bytes(rx.delivered) == data + data[:1]
+    assert sum(isinstance(ev, DataReceived) for ev in rx.events) == 2
 
 
 # ---------------------------------------------------------------- the receive window

@@ -123,7 +123,7 @@ def _seq(k: int) -> int:
 # ------------------------------------------------------------------------ a known scenario
 
 
-@pytest.mark.parametrize(("lost", "by"), [(2, "sack"), (SEGMENTS, "tlp")])
+@pytest.mark.parametrize(("lost", "by"), [(2, "rack"), (SEGMENTS, "tlp")])
 def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     """One data segment lost: the trace shows the handshake exactly, then loss_detected,
     retransmit and the datagram that repairs it, in that order, then the close."""
@@ -160,7 +160,7 @@ def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     assert keys[retx + 1] == keys[resent], "the retransmission is the very next datagram"
     assert sum(k[0] == "loss_detected" for k in keys) == 1
     assert sum(k[0] == "retransmit" for k in keys) == 1
-    if by == "sack":
+    if by == "rack":
         # Fast recovery halves the flight the loss was seen in (all five segments: the ACK
         # that shows the loss also acknowledges the two before it): reported once, between
         # detection and repair.
@@ -172,7 +172,8 @@ def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     # The active close: TIME_WAIT reports the close; 2 MSL later the connection is CLOSED.
     fin_seq = _seq(SEGMENTS)
     assert ("datagram_sent", "FIN+ACK", fin_seq, ISN_B + 1, 0) in keys
-    assert keys[-7:] == [
+    tail = [k for k in keys if k != ("cwnd_changed",)]
+    assert tail[-7:] == [
         ("state_changed", "FIN_WAIT_1", "FIN_WAIT_2"),
         ("datagram_received", "FIN+ACK", ISN_B + 1, fin_seq + 1, 0),
         ("state_changed", "FIN_WAIT_2", "TIME_WAIT"),
@@ -188,6 +189,9 @@ def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     st = a.stats
     assert st.retransmissions == 1
     assert (st.tail_loss_probes, st.fast_retransmits) == ((1, 0) if by == "tlp" else (0, 1))
+    # No D-SACK followed the probe, and the ACK of the FIN went beyond it: the probe repaired
+    # a loss, so the controller heard of one (RFC 8985 section 7.4).
+    assert st.tail_loss_repairs == (1 if by == "tlp" else 0)
     assert sum(k[0] == "datagram_sent" for k in keys) == net.links["a"].sent == st.segments_sent
     assert sum(k[0] == "datagram_received" for k in keys) == st.segments_received
     assert b.stats.out_of_order_segments_received == SEGMENTS - lost
@@ -428,7 +432,7 @@ class CountingLink(Link):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_duplicates_received_are_link_copies_plus_retransmissions(seed: int) -> None:
     """With no loss towards the receiver, every copy the link makes and every retransmission
-    (drawn by lost or duplicated ACKs) arrives after the original: each is one duplicate."""
+    arrives after the original: each is one duplicate."""
     a_to_b = CountingLink(dup=0.1, rng=random.Random(seed))
     b_to_a = Link(loss=0.2, dup=0.1, rng=random.Random(seed + 1000))
     tracer = ListTracer()
@@ -436,7 +440,9 @@ def test_duplicates_received_are_link_copies_plus_retransmissions(seed: int) -> 
     _transfer_and_close(net, random.Random(seed).randbytes(300_000))
     a, b = conns(net)
     data_retransmissions = sum(1 for e in tracer.named("retransmit") if _length(e))
-    assert a_to_b.data_duplicated > 0 and data_retransmissions > 0, f"seed {seed}: weak scenario"
+    # RACK-TLP resends nothing for ACKs lost or duplicated (tests/test_rack.py), so the
+    # retransmissions may be none; the link's copies are what is counted here.
+    assert a_to_b.data_duplicated > 0, f"seed {seed}: weak scenario"
     assert b.stats.duplicate_segments_received == a_to_b.data_duplicated + data_retransmissions
     assert b.stats.out_of_order_segments_received == 0
     assert a.stats.bytes_retransmitted == sum(_length(e) for e in tracer.named("retransmit"))

@@ -368,3 +368,19 @@ def test_a_last_line_cut_off_by_a_crash_is_skipped() -> None:
 def test_a_decoded_datagram_gets_the_ladders_label(packet: Packet, label: str) -> None:
     # examples/demo.py labels what its observers see with this, as `utcp ladder` labels traces.
     assert datagram_from_packet(decode(encode(packet)), t=0.0, sent=True).label() == label
+
+
+def test_a_thin_stream_bundle_is_not_drawn_as_a_retransmission(tmp_path: Path) -> None:
+    """A bundle starts below the highest sequence sent (it carries the unacknowledged message
+    before it again) but brings new bytes: it is a segment; a resend lies wholly below."""
+    x, y = ISS, PEER_ISS
+    b = TraceBuilder(peer="127.0.0.1:5000")
+    b.state(0.0, "CLOSED", "SYN_SENT").sent(0.0, "SYN", x, 0)
+    b.received(0.010, "SYN+ACK", y, x + 1)
+    b.state(0.010, "SYN_SENT", "ESTABLISHED").sent(0.010, "ACK", x + 1, y + 1)
+    b.sent(0.020, "ACK", x + 1, y + 1, length=8)
+    b.sent(0.040, "ACK", x + 1, y + 1, length=16)  # the first message again, and the second
+    b.sent(0.300, "ACK", x + 9, y + 1, length=8)  # the second alone, resent
+    ts = time_sequence(load_trace(b.write(tmp_path / "bundle.jsonl")))
+    assert [(a, c) for _, a, c in ts.segments] == [(1, 9), (1, 17)]
+    assert [(a, c) for _, a, c in ts.retransmits] == [(9, 17)]

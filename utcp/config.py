@@ -183,7 +183,9 @@ class Config:
     """Initial congestion window in segments (RFC 6928)."""
 
     congestion_control: str = "newreno"
-    """Name of the congestion control algorithm (see ``utcp.congestion.available``)."""
+    """Name of the congestion control algorithm (see ``utcp.congestion.available``);
+    ``cubic`` is RFC 9438 CUBIC with HyStart++ (RFC 9406).
+    ``ledbat`` is RFC 6817 background transport, yielding to other traffic by delay."""
 
     pacing: str = "auto"
     """When segments are paced (``utcp/connection/pacer.py``) rather than sent in
@@ -198,12 +200,20 @@ class Config:
 
     timestamps: bool = False
     """Offer the timestamps option (RFC 7323); values are echoed, RTT still comes from
-    Karn-filtered segment timing."""
+    Karn-filtered segment timing.  A connection offers them anyway when its congestion
+    controller measures one-way delay (``ledbat``), and accepts them whenever the peer's SYN
+    offers them, as TCP does (``offers_timestamps``)."""
 
     fast_paths: bool = True
     """Take the core's shortcuts for the common cases (header prediction for the next in-order
     segment, a lone segment sent without the general send loop, an early return when nothing is
     due).  They change nothing on the wire; turning them off exists to check exactly that."""
+
+    rack: bool = True
+    """Detect losses by time with SACK (RACK, RFC 8985 section 6): a segment is lost one
+    reordering window after a segment sent later is acknowledged, rather than after three
+    duplicate ACKs, which also finds lost retransmissions and losses in thin flows.  The
+    window adapts to reordering the peer's D-SACKs reveal.  Off: RFC 6675's DupThresh."""
 
     tail_loss_probe: bool = True
     """Resend the last segment after two RTTs without an ACK (RFC 8985 section 7), so a loss
@@ -211,6 +221,17 @@ class Config:
 
     dupack_threshold: int = 3
     """Duplicate ACKs (or SACKed segments above a hole) that trigger fast retransmit."""
+
+    thin_stream_bundling: bool = True
+    """Redundant data bundling for thin streams (small messages, few in flight, as a game or
+    a remote shell sends): a segment of new data also carries the bytes before it that are
+    still unacknowledged, [SND.UNA, end) rather than [SND.NXT, end), when all of them fit in
+    one MSS, none is SACKed and nothing waits for retransmission.  A lost segment is then
+    repaired by the next message, without a retransmission timer, a tail loss probe or
+    duplicate ACKs (a thin stream has too few segments in flight for fast retransmit), and
+    without an extra datagram.  Only the bytes are sent again: the copy is not counted in
+    flight, in cwnd or as a retransmission (``ConnectionStats.bundled_bytes`` counts it).  A
+    bulk transfer has far more than one MSS in flight, so it never bundles."""
 
     keepalive_idle_s: float | None = 15.0
     """Silence (nothing heard from the peer) before keepalive probes start; None: keepalive
@@ -341,6 +362,16 @@ class Config:
                 f"choose one of {sorted(available())}"
             )
         return self
+
+    @property
+    def offers_timestamps(self) -> bool:
+        """Whether our SYN offers timestamps: asked for, or needed by the congestion
+        controller (its delay samples come from them)."""
+        if self.timestamps:
+            return True
+        from .congestion import wants_delay_samples
+
+        return wants_delay_samples(self.congestion_control)
 
     def replace(self, **changes: object) -> Config:
         """A copy with some fields changed, validated."""

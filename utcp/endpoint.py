@@ -513,7 +513,7 @@ class Endpoint:
         assert cookies is not None
         cfg = self.config
         sack = cfg.sack and syn.sack_permitted
-        ts = cfg.timestamps and syn.timestamps is not None
+        ts = syn.timestamps is not None  # accepted whenever offered, as TCP does
         opts = pack_options(syn.mss, syn.wscale, sack, ts)
         cid, isn = cookies.make(_addr_key(addr), syn.src_cid, syn.seq, opts, now=now)
         p = Packet(_SYN | _ACK, cid, syn.src_cid, isn, (syn.seq + 1) & SEQ_MASK, 0)

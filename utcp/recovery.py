@@ -146,6 +146,11 @@ class Scoreboard:
         "lost_log",
         "newest_delivered",
         "pipe",
+        "prior_fack",
+        "rack_lost_tx",
+        "rack_pending",
+        "reordering_seen",
+        "sacked_segs",
         "segs",
     )
 
@@ -172,6 +177,20 @@ class Scoreboard:
         self.first_sent_time = 0.0
         self.app_limited_until = 0
         self.newest_delivered: SentSegment | None = None
+        # RACK (RFC 8985): segments SACKed and not yet cumulatively acknowledged; whether a
+        # segment never retransmitted was delivered below one delivered before it (the path
+        # reorders); the highest SACKed end before the ACK being processed, which the owner
+        # sets (RACK.fack); when the next segment waiting on the reordering window expires.
+        self.sacked_segs = 0
+        self.reordering_seen = False
+        self.prior_fack = 0
+        self.rack_pending = 0.0
+        self.rack_lost_tx = 0  # the latest transmission RACK has declared lost
+
+    @property
+    def last_tx(self) -> int:
+        """The number of the latest transmission (0: none yet)."""
+        return self._tx
 
     def __len__(self) -> int:
         return len(self.segs) - self._head
@@ -222,6 +241,9 @@ class Scoreboard:
 
     def _delivered(self, seg: SentSegment, now: float) -> None:
         """``seg`` reached the peer (ACKed or SACKed for the first time)."""
+        if seg.end <= self.prior_fack and not seg.retx:
+            # Sent once, delivered after a later segment was (RFC 8985 section 6.2 step 3).
+            self.reordering_seen = True
         self.delivered += seg.end - seg.start
         self.delivered_time = now
         newest = self.newest_delivered
@@ -242,6 +264,8 @@ class Scoreboard:
                 self.pipe -= seg.end - seg.start
             if not seg.sacked:
                 self._delivered(seg, now)
+            else:
+                self.sacked_segs -= 1
             seg.acked = True
             i += 1
         acked = segs[self._head : i]
@@ -272,6 +296,7 @@ class Scoreboard:
                 seg.lost = False
                 self._leave_pipe(seg)
                 self._delivered(seg, now)
+                self.sacked_segs += 1
                 newly += seg.end - seg.start
                 newest = seg.end
                 if seg.tx > self.highest_sacked_tx:
@@ -307,6 +332,57 @@ class Scoreboard:
             tx, seg = order.popleft()
             if seg.tx == tx and not seg.acked and not seg.sacked and seg.in_pipe:
                 newly += self.mark_lost(seg)
+        return newly
+
+    def rack_detect(self, rack_tx: int, threshold_s: float, now: float) -> int:
+        """RACK's loss detection (RFC 8985 section 6.2 step 5): every segment outstanding that
+        was sent before the most recently sent segment delivered (transmission ``rack_tx``)
+        and ``threshold_s`` (RACK.rtt + RACK.reo_wnd) ago or more is lost.  Returns bytes
+        newly declared lost; ``rack_pending`` becomes the time the next such segment would
+        be (0.0: none waits).
+
+        Segments are visited in transmission order, and each walk stops at the first one
+        not yet due: first transmissions in position order from ``_loss_scan``, then the
+        retransmissions in the order they were sent."""
+        segs = self.segs
+        i = self._loss_scan
+        n = len(segs)
+        newly = 0
+        pending = 0.0
+        while i < n:
+            seg = segs[i]
+            if seg.sacked or seg.lost or seg.retx:
+                i += 1  # delivered, already lost, or judged as a retransmission below
+                continue
+            if seg.tx >= rack_tx:
+                break
+            due = seg.sent_at + threshold_s
+            if due > now:
+                pending = due
+                break
+            newly += self.mark_lost(seg)
+            if seg.tx > self.rack_lost_tx:
+                self.rack_lost_tx = seg.tx
+            i += 1
+        self._loss_scan = i
+        order = self._retx_order
+        while order:
+            tx, seg = order[0]
+            if seg.tx != tx or seg.acked or seg.sacked or not seg.in_pipe:
+                order.popleft()  # sent again since, delivered, or already lost
+                continue
+            if tx >= rack_tx:
+                break
+            due = seg.sent_at + threshold_s
+            if due > now:
+                if not pending or due < pending:
+                    pending = due
+                break
+            order.popleft()
+            newly += self.mark_lost(seg)
+            if tx > self.rack_lost_tx:
+                self.rack_lost_tx = tx
+        self.rack_pending = pending
         return newly
 
     def mark_lost(self, seg: SentSegment) -> int:
@@ -389,4 +465,6 @@ class Scoreboard:
         self._retx_order.clear()
         self._head = self._loss_scan = self.pipe = self.highest_sacked = 0
         self._tx = self.highest_sacked_tx = 0
+        self.sacked_segs = self.prior_fack = self.rack_lost_tx = 0
+        self.rack_pending = 0.0
         self.newest_delivered = None

@@ -8,12 +8,18 @@ Roles:
   first byte (the shared-link scenarios).  It exits at once after reporting.
 - ``send``: connect, write ``--bytes`` in 64 KiB writes (each followed by ``drain()``), then stay
   connected until the harness kills it: a sender that closed early could cut a library's tail.
+- ``latency-echo``: listen, and echo every byte each connection sends back unchanged;
+  ``latency-client``: connect, send ``--count`` 8-byte messages ``--interval-ms`` apart
+  (``_wan_latency``: a sequence number and a timestamp), read the echoes, wait up to
+  ``--drain-s`` for the last of them and print ``RESULT <json>``: every round trip, the messages
+  sent, echoed and missing (the kcp-latency scenario, KCP's own test.cpp).
 - ``echo``: a UDP echo server (RTT validation); ``probe``: send numbered UDP probes to it and
   report each round-trip time and whether any came back out of order; ``blast``: send UDP
   datagrams with no reliability (loss validation; the emulator's counters are the result).
 
 Peers (``--peer``): ``tcp`` (``--variant`` is the sender's ``TCP_CONGESTION``: cubic, bbr,
-reno), ``utcp`` (``--variant`` is ``Config.congestion_control``, ``default`` for ``Config()``),
+reno; the latency roles set it and ``TCP_NODELAY`` on both ends), ``utcp`` (``--variant`` is
+``Config.congestion_control``, ``default`` for ``Config()``),
 ``aioquic`` and ``aiokcp`` (``--variant fast``: KCP's fast mode from ``_adapters.KCP_FAST``).
 """
 
@@ -21,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -32,6 +39,7 @@ from pathlib import Path
 from typing import Any, cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/: _adapters
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/wan/: _wan_latency
 
 WRITE_BYTES = 64 * 1024
 READ_BYTES = 256 * 1024
@@ -125,18 +133,31 @@ async def receive(args: argparse.Namespace) -> None:
     report(await done)
 
 
+def tune_tcp(sock: Any, variant: str) -> None:
+    """The congestion control under test, and no Nagle delay (asyncio's streams set
+    TCP_NODELAY too; set here so that no default is relied on)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, variant.encode())
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def tcp_settings(sock: Any) -> dict[str, Any]:
+    """What the kernel says the socket uses (recorded with every latency result)."""
+    cc = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
+    nodelay = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    return {"congestion": cc.rstrip(b"\0").decode(), "nodelay": bool(nodelay)}
+
+
 async def open_streams(
     peer: str, variant: str, host: str, port: int
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, Any]:
     """Connect; the third item keeps a library's context open for as long as we send."""
     if peer == "tcp":
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, variant.encode())
+        tune_tcp(sock, variant)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (host, port))
         reader, writer = await asyncio.open_connection(sock=sock)
-        got = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16)
-        return reader, writer, got.rstrip(b"\0").decode()
+        return reader, writer, tcp_settings(sock)["congestion"]
     if peer == "utcp":
         import utcp
 
@@ -196,6 +217,84 @@ async def send(args: argparse.Namespace) -> None:
     print("SENT", flush=True)
     await asyncio.Event().wait()  # until the harness kills us
     del logger
+
+
+async def latency_echo(args: argparse.Namespace) -> None:
+    """Echo every byte back as it comes, for as long as the harness lets us run."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if args.peer == "tcp":
+            tune_tcp(writer.get_extra_info("socket"), args.variant)
+        try:
+            while data := await reader.read(READ_BYTES):
+                writer.write(data)
+                await writer.drain()
+        except Exception:  # the harness kills the client: a reset ends the echo
+            return
+
+    port = await serve(args.peer, args.variant, args.host, handler)
+    print(f"READY {port}", flush=True)
+    await asyncio.Event().wait()
+
+
+def _clock_us() -> int:
+    return time.monotonic_ns() // 1000
+
+
+async def latency_client(args: argparse.Namespace) -> None:
+    """One message every ``--interval-ms`` on a fixed schedule (a late wake-up does not shift
+    the ones after it), the echoes read concurrently; then up to ``--drain-s`` for the rest."""
+    from _wan_latency import EchoLog
+
+    reader, writer, _keep = await open_streams(args.peer, args.variant, args.host, args.port)
+    extra: dict[str, Any] = {}
+    if args.peer == "tcp":
+        extra["tcp"] = tcp_settings(writer.get_extra_info("socket"))
+    log = EchoLog()
+    count, interval = int(args.count), float(args.interval_ms) / 1000
+    all_back = asyncio.Event()
+    failure: list[str] = []
+
+    async def read_echoes() -> None:
+        try:
+            while True:
+                data = await reader.read(READ_BYTES)
+                if not data:
+                    failure.append("end of stream before every echo")
+                    break
+                log.feed(data, _clock_us())
+                if log.sent == count and log.complete():
+                    break
+        except Exception as exc:
+            failure.append(repr(exc))
+        all_back.set()
+
+    loop = asyncio.get_running_loop()
+    cpu0 = time.process_time()
+    reading = asyncio.create_task(read_echoes())
+    start = loop.time()
+    for i in range(count):
+        delay = start + i * interval - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if all_back.is_set():
+            break  # the stream failed
+        writer.write(log.send(_clock_us()))
+        await writer.drain()
+    sending_s = loop.time() - start
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(all_back.wait(), float(args.drain_s))
+    result = {
+        **log.result(),
+        "sending_s": sending_s,
+        "span_s": loop.time() - start,
+        "client_cpu_s": time.process_time() - cpu0,
+        **extra,
+    }
+    if failure:
+        result["error"] = failure[0]
+    reading.cancel()
+    report(result)
 
 
 class _Echo(asyncio.DatagramProtocol):
@@ -260,7 +359,10 @@ def blast(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("role", choices=("receive", "send", "echo", "probe", "blast"))
+    p.add_argument(
+        "role",
+        choices=("receive", "send", "latency-echo", "latency-client", "echo", "probe", "blast"),
+    )
     p.add_argument("--peer", default="tcp")
     p.add_argument("--variant", default="default")
     p.add_argument("--host", default="0.0.0.0")
@@ -271,13 +373,21 @@ def main() -> None:
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--interval-ms", type=float, default=50.0)
     p.add_argument("--size", type=int, default=200)
+    p.add_argument("--drain-s", type=float, default=15.0)
     args = p.parse_args()
     if args.role == "probe":
         probe(args)
     elif args.role == "blast":
         blast(args)
     else:
-        coro = {"receive": receive, "send": send, "echo": echo}[args.role]
+        roles = {
+            "receive": receive,
+            "send": send,
+            "latency-echo": latency_echo,
+            "latency-client": latency_client,
+            "echo": echo,
+        }
+        coro = roles[args.role]
         try:
             asyncio.run(coro(args))
         except ValueError as exc:  # e.g. an unknown congestion_control

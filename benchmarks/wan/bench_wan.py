@@ -5,7 +5,9 @@ joined by ``linkem`` (linkem.c, built with gcc into build/), which holds a TUN d
 forwards real IP packets between them with a one-way delay, a rate limit behind a tail-drop
 queue, seeded random loss and optional FIFO jitter, per direction.  Every run starts a fresh
 emulator (seeded ``--seed`` + run), a receiver in namespace B and a sender in namespace A; the
-receiver measures goodput from its first byte to its last.  Medians over ``--runs``.
+receiver measures goodput from its first byte to its last.  The kcp-latency scenario instead runs
+KCP's own latency test (an 8-byte message every 20 ms, echoed; each round trip measured) over a
+path with KCP's test's loss and jitter.  Medians over ``--runs``.
 
 Needs root and /dev/net/tun; without them it prints why and exits 0.
 Run: ``make bench-wan`` or ``.venv/bin/python benchmarks/wan/bench_wan.py --help``.
@@ -34,6 +36,9 @@ HERE = Path(__file__).resolve().parent
 BENCH = HERE.parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
+sys.path.insert(0, str(HERE))  # _wan_latency
+
+import _wan_latency as latency  # noqa: E402 -- found through the line above
 
 WORKER = HERE / "_wan_worker.py"
 LINKEM_SRC = HERE / "linkem.c"
@@ -62,12 +67,16 @@ class Link:
     jitter_ms: float = 0.0
 
     def describe(self) -> str:
-        rate = f"{self.rate_mbps:g} Mbit/s" if self.rate_mbps else "no rate limit"
-        text = f"{rate}, {2 * self.delay_ms:g} ms RTT, {self.queue}-packet queue"
-        text += f", {self.loss * 100:g}% loss"
         if self.jitter_ms:
-            text += f", {self.jitter_ms:g} ms jitter"
-        return text
+            high = self.delay_ms + self.jitter_ms
+            delay = f"{self.delay_ms:g}-{high:g} ms each way (uniform, FIFO)"
+        else:
+            delay = f"{2 * self.delay_ms:g} ms RTT"
+        if self.rate_mbps:
+            text = f"{self.rate_mbps:g} Mbit/s, {delay}, {self.queue}-packet queue"
+        else:
+            text = f"no rate limit, {delay}"  # linkem has no queue without a rate
+        return text + f", {self.loss * 100:g}% loss"
 
     def linkem_args(self) -> list[str]:
         return [
@@ -84,15 +93,31 @@ class Scenario:
     name: str
     title: str
     link: Link
-    kind: str  # single: each peer alone; fair: two utcp flows; coexist: utcp beside cubic
+    # single: each peer alone; fair: two utcp flows; coexist: utcp beside cubic;
+    # latency: each peer alone, an echo of small messages on a schedule
+    kind: str
     mib: float = 0.0  # single: the transfer size
     seconds: float = 0.0  # fair, coexist: how long the receivers count
+    messages: int = 0  # latency: how many
+    interval_ms: float = 0.0  # latency: one message every this often
+    peers: tuple[str, ...] = ()  # peer names or kinds that run it; () = every peer
+
+    def applies(self, name: str, kind: str) -> bool:
+        """Whether the peer of this name and kind runs here."""
+        return not self.peers or name in self.peers or kind in self.peers
 
 
 # 1 BDP at 100 Mbit/s x 100 ms = 1.25 MB = 833 packets of 1500 bytes.
 BDP_100 = 833
 L20 = {"rate_mbps": 20.0, "delay_ms": 20.0, "queue": 50}
 L100 = {"rate_mbps": 100.0, "delay_ms": 50.0, "queue": BDP_100}
+# KCP's test.cpp: LatencySimulator(10, 60, 125) loses 10/2 = 5% each way and delays each packet
+# by a uniform draw between RTT 60/2 and 125/2 ms one way, first in first out (its integer code
+# draws whole milliseconds 30-61, and takes exactly 5 of every 100 packets).  Here: 30 ms +
+# linkem's jitter, uniform in [0, 32.5) ms under the same FIFO rule, and independent 5% loss.
+# No rate limit (linkem then has no queue either): 8-byte messages never bind one.
+KCP_LATENCY_LINK = Link(rate_mbps=0.0, delay_ms=30.0, queue=1000, loss=0.05, jitter_ms=32.5)
+KCP_LATENCY_PEERS = ("tcp-cubic", "tcp-bbr", "aiokcp-fast", "utcp")  # "utcp": every utcp peer
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -106,9 +131,32 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario(
             "coexist", "utcp beside kernel TCP cubic", Link(**L20, loss=0.0), "coexist", seconds=20
         ),
+        Scenario(
+            "kcp-latency",
+            "KCP's latency test",
+            KCP_LATENCY_LINK,
+            "latency",
+            messages=1000,  # 20 s of sending per peer and run
+            interval_ms=20.0,
+            peers=KCP_LATENCY_PEERS,
+        ),
     )
 }
-QUICK_SCENARIOS = ("20m-0", "20m-2", "100m-0", "fair", "coexist")
+QUICK_SCENARIOS = ("20m-0", "20m-2", "100m-0", "fair", "coexist", "kcp-latency")
+IDLE_SCENARIO = "20m-0"  # coexist's path with nothing else on it: each flow alone there
+# Names --scenarios accepts besides the scenarios' own ("all" is QUICK_SCENARIOS with --quick).
+SCENARIO_GROUPS: dict[str, tuple[str, ...]] = {
+    "all": tuple(SCENARIOS),
+    "none": (),
+    "20m": ("20m-0", "20m-1", "20m-2", "20m-5"),
+    "100m": ("100m-0", "100m-1"),
+    # Congestion controllers side by side: every path one flow has alone, beside cubic, and
+    # the latency test (fair compares a controller only with itself).
+    "controllers": (
+        *("20m-0", "20m-1", "20m-2", "20m-5", "100m-0", "100m-1"),
+        *("coexist", "kcp-latency"),
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -133,6 +181,33 @@ COEXIST_TCP = BASE_PEERS[0]  # kernel TCP cubic
 
 def utcp_cc_peer(cc: str) -> Peer:
     return Peer(f"utcp-{cc}", "utcp", cc, f"utcp {cc}", ("utcp",))
+
+
+def select_scenarios(spec: str, quick: bool = False) -> list[str]:
+    """The scenarios a comma-separated ``--scenarios`` value names, groups expanded, in the
+    order given, each once; ValueError for a name that is neither."""
+    chosen: list[str] = []
+    for word in filter(None, (w.strip() for w in spec.split(","))):
+        if word == "all" and quick:
+            names: tuple[str, ...] = QUICK_SCENARIOS
+        elif word in SCENARIO_GROUPS:
+            names = SCENARIO_GROUPS[word]
+        elif word in SCENARIOS:
+            names = (word,)
+        else:
+            raise ValueError(word)
+        chosen += [n for n in names if n not in chosen]
+    return chosen
+
+
+def controller_names(values: list[str]) -> list[str]:
+    """``--utcp-cc`` values (repeated, each comma-separated) as one list, each name once."""
+    names: list[str] = []
+    for value in values:
+        for name in (v.strip() for v in value.split(",")):
+            if name and name not in names:
+                names.append(name)
+    return names
 
 
 # ------------------------------------------------------------------------ small helpers
@@ -440,15 +515,69 @@ async def run_flows(
 
 
 def drop_pcts(counters: dict[str, Any]) -> dict[str, float]:
-    """Queue and loss drops as % of the packets that entered the data direction (A to B)."""
+    """Queue and loss drops as % of the packets that entered the data direction (A to B), and
+    loss drops of the return direction (which carries the echoes of the latency scenario)."""
     ab = counters.get("a_to_b") or {}
     received = ab.get("received") or 0
     if not received:
         return {}
-    return {
+    pcts = {
         "queue_drop_pct": 100 * ab.get("dropped_queue", 0) / received,
         "loss_drop_pct": 100 * ab.get("dropped_loss", 0) / received,
     }
+    ba = counters.get("b_to_a") or {}
+    if ba.get("received"):
+        pcts["loss_drop_pct_ba"] = 100 * ba.get("dropped_loss", 0) / ba["received"]
+    return pcts
+
+
+async def run_latency(
+    testbed: Testbed, link: Link, peer: Peer, messages: int, interval_ms: float, seed: int
+) -> dict[str, Any]:
+    """One run of the latency test: a fresh emulator, an echo server in B, the client in A."""
+    record: dict[str, Any] = {"seed": seed, "ok": True}
+    procs: list[Proc] = []
+    kind = ["--peer", peer.kind, "--variant", peer.variant, "--host", ADDR_B]
+    drain_s = 15.0  # after the last message: several retransmission timeouts
+    time_limit_s = messages * interval_ms / 1000 + drain_s + 45.0
+    result: dict[str, Any] = {}
+    async with Emulator(testbed, link, seed) as emu:
+        try:
+            server = await Proc.worker(testbed.ns_b, "latency-echo", *kind)
+            procs.append(server)
+            port = await asyncio.wait_for(server.expect("READY"), 30)
+            emu_cpu0, server_cpu0, t0 = emu.cpu_s(), server.cpu_s(), time.perf_counter()
+            args = [*kind, "--port", port, "--count", str(messages)]
+            args += ["--interval-ms", str(interval_ms), "--drain-s", str(drain_s)]
+            client = await Proc.worker(testbed.ns_a, "latency-client", *args)
+            procs.append(client)
+            result = await asyncio.wait_for(client.result(), time_limit_s)
+            wall = time.perf_counter() - t0
+            emu_cpu1, server_cpu1 = emu.cpu_s(), server.cpu_s()
+            # It exits by itself after reporting: signalling it before the event loop has seen
+            # it go would reap it behind asyncio's child watcher (a spurious warning).
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(client.proc.wait(), 5.0)
+            if emu_cpu0 is not None and emu_cpu1 is not None:
+                record["emulator_cpu_pct"] = 100 * (emu_cpu1 - emu_cpu0) / wall
+            if server_cpu0 is not None and server_cpu1 is not None:
+                result["receiver_cpu_pct"] = 100 * (server_cpu1 - server_cpu0) / wall
+            if result.get("client_cpu_s") is not None and result.get("span_s"):
+                result["sender_cpu_pct"] = 100 * result["client_cpu_s"] / result["span_s"]
+            if "error" in result:
+                record["ok"] = False
+                record["error"] = result["error"]
+            record["wall_s"] = wall
+        except (asyncio.TimeoutError, RuntimeError, ValueError, OSError) as exc:
+            record["ok"] = False
+            tails = "; ".join(f"{p.role}: {p.stderr_tail()}" for p in procs)
+            record["error"] = f"{type(exc).__name__}: {exc} ({tails})"[:800]
+        finally:
+            for p in procs:
+                await p.stop()
+            record["emulator"] = await emu.finish()
+    record["flows"] = [{"peer": peer.name, **result}]
+    return record
 
 
 # ------------------------------------------------------------------------ validation
@@ -485,6 +614,31 @@ async def validate(testbed: Testbed, settings: dict[str, Any]) -> list[dict[str,
         ok,
         f"min {fmt(min(rtts) if rtts else None, 2)} ms, median {fmt(median(rtts), 2)} ms, "
         f"max {fmt(max(rtts) if rtts else None, 2)} ms, reordered {res.get('reordered')}",
+    )
+    # The kcp-latency path without its loss: 30 ms + uniform[0, 32.5) ms each way.  Probes 40 ms
+    # apart are further apart than the jitter's width, so FIFO never holds one back and each
+    # RTT is the sum of two independent draws: within [60, 125] ms, mean and median 92.5 ms.
+    link = Link(0.0, KCP_LATENCY_LINK.delay_ms, 1000, 0.0, jitter_ms=KCP_LATENCY_LINK.jitter_ms)
+    res = await probe(testbed, link, count=200, interval_ms=40)
+    rtts = res.get("rtt_ms") or []
+    low, high = 2 * link.delay_ms, 2 * (link.delay_ms + link.jitter_ms)
+    mean = statistics.fmean(rtts) if rtts else None
+    ok = (
+        len(rtts) >= 190
+        and min(rtts) >= low - 0.5
+        and max(rtts) <= high + 1.0
+        and mean is not None
+        and abs(mean - (low + high) / 2) <= 3.0
+        and res.get("reordered") == 0
+    )
+    check(
+        f"kcp-latency delays {link.describe()} (200 probes 40 ms apart): RTT in "
+        f"[{low:g}, {high:g}], mean {(low + high) / 2:g} ± 3, in order",
+        ok,
+        f"min {fmt(min(rtts) if rtts else None, 2)} ms, median {fmt(median(rtts), 2)} ms, "
+        f"mean {fmt(mean, 2)} ms, max {fmt(max(rtts) if rtts else None, 2)} ms, "
+        f"reordered {res.get('reordered')}",
+        rtt_ms=rtts,
     )
     counters = await udp_blast(testbed, Link(0, 1.0, 1000, 0.05), count=40000)
     ab = counters.get("a_to_b") or {}
@@ -595,9 +749,21 @@ async def run_benchmark(testbed: Testbed, settings: dict[str, Any]) -> list[dict
         for run in range(1, settings["runs"] + 1):
             seed = settings["seed"] + run
             groups: list[tuple[str, list[Flow]]] = []
+            if sc.kind == "latency":
+                messages = settings["latency_messages"] or max(1, round(sc.messages * scale))
+                for p in (p for p in available if sc.applies(p.name, p.kind)):
+                    rec = await run_latency(testbed, sc.link, p, messages, sc.interval_ms, seed)
+                    rec.update(scenario=name, peer=p.name, run=run, messages=messages)
+                    rec.update(drop_pcts(rec["emulator"]))
+                    runs.append(rec)
+                    print(
+                        f"{name:8} run {run}/{settings['runs']} {p.name:14} {progress(rec)}",
+                        flush=True,
+                    )
+                continue
             if sc.kind == "single":
                 size = int(sc.mib * scale * MIB)
-                for p in available:
+                for p in (p for p in available if sc.applies(p.name, p.kind)):
                     groups.append((p.name, [Flow(p, size, cap_s=settings["cap_s"])]))
             else:
                 secs = settings["shared_seconds"] or sc.seconds * scale
@@ -620,6 +786,14 @@ async def run_benchmark(testbed: Testbed, settings: dict[str, Any]) -> list[dict
 def progress(rec: dict[str, Any]) -> str:
     if not rec["ok"]:
         return f"FAILED: {rec.get('error')}"
+    if SCENARIOS[rec["scenario"]].kind == "latency":
+        res = rec["flows"][0]
+        return (
+            f"RTT avg {fmt(res.get('avg_rtt_ms'))} ms, p99 {fmt(res.get('p99_rtt_ms'))} ms, "
+            f"max {fmt(res.get('max_rtt_ms'))} ms; echoed {res.get('echoed')}/{res.get('sent')}; "
+            f"loss drops {fmt(rec.get('loss_drop_pct'), 2)}% / "
+            f"{fmt(rec.get('loss_drop_pct_ba'), 2)}%; {rec.get('wall_s', 0):.1f} s"
+        )
     parts = []
     for f in rec["flows"]:
         text = f"{f['peer']} {f.get('goodput_mbps', 0):.2f} Mbit/s"
@@ -646,7 +820,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             row["ok"] += 1
             flows = rec["flows"]
             sample: dict[str, Any] = {
-                "goodputs": [f["goodput_mbps"] for f in flows],
+                "goodputs": [f.get("goodput_mbps") for f in flows],
                 "emulator_cpu_pct": rec.get("emulator_cpu_pct"),
                 "queue_drop_pct": rec.get("queue_drop_pct"),
                 "loss_drop_pct": rec.get("loss_drop_pct"),
@@ -659,6 +833,9 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             if sc.kind == "coexist":
                 total = sum(sample["goodputs"])
                 sample["utcp_share"] = sample["goodputs"][0] / total if total else None
+            if sc.kind == "latency":
+                sample["latency"] = flows[0]
+                sample["loss_drop_pct_ba"] = rec.get("loss_drop_pct_ba")
             row["capped"] += sum(1 for f in flows if f.get("capped"))
             row["samples"].append(sample)
         for row in rows.values():
@@ -667,8 +844,13 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
             def med(key: str, samples: list[dict[str, Any]] = samples) -> float | None:
                 return median([s[key] for s in samples if s.get(key) is not None])
 
-            row["goodput_mbps"] = median([s["goodputs"][0] for s in samples])
-            if sc.kind != "single":
+            if sc.kind == "latency":
+                row.update(latency.summarize_runs([s["latency"] for s in samples]))
+                row["loss_drop_pct_ba"] = med("loss_drop_pct_ba")
+                row["goodput_mbps"] = None
+            else:
+                row["goodput_mbps"] = median([s["goodputs"][0] for s in samples])
+            if sc.kind in ("fair", "coexist"):
                 row["goodput2_mbps"] = median([s["goodputs"][1] for s in samples])
                 row["total_mbps"] = median([sum(s["goodputs"]) for s in samples])
             for key in (
@@ -701,13 +883,17 @@ def render(report: dict[str, Any]) -> str:
         "",
         f"versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items() if v)}",
         "",
-        f"Receiver goodput in Mbit/s (10^6 bit/s), first to last byte, median of {st['runs']} "
-        f"run(s); emulator seeds {st['seed'] + 1}..{st['seed'] + st['runs']}; transfers capped "
-        f"at {st['cap_s']:g} s after the first byte. Kernel TCP's congestion control is set per "
-        "socket (TCP_CONGESTION) on the sender.",
-        "",
     ]
     single = [n for n in st["scenarios"] if SCENARIOS[n].kind == "single"]
+    shared = [n for n in st["scenarios"] if SCENARIOS[n].kind in ("fair", "coexist")]
+    if single or shared:
+        lines += [
+            f"Receiver goodput in Mbit/s (10^6 bit/s), first to last byte, median of "
+            f"{st['runs']} run(s); emulator seeds {st['seed'] + 1}..{st['seed'] + st['runs']}; "
+            f"transfers capped at {st['cap_s']:g} s after the first byte. Kernel TCP's congestion "
+            "control is set per socket (TCP_CONGESTION) on the sender.",
+            "",
+        ]
     if single:
         head = ["path"] + [p["label"] for p in peers]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -719,31 +905,30 @@ def render(report: dict[str, Any]) -> str:
                 cells.append(cell(summary[name].get(p["name"]), p, report))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-    shared = [n for n in st["scenarios"] if SCENARIOS[n].kind != "single"]
     if shared:
+        lines += shared_table(shared, summary, st)
+    for name in (n for n in st["scenarios"] if SCENARIOS[n].kind == "latency"):
+        sc = SCENARIOS[name]
+        messages = st.get("latency_messages") or max(1, round(sc.messages * st["scale"]))
         lines += [
-            "| shared link | flow 1 Mbit/s | flow 2 Mbit/s | total | Jain's index | utcp's share |",
-            "|---|---|---|---|---|---|",
+            f"{sc.title} ({name}): {sc.link.describe()}; the client sends an "
+            f"{latency.MESSAGE_BYTES}-byte message every {sc.interval_ms:g} ms, {messages:,} per "
+            "run, the server echoes each back, the client times each round trip. Median over "
+            "the runs of each run's average, p99 (nearest rank), p50 and maximum, and of the "
+            "packets dropped by random loss each way; messages summed over the runs (a reliable "
+            "stream echoes every one). Kernel TCP sets its congestion control and TCP_NODELAY "
+            "on both ends.",
+            "",
+            *latency.latency_table("peer", peers_of(name, peers), summary[name]),
+            "",
         ]
-        for name in shared:
-            sc = SCENARIOS[name]
-            for peer, row in summary[name].items():
-                share = "" if row.get("utcp_share") is None else f"{100 * row['utcp_share']:.0f}%"
-                second = peer if sc.kind == "fair" else COEXIST_TCP.name
-                secs = st["shared_seconds"] or sc.seconds * st["scale"]
-                lines.append(
-                    f"| {sc.link.describe()}: {peer} + {second}, {secs:g} s ({name}) "
-                    f"| {fmt(row['goodput_mbps'])} | {fmt(row.get('goodput2_mbps'))} "
-                    f"| {fmt(row.get('total_mbps'))} | {fmt(row.get('jain'), 3)} "
-                    f"| {share} |"
-                )
-        lines.append("")
     lines += [
         "Per run (medians): packets dropped by the bottleneck queue and by random loss (% of "
         "those entering A to B), packets the kernel dropped at a TUN device because the emulator "
         "read too slowly, and CPU as % of one core: the emulator's and the sender's (start-up "
         "included) over the transfer's wall time, the receiver's from its connection to its "
-        "last byte.",
+        "last byte (kcp-latency: the client's as the sender's, from its connection to its last "
+        "echo, and the echo server's as the receiver's, over the client's wall time).",
         "",
         "| scenario | peer | ok/runs | capped | queue drops % | loss drops % | TUN drops "
         "| emulator CPU % | sender CPU % | receiver CPU % |",
@@ -765,6 +950,43 @@ def render(report: dict[str, Any]) -> str:
         for c in report["validation"]:
             lines.append(f"- {'ok' if c['passed'] else 'FAILED'}: {c['check']}: {c['measured']}")
     return "\n".join(lines)
+
+
+def peers_of(name: str, peers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The report's peers that scenario ``name`` runs."""
+    return [p for p in peers if SCENARIOS[name].applies(p["name"], p["kind"])]
+
+
+def shared_table(names: list[str], summary: dict[str, Any], st: dict[str, Any]) -> list[str]:
+    """The fair and coexist rows, one per utcp peer; beside each flow, what that flow's peer
+    moved alone on the idle link (IDLE_SCENARIO) when the same run measured it, so that a
+    controller's share beside cubic can be read against what it takes of an empty link."""
+    idle = summary.get(IDLE_SCENARIO) or {}
+
+    def alone(peer: str) -> str:
+        return fmt((idle.get(peer) or {}).get("goodput_mbps")) if idle else ""
+
+    lines = [
+        "| shared link | flow 1 Mbit/s | flow 2 Mbit/s | total | Jain's index | utcp's share "
+        f"| flow 1 alone ({IDLE_SCENARIO}) | flow 2 alone ({IDLE_SCENARIO}) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name in names:
+        sc = SCENARIOS[name]
+        for peer, row in summary[name].items():
+            share = "" if row.get("utcp_share") is None else f"{100 * row['utcp_share']:.0f}%"
+            second = peer if sc.kind == "fair" else COEXIST_TCP.name
+            secs = st["shared_seconds"] or sc.seconds * st["scale"]
+            lines.append(
+                f"| {sc.link.describe()}: {peer} + {second}, {secs:g} s ({name}) "
+                f"| {fmt(row['goodput_mbps'])} | {fmt(row.get('goodput2_mbps'))} "
+                f"| {fmt(row.get('total_mbps'))} | {fmt(row.get('jain'), 3)} "
+                f"| {share} | {alone(peer)} | {alone(second)} |"
+            )
+    lines.append("")
+    if not idle:
+        lines += [f"(The 'alone' columns need {IDLE_SCENARIO} in the same run.)", ""]
+    return lines
 
 
 def cell(row: dict[str, Any] | None, peer: dict[str, Any], report: dict[str, Any]) -> str:
@@ -887,12 +1109,24 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "(two network namespaces joined by linkem). Needs root and /dev/net/tun.",
         epilog=f"scenarios: {names}; peers: {', '.join(x.name for x in BASE_PEERS)}",
     )
-    p.add_argument("--scenarios", default="all", help="comma-separated, or 'all', or 'none'")
+    p.add_argument(
+        "--scenarios",
+        default="all",
+        help="comma-separated scenario names or groups: "
+        + ", ".join(
+            f"{k} ({','.join(v) or 'validation only'})"
+            for k, v in SCENARIO_GROUPS.items()
+            if k != "all"
+        )
+        + "; 'all' (every scenario; with --quick the quick set)",
+    )
     p.add_argument("--peers", default="all", help="comma-separated peer names, or 'all'")
     p.add_argument(
         "--utcp-cc",
-        default="",
-        help="extra utcp peers, one per congestion controller (e.g. newreno,bbr); a name utcp "
+        action="append",
+        default=[],
+        help="extra utcp peers, one per congestion controller (comma-separated and/or repeated: "
+        "--utcp-cc cubic,ledbat --utcp-cc bbr); every scenario gets a row for each; a name utcp "
         "rejects is shown as n/a",
     )
     p.add_argument("--runs", type=int, default=None, help="runs per scenario and peer (default 3)")
@@ -907,6 +1141,12 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         type=float,
         default=0.0,
         help="length of fair/coexist (default 20 s; --quick 6 s)",
+    )
+    p.add_argument(
+        "--latency-messages",
+        type=int,
+        default=0,
+        help="messages per kcp-latency run, one every 20 ms (default 1000 = 20 s; --quick 250)",
     )
     p.add_argument("--seed", type=int, default=1000, help="run r uses emulator seed SEED + r")
     p.add_argument(
@@ -923,15 +1163,10 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     )
     p.add_argument("--out", default=str(BENCH / "results"), help="directory for JSON, MD, PNG")
     args = p.parse_args(argv)
-    if args.scenarios == "all":
-        scenarios = list(QUICK_SCENARIOS if args.quick else SCENARIOS)
-    elif args.scenarios == "none":
-        scenarios = []
-    else:
-        scenarios = args.scenarios.split(",")
-    for s in scenarios:
-        if s not in SCENARIOS:
-            p.error(f"unknown scenario {s!r}; choose from {names}")
+    try:
+        scenarios = select_scenarios(args.scenarios, args.quick)
+    except ValueError as exc:
+        p.error(f"unknown scenario {exc}; choose from {names} or {', '.join(SCENARIO_GROUPS)}")
     peers = list(BASE_PEERS)
     if args.peers != "all":
         by_name = {x.name: x for x in BASE_PEERS}
@@ -940,11 +1175,13 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
             if n not in by_name:
                 p.error(f"unknown peer {n!r}; choose from {', '.join(by_name)}")
             peers.append(by_name[n])
-    for cc in filter(None, args.utcp_cc.split(",")):
-        peers.append(utcp_cc_peer(cc.strip()))
+    for cc in controller_names(args.utcp_cc):
+        peers.append(utcp_cc_peer(cc))
     runs = args.runs if args.runs is not None else (1 if args.quick else 3)
     if runs < 1:
         p.error("--runs must be at least 1")
+    if args.latency_messages < 0:
+        p.error("--latency-messages must not be negative")
     cap_s = args.cap_s if args.cap_s is not None else (6.0 if args.quick else 15.0)
     return {
         "scenarios": scenarios,
@@ -953,6 +1190,7 @@ def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
         "cap_s": cap_s,
         "scale": 0.25 if args.quick else 1.0,
         "shared_seconds": args.shared_seconds or (6.0 if args.quick else 0.0),
+        "latency_messages": args.latency_messages,
         "seed": args.seed,
         "validate": args.validate if args.validate is not None else not args.quick,
         "validate_only": args.validate_only,
@@ -985,7 +1223,8 @@ async def main_async(settings: dict[str, Any], testbed: Testbed) -> dict[str, An
         {**asdict(p), "unavailable": unavailable.get(p.name, "")} for p in settings["peer_objects"]
     ]
     public["scenario_paths"] = {
-        n: {**asdict(SCENARIOS[n].link), "kind": SCENARIOS[n].kind} for n in settings["scenarios"]
+        n: {**asdict(SCENARIOS[n].link), "kind": SCENARIOS[n].kind, "peers": SCENARIOS[n].peers}
+        for n in settings["scenarios"]
     }
     return {
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),

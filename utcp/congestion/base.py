@@ -121,6 +121,13 @@ def available() -> frozenset[str]:
     return frozenset(_REGISTRY)
 
 
+def wants_delay_samples(name: str) -> bool:
+    """Whether the named algorithm measures one-way delay (so timestamps must be offered);
+    False for an unknown name."""
+    factory = _REGISTRY.get(name)
+    return bool(getattr(factory, "wants_delay_samples", False))
+
+
 def create(name: str, *, mss: int, initial_window_segments: int) -> CongestionController:
     """A new controller of the named algorithm; ``ValueError`` for an unknown name."""
     try:

@@ -65,6 +65,7 @@ from .deadlines import (
     IDLE,
     KEEPALIVE,
     PERSIST,
+    REORDER,
     RTO,
     TIME_WAIT_TIMER,
     TIMER_COUNT,
@@ -501,6 +502,8 @@ class Connection:
             return self._timers.on_rto(now, st, self._teardown.orphaned)
         if timer == TLP:
             self._loss.on_tlp(now)
+        elif timer == REORDER:
+            self._loss.on_reorder_timer(now)
         elif timer == ACK:
             self._rcv.ack_now = True
         elif st not in SYNCHRONIZED:
@@ -698,6 +701,7 @@ class Connection:
                 # A retransmission of data we already have: its ACK is how the peer learns.
                 if payload and seg_pos + len(payload) <= rcv.nxt:
                     self._count.dup_segments += 1
+                    rcv.dsack = (seg_pos, seg_pos + len(payload))
                 rcv.ack_now = True
                 self._drop(DropReason.OUT_OF_WINDOW)
             else:

@@ -24,6 +24,9 @@ class Counters:
         self.fast_retx = 0  # recovery episodes entered (fast retransmit)
         self.timeouts = 0  # retransmission timer expiries
         self.tlp_probes = 0  # tail loss probes
+        self.tlp_recoveries = 0  # probes that repaired a loss (RFC 8985 section 7.4)
+        self.rack_timeouts = 0  # losses found when RACK's reordering window ran out
+        self.dsacks_received = 0  # ACKs reporting a duplicate segment (RFC 2883)
         self.dupack_count = 0  # duplicate ACKs received
         self.dropped = 0  # datagrams discarded, all reasons
         self.drops: dict[DropReason, int] = {}  # ``dropped`` by reason
@@ -32,6 +35,8 @@ class Counters:
         self.ooo_segments = 0  # data segments beyond a gap
         self.fast_received = 0  # shortcuts taken (Config.fast_paths)
         self.fast_sent = 0
+        self.bundled_segments = 0  # segments of new data that also carried unacknowledged data
+        self.bundled_bytes = 0  # unacknowledged payload bytes they carried again
         self.fast_idle = 0
         self.icmp_errors = 0  # ICMP errors taken as ours
 

@@ -20,6 +20,7 @@ __all__ = [
     "NAMES",
     "PACE",
     "PERSIST",
+    "REORDER",
     "RTO",
     "TIMER_COUNT",
     "TIME_WAIT_TIMER",
@@ -34,6 +35,7 @@ NAMES: Final = (
     "time_wait",
     "rto",
     "tlp",
+    "reorder",
     "fin_wait_2",
     "persist",
     "ack",
@@ -47,6 +49,7 @@ TRACE_NAMES: Final = (
     "time_wait",
     "rto",
     "tlp",
+    "reorder",
     "fin_wait_2",
     "persist",
     "delayed_ack",
@@ -59,14 +62,15 @@ TRACE_NAMES: Final = (
 TIME_WAIT_TIMER: Final = 0
 RTO: Final = 1
 TLP: Final = 2
-FIN_WAIT_2_TIMER: Final = 3
-PERSIST: Final = 4
-ACK: Final = 5
-KEEPALIVE: Final = 6
-IDLE: Final = 7
-CONFIRM: Final = 8
-PACE: Final = 9
-TIMER_COUNT: Final = 10
+REORDER: Final = 3
+FIN_WAIT_2_TIMER: Final = 4
+PERSIST: Final = 5
+ACK: Final = 6
+KEEPALIVE: Final = 7
+IDLE: Final = 8
+CONFIRM: Final = 9
+PACE: Final = 10
+TIMER_COUNT: Final = 11
 
 
 @final
@@ -76,6 +80,7 @@ class Deadlines:
     def __init__(self) -> None:
         self.rto: float | None = None  # retransmission timeout (RFC 6298)
         self.tlp: float | None = None  # tail loss probe (RFC 8985 section 7)
+        self.reorder: float | None = None  # RACK's reordering window ends (RFC 8985 6.2)
         self.ack: float | None = None  # delayed ACK (RFC 9293 section 3.8.6.3)
         self.persist: float | None = None  # zero-window probe (RFC 9293 section 3.8.6.1)
         self.time_wait: float | None = None  # end of TIME_WAIT (2 MSL, restartable)
@@ -91,6 +96,9 @@ class Deadlines:
         # after every datagram).
         best = self.rto
         t = self.tlp
+        if t is not None and (best is None or t < best):
+            best = t
+        t = self.reorder
         if t is not None and (best is None or t < best):
             best = t
         t = self.ack
@@ -127,6 +135,8 @@ class Deadlines:
             return self.rto
         if timer == TLP:
             return self.tlp
+        if timer == REORDER:
+            return self.reorder
         if timer == FIN_WAIT_2_TIMER:
             return self.fin_wait_2
         if timer == PERSIST:
@@ -151,6 +161,8 @@ class Deadlines:
             self.rto = None
         elif timer == TLP:
             self.tlp = None
+        elif timer == REORDER:
+            self.reorder = None
         elif timer == FIN_WAIT_2_TIMER:
             self.fin_wait_2 = None
         elif timer == PERSIST:
@@ -170,6 +182,6 @@ class Deadlines:
 
     def clear(self) -> None:
         """Stop every timer."""
-        self.rto = self.tlp = self.ack = self.persist = None
+        self.rto = self.tlp = self.reorder = self.ack = self.persist = None
         self.time_wait = self.fin_wait_2 = self.keepalive = self.idle = self.confirm = None
         self.pace = None

@@ -1,5 +1,6 @@
 """Loss recovery: the scoreboard of segments in flight, the RTT estimator, the congestion
-controller, the recovery episode (RFC 6582 NewReno, RFC 6675 SACK) and the tail loss probe.
+controller, the recovery episode (RFC 6582 NewReno, RFC 6675 SACK), RACK-TLP's time-based
+loss detection (RFC 8985, with SACK; ``Config.rack``) and the tail loss probe.
 
 It learns from acknowledgements (``on_new_ack``, ``on_dupack``, ``on_sack``) and timers
 (``on_timeout``, ``on_tlp``), declares segments lost for the sender to resend, and arms the
@@ -20,6 +21,7 @@ from ..seqnum import seq_diff
 from .counters import Counters
 from .deadlines import Deadlines
 from .options import Negotiated
+from .rack import Rack
 from .send_side import SendSide
 from .tracepoints import TracePoints
 
@@ -59,10 +61,19 @@ class LossRecovery:
         )
         self.in_recovery = False
         self.recover = 0  # RFC 6582 "recover"
+        # The last transmission before the current episode (or timeout) began: a loss of a
+        # later one, a retransmission, is a new congestion event (RFC 9002 section 7.3.2).
+        self.recovery_tx = 0
         self.dupacks = 0
         self.dupack_credit = 0  # bytes of dup-ACK inflation in recovery without SACK
         self.rexmit_now = False  # fast retransmit due: send it whatever the pipe says
         self.tlp_sent = False  # one probe per flight, until new data is acknowledged
+        # A retransmitted probe's episode (RFC 8985 section 7.4): SND.NXT when it was sent
+        # (0: none open); it ends with a D-SACK (no loss) or an ACK beyond (a loss repaired).
+        self.tlp_high = 0
+        self.probe_new_data = False  # the probe is new data: one segment beyond the window
+        self.rack = Rack()
+        self._rack_on = config.rack
         self.timeouts_in_a_row = 0
         self.oldest_unacked_since: float | None = None
         self._delivered_at_sample = 0  # scoreboard.delivered at the last rate sample
@@ -96,8 +107,23 @@ class LossRecovery:
         answer excepted) or SACK blocks alone showing a loss."""
         snd = self._snd
         sack_ok = self._opts.sack_ok
+        sb = self.scoreboard
+        sb.prior_fack = sb.highest_sacked
+        dsack = False
         if sack_ok and p.sack_blocks:
+            dsack = self.is_dsack(p.sack_blocks, ack_pos)
+            if dsack:
+                self._count.dsacks_received += 1
+                if self._rack_on:
+                    self.rack.on_dsack(snd.una, snd.max)
+                    # A spurious retransmission is the path reordering beyond the window
+                    # (or duplicating): the zero window of step 4 no longer applies.
+                    sb.reordering_seen = True
             self.on_sack(p.sack_blocks, now)
+            if sb.newest_delivered is not None:
+                self._rack_update(now)
+        if self.tlp_high and ack_pos >= self.tlp_high:
+            self._tlp_episode(p, ack_pos, dsack, now)
         if ack_pos > snd.una:
             if self.wants_delay_samples and p.timestamps is not None:
                 self.delay_sample(p.timestamps, now)
@@ -127,6 +153,87 @@ class LossRecovery:
         # Signed 32-bit difference of two millisecond clocks.
         delay_ms = ((ts_val - ts_ecr + 0x80000000) & 0xFFFFFFFF) - 0x80000000
         self.cc.on_delay_sample(delay_ms / 1000.0, now=now)
+
+    def is_dsack(self, blocks: tuple[tuple[int, int], ...], ack_pos: int) -> bool:
+        """Whether the first SACK block is a D-SACK (RFC 2883 section 4): below the
+        cumulative ACK, or inside the second block."""
+        snd = self._snd
+        una_wire = snd.wire_seq(snd.una)
+        left, right = blocks[0]
+        lp = snd.una + seq_diff(left, una_wire)
+        rp = snd.una + seq_diff(right, una_wire)
+        if rp <= ack_pos:
+            return True
+        if len(blocks) > 1:
+            l2, r2 = blocks[1]
+            return snd.una + seq_diff(l2, una_wire) <= lp and rp <= snd.una + seq_diff(r2, una_wire)
+        return False
+
+    def _tlp_episode(self, p: Packet, ack_pos: int, dsack: bool, now: float) -> None:
+        """An ACK at or beyond a retransmitted probe's SND.NXT (RFC 8985 section 7.4): a
+        D-SACK, or a duplicate ACK, says the original and the probe both arrived; an ACK
+        beyond it without either says the probe repaired a loss, which the congestion
+        controller must hear of as any other."""
+        if dsack or (ack_pos == self._snd.una and not p.sack_blocks and not p.payload):
+            self.tlp_high = 0
+        elif ack_pos > self.tlp_high:
+            self.tlp_high = 0
+            if not self.in_recovery:
+                snd = self._snd
+                self._count.tlp_recoveries += 1
+                self.cc.on_congestion_event(snd.max - snd.una, now=now)
+                self.cc.on_recovery_exit(now=now)
+
+    def _rack_update(self, now: float) -> None:
+        """RACK learns from the most recently sent segment just delivered (RFC 8985 section
+        6.2 step 2)."""
+        seg = self.scoreboard.newest_delivered
+        if seg is not None and self._rack_on:
+            self.rack.update(seg, now, self.rtt.min_rtt)
+
+    def detect_losses(self, now: float) -> int:
+        """Declare segments lost from the scoreboard: by RACK (with SACK and ``Config.rack``:
+        time since a later segment was delivered, arming the reordering timer for the next
+        that may be), or by RFC 6675's DupThresh.  Returns bytes newly declared lost."""
+        sb = self.scoreboard
+        if not self._rack_on:
+            return sb.detect_losses(self.loss_threshold(), self._dupthresh)
+        rack = self.rack
+        if not rack.xmit_tx:
+            return 0
+        rtt = self.rtt
+        reo_wnd = rack.reo_wnd(
+            reordering_seen=sb.reordering_seen,
+            in_recovery=self.in_recovery,
+            sacked_segs=sb.sacked_segs,
+            dupthresh=self._dupthresh,
+            min_rtt=rtt.min_rtt,
+            srtt=rtt.srtt,
+        )
+        lost = sb.rack_detect(rack.xmit_tx, rack.rtt + reo_wnd, now)
+        self._dl.reorder = sb.rack_pending or None
+        if lost and self.in_recovery and sb.rack_lost_tx > self.recovery_tx:
+            # Something sent during this episode was lost too: the reduced window still
+            # overflows the path.  A new congestion event, as QUIC takes it (RFC 9002
+            # section 7.3.2), rather than a standing queue that drops every retransmission.
+            self._count.fast_retx += 1
+            self._congestion_event(now, 0)
+        return lost
+
+    def on_reorder_timer(self, now: float) -> None:
+        """The reordering window of a segment sent before one delivered has passed: it is
+        lost (RFC 8985 section 6.3), and a recovery episode starts if none is under way."""
+        if not len(self.scoreboard):
+            return
+        lost = self.detect_losses(now)
+        if lost:
+            self._count.rack_timeouts += 1
+            if self._trace.tracer is not None:
+                self._trace.losses(self.scoreboard, self._snd, "rack")
+            if not self.in_recovery:
+                self._start_recovery(now, 0, lost)
+            else:
+                self.rexmit_now = True
 
     def take_rate_sample(self, now: float) -> None:
         """Data was delivered since the last sample: measure the delivery rate from the most
@@ -189,6 +296,8 @@ class LossRecovery:
         trace = self._trace
         acked_bytes = ack_pos - snd.una
         acked = sb.ack_to(ack_pos, now)
+        if sb.newest_delivered is not None and self._rack_on:
+            self.rack.update(sb.newest_delivered, now, self.rtt.min_rtt)
         # Karn's rule: no sample when any acknowledged segment was retransmitted (the ACK may
         # answer the retransmission), nor from a segment already SACKed (its ACK was held up
         # by a hole before it); otherwise the newest segment gives the RTT.
@@ -209,18 +318,22 @@ class LossRecovery:
                 self.in_recovery = False
                 self.dupack_credit = 0
                 self.cc.on_recovery_exit(now=now)
+                if self._rack_on:
+                    self.rack.on_recovery_exit()
             else:
                 # Partial ACK (RFC 6582 section 3.2 step 5): the next hole is lost too.
+                # RACK judges each hole by time instead, lost retransmissions included.
                 self.dupack_credit = max(0, self.dupack_credit - acked_bytes)
                 first = sb.first()
-                if first is not None and first.retx == 0:
+                rack = self._rack_on and self._opts.sack_ok
+                if first is not None and first.retx == 0 and not rack:
                     sb.mark_lost(first)
                     if trace.tracer is not None:
                         trace.losses(sb, snd, "sack" if self._opts.sack_ok else "dupack")
                 if self._opts.sack_ok:
-                    sb.detect_losses(self.loss_threshold(), self._dupthresh)
+                    self.detect_losses(now)
                     if trace.tracer is not None:
-                        trace.losses(sb, snd, "sack")
+                        trace.losses(sb, snd, "rack" if rack else "sack")
         else:
             # Grow the window only while it limits us (RFC 7661 spirit): an application- or
             # receiver-limited sender must not build a window it never tested.
@@ -235,7 +348,7 @@ class LossRecovery:
             self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
             self.arm_tlp(now)
         else:
-            self._dl.rto = self._dl.tlp = None
+            self._dl.rto = self._dl.tlp = self._dl.reorder = None
             self.oldest_unacked_since = None
             if trace.tracer is not None:
                 trace.lost_by.clear()
@@ -255,9 +368,9 @@ class LossRecovery:
             if not self._opts.sack_ok:
                 self.dupack_credit += self._snd.mss
             else:
-                self.scoreboard.detect_losses(self.loss_threshold(), self._dupthresh)
+                self.detect_losses(now)
                 if self._trace.tracer is not None:
-                    self._trace.losses(self.scoreboard, self._snd, "sack")
+                    self._trace.losses(self.scoreboard, self._snd, self._loss_cause())
             return
         self.maybe_enter_recovery(now)
 
@@ -270,24 +383,54 @@ class LossRecovery:
         below the window the loss was seen in."""
         if self.in_recovery:
             return
+        sack_ok = self._opts.sack_ok
+        lost = self.detect_losses(now) if sack_ok else 0
+        if lost and self._trace.tracer is not None:
+            self._trace.losses(self.scoreboard, self._snd, self._loss_cause())
+        if not lost and (self.dupacks < self._dupthresh or (sack_ok and self._rack_on)):
+            # With SACK, RACK alone decides (RFC 8985 replaces the DupThresh rule).
+            return
+        self._start_recovery(now, flight_before, lost)
+
+    def _congestion_event(self, now: float, flight_before: int) -> None:
+        """The controller reduces its window for a loss; the episode runs to SND.MAX."""
+        snd = self._snd
+        flight = max(snd.max - snd.una, flight_before)
+        if snd.una < self.recover:
+            # A loss within an episode, or after a timeout: the window in use is what
+            # overflowed, not the whole span since SND.UNA (SACKed data included).
+            flight = min(flight, max(self.cc.cwnd, self.scoreboard.pipe))
+        self.recover = snd.max
+        self.recovery_tx = self.scoreboard.last_tx
+        self.cc.on_congestion_event(flight, now=now)
+
+    def _loss_cause(self) -> str:
+        """What declares losses from ACKs, for traces."""
+        return "rack" if self._rack_on and self._opts.sack_ok else "sack"
+
+    def _start_recovery(self, now: float, flight_before: int, lost: int) -> None:
+        """Losses were found outside a recovery episode: start one, unless still inside the
+        window of an earlier one (RFC 6582 section 3.2 step 2)."""
         sb = self.scoreboard
         snd = self._snd
         trace = self._trace
         sack_ok = self._opts.sack_ok
-        lost = sb.detect_losses(self.loss_threshold(), self._dupthresh) if sack_ok else 0
-        if lost and trace.tracer is not None:
-            trace.losses(sb, snd, "sack")
-        if self.dupacks < self._dupthresh and not lost:
-            return
-        if snd.una < self.recover:
-            # RFC 6582 section 3.2 step 2: still inside the window of an earlier episode.
+        if snd.una < self.recover and not (
+            sack_ok and self._rack_on and sb.rack_lost_tx > self.recovery_tx
+        ):
+            # RFC 6582 section 3.2 step 2: still inside the window of an earlier episode
+            # (unless what was lost was sent since it began).
+            if sb.has_lost:
+                self.rexmit_now = True
             return
         self.in_recovery = True
-        self.recover = snd.max
         self._count.fast_retx += 1
-        self.cc.on_congestion_event(max(snd.max - snd.una, flight_before), now=now)
+        self._congestion_event(now, flight_before)
         first = sb.first()
-        if first is not None and not first.sacked and first.retx == 0:
+        if sack_ok and self._rack_on:
+            # RACK marked what is lost; the first of it goes out at once.
+            self.rexmit_now = sb.has_lost
+        elif first is not None and not first.sacked and first.retx == 0:
             sb.mark_lost(first)
             if trace.tracer is not None:
                 trace.losses(sb, snd, "sack" if lost else "dupack")
@@ -303,6 +446,12 @@ class LossRecovery:
         )
 
     # ------------------------------------------------------------------ timers
+
+    def head_resent(self, now: float) -> None:
+        """The oldest unacknowledged segment was sent again: its retransmission timer starts
+        over, as Linux's does, so that RACK, which finds each loss of it in turn while later
+        data is delivered, is not overtaken by a timeout measured from the first sending."""
+        self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
 
     def after_send(self, now: float) -> None:
         """Segments went out: arm the retransmission and tail-loss timers."""
@@ -353,11 +502,20 @@ class LossRecovery:
         """No ACK for two RTTs: resend the last segment so its SACK (or ACK) reveals any
         loss at the tail of the flight, instead of waiting for the retransmission timer."""
         sb = self.scoreboard
+        snd = self._snd
         last = sb.last()
         if last is None or self.in_recovery or last.sacked or last.lost:
             return
         self.tlp_sent = True
         self._count.tlp_probes += 1
+        if snd.nxt < snd.buf.end and snd.nxt < snd.una + snd.wnd:
+            # New data waits and the peer's window has room: the probe is one segment of
+            # it (RFC 8985 section 7.3), which reveals a tail loss as well and repairs none.
+            self.probe_new_data = True
+            self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+            self._log.debug("tail_loss_probe", seq=snd.wire_seq(snd.nxt), new_data=True)
+            return
+        self.tlp_high = snd.max
         sb.mark_lost(last)
         if self._trace.tracer is not None:
             self._trace.losses(sb, self._snd, "tlp")
@@ -371,10 +529,13 @@ class LossRecovery:
         snd = self._snd
         self.cc.on_timeout(snd.max - snd.una, now=now)
         self.recover = snd.max
+        self.recovery_tx = self.scoreboard.last_tx
         self.in_recovery = False
         self.dupacks = 0
         self.dupack_credit = 0
         self.scoreboard.mark_all_lost()
+        self._dl.reorder = None
+        self.tlp_high = 0
         if self._trace.tracer is not None:
             self._trace.losses(self.scoreboard, snd, "rto")
         self.rtt.back_off()

@@ -10,12 +10,13 @@ from __future__ import annotations
 from typing import Final, final
 
 from ..config import Config
-from ..packet import HEADER_SIZE, Packet, options_size
+from ..packet import HEADER_SIZE, Flag, Packet, options_size
 from ..seqnum import SEQ_MASK
 
 __all__ = ["Negotiated"]
 
 _TS_COST: Final = options_size(timestamps=True)  # padded TIMESTAMPS option, bytes
+_ACK_FLAG: Final = int(Flag.ACK)
 
 
 @final
@@ -36,7 +37,10 @@ class Negotiated:
     def learn(self, p: Packet, config: Config) -> None:
         """Take the options of the peer's SYN (or SYN-ACK)."""
         self.sack_ok = config.sack and p.sack_permitted
-        self.ts_ok = config.timestamps and p.timestamps is not None
+        # A SYN's offer is accepted (as TCP does); a SYN-ACK's only answers ours.
+        self.ts_ok = p.timestamps is not None and (
+            config.offers_timestamps or not p.flags & _ACK_FLAG
+        )
         if p.timestamps is not None:
             self.ts_recent = p.timestamps[0]
         self.wscale_ok = p.wscale is not None

@@ -54,8 +54,10 @@ class HeaderPrediction:
         """
         rcv = self._rcv
         snd = self._snd
+        loss = self._loss
         if (
             p.sack_blocks
+            or loss.tlp_high  # a probe's episode is open: the general path ends it
             or p.probe is not None
             or p.probe_ack is not None
             or rcv.reasm.nbytes
@@ -81,7 +83,8 @@ class HeaderPrediction:
         if p.timestamps is not None and self._opts.ts_ok:
             self._opts.ts_recent = p.timestamps[0]
         if ack_pos != snd_una:
-            loss = self._loss
+            sb = loss.scoreboard
+            sb.prior_fack = sb.highest_sacked
             if loss.wants_delay_samples and p.timestamps is not None:
                 loss.delay_sample(p.timestamps, now)
             loss.on_new_ack(ack_pos, now)

@@ -73,6 +73,9 @@ class ReceiveSide:
         self.held = bytearray()  # in-order data held while reading is paused
         self.reasm = ReassemblyBuffer()
         self.last_pos = 0  # start of the most recent out-of-order arrival (SACK order)
+        # A wholly duplicate segment's range, reported once as the first SACK block of the
+        # next ACK (a D-SACK, RFC 2883): the sender learns its retransmission was spurious.
+        self.dsack: tuple[int, int] | None = None
         self.fin_pos: int | None = None  # position of the peer's FIN, once it arrived
         self.eof_delivered = False
         self.reading_paused = False
@@ -242,9 +245,14 @@ class ReceiveSide:
                 self.fin_pos = fin_pos
         if payload:
             reasm = self.reasm
-            if seg_pos == rcv_nxt and not len(reasm):
-                # Fast path: the next bytes in order, nothing waiting behind them.
-                data = payload[: hi - seg_pos] if len(payload) > hi - seg_pos else payload
+            if seg_pos <= rcv_nxt < seg_pos + len(payload) and not len(reasm):
+                # Fast path: the next bytes in order, nothing waiting behind them.  A segment
+                # that starts below RCV.NXT (a sender bundling data not yet acknowledged) is in
+                # order too: only its new part is taken (RFC 9293 section 3.10.7.4), and it
+                # draws the ACK in-order data does, as in Linux, not the immediate one of a
+                # gap or a duplicate (a thin stream's every bundle would draw one).  Its old
+                # part is no D-SACK: bundled on purpose, it would read as endless reordering.
+                data = payload[rcv_nxt - seg_pos : hi - seg_pos]
                 self.deliver(bytes(data))
                 self.unacked_bytes += len(data)
                 if self.unacked_bytes >= self.ack_bytes:
@@ -257,6 +265,7 @@ class ReceiveSide:
                     result |= TAKE_OVER_BUFFER
                 elif not stored and not fin_new:
                     self._count.dup_segments += 1
+                    self.dsack = (seg_pos, seg_pos + len(payload))
                 elif seg_pos > rcv_nxt:
                     self._count.ooo_segments += 1
                 if seg_pos > rcv_nxt:

@@ -74,7 +74,7 @@ class Segments:
             not opts.ts_ok
             and probe_ack is None
             and trace.tracer is None
-            and not (opts.sack_ok and rcv.reasm.nbytes and flags & _ACK)
+            and not (opts.sack_ok and (rcv.reasm.nbytes or rcv.dsack is not None) and flags & _ACK)
         ):
             # No options: encoded straight from the fields.
             wscale = rcv.wscale
@@ -110,8 +110,9 @@ class Segments:
             p.timestamps = (opts.ts_now(), opts.ts_recent)
         if probe_ack is not None:
             p.probe_ack = probe_ack
-        if opts.sack_ok and len(rcv.reasm) and flags & _ACK:
+        if opts.sack_ok and (len(rcv.reasm) or rcv.dsack is not None) and flags & _ACK:
             p.sack_blocks = self._sack_blocks(len(payload), probe_ack is not None)
+            rcv.dsack = None  # reported once (RFC 2883 section 4)
         return self._finish(p, flags)
 
     def build_syn(self, flags: int, *, active: bool) -> bytes:
@@ -135,7 +136,7 @@ class Segments:
             p.wscale = wscale_for(cfg.recv_buffer_bytes)
             p.sack_permitted = cfg.sack
             p.probe_permitted = cfg.pmtud
-            if cfg.timestamps:
+            if cfg.offers_timestamps:
                 p.timestamps = (opts.ts_now(), 0)
         else:
             if opts.wscale_ok:
@@ -217,4 +218,7 @@ class Segments:
         # RFC 2018 section 4: the block holding the most recent arrival goes first.
         last = rcv.last_pos
         ranges.sort(key=lambda r: not (r[0] <= last < r[1]))
+        if rcv.dsack is not None:
+            # A D-SACK block goes before every other (RFC 2883 section 4).
+            ranges.insert(0, rcv.dsack)
         return tuple((rcv.wire_ack(s), rcv.wire_ack(e)) for s, e in ranges[:limit])

@@ -2,7 +2,8 @@
 window and the peer's window, and the window probe timer when the peer's window is closed.
 
 Nothing beyond ``snd.una + snd.wnd`` is ever sent as new data and no payload is larger than
-``snd.mss``; every segment sent for the first time enters the scoreboard.
+``snd.mss``; every segment sent for the first time enters the scoreboard with only its new
+bytes, also when it carries unacknowledged bytes again (``Config.thin_stream_bundling``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ class Sender:
         log: Any,
     ) -> None:
         self._fast = config.fast_paths
+        self._bundling = config.thin_stream_bundling
+        # End of the furthest segment sent again.  Until SND.UNA passes it nothing bundles:
+        # a bundle carrying a retransmitted segment's bytes would make whichever copy arrives
+        # second a duplicate, so a D-SACK (RFC 2883) would call the retransmission spurious
+        # when the original was in fact lost.
+        self._retx_end = 0
         self._pacer = pacer
         self._rto_max_s = config.rto_max_s
         self._snd = snd
@@ -103,21 +110,33 @@ class Sender:
             # out, and a FIN's position is no byte.
             count.bytes_retx += snd.data_len(max(seg.start, snd.una), seg.end)
             seg_out.emit(out, seg.start, seg.end)
+            if seg.start <= snd.una and loss.oldest_unacked_since is not None:
+                loss.head_resent(now)
             sb.retransmitted(seg, now)
+            if seg.end > self._retx_end:
+                self._retx_end = seg.end
             count.retx += 1
             sent_any = True
             self._log.debug("retransmit", seq=snd.wire_seq(seg.start), len=length, cwnd=cc.cwnd)
         # New data (and the FIN) within both windows.
         data_end = snd.buf.end
         fin_pos = snd.fin_pos
+        bundle = self._bundling  # only the first new segment may
         template: bytes | None = None
         # Traces record every segment built, and SACK blocks depend on each payload's length.
-        slow = trace.tracer is not None or (self._opts.sack_ok and len(self._rcv.reasm) > 0)
+        rcv = self._rcv
+        slow = trace.tracer is not None or (
+            self._opts.sack_ok and (len(rcv.reasm) > 0 or rcv.dsack is not None)
+        )
         while True:
             nxt = snd.nxt
             if nxt < data_end:
                 wnd_room = snd.una + snd.wnd - nxt
                 cwnd_room = cc.cwnd + loss.dupack_credit - sb.pipe
+                if loss.probe_new_data:
+                    # A tail loss probe of new data goes whatever the window (RFC 8985 7.3).
+                    loss.probe_new_data = False
+                    cwnd_room = max(cwnd_room, mss)
                 length = min(mss, data_end - nxt, wnd_room, cwnd_room)
                 if length <= 0:
                     break
@@ -143,10 +162,17 @@ class Sender:
             if not pacer.may_send(end - nxt):
                 paced = end - nxt if end > nxt else 1
                 break
-            pacer.sent(end - nxt)
             seg_end = end + 1 if fin else end
-            if fin or slow:
-                seg_out.emit(out, nxt, seg_end)
+            start = nxt
+            if bundle:
+                bundle = False
+                # Only when it carries everything written, as a small write's segment does
+                # (``_send_lone_segment``): one cut short by a window has more behind it.
+                if snd.una < nxt and end == data_end:
+                    start = self._bundle_start(nxt, end)
+            pacer.sent(end - start)
+            if fin or slow or start != nxt:
+                seg_out.emit(out, start, seg_end)
             else:
                 # A plain data segment: every header field but the sequence number is the same
                 # for the whole run, so the header is built once and stamped per segment.
@@ -190,14 +216,18 @@ class Sender:
             and snd.fin_pos is None
             and not sb.has_lost
             and length <= snd.una + snd.wnd - nxt
-            and length <= loss.cc.cwnd + loss.dupack_credit - sb.pipe
+            and (length <= loss.cc.cwnd + loss.dupack_credit - sb.pipe or loss.probe_new_data)
             and self._trace.tracer is None
             and self._pacer.may_send(length)
         ):
             return False
-        self._pacer.sent(length)
         end = nxt + length
-        self._seg.emit(out, nxt, end)
+        start = nxt
+        if self._bundling and snd.una < nxt:
+            start = self._bundle_start(nxt, end)
+        loss.probe_new_data = False
+        self._pacer.sent(end - start)
+        self._seg.emit(out, start, end)
         sb.add(SentSegment(nxt, end, now))
         self._count.bytes_sent += length
         snd.nxt = end
@@ -209,6 +239,38 @@ class Sender:
         if sb.pipe < loss.cc.cwnd:
             sb.mark_app_limited()  # everything written is sent
         return True
+
+    def _bundle_start(self, nxt: int, end: int) -> int:
+        """Where the segment carrying new data [nxt, end), with unacknowledged data before
+        it, starts: at ``snd.una`` when the bytes before it can ride along
+        (``Config.thin_stream_bundling``), else at ``nxt``.
+
+        They ride along when they and the new ones fit in one MSS, no FIN is queued (every
+        position in [una, nxt) is then a byte), none of them is SACKed, none waits for
+        retransmission or was sent again (loss recovery is under way and resends them
+        itself; nor may a D-SACK be made to call its retransmission spurious), and the
+        pacer lets the whole datagram go now (it is charged the whole datagram, what the
+        wire carries, so bundling never makes a message wait).  The copy is counted apart;
+        the scoreboard, the pipe, cwnd and ``bytes_sent`` see only the new bytes, so an ACK
+        of the bundle acknowledges the earlier segments as sent once (RTT samples, Karn's
+        rule and rate samples are those of the segments as recorded).
+        """
+        snd = self._snd
+        una = snd.una
+        sb = self._loss.scoreboard
+        if (
+            end - una <= snd.mss
+            and snd.fin_pos is None
+            and una >= self._retx_end
+            and sb.highest_sacked <= una
+            and not sb.has_lost
+            and self._pacer.may_send(end - una)
+        ):
+            count = self._count
+            count.bundled_segments += 1
+            count.bundled_bytes += nxt - una
+            return una
+        return nxt
 
     def _after_send(self, now: float) -> None:
         """Segments went out: arm the loss timers, wake path MTU discovery."""

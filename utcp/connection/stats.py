@@ -55,6 +55,9 @@ class ConnectionStats:
     fast_retransmits: int  # recovery episodes started by duplicate ACKs or SACK
     timeouts: int  # retransmission timer expiries
     tail_loss_probes: int  # last segments resent after two RTTs without an ACK
+    tail_loss_repairs: int  # probes that repaired a loss: the controller heard of it
+    reorder_timeouts: int  # losses found when RACK's reordering window ran out
+    dsacks_received: int  # ACKs reporting that a segment arrived twice (RFC 2883)
     duplicate_acks: int
     datagrams_dropped: int  # malformed, failed checksum, or not acceptable
     drops: dict[str, int]  # datagrams_dropped by reason (DropReason values)
@@ -84,6 +87,8 @@ class ConnectionStats:
     fast_path_sent: int  # lone segments sent without the general send loop
     fast_path_idle: int  # datagrams_to_send calls that found nothing due at once
     icmp_errors: int  # ICMP errors taken as this connection's (receive_unreachable)
+    bundled_segments: int  # new-data segments that also carried unacknowledged data again
+    bundled_bytes: int  # the unacknowledged bytes they carried again (not in bytes_sent)
     congestion_control: str  # the controller's name (Config.congestion_control)
     congestion_phase: str  # its state, "" for one without phases (bbr: startup, probe_bw...)
     pacing_rate_bps: float | None  # bits per second segments leave at; None when not paced
@@ -168,6 +173,9 @@ def snapshot(
         fast_retransmits=count.fast_retx,
         timeouts=count.timeouts,
         tail_loss_probes=count.tlp_probes,
+        tail_loss_repairs=count.tlp_recoveries,
+        reorder_timeouts=count.rack_timeouts,
+        dsacks_received=count.dsacks_received,
         duplicate_acks=count.dupack_count,
         datagrams_dropped=count.dropped,
         drops={str(k): v for k, v in count.drops.items()},
@@ -197,6 +205,8 @@ def snapshot(
         fast_path_sent=count.fast_sent,
         fast_path_idle=count.fast_idle,
         icmp_errors=count.icmp_errors,
+        bundled_segments=count.bundled_segments,
+        bundled_bytes=count.bundled_bytes,
         congestion_control=cc.name,
         congestion_phase=cc.phase,
         pacing_rate_bps=pacing_rate * 8 if pacing_rate else None,

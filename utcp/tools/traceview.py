@@ -451,14 +451,16 @@ class SeqUnwrapper:
 
 
 def _retransmitted(trace: Trace) -> set[int]:
-    """Indexes of the sent datagrams that start below the highest sequence sent before them."""
+    """Indexes of the sent datagrams that lie wholly below the highest sequence sent before
+    them: resent data.  A thin stream's bundle also starts below it but carries new bytes
+    beyond, so it is not one."""
     ours = SeqUnwrapper(trace.header.iss)
     snd_max = 0
     found: set[int] = set()
     for i, e in enumerate(trace.events):
         if isinstance(e, Datagram) and e.sent and e.seq_space:
             start = ours(e.seq)
-            if start < snd_max:
+            if start < snd_max and start + e.seq_space <= snd_max:
                 found.add(i)
             snd_max = max(snd_max, start + e.seq_space)
     return found
