@@ -18,6 +18,7 @@ import pytest
 
 from tests.helpers import BottleneckLink, Link, Network, conns, establish, pair
 from utcp import Config
+from utcp.connection import Connection
 from utcp.connection.rack import Rack
 from utcp.packet import Packet
 from utcp.recovery import SentSegment
@@ -252,26 +253,39 @@ def test_rack_update_keeps_the_most_recently_sent_and_ignores_a_too_quick_retran
 # ------------------------------------------------------------------ the tail loss probe
 
 
-def test_a_probe_whose_original_arrived_is_reported_by_dsack_and_costs_no_window() -> None:
-    """The last segment's ACK is lost, so the probe resends a segment that had arrived: the
-    receiver's D-SACK ends the episode without a loss (section 7.4); the window stays."""
-    acks_seen = [-1]  # counting starts once the connection is established
+class AckDropper:
+    """A ``Link.drop`` predicate for the ACK path: off until armed, then it drops the pure
+    ACKs whose count (from 1 at arming) ``which`` accepts."""
 
-    def drop_ack(index: int, packet: Packet) -> bool:
-        if packet.payload or acks_seen[0] < 0:
+    def __init__(self, which: Callable[[int], bool]) -> None:
+        self.count = -1
+        self.which = which
+
+    def __call__(self, index: int, packet: Packet) -> bool:
+        if packet.payload or self.count < 0:
             return False
-        acks_seen[0] += 1
-        return acks_seen[0] == 1  # the ACK of the five segments (they arrive together)
+        self.count += 1
+        return self.which(self.count)
 
+
+def _armed_pair(dropper: AckDropper) -> tuple[Network, Connection]:
+    """An established pair whose ACKs from b pass through ``dropper``, armed now."""
     net = pair(
         config_a=CFG,
         config_b=CFG,
         a_to_b=Link(delay_s=DELAY),
-        b_to_a=Link(delay_s=DELAY, drop=drop_ack),
+        b_to_a=Link(delay_s=DELAY, drop=dropper),
     )
-    establish(net)
-    a, _ = conns(net)
-    acks_seen[0] = 0
+    a, _ = establish(net)
+    dropper.count = 0
+    return net, a
+
+
+def test_a_probe_whose_original_arrived_is_reported_by_dsack_and_costs_no_window() -> None:
+    """The last segment's ACK is lost, so the probe resends a segment that had arrived: the
+    receiver's D-SACK ends the episode without a loss (section 7.4); the window stays."""
+    # The first ACK is that of all five segments: they arrive together.
+    net, a = _armed_pair(AckDropper(lambda n: n == 1))
     a.send(bytes(5 * MSS))
     net.run(until=lambda: a.stats.tail_loss_probes == 1)
     cwnd = a.stats.cwnd_bytes
@@ -287,26 +301,11 @@ def test_a_probe_sends_new_data_when_some_waits_and_the_peer_has_room() -> None:
     """The ACKs of a full congestion window are lost while more data waits: the probe is a
     segment of that new data (RFC 8985 section 7.3), not a resent one, and its ACK shows that
     everything arrived; nothing is retransmitted."""
-    acks_seen = [-1]
-
-    def drop_ack(index: int, packet: Packet) -> bool:
-        if packet.payload or acks_seen[0] < 0:
-            return False
-        acks_seen[0] += 1
-        return True  # every ACK until the probe's, below
-
-    net = pair(
-        config_a=CFG,
-        config_b=CFG,
-        a_to_b=Link(delay_s=DELAY),
-        b_to_a=Link(delay_s=DELAY, drop=drop_ack),
-    )
-    establish(net)
-    a, _ = conns(net)
-    acks_seen[0] = 0
+    dropper = AckDropper(lambda n: True)  # every ACK until the probe's, below
+    net, a = _armed_pair(dropper)
     a.send(bytes(30 * MSS))  # ten segments fit the initial window
     net.run(until=lambda: a.stats.tail_loss_probes == 1)
-    acks_seen[0] = -1  # the probe's ACK gets through
+    dropper.count = -1  # the probe's ACK gets through
     net.run(until=lambda: len(net.b.received) == 30 * MSS and not a.stats.bytes_in_flight)
     sent = _sent_data(net)
     seqs = [seq for _, seq in sent]

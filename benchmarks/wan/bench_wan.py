@@ -456,6 +456,13 @@ class Flow:
     result: dict[str, Any] = field(default_factory=dict)
 
 
+def _failed(record: dict[str, Any], exc: Exception, procs: list[Proc]) -> None:
+    """Mark a run failed: the exception and what each process last wrote to stderr."""
+    record["ok"] = False
+    tails = "; ".join(f"{p.role}: {p.stderr_tail()}" for p in procs)
+    record["error"] = f"{type(exc).__name__}: {exc} ({tails})"[:800]
+
+
 async def run_flows(
     testbed: Testbed, link: Link, flows: list[Flow], seed: int, time_limit_s: float
 ) -> dict[str, Any]:
@@ -503,9 +510,7 @@ async def run_flows(
                 record["emulator_cpu_pct"] = 100 * (emu_cpu1 - emu_cpu0) / wall
             record["wall_s"] = wall
         except (asyncio.TimeoutError, RuntimeError, ValueError, OSError) as exc:
-            record["ok"] = False
-            tails = "; ".join(f"{p.role}: {p.stderr_tail()}" for p in procs)
-            record["error"] = f"{type(exc).__name__}: {exc} ({tails})"[:800]
+            _failed(record, exc, procs)
         finally:
             for p in procs:
                 await p.stop()
@@ -569,9 +574,7 @@ async def run_latency(
                 record["error"] = result["error"]
             record["wall_s"] = wall
         except (asyncio.TimeoutError, RuntimeError, ValueError, OSError) as exc:
-            record["ok"] = False
-            tails = "; ".join(f"{p.role}: {p.stderr_tail()}" for p in procs)
-            record["error"] = f"{type(exc).__name__}: {exc} ({tails})"[:800]
+            _failed(record, exc, procs)
         finally:
             for p in procs:
                 await p.stop()
