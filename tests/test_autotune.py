@@ -242,6 +242,22 @@ def test_send_buffer_goal_follows_the_congestion_and_peer_windows() -> None:
     assert a.send_buffer_goal == 2 * min(st.cwnd_bytes, st.send_window_bytes) > 2 * MIB
 
 
+def test_send_buffer_goal_does_not_shrink_when_a_loss_cuts_the_window() -> None:
+    """A recovery episode cuts the congestion window for a round trip (BBR to the flight,
+    NewReno to half): the goal keeps the largest window seen, as Linux's send buffer only
+    grows, so the application keeps the sender supplied and its rate samples are not taken
+    for application-limited ones."""
+    net = long_fat_path(PATH)
+    a, _b = establish(net)
+    a.send(bytes(8 * MIB))
+    net.run_for(1.0)
+    goal = a.send_buffer_goal
+    cwnd = a.stats.cwnd_bytes
+    a._loss.cc.on_congestion_event(cwnd, now=net.now)
+    assert a.stats.cwnd_bytes < cwnd
+    assert a.send_buffer_goal == goal
+
+
 # ---------------------------------------------------------------- the transport, real sockets
 
 run = make_run_fixture()

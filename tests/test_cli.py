@@ -548,12 +548,16 @@ def test_measured_clock_resolution() -> None:
         return math.floor(time.monotonic() * 1000) / 1000
 
     assert measure_resolution(coarse) == pytest.approx(0.001)
-    assert measure_resolution(time.monotonic) < FINE_CLOCK_S
+    # Fine, not whole milliseconds.  What is measured is also the cost of a loop turn around
+    # the clock call, which a busy 2-core machine stretches past FINE_CLOCK_S (a run beside a
+    # benchmark measured 1.1 us), so the bound tells a fine clock from a coarse one and no more.
+    fine = FINE_CLOCK_S * 100
+    assert measure_resolution(time.monotonic) < fine
     # The core runs on time.monotonic() on every loop: fine on uvloop too (its loop.time()
     # moves in whole milliseconds).
-    assert asyncio.run(_loop_clock_resolution()) < FINE_CLOCK_S  # asyncio's own loop
+    assert asyncio.run(_loop_clock_resolution()) < fine  # asyncio's own loop
     uvloop = pytest.importorskip("uvloop")
-    assert uvloop.run(_loop_clock_resolution()) < FINE_CLOCK_S
+    assert uvloop.run(_loop_clock_resolution()) < fine
 
 
 async def _loop_clock_resolution() -> float:

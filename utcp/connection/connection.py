@@ -128,6 +128,7 @@ class Connection:
             iss=new_isn() if isn is None else isn & SEQ_MASK, mss=cfg.mss_bytes
         )
         self._rcv = rcv = ReceiveSide(cfg, events=self._events, counters=count, deadlines=dl)
+        self._cwnd_high = 0  # the largest congestion window send_buffer_goal has seen
         self._loss = loss = LossRecovery(
             cfg, snd=snd, opts=opts, deadlines=dl, counters=count, trace=trace, log=log
         )
@@ -256,10 +257,19 @@ class Connection:
     @property
     def send_buffer_goal(self) -> int:
         """Bytes the application should keep written and unacknowledged for the path to stay
-        full: twice what may be in flight (the congestion window, or the peer's window when
-        smaller), so a flight's worth waits behind the one under way.  What a transport's
-        automatic high-water mark follows (Config.send_buffer_max_bytes bounds it)."""
-        return 2 * min(self._loss.cc.cwnd, self._snd.wnd)
+        full: twice what may be in flight (the largest congestion window yet, or the peer's
+        window when smaller), so a flight's worth waits behind the one under way.  What a
+        transport's automatic high-water mark follows (Config.send_buffer_max_bytes bounds
+        it).
+
+        The congestion window counts at its largest, as Linux's send buffer only grows: a
+        window cut for one round trip (a recovery episode) must not drain the buffer, or the
+        sender runs out of data, its delivery rate samples count as application-limited, and
+        a model-based controller (BBR) cannot tell that the pipe is full."""
+        cwnd = self._loss.cc.cwnd
+        if cwnd > self._cwnd_high:
+            self._cwnd_high = cwnd
+        return 2 * min(self._cwnd_high, self._snd.wnd)
 
     @property
     def mss(self) -> int:
