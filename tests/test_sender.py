@@ -77,6 +77,7 @@ class Stack:
             counters=self.count,
             trace=self.trace,
         )
+        self.pacer = Pacer(enabled=config.pacing != "off", default_rate=config.pacing == "on")
         self.sender = Sender(
             config,
             snd=snd,
@@ -88,7 +89,7 @@ class Stack:
             counters=self.count,
             trace=self.trace,
             pmtud=self.pm,
-            pacer=Pacer(enabled=config.pacing != "off", default_rate=config.pacing == "on"),
+            pacer=self.pacer,
             log=log,
         )
 

@@ -15,19 +15,12 @@ from typing import Any
 import pytest
 
 from tests.helpers import QUIET, Link, Network, conns, establish, pair
+from tests.test_sender import Stack as SenderStack
 from utcp.config import Config
 from utcp.connection.counters import Counters
 from utcp.connection.deadlines import Deadlines
-from utcp.connection.loss import LossRecovery
-from utcp.connection.options import Negotiated
-from utcp.connection.pacer import Pacer
 from utcp.connection.receive_side import ReceiveSide
-from utcp.connection.segments import Segments
-from utcp.connection.send_side import SendSide
-from utcp.connection.sender import Sender
-from utcp.connection.tracepoints import TracePoints
 from utcp.events import DataReceived, Event
-from utcp.log import get_logger
 from utcp.packet import Flag, Packet, decode
 
 MSS = 1000
@@ -38,59 +31,13 @@ OFF = CONFIG.replace(thin_stream_bundling=False)
 # ------------------------------------------------------------------ the sender on its own
 
 
-class Stack:
+class Stack(SenderStack):
     """The send path of an established connection (first data byte at position 1, peer
-    window 1 MiB, MSS 1000), its parts at hand."""
+    window 1 MiB, MSS 1000), its parts at hand: tests/test_sender.py's, with SACK on."""
 
     def __init__(self, **changes: Any) -> None:
-        config = CONFIG.replace(**changes) if changes else CONFIG
-        log = get_logger(test="thin_stream")
-        self.snd = snd = SendSide(iss=7_000, mss=MSS)
-        snd.una = snd.nxt = snd.max = 1
-        snd.wnd = snd.max_wnd = 1 << 20
-        snd.peer_mss = MSS
-        self.count = Counters()
-        self.dl = Deadlines()
-        self.events: deque[Event] = deque()
-        self.rcv = ReceiveSide(config, events=self.events, counters=self.count, deadlines=self.dl)
-        self.rcv.irs = 99
-        self.rcv.nxt = 1
-        self.opts = Negotiated(config)
+        super().__init__(CONFIG, **changes)
         self.opts.sack_ok = True
-        self.trace = TracePoints()
-        self.loss = LossRecovery(
-            config,
-            snd=snd,
-            opts=self.opts,
-            deadlines=self.dl,
-            counters=self.count,
-            trace=self.trace,
-            log=log,
-        )
-        self.seg = Segments(
-            config,
-            local_cid=1,
-            snd=snd,
-            rcv=self.rcv,
-            opts=self.opts,
-            counters=self.count,
-            trace=self.trace,
-        )
-        self.pacer = Pacer(enabled=config.pacing != "off", default_rate=config.pacing == "on")
-        self.sender = Sender(
-            config,
-            snd=snd,
-            rcv=self.rcv,
-            opts=self.opts,
-            loss=self.loss,
-            segments=self.seg,
-            deadlines=self.dl,
-            counters=self.count,
-            trace=self.trace,
-            pmtud=None,
-            pacer=self.pacer,
-            log=log,
-        )
 
     def write(self, n: int) -> None:
         start = len(self.snd.buf)
