@@ -11,13 +11,17 @@ from . import _build  # noqa: F401
 from .asyncio import (
     ClientEndpoint,
     Server,
+    SocketView,
+    StreamWriter,
     UtcpTransport,
     create_client_endpoint,
     create_connection,
     create_server,
     open_connection,
     run,
+    sendfile,
     start_server,
+    start_tls,
 )
 from .config import Config
 from .connection import Connection, ConnectionStats, reset_for
@@ -52,6 +56,8 @@ __all__ = [
     "PacketError",
     "ClientEndpoint",
     "Server",
+    "SocketView",
+    "StreamWriter",
     "UtcpTransport",
     "__version__",
     "create_client_endpoint",
@@ -60,6 +66,8 @@ __all__ = [
     "open_connection",
     "run",
     "start_server",
+    "sendfile",
+    "start_tls",
     "decode",
     "encode",
     "reset_for",

@@ -409,6 +409,10 @@ class Endpoint:
         """Open no more server connections; SYNs draw a reset from now on."""
         self._accepting = False
 
+    def start_accepting(self) -> None:
+        """Open server connections from now on (a server made not yet serving)."""
+        self._accepting = True
+
     def clear(self) -> None:
         """The socket is gone: route nothing any more."""
         self._routes.clear()

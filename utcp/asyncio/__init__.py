@@ -4,22 +4,26 @@ streams and protocol APIs shaped like asyncio's own."""
 from __future__ import annotations
 
 from .endpoint import Endpoint
+from .sendfile import sendfile
+from .server import Server, create_server
+from .sockview import SocketView
 from .streams import (
     ClientEndpoint,
-    Server,
     create_client_endpoint,
     create_connection,
-    create_server,
     open_connection,
     run,
     start_server,
 )
+from .tls import StreamWriter, start_tls
 from .transport import UtcpTransport
 
 __all__ = [
     "Endpoint",
     "ClientEndpoint",
     "Server",
+    "SocketView",
+    "StreamWriter",
     "UtcpTransport",
     "create_client_endpoint",
     "create_connection",
@@ -27,4 +31,6 @@ __all__ = [
     "open_connection",
     "run",
     "start_server",
+    "sendfile",
+    "start_tls",
 ]

@@ -247,46 +247,76 @@ async def create_endpoint(
     remote_addr: Any = None,
     family: int = 0,
     reuse_port: bool | None = None,
+    v6only: bool = False,
+    sock: socket.socket | None = None,
 ) -> tuple[DatagramIO, Any]:
     """Open a UDP socket on the configured I/O path, like ``loop.create_datagram_endpoint``
-    with resolved addresses; returns ``(transport, protocol)``."""
+    with resolved addresses; returns ``(transport, protocol)``.  ``sock`` is a UDP socket the
+    caller made (bound, and connected for a client); ``v6only`` keeps an IPv6 socket off IPv4
+    so that a second socket can serve IPv4 on the same port."""
     loop = asyncio.get_running_loop()
+    if sock is None and v6only:
+        sock = _make_socket(socket.AF_INET6, local_addr, reuse_port=reuse_port, v6only=True)
+    if sock is not None:
+        if sock.type != socket.SOCK_DGRAM:
+            raise ValueError(f"A UDP socket was expected, got {sock!r}")
+        sock.setblocking(False)
+        with contextlib.suppress(OSError):
+            remote_addr = sock.getpeername()
     if resolve_io_path(config, loop) == "portable":
-        portable, protocol = await loop.create_datagram_endpoint(
-            protocol_factory,
-            local_addr=local_addr,
-            remote_addr=remote_addr,
-            family=family,
-            reuse_port=reuse_port,
-        )
+        if sock is not None:
+            portable, protocol = await loop.create_datagram_endpoint(protocol_factory, sock=sock)
+        else:
+            portable, protocol = await loop.create_datagram_endpoint(
+                protocol_factory,
+                local_addr=local_addr,
+                remote_addr=remote_addr,
+                family=family,
+                reuse_port=reuse_port,
+            )
         cap_receive_size(portable)
         if _handles_errors(protocol) and isinstance(loop, asyncio.SelectorEventLoop):
             # asyncio's transport calls error_received whenever the pending error is raised,
             # and the protocol drains the queue there (BatchProtocol.errors_received).  Never
             # on uvloop: its libuv (1.52) reads the error queue itself on POLLERR and hands
             # uvloop the negated u32 ee_errno as a huge positive length, which crashes it.
-            sock = portable.get_extra_info("socket")
-            if sock is not None:
-                enable_recverr(sock)
+            raw = portable.get_extra_info("socket")
+            if raw is not None:
+                enable_recverr(raw)
         return portable, protocol
-    if not family:
-        addr = remote_addr if remote_addr is not None else local_addr
-        family = socket.AF_INET6 if addr is not None and ":" in str(addr[0]) else socket.AF_INET
+    if sock is None:
+        if not family:
+            addr = remote_addr if remote_addr is not None else local_addr
+            family = socket.AF_INET6 if addr is not None and ":" in str(addr[0]) else socket.AF_INET
+        sock = _make_socket(family, local_addr, reuse_port=reuse_port, v6only=False)
+        try:
+            if remote_addr is not None:
+                await loop.sock_connect(sock, remote_addr)
+        except BaseException:
+            sock.close()
+            raise
+    protocol = protocol_factory()
+    transport = FastDatagramTransport(loop, sock, protocol, peer=remote_addr)
+    return transport, protocol
+
+
+def _make_socket(
+    family: int, local_addr: Any, *, reuse_port: bool | None, v6only: bool
+) -> socket.socket:
+    """A non-blocking UDP socket of ``family``, bound to ``local_addr`` when given."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
         if reuse_port:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if v6only:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if local_addr is not None:
             sock.bind(local_addr)
-        if remote_addr is not None:
-            await loop.sock_connect(sock, remote_addr)
     except BaseException:
         sock.close()
         raise
-    protocol = protocol_factory()
-    transport = FastDatagramTransport(loop, sock, protocol, peer=remote_addr)
-    return transport, protocol
+    return sock
 
 
 def _handles_errors(protocol: object) -> bool:

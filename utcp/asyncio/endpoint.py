@@ -662,6 +662,11 @@ class Endpoint:
         """Refuse new connections; existing ones carry on."""
         self._core.stop_accepting()
 
+    def start_accepting(self) -> None:
+        """Accept connections (a server endpoint made with its serving deferred)."""
+        if not self._closing and self._protocol_factory is not None:
+            self._core.start_accepting()
+
     def close(self) -> None:
         """Accept no more connections and close the socket once the application's
         connections have ended (those winding down in the background are cut short)."""

@@ -8,13 +8,20 @@ so ``drain()``, ``readexactly()``, ``readuntil()`` and their exceptions behave a
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
-from collections.abc import Awaitable, Callable, Coroutine
+import sys
+from asyncio import staggered
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
 from ..config import Config
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer
+from .resolve import AddrInfo, check_port, check_proto, resolve_all
+from .resolve import interleave as interleave_families
+from .server import Server, create_server
+from .tls import StreamWriter, TlsOptions, app_transport, tls_options
 from .transport import UtcpTransport
 
 _DEFAULT_LIMIT = 2**16  # asyncio.streams' default buffer limit
@@ -26,58 +33,114 @@ ClientConnectedCallback = Callable[
 ]
 
 
-async def _resolve(
-    host: str | None, port: int, *, passive: bool, family: int = 0
-) -> tuple[int, Any]:
-    if not isinstance(port, int) or not 0 <= port <= 65535:
-        raise ValueError(f"port must be an int in 0..65535, not {port!r}")
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(
-        host,
-        port,
-        family=family,
-        type=socket.SOCK_DGRAM,
-        flags=socket.AI_PASSIVE if passive else 0,
-    )
-    if not infos:
-        raise OSError(f"getaddrinfo({host!r}) returned no addresses")
-    # Prefer IPv4 for a wildcard bind: it is what "all interfaces" means for most users.
-    infos.sort(key=lambda info: info[0] != socket.AF_INET)
-    family, _, _, _, addr = infos[0]
-    return family, addr
-
-
 async def create_connection(
     protocol_factory: Callable[[], P],
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int | str | None = None,
     *,
-    config: Config | None = None,
+    ssl: Any = None,
+    family: int = 0,
+    proto: int = 0,
+    flags: int = 0,
+    sock: socket.socket | None = None,
     local_addr: tuple[str, int] | None = None,
+    server_hostname: str | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+    happy_eyeballs_delay: float | None = None,
+    interleave: int | None = None,
+    all_errors: bool = False,
+    config: Config | None = None,
     observer: Observer | None = None,
 ) -> tuple[asyncio.Transport, P]:
     """Open a utcp connection and attach ``protocol_factory()`` to it, like
-    ``loop.create_connection``.  Raises ``ConnectionRefusedError`` when nobody listens and
-    ``TimeoutError`` when the handshake goes unanswered.
+    ``loop.create_connection`` (the same keywords, the same errors).  Raises
+    ``ConnectionRefusedError`` when nobody listens and ``TimeoutError`` when the handshake goes
+    unanswered; with ``ssl=``, ``ssl.SSLCertVerificationError`` (and the other ``ssl``
+    errors) when the TLS handshake fails.
+
+    Where ``host`` names several addresses they are tried in turn, each with its own socket;
+    ``happy_eyeballs_delay`` starts the next attempt after that many seconds without waiting
+    for the previous one to fail (RFC 8305, as asyncio), and the first handshake to complete
+    wins.  ``sock`` is a UDP socket already connected to the server.
     """
     cfg = (config or Config()).validate()
-    family, remote = await _resolve(host, port, passive=False)
-    _udp, endpoint = await create_endpoint(
-        lambda: Endpoint(config=cfg, observer=observer),
-        config=cfg,
-        local_addr=local_addr,
-        remote_addr=remote[:2],
-        family=family,
+    check_proto(proto)
+    tls = tls_options(
+        ssl,
+        server_side=False,
+        host=host,
+        server_hostname=server_hostname,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
     )
-    return await _connect_on(endpoint, None, protocol_factory, single=True)
+    if sock is not None:
+        if host is not None or port is not None:
+            raise ValueError("host/port and sock can not be specified at the same time")
+        if sock.type != socket.SOCK_DGRAM:
+            raise ValueError(f"A UDP socket was expected, got {sock!r}")
+        _udp, endpoint = await create_endpoint(
+            lambda: Endpoint(config=cfg, observer=observer), config=cfg, sock=sock
+        )
+        return await _connect_on(endpoint, None, protocol_factory, single=True, tls=tls)
+    if host is None and port is None:
+        raise ValueError("host and port was not specified and no sock specified")
+    infos = await resolve_all(host, check_port(port), passive=False, family=family, flags=flags)
+    if happy_eyeballs_delay is not None and interleave is None:
+        interleave = 1  # RFC 8305's default, as asyncio's
+    if interleave:
+        infos = interleave_families(infos, interleave)
+
+    async def attempt(info: AddrInfo) -> tuple[asyncio.Transport, P]:
+        fam, remote = info
+        _udp, endpoint = await create_endpoint(
+            lambda: Endpoint(config=cfg, observer=observer),
+            config=cfg,
+            local_addr=local_addr,
+            remote_addr=remote,
+            family=fam,
+        )
+        return await _connect_on(endpoint, None, protocol_factory, single=True, tls=tls)
+
+    if len(infos) == 1:
+        return await attempt(infos[0])
+    errors: list[BaseException] = []
+    if happy_eyeballs_delay is None:
+        for info in infos:
+            try:
+                return await attempt(info)
+            except OSError as exc:
+                errors.append(exc)
+    else:
+        factories = [functools.partial(attempt, info) for info in infos]
+        winner, _index, exceptions = await staggered.staggered_race(factories, happy_eyeballs_delay)
+        if winner is not None:
+            return winner  # type: ignore[no-any-return]
+        errors = [exc for exc in exceptions if exc is not None]
+    raise _combined(errors, all_errors)
+
+
+def _combined(errors: list[BaseException], all_errors: bool) -> BaseException:
+    """What failed attempts raise, as asyncio's ``create_connection``: the one error, or one
+    ``OSError`` naming them all (an ``ExceptionGroup`` with ``all_errors=True``)."""
+    if all_errors and sys.version_info >= (3, 11):
+        return ExceptionGroup("create_connection failed", errors)  # type: ignore[arg-type]  # noqa: F821
+    if len(errors) == 1 or len({str(exc) for exc in errors}) == 1:
+        return errors[0]
+    return OSError(f"Multiple exceptions: {', '.join(str(exc) for exc in errors)}")
 
 
 async def _connect_on(
-    endpoint: Endpoint, addr: Any, protocol_factory: Callable[[], P], *, single: bool
+    endpoint: Endpoint,
+    addr: Any,
+    protocol_factory: Callable[[], P],
+    *,
+    single: bool,
+    tls: TlsOptions | None = None,
 ) -> tuple[asyncio.Transport, P]:
-    """Open one connection on ``endpoint`` and attach its protocol; on failure leave nothing
-    behind (a single-connection endpoint's socket is released before raising, as asyncio does).
-    """
+    """Open one connection on ``endpoint`` and attach its protocol (inside asyncio's TLS
+    layer with ``tls``); on failure leave nothing behind (a single-connection endpoint's
+    socket is released before raising, as asyncio does)."""
     handle = endpoint.connect(addr)
     assert handle.waiter is not None
     try:
@@ -100,8 +163,23 @@ async def _connect_on(
         if single:
             await endpoint.wait_closed()
         raise
-    transport.attach(protocol)
-    return transport, protocol
+    if tls is None:
+        transport.attach(protocol)
+        return transport, protocol
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    ssl_protocol = tls.protocol(loop, protocol, waiter, server_side=False)
+    transport.attach(ssl_protocol)
+    try:
+        await waiter
+    except BaseException as exc:
+        transport.abort()
+        if single:
+            endpoint.abort_all()
+            if isinstance(exc, Exception):
+                await endpoint.wait_closed()
+        raise
+    return app_transport(ssl_protocol), protocol
 
 
 class ClientEndpoint:
@@ -136,24 +214,57 @@ class ClientEndpoint:
         return (sock,)
 
     async def create_connection(
-        self, protocol_factory: Callable[[], P], host: str, port: int
+        self,
+        protocol_factory: Callable[[], P],
+        host: str,
+        port: int | str,
+        *,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
     ) -> tuple[asyncio.Transport, P]:
-        """Open a connection to ``host:port`` and attach ``protocol_factory()`` to it."""
+        """Open a connection to ``host:port`` and attach ``protocol_factory()`` to it (inside
+        TLS with ``ssl=``, as ``utcp.create_connection``)."""
         if self._endpoint.transport is None or self._endpoint.closing:
             raise RuntimeError("the client endpoint is closed")
-        family, remote = await _resolve(host, port, passive=False, family=self._family)
-        addr = remote[:2] if family == socket.AF_INET else remote
-        return await _connect_on(self._endpoint, addr, protocol_factory, single=False)
+        tls = tls_options(
+            ssl,
+            server_side=False,
+            host=host,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        infos = await resolve_all(host, check_port(port), passive=False, family=self._family)
+        _fam, addr = infos[0]
+        return await _connect_on(self._endpoint, addr, protocol_factory, single=False, tls=tls)
 
     async def open_connection(
-        self, host: str, port: int, *, limit: int = _DEFAULT_LIMIT
+        self,
+        host: str,
+        port: int | str,
+        *,
+        limit: int = _DEFAULT_LIMIT,
+        ssl: Any = None,
+        server_hostname: str | None = None,
+        ssl_handshake_timeout: float | None = None,
+        ssl_shutdown_timeout: float | None = None,
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         """Open a connection to ``host:port``; returns ``(StreamReader, StreamWriter)``."""
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-        transport, _ = await self.create_connection(lambda: protocol, host, port)
-        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
+        transport, _ = await self.create_connection(
+            lambda: protocol,
+            host,
+            port,
+            ssl=ssl,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=ssl_handshake_timeout,
+            ssl_shutdown_timeout=ssl_shutdown_timeout,
+        )
+        return reader, StreamWriter(transport, protocol, reader, loop)
 
     def close(self) -> None:
         """Open no more connections; the socket closes once the open ones have ended."""
@@ -199,175 +310,49 @@ async def create_client_endpoint(
     return ClientEndpoint(endpoint, udp, sock.family if sock is not None else family)
 
 
-class Server:
-    """A utcp server, with the interface of ``asyncio.Server``."""
-
-    def __init__(self, endpoint: Endpoint, udp: DatagramIO) -> None:
-        self._endpoint = endpoint
-        self._udp = udp
-        self._loop = asyncio.get_running_loop()
-        self._serving = True
-        self._serving_forever: asyncio.Future[None] | None = None
-
-    def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._loop
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        """The listening UDP socket (empty once closed, as with ``asyncio.Server``)."""
-        if not self._serving or self._endpoint.transport is None:
-            return ()
-        sock = self._udp.get_extra_info("socket")
-        return (sock,) if sock is not None else ()
-
-    @property
-    def endpoint(self) -> Endpoint:
-        """The endpoint carrying this server's connections (its ``stats`` count drops)."""
-        return self._endpoint
-
-    @property
-    def stats(self) -> dict[str, object]:
-        """The endpoint's totals: datagrams and bytes each way, drops by reason (its own and
-        its connections'), resets, SYN cookies, refusals, and the connections open now."""
-        return self._endpoint.totals()
-
-    def is_serving(self) -> bool:
-        return self._serving
-
-    async def start_serving(self) -> None:
-        """Servers start serving when created; present for asyncio compatibility."""
-
-    def close(self) -> None:
-        """Stop accepting connections; open ones carry on, then the socket closes."""
-        if not self._serving:
-            return
-        self._serving = False
-        self._endpoint.close()
-        if self._serving_forever is not None and not self._serving_forever.done():
-            self._serving_forever.cancel()
-
-    def close_clients(self) -> None:
-        """Close every open connection gracefully."""
-        for transport in self._transports():
-            transport.close()
-
-    def abort_clients(self) -> None:
-        """Reset every open connection."""
-        for transport in self._transports():
-            transport.abort()
-
-    def _transports(self) -> list[UtcpTransport]:
-        return [
-            h.transport
-            for h in self._endpoint.handles()
-            if isinstance(h.transport, UtcpTransport) and not h.transport.is_closing()
-        ]
-
-    async def wait_closed(self) -> None:
-        """Wait until the server is closed and its connections have ended, as asyncio's does.
-        Connections in TIME_WAIT (the server closed first) are not waited for: it runs its
-        course in the background and the socket closes after it, or when the event loop shuts
-        down (``server.endpoint.wait_closed()`` waits for that)."""
-        if self._serving:
-            return
-        await self._endpoint.wait_done()
-
-    async def serve_forever(self) -> None:
-        """Serve until cancelled; then close the server."""
-        if self._serving_forever is not None:
-            raise RuntimeError("serve_forever() is already running")
-        if not self._serving:
-            raise RuntimeError("the server is closed")
-        self._serving_forever = self._loop.create_future()
-        try:
-            await self._serving_forever
-        except asyncio.CancelledError:
-            try:
-                self.close()
-                await self.wait_closed()
-            finally:
-                raise
-        finally:
-            self._serving_forever = None
-
-    async def __aenter__(self) -> Server:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.close()
-        await self.wait_closed()
-
-
-async def create_server(
-    protocol_factory: Callable[[], asyncio.BaseProtocol],
-    host: str | None = None,
-    port: int = 0,
-    *,
-    backlog: int = 100,
-    config: Config | None = None,
-    reuse_port: bool | None = None,
-    observer: Observer | None = None,
-) -> Server:
-    """Listen for utcp connections on a UDP port, like ``loop.create_server``.
-
-    ``port=0`` picks a free port: read it from ``server.sockets[0].getsockname()``.
-    """
-    if backlog < 1:
-        raise ValueError(f"backlog must be >= 1, not {backlog!r}")
-    cfg = (config or Config()).validate()
-    family, local = await _resolve(host, port, passive=True)
-    udp, endpoint = await create_endpoint(
-        lambda: Endpoint(
-            config=cfg, protocol_factory=protocol_factory, backlog=backlog, observer=observer
-        ),
-        config=cfg,
-        local_addr=local[:2] if family == socket.AF_INET else local,
-        family=family,
-        reuse_port=reuse_port,
-    )
-    return Server(endpoint, udp)
-
-
 async def open_connection(
-    host: str,
-    port: int,
+    host: str | None = None,
+    port: int | str | None = None,
     *,
     limit: int = _DEFAULT_LIMIT,
-    config: Config | None = None,
-    local_addr: tuple[str, int] | None = None,
-    observer: Observer | None = None,
+    **kwds: Any,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """Open a utcp connection; returns asyncio's own ``(StreamReader, StreamWriter)``."""
+    """Open a utcp connection; returns asyncio's own ``(StreamReader, StreamWriter)`` (the
+    writer's ``start_tls()`` works on every event loop).  Keywords as
+    ``utcp.create_connection``: ``ssl=``, ``server_hostname=``, ``family=``, ``sock=``,
+    ``local_addr=``, ``happy_eyeballs_delay=``, ``config=`` ..."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=limit, loop=loop)
     protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
-    transport, _ = await create_connection(
-        lambda: protocol, host, port, config=config, local_addr=local_addr, observer=observer
-    )
-    writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+    transport, _ = await create_connection(lambda: protocol, host, port, **kwds)
+    writer = StreamWriter(transport, protocol, reader, loop)
     return reader, writer
 
 
 async def start_server(
     client_connected_cb: ClientConnectedCallback,
-    host: str | None = None,
-    port: int = 0,
+    host: str | Iterable[str] | None = None,
+    port: int | str | None = None,
     *,
     limit: int = _DEFAULT_LIMIT,
-    backlog: int = 100,
-    config: Config | None = None,
-    observer: Observer | None = None,
+    **kwds: Any,
 ) -> Server:
-    """Start a utcp server; ``client_connected_cb(reader, writer)`` runs per connection."""
+    """Start a utcp server; ``client_connected_cb(reader, writer)`` runs per connection.
+    Keywords as ``utcp.create_server``: ``ssl=``, ``backlog=``, ``reuse_port=``,
+    ``start_serving=``, ``family=``, ``sock=``, ``config=`` ..."""
     loop = asyncio.get_running_loop()
+
+    def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> Any:
+        # The writer asyncio's protocol made gains utcp's start_tls() (uvloop's own refuses
+        # utcp's transport): the same object, its class narrowed to a subclass with no state.
+        writer.__class__ = StreamWriter
+        return client_connected_cb(reader, writer)
 
     def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
-        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, connected, loop=loop)
 
-    return await create_server(
-        factory, host, port, backlog=backlog, config=config, observer=observer
-    )
+    return await create_server(factory, host, port, **kwds)
 
 
 def run(main: Coroutine[Any, Any, T], *, debug: bool | None = None) -> T:

@@ -14,31 +14,51 @@ budget, until the application sets its own limits.  It sees its endpoint only th
 from __future__ import annotations
 
 import asyncio
+from asyncio import constants, transports
 from typing import Any
 
 from ..events import CloseReason
 from ..log import get_logger
 from .interfaces import ConnectionHandle, TransportHost
+from .sockview import SocketView
 
 _log = get_logger()
 
+# asyncio logs writes to a lost connection from the fifth on (constants.py).
+_CONNLOST_WRITES_LOGGED = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
-class UtcpTransport(asyncio.Transport):
+
+class UtcpTransport(transports._FlowControlMixin, asyncio.Transport):
     """A stream transport whose bytes travel as utcp segments (a ``StreamSink`` for its
-    endpoint); its protocol comes with ``attach()``."""
+    endpoint); its protocol comes with ``attach()``.
+
+    Asyncio's flow-control mixin is a base only so that the standard library's helpers that
+    require one accept this transport (``loop.sendfile``'s fallback); the marks are this
+    class's own.  ``loop.start_tls`` accepts it too (``_start_tls_compatible``), and so does
+    ``utcp.start_tls`` on every loop."""
+
+    _start_tls_compatible = True
+    _sendfile_compatible = constants._SendfileMode.FALLBACK
 
     def __init__(self, endpoint: TransportHost, handle: ConnectionHandle) -> None:
-        super().__init__()
+        loop = asyncio.get_running_loop()
+        super().__init__(None, loop)
         self._endpoint = endpoint
         self._handle = handle
         self._conn = handle.conn
         self._protocol: Any = None
-        self._loop = asyncio.get_running_loop()
+        self._buffered = False  # the protocol is an asyncio.BufferedProtocol
+        self._loop = loop
         self._closing = False
         self._eof_written = False
         self._lost = False
+        # The connection ended cleanly (both FINs) while the application kept its transport
+        # open: as on a TCP socket, connection_lost waits for close().
+        self._ended_open = False
+        self._conn_lost_writes = 0
+        self._fatal: BaseException | None = None  # what _force_close() reports
         self._reading = True
-        self._writing_paused = False
+        self._protocol_paused = False
         self._pending: list[bytes] = []  # data that arrived before a protocol was attached
         self._pending_eof = False
         self._pending_lost: tuple[Exception | None] | None = None
@@ -51,12 +71,13 @@ class UtcpTransport(asyncio.Transport):
         self._auto_limits = cfg.send_buffer_max_bytes > high
         self._lease = cfg.buffer_budget.lease()
         udp = endpoint.transport
+        peer = handle.addr
+        if peer is None and udp is not None:
+            peer = udp.get_extra_info("peername")
         self._extra: dict[str, Any] = {
-            "peername": handle.addr
-            if handle.addr is not None
-            else (udp.get_extra_info("peername") if udp else None),
+            "peername": peer,
             "sockname": udp.get_extra_info("sockname") if udp else None,
-            "socket": udp.get_extra_info("socket") if udp else None,
+            "socket": SocketView(udp.get_extra_info("socket"), peer) if udp else None,
             "connection": self._conn,
             "endpoint": endpoint,
         }
@@ -64,9 +85,10 @@ class UtcpTransport(asyncio.Transport):
     # ------------------------------------------------------------------ BaseTransport
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        """``peername``, ``sockname``, ``socket``, ``connection`` (the core), ``stats`` and
-        ``endpoint`` (the UDP endpoint, whose ``stats`` count datagrams dropped before they
-        reach any connection, such as those failing their checksum)."""
+        """``peername``, ``sockname``, ``socket`` (a view of the endpoint's UDP socket that
+        cannot close it: other connections share it), ``connection`` (the core), ``stats``
+        and ``endpoint`` (the UDP endpoint, whose ``stats`` count datagrams dropped before
+        they reach any connection, such as those failing their checksum)."""
         if name == "stats":
             return self._conn.stats
         return self._extra.get(name, default)
@@ -85,6 +107,9 @@ class UtcpTransport(asyncio.Transport):
         if self._closing or self._lost:
             return
         self._closing = True
+        if self._ended_open:
+            self._report_lost(None)
+            return
         self._reading = True
         conn = self._conn
         conn.resume_reading()
@@ -106,6 +131,7 @@ class UtcpTransport(asyncio.Transport):
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._replay_pending()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
@@ -117,12 +143,12 @@ class UtcpTransport(asyncio.Transport):
         return self._reading and not self._lost
 
     def pause_reading(self) -> None:
-        if self._reading and not self._lost:
+        if self._reading and not self._lost and not self._ended_open:
             self._reading = False
             self._conn.pause_reading()
 
     def resume_reading(self) -> None:
-        if not self._reading and not self._lost:
+        if not self._reading and not self._lost and not self._ended_open:
             self._reading = True
             self._conn.resume_reading()
             self._endpoint.schedule_flush(self._handle)
@@ -134,9 +160,14 @@ class UtcpTransport(asyncio.Transport):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if self._eof_written and not self._closing and not self._lost:
             raise RuntimeError("Cannot call write() after write_eof()")
-        if self._closing or self._lost:
-            raise BrokenPipeError("the connection is closed")
         if not data:
+            return
+        if self._closing or self._lost:
+            # As asyncio's transports: the bytes are dropped; the stream's drain() raises the
+            # connection's error, and from the fifth such write on each is logged.
+            if self._conn_lost_writes >= _CONNLOST_WRITES_LOGGED:
+                _log.warning("write_after_close", dropped=len(data))
+            self._conn_lost_writes += 1
             return
         conn = self._conn
         conn.send(data)
@@ -156,7 +187,7 @@ class UtcpTransport(asyncio.Transport):
 
     def write_eof(self) -> None:
         """Half-close: FIN after buffered data; reading goes on."""
-        if self._eof_written or self._lost:
+        if self._eof_written or self._lost or self._closing:
             return
         self._eof_written = True
         self._conn.close()
@@ -166,12 +197,37 @@ class UtcpTransport(asyncio.Transport):
         return True
 
     def abort(self) -> None:
-        """Send RST and drop everything at once."""
+        """Send RST and drop everything at once; ``connection_lost(None)`` follows."""
         if self._lost:
             return
         self._closing = True
+        if self._ended_open:
+            self._report_lost(None)
+            return
         self._conn.abort()
         self._endpoint.service(self._handle)
+
+    def _force_close(self, exc: BaseException | None) -> None:
+        """Reset the connection and report ``connection_lost(exc)``: what asyncio's own
+        transports do on a fatal error, and what its TLS layer calls on a failed handshake."""
+        if self._lost:
+            return
+        self._fatal = exc
+        self.abort()
+
+    def _fatal_error(self, exc: BaseException, message: str) -> None:
+        """A protocol callback that must not fail raised: as asyncio's transports, tell the
+        loop's exception handler (an ``OSError`` only in debug mode) and reset."""
+        if not isinstance(exc, OSError) or self._loop.get_debug():
+            self._loop.call_exception_handler(
+                {
+                    "message": message,
+                    "exception": exc,
+                    "transport": self,
+                    "protocol": self._protocol,
+                }
+            )
+        self._force_close(exc)
 
     def get_write_buffer_size(self) -> int:
         """Bytes written and not yet acknowledged by the peer."""
@@ -227,7 +283,7 @@ class UtcpTransport(asyncio.Transport):
                 self._lease.release()
             else:
                 self._size_limits()
-        if self._writing_paused:
+        if self._protocol_paused:
             if self._conn.send_buffer_size > self._low_water:
                 return
         elif self._conn.send_buffer_size <= self._high_water:
@@ -235,8 +291,8 @@ class UtcpTransport(asyncio.Transport):
         protocol = self._protocol
         if protocol is None or self._lost:
             return
-        self._writing_paused = not self._writing_paused
-        self._call(protocol.pause_writing if self._writing_paused else protocol.resume_writing)
+        self._protocol_paused = not self._protocol_paused
+        self._call(protocol.pause_writing if self._protocol_paused else protocol.resume_writing)
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:
@@ -263,6 +319,7 @@ class UtcpTransport(asyncio.Transport):
         """Give the connection its protocol once the handshake is done: ``connection_made``,
         then whatever arrived before it."""
         self._protocol = protocol
+        self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
         self._call(protocol.connection_made, self)
         self._replay_pending()
 
@@ -281,7 +338,10 @@ class UtcpTransport(asyncio.Transport):
             self.connection_closed(exc, None)
 
     def deliver_data(self, data: bytes) -> None:
-        """Bytes arrived in order: to the protocol's ``data_received``."""
+        """Bytes arrived in order: to the protocol's ``data_received``, or copied into the
+        buffers a ``BufferedProtocol`` hands out (the one copy a socket's ``recv_into`` would
+        make).  A protocol callback that raises aborts the connection, as asyncio's
+        transports do."""
         protocol = self._protocol
         if protocol is None:
             self._pending.append(data)
@@ -292,12 +352,43 @@ class UtcpTransport(asyncio.Transport):
             # for the FIN of a peer that keeps sending.
             self.abort()
             return
+        if self._buffered:
+            self._feed_buffers(data)
+            return
         try:
             protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
-            self._report(protocol.data_received, exc)
+            self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
+
+    def _feed_buffers(self, data: bytes) -> None:
+        """``data`` into the protocol's ``get_buffer()``/``buffer_updated()``, as many rounds as
+        its buffers take; a protocol swapped by a callback (STARTTLS) gets the rest its way."""
+        view = memoryview(data)
+        size = len(view)
+        pos = 0
+        while pos < size:
+            protocol = self._protocol
+            if not self._buffered:
+                self.deliver_data(bytes(view[pos:]))
+                return
+            try:
+                buf = memoryview(protocol.get_buffer(size - pos)).cast("B")
+                room = len(buf)
+                if not room:
+                    raise RuntimeError("get_buffer() returned an empty buffer")
+                n = min(room, size - pos)
+                buf[:n] = view[pos : pos + n]
+                pos += n
+                protocol.buffer_updated(n)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except BaseException as exc:
+                self._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+                return
+            if self._lost or self._closing:
+                return
 
     def deliver_eof(self) -> None:
         """The peer's FIN: to the protocol's ``eof_received``."""
@@ -306,22 +397,39 @@ class UtcpTransport(asyncio.Transport):
             return
         if self._closing:
             return  # after close() only connection_lost follows, as on asyncio's transports
-        keep_open = self._call(self._protocol.eof_received)
+        try:
+            keep_open = self._protocol.eof_received()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            self._fatal_error(exc, "Fatal error: protocol.eof_received() call failed.")
+            return
         if not keep_open:
             self.close()
 
     def connection_closed(self, exc: Exception | None, reason: CloseReason | None) -> None:
         """The connection ended: ``connection_lost(exc)`` follows."""
-        if self._lost:
+        if self._lost or self._ended_open:
             return
         if self._protocol is None:
             self._pending_lost = (exc,)
             return
+        if reason is not None:
+            _log.debug("transport_closed", reason=reason.value)
+        if exc is None and self._fatal is not None:
+            exc = self._fatal  # type: ignore[assignment]
+        if exc is None and not self._closing and reason is CloseReason.CLOSED:
+            # Both sides wrote EOF and everything was acknowledged, but the application never
+            # closed: a TCP socket stays open (writes fail, reads see EOF) until it does.
+            self._ended_open = True
+            self._lease.release()
+            return
+        self._report_lost(exc)
+
+    def _report_lost(self, exc: BaseException | None) -> None:
         self._lost = True
         self._closing = True
         self._lease.release()
-        if reason is not None:
-            _log.debug("transport_closed", reason=reason.value)
         self._endpoint.call_when_released(
             self._call, self._protocol.connection_lost, exc, finished=self._conn.is_finished
         )

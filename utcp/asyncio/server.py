@@ -1,0 +1,324 @@
+"""``create_server``/``Server``: utcp's listening side, an ``asyncio.AbstractServer``.
+
+A server owns one UDP endpoint per address it listens on (``host=None`` listens on every
+address family, a list of hosts on each), all serving the same protocol factory; with ``ssl=``
+each accepted connection is wrapped in asyncio's own TLS layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from ..config import Config
+from .dgram import DatagramIO, create_endpoint
+from .endpoint import Endpoint, Observer
+from .resolve import check_port, hosts_of, resolve_all
+from .tls import TlsOptions, tls_options
+from .transport import UtcpTransport
+
+__all__ = ["Server", "create_server"]
+
+
+class Server(asyncio.AbstractServer):
+    """A utcp server, with the interface of ``asyncio.Server`` (and an instance of
+    ``asyncio.AbstractServer``)."""
+
+    def __init__(self, endpoints: list[tuple[Endpoint, DatagramIO]], *, serving: bool) -> None:
+        self._pairs = endpoints
+        self._loop = asyncio.get_running_loop()
+        self._closed = False
+        self._serving = serving
+        self._serving_forever: asyncio.Future[None] | None = None
+
+    def __repr__(self) -> str:
+        return f"<utcp.Server sockets={self.sockets!r}>"
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        """The listening UDP sockets (empty once closed, as with ``asyncio.Server``)."""
+        if self._closed:
+            return ()
+        out = []
+        for endpoint, udp in self._pairs:
+            sock = udp.get_extra_info("socket")
+            if sock is not None and endpoint.transport is not None:
+                out.append(sock)
+        return tuple(out)
+
+    @property
+    def endpoint(self) -> Endpoint:
+        """The (first) endpoint carrying this server's connections (its ``stats`` count
+        drops); ``endpoints`` lists them all."""
+        return self._pairs[0][0]
+
+    @property
+    def endpoints(self) -> tuple[Endpoint, ...]:
+        """One endpoint per listening socket."""
+        return tuple(endpoint for endpoint, _ in self._pairs)
+
+    @property
+    def stats(self) -> dict[str, object]:
+        """The endpoints' totals: datagrams and bytes each way, drops by reason (their own and
+        their connections'), resets, SYN cookies, refusals, and the connections open now."""
+        totals = [endpoint.totals() for endpoint, _ in self._pairs]
+        if len(totals) == 1:
+            return totals[0]
+        return _merge(totals)
+
+    def is_serving(self) -> bool:
+        return self._serving and not self._closed
+
+    async def start_serving(self) -> None:
+        """Accept connections (servers made with ``start_serving=False`` wait for this)."""
+        if self._closed:
+            raise RuntimeError("the server is closed")
+        self._serving = True
+        for endpoint, _ in self._pairs:
+            endpoint.start_accepting()
+
+    def close(self) -> None:
+        """Stop accepting connections; open ones carry on, then the sockets close."""
+        if self._closed:
+            return
+        self._closed = True
+        self._serving = False
+        for endpoint, _ in self._pairs:
+            endpoint.close()
+        if self._serving_forever is not None and not self._serving_forever.done():
+            self._serving_forever.cancel()
+
+    def close_clients(self) -> None:
+        """Close every open connection gracefully."""
+        for transport in self._transports():
+            transport.close()
+
+    def abort_clients(self) -> None:
+        """Reset every open connection."""
+        for transport in self._transports():
+            transport.abort()
+
+    def _transports(self) -> list[UtcpTransport]:
+        return [
+            h.transport
+            for endpoint, _ in self._pairs
+            for h in endpoint.handles()
+            if isinstance(h.transport, UtcpTransport) and not h.transport.is_closing()
+        ]
+
+    async def wait_closed(self) -> None:
+        """Wait until the server is closed and its connections have ended, as asyncio's does.
+        Connections in TIME_WAIT (the server closed first) are not waited for: it runs its
+        course in the background and the socket closes after it, or when the event loop shuts
+        down (``server.endpoint.wait_closed()`` waits for that)."""
+        if not self._closed:
+            return
+        for endpoint, _ in self._pairs:
+            await endpoint.wait_done()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled; then close the server."""
+        if self._serving_forever is not None:
+            raise RuntimeError("serve_forever() is already running")
+        if self._closed:
+            raise RuntimeError("the server is closed")
+        await self.start_serving()
+        self._serving_forever = self._loop.create_future()
+        try:
+            await self._serving_forever
+        except asyncio.CancelledError:
+            try:
+                self.close()
+                await self.wait_closed()
+            finally:
+                raise
+        finally:
+            self._serving_forever = None
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+def _merge(totals: list[dict[str, object]]) -> dict[str, object]:
+    """Several endpoints' totals as one: numbers and drop counts summed."""
+    out: dict[str, object] = {}
+    for part in totals:
+        for key, value in part.items():
+            have = out.get(key)
+            if isinstance(value, dict):
+                merged = dict(have) if isinstance(have, dict) else {}
+                for k, v in value.items():
+                    merged[k] = merged.get(k, 0) + v
+                out[key] = merged
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                out[key] = (have if isinstance(have, (int, float)) else 0) + value
+            elif key not in out:
+                out[key] = value
+    return out
+
+
+_REUSE_ADDRESS_REFUSED = (
+    "reuse_address=True is refused: on a UDP socket SO_REUSEADDR lets another socket bind the "
+    "same port and take this server's datagrams, and utcp needs no help with TIME_WAIT (its "
+    "connections live in the endpoint, not in the kernel); use reuse_port=True to share a port"
+)
+
+
+async def create_server(
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    host: str | Iterable[str] | None = None,
+    port: int | str | None = None,
+    *,
+    family: int = socket.AF_UNSPEC,
+    flags: int = socket.AI_PASSIVE,
+    sock: socket.socket | None = None,
+    backlog: int = 100,
+    ssl: Any = None,
+    reuse_address: bool | None = None,
+    reuse_port: bool | None = None,
+    keep_alive: bool | None = None,
+    ssl_handshake_timeout: float | None = None,
+    ssl_shutdown_timeout: float | None = None,
+    start_serving: bool = True,
+    config: Config | None = None,
+    observer: Observer | None = None,
+) -> Server:
+    """Listen for utcp connections on UDP, like ``loop.create_server``.
+
+    ``host=None`` (or ``""``) listens on every address family, a list on each host; with
+    ``port=0`` (or None) one free port is picked and, where several sockets listen, each binds
+    the same number when it can: read it from ``server.sockets[0].getsockname()``.
+    ``ssl=`` an ``ssl.SSLContext`` serves TLS (asyncio's TLS layer over each connection).
+    ``keep_alive`` turns utcp's keepalive on or off (``Config.keepalive_idle_s``).
+    ``reuse_address=True`` is refused: see the README's table of differences from TCP.
+    """
+    if backlog < 1:
+        raise ValueError(f"backlog must be >= 1, not {backlog!r}")
+    if reuse_address:
+        raise ValueError(_REUSE_ADDRESS_REFUSED)
+    cfg = _with_keepalive(config or Config(), keep_alive).validate()
+    tls = tls_options(
+        ssl,
+        server_side=True,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        ssl_shutdown_timeout=ssl_shutdown_timeout,
+    )
+    loop = asyncio.get_running_loop()
+    factory = protocol_factory if tls is None else _tls_factory(loop, protocol_factory, tls)
+
+    def endpoint_factory() -> Endpoint:
+        return Endpoint(config=cfg, protocol_factory=factory, backlog=backlog, observer=observer)
+
+    pairs: list[tuple[Endpoint, DatagramIO]] = []
+    try:
+        if sock is not None:
+            if host is not None or port is not None:
+                raise ValueError("host/port and sock can not be specified at the same time")
+            udp, endpoint = await create_endpoint(endpoint_factory, config=cfg, sock=sock)
+            pairs.append((endpoint, udp))
+        else:
+            await _listen(
+                pairs, endpoint_factory, cfg, host, check_port(port), family, flags, reuse_port
+            )
+    except BaseException:
+        for endpoint, _ in pairs:
+            endpoint.abort_all()
+        raise
+    if not start_serving:
+        for endpoint, _ in pairs:
+            endpoint.stop_accepting()
+    return Server(pairs, serving=start_serving)
+
+
+async def _listen(
+    pairs: list[tuple[Endpoint, DatagramIO]],
+    endpoint_factory: Callable[[], Endpoint],
+    cfg: Config,
+    host: str | Iterable[str] | None,
+    port: int | str | None,
+    family: int,
+    flags: int,
+    reuse_port: bool | None,
+) -> None:
+    """One endpoint per address the hosts resolve to, all on one port number when they can."""
+    infos = []
+    for one in hosts_of(host):
+        for info in await resolve_all(one, port or 0, passive=True, family=family, flags=flags):
+            if info not in infos:
+                infos.append(info)
+    several = len(infos) > 1
+    chosen = 0
+    for fam, addr in infos:
+        if chosen and addr[1] == 0:
+            addr = (addr[0], chosen, *addr[2:])
+        try:
+            pair = await _bind(endpoint_factory, cfg, fam, addr, reuse_port, several)
+        except OSError:
+            if not chosen or addr[1] != chosen or port:
+                raise
+            # The first socket's ephemeral port is taken for this family: pick another.
+            pair = await _bind(
+                endpoint_factory, cfg, fam, (addr[0], 0, *addr[2:]), reuse_port, several
+            )
+        pairs.append(pair)
+        if not chosen:
+            sock = pair[1].get_extra_info("socket")
+            chosen = sock.getsockname()[1] if sock is not None else 0
+
+
+async def _bind(
+    endpoint_factory: Callable[[], Endpoint],
+    cfg: Config,
+    family: int,
+    addr: Any,
+    reuse_port: bool | None,
+    several: bool,
+) -> tuple[Endpoint, DatagramIO]:
+    # Where IPv4 has its own socket, the IPv6 one stays off it (as asyncio's servers do).
+    v6only = several and family == socket.AF_INET6
+    udp, endpoint = await create_endpoint(
+        endpoint_factory,
+        config=cfg,
+        local_addr=addr,
+        family=family,
+        reuse_port=reuse_port,
+        v6only=v6only,
+    )
+    return endpoint, udp
+
+
+def _with_keepalive(cfg: Config, keep_alive: bool | None) -> Config:
+    """``keep_alive=`` as asyncio's (``SO_KEEPALIVE``): utcp's own keepalive on or off."""
+    if keep_alive is None:
+        return cfg
+    import dataclasses
+
+    if keep_alive:
+        if cfg.keepalive_idle_s is not None:
+            return cfg
+        return dataclasses.replace(cfg, keepalive_idle_s=Config().keepalive_idle_s)
+    return dataclasses.replace(cfg, keepalive_idle_s=None)
+
+
+def _tls_factory(
+    loop: asyncio.AbstractEventLoop,
+    protocol_factory: Callable[[], asyncio.BaseProtocol],
+    tls: TlsOptions,
+) -> Callable[[], asyncio.BaseProtocol]:
+    """The protocol factory of a TLS server: asyncio's TLS layer around each application
+    protocol.  A failed handshake resets that one connection and is reported only in debug
+    mode, as with asyncio's servers."""
+
+    def factory() -> asyncio.BaseProtocol:
+        return tls.protocol(loop, protocol_factory(), None, server_side=True)
+
+    return factory
