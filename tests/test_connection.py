@@ -1046,8 +1046,11 @@ def test_a_stretch_ack_showing_a_loss_halves_the_flight_the_loss_was_in() -> Non
     """One ACK for a whole burst (what a receiver answering batches sends) both acknowledges
     the segments before a hole and SACKs those after it. The window must be halved from the
     flight the loss happened in (RFC 5681 FlightSize), not from what is left outstanding once
-    this very ACK has moved SND.UNA: that would cut it to a quarter or less."""
-    config = Config(pmtud=False, initial_cwnd_segments=20, pacing="off")  # one burst
+    this very ACK has moved SND.UNA: that would cut it to a quarter or less.  NewReno named:
+    halving is its rule (cubic keeps 0.7 of its window, tests/test_cubic.py)."""
+    config = Config(
+        congestion_control="newreno", pmtud=False, initial_cwnd_segments=20, pacing="off"
+    )  # one burst
     mss = config.mss_bytes
     # Datagram 0 is the handshake ACK; the burst is datagrams 1..20: lose the 11th segment.
     net = pair(config_a=config, a_to_b=Link(drop=lambda index, packet: index == 11))

@@ -20,7 +20,10 @@ from utcp.recovery import SentSegment
 
 MSS = 1000
 ISS = 7000
+# NewReno named: the expected windows are RFC 5681's and RFC 6582's (halving, at most 2 SMSS
+# per ACK in slow start), not the default controller's (cubic keeps 0.7; tests/test_cubic.py).
 CONFIG = Config(
+    congestion_control="newreno",
     mss_bytes=MSS,
     pmtud=False,
     rto_initial_s=1.0,

@@ -29,6 +29,7 @@ from utcp import (
     encode,
 )
 from utcp.congestion import NewReno, available, create
+from utcp.congestion.cubic import SLOW_START_LIMIT_SEGMENTS as CUBIC_SLOW_START_LIMIT_SEGMENTS
 
 S = ConnectionState
 ISN_A = 1000  # the client's initial sequence number in ``pair()``
@@ -619,10 +620,11 @@ def drop_once(seq: int) -> Callable[[int, Packet], bool]:
 
 @pytest.mark.parametrize("sack", [True, False])
 def test_fast_retransmit_halves_cwnd_then_grows_linearly(sack: bool) -> None:
+    """NewReno's rules (RFC 5681 section 3.2, RFC 6582), so it is named: cubic, the default,
+    keeps 0.7 and grows along its curve (tests/test_cubic.py)."""
     a_to_b = PacedLink(drop=drop_once(wire(60 * MSS)))
-    net = established(
-        config_a=Config(sack=sack, pmtud=False, **QUIET), a_to_b=a_to_b, b_to_a=PacedLink()
-    )
+    config = Config(congestion_control="newreno", sack=sack, pmtud=False, **QUIET)
+    net = established(config_a=config, a_to_b=a_to_b, b_to_a=PacedLink())
     a, _ = conns(net)
     size = 2_000_000
     data = random.Random(17).randbytes(size)
@@ -671,7 +673,9 @@ def test_fast_retransmit_is_sent_on_the_third_duplicate_ack(sack: bool) -> None:
 
 
 def test_retransmission_timeout_drops_cwnd_to_one_segment() -> None:
-    net = established(config_a=Config(tail_loss_probe=False, **QUIET))
+    """RFC 5681 section 3.1 equation 4 (ssthresh = FlightSize / 2): NewReno's, so it is named
+    (cubic keeps 0.7 of its window; tests/test_cubic.py)."""
+    net = established(config_a=Config(congestion_control="newreno", tail_loss_probe=False, **QUIET))
     a, _ = conns(net)
     net.links["a"].blackhole = (net.now + 0.05, net.now + 3.0)
     size = 500_000
@@ -796,14 +800,27 @@ def test_stats_agree_with_the_wire_after_a_lossy_transfer(seed: int) -> None:
     assert st.bytes_in_flight == 0 and st.send_buffer_bytes == 0, f"seed={seed}"
 
 
-def test_congestion_window_does_not_grow_while_the_receive_window_limits_the_sender() -> None:
+@pytest.mark.parametrize(
+    ("cc", "ack_growth_segments"),
+    # What one ACK may add in slow start: RFC 3465's L = 2 for NewReno, RFC 9406's L = 8 for
+    # cubic (HyStart++ unpaced).
+    [("newreno", 2), ("cubic", CUBIC_SLOW_START_LIMIT_SEGMENTS)],
+)
+def test_congestion_window_does_not_grow_while_the_receive_window_limits_the_sender(
+    cc: str, ack_growth_segments: int
+) -> None:
     # A receiver-limited sender never fills its congestion window, so that window proves
-    # nothing about the path and must not keep growing (it reached tens of MB before).
+    # nothing about the path and must not keep growing (it reached tens of MB before): it
+    # grows only while the flight is at least half of it, so by at most one ACK's growth
+    # beyond twice the receive window.
     window = 64 * 1024
-    net = established(config_b=Config(recv_buffer_bytes=window, **QUIET))
+    net = established(
+        config_a=FIXED.replace(congestion_control=cc),
+        config_b=Config(recv_buffer_bytes=window, **QUIET),
+    )
     a, _ = conns(net)
     payload = random.Random(11).randbytes(4 << 20)
     a.send(payload)
     net.run(until=lambda: len(net.b.received) == len(payload))
     assert bytes(net.b.received) == payload
-    assert a.stats.cwnd_bytes <= 2 * window + 2 * MSS
+    assert a.stats.cwnd_bytes <= 2 * window + ack_growth_segments * MSS

@@ -39,6 +39,8 @@ WND = Config().recv_window_initial_bytes  # 256 KiB: 1024 << 8 (the scale of 8 M
 SYN_WND = 65535  # SYN windows are never scaled
 SEGMENTS = 5
 FIXED = Config(pmtud=False)  # exact events and sizes: no PMTU probes (see _connected_pair)
+# The known scenario's exact events include NewReno's halving and no cubic cc_state phases.
+FIXED_NEWRENO = FIXED.replace(congestion_control="newreno")
 
 
 def _connected_pair(
@@ -128,7 +130,9 @@ def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     """One data segment lost: the trace shows the handshake exactly, then loss_detected,
     retransmit and the datagram that repairs it, in that order, then the close."""
     tracer = ListTracer()
-    net = _connected_pair(tracer, a_to_b=Link(drop=_drop_data_segment(lost)))
+    net = _connected_pair(
+        tracer, a_to_b=Link(drop=_drop_data_segment(lost)), config_a=FIXED_NEWRENO
+    )
     _transfer_and_close(net, random.Random(lost).randbytes(SEGMENTS * MSS))
     a, b = conns(net)
     events = tracer.events
@@ -478,7 +482,9 @@ def test_out_of_order_and_duplicates_match_the_arrivals(seed: int) -> None:
     assert b.stats.out_of_order_segments_received == out_of_order, f"seed {seed}"
 
 
-@pytest.mark.parametrize("seed", [7, 8])
+# Seeds whose links corrupt at least two datagrams each way with either controller (8 had
+# corrupted one ACK with newreno, none with cubic: a weak scenario).
+@pytest.mark.parametrize("seed", [7, 11])
 def test_corrupted_datagrams_are_the_bad_checksum_drops(seed: int) -> None:
     """Every datagram a link corrupts is one ``bad checksum`` drop at the other end, and every
     datagram that arrives is either that or a ``datagram_received`` in its trace."""

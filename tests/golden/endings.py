@@ -3,10 +3,10 @@ sequence, the handshake and its losses, ICMP errors, forged and stray segments."
 
 from __future__ import annotations
 
-from utcp import Config, Packet, decode, encode
+from utcp import Packet, decode, encode
 
 from .registry import bulk, close, drop_nth, is_data, payload, scenario, transfer
-from .sim import ACK, CID, FIN, FIXED, ISN, NEVER, QUIET, RST, SYN, S, Sim
+from .sim import ACK, BASE, CID, FIN, FIXED, ISN, NEVER, QUIET, RST, SYN, S, Sim
 
 # -- dead peers and timeouts
 
@@ -114,7 +114,7 @@ def _peer_gone(sim: Sim) -> None:
     sim.run()
 
 
-@scenario("orphan_fin_wait_2_timeout", cfg=Config(pmtud=False, fin_wait_2_timeout_s=10.0))
+@scenario("orphan_fin_wait_2_timeout", cfg=BASE.replace(pmtud=False, fin_wait_2_timeout_s=10.0))
 def _orphan_fw2(sim: Sim) -> None:
     """orphan(): the peer acknowledges the FIN but never closes; 10 s later the orphan resets
     (TIMEOUT) and the peer sees the RST."""
@@ -208,7 +208,7 @@ def _hs_ack_lost(sim: Sim) -> None:
     close(sim, "b")
 
 
-@scenario("handshake_ack_lost_keepalive_confirms", cfg=Config(pmtud=False))
+@scenario("handshake_ack_lost_keepalive_confirms", cfg=BASE.replace(pmtud=False))
 def _hs_keepalive(sim: Sim) -> None:
     """The first SYN and every bare ACK of the client before t=20 s are lost (its handshake
     ACK and re-sends): the server takes the client's first keepalive probe as the handshake's
@@ -441,7 +441,7 @@ def _close_syn_received(sim: Sim) -> None:
     sim.run(sim.finished, what="both finished")
 
 
-@scenario("orphan_after_half_close", cfg=Config(pmtud=False, fin_wait_2_timeout_s=5.0))
+@scenario("orphan_after_half_close", cfg=BASE.replace(pmtud=False, fin_wait_2_timeout_s=5.0))
 def _orphan_late(sim: Sim) -> None:
     """Half-closed (FIN_WAIT_2) for 3 s, then orphaned: the FIN_WAIT_2 limit starts there and
     5 s later the orphan resets."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from utcp import Config, Packet
 
-from .sim import RST, SYN, Link, S, Sim
+from .sim import BASE, RST, SYN, Link, S, Sim
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ def scenario(
             name=name,
             doc=doc or " ".join((script.__doc__ or "").split()),
             script=script,
-            cfg_a=cfg_a or cfg or Config(),
-            cfg_b=cfg_b or cfg or Config(),
+            cfg_a=cfg_a or cfg or BASE,
+            cfg_b=cfg_b or cfg or BASE,
             a_to_b=lambda: make(seed),
             b_to_a=lambda: make(seed + 1),
             batch=batch,

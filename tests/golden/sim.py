@@ -47,7 +47,11 @@ QUIET: dict[str, Any] = {
     "keepalive_stall_s": None,
     "idle_timeout_s": None,
 }
-FIXED = Config(pmtud=False)  # fixed segment sizes, no PMTU probes
+# Every scenario names its congestion controller, so a change of the library's default
+# (newreno until cubic became it) cannot move a recorded trace; a golden trace proves
+# refactors, it need not follow the default.  Scenarios start from BASE, never Config().
+BASE = Config(congestion_control="newreno")
+FIXED = BASE.replace(pmtud=False)  # fixed segment sizes, no PMTU probes
 
 
 # ------------------------------------------------------------------------------ canonical form

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from utcp import Config, DataReceived, Event
+from utcp import DataReceived, Event
 
 from .registry import bulk, close, drop_nth, is_data, payload, rr, scenario, transfer
-from .sim import FIXED, Link, Sim
+from .sim import BASE, FIXED, Link, Sim
 
 # -- a basic life
 
@@ -57,7 +57,7 @@ def _request_response(sim: Sim) -> None:
     rr(sim, 40)
 
 
-@scenario("request_response_fast_paths_off", cfg=Config(fast_paths=False))
+@scenario("request_response_fast_paths_off", cfg=BASE.replace(fast_paths=False))
 def _request_response_slow(sim: Sim) -> None:
     """As request_response with fast_paths=False: the same wire, the general paths."""
     rr(sim, 40)
@@ -197,7 +197,7 @@ def _pmtud_black_hole(sim: Sim) -> None:
     close(sim, "a")
 
 
-@scenario("pmtud_one_side_only", cfg_a=Config(), cfg_b=FIXED)
+@scenario("pmtud_one_side_only", cfg_a=BASE, cfg_b=FIXED)
 def _pmtud_one_side(sim: Sim) -> None:
     """Only the client offers PMTUD: not negotiated, fixed sizes both ways."""
     bulk(100_000, 20_000)(sim)
@@ -218,13 +218,13 @@ def _sack_one_side(sim: Sim) -> None:
     bulk(100_000, 20_000)(sim)
 
 
-@scenario("timestamps_loss", cfg=Config(timestamps=True), path=_lossy(0.02), seed=14)
+@scenario("timestamps_loss", cfg=BASE.replace(timestamps=True), path=_lossy(0.02), seed=14)
 def _timestamps(sim: Sim) -> None:
     """Timestamps on both sides (options on every segment), 2% loss, PMTUD on."""
     bulk(150_000, 30_000)(sim)
 
 
-@scenario("fast_paths_off_loss", cfg=Config(fast_paths=False), path=_lossy(0.01), seed=15)
+@scenario("fast_paths_off_loss", cfg=BASE.replace(fast_paths=False), path=_lossy(0.01), seed=15)
 def _fast_paths_off(sim: Sim) -> None:
     """fast_paths=False with 1% loss: every segment through the general paths."""
     bulk(150_000, 30_000)(sim)
