@@ -2,7 +2,8 @@
 
 Each adapter hands the scenarios asyncio's own ``StreamReader``/``StreamWriter`` and hides how its
 library opens, accepts and closes.  Imports happen inside the adapter that needs them, so a
-missing optional package only matters to its own peer.
+missing optional package only matters to its own peer.  utcp and kernel TCP take a directory of
+the run's TLS certificates (``_tls.py``) and then serve and connect over TLS 1.3.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib
 import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -58,7 +60,25 @@ class Adapter:
     """``serve`` starts a listener and returns its port; ``connect`` yields a stream pair;
     ``finish`` is how a server handler lets go of a connection it is done with;
     ``settings`` is what this peer sets away from its library's defaults (every result
-    records it)."""
+    records it); ``observed`` is what a client's first connection turned out to use (utcp's
+    I/O path, the TLS version and cipher negotiated), which the client's result records."""
+
+    def __init__(self) -> None:
+        self.observed: dict[str, Any] = {}
+        self._looked = False
+
+    def _observe(self, writer: asyncio.StreamWriter) -> None:
+        if self._looked:  # once: connect's timed loop opens thousands
+            return
+        self._looked = True
+        endpoint = writer.get_extra_info("endpoint")  # utcp's, through TLS too
+        if endpoint is not None:
+            self.observed["io_path"] = endpoint.io_path
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.observed.update(
+                tls_version=ssl_object.version(), tls_cipher=ssl_object.cipher()[0]
+            )
 
     def settings(self) -> dict[str, Any]:
         return {}
@@ -73,14 +93,30 @@ class Adapter:
         writer.close()
 
 
-class UtcpAdapter(Adapter):
-    """utcp's streams with the ``Config`` of one variant, on the server and the client."""
+class _TlsContexts:
+    """The server's and the client's TLS contexts from the run's certificates, or None each."""
 
-    def __init__(self, variant: str) -> None:
+    def __init__(self, tls_dir: Path | None) -> None:
+        self.server_ssl: ssl.SSLContext | None = None
+        self.client_ssl: ssl.SSLContext | None = None
+        if tls_dir is not None:
+            from _tls import client_context, server_context
+
+            self.server_ssl = server_context(tls_dir)
+            self.client_ssl = client_context(tls_dir)
+
+
+class UtcpAdapter(Adapter):
+    """utcp's streams with the ``Config`` of one variant, on the server and the client, over
+    TLS when given the run's certificates."""
+
+    def __init__(self, variant: str, tls_dir: Path | None = None) -> None:
         import utcp
 
+        super().__init__()
         self.changes = dict(UTCP_CONFIGS[variant])
         self.config = utcp.Config(**self.changes).validate()
+        self.tls = _TlsContexts(tls_dir)
 
     def settings(self) -> dict[str, Any]:
         return dict(self.changes)
@@ -88,14 +124,19 @@ class UtcpAdapter(Adapter):
     async def serve(self, handler: Handler, host: str) -> int:
         import utcp
 
-        self.server = await utcp.start_server(handler, host, 0, backlog=BACKLOG, config=self.config)
+        self.server = await utcp.start_server(
+            handler, host, 0, backlog=BACKLOG, config=self.config, ssl=self.tls.server_ssl
+        )
         return int(self.server.sockets[0].getsockname()[1])
 
     @contextlib.asynccontextmanager
     async def connect(self, host: str, port: int) -> AsyncIterator[Streams]:
         import utcp
 
-        reader, writer = await utcp.open_connection(host, port, config=self.config)
+        reader, writer = await utcp.open_connection(
+            host, port, config=self.config, ssl=self.tls.client_ssl
+        )
+        self._observe(writer)
         try:
             yield reader, writer
         finally:
@@ -104,13 +145,22 @@ class UtcpAdapter(Adapter):
 
 
 class TcpAdapter(Adapter):
+    """Kernel TCP through asyncio's streams, over TLS when given the run's certificates."""
+
+    def __init__(self, tls_dir: Path | None = None) -> None:
+        super().__init__()
+        self.tls = _TlsContexts(tls_dir)
+
     async def serve(self, handler: Handler, host: str) -> int:
-        self.server = await asyncio.start_server(handler, host, 0, backlog=BACKLOG)
+        self.server = await asyncio.start_server(
+            handler, host, 0, backlog=BACKLOG, ssl=self.tls.server_ssl
+        )
         return int(self.server.sockets[0].getsockname()[1])
 
     @contextlib.asynccontextmanager
     async def connect(self, host: str, port: int) -> AsyncIterator[Streams]:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(host, port, ssl=self.tls.client_ssl)
+        self._observe(writer)
         try:
             yield reader, writer
         finally:
@@ -128,6 +178,7 @@ class AioquicAdapter(Adapter):
     """
 
     def __init__(self) -> None:
+        super().__init__()
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self, handler: Handler, host: str) -> int:
@@ -159,6 +210,13 @@ class AioquicAdapter(Adapter):
             assert protocol._transport is not None
             grow_buffers(protocol._transport.get_extra_info("socket"))
             reader, writer = await protocol.create_stream()
+            if not self._looked:
+                self._looked = True
+                # aioquic's own TLS 1.3; the suite it negotiated is only on private attributes
+                tls = getattr(getattr(protocol, "_quic", None), "tls", None)
+                suite = getattr(getattr(tls, "key_schedule", None), "cipher_suite", None)
+                if suite is not None:
+                    self.observed.update(tls_version="TLSv1.3", tls_cipher=f"TLS_{suite.name}")
             yield reader, writer
 
 
@@ -172,6 +230,7 @@ class AiokcpAdapter(Adapter):
     """
 
     def __init__(self, variant: str) -> None:
+        super().__init__()
         self.kcp_kwargs: dict[str, Any] = dict(KCP_FAST) if variant == "fast" else {}
 
     def settings(self) -> dict[str, Any]:
@@ -220,13 +279,16 @@ _MODULES = {
 }
 
 
-def adapter_for(kind: str, variant: str) -> Adapter:
+def adapter_for(kind: str, variant: str, tls_dir: Path | None = None) -> Adapter:
+    """The adapter of one peer; ``tls_dir`` (utcp and tcp only) holds the run's certificates."""
     for module in _MODULES.get(kind, ()):
         importlib.import_module(module)
+    if tls_dir is not None and kind not in ("utcp", "tcp"):
+        raise ValueError(f"no TLS variant of {kind!r}")
     if kind == "utcp":
-        return UtcpAdapter(variant)
+        return UtcpAdapter(variant, tls_dir)
     if kind == "tcp":
-        return TcpAdapter()
+        return TcpAdapter(tls_dir)
     if kind == "aioquic":
         return AioquicAdapter()
     if kind == "aiokcp":

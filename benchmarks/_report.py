@@ -1,5 +1,7 @@
 """From raw runs to what a reader compares: metrics per run, medians per peer, ratios to the
 baselines measured in the same run, the issue's targets, a table, a JSON file and a bar chart.
+A TLS peer's row follows its plain counterpart's; its ratios compare it with kernel TCP + TLS,
+with aioquic (which always encrypts) and with itself without TLS (``x plain``).
 
 MB is 10**6 bytes throughout; MiB (2**20) only names sizes.
 """
@@ -12,13 +14,14 @@ import json
 import math
 import os
 import platform
+import ssl
 import statistics
 import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
-from _peers import BY_NAME, SCENARIOS, baseline, same_variant
+from _peers import BY_NAME, SCENARIOS, baseline, plain, same_variant
 
 HEADLINE = {
     "bulk": "goodput_mbps",
@@ -44,6 +47,7 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("x_aioquic", "x aioquic", "{:.2f}"),
         ("x_udp", "x udp", "{:.2f}"),
         ("x_tcp", "x tcp", "{:.3f}"),
+        ("x_plain", "x plain", "{:.3f}"),
     ],
     "rr": [
         ("rt_per_s", "RT/s", "{:,.0f}"),
@@ -52,12 +56,14 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("x_aioquic", "x aioquic", "{:.2f}"),
         ("x_udp", "x udp", "{:.2f}"),
         ("p50_x_tcp", "p50 x tcp", "{:.2f}"),
+        ("x_plain", "x plain", "{:.3f}"),
     ],
     "connect": [
         ("conn_per_s", "conn/s", "{:,.1f}"),
         ("setup_p50_ms", "open+echo p50 ms", "{:,.2f}"),
         ("x_aioquic", "x aioquic", "{:.2f}"),
         ("x_tcp", "x tcp", "{:.3f}"),
+        ("x_plain", "x plain", "{:.3f}"),
     ],
     "many": [
         ("goodput_mbps", "MB/s", "{:,.1f}"),
@@ -74,6 +80,8 @@ COLUMNS: dict[str, list[tuple[str, str, str]]] = {
         ("x_aioquic", "x aioquic", "{:.2f}"),
     ],
 }
+# What a client's connection turned out to use (_adapters.Adapter.observed), kept per run.
+OBSERVED = ("io_path", "tls_version", "tls_cipher")
 
 
 # ---------------------------------------------------------------------------------- metrics
@@ -93,6 +101,7 @@ def metrics_of(record: dict[str, Any], settings: dict[str, Any]) -> dict[str, An
         "server_cpu_s": s.get("cpu_s"),
         "cpu_s": c.get("cpu_s", 0.0) + s.get("cpu_s", 0.0),
     }
+    m.update({k: c[k] for k in OBSERVED if c.get(k)})
     if s.get("error_count"):
         m["server_errors"] = s["error_count"]
         m["server_error_sample"] = s.get("errors", [])[:2]
@@ -188,7 +197,7 @@ def summarize(report: dict[str, Any]) -> None:
     notes: list[str] = []
     for scenario in settings["scenarios"]:
         rows: dict[str, Any] = {}
-        for name in names:
+        for name in _beside_plain(names):
             spec, avail = BY_NAME[name], report["peers"][name]
             runs = [r for r in report["runs"] if r["scenario"] == scenario and r["peer"] == name]
             if not avail["available"]:
@@ -211,6 +220,10 @@ def summarize(report: dict[str, Any]) -> None:
                 head = [g[HEADLINE[scenario]] for g in good]
                 row["min"], row["max"] = min(head), max(head)
                 row["truncated"] = sum(1 for g in good if g.get("truncated"))
+                for key in OBSERVED:
+                    seen = sorted({str(g[key]) for g in good if g.get(key)})
+                    if seen:
+                        row[key] = ", ".join(seen)
             rows[name] = row
             if errors:
                 notes.append(
@@ -221,15 +234,45 @@ def summarize(report: dict[str, Any]) -> None:
                     f"{scenario}/{name}: {row['truncated']} run(s) hit the {settings['cap_s']:g} s "
                     "transfer cap; goodput is over the bytes that arrived"
                 )
-        _add_ratios(scenario, rows)
+        notes += _add_ratios(scenario, rows)
         summary[scenario] = rows
     for name in names:
         if not report["peers"][name]["available"]:
             notes.append(f"{name} skipped: {report['peers'][name]['note']}")
     report["summary"] = summary
+    report["tls_negotiated"] = _negotiated(summary)
+    if len(set(report["tls_negotiated"].values())) > 1:
+        notes.append(
+            "the encrypted peers did not negotiate alike: "
+            + "; ".join(f"{k} {v}" for k, v in report["tls_negotiated"].items())
+        )
     report["targets"] = _targets(summary)
     report["notes"] = notes
     report["text"], report["markdown"] = _render(report)
+
+
+def _beside_plain(names: list[str]) -> list[str]:
+    """``names`` with each TLS peer moved to just after its plain counterpart, if that runs."""
+    follows: dict[str, list[str]] = {}
+    for name in names:
+        anchor = next((p.name for p in plain(BY_NAME[name]) if p.name in names), None)
+        if anchor is not None:
+            follows.setdefault(anchor, []).append(name)
+    moved = {n for group in follows.values() for n in group}
+    return [m for n in names if n not in moved for m in (n, *follows.get(n, ()))]
+
+
+def _negotiated(summary: dict[str, Any]) -> dict[str, str]:
+    """Per encrypted peer (the TLS peers and aioquic), the TLS version and cipher its
+    clients negotiated, over every scenario."""
+    found: dict[str, set[str]] = {}
+    for rows in summary.values():
+        for name, row in rows.items():
+            if row.get("tls_cipher"):
+                found.setdefault(name, set()).add(
+                    f"{row.get('tls_version', '?')} {row['tls_cipher']}"
+                )
+    return {name: "; ".join(sorted(v)) for name, v in found.items()}
 
 
 def _head(rows: dict[str, Any], name: str | None, scenario: str) -> float | None:
@@ -240,31 +283,54 @@ def _head(rows: dict[str, Any], name: str | None, scenario: str) -> float | None
     return float(value) if value is not None else None
 
 
-def _add_ratios(scenario: str, rows: dict[str, Any]) -> None:
+def _add_ratios(scenario: str, rows: dict[str, Any]) -> list[str]:
+    """Each ok row's ratios to its baselines (``ratios``; ``baselines`` names whom each divides
+    by); returns notes on ratios left out."""
+    notes: list[str] = []
     for name, row in rows.items():
         if row.get("status") != "ok":
             continue
         spec = BY_NAME[name]
         mine = _head(rows, name, scenario)
         ratios: dict[str, float | None] = {}
+        bases: dict[str, str] = {}
         if spec.kind != "aioquic":
             ratios["x_aioquic"] = _ratio(mine, _head(rows, "aioquic", scenario))
+            bases["x_aioquic"] = "aioquic"
         for kind in ("tcp", "udp"):
-            base = baseline(spec, kind)
+            base = baseline(spec, kind)  # a TLS peer's tcp baseline is tcp-tls; it has no udp
             if base is not None and base.name != name:
                 ratios[f"x_{kind}"] = _ratio(mine, _head(rows, base.name, scenario))
+                bases[f"x_{kind}"] = base.name
         if scenario == "rr":
             base = baseline(spec, "tcp")
             if base is not None and base.name != name and rows.get(base.name, {}).get("median"):
                 ratios["p50_x_tcp"] = _ratio(
                     row["median"].get("p50_us"), rows[base.name]["median"].get("p50_us")
                 )
+                bases["p50_x_tcp"] = base.name
         if spec.loop == "uvloop":
             default = same_variant(spec, "asyncio")
             if default is not None:
                 ratios["x_default_loop"] = _ratio(mine, _head(rows, default.name, scenario))
+                bases["x_default_loop"] = default.name
+        for other in plain(spec):  # what TLS costs: over the same peer without it
+            base_row = rows.get(other.name) or {}
+            if base_row.get("status") != "ok":
+                continue
+            if base_row.get("io_path") != row.get("io_path"):
+                notes.append(
+                    f"{scenario}/{name}: x plain not taken over {other.name}, which ran the "
+                    f"{base_row.get('io_path')} I/O path ({name}: {row.get('io_path')})"
+                )
+                continue
+            ratios["x_plain"] = _ratio(mine, _head(rows, other.name, scenario))
+            bases["x_plain"] = other.name
+            break
         row["ratios"] = {k: v for k, v in ratios.items() if v is not None}
+        row["baselines"] = {k: v for k, v in bases.items() if k in row["ratios"]}
         row["median"].update(row["ratios"])
+    return notes
 
 
 # The speed targets, as (scenario, ratio key, operator, goal, text, peers judged).  The
@@ -430,10 +496,16 @@ def _render(report: dict[str, Any]) -> tuple[str, str]:
         "tcp/udp); CPU s = client + server CPU seconds (user + system); data B/seg = utcp "
         "sender's bytes per segment sent (PMTU discovery's reach)"
     )
-    variants: dict[str, list[str]] = {}
+    if any(BY_NAME[n].tls for n in settings["peers"]):
+        head += (
+            "\nTLS rows (-tls, TLS 1.3): 'x tcp' divides by tcp-tls (kernel TCP + TLS), "
+            "'x aioquic' by aioquic (QUIC always encrypts), 'x plain' by the same peer without "
+            "TLS (what TLS costs it: " + ", ".join(_plain_pairs(report)) + ")"
+        )
+    variants: dict[tuple[str, bool], list[str]] = {}
     for name in settings["peers"]:
         if BY_NAME[name].kind == "utcp":
-            variants.setdefault(BY_NAME[name].variant, []).append(name)
+            variants.setdefault((BY_NAME[name].variant, BY_NAME[name].tls), []).append(name)
     if variants:
         head += "\nutcp peers: " + "; ".join(
             f"{', '.join(names)} = {BY_NAME[names[0]].description}" for names in variants.values()
@@ -469,11 +541,42 @@ def _render(report: dict[str, Any]) -> tuple[str, str]:
                 + ["| " + " | ".join(r) + " |" for r in body]
             )
         )
+    tls_lines = _tls_lines(report)
+    if tls_lines:
+        text_parts.append("\n".join(tls_lines))
+        md_parts.append("  \n".join(tls_lines))
     if report["targets"]:
         lines = _target_lines(report["targets"])
         text_parts.append("\n".join(lines))
         md_parts.append("```\n" + "\n".join(lines) + "\n```")
     return "\n\n".join(text_parts), "\n\n".join(md_parts)
+
+
+def _plain_pairs(report: dict[str, Any]) -> list[str]:
+    """'tls-peer / plain-peer' for every x plain ratio of the run (else the ones intended)."""
+    pairs = {
+        f"{name} / {row['baselines']['x_plain']}": None
+        for rows in report["summary"].values()
+        for name, row in rows.items()
+        if (row.get("baselines") or {}).get("x_plain")
+    }
+    if not pairs:
+        names = [n for n in report["settings"]["peers"] if BY_NAME[n].tls]
+        pairs = {f"{n} / {plain(BY_NAME[n])[0].name} (not in this run)": None for n in names}
+    return list(pairs)
+
+
+def _tls_lines(report: dict[str, Any]) -> list[str]:
+    """How the run encrypted: who made the certificates and what each peer negotiated."""
+    tls, negotiated = report.get("tls") or {}, report.get("tls_negotiated") or {}
+    lines = []
+    if tls.get("made_by"):
+        lines.append(
+            f"TLS certificates by {tls['made_by']}: {tls['certificate']}; {tls['protocol']}"
+        )
+    if negotiated:
+        lines.append("TLS negotiated: " + "; ".join(f"{k} {v}" for k, v in negotiated.items()))
+    return lines
 
 
 def _target_lines(targets: list[dict[str, Any]]) -> list[str]:
@@ -540,11 +643,13 @@ def versions() -> dict[str, str | None]:
         ("aioquic", "aioquic"),
         ("aiokcp", "aiokcp"),
         ("cryptography", "cryptography"),
+        ("trustme", "trustme"),
     ):
         try:
             found[label] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             found[label] = None
+    found["openssl"] = ssl.OPENSSL_VERSION  # what the TLS peers' ssl module runs on
     found["utcp_build"] = _utcp_build()
     found["utcp_source_sha256"] = _source_digest()
     try:
@@ -599,6 +704,8 @@ _COLOURS = {
     "udp": "#bcbd22",
     "aioquic": "#1f77b4",
     "aiokcp": "#2ca02c",
+    "utcp-tls": "#9467bd",
+    "tcp-tls": "#393939",
 }
 
 
@@ -626,7 +733,8 @@ def _chart(report: dict[str, Any], path: Path) -> bool:
             lo.append((value - row["min"]) if value else 0.0)
             hi.append((row["max"] - value) if value else 0.0)
             spec = BY_NAME[name]
-            colour = _COLOURS.get(f"{spec.kind}-{spec.variant}") or _COLOURS.get(spec.kind)
+            key = f"{spec.kind}-tls" if spec.tls else f"{spec.kind}-{spec.variant}"
+            colour = _COLOURS.get(key) or _COLOURS.get(spec.kind)
             colours.append(colour or "#999999")
         y = list(range(len(names)))
         shown = [i for i in y if values[i] > 0]

@@ -5,6 +5,8 @@ against that port (or a relay's), and closes the server's stdin once the client 
 process prints one ``RESULT <json>`` line, including the CPU seconds it spent (user + system,
 ``time.process_time``) from the start of its work to the end and the settings its peer's
 variant applied (for utcp, the ``Config`` fields it set: both sides build the same ``Config``).
+A TLS peer's server and client load the run's certificates from ``--tls-dir``; the client's
+result says what its connection used (utcp's I/O path, the TLS version and cipher).
 """
 
 from __future__ import annotations
@@ -64,7 +66,9 @@ async def stdin_closed() -> None:
     await done
 
 
-async def server_main(spec: PeerSpec, scenario: str, params: dict[str, Any]) -> dict[str, Any]:
+async def server_main(
+    spec: PeerSpec, scenario: str, params: dict[str, Any], tls_dir: Path | None
+) -> dict[str, Any]:
     from _scenarios import server_handler, udp_serve
 
     mem0 = memory_kib()
@@ -75,7 +79,7 @@ async def server_main(spec: PeerSpec, scenario: str, params: dict[str, Any]) -> 
     else:
         from _adapters import adapter_for
 
-        adapter = adapter_for(spec.kind, spec.variant)
+        adapter = adapter_for(spec.kind, spec.variant, tls_dir)
         port = await adapter.serve(server_handler(scenario, params, state, adapter), HOST)
         settings = adapter.settings()
     cpu0 = cpu_seconds()
@@ -95,7 +99,7 @@ async def server_main(spec: PeerSpec, scenario: str, params: dict[str, Any]) -> 
 
 
 async def client_main(
-    spec: PeerSpec, scenario: str, params: dict[str, Any], port: int
+    spec: PeerSpec, scenario: str, params: dict[str, Any], port: int, tls_dir: Path | None
 ) -> dict[str, Any]:
     from _scenarios import client, udp_client
 
@@ -106,10 +110,11 @@ async def client_main(
     else:
         from _adapters import adapter_for
 
-        adapter = adapter_for(spec.kind, spec.variant)
+        adapter = adapter_for(spec.kind, spec.variant, tls_dir)
         settings = adapter.settings()
         cpu0 = cpu_seconds()
         result = await client(scenario, adapter, HOST, port, params)
+        result.update(adapter.observed)
     result["cpu_s"] = cpu_seconds() - cpu0
     result["settings"] = settings
     return result
@@ -150,18 +155,22 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=0.0, help="seconds, each way")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--cpu", type=int, default=None, help="pin this process to one CPU")
+    parser.add_argument("--tls-dir", default=None, help="the run's certificates (TLS peers)")
     args = parser.parse_args()
     if args.cpu is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu})
     params = json.loads(args.params)
     spec = BY_NAME[args.peer]
+    if spec.tls and args.tls_dir is None:
+        parser.error(f"{spec.name} needs --tls-dir")
+    tls_dir = Path(args.tls_dir) if spec.tls else None
     started = time.perf_counter()
 
     async def role() -> dict[str, Any]:
         if args.role == "server":
-            result = await server_main(spec, args.scenario, params)
+            result = await server_main(spec, args.scenario, params, tls_dir)
         elif args.role == "client":
-            result = await client_main(spec, args.scenario, params, args.port)
+            result = await client_main(spec, args.scenario, params, args.port, tls_dir)
         else:
             result = await relay_main(args.port, args.loss, args.delay, args.seed)
         result["wall_s"] = time.perf_counter() - started

@@ -3,7 +3,8 @@
 Client and server of every run are separate processes on 127.0.0.1 (see _worker.py); lossy
 runs add a third, utcp's impairment relay.  Each scenario runs every peer in turn, round after
 round; the report gives medians and ratios to the baselines measured in the same run, since on a
-noisy machine absolute numbers alone mean little.
+noisy machine absolute numbers alone mean little.  The TLS peers' certificates are made once per
+run, into a temporary directory every TLS worker loads them from (_tls.py).
 
 Run: ``make bench`` or ``.venv/bin/python benchmarks/bench.py --help``.
 """
@@ -15,6 +16,7 @@ import asyncio
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,6 +28,7 @@ sys.path.insert(0, str(HERE))
 
 from _peers import BY_NAME, DEFAULT_PEERS, PEERS, SCENARIOS, PeerSpec  # noqa: E402
 from _report import machine_info, summarize, versions, write_outputs  # noqa: E402
+from _tls import make_certificates  # noqa: E402
 
 WORKER = HERE / "_worker.py"
 MIB = 1 << 20
@@ -138,11 +141,14 @@ def scenario_params(scenario: str, s: dict[str, Any]) -> dict[str, Any]:
 
 
 async def run_once(
-    scenario: str, spec: PeerSpec, rnd: int, settings: dict[str, Any]
+    scenario: str, spec: PeerSpec, rnd: int, settings: dict[str, Any], tls_dir: Path | None
 ) -> dict[str, Any]:
     """One peer through one scenario: server, (relay,) client; killed past the time limit."""
     params = scenario_params(scenario, settings)
     common = ["--peer", spec.name, "--scenario", scenario, "--params", json.dumps(params)]
+    if spec.tls:
+        assert tls_dir is not None
+        common += ["--tls-dir", str(tls_dir)]
     children: list[Child] = []
     record: dict[str, Any] = {"scenario": scenario, "peer": spec.name, "round": rnd}
     relay_loop = "uvloop" if not BY_NAME["utcp-uvloop"].missing() else "asyncio"
@@ -190,7 +196,8 @@ async def run_once(
 
 def parse_args(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(
-        description="Benchmark utcp against kernel TCP, raw UDP, aioquic and aiokcp.",
+        description="Benchmark utcp against kernel TCP, raw UDP, aioquic and aiokcp, "
+        "and utcp + TLS against kernel TCP + TLS and aioquic.",
         epilog=f"peers: {', '.join(x.name for x in PEERS)}; scenarios: {', '.join(SCENARIOS)}",
     )
     p.add_argument("--scenarios", default="all", help="comma-separated, or 'all'")
@@ -281,7 +288,11 @@ async def main_async(settings: dict[str, Any]) -> dict[str, Any]:
             "loop": spec.loop,
             "description": spec.description,
         }
-        if missing:
+    tls = _certificates(
+        [p.name for p in peers if p.tls and availability[p.name]["available"]], availability
+    )
+    for spec in peers:
+        if not availability[spec.name]["available"]:
             print(f"skipping {spec.name}: {availability[spec.name]['note']}", flush=True)
     machine = machine_info()  # before the runs, so its load average is the background load
     runs: list[dict[str, Any]] = []
@@ -292,7 +303,7 @@ async def main_async(settings: dict[str, Any]) -> dict[str, Any]:
         ]
         for rnd in range(1, settings["rounds"] + 1):
             for spec in contestants:
-                record = await run_once(scenario, spec, rnd, settings)
+                record = await run_once(scenario, spec, rnd, settings, tls["dir"])
                 metrics = metrics_of(record, settings) if record["ok"] else None
                 if metrics is not None and metrics.get("error"):
                     record.update(ok=False, error=metrics.pop("error"))
@@ -310,8 +321,34 @@ async def main_async(settings: dict[str, Any]) -> dict[str, Any]:
         "settings": {k: v for k, v in settings.items() if k != "out"},
         "lossy_path": {"loss": LOSSY_LOSS, "delay_s_each_way": LOSSY_DELAY_S},
         "peers": availability,
+        "tls": {k: v for k, v in tls.items() if k not in ("dir", "tmp")},
         "runs": runs,
         "elapsed_s": time.perf_counter() - started,
+    }
+
+
+def _certificates(tls_peers: list[str], availability: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The run's TLS certificates, made once if a TLS peer is to run: ``dir`` is where (kept
+    until the process exits), ``made_by`` what made them.  If none can be made, the TLS peers
+    are skipped with the reason."""
+    found: dict[str, Any] = {"dir": None}
+    if not tls_peers:
+        return found
+    tmp = tempfile.TemporaryDirectory(prefix="utcp-bench-tls-")
+    try:
+        made_by = make_certificates(Path(tmp.name))
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        tmp.cleanup()
+        for name in tls_peers:
+            availability[name].update(available=False, note=f"no TLS certificates: {exc}")
+        return found
+    return {
+        "dir": Path(tmp.name),
+        "tmp": tmp,  # the directory lives as long as this object
+        "made_by": made_by,
+        "certificate": "ECDSA P-256 for localhost and 127.0.0.1, "
+        + ("issued by a CA trustme made" if made_by == "trustme" else "self-signed"),
+        "protocol": "TLS 1.3 only on both sides; the client verifies the chain and the address",
     }
 
 

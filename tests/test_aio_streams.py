@@ -6,6 +6,7 @@ built-in errors, backpressure through ``drain()``, ``get_extra_info`` and the ``
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import socket
 from collections.abc import Awaitable, Callable
@@ -662,5 +663,29 @@ def test_round_trip_times_are_measured_finer_than_a_millisecond(run: Runner) -> 
         assert all(s is not None and s > 0.0 for s in srtts), srtts
         server.close()
         await server.wait_closed()
+
+    run(main())
+
+
+def test_connection_errors_carry_their_errno_as_asyncio_s_do(run: Runner) -> None:
+    """Code written for asyncio checks ``exc.errno`` (aiohttp prints it): a refusal carries
+    ECONNREFUSED, a reset ECONNRESET."""
+
+    async def reset_at_once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    async def main() -> None:
+        server = await utcp.start_server(Handlers(reset_at_once), HOST, 0)
+        port = server_port(server)
+        reader, writer = await utcp.open_connection(HOST, port)
+        with pytest.raises(ConnectionResetError) as reset:
+            await reader.read()
+        assert reset.value.errno == errno.ECONNRESET
+        writer.close()
+        server.close()
+        await server.wait_closed()
+        with pytest.raises(ConnectionRefusedError) as refused:
+            await utcp.open_connection(HOST, port)
+        assert refused.value.errno == errno.ECONNREFUSED
 
     run(main())

@@ -2,20 +2,25 @@
 
 It runs as ``make bench`` does, as separate processes on loopback, with the default peer set
 (plus plain ``utcp``, the shipped ``Config``): utcp on both I/O paths and with PMTU discovery,
-kernel TCP and raw UDP always (on uvloop too when it is installed); aioquic and aiokcp-fast only
-where the ``bench`` extras are, skipped with a note otherwise.  Timing is never asserted: only
-that every scenario x peer produced a sane result, that each utcp peer ran with its own
-``Config`` on both sides, that every target found its baseline, and that the outputs were
-written.
+kernel TCP and raw UDP always (on uvloop too when it is installed), utcp and kernel TCP over
+TLS 1.3; aioquic and aiokcp-fast only where the ``bench`` extras are, skipped with a note
+otherwise.  Timing is never asserted: only that every scenario x peer produced a sane result,
+that each utcp peer ran with its own ``Config`` on both sides, that the TLS peers negotiated
+alike and their rows carry the TLS ratios, that every target found its baseline, and that the
+outputs were written.  A second test makes the benchmark's certificates both ways it can.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
+import ssl
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from utcp.config import DEFAULT_DATAGRAM_BYTES
 from utcp.packet import HEADER_SIZE
@@ -30,6 +35,7 @@ APPLIES = {
     "aioquic": SCENARIOS,
     "aiokcp": SCENARIOS,
 }
+TLS_SCENARIOS = ("bulk", "rr", "connect")  # what the -tls peers run; many and lossy are n/a
 # Peer -> (kind, modules it needs, utcp Config fields it sets).
 PEERS: dict[str, tuple[str, tuple[str, ...], dict[str, object] | None]] = {
     "utcp-portable": ("utcp", (), {"io_path": "portable", "pmtud": False}),
@@ -41,6 +47,8 @@ PEERS: dict[str, tuple[str, tuple[str, ...], dict[str, object] | None]] = {
     "utcp": ("utcp", (), {}),
     "tcp": ("tcp", (), None),
     "tcp-uvloop": ("tcp", ("uvloop",), None),
+    "utcp-tls": ("utcp", (), {"io_path": "fast", "pmtud": True}),
+    "tcp-tls": ("tcp", (), None),
     "udp": ("udp", (), None),
     "udp-uvloop": ("udp", ("uvloop",), None),
     "aioquic": ("aioquic", ("aioquic", "cryptography"), None),
@@ -102,7 +110,8 @@ def test_every_scenario_runs_once_for_every_default_peer(tmp_path: Path) -> None
             if name not in ran:
                 assert row["status"] == "skipped", where
                 continue
-            if scenario not in APPLIES[kind]:
+            applies = TLS_SCENARIOS if name.endswith("-tls") else APPLIES[kind]
+            if scenario not in applies:
                 assert row["status"] == "n/a", where
                 continue
             assert row["status"] == "ok", where
@@ -128,6 +137,17 @@ def test_every_scenario_runs_once_for_every_default_peer(tmp_path: Path) -> None
                 assert m["count"] > 0 and m["setup_p50_ms"] > 0, where
             if scenario == "many":
                 assert m["rss_peak_mib"] > 0, where
+            if name.endswith("-tls"):  # TLS 1.3, set beside its plain self and TCP + TLS
+                assert run["client"]["tls_version"] == "TLSv1.3", where
+                bases = row["baselines"]
+                assert bases["x_plain"] == {"utcp-tls": "utcp-pmtud", "tcp-tls": "tcp"}[name], where
+                if name == "utcp-tls":
+                    assert bases["p50_x_tcp" if scenario == "rr" else "x_tcp"] == "tcp-tls", where
+                    if "aioquic" in ran:
+                        assert bases["x_aioquic"] == "aioquic", where
+    negotiated = report["tls_negotiated"]
+    assert negotiated["utcp-tls"] == negotiated["tcp-tls"], negotiated
+    assert report["tls"]["made_by"] in ("trustme", "openssl"), report["tls"]
 
     # Every target whose peer and baseline ran is judged (a skipped one has no data), and the
     # headline ones are all there.
@@ -145,3 +165,37 @@ def test_every_scenario_runs_once_for_every_default_peer(tmp_path: Path) -> None
     assert "targets (I/O paths and PMTU discovery):" in proc.stdout
     for name in ran:
         assert name in proc.stdout
+
+
+@pytest.mark.parametrize("method", ["trustme", "openssl"])
+def test_the_benchmark_certificates_carry_a_tls13_handshake(tmp_path: Path, method: str) -> None:
+    """benchmarks/_tls.py's files, made by trustme or by the openssl command, verified by the
+    client context for 127.0.0.1: an in-memory handshake, no sockets."""
+    if method == "trustme" and not _installed("trustme"):
+        pytest.skip("trustme is not installed")
+    if method == "openssl" and shutil.which("openssl") is None:
+        pytest.skip("no openssl command")
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _tls
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert _tls.make_certificates(tmp_path, method=method) == method
+    server_bios, client_bios = (
+        (ssl.MemoryBIO(), ssl.MemoryBIO()),
+        (ssl.MemoryBIO(), ssl.MemoryBIO()),
+    )
+    server = _tls.server_context(tmp_path).wrap_bio(*server_bios, server_side=True)
+    client = _tls.client_context(tmp_path).wrap_bio(*client_bios, server_hostname="127.0.0.1")
+    for _ in range(4):  # a TLS 1.3 handshake is done in two flights each way
+        for side, (_, outgoing), (incoming, _) in (
+            (client, client_bios, server_bios),
+            (server, server_bios, client_bios),
+        ):
+            try:
+                side.do_handshake()
+            except ssl.SSLWantReadError:
+                pass
+            incoming.write(outgoing.read())
+    assert client.version() == server.version() == "TLSv1.3"
+    assert client.cipher() == server.cipher()

@@ -116,6 +116,15 @@ def test_http_over_the_protocol_api() -> None:
     assert result.stdout.splitlines() == ["HTTP 200", "hello from utcp, you asked for /abc"]
 
 
+def test_aiohttp_serves_and_fetches_a_page_over_utcp() -> None:
+    # tests/test_ecosystem.py puts the example's site and connector through the rest of aiohttp.
+    result = _run(str(EXAMPLES / "aiohttp_over_utcp.py"), "--host", "127.0.0.1", "--port", "0")
+    assert result.returncode == 0, result.stderr
+    served, fetched = result.stdout.splitlines()
+    assert re.fullmatch(r"serving on http://127\.0\.0\.1:\d+", served), served
+    assert fetched == "HTTP 200: hello over utcp, you asked for /abc"
+
+
 def test_demo_prints_the_ladder_from_real_packets() -> None:
     result = _run(str(EXAMPLES / "demo.py"))
     assert result.returncode == 0, result.stderr

@@ -43,11 +43,11 @@ STDLIB_HOOKS = {
         "protocol._client_connected_cb",  # StreamReaderProtocol: server side or not
         "protocol._transport",  # StreamReaderProtocol on 3.10 (no _replace_writer)
         "protocol._over_ssl",
+        "protocol._connection_lost",  # StreamReaderProtocol: what drain() raises on
+        "protocol._paused",
     },
-    "utcp.asyncio.transport": {
-        "transports._FlowControlMixin",  # what loop.sendfile's fallback requires
-        "constants._SendfileMode",
-    },
+    "utcp.asyncio.transport": {"constants._SendfileMode"},
+    "utcp.asyncio.flowcontrol": {"transports._FlowControlMixin"},  # loop.sendfile's fallback
 }
 
 

@@ -6,6 +6,7 @@ The driver collects them with ``Connection.next_event()`` after every input.
 from __future__ import annotations
 
 import enum
+import errno
 from dataclasses import dataclass
 
 
@@ -23,17 +24,21 @@ class CloseReason(enum.Enum):
     def exception(self) -> OSError | None:
         """The exception a user sees for this reason, or None for an orderly close."""
         if self is CloseReason.REFUSED:
-            return ConnectionRefusedError("connection refused by peer")
+            return ConnectionRefusedError(errno.ECONNREFUSED, "connection refused by peer")
         if self is CloseReason.RESET:
-            return ConnectionResetError("connection reset by peer")
+            return ConnectionResetError(errno.ECONNRESET, "connection reset by peer")
         if self is CloseReason.TIMEOUT:
-            return TimeoutError("peer stopped acknowledging: connection timed out")
+            return TimeoutError(errno.ETIMEDOUT, "peer stopped acknowledging: connection timed out")
         if self is CloseReason.IDLE:
-            return TimeoutError("connection timed out: idle timeout or keepalive unanswered")
+            return TimeoutError(
+                errno.ETIMEDOUT, "connection timed out: idle timeout or keepalive unanswered"
+            )
         if self is CloseReason.UNREACHABLE:
-            return ConnectionResetError("connection reset: the peer's port is unreachable")
+            return ConnectionResetError(
+                errno.ECONNRESET, "connection reset: the peer's port is unreachable"
+            )
         if self is CloseReason.ABORTED:
-            return ConnectionAbortedError("connection aborted locally")
+            return ConnectionAbortedError(errno.ECONNABORTED, "connection aborted locally")
         return None
 
 

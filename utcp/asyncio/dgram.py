@@ -255,15 +255,25 @@ async def create_endpoint(
     caller made (bound, and connected for a client); ``v6only`` keeps an IPv6 socket off IPv4
     so that a second socket can serve IPv4 on the same port."""
     loop = asyncio.get_running_loop()
-    if sock is None and v6only:
-        sock = _make_socket(socket.AF_INET6, local_addr, reuse_port=reuse_port, v6only=True)
+    portable_path = resolve_io_path(config, loop) == "portable"
+    # asyncio's create_datagram_endpoint takes addresses as (host, port) only: an IPv6 one
+    # with its flow info and scope id (as resolved) goes through a socket made here.
+    long_addr = any(addr is not None and len(addr) > 2 for addr in (local_addr, remote_addr))
+    if sock is None and (v6only or (portable_path and long_addr)):
+        sock = _make_socket(socket.AF_INET6, local_addr, reuse_port=reuse_port, v6only=v6only)
+        try:
+            if remote_addr is not None:
+                await loop.sock_connect(sock, remote_addr)
+        except BaseException:
+            sock.close()
+            raise
     if sock is not None:
         if sock.type != socket.SOCK_DGRAM:
             raise ValueError(f"A UDP socket was expected, got {sock!r}")
         sock.setblocking(False)
         with contextlib.suppress(OSError):
             remote_addr = sock.getpeername()
-    if resolve_io_path(config, loop) == "portable":
+    if portable_path:
         if sock is not None:
             portable, protocol = await loop.create_datagram_endpoint(protocol_factory, sock=sock)
         else:

@@ -166,7 +166,9 @@ class Endpoint:
             for handle in self.handles():
                 if handle.conn.state is SYN_SENT and handle.waiter is not None:
                     handle.conn.abort()
-                    self._fail_waiter(handle, ConnectionRefusedError("nobody listens there"))
+                    self._fail_waiter(
+                        handle, ConnectionRefusedError(errno.ECONNREFUSED, "nobody listens there")
+                    )
                     self._dispatch_events(handle)
                     self._forget(handle)
         if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
@@ -485,7 +487,9 @@ class Endpoint:
     def _on_closed(self, handle: ConnectionHandle, reason: CloseReason) -> None:
         self._core.leave_backlog(handle)  # a passive open that never got established
         exc = self._close_exception(handle, reason)
-        self._fail_waiter(handle, exc or ConnectionResetError("connection closed"))
+        self._fail_waiter(
+            handle, exc or ConnectionResetError(errno.ECONNRESET, "connection closed")
+        )
         if handle.transport is not None:
             # asyncio reports a local abort() as connection_lost(None).
             lost_exc = None if reason is CloseReason.ABORTED else exc
@@ -500,18 +504,21 @@ class Endpoint:
             return None
         peer = _peer_text(handle.addr if handle.addr is not None else self._peername())
         if reason is CloseReason.REFUSED and handle.reset_detail:
-            return ConnectionRefusedError(f"{exc}: {handle.reset_detail}")
+            return ConnectionRefusedError(
+                errno.ECONNREFUSED, f"{exc.strerror}: {handle.reset_detail}"
+            )
         if reason is CloseReason.REFUSED:
-            return ConnectionRefusedError(f"connection refused by {peer}")
+            return ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused by {peer}")
         if reason is CloseReason.TIMEOUT or reason is CloseReason.IDLE:
             silent = max(0.0, _clock() - handle.conn.last_heard)
-            return TimeoutError(f"no answer from {peer} for {silent:.0f} s")
+            return TimeoutError(errno.ETIMEDOUT, f"no answer from {peer} for {silent:.0f} s")
         if reason is CloseReason.UNREACHABLE:
             return ConnectionResetError(
-                f"{peer} is unreachable: nothing listens there any more (ICMP port unreachable)"
+                errno.ECONNRESET,
+                f"{peer} is unreachable: nothing listens there any more (ICMP port unreachable)",
             )
         if reason is CloseReason.RESET:
-            return ConnectionResetError(f"connection reset by {peer}")
+            return ConnectionResetError(errno.ECONNRESET, f"connection reset by {peer}")
         return exc
 
     def _peername(self) -> Address:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from .transport import UtcpTransport
+
 __all__ = ["sendfile"]
 
 _CHUNK_BYTES = 64 * 1024  # one read and one write per chunk; a few segments' worth
@@ -63,8 +65,9 @@ class _Drainer(asyncio.Protocol):
             transport.resume_reading()
         if self._ready is not None and not self._ready.done():
             self._ready.cancel()
-        # The protocol hears of a pause or resume that happened while it was away.
-        if self._paused and not self._was_paused:
+        # The protocol hears of a pause or resume that happened while it was away (a
+        # UtcpTransport tells a protocol handed back paused itself).
+        if self._paused and not self._was_paused and not isinstance(transport, UtcpTransport):
             self._protocol.pause_writing()
         elif self._was_paused and not self._paused:
             self._protocol.resume_writing()
@@ -91,7 +94,9 @@ async def sendfile(
     if transport.is_closing():
         raise RuntimeError("Transport is closing")
     loop = asyncio.get_running_loop()
-    if offset:
+    if offset or (hasattr(file, "seekable") and file.seekable()):
+        # From ``offset``, 0 included, as the kernel's sendfile (asyncio's fallback starts at
+        # the file's position when offset is 0); an unseekable file is read as it stands.
         file.seek(offset)
     buf = bytearray(min(count, _CHUNK_BYTES) if count else _CHUNK_BYTES)
     total = 0

@@ -16,6 +16,7 @@ from ..config import Config
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer
 from .resolve import check_port, hosts_of, resolve_all
+from .sockview import SocketView
 from .tls import TlsOptions, tls_options
 from .transport import UtcpTransport
 
@@ -41,14 +42,15 @@ class Server(asyncio.AbstractServer):
 
     @property
     def sockets(self) -> tuple[Any, ...]:
-        """The listening UDP sockets (empty once closed, as with ``asyncio.Server``)."""
+        """The listening UDP sockets (empty once closed, as with ``asyncio.Server``), as
+        ``SocketView``s: like asyncio's, they can be inspected but not closed."""
         if self._closed:
             return ()
         out = []
         for endpoint, udp in self._pairs:
             sock = udp.get_extra_info("socket")
             if sock is not None and endpoint.transport is not None:
-                out.append(sock)
+                out.append(SocketView(sock, None))
         return tuple(out)
 
     @property
@@ -255,20 +257,17 @@ async def _listen(
         for info in await resolve_all(one, port or 0, passive=True, family=family, flags=flags):
             if info not in infos:
                 infos.append(info)
-    several = len(infos) > 1
     chosen = 0
     for fam, addr in infos:
         if chosen and addr[1] == 0:
             addr = (addr[0], chosen, *addr[2:])
         try:
-            pair = await _bind(endpoint_factory, cfg, fam, addr, reuse_port, several)
+            pair = await _bind(endpoint_factory, cfg, fam, addr, reuse_port)
         except OSError:
             if not chosen or addr[1] != chosen or port:
                 raise
             # The first socket's ephemeral port is taken for this family: pick another.
-            pair = await _bind(
-                endpoint_factory, cfg, fam, (addr[0], 0, *addr[2:]), reuse_port, several
-            )
+            pair = await _bind(endpoint_factory, cfg, fam, (addr[0], 0, *addr[2:]), reuse_port)
         pairs.append(pair)
         if not chosen:
             sock = pair[1].get_extra_info("socket")
@@ -281,10 +280,10 @@ async def _bind(
     family: int,
     addr: Any,
     reuse_port: bool | None,
-    several: bool,
 ) -> tuple[Endpoint, DatagramIO]:
-    # Where IPv4 has its own socket, the IPv6 one stays off it (as asyncio's servers do).
-    v6only = several and family == socket.AF_INET6
+    # An IPv6 socket stays off IPv4, as asyncio's servers make it: IPv4 has its own socket
+    # beside it, or (family=AF_INET6, an IPv6 host) the server was asked for IPv6 alone.
+    v6only = family == socket.AF_INET6
     udp, endpoint = await create_endpoint(
         endpoint_factory,
         config=cfg,

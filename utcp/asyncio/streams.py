@@ -21,6 +21,7 @@ from .endpoint import Endpoint, Observer
 from .resolve import AddrInfo, check_port, check_proto, resolve_all
 from .resolve import interleave as interleave_families
 from .server import Server, create_server
+from .sockview import SocketView
 from .tls import StreamWriter, TlsOptions, app_transport, tls_options
 from .transport import UtcpTransport
 
@@ -104,7 +105,7 @@ async def create_connection(
 
     if len(infos) == 1:
         return await attempt(infos[0])
-    errors: list[BaseException] = []
+    errors: list[Exception] = []
     if happy_eyeballs_delay is None:
         for info in infos:
             try:
@@ -116,15 +117,15 @@ async def create_connection(
         winner, _index, exceptions = await staggered.staggered_race(factories, happy_eyeballs_delay)
         if winner is not None:
             return winner  # type: ignore[no-any-return]
-        errors = [exc for exc in exceptions if exc is not None]
+        errors = [exc for exc in exceptions if isinstance(exc, Exception)]
     raise _combined(errors, all_errors)
 
 
-def _combined(errors: list[BaseException], all_errors: bool) -> BaseException:
+def _combined(errors: list[Exception], all_errors: bool) -> Exception:
     """What failed attempts raise, as asyncio's ``create_connection``: the one error, or one
     ``OSError`` naming them all (an ``ExceptionGroup`` with ``all_errors=True``)."""
     if all_errors and sys.version_info >= (3, 11):
-        return ExceptionGroup("create_connection failed", errors)  # type: ignore[arg-type]  # noqa: F821
+        return ExceptionGroup("create_connection failed", errors)  # noqa: F821
     if len(errors) == 1 or len({str(exc) for exc in errors}) == 1:
         return errors[0]
     return OSError(f"Multiple exceptions: {', '.join(str(exc) for exc in errors)}")
@@ -211,7 +212,7 @@ class ClientEndpoint:
         endpoint = self._endpoint
         if sock is None or endpoint.transport is None or endpoint.closing:
             return ()  # as asyncio.Server.sockets once closed (TIME_WAIT may still hold it)
-        return (sock,)
+        return (SocketView(sock, None),)
 
     async def create_connection(
         self,

@@ -69,6 +69,9 @@ def tls_options(
     """The TLS settings ``ssl=`` and its companions ask for, or None for a plain connection;
     the same ``ValueError``/``TypeError`` as asyncio's ``create_connection``/``create_server``
     for combinations that make no sense."""
+    if server_side and isinstance(ssl_arg, bool):
+        # As asyncio's create_server: a server needs its certificate, so even False is refused.
+        raise TypeError("ssl argument must be an SSLContext or None")
     if not ssl_arg:
         if server_hostname is not None:
             raise ValueError("server_hostname is only meaningful with ssl")
@@ -182,7 +185,29 @@ async def start_tls(
 
 class StreamWriter(asyncio.StreamWriter):
     """asyncio's ``StreamWriter`` whose ``start_tls()`` (STARTTLS) works on every event loop:
-    it upgrades through ``utcp.start_tls`` rather than the loop's own."""
+    it upgrades through ``utcp.start_tls`` rather than the loop's own; and whose ``drain()``
+    raises after ``close()`` or ``abort()`` as soon as asyncio's would."""
+
+    async def drain(self) -> None:
+        """As asyncio's: wait until the write buffer is below its high-water mark.  A closed
+        or aborted stream whose writing is not paused raises ``ConnectionResetError`` (or the
+        connection's own error) one loop turn after close(), as asyncio's does once its
+        transport has handed the bytes to the kernel: utcp's transport reports
+        connection_lost only when the peer has acknowledged the FIN (``wait_closed()`` means
+        delivered), so without this a ``write(); await drain()`` loop after close() would not
+        see the error.  Paused (more than the high-water mark still buffered), it waits as
+        asyncio's does."""
+        transport = self.transport
+        if transport.is_closing():
+            await asyncio.sleep(0)
+            protocol: Any = self._protocol  # type: ignore[attr-defined]
+            if not protocol._connection_lost and not protocol._paused:
+                reader: Any = self._reader  # type: ignore[attr-defined]
+                exc = reader.exception() if reader is not None else None
+                if exc is not None:
+                    raise exc
+                raise ConnectionResetError("Connection lost")
+        await super().drain()
 
     async def start_tls(
         self,

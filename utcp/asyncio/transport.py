@@ -14,11 +14,12 @@ budget, until the application sets its own limits.  It sees its endpoint only th
 from __future__ import annotations
 
 import asyncio
-from asyncio import constants, transports
+from asyncio import constants
 from typing import Any
 
 from ..events import CloseReason
 from ..log import get_logger
+from .flowcontrol import FlowControlBase
 from .interfaces import ConnectionHandle, TransportHost
 from .sockview import SocketView
 
@@ -28,7 +29,7 @@ _log = get_logger()
 _CONNLOST_WRITES_LOGGED = constants.LOG_THRESHOLD_FOR_CONNLOST_WRITES
 
 
-class UtcpTransport(transports._FlowControlMixin, asyncio.Transport):
+class UtcpTransport(FlowControlBase, asyncio.Transport):
     """A stream transport whose bytes travel as utcp segments (a ``StreamSink`` for its
     endpoint); its protocol comes with ``attach()``.
 
@@ -59,6 +60,10 @@ class UtcpTransport(transports._FlowControlMixin, asyncio.Transport):
         self._fatal: BaseException | None = None  # what _force_close() reports
         self._reading = True
         self._protocol_paused = False
+        # The protocols told pause_writing() since the last resume: one handed the transport
+        # while writing is paused is told too (set_protocol), so that no protocol ever hears
+        # resume_writing() for a pause it never heard of.
+        self._told_paused: list[Any] = []
         self._pending: list[bytes] = []  # data that arrived before a protocol was attached
         self._pending_eof = False
         self._pending_lost: tuple[Exception | None] | None = None
@@ -81,6 +86,14 @@ class UtcpTransport(transports._FlowControlMixin, asyncio.Transport):
             "connection": self._conn,
             "endpoint": endpoint,
         }
+
+    def __repr__(self) -> str:
+        conn = self._conn
+        state = "closed" if self._lost else "closing" if self._closing else "open"
+        return (
+            f"<UtcpTransport {state} cid={conn.local_cid:08x} peer={self._extra['peername']!r} "
+            f"{conn.state.value} bufsize={conn.send_buffer_size}>"
+        )
 
     # ------------------------------------------------------------------ BaseTransport
 
@@ -130,8 +143,15 @@ class UtcpTransport(transports._FlowControlMixin, asyncio.Transport):
         self._loop.call_soon(self._call, self._protocol.connection_lost, None)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        """Hand the connection to ``protocol``; while writing is paused it is told so unless
+        it already was (asyncio's sendfile fallback hands the application's protocol back
+        paused, and asyncio's TLS layer may come in paused)."""
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        told = any(paused is protocol for paused in self._told_paused)
+        if self._protocol_paused and not self._lost and not told:
+            self._told_paused.append(protocol)
+            self._call(protocol.pause_writing)
         self._replay_pending()
 
     def get_protocol(self) -> asyncio.BaseProtocol:
@@ -292,7 +312,12 @@ class UtcpTransport(transports._FlowControlMixin, asyncio.Transport):
         if protocol is None or self._lost:
             return
         self._protocol_paused = not self._protocol_paused
-        self._call(protocol.pause_writing if self._protocol_paused else protocol.resume_writing)
+        if self._protocol_paused:
+            self._told_paused = [protocol]
+            self._call(protocol.pause_writing)
+        else:
+            self._told_paused = []
+            self._call(protocol.resume_writing)
 
     def _call(self, fn: Any, *args: Any) -> Any:
         try:

@@ -5,6 +5,13 @@ sends FIN (half-close) while the other direction keeps flowing until the peer cl
 file copied through a pair of ``utcp cat`` processes arrives exactly.  A ``cat`` started in the
 background of a terminal (``utcp cat --listen 9000 > out &``) does not read that terminal, which
 would stop it (SIGTTIN): it sends no data, only its FIN, and still receives.
+
+TLS (``--tls-cert``/``--tls-key`` with ``--listen``; ``--tls-ca`` or ``--tls-insecure`` to
+connect) has no half-close: asyncio's TLS layer ends both directions together.  There, end of
+input closes the connection once the peer has acknowledged everything sent, and a ``cat`` that
+sent nothing (empty input, or a background job) only receives, until the peer closes.  A file
+copied still arrives exactly; what the peer sends after our input has ended is dropped, and a
+line on stderr says so.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import argparse
 import asyncio
 import concurrent.futures
 import os
+import ssl
 import sys
 import threading
 from collections.abc import Callable
@@ -25,16 +33,20 @@ from . import report
 from .helpers import (
     Subcommands,
     add_congestion_option,
+    close_writer,
     config_for,
     duration,
     load_config_file,
     port_number,
 )
 from .output import run_command
+from .tls import Sides, add_tls_options, describe_failure, tls_setup
 
 CHUNK = 64 * 1024
+ACK_POLL_S = 0.01  # over TLS, how often end of input checks that the peer has it all
 
 _log = get_logger()
+_SIDES = Sides(accepting="--listen", connecting="connecting (without --listen)")
 
 
 def register(sub: Subcommands) -> None:
@@ -46,7 +58,10 @@ def register(sub: Subcommands) -> None:
             "Connect to HOST PORT (or, with --listen, accept one connection on PORT) and copy "
             "standard input to the connection and the connection to standard output. End of "
             "input sends FIN; the command exits once the peer has closed too. Exit status 1 "
-            "on a connection error (refused, reset, timed out)."
+            "on a connection error (refused, reset, timed out, a certificate not accepted). "
+            "TLS cannot half-close: over TLS, end of input closes the connection, and what "
+            "the peer sends after that is dropped (a cat that sent nothing receives until the "
+            "peer closes)."
         ),
         usage="utcp cat [options] HOST PORT\n       utcp cat --listen [--host H] [options] PORT",
     )
@@ -76,6 +91,7 @@ def register(sub: Subcommands) -> None:
         '{"idle_timeout_s": 120}; --user-timeout and --congestion override its fields',
     )
     add_congestion_option(p)
+    add_tls_options(p, _SIDES)
     p.set_defaults(func=main, port_type=port_number)
 
 
@@ -113,8 +129,22 @@ def _read_chunks(fd: int, loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue
             return
 
 
-async def _pump_in(writer: asyncio.StreamWriter, fd: int | None) -> None:
-    """Standard input (``fd``; None: nothing to send) to the connection, then FIN."""
+def _over_tls(writer: asyncio.StreamWriter) -> bool:
+    return writer.get_extra_info("ssl_object") is not None
+
+
+async def _acknowledged(writer: asyncio.StreamWriter) -> None:
+    """Wait until the peer has acknowledged every byte written (or the connection is over)."""
+    conn = writer.get_extra_info("connection")
+    while conn.close_reason is None and conn.stats.send_buffer_bytes:
+        await asyncio.sleep(ACK_POLL_S)
+
+
+async def _pump_in(writer: asyncio.StreamWriter, fd: int | None) -> bool:
+    """Standard input (``fd``; None: nothing to send) to the connection, then FIN.  TLS cannot
+    half-close: there end of input closes the connection once the peer has everything (True
+    then), unless nothing was sent (then we only receive, until the peer closes)."""
+    sent = False
     if fd is not None:
         chunks: asyncio.Queue[bytes] = asyncio.Queue(maxsize=1)
         loop = asyncio.get_running_loop()
@@ -123,16 +153,31 @@ async def _pump_in(writer: asyncio.StreamWriter, fd: int | None) -> None:
         ).start()
         while data := await chunks.get():
             writer.write(data)
+            sent = True
             await writer.drain()
-    if not writer.is_closing():
+    if writer.is_closing():
+        return False
+    if not _over_tls(writer):
         writer.write_eof()
+        return False
+    if not sent:
+        return False
+    # Our close tells the peer to stop, and what it still sends then resets the connection
+    # (asyncio's TLS layer): nothing of ours may be in flight by then.
+    await _acknowledged(writer)
+    close_writer(writer)
+    return True
+
+
+def _write_out(stdout: BinaryIO, data: bytes) -> None:
+    stdout.write(data)
+    stdout.flush()  # at once, as netcat: the reader may answer before we exit
 
 
 async def _pump_out(reader: asyncio.StreamReader, stdout: BinaryIO) -> None:
     loop = asyncio.get_running_loop()
     while data := await reader.read(CHUNK):
-        await loop.run_in_executor(None, stdout.write, data)
-    await loop.run_in_executor(None, stdout.flush)
+        await loop.run_in_executor(None, _write_out, stdout, data)
 
 
 def _stdin_fd() -> int | None:
@@ -149,14 +194,27 @@ def _stdin_fd() -> int | None:
 async def _session(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, accepted: bool
 ) -> None:
-    opened_at = report.connection_opened(writer, accepted=accepted)
+    opened = report.connection_opened(writer, accepted=accepted)
+    tls = _over_tls(writer)
     stdout = sys.stdout.buffer
     inbound = asyncio.create_task(_pump_out(reader, stdout))
     outbound = asyncio.create_task(_pump_in(writer, _stdin_fd()))
     try:
-        await inbound  # the peer closed its side (or the connection failed)
-        if not outbound.done():
-            # The peer has finished; what we still have to say may yet go out.
+        try:
+            await inbound  # the peer closed its side (or the connection failed)
+        except ssl.SSLError:
+            if not _closed_at_end_of_input(outbound):
+                raise
+            # TLS refused what the peer sent after our close: the loss our close announced.
+            print(
+                "utcp cat: the peer was still sending when our input ended; TLS cannot "
+                "half-close, so the rest was dropped",
+                file=sys.stderr,
+                flush=True,
+            )
+        if not outbound.done() and not tls:
+            # The peer has finished; what we still have to say may yet go out (over TLS the
+            # peer's close ended both directions).
             await outbound
     except BaseException:
         # The connection failed, our output broke, or we were stopped: reset rather than
@@ -165,12 +223,21 @@ async def _session(
         raise
     finally:
         outbound.cancel()
-        writer.close()
+        close_writer(writer)
         try:
             await writer.wait_closed()
-        except ConnectionError:
+        except (ConnectionError, ssl.SSLError):
             pass
-        report.connection_closed(writer, opened_at)
+        report.connection_closed(opened)
+
+
+def _closed_at_end_of_input(outbound: asyncio.Task[bool]) -> bool:
+    return (
+        outbound.done()
+        and not outbound.cancelled()
+        and outbound.exception() is None
+        and outbound.result()
+    )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -182,7 +249,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 async def _connect(args: argparse.Namespace, host: str, port: int) -> None:
-    coro = open_connection(host, port, config=args.utcp_config)
+    coro = open_connection(host, port, config=args.utcp_config, **args.tls.keywords())
     if args.connect_timeout is not None:
         reader, writer = await asyncio.wait_for(coro, args.connect_timeout)
     else:
@@ -204,7 +271,9 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
             if not done.done():
                 done.set_result(None)
 
-    server = await start_server(accept, args.host, port, config=args.utcp_config)
+    server = await start_server(
+        accept, args.host, port, config=args.utcp_config, **args.tls.keywords()
+    )
     addr = server.sockets[0].getsockname()
     print(f"utcp cat listening on utcp://{addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
     try:
@@ -234,18 +303,22 @@ def main(args: argparse.Namespace) -> int:
         if args.listen:
             if len(args.target) != 1:
                 raise argparse.ArgumentTypeError("with --listen give just PORT")
-            coro = _listen(args, parse_port(args.target[0]))
+            port = parse_port(args.target[0])
         else:
             if len(args.target) != 2:
                 raise argparse.ArgumentTypeError("give HOST PORT (or --listen PORT)")
-            coro = _connect(args, args.target[0], parse_port(args.target[1]))
-    except argparse.ArgumentTypeError as exc:
+            port = parse_port(args.target[1])
+        args.tls = tls_setup(args, accepting=args.listen, prog="utcp cat", sides=_SIDES)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
         print(f"utcp cat: error: {exc}", file=sys.stderr)
         return 2
     try:
-        run_command(coro)
+        run_command(_listen(args, port) if args.listen else _connect(args, args.target[0], port))
     except (OSError, asyncio.TimeoutError, EOFError) as exc:
-        kind = "timed out" if isinstance(exc, (TimeoutError, asyncio.TimeoutError)) else "failed"
-        print(f"utcp cat: error: connection {kind}: {exc!r}", file=sys.stderr)
+        described = describe_failure(exc)
+        if described is None:
+            timed_out = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+            described = f"connection {'timed out' if timed_out else 'failed'}: {exc!r}"
+        print(f"utcp cat: error: {described}", file=sys.stderr)
         return 1
     return 0

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import signal
+import ssl
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from .units import parse_duration, parse_size
 __all__ = [
     "Subcommands",
     "arg_type",
+    "close_writer",
     "duration",
     "port_number",
     "serve_until_signalled",
@@ -75,6 +77,14 @@ duration = arg_type(parse_duration)
 size = arg_type(parse_size)
 
 
+def close_writer(writer: asyncio.StreamWriter) -> None:
+    """Close a stream unless it is closing already: asyncio's TLS transport forgets its
+    connection when closed a second time (or after the peer closed it), and every
+    ``get_extra_info()`` after that fails."""
+    if not writer.is_closing():
+        writer.close()
+
+
 async def wait_for_signal() -> None:
     """Return on SIGINT or SIGTERM (handlers installed for the wait only, where the platform
     allows them)."""
@@ -98,10 +108,11 @@ async def serve_until_signalled(
     port: int,
     name: str,
     config: Config | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> None:
-    """Run a stream server, print its address, and serve until SIGINT or SIGTERM; with -v
-    each connection is reported (utcp.cli.report)."""
-    server = await start_server(reported(callback), host, port, config=config)
+    """Run a stream server (over TLS with ``tls``), print its address, and serve until SIGINT
+    or SIGTERM; with -v each connection is reported (utcp.cli.report)."""
+    server = await start_server(reported(callback), host, port, config=config, ssl=tls)
     async with server:
         try:
             addr = server.sockets[0].getsockname()

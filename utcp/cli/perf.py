@@ -4,6 +4,11 @@ The client sends (or, with ``--reverse``, receives) for a number of bytes or sec
 more parallel connections, printing a line per second (goodput, retransmissions, srtt, cwnd)
 and a summary.  Goodput is measured at the receiver, from its first byte to its last.  srtt is
 shown no finer than the event loop's clock measures it (1 ms on uvloop: utcp.cli.report).
+
+Over TLS (``--tls-cert``/``--tls-key`` on the server, ``--tls-ca`` or ``--tls-insecure`` on the
+client) the data goes in length-prefixed chunks and a zero length ends it: TLS cannot
+half-close (asyncio's layer ends both directions together), so the FIN that ends the data on
+plain utcp cannot be sent while the result still has to come back.
 """
 
 from __future__ import annotations
@@ -12,16 +17,19 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
+import struct
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .. import Config, ConnectionStats, open_connection
+from .. import Config, Connection, ConnectionStats, open_connection
 from ..trace import TRACE_ENV
 from .helpers import (
     Subcommands,
     add_congestion_option,
+    close_writer,
     config_for,
     duration,
     port_number,
@@ -36,9 +44,13 @@ from .report import (
     connection_opened,
     rtt_text,
 )
+from .tls import Sides, add_tls_options, describe_failure, tls_setup
 
 CHUNK = 64 * 1024
 _ZEROS = bytes(CHUNK)
+_LENGTH = struct.Struct("!I")  # over TLS: the length of the chunk that follows; 0 ends the data
+_END = _LENGTH.pack(0)
+_SIDES = Sides(accepting="--server", connecting="the client (without --server)")
 
 
 def register(sub: Subcommands) -> None:
@@ -50,8 +62,9 @@ def register(sub: Subcommands) -> None:
             "Throughput test. Start 'utcp perf --server' on one side and 'utcp perf HOST PORT' "
             "on the other. Goodput is measured at the receiver from first to last byte."
         ),
-        usage="utcp perf --server [--host H] [--port P]\n"
-        "       utcp perf HOST PORT [--bytes N | --time S] [--reverse] [--parallel K] [--json]",
+        usage="utcp perf --server [--host H] [--port P] [--tls-cert FILE --tls-key FILE]\n"
+        "       utcp perf HOST PORT [--bytes N | --time S] [--reverse] [--parallel K] [--json]"
+        " [--tls-ca FILE | --tls-insecure]",
     )
     p.add_argument("target", nargs="*", metavar="HOST PORT", help="the perf server to test")
     p.add_argument("-s", "--server", action="store_true", help="run the perf server")
@@ -72,6 +85,7 @@ def register(sub: Subcommands) -> None:
         default=None,
         help="write a trace of every connection to DIR (docs/TRACE.md; see utcp plot)",
     )
+    add_tls_options(p, _SIDES)
     p.set_defaults(func=main, port_type=port_number)
 
 
@@ -84,6 +98,8 @@ class Flow:
     last_s: float | None = None
     stats: ConnectionStats | None = None
     writer: asyncio.StreamWriter | None = field(default=None, repr=False)
+    # The core connection: its numbers stay readable after a TLS stream has closed.
+    connection: Connection | None = field(default=None, repr=False)
 
     def seconds(self) -> float:
         if self.first_s is None or self.last_s is None:
@@ -91,7 +107,14 @@ class Flow:
         return max(self.last_s - self.first_s, 1e-9)
 
 
+def _over_tls(writer: asyncio.StreamWriter) -> bool:
+    return writer.get_extra_info("ssl_object") is not None
+
+
 async def _send(writer: asyncio.StreamWriter, flow: Flow, nbytes: int | None, secs: float) -> None:
+    """Send ``nbytes`` (None: for ``secs``), then end the data: FIN, or over TLS a zero
+    length."""
+    framed = _over_tls(writer)
     deadline = time.monotonic() + secs
     while True:
         if nbytes is not None:
@@ -103,37 +126,61 @@ async def _send(writer: asyncio.StreamWriter, flow: Flow, nbytes: int | None, se
             break
         else:
             chunk = _ZEROS
-        writer.write(chunk)
+        if framed:
+            writer.writelines((_LENGTH.pack(len(chunk)), chunk))
+        else:
+            writer.write(chunk)
         flow.bytes += len(chunk)
         await writer.drain()
-    writer.write_eof()
+    if framed:
+        writer.write(_END)
+    else:
+        writer.write_eof()
 
 
-async def _receive(reader: asyncio.StreamReader, flow: Flow) -> None:
-    while data := await reader.read(CHUNK * 4):
-        now = time.monotonic()
-        if flow.first_s is None:
-            flow.first_s = now
-        flow.last_s = now
-        flow.bytes += len(data)
+def _arrived(flow: Flow, nbytes: int) -> None:
+    now = time.monotonic()
+    if flow.first_s is None:
+        flow.first_s = now
+    flow.last_s = now
+    flow.bytes += nbytes
+
+
+async def _receive(reader: asyncio.StreamReader, flow: Flow, *, framed: bool) -> None:
+    """Receive until the data ends: EOF, or ``framed`` (over TLS) a zero length."""
+    if not framed:
+        while data := await reader.read(CHUNK * 4):
+            _arrived(flow, len(data))
+        return
+    while left := _LENGTH.unpack(await reader.readexactly(_LENGTH.size))[0]:
+        if left > CHUNK:  # what _send never writes: bound what a peer can make us buffer
+            raise ValueError(f"a chunk of {left} bytes, more than {CHUNK}")
+        while left:
+            data = await reader.read(left)
+            if not data:
+                raise asyncio.IncompleteReadError(b"", left)
+            _arrived(flow, len(data))
+            left -= len(data)
 
 
 # ---------------------------------------------------------------------------------- server
 
 
 async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    conn: Connection = writer.get_extra_info("connection")  # readable after a TLS close too
     try:
         request = json.loads(await reader.readline())
         flow = Flow()
         if request.get("reverse"):
             await _send(writer, flow, request.get("bytes"), float(request.get("time") or 10.0))
-            await reader.read()  # the client's FIN
+            await reader.read()  # the client's FIN (over TLS, its close)
         else:
-            await _receive(reader, flow)
+            await _receive(reader, flow, framed=_over_tls(writer))
             result = {"bytes": flow.bytes, "seconds": flow.seconds()}
             writer.write(json.dumps(result).encode() + b"\n")
-            writer.write_eof()
-        stats = writer.get_extra_info("stats")
+            if not _over_tls(writer):  # over TLS, closing is what ends it
+                writer.write_eof()
+        stats = conn.stats
         resolution = clock_resolution()
         print(
             f"perf flow done: {flow.bytes} bytes, {stats.retransmissions} retransmissions, "
@@ -141,41 +188,45 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
             file=sys.stderr,
             flush=True,
         )
-    except (ConnectionError, TimeoutError, ValueError) as exc:
+    except (OSError, EOFError, ValueError) as exc:  # reset, timed out, TLS, cut short
         print(f"perf flow failed: {exc!r}", file=sys.stderr, flush=True)
     finally:
-        writer.close()
+        close_writer(writer)
 
 
-async def serve(host: str, port: int, config: Config | None = None) -> None:
-    """The perf server: serves tests until SIGINT or SIGTERM."""
-    await serve_until_signalled(_serve_one, host, port, "perf server", config)
+async def serve(
+    host: str, port: int, config: Config | None = None, tls: ssl.SSLContext | None = None
+) -> None:
+    """The perf server (over TLS with ``tls``): serves tests until SIGINT or SIGTERM."""
+    await serve_until_signalled(_serve_one, host, port, "perf server", config, tls)
 
 
 # ---------------------------------------------------------------------------------- client
 
 
 async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flow) -> None:
-    reader, writer = await open_connection(host, port, config=config_for(args))
-    opened_at = connection_opened(writer, accepted=False)
-    flow.writer = writer
+    reader, writer = await open_connection(
+        host, port, config=config_for(args), **args.tls.keywords()
+    )
+    opened = connection_opened(writer, accepted=False)
+    flow.writer, flow.connection = writer, opened.connection
     request = {"reverse": args.reverse, "bytes": args.bytes, "time": args.time}
     writer.write(json.dumps(request).encode() + b"\n")
     try:
         if args.reverse:
-            await _receive(reader, flow)
+            await _receive(reader, flow, framed=_over_tls(writer))
         else:
             await _send(writer, flow, args.bytes, args.time or 10.0)
             result = json.loads(await reader.readline() or b"{}")
             flow.first_s, flow.last_s = 0.0, float(result.get("seconds", 0.0))
             flow.bytes = int(result.get("bytes", flow.bytes))
-        flow.stats = writer.get_extra_info("stats")
+        flow.stats = opened.connection.stats
     finally:
-        writer.close()
+        close_writer(writer)
         try:
             await writer.wait_closed()
         finally:
-            connection_closed(writer, opened_at)
+            connection_closed(opened)
 
 
 def _sample(flows: list[Flow], reverse: bool) -> tuple[int, int, float | None, int]:
@@ -184,9 +235,9 @@ def _sample(flows: list[Flow], reverse: bool) -> tuple[int, int, float | None, i
     total = retx = cwnd = 0
     srtts = []
     for f in flows:
-        if f.writer is None:
+        if f.connection is None:
             continue
-        st: ConnectionStats = f.writer.get_extra_info("stats")
+        st = f.connection.stats
         total += st.bytes_received if reverse else f.bytes - st.send_buffer_bytes
         retx += st.retransmissions
         cwnd += st.cwnd_bytes
@@ -237,6 +288,7 @@ async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, An
     return {
         "direction": "receive" if args.reverse else "send",
         "parallel": args.parallel,
+        "tls": args.tls.context is not None,
         "bytes": total_bytes,
         "seconds": seconds,
         "goodput_mbit_s": total_bytes * 8 / 1e6 / seconds if seconds else 0.0,
@@ -258,24 +310,25 @@ def main(args: argparse.Namespace) -> int:
             print("utcp perf: error: --trace needs a directory", file=sys.stderr)
             return 2
         os.environ[TRACE_ENV] = args.trace  # both roles, every connection of this process
-    if args.server:
-        if args.target:
-            print("utcp perf: error: --server takes no HOST PORT", file=sys.stderr)
-            return 2
-        run_command(serve(args.host, args.port, config_for(args)))
-        return 0
-    if len(args.target) != 2:
+    if args.server and args.target:
+        print("utcp perf: error: --server takes no HOST PORT", file=sys.stderr)
+        return 2
+    if not args.server and len(args.target) != 2:
         print("utcp perf: error: give HOST PORT (or --server)", file=sys.stderr)
         return 2
     try:
-        port = args.port_type(args.target[1])
-    except argparse.ArgumentTypeError as exc:
+        port = args.port if args.server else args.port_type(args.target[1])
+        args.tls = tls_setup(args, accepting=args.server, prog="utcp perf", sides=_SIDES)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
         print(f"utcp perf: error: {exc}", file=sys.stderr)
         return 2
+    if args.server:
+        run_command(serve(args.host, port, config_for(args), args.tls.context))
+        return 0
     try:
         summary = run_command(client(args, args.target[0], port))
-    except (OSError, asyncio.TimeoutError) as exc:
-        print(f"utcp perf: error: {exc!r}", file=sys.stderr)
+    except (OSError, asyncio.TimeoutError, EOFError) as exc:
+        print(f"utcp perf: error: {describe_failure(exc) or repr(exc)}", file=sys.stderr)
         return 1
     if args.trace is not None:
         print(f"traces in {args.trace} (draw one with: utcp plot FILE -o out.png)", file=sys.stderr)

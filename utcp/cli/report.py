@@ -12,13 +12,16 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+from ..connection import Connection
 from ..log import get_logger
 from ..trace import address_text
 
 __all__ = [
     "FINE_CLOCK_S",
+    "Opened",
     "clock_note",
     "clock_resolution",
     "connection_closed",
@@ -85,33 +88,44 @@ def clock_note(resolution_s: float) -> str:
     return "" if resolution_s <= FINE_CLOCK_S else f" (clock resolution {_ms(resolution_s)} ms)"
 
 
-def connection_opened(writer: asyncio.StreamWriter, *, accepted: bool) -> float:
+@dataclass(frozen=True)
+class Opened:
+    """A connection as ``connection_opened`` saw it: the core ``Connection`` keeps its numbers
+    after the stream is closed, when a TLS stream no longer reaches the layer beneath it."""
+
+    connection: Connection
+    peer: Any
+    at: float  # time.monotonic()
+
+
+def connection_opened(writer: asyncio.StreamWriter, *, accepted: bool) -> Opened:
     """Log ``connection_established`` (we connected) or ``connection_accepted`` at info level,
-    with the peer's address; return the time it happened for ``connection_closed``."""
+    with the peer's address; return what ``connection_closed`` reports from."""
     conn = writer.get_extra_info("connection")
+    peer = writer.get_extra_info("peername")
     _log.info(
         "connection_accepted" if accepted else "connection_established",
-        peer=address_text(writer.get_extra_info("peername")),
+        peer=address_text(peer),
         cid=f"{conn.local_cid:08x}",
     )
-    return time.monotonic()
+    return Opened(conn, peer, time.monotonic())
 
 
-def connection_closed(writer: asyncio.StreamWriter, opened_at: float) -> None:
+def connection_closed(opened: Opened) -> None:
     """Log ``connection_closed`` at info level: the reason and a one-line summary (bytes each
     way, duration, srtt, retransmissions)."""
-    conn = writer.get_extra_info("connection")
-    stats = writer.get_extra_info("stats")
+    conn = opened.connection
+    stats = conn.stats
     reason = conn.close_reason
     resolution = clock_resolution()
     fields: dict[str, Any] = {
-        "peer": address_text(writer.get_extra_info("peername")),
+        "peer": address_text(opened.peer),
         "cid": f"{conn.local_cid:08x}",
         # None: our side is done, the peer's FIN still to come (the endpoint sees it through).
         "reason": reason.value if reason is not None else "closing",
         "bytes_sent": stats.bytes_sent,
         "bytes_received": stats.bytes_received,
-        "duration_s": round(time.monotonic() - opened_at, 3),
+        "duration_s": round(time.monotonic() - opened.at, 3),
         "srtt": rtt_text(stats.srtt_s, resolution),
         "retransmissions": stats.retransmissions,
     }
@@ -128,15 +142,16 @@ def reported(
     """A server's connection callback that also logs the connection's acceptance and close."""
 
     async def run(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        opened_at = connection_opened(writer, accepted=True)
+        opened = connection_opened(writer, accepted=True)
         try:
             await callback(reader, writer)
-            writer.close()
+            if not writer.is_closing():  # a TLS stream closed twice forgets its connection
+                writer.close()
             try:
                 await writer.wait_closed()
             except ConnectionError:
                 pass
         finally:
-            connection_closed(writer, opened_at)
+            connection_closed(opened)
 
     return run

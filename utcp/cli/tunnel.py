@@ -2,8 +2,9 @@
 SIGINT/SIGTERM.
 
 It owns the command's options: the two ends, the utcp tunables that matter on a bad path (as
-flags or a JSON/TOML file of ``Config`` fields), and the human output (a start line, a line per
-connection on stderr, the counters on exit).
+flags or a JSON/TOML file of ``Config`` fields), TLS on the utcp leg (``utcp.cli.tls``: the
+server end's certificate, what the client end trusts), and the human output (a start line, a
+line per connection on stderr, the counters on exit).
 """
 
 from __future__ import annotations
@@ -18,7 +19,11 @@ from ..config import Config
 from ..congestion import available
 from ..tools.tunnel import ConnectionRecord, Tunnel, TunnelAddress, parse_address
 from .helpers import Subcommands, arg_type, duration, load_config_file, size, wait_for_signal
+from .tls import Sides, TlsSetup, add_tls_options, tls_setup
 
+_SIDES = Sides(
+    accepting="the server end (--listen utcp:...)", connecting="the client end (--to utcp:...)"
+)
 USAGE = (
     "%(prog)s --listen tcp:[HOST:]PORT --to utcp:HOST:PORT [options]   (client end)\n"
     "       %(prog)s --listen utcp:[HOST:]PORT --to tcp:HOST:PORT [options]   (server end)"
@@ -42,7 +47,9 @@ def register(sub: Subcommands) -> None:
             "Example: 'utcp tunnel --listen utcp:0.0.0.0:4000 --to tcp:127.0.0.1:80' on the "
             "server and 'utcp tunnel --listen tcp:8080 --to utcp:SERVER:4000' on the client, "
             "then connect to 127.0.0.1:8080. A bare PORT listens on 127.0.0.1. Options given "
-            "on the command line override --config."
+            "on the command line override --config. For TLS between the two ends, give the "
+            "server end --tls-cert and --tls-key and the client end --tls-ca (or "
+            "--tls-insecure); TCP on either side stays as it is."
         ),
     )
     address = arg_type(parse_address)
@@ -64,7 +71,7 @@ def register(sub: Subcommands) -> None:
     tun.add_argument(
         "--congestion",
         choices=sorted(available()),
-        help="congestion control algorithm (default newreno)",
+        help=f"congestion control algorithm (default {defaults.congestion_control})",
     )
     tun.add_argument(
         "--rto-initial",
@@ -103,6 +110,7 @@ def register(sub: Subcommands) -> None:
         help="reset an accepted connection whose far side is not open after DURATION "
         "(default: when utcp's SYN retries or the kernel's TCP connect give up)",
     )
+    add_tls_options(p, _SIDES)
     p.set_defaults(func=main)
 
 
@@ -136,10 +144,11 @@ def main(args: argparse.Namespace) -> int:
         if to.port == 0:
             raise ValueError("--to needs a port other than 0")
         config = build_config(args)
+        tls = tls_setup(args, accepting=listen.scheme == "utcp", prog="utcp tunnel", sides=_SIDES)
     except (ValueError, TypeError) as exc:
         print(f"utcp tunnel: error: {exc}", file=sys.stderr)
         return 2
-    return utcp_run(_serve(listen, to, config, args.connect_timeout))
+    return utcp_run(_serve(listen, to, config, args.connect_timeout, tls))
 
 
 def _print_record(record: ConnectionRecord) -> None:
@@ -147,11 +156,21 @@ def _print_record(record: ConnectionRecord) -> None:
 
 
 async def _serve(
-    listen: TunnelAddress, to: TunnelAddress, config: Config, connect_timeout_s: float | None
+    listen: TunnelAddress,
+    to: TunnelAddress,
+    config: Config,
+    connect_timeout_s: float | None,
+    tls: TlsSetup,
 ) -> int:
     try:
         tunnel = await Tunnel.start(
-            listen, to, config=config, on_close=_print_record, connect_timeout_s=connect_timeout_s
+            listen,
+            to,
+            config=config,
+            on_close=_print_record,
+            connect_timeout_s=connect_timeout_s,
+            ssl=tls.context,
+            server_hostname=tls.server_hostname,
         )
     except OSError as exc:
         print(
@@ -160,7 +179,8 @@ async def _serve(
         )
         return 1
     try:
-        print(f"tunnel {tunnel.listen_url()} -> {to.url()}", flush=True)
+        over = " over TLS" if tls.context is not None else ""
+        print(f"tunnel {tunnel.listen_url()} -> {to.url()}{over}", flush=True)
         await wait_for_signal()
     finally:
         tunnel.close()

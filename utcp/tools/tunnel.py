@@ -4,6 +4,10 @@ It owns the listening socket, the one UDP socket all outgoing utcp connections s
 relay per connection.  Each direction is a pump that never holds more than one chunk: it waits
 for ``drain()`` before reading again, so a slow reader slows the far writer and memory stays
 bounded; an EOF becomes a half-close on the other side and a reset or failure resets both.
+
+With ``ssl=`` the utcp leg is TLS between the two ends.  TLS cannot half-close (asyncio's layer
+ends both directions together), so there each chunk on the utcp leg carries its length and a
+zero length is the half-close; the TLS connection closes once both directions have ended.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import struct
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from ssl import SSLCertVerificationError, SSLContext, SSLError
 from typing import Any, Literal
 
 from ..asyncio import ClientEndpoint, Server, create_client_endpoint, start_server
 from ..config import Config
+from ..connection import Connection
 from ..log import get_logger
 
 __all__ = [
@@ -38,6 +44,7 @@ CHUNK_BYTES = 64 * 1024  # one read per pump step; a pump holds no more than thi
 STREAM_LIMIT_BYTES = 64 * 1024  # StreamReader limit: reading pauses at twice this
 BACKLOG = 1024  # connections waiting to be accepted (TCP) or half-open (utcp): bursts fit
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
+_LENGTH = struct.Struct("!I")  # over TLS: the length of the chunk that follows; 0: half-close
 
 _log = get_logger(component="tunnel")
 
@@ -144,6 +151,8 @@ class _SideError(Exception):
             return f"{self.side} timeout"
         if isinstance(exc, BrokenPipeError):
             return f"{self.side} broken pipe"
+        if isinstance(exc, EOFError):  # over TLS: the stream ended without its half-close
+            return f"{self.side} cut short"
         return f"{self.side} error: {type(exc).__name__}"
 
 
@@ -156,8 +165,11 @@ class _Relay:
         self.peer = peer
         self.started = asyncio.get_running_loop().time()
         self.bytes = {"up": 0, "down": 0}
+        self.framed = tunnel.ssl is not None  # the utcp side's chunks carry their length
         self.tcp: asyncio.StreamWriter | None = None
         self.utcp: asyncio.StreamWriter | None = None
+        # The core connection: its numbers stay readable after a TLS stream has closed.
+        self.connection: Connection | None = None
         self.retransmissions = 0
 
     async def pump(
@@ -166,14 +178,14 @@ class _Relay:
         """Copy ``src`` to ``dst`` until EOF, then half-close ``dst``."""
         reader, writer = src[0], dst[1]
         while True:
-            try:
-                data = await reader.read(CHUNK_BYTES)
-            except (OSError, EOFError) as exc:
-                raise _SideError(src_side, exc) from exc
+            data = await self.read(reader, src_side)
             if not data:
                 break
             try:
-                writer.write(data)
+                if dst_side == "utcp" and self.framed:
+                    writer.writelines((_LENGTH.pack(len(data)), data))
+                else:
+                    writer.write(data)
                 self.bytes[direction] += len(data)
                 self.tunnel.count_bytes(direction, len(data))
                 await writer.drain()
@@ -181,13 +193,30 @@ class _Relay:
                 raise _SideError(dst_side, dst[0].exception() or exc) from exc
         if not writer.transport.is_closing():
             try:
-                writer.write_eof()
+                if dst_side == "utcp" and self.framed:
+                    writer.write(_LENGTH.pack(0))
+                else:
+                    writer.write_eof()
             except (OSError, RuntimeError) as exc:
                 raise _SideError(dst_side, dst[0].exception() or exc) from exc
+
+    async def read(self, reader: asyncio.StreamReader, side: Scheme) -> bytes:
+        """The next chunk from ``side``, b"" at its EOF (over TLS, the utcp side's zero
+        length); a failure is a ``_SideError``."""
+        try:
+            if side == "tcp" or not self.framed:
+                return await reader.read(CHUNK_BYTES)
+            size = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))[0]
+            if size > CHUNK_BYTES:  # never sent by a tunnel end: bound what we buffer
+                raise ValueError(f"a chunk of {size} bytes, more than {CHUNK_BYTES}")
+            return await reader.readexactly(size)
+        except (OSError, EOFError, ValueError) as exc:
+            raise _SideError(side, exc) from exc
 
     async def run(self, tcp: Streams, utcp: Streams, *, tcp_listens: bool) -> str:
         """Relay until both directions have ended; return the close reason."""
         self.tcp, self.utcp = tcp[1], utcp[1]
+        self.connection = utcp[1].get_extra_info("connection")
         if tcp_listens:
             up = self.pump(tcp, "tcp", utcp, "utcp", "up")
             down = self.pump(utcp, "utcp", tcp, "tcp", "down")
@@ -217,10 +246,8 @@ class _Relay:
 
     def note_stats(self) -> None:
         """Keep the utcp connection's retransmission count for the record."""
-        if self.utcp is not None:
-            stats = self.utcp.get_extra_info("stats")
-            if stats is not None:
-                self.retransmissions = stats.retransmissions
+        if self.connection is not None:
+            self.retransmissions = self.connection.stats.retransmissions
 
     def reset(self) -> None:
         """Reset both sides: an RST on the TCP socket, an RST on the utcp connection."""
@@ -232,7 +259,9 @@ class _Relay:
     async def close(self) -> None:
         """Both directions ended in order: close both sides and wait until they are done."""
         for writer in (self.tcp, self.utcp):
-            if writer is not None:
+            # Not twice: a TLS stream closed again (or after its peer closed) forgets its
+            # connection.
+            if writer is not None and not writer.is_closing():
                 writer.close()
         for writer in (self.tcp, self.utcp):
             if writer is not None:
@@ -277,7 +306,10 @@ class Tunnel:
 
     ``tcp -> utcp`` (the client end) opens every utcp connection over one UDP socket;
     ``utcp -> tcp`` (the server end) opens a TCP connection per accepted utcp connection.
-    Start with ``await Tunnel.start(...)``; ``close()`` stops accepting and resets what is open.
+    With ``ssl`` the utcp leg is TLS: the server end's context holds its certificate, the
+    client end's says whom it trusts (``server_hostname``: the name to check, default the
+    ``to`` host).  Start with ``await Tunnel.start(...)``; ``close()`` stops accepting and
+    resets what is open.
     """
 
     def __init__(
@@ -287,17 +319,23 @@ class Tunnel:
         config: Config,
         on_close: Callable[[ConnectionRecord], None] | None,
         connect_timeout_s: float | None,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> None:
         if {listen.scheme, to.scheme} != {"tcp", "utcp"}:
             raise ValueError(
                 f"a tunnel joins tcp and utcp: cannot carry {listen.scheme} to {to.scheme}"
             )
+        if server_hostname is not None and (ssl is None or to.scheme != "utcp"):
+            raise ValueError("server_hostname is only meaningful with ssl at the client end")
         self.listen = listen
         self.to = to
         self.config = config.validate()
         self.counters = TunnelCounters()
         self._on_close = on_close
         self.connect_timeout_s = connect_timeout_s
+        self.ssl = ssl
+        self.server_hostname = server_hostname
         self._tcp_server: asyncio.Server | None = None
         self._utcp_server: Server | None = None
         self._endpoint: ClientEndpoint | None = None
@@ -316,10 +354,13 @@ class Tunnel:
         config: Config | None = None,
         on_close: Callable[[ConnectionRecord], None] | None = None,
         connect_timeout_s: float | None = None,
+        ssl: SSLContext | None = None,
+        server_hostname: str | None = None,
     ) -> Tunnel:
         """Bind ``listen`` and start accepting; ``on_close`` gets a record per connection.
-        Opening the far side may take ``connect_timeout_s`` (None: as long as utcp's SYN
-        retries or the kernel's TCP connect take) before the accepted connection is reset.
+        Opening the far side (with ``ssl``, the TLS handshake included) may take
+        ``connect_timeout_s`` (None: as long as utcp's SYN retries or the kernel's TCP connect
+        take) before the accepted connection is reset.  Both ends use ``ssl`` or neither.
 
         Raises ``ValueError`` for two ends of the same kind and ``OSError`` when binding fails.
         """
@@ -327,7 +368,9 @@ class Tunnel:
             listen = parse_address(listen)
         if isinstance(to, str):
             to = parse_address(to)
-        tunnel = cls(listen, to, config or Config(), on_close, connect_timeout_s)
+        tunnel = cls(
+            listen, to, config or Config(), on_close, connect_timeout_s, ssl, server_hostname
+        )
         try:
             await tunnel.bind()
         except BaseException:
@@ -359,6 +402,7 @@ class Tunnel:
                 limit=STREAM_LIMIT_BYTES,
                 backlog=BACKLOG,
                 config=self.config,
+                ssl=self.ssl,
             )
             sock = self._utcp_server.sockets[0]
         host, port = sock.getsockname()[:2]
@@ -470,7 +514,11 @@ class Tunnel:
         if self.to.scheme == "utcp":
             assert self._endpoint is not None
             return await self._endpoint.open_connection(
-                self.to.host, self.to.port, limit=STREAM_LIMIT_BYTES
+                self.to.host,
+                self.to.port,
+                limit=STREAM_LIMIT_BYTES,
+                ssl=self.ssl,
+                server_hostname=self.server_hostname,
             )
         return await asyncio.open_connection(self.to.host, self.to.port, limit=STREAM_LIMIT_BYTES)
 
@@ -516,6 +564,10 @@ class Tunnel:
 def _connect_failure(side: Scheme, exc: BaseException) -> str:
     if isinstance(exc, ConnectionRefusedError):
         return f"{side} connect refused"
+    if isinstance(exc, SSLCertVerificationError):
+        return f"{side} TLS certificate not accepted: {exc.verify_message}"
+    if isinstance(exc, SSLError):
+        return f"{side} TLS failed: {exc.reason or exc}"
     if isinstance(exc, (TimeoutError, asyncio.TimeoutError)):
         return f"{side} connect timeout"
     return f"{side} connect failed: {type(exc).__name__}"
