@@ -38,14 +38,15 @@ typecheck: $(STAMP)
 
 # Three runs side by side: the whole suite on the fast datagram I/O path with the compiled core;
 # every real-socket test on the portable path (asyncio's DatagramProtocol; UTCP_IO picks the
-# path, utcp/asyncio/dgram.py); every other test on the core's pure-Python sources
-# (UTCP_PURE=1). The two side runs' output is in build/test-logs/, its tail printed at the end.
+# path, utcp/asyncio/dgram.py); every other test, and the asyncio-contract suites (marked
+# conformance), on the core's pure-Python sources (UTCP_PURE=1). The two side runs' output
+# is in build/test-logs/, its tail printed at the end.
 LOGS := build/test-logs
 pytest: $(COMPILED)
 	@mkdir -p $(LOGS)
 	@UTCP_IO=portable $(PY) -m pytest -q -p no:cacheprovider -m sockets >$(LOGS)/portable.log 2>&1 & \
 	portable=$$!; \
-	UTCP_PURE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not sockets" >$(LOGS)/pure.log 2>&1 & \
+	UTCP_PURE=1 $(PY) -m pytest -q -p no:cacheprovider -m "not sockets or conformance" >$(LOGS)/pure.log 2>&1 & \
 	pure=$$!; \
 	UTCP_IO=fast $(PY) -m pytest -q; fast_rc=$$?; \
 	wait $$portable; portable_rc=$$?; wait $$pure; pure_rc=$$?; \

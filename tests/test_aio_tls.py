@@ -35,7 +35,8 @@ from tests.aio_helpers import (
 from utcp import Config, Connection, ConnectionState, ConnectionStats
 from utcp.tools.netem import Impairment, Relay
 
-pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+# Real sockets: run on both datagram I/O paths; and on both builds of the core (conformance).
+pytestmark = [pytest.mark.sockets, pytest.mark.conformance]
 
 S = ConnectionState
 

@@ -36,7 +36,8 @@ import pytest
 import utcp
 from tests.aio_helpers import HOST, Runner, deadline, make_run_fixture, seeded_bytes, server_port
 
-pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
+# Real sockets: run on both datagram I/O paths; and on both builds of the core (conformance).
+pytestmark = [pytest.mark.sockets, pytest.mark.conformance]
 
 KIB = 1 << 10
 MIB = 1 << 20
