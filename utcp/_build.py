@@ -30,6 +30,7 @@ COMPILED_MODULES: tuple[str, ...] = (
     "utcp.congestion.ledbat",
     "utcp.congestion.cubic",
     "utcp.coalesce",
+    "utcp.cids",
     "utcp.cookies",
     "utcp.stateless",
     "utcp.pmtud",

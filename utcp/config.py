@@ -272,6 +272,15 @@ class Config:
     """When a server's half-open backlog is full, answer SYNs statelessly with SYN cookies
     (utcp.cookies) instead of dropping them, so a SYN flood cannot lock clients out."""
 
+    server_id_bits: int = 0
+    """Bits at the top of every connection id this endpoint chooses that carry ``server_id``
+    (docs/PROTOCOL.md, "Connection ids"), so that an id-aware load balancer can route each
+    datagram to the server that chose its id; 0 (the default) leaves every bit random.  With
+    worker processes (SO_REUSEPORT) the worker bits follow; at most 16 bits are fixed."""
+
+    server_id: int = 0
+    """This server's id, in ``server_id_bits`` bits."""
+
     max_resets_per_s: float = 200.0
     """Most resets per second an endpoint sends in answer to datagrams for no connection; the
     rest are dropped unanswered, so a spoofed stream cannot be reflected at full rate."""
@@ -292,6 +301,11 @@ class Config:
         checks = [
             (64 <= self.mss_bytes <= 65535 - HEADER_SIZE, "mss_bytes must be 64..65511"),
             (self.recv_buffer_bytes >= 2 * self.mss_bytes, "recv_buffer_bytes < 2 * mss_bytes"),
+            (0 <= self.server_id_bits <= 16, "server_id_bits must be 0..16"),
+            (
+                0 <= self.server_id < 1 << min(max(0, self.server_id_bits), 16),
+                "server_id must fit in server_id_bits bits",
+            ),
             (
                 HEADER_SIZE + 64 <= self.base_datagram_bytes <= self.max_datagram_bytes,
                 "need 88 <= base_datagram_bytes <= max_datagram_bytes",

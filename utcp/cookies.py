@@ -15,6 +15,8 @@ import secrets
 import struct
 from typing import Final
 
+from .cids import CidLayout
+
 __all__ = ["MSS_CLASSES", "SynCookies", "pack_options", "unpack_options"]
 
 MSS_CLASSES: Final = (536, 1200, 1380, 1428)  # peer MSS rounded down to one of these (2 bits)
@@ -44,9 +46,18 @@ def unpack_options(bits: int) -> tuple[int, int | None, bool, bool]:
 class SynCookies:
     """Makes and checks cookies; each is valid for one to two ``lifetime_s`` periods."""
 
-    def __init__(self, *, secret: bytes | None = None, lifetime_s: float = 64.0) -> None:
+    def __init__(
+        self,
+        *,
+        secret: bytes | None = None,
+        lifetime_s: float = 64.0,
+        layout: CidLayout | None = None,
+    ) -> None:
         self._key = secret if secret is not None else secrets.token_bytes(32)
         self._lifetime_s = lifetime_s
+        # The endpoint's fixed id bits (server id, worker) overwrite the top of the hash: the
+        # cookie keeps its option bits and at least eight bits of hash (utcp.cids).
+        self._layout = layout if layout is not None else CidLayout()
 
     def _hash(self, peer: bytes, peer_cid: int, peer_isn: int, slot: int, opts: int) -> int:
         h = hashlib.blake2b(peer, key=self._key, digest_size=8)
@@ -59,7 +70,7 @@ class SynCookies:
         """The (connection id, ISN) of a SYN-ACK answering this SYN from address ``peer``."""
         slot = int(now // self._lifetime_s)
         h = self._hash(peer, peer_cid, peer_isn, slot, opts)
-        cid = (h >> 32) & 0xFFFFFF00 | opts
+        cid = self._layout.apply((h >> 32) & 0xFFFFFF00 | opts)
         return cid or 0x100 | opts, h & 0xFFFFFFFF
 
     def check(
@@ -70,7 +81,7 @@ class SynCookies:
         slot = int(now // self._lifetime_s)
         for s in (slot, slot - 1):
             h = self._hash(peer, peer_cid, peer_isn, s, opts)
-            want = (h >> 32) & 0xFFFFFF00 | opts
+            want = self._layout.apply((h >> 32) & 0xFFFFFF00 | opts)
             if (want or 0x100 | opts) == cid and h & 0xFFFFFFFF == isn:
                 return opts
         return None

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, final
 
+from .cids import CidLayout
 from .config import Config
 from .connection import Connection
 from .cookies import SynCookies, pack_options, unpack_options
@@ -200,8 +201,17 @@ class Endpoint:
         route_factory: RouteFactory | None = None,
         cookie_secret: bytes | None = None,
         cid_source: Callable[[], int] | None = None,
+        worker: int = 0,
+        worker_bits: int = 0,
     ) -> None:
         self.config = config.validate()
+        # The fixed bits of the ids chosen here: the server id, then this worker's index.
+        self.cid_layout = CidLayout(
+            server_id=self.config.server_id,
+            server_bits=self.config.server_id_bits,
+            worker=worker,
+            worker_bits=worker_bits,
+        )
         self.stats = EndpointStats()
         self._accepting = accepting
         self._backlog = backlog
@@ -216,7 +226,7 @@ class Endpoint:
         self._half_open = 0
         self._recently_closed: dict[int, float] = {}  # cid -> until when bare ACKs are ignored
         self._cookies = (
-            SynCookies(secret=cookie_secret, lifetime_s=COOKIE_GRACE_S)
+            SynCookies(secret=cookie_secret, lifetime_s=COOKIE_GRACE_S, layout=self.cid_layout)
             if self.config.syn_cookies
             else None
         )
@@ -456,8 +466,9 @@ class Endpoint:
     # ------------------------------------------------------------------ new connections
 
     def _new_cid(self) -> int:
+        layout = self.cid_layout
         while True:
-            cid = self._cid_source()
+            cid = layout.apply(self._cid_source())
             if cid and cid not in self._routes:
                 return cid
 

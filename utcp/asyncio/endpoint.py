@@ -83,6 +83,8 @@ class Endpoint:
         backlog: int = 100,
         observer: Observer | None = None,
         persistent: bool = False,
+        worker: int = 0,
+        worker_bits: int = 0,
     ) -> None:
         self.config = config.validate()
         self._loop = asyncio.get_running_loop()
@@ -106,6 +108,8 @@ class Endpoint:
             accepting=protocol_factory is not None,
             backlog=backlog,
             route_factory=self._new_handle,
+            worker=worker,
+            worker_bits=worker_bits,
         )
         self._closed: asyncio.Future[None] = self._loop.create_future()
         # Closing, and no connection the application holds is left (wait_done()).
