@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import pytest
+
 from utcp.config import Config
 from utcp.connection.counters import Counters
 from utcp.connection.deadlines import Deadlines
@@ -236,3 +238,20 @@ def test_window_update_waits_until_the_window_grew_enough() -> None:
     assert not rcv.window_grew(MSS)
     del rcv.held[:1]
     assert rcv.window_grew(MSS)  # 1 byte after a zero window
+
+
+@pytest.mark.parametrize("views", [False, True])
+def test_in_order_data_comes_as_views_of_the_datagram_when_asked(views: bool) -> None:
+    """A driver that copies the bytes into buffers of its own (an asyncio BufferedProtocol's
+    transport) asks for views and saves a copy; by default the data is ``bytes``."""
+    from tests.helpers import establish, pair
+
+    net = pair()
+    a, b = establish(net)
+    b.deliver_views(views)
+    payload = bytes(range(256)) * 40
+    a.send(payload)
+    net.run(until=lambda: len(net.b.received) >= len(payload))
+    assert bytes(net.b.received) == payload
+    kinds = {type(e.data) for e in net.b.events if isinstance(e, DataReceived)}
+    assert kinds == ({memoryview} if views else {bytes})

@@ -73,9 +73,11 @@ class ConnectionEstablished(Event):
 
 @dataclass(frozen=True, slots=True)
 class DataReceived(Event):
-    """In-order bytes from the peer, delivered exactly once."""
+    """In-order bytes from the peer, delivered exactly once: ``bytes``, or a read-only
+    ``memoryview`` of the datagram they came in when the driver asked for views
+    (``Connection.deliver_views``), saving a copy for a driver that copies them anyway."""
 
-    data: bytes
+    data: bytes | memoryview
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,7 +34,7 @@ class StreamSink(Protocol):
         """Give the connection its protocol: ``connection_made``, then anything held back."""
         ...
 
-    def deliver_data(self, data: bytes) -> None:
+    def deliver_data(self, data: bytes | memoryview) -> None:
         """Bytes arrived in order: to the protocol's ``data_received``."""
         ...
 

@@ -64,7 +64,8 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         # while writing is paused is told too (set_protocol), so that no protocol ever hears
         # resume_writing() for a pause it never heard of.
         self._told_paused: list[Any] = []
-        self._pending: list[bytes] = []  # data that arrived before a protocol was attached
+        # Data that arrived before a protocol was attached.
+        self._pending: list[bytes | memoryview] = []
         self._pending_eof = False
         self._pending_lost: tuple[Exception | None] | None = None
         cfg = endpoint.config
@@ -345,6 +346,8 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         then whatever arrived before it."""
         self._protocol = protocol
         self._buffered = isinstance(protocol, asyncio.BufferedProtocol)
+        # A BufferedProtocol's bytes are copied from the datagram straight into its buffer.
+        self._conn.deliver_views(self._buffered)
         self._call(protocol.connection_made, self)
         self._replay_pending()
 
@@ -362,10 +365,11 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
             self._pending_lost = None
             self.connection_closed(exc, None)
 
-    def deliver_data(self, data: bytes) -> None:
+    def deliver_data(self, data: bytes | memoryview) -> None:
         """Bytes arrived in order: to the protocol's ``data_received``, or copied into the
         buffers a ``BufferedProtocol`` hands out (the one copy a socket's ``recv_into`` would
-        make).  A protocol callback that raises aborts the connection, as asyncio's
+        make, straight from the datagram: the connection hands views to a buffered protocol's
+        transport).  A protocol callback that raises aborts the connection, as asyncio's
         transports do."""
         protocol = self._protocol
         if protocol is None:
@@ -380,6 +384,8 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         if self._buffered:
             self._feed_buffers(data)
             return
+        if type(data) is not bytes:
+            data = bytes(data)  # a view queued before the protocol changed to a plain one
         try:
             protocol.data_received(data)
         except (SystemExit, KeyboardInterrupt):
@@ -387,7 +393,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         except BaseException as exc:
             self._fatal_error(exc, "Fatal error: protocol.data_received() call failed.")
 
-    def _feed_buffers(self, data: bytes) -> None:
+    def _feed_buffers(self, data: bytes | memoryview) -> None:
         """``data`` into the protocol's ``get_buffer()``/``buffer_updated()``, as many rounds as
         its buffers take; a protocol swapped by a callback (STARTTLS) gets the rest its way."""
         view = memoryview(data)

@@ -446,6 +446,13 @@ class Connection:
         of segments can queue a whole window at once), unless other events follow it."""
         self._rcv.pause()
 
+    def deliver_views(self, on: bool) -> None:
+        """Deliver in-order data as read-only views of the datagrams it arrived in (the
+        default is ``bytes``): for a driver that copies it into buffers of its own anyway,
+        such as an asyncio ``BufferedProtocol``'s, one copy fewer.  A view keeps its datagram
+        alive until it is dropped."""
+        self._rcv.views = on
+
     def resume_reading(self) -> None:
         """Deliver held data and reopen the window, telling the peer if it grew enough."""
         self._rcv.resume()

@@ -71,6 +71,9 @@ class ReceiveSide:
         self.nxt = 0
         self.wscale = 0  # shift applied to the window we advertise (RFC 7323)
         self.held = bytearray()  # in-order data held while reading is paused
+        # In-order data goes out as views of the datagram rather than copies (a driver that
+        # copies it into buffers of its own: Connection.deliver_views).
+        self.views = False
         self.reasm = ReassemblyBuffer()
         self.last_pos = 0  # start of the most recent out-of-order arrival (SACK order)
         # A wholly duplicate segment's range, reported once as the first SACK block of the
@@ -205,7 +208,7 @@ class ReceiveSide:
             if full:
                 self._dl.keepalive = None  # re-armed by the next datagrams_to_send
 
-    def deliver(self, data: bytes) -> None:
+    def deliver(self, data: bytes | memoryview) -> None:
         """Hand in-order bytes to the application, or hold them while reading is paused."""
         self.nxt += len(data)
         self._count.bytes_received += len(data)
@@ -220,7 +223,7 @@ class ReceiveSide:
         n = len(payload)
         if (n >= self.full_seg) is not self.peer_mid_stream:
             self.note_segment_size(n)
-        self.deliver(bytes(payload))
+        self.deliver(payload if self.views else bytes(payload))
         if self._lease is not None:
             self._arrived(self.nxt, now)
         self.unacked_bytes += n
@@ -253,7 +256,7 @@ class ReceiveSide:
                 # gap or a duplicate (a thin stream's every bundle would draw one).  Its old
                 # part is no D-SACK: bundled on purpose, it would read as endless reordering.
                 data = payload[rcv_nxt - seg_pos : hi - seg_pos]
-                self.deliver(bytes(data))
+                self.deliver(data if self.views else bytes(data))
                 self.unacked_bytes += len(data)
                 if self.unacked_bytes >= self.ack_bytes:
                     self.ack_now = True
