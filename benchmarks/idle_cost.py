@@ -51,12 +51,18 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
-async def _serve(stack: str) -> None:
+def _config(keepalive: bool) -> object:
+    import utcp
+
+    return utcp.Config() if keepalive else utcp.Config(keepalive_idle_s=None, idle_timeout_s=None)
+
+
+async def _serve(stack: str, keepalive: bool) -> None:
     """The server process: print the port, serve until stdin closes."""
     import utcp
 
     if stack == "utcp":
-        server = await utcp.start_server(_echo, HOST, 0, backlog=1000)
+        server = await utcp.start_server(_echo, HOST, 0, backlog=1000, config=_config(keepalive))
     else:
         server = await asyncio.start_server(_echo, HOST, 0, backlog=1000)
     print(server.sockets[0].getsockname()[1], flush=True)
@@ -65,12 +71,18 @@ async def _serve(stack: str) -> None:
     os._exit(0)  # the measurement is over: no orderly teardown of thousands of connections
 
 
-async def _fill(stack: str, port: int, count: int, batch: int) -> list[asyncio.StreamWriter]:
+async def _fill(
+    stack: str, port: int, count: int, batch: int, keepalive: bool
+) -> list[asyncio.StreamWriter]:
     """``count`` connections, each after one echo; utcp's over one client socket."""
     import utcp
 
     writers: list[asyncio.StreamWriter] = []
-    endpoint = await utcp.create_client_endpoint(local_addr=(HOST, 0)) if stack == "utcp" else None
+    endpoint = (
+        await utcp.create_client_endpoint(config=_config(keepalive), local_addr=(HOST, 0))
+        if stack == "utcp"
+        else None
+    )
 
     async def one() -> asyncio.StreamWriter:
         if endpoint is not None:
@@ -86,9 +98,11 @@ async def _fill(stack: str, port: int, count: int, batch: int) -> list[asyncio.S
     return writers
 
 
-async def _measure(stack: str, count: int, idle_s: float, batch: int) -> dict[str, float]:
+async def _measure(
+    stack: str, count: int, idle_s: float, batch: int, keepalive: bool
+) -> dict[str, float]:
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", stack],
+        [sys.executable, __file__, "--serve", stack] + ([] if keepalive else ["--no-keepalive"]),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -99,7 +113,7 @@ async def _measure(stack: str, count: int, idle_s: float, batch: int) -> dict[st
         await asyncio.sleep(0.5)
         rss0 = _rss_bytes(server.pid)
         started = time.monotonic()
-        writers = await _fill(stack, port, count, batch)
+        writers = await _fill(stack, port, count, batch, keepalive)
         fill_s = time.monotonic() - started
         await asyncio.sleep(2.0)  # delayed ACKs and the last echoes settle
         rss1 = _rss_bytes(server.pid)
@@ -130,18 +144,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=200, help="connections opened at once")
     parser.add_argument("--stacks", default=",".join(STACKS))
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON")
+    parser.add_argument(
+        "--no-keepalive",
+        action="store_true",
+        help="utcp with keepalive and idle timeout off, as TCP",
+    )
     parser.add_argument("--serve", choices=STACKS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         import utcp
 
-        utcp.run(_serve(args.serve))
+        utcp.run(_serve(args.serve, not args.no_keepalive))
         return
     import utcp
 
     rows = {}
     for stack in args.stacks.split(","):
-        rows[stack] = utcp.run(_measure(stack, args.connections, args.idle_s, args.batch))
+        rows[stack] = utcp.run(
+            _measure(stack, args.connections, args.idle_s, args.batch, not args.no_keepalive)
+        )
         row = rows[stack]
         print(
             f"{stack:5} {row['connections']:>6} idle connections: "
