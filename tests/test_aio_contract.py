@@ -992,3 +992,20 @@ def test_sendfile_hands_the_stream_back_paused_when_the_transport_is(
             await server.wait_closed()
 
     run(main())
+
+
+def test_keep_alive_turns_utcp_keepalive_on_and_off(run: Runner) -> None:
+    """asyncio's ``keep_alive=`` (SO_KEEPALIVE) maps to utcp's own keepalive."""
+
+    async def main() -> None:
+        off = utcp.Config(keepalive_idle_s=None)
+        cases = [(None, None, 15.0), (False, None, None), (True, off, 15.0), (None, off, None)]
+        for keep_alive, config, want in cases:
+            server = await utcp.create_server(
+                asyncio.Protocol, HOST, 0, keep_alive=keep_alive, config=config
+            )
+            assert server.endpoint.config.keepalive_idle_s == want
+            server.close()
+            await server.wait_closed()
+
+    run(main())

@@ -54,8 +54,6 @@ async def resolve_all(
             type=socket.SOCK_DGRAM,
             flags=flags | (socket.AI_PASSIVE if passive else 0),
         )
-    except socket.gaierror:
-        raise
     except (TypeError, UnicodeError) as exc:
         raise ValueError(f"cannot resolve host {host!r}, port {port!r}: {exc}") from None
     out: list[AddrInfo] = []

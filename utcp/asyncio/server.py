@@ -297,15 +297,9 @@ async def _bind(
 
 def _with_keepalive(cfg: Config, keep_alive: bool | None) -> Config:
     """``keep_alive=`` as asyncio's (``SO_KEEPALIVE``): utcp's own keepalive on or off."""
-    if keep_alive is None:
+    if keep_alive is None or keep_alive == (cfg.keepalive_idle_s is not None):
         return cfg
-    import dataclasses
-
-    if keep_alive:
-        if cfg.keepalive_idle_s is not None:
-            return cfg
-        return dataclasses.replace(cfg, keepalive_idle_s=Config().keepalive_idle_s)
-    return dataclasses.replace(cfg, keepalive_idle_s=None)
+    return cfg.replace(keepalive_idle_s=Config().keepalive_idle_s if keep_alive else None)
 
 
 def _tls_factory(
