@@ -101,3 +101,11 @@ def test_the_vectors_in_the_protocol_document() -> None:
     layout = CidLayout(server_id=0x2A, server_bits=8, worker=5, worker_bits=3)
     assert (layout.mask, layout.apply(0x12345678)) == (0xFFE00000, 0x2AB45678)
     assert CidLayout().apply(0x12345678) == 0x12345678
+
+
+def test_worker_bits_name_every_worker_and_no_more() -> None:
+    from utcp.cids import worker_bits_for
+
+    assert [worker_bits_for(n) for n in (1, 2, 3, 4, 5, 8, 9, 64)] == [0, 1, 2, 2, 3, 3, 4, 6]
+    with pytest.raises(ValueError):
+        worker_bits_for(0)

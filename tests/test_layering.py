@@ -48,6 +48,7 @@ STDLIB_HOOKS = {
     },
     "utcp.asyncio.transport": {"constants._SendfileMode"},
     "utcp.asyncio.flowcontrol": {"transports._FlowControlMixin"},  # loop.sendfile's fallback
+    "utcp.asyncio.workers": {"os._exit"},  # a forked worker ends without the parent's atexit
 }
 
 

@@ -12,11 +12,18 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["CID_BITS", "MAX_FIXED_BITS", "CidLayout"]
+__all__ = ["CID_BITS", "MAX_FIXED_BITS", "CidLayout", "worker_bits_for"]
 
 CID_BITS: Final = 32
 CID_MASK: Final = 0xFFFFFFFF
 MAX_FIXED_BITS: Final = 16  # server id and worker bits together
+
+
+def worker_bits_for(workers: int) -> int:
+    """The bits an id needs to name one of ``workers`` workers (0 for one worker)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, not {workers!r}")
+    return (workers - 1).bit_length()
 
 
 class CidLayout:

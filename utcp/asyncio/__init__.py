@@ -17,6 +17,7 @@ from .streams import (
 )
 from .tls import StreamWriter, start_tls
 from .transport import UtcpTransport
+from .workers import Worker, WorkerExit, WorkerGroup, serve
 
 __all__ = [
     "Endpoint",
@@ -25,6 +26,9 @@ __all__ = [
     "SocketView",
     "StreamWriter",
     "UtcpTransport",
+    "Worker",
+    "WorkerExit",
+    "WorkerGroup",
     "create_client_endpoint",
     "create_connection",
     "create_server",
@@ -32,5 +36,6 @@ __all__ = [
     "run",
     "start_server",
     "sendfile",
+    "serve",
     "start_tls",
 ]

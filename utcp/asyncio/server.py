@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ..cids import worker_bits_for
 from ..config import Config
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer
@@ -182,7 +183,7 @@ async def create_server(
     *,
     family: int = socket.AF_UNSPEC,
     flags: int = socket.AI_PASSIVE,
-    sock: socket.socket | None = None,
+    sock: socket.socket | Sequence[socket.socket] | None = None,
     backlog: int = 100,
     ssl: Any = None,
     reuse_address: bool | None = None,
@@ -193,6 +194,8 @@ async def create_server(
     start_serving: bool = True,
     config: Config | None = None,
     observer: Observer | None = None,
+    worker: int | None = None,
+    workers: int | None = None,
 ) -> Server:
     """Listen for utcp connections on UDP, like ``loop.create_server``.
 
@@ -202,6 +205,12 @@ async def create_server(
     ``ssl=`` an ``ssl.SSLContext`` serves TLS (asyncio's TLS layer over each connection).
     ``keep_alive`` turns utcp's keepalive on or off (``Config.keepalive_idle_s``).
     ``reuse_address=True`` is refused: see the README's table of differences from TCP.
+
+    ``worker=i, workers=n`` serve as worker ``i`` of ``n`` processes sharing the port (with
+    ``sock=`` the sockets ``utcp.WorkerGroup`` bound, or ``reuse_port=True``): every
+    connection id this server picks names worker ``i`` (``utcp.cids``), which the port's
+    steering program (``utcp.asyncio.reuseport``) reads.  ``sock=`` may be a list of sockets
+    here (one per address family), where asyncio takes one.
     """
     if backlog < 1:
         raise ValueError(f"backlog must be >= 1, not {backlog!r}")
@@ -217,16 +226,29 @@ async def create_server(
     loop = asyncio.get_running_loop()
     factory = protocol_factory if tls is None else _tls_factory(loop, protocol_factory, tls)
 
+    index, worker_bits = _worker_slot(worker, workers)
+
     def endpoint_factory() -> Endpoint:
-        return Endpoint(config=cfg, protocol_factory=factory, backlog=backlog, observer=observer)
+        return Endpoint(
+            config=cfg,
+            protocol_factory=factory,
+            backlog=backlog,
+            observer=observer,
+            worker=index,
+            worker_bits=worker_bits,
+        )
 
     pairs: list[tuple[Endpoint, DatagramIO]] = []
     try:
         if sock is not None:
             if host is not None or port is not None:
                 raise ValueError("host/port and sock can not be specified at the same time")
-            udp, endpoint = await create_endpoint(endpoint_factory, config=cfg, sock=sock)
-            pairs.append((endpoint, udp))
+            socks = [sock] if isinstance(sock, socket.socket) else list(sock)
+            if not socks:
+                raise ValueError("sock= is an empty list")
+            for one in socks:
+                udp, endpoint = await create_endpoint(endpoint_factory, config=cfg, sock=one)
+                pairs.append((endpoint, udp))
         else:
             await _listen(
                 pairs, endpoint_factory, cfg, host, check_port(port), family, flags, reuse_port
@@ -293,6 +315,17 @@ async def _bind(
         v6only=v6only,
     )
     return endpoint, udp
+
+
+def _worker_slot(worker: int | None, workers: int | None) -> tuple[int, int]:
+    """``worker=``/``workers=`` as the endpoint's worker index and its bits in the id."""
+    if worker is None and workers is None:
+        return 0, 0
+    if worker is None or workers is None:
+        raise ValueError("worker= and workers= go together")
+    if workers < 1 or not 0 <= worker < workers:
+        raise ValueError(f"worker must be in 0..workers-1, not {worker!r} of {workers!r}")
+    return worker, worker_bits_for(workers)
 
 
 def _with_keepalive(cfg: Config, keep_alive: bool | None) -> Config:

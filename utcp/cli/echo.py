@@ -12,9 +12,11 @@ from ..config import Config
 from .helpers import (
     Subcommands,
     add_congestion_option,
+    add_workers_option,
     close_writer,
     config_for,
     port_number,
+    serve_in_workers,
     serve_until_signalled,
 )
 from .output import run_command
@@ -32,6 +34,7 @@ def register(sub: Subcommands) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=port_number, default=9000, help="UDP port (0: any free port)")
     add_congestion_option(p)
+    add_workers_option(p)
     add_tls_options(p, connecting=False)
     p.set_defaults(func=main)
 
@@ -61,5 +64,10 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"utcp echo-server: error: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        serve_in_workers(
+            _echo, args.host, args.port, "echo server", config_for(args), tls.context, args.workers
+        )
+        return 0
     run_command(serve(args.host, args.port, config_for(args), tls.context))
     return 0

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
-import signal
 import ssl
 import sys
 from collections.abc import Awaitable, Callable
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from .. import start_server
+from ..asyncio.workers import WorkerExit, serve, until_signalled
 from ..config import Config
 from ..congestion import available
 from .report import reported
@@ -27,11 +26,15 @@ from .units import parse_duration, parse_size
 
 __all__ = [
     "Subcommands",
+    "add_workers_option",
+    "announce_workers",
     "arg_type",
     "close_writer",
     "duration",
     "port_number",
+    "serve_in_workers",
     "serve_until_signalled",
+    "report_worker_exit",
     "size",
     "wait_for_signal",
 ]
@@ -62,6 +65,17 @@ def arg_type(parse: Callable[[str], T], name: str | None = None) -> Callable[[st
     return convert
 
 
+def positive_int(text: str) -> int:
+    """A whole number from 1 up."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def port_number(text: str) -> int:
     """A UDP port, 0..65535."""
     try:
@@ -85,21 +99,7 @@ def close_writer(writer: asyncio.StreamWriter) -> None:
         writer.close()
 
 
-async def wait_for_signal() -> None:
-    """Return on SIGINT or SIGTERM (handlers installed for the wait only, where the platform
-    allows them)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on every platform
-            loop.add_signal_handler(sig, stop.set)
-            installed.append(sig)
-    try:
-        await stop.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
+wait_for_signal = until_signalled  # SIGINT or SIGTERM, where the platform allows handlers
 
 
 async def serve_until_signalled(
@@ -117,13 +117,62 @@ async def serve_until_signalled(
         try:
             addr = server.sockets[0].getsockname()
             print(f"{name} listening on utcp://{addr[0]}:{addr[1]}", flush=True)
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            await until_signalled()
         finally:  # also when stopped because our output broke: nobody waits on a lingering peer
             server.abort_clients()
+
+
+def add_workers_option(parser: argparse.ArgumentParser) -> None:
+    """``--workers N``: serve in N processes sharing the port (Linux)."""
+    parser.add_argument(
+        "--workers",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="serve in N processes sharing the port, one per core at most (Linux; default 1)",
+    )
+
+
+def announce_workers(name: str, workers: int) -> Callable[[list[Any]], None]:
+    """The ``ready`` callback of a command serving in worker processes: its address line."""
+
+    def ready(addresses: list[Any]) -> None:
+        addr = addresses[0]
+        print(f"{name} ({workers} workers) listening on utcp://{addr[0]}:{addr[1]}", flush=True)
+
+    return ready
+
+
+def report_worker_exit(name: str) -> Callable[[WorkerExit], None]:
+    """The ``on_worker_exit`` callback of a command: a line on stderr per dead worker."""
+
+    def report(ended: WorkerExit) -> None:
+        print(f"{name}: {ended.describe()}; starting it again", file=sys.stderr, flush=True)
+
+    return report
+
+
+def serve_in_workers(
+    callback: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]],
+    host: str,
+    port: int,
+    name: str,
+    config: Config | None,
+    tls: ssl.SSLContext | None,
+    workers: int,
+) -> None:
+    """``serve_until_signalled`` in ``workers`` processes sharing the port (blocking)."""
+    serve(
+        reported(callback),
+        host,
+        port,
+        workers=workers,
+        config=config,
+        ssl=tls,
+        ready=announce_workers(name, workers),
+        on_worker_exit=report_worker_exit(name),
+        grace_s=0.0,
+    )
 
 
 # Config fields given as text in a file, checked against the dataclass's own annotations.

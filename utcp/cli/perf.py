@@ -29,10 +29,12 @@ from ..trace import TRACE_ENV
 from .helpers import (
     Subcommands,
     add_congestion_option,
+    add_workers_option,
     close_writer,
     config_for,
     duration,
     port_number,
+    serve_in_workers,
     serve_until_signalled,
     size,
 )
@@ -62,7 +64,8 @@ def register(sub: Subcommands) -> None:
             "Throughput test. Start 'utcp perf --server' on one side and 'utcp perf HOST PORT' "
             "on the other. Goodput is measured at the receiver from first to last byte."
         ),
-        usage="utcp perf --server [--host H] [--port P] [--tls-cert FILE --tls-key FILE]\n"
+        usage="utcp perf --server [--host H] [--port P] [--workers N]"
+        " [--tls-cert FILE --tls-key FILE]\n"
         "       utcp perf HOST PORT [--bytes N | --time S] [--reverse] [--parallel K] [--json]"
         " [--tls-ca FILE | --tls-insecure]",
     )
@@ -71,6 +74,7 @@ def register(sub: Subcommands) -> None:
     add_congestion_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address the server binds")
     p.add_argument("--port", type=port_number, default=5201, help="server UDP port (default 5201)")
+    add_workers_option(p)
     amount = p.add_mutually_exclusive_group()
     amount.add_argument("-n", "--bytes", type=size, default=None, help="bytes to send, e.g. 64M")
     amount.add_argument(
@@ -322,6 +326,13 @@ def main(args: argparse.Namespace) -> int:
     except (argparse.ArgumentTypeError, ValueError) as exc:
         print(f"utcp perf: error: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1 and not args.server:
+        print("utcp perf: error: --workers is for --server", file=sys.stderr)
+        return 2
+    if args.server and args.workers > 1:
+        config, tls = config_for(args), args.tls.context
+        serve_in_workers(_serve_one, args.host, port, "perf server", config, tls, args.workers)
+        return 0
     if args.server:
         run_command(serve(args.host, port, config_for(args), args.tls.context))
         return 0

@@ -14,11 +14,21 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..asyncio import Worker, WorkerGroup
 from ..asyncio import run as utcp_run
 from ..config import Config
 from ..congestion import available
 from ..tools.tunnel import ConnectionRecord, Tunnel, TunnelAddress, parse_address
-from .helpers import Subcommands, arg_type, duration, load_config_file, size, wait_for_signal
+from .helpers import (
+    Subcommands,
+    add_workers_option,
+    arg_type,
+    duration,
+    load_config_file,
+    report_worker_exit,
+    size,
+    wait_for_signal,
+)
 from .tls import Sides, TlsSetup, add_tls_options, tls_setup
 
 _SIDES = Sides(
@@ -110,6 +120,7 @@ def register(sub: Subcommands) -> None:
         help="reset an accepted connection whose far side is not open after DURATION "
         "(default: when utcp's SYN retries or the kernel's TCP connect give up)",
     )
+    add_workers_option(p)
     add_tls_options(p, _SIDES)
     p.set_defaults(func=main)
 
@@ -143,12 +154,50 @@ def main(args: argparse.Namespace) -> int:
             raise ValueError("one end must be tcp: and the other utcp:")
         if to.port == 0:
             raise ValueError("--to needs a port other than 0")
+        if args.workers > 1 and listen.scheme != "utcp":
+            raise ValueError("--workers serves a utcp listening end (--listen utcp:...)")
         config = build_config(args)
         tls = tls_setup(args, accepting=listen.scheme == "utcp", prog="utcp tunnel", sides=_SIDES)
     except (ValueError, TypeError) as exc:
         print(f"utcp tunnel: error: {exc}", file=sys.stderr)
         return 2
+    if args.workers > 1:
+        return _serve_in_workers(listen, to, config, args.connect_timeout, tls, args.workers)
     return utcp_run(_serve(listen, to, config, args.connect_timeout, tls))
+
+
+def _serve_in_workers(
+    listen: TunnelAddress,
+    to: TunnelAddress,
+    config: Config,
+    connect_timeout_s: float | None,
+    tls: TlsSetup,
+    workers: int,
+) -> int:
+    """The server end in ``workers`` processes sharing the utcp port (Linux)."""
+    try:
+        group = WorkerGroup(
+            workers, server_id_bits=config.server_id_bits, on_exit=report_worker_exit("tunnel")
+        )
+        group.bind(listen.host, listen.port)
+    except OSError as exc:
+        print(f"utcp tunnel: error: cannot listen on {listen.url()}: {exc}", file=sys.stderr)
+        return 1
+
+    def ready(group: WorkerGroup) -> None:
+        host, port = group.addresses[0][:2]
+        over = " over TLS" if tls.context is not None else ""
+        bound = TunnelAddress(listen.scheme, host, port).url()
+        print(f"tunnel ({workers} workers) {bound} -> {to.url()}{over}", flush=True)
+
+    async def worker_main(worker: Worker) -> int:
+        return await _serve(listen, to, config, connect_timeout_s, tls, worker)
+
+    try:
+        group.run(worker_main, ready=ready)
+    finally:
+        group.close()
+    return 0
 
 
 def _print_record(record: ConnectionRecord) -> None:
@@ -161,7 +210,10 @@ async def _serve(
     config: Config,
     connect_timeout_s: float | None,
     tls: TlsSetup,
+    worker: Worker | None = None,
 ) -> int:
+    """Run one tunnel until SIGINT/SIGTERM; as ``worker`` of a group, on its sockets (the
+    supervisor printed the address: each worker prints its own counters at the end)."""
     try:
         tunnel = await Tunnel.start(
             listen,
@@ -171,6 +223,7 @@ async def _serve(
             connect_timeout_s=connect_timeout_s,
             ssl=tls.context,
             server_hostname=tls.server_hostname,
+            worker=worker,
         )
     except OSError as exc:
         print(
@@ -179,11 +232,13 @@ async def _serve(
         )
         return 1
     try:
-        over = " over TLS" if tls.context is not None else ""
-        print(f"tunnel {tunnel.listen_url()} -> {to.url()}{over}", flush=True)
+        if worker is None:
+            over = " over TLS" if tls.context is not None else ""
+            print(f"tunnel {tunnel.listen_url()} -> {to.url()}{over}", flush=True)
         await wait_for_signal()
     finally:
         tunnel.close()
         await tunnel.wait_closed()
-    print(f"tunnel: {tunnel.counters.line()}", flush=True)
+    who = "tunnel" if worker is None else f"tunnel worker {worker.index}"
+    print(f"{who}: {tunnel.counters.line()}", flush=True)
     return 0

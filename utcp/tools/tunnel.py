@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ssl import SSLCertVerificationError, SSLContext, SSLError
 from typing import Any, Literal
 
-from ..asyncio import ClientEndpoint, Server, create_client_endpoint, start_server
+from ..asyncio import ClientEndpoint, Server, Worker, create_client_endpoint, start_server
 from ..config import Config
 from ..connection import Connection
 from ..log import get_logger
@@ -321,6 +321,7 @@ class Tunnel:
         connect_timeout_s: float | None,
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
+        worker: Worker | None = None,
     ) -> None:
         if {listen.scheme, to.scheme} != {"tcp", "utcp"}:
             raise ValueError(
@@ -328,6 +329,9 @@ class Tunnel:
             )
         if server_hostname is not None and (ssl is None or to.scheme != "utcp"):
             raise ValueError("server_hostname is only meaningful with ssl at the client end")
+        if worker is not None and listen.scheme != "utcp":
+            raise ValueError("worker processes serve a utcp listening end (utcp:HOST:PORT)")
+        self.worker = worker
         self.listen = listen
         self.to = to
         self.config = config.validate()
@@ -356,11 +360,15 @@ class Tunnel:
         connect_timeout_s: float | None = None,
         ssl: SSLContext | None = None,
         server_hostname: str | None = None,
+        worker: Worker | None = None,
     ) -> Tunnel:
         """Bind ``listen`` and start accepting; ``on_close`` gets a record per connection.
         Opening the far side (with ``ssl``, the TLS handshake included) may take
         ``connect_timeout_s`` (None: as long as utcp's SYN retries or the kernel's TCP connect
         take) before the accepted connection is reset.  Both ends use ``ssl`` or neither.
+
+        ``worker``: serve as this worker of a ``utcp.WorkerGroup`` (the server end, on the
+        sockets the group bound for ``listen``).
 
         Raises ``ValueError`` for two ends of the same kind and ``OSError`` when binding fails.
         """
@@ -369,7 +377,14 @@ class Tunnel:
         if isinstance(to, str):
             to = parse_address(to)
         tunnel = cls(
-            listen, to, config or Config(), on_close, connect_timeout_s, ssl, server_hostname
+            listen,
+            to,
+            config or Config(),
+            on_close,
+            connect_timeout_s,
+            ssl,
+            server_hostname,
+            worker,
         )
         try:
             await tunnel.bind()
@@ -395,10 +410,14 @@ class Tunnel:
             )
             sock = self._tcp_server.sockets[0]
         else:
+            where: dict[str, Any] = (
+                {"host": self.listen.host, "port": self.listen.port}
+                if self.worker is None
+                else self.worker.server_keywords()
+            )
             self._utcp_server = await start_server(
                 self._accept_utcp,
-                self.listen.host,
-                self.listen.port,
+                **where,
                 limit=STREAM_LIMIT_BYTES,
                 backlog=BACKLOG,
                 config=self.config,
