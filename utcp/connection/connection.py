@@ -722,6 +722,16 @@ class Connection:
                 rcv.ack_now = True
                 self._drop(DropReason.OUT_OF_WINDOW)
             else:
+                if (
+                    flags == _ACK
+                    and seg_pos == rcv.nxt - 1
+                    and p.ack == self._snd.wire_seq(self._snd.max)
+                ):
+                    # A keepalive probe (SEQ = RCV.NXT - 1) acknowledging all we sent: the
+                    # peer is there as surely as an acceptable segment shows it (a forger
+                    # needs both numbers exactly), so it counts as hearing from the peer and
+                    # one side's probes keep a quiet connection alive on both.
+                    self._live.heard(now)
                 self._challenge(now, DropReason.OUT_OF_WINDOW)
             return
         if not flags & _ACK:

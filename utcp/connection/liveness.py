@@ -91,8 +91,16 @@ class Liveness:
         return self.last_activity + max(stall, 3 * self._loss.rtt.rto)
 
     def keepalive_due(self, can_receive: bool) -> float | None:
-        """The next keepalive deadline counted from when the peer was last heard, or None."""
+        """The next keepalive deadline counted from when the peer was last heard, or None.
+
+        The passive opener waits one ``keepalive_interval_s`` longer than the active one:
+        between two peers configured alike, the client's probe then reaches the server (and
+        counts as hearing from it) before the server's own would leave, so a quiet connection
+        costs one probe and its answer per idle period rather than two of each.  A dead client
+        is still found, one interval later."""
         idle = self._cfg.keepalive_idle_s
+        if idle is not None and self._control.passive:
+            idle += self._cfg.keepalive_interval_s
         due = None if idle is None else self.last_activity + idle
         stall = self.stall_probe_due(can_receive)
         if stall is not None and (due is None or stall < due):
