@@ -66,6 +66,9 @@ demo: $(COMPILED)
 bench: $(COMPILED)
 	UTCP_PURE_BUILD=1 $(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench.py $(BENCH_ARGS)
+	@# Scaling over cores (worker processes) and what idle connections cost (benchmarks/README.md)
+	$(PY) benchmarks/scaling.py $(SCALING_ARGS)
+	$(PY) benchmarks/idle_cost.py $(IDLE_ARGS)
 
 # The same transports across one emulated WAN path between two network namespaces
 # (benchmarks/README.md, "WAN benchmark"); needs root and /dev/net/tun, else it says so and

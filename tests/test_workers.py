@@ -405,3 +405,32 @@ def test_workers_options_that_make_no_sense_exit_2(args: list[str], needle: str)
     result = utcp_cli(*args)
     assert result.returncode == 2
     assert needle in result.stderr.decode()
+
+
+def test_the_scaling_benchmark_runs(tmp_path: Path) -> None:
+    """benchmarks/scaling.py --quick, utcp alone, end to end: both worker counts measured."""
+    out = tmp_path / "rows.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "scaling.py"),
+            "--quick",
+            "--stacks",
+            "utcp",
+            "--work-us",
+            "200",
+            "--scenarios",
+            "rr,connect",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.read_text())
+    assert [(r["stack"], r["workers"]) for r in rows] == [("utcp", 1), ("utcp", 2)]
+    assert all(r["rr_per_s"] > 0 and r["connect_per_s"] > 0 for r in rows)
+    assert "2 / 1" in result.stdout
