@@ -182,6 +182,43 @@ def test_cat_half_close_still_receives_the_reply() -> None:
     assert result.stdout == payload
 
 
+# A server that ends its side at once, reads nothing (its window fills) and resets the
+# connection a moment later: what the client wrote is never all acknowledged.
+_RESETTING_SERVER = """
+import asyncio, utcp
+
+async def handle(reader, writer):
+    writer.write_eof()
+    await asyncio.sleep(1.0)
+    writer.transport.abort()
+
+async def main():
+    cfg = utcp.Config(recv_buffer_bytes=16384, recv_autotune=False)
+    server = await utcp.start_server(handle, "127.0.0.1", 0, config=cfg, limit=4096)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    await asyncio.sleep(60)
+
+utcp.run(main())
+"""
+
+
+def test_cat_whose_data_the_peer_never_acknowledged_fails() -> None:
+    """The peer resets before acknowledging what cat wrote (all of it buffered, the FIN
+    queued): cat exits 1 saying so, not 0 as if the copy had finished."""
+    server = subprocess.Popen(
+        [sys.executable, "-c", _RESETTING_SERVER], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert server.stdout is not None
+        port = server.stdout.readline().strip()
+        result = utcp_cli("cat", "127.0.0.1", port, stdin=b"x" * 200_000)
+    finally:
+        server.kill()
+        server.wait()
+    assert result.returncode == 1, result.stderr
+    assert b"reset" in result.stderr.lower()
+
+
 def test_cat_to_nobody_fails_with_exit_1() -> None:
     result = utcp_cli("cat", "127.0.0.1", "9", stdin=b"x")
     assert result.returncode == 1

@@ -51,7 +51,7 @@ MAX_PAYLOAD = 256 << 10
 SEED = 22_003
 SERVER_PORT = 9000
 LB_HOST = "127.0.0.1"
-INSTALL_TIMEOUT_S = 600.0
+INSTALL_TIMEOUT_S = 240.0
 APT_PACKAGES = ("nginx", "libnginx-mod-stream")
 POLICY_RC_D = Path("/usr/sbin/policy-rc.d")
 
@@ -122,7 +122,7 @@ def _apt_install() -> str:
     the first try fails; returns what went wrong ("" on success)."""
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-q", "--no-install-recommends"]
-    install += ["-o", "DPkg::Lock::Timeout=300", *APT_PACKAGES]
+    install += ["-o", "DPkg::Lock::Timeout=120", *APT_PACKAGES]
     problem = ""
     deadline = time.monotonic() + INSTALL_TIMEOUT_S
     with _no_service_start():
@@ -130,7 +130,7 @@ def _apt_install() -> str:
             try:
                 if refresh:
                     subprocess.run(
-                        ["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=300"],
+                        ["apt-get", "update", "-q", "-o", "DPkg::Lock::Timeout=120"],
                         env=env,
                         capture_output=True,
                         timeout=max(1.0, deadline - time.monotonic()),

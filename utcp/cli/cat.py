@@ -199,6 +199,7 @@ async def _session(
     stdout = sys.stdout.buffer
     inbound = asyncio.create_task(_pump_out(reader, stdout))
     outbound = asyncio.create_task(_pump_in(writer, _stdin_fd()))
+    failed = False
     try:
         try:
             await inbound  # the peer closed its side (or the connection failed)
@@ -219,6 +220,7 @@ async def _session(
     except BaseException:
         # The connection failed, our output broke, or we were stopped: reset rather than
         # close, so that neither end waits for a goodbye the other will not send.
+        failed = True
         writer.transport.abort()
         raise
     finally:
@@ -227,8 +229,14 @@ async def _session(
         try:
             await writer.wait_closed()
         except (ConnectionError, ssl.SSLError):
-            pass
-        report.connection_closed(opened)
+            # Already failing: that error says it.  Over TLS the peer may end without TLS's
+            # goodbye once it has everything.  Otherwise the connection ended before the peer
+            # acknowledged all we sent and our FIN: what we wrote may not have arrived, which
+            # is an error, not the quiet success of a finished copy.
+            if not failed and not tls:
+                raise
+        finally:
+            report.connection_closed(opened)
 
 
 def _closed_at_end_of_input(outbound: asyncio.Task[bool]) -> bool:

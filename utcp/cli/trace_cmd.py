@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from ..tools.traceview import Trace, ladder_lines, ladder_svg, load_trace, plot_time_sequence
-from .helpers import Subcommands
+from .helpers import Subcommands, positive_int
 
 INSTALL_HINT = "matplotlib is not installed: pip install 'utcp-transport[plot]'"
 
@@ -44,19 +44,9 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument("trace", metavar="TRACE.jsonl", help="a trace file (docs/TRACE.md)")
     p.add_argument("--svg", metavar="OUT.svg", help="write the ladder as SVG instead of text")
-    p.add_argument("--limit", type=_positive, metavar="N", help="show only the first N rows")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="show only the first N rows")
     p.add_argument("--times", action="store_true", help="prefix each row with its time (s)")
     p.set_defaults(func=ladder_main)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
-    return value
 
 
 def matplotlib_available() -> bool:
