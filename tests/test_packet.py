@@ -115,6 +115,8 @@ def test_flag_values_match_tcp_positions() -> None:
         "PROBE_PERMITTED": 9,
         "PROBE": 10,
         "PROBE_ACK": 11,
+        "PATH_CHALLENGE": 12,
+        "PATH_RESPONSE": 13,
     }
 
 
@@ -523,6 +525,48 @@ def test_probe_ack_and_probe_permitted_bytes() -> None:
     )
     assert syn[24:36] == bytes.fromhex("02 04 ffcb  03 03 05  04 02  09 02  01")
     assert decode(syn).probe_permitted
+
+
+# docs/PROTOCOL.md section 17: a path challenge and its echo (section 4.2).
+PATH_CHALLENGE_VECTOR = bytes.fromhex(
+    "19 10 80 00  00 00 00 0b  00 00 00 0a  00 00 13 89"
+    "00 00 03 e9  b1 78 6d 5b  0c 0a 01 23  45 67 89 ab  cd ef 01 01"
+)
+PATH_RESPONSE_VECTOR = bytes.fromhex(
+    "19 10 80 00  00 00 00 0a  00 00 00 0b  00 00 03 e9"
+    "00 00 13 89  25 8b df 80  0d 0a 01 23  45 67 89 ab  cd ef 01 01"
+)
+
+
+def test_path_challenge_and_response_vectors() -> None:
+    token = 0x0123_4567_89AB_CDEF
+    challenge = make(src_cid=0x0B, dst_cid=0x0A, seq=5001, ack=1001, window=0x8000)
+    challenge.path_challenge = token
+    assert encode(challenge) == PATH_CHALLENGE_VECTOR
+    assert decode(PATH_CHALLENGE_VECTOR).path_challenge == token
+    response = make(src_cid=0x0A, dst_cid=0x0B, seq=1001, ack=5001, window=0x8000)
+    response.path_response = token
+    assert encode(response) == PATH_RESPONSE_VECTOR
+    got = decode(PATH_RESPONSE_VECTOR)
+    assert (got.path_response, got.path_challenge, got.payload) == (token, None, b"")
+
+
+def test_a_path_option_leaves_room_for_timestamps_and_a_sack_block() -> None:
+    p = make(timestamps=(1, 2), sack_blocks=((5, 9),), path_response=2**64 - 1)
+    assert decode(encode(p)).path_response == 2**64 - 1
+    assert options_size(timestamps=True, sack_blocks=1, path_response=True) == 32
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        bytes([OptionKind.PATH_CHALLENGE, 9, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]),
+        bytes([OptionKind.PATH_RESPONSE, 11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        bytes([OptionKind.NOP, OptionKind.NOP, OptionKind.PATH_CHALLENGE, 10]),  # runs past
+    ],
+)
+def test_path_options_with_bad_length(options: bytes) -> None:
+    assert "option" in decode_error(raw(options=options)).lower()
 
 
 PMTUD_SYN_VECTOR = bytes.fromhex(

@@ -13,6 +13,7 @@ deadline of its own and no ``get_timer()``.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Any, Final, final
 
@@ -35,6 +36,7 @@ from .packet import (
 from .seqnum import SEQ_MASK
 from .state import SYN_RECEIVED, SYNCHRONIZED
 from .stateless import new_connection_id, reset_for
+from .trace import address_text
 
 __all__ = [
     "AMPLIFICATION_FACTOR",
@@ -53,6 +55,10 @@ _log = get_logger()
 RECENTLY_CLOSED_MAX: Final = 4096  # closed connection ids remembered at most
 AMPLIFICATION_FACTOR: Final = 3  # RFC 9000 section 8.1
 COOKIE_GRACE_S: Final = 64.0  # a cookie is valid for one to two of these
+PATH_CHALLENGE_TRIES: Final = 3  # challenges to one new address before it is given up
+PATH_VALIDATION_INTERVAL_S: Final = 1.0  # after one failed, the next waits this long
+PATH_CHALLENGE_MIN_GAP_S: Final = 0.2  # and re-challenges no sooner (nor before its RTO)
+PATH_VALIDATION_TIMEOUT_S: Final = 3.0  # a validation with no echo this long is given up
 _SYN: Final = int(Flag.SYN)
 _ACK: Final = int(Flag.ACK)
 _RST: Final = int(Flag.RST)
@@ -82,6 +88,11 @@ _ENDPOINT_COUNTERS: Final = (
     "dropped",
     "icmp_errors",
     "icmp_errors_ignored",
+    "path_challenges_sent",
+    "path_changes",
+    "path_validations",
+    "path_validations_failed",
+    "path_validations_limited",
     "resets_rate_limited",
     "resets_sent",
     "send_errors",
@@ -114,6 +125,16 @@ class EndpointStats:
         self.send_errors = 0  # datagrams the kernel refused as too big for the path (EMSGSIZE)
         self.icmp_errors = 0  # ICMP errors read from the socket's error queue (Linux)
         self.icmp_errors_ignored = 0  # of those: no connection took them (failed the checks)
+        # Peers seen at a new address (a NAT rebinding, a moved client): validations started,
+        # challenges sent, connections moved, validations given up (no echo after
+        # PATH_CHALLENGE_TRIES), and new addresses ignored because one was being validated or
+        # had been within PATH_VALIDATION_INTERVAL_S.  Datagrams from another address that
+        # bring nothing new (a replay) are dropped as "wrong address" and start nothing.
+        self.path_validations = 0
+        self.path_challenges_sent = 0
+        self.path_changes = 0
+        self.path_validations_failed = 0
+        self.path_validations_limited = 0
 
     def count_drop(self, reason: DropReason, addr: Address, count: int = 1) -> None:
         """Count discarded datagrams and log why."""
@@ -144,6 +165,8 @@ class Route:
         "conn",
         "ended",
         "in_backlog",
+        "path",
+        "path_failed_at",
         "reset_detail",
         "rx_bytes",
         "tx_bytes",
@@ -160,6 +183,26 @@ class Route:
         # Anti-amplification (RFC 9000 section 8.1): until a passive open is validated by the
         # handshake, at most three times the bytes received from that address go back to it.
         self.validated = True
+        self.rx_bytes = 0
+        self.tx_bytes = 0
+        # A new address the peer's datagrams came from, being validated (RFC 9000 section 9).
+        self.path: PathValidation | None = None
+        self.path_failed_at = float("-inf")
+
+
+class PathValidation:
+    """A new peer address under validation: the unpredictable token challenged there, when
+    and how often, and the anti-amplification account of that address (at most three times
+    the bytes it sent go to it, RFC 9000 section 8.1)."""
+
+    __slots__ = ("addr", "rx_bytes", "sent_at", "started_at", "token", "tries", "tx_bytes")
+
+    def __init__(self, addr: Address, now: float) -> None:
+        self.addr = addr
+        self.started_at = now
+        self.token = secrets.randbits(64)
+        self.sent_at = float("-inf")
+        self.tries = 0
         self.rx_bytes = 0
         self.tx_bytes = 0
 
@@ -276,14 +319,105 @@ class Endpoint:
                     self._reset(packet, addr, now)
                 return None
         elif addr != route.addr and route.addr is not None:
-            self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
-            return None
+            return self._from_new_address(route, packet, addr, size, segments, now)
         if not route.validated:
             route.rx_bytes += size
         elif packet.flags & _RST and packet.payload and route.client:
             route.reset_detail = bytes(packet.payload[:200]).decode("utf-8", "replace")
         route.conn.receive_packet(packet, now=now, segments=segments)
         return route
+
+    def _from_new_address(
+        self, route: Route, packet: Packet, addr: Address, size: int, segments: int, now: float
+    ) -> Route | None:
+        """A datagram for a known connection from another address than its peer's.  The
+        connection stays where it is until the new address echoes an unpredictable challenge
+        (RFC 9000 section 9): a spoofed source cannot see the challenge, and a replayed
+        datagram, which brings nothing new, starts no validation.  Meanwhile what the new
+        address sends is taken (its ACKs and data count), and the answers still go to the old
+        address."""
+        conn = route.conn
+        path = route.path
+        if path is not None and now - path.started_at > max(
+            PATH_VALIDATION_TIMEOUT_S, 3 * conn.stats.rto_s
+        ):
+            self._give_up_path(route, path)
+            path = None
+        if path is not None and path.addr == addr:
+            path.rx_bytes += size
+            echoed = packet.path_response
+            conn.receive_packet(packet, now=now, segments=segments)
+            if echoed is not None and echoed == path.token:
+                conn.take_path_response()
+                self._move(route, path)
+            else:
+                self._challenge_path(route, path, now)
+            return route
+        if not conn.is_news(packet):
+            self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
+            return None
+        if (
+            path is not None
+            and now - path.started_at < max(conn.stats.rto_s, PATH_CHALLENGE_MIN_GAP_S)
+        ) or now - route.path_failed_at < PATH_VALIDATION_INTERVAL_S:
+            # One validation at a time, for at least one RTO (its echo is not due before),
+            # and none for a while after one failed: spoofed sources cannot keep us busy.
+            self.stats.path_validations_limited += 1
+            self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
+            return None
+        # A newer address supersedes one whose echo is overdue (the peer moved on again).
+        route.path = path = PathValidation(addr, now)
+        path.rx_bytes += size
+        self.stats.path_validations += 1
+        _log.info("path_validation_started", cid=f"{conn.local_cid:08x}", peer=str(addr))
+        conn.receive_packet(packet, now=now, segments=segments)
+        self._challenge_path(route, path, now)
+        return route
+
+    def _challenge_path(self, route: Route, path: PathValidation, now: float) -> None:
+        """Send the new address its challenge, again if the last one is one RTO old, within
+        the anti-amplification limit; give the address up after PATH_CHALLENGE_TRIES."""
+        conn = route.conn
+        if now - path.sent_at < max(conn.stats.rto_s, PATH_CHALLENGE_MIN_GAP_S):
+            return
+        if path.tries >= PATH_CHALLENGE_TRIES:
+            self._give_up_path(route, path)
+            return
+        data = conn.path_challenge(path.token)
+        if data is None:
+            route.path = None
+            return
+        if path.tx_bytes + len(data) > AMPLIFICATION_FACTOR * path.rx_bytes:
+            self.stats.amplification_limited += 1
+            return
+        path.tx_bytes += len(data)
+        path.tries += 1
+        path.sent_at = now
+        self.stats.path_challenges_sent += 1
+        self._transmits.append((data, path.addr))
+
+    def _give_up_path(self, route: Route, path: PathValidation) -> None:
+        route.path = None
+        route.path_failed_at = path.sent_at
+        self.stats.path_validations_failed += 1
+        _log.info("path_validation_failed", cid=f"{route.conn.local_cid:08x}", peer=str(path.addr))
+
+    def _move(self, route: Route, path: PathValidation) -> None:
+        """The new address echoed the challenge: the connection's traffic goes there now."""
+        conn = route.conn
+        old = route.addr
+        cid = conn.local_cid
+        route.addr = path.addr
+        route.path = None
+        same_host = isinstance(old, tuple) and isinstance(path.addr, tuple)
+        same_host = same_host and old[0] == path.addr[0]
+        key = (old, conn.peer_cid)
+        if self._syn_index.get(key) == cid:
+            del self._syn_index[key]
+            self._syn_index[(path.addr, conn.peer_cid)] = cid
+        self.stats.path_changes += 1
+        _log.info("path_changed", cid=f"{cid:08x}", old=str(old), new=str(path.addr))
+        conn.path_changed(same_host=same_host, peer=address_text(path.addr))
 
     def receive_icmp(
         self,
@@ -313,6 +447,7 @@ class Endpoint:
             route is None
             or packet is None
             or (route.addr is not None and not same_address(route.addr, addr))
+            or route.path is not None  # the peer spoke from a new address: it may have moved
             or not route.conn.receive_unreachable(packet, now=now)
         ):
             stats.icmp_errors_ignored += 1

@@ -46,6 +46,7 @@ _PLAIN_VH: Final = (VERSION << 4) | (HEADER_SIZE >> 2)  # version and header len
 _U16: Final = struct.Struct("!H")
 _U32: Final = struct.Struct("!I")
 _U32X2: Final = struct.Struct("!II")
+_U64: Final = struct.Struct("!Q")
 # Bound once: in the compiled build a call through a constant skips the attribute lookups.
 _HEAD_PLAIN: Final = struct.Struct("!BBHIIII")  # the fixed header up to its CRC field
 _pack_head_plain: Final = _HEAD_PLAIN.pack
@@ -90,6 +91,8 @@ class OptionKind(enum.IntEnum):
     PROBE_PERMITTED = 9  # no value: the SYN's sender does path MTU discovery (docs/PROTOCOL.md)
     PROBE = 10  # u32 probe id: the rest of the datagram is zero padding, never data (RFC 8899)
     PROBE_ACK = 11  # u32 id of the probe this ACK answers
+    PATH_CHALLENGE = 12  # u64 unpredictable token the peer must echo (path validation)
+    PATH_RESPONSE = 13  # u64 token of the challenge this segment answers
 
 
 @dataclass(slots=True, init=False)
@@ -119,6 +122,8 @@ class Packet:
     probe: int | None = None
     probe_ack: int | None = None
     padding: int = 0
+    path_challenge: int | None = None
+    path_response: int | None = None
 
     # Written out rather than generated: the compiled build then makes it native code.
     def __init__(
@@ -139,6 +144,8 @@ class Packet:
         probe: int | None = None,
         probe_ack: int | None = None,
         padding: int = 0,
+        path_challenge: int | None = None,
+        path_response: int | None = None,
     ) -> None:
         self.flags = flags
         self.src_cid = src_cid
@@ -156,6 +163,8 @@ class Packet:
         self.probe = probe
         self.probe_ack = probe_ack
         self.padding = padding
+        self.path_challenge = path_challenge
+        self.path_response = path_response
 
     @property
     def seg_len(self) -> int:
@@ -178,6 +187,8 @@ def options_size(
     probe_permitted: bool = False,
     probe: bool = False,
     probe_ack: bool = False,
+    path_challenge: bool = False,
+    path_response: bool = False,
 ) -> int:
     """Encoded size of the given options, padded to a multiple of four bytes."""
     n = (
@@ -189,6 +200,8 @@ def options_size(
         + (2 if probe_permitted else 0)
         + (6 if probe else 0)
         + (6 if probe_ack else 0)
+        + (10 if path_challenge else 0)
+        + (10 if path_response else 0)
     )
     return (n + 3) & ~3
 
@@ -213,6 +226,10 @@ def _encode_options(p: Packet) -> bytes:
         out += bytes((OptionKind.PROBE, 6)) + _U32.pack(p.probe)
     if p.probe_ack is not None:
         out += bytes((OptionKind.PROBE_ACK, 6)) + _U32.pack(p.probe_ack)
+    if p.path_challenge is not None:
+        out += bytes((OptionKind.PATH_CHALLENGE, 10)) + _U64.pack(p.path_challenge)
+    if p.path_response is not None:
+        out += bytes((OptionKind.PATH_RESPONSE, 10)) + _U64.pack(p.path_response)
     pad = -len(out) % 4
     if pad:
         out += bytes((OptionKind.NOP,)) * pad
@@ -237,6 +254,8 @@ def _encode(p: Packet) -> bytes:
         and not p.sack_blocks
         and p.probe is None
         and p.probe_ack is None
+        and p.path_challenge is None
+        and p.path_response is None
         and not p.probe_permitted
     ):
         opts = b"" if p.timestamps is None else _encode_options(p)
@@ -358,6 +377,14 @@ def _decode_options(p: Packet, opts: memoryview) -> None:
             if length != 6:
                 raise PacketError("probe-ack option length must be 6")
             p.probe_ack = _U32.unpack_from(opts, i + 2)[0]
+        elif kind == OptionKind.PATH_CHALLENGE:
+            if length != 10:
+                raise PacketError("path-challenge option length must be 10")
+            p.path_challenge = _U64.unpack_from(opts, i + 2)[0]
+        elif kind == OptionKind.PATH_RESPONSE:
+            if length != 10:
+                raise PacketError("path-response option length must be 10")
+            p.path_response = _U64.unpack_from(opts, i + 2)[0]
         # Unknown options are skipped by their length so later versions can add more.
         i += length
 

@@ -81,6 +81,10 @@ def packet_fields(p: Packet, wnd: int) -> dict[str, object]:
         fields["pad"] = p.padding
     if p.probe_ack is not None:
         fields["probe_ack"] = p.probe_ack
+    if p.path_challenge is not None:
+        fields["path_challenge"] = p.path_challenge
+    if p.path_response is not None:
+        fields["path_response"] = p.path_response
     return fields
 
 

@@ -105,6 +105,8 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         they reach any connection, such as those failing their checksum)."""
         if name == "stats":
             return self._conn.stats
+        if name == "peername" and self._handle.addr is not None:
+            return self._handle.addr  # where the peer is now (it may have moved, a new path)
         return self._extra.get(name, default)
 
     def is_closing(self) -> bool:

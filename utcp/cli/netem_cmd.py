@@ -167,6 +167,13 @@ def register(subparsers: Subcommands) -> None:
                 help=argparse.SUPPRESS,
             )
     parser.add_argument(
+        "--rebind-every",
+        type=arg_type(parse_duration, "duration"),
+        metavar="DURATION",
+        help="every DURATION each client's datagrams leave for the server from a new port, "
+        "as when a NAT rebinds; what the server sends to the old port is lost (e.g. 2s)",
+    )
+    parser.add_argument(
         "--seed",
         type=int,
         metavar="N",
@@ -203,14 +210,25 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"utcp netem: error: {exc}", file=sys.stderr)
         return 2
-    return utcp_run(_serve(args.listen, args.to, imps, args.seed))
+    return utcp_run(_serve(args.listen, args.to, imps, args.seed, args.rebind_every))
 
 
 async def _serve(
-    listen: tuple[str, int], to: tuple[str, int], imps: dict[str, Impairment], seed: int | None
+    listen: tuple[str, int],
+    to: tuple[str, int],
+    imps: dict[str, Impairment],
+    seed: int | None,
+    rebind_every_s: float | None = None,
 ) -> int:
     try:
-        relay = await Relay.start(listen, to, up=imps["up"], down=imps["down"], seed=seed)
+        relay = await Relay.start(
+            listen,
+            to,
+            up=imps["up"],
+            down=imps["down"],
+            seed=seed,
+            rebind_every_s=rebind_every_s,
+        )
     except OSError as exc:
         print(
             f"utcp netem: error: cannot relay {_url(listen)} -> {_url(to)}: {exc}", file=sys.stderr
@@ -225,6 +243,8 @@ async def _serve(
     # The seed is on each line: a run without --seed can be replayed with it.
     print(f"up: seed={relay.seed} {relay.counters.up.line()}")
     print(f"down: seed={relay.seed} {relay.counters.down.line()}", flush=True)
+    if relay.counters.rebinds:
+        print(f"rebinds: {relay.counters.rebinds}", flush=True)
     return 0
 
 

@@ -116,6 +116,7 @@ class Connection:
         self._events: deque[Event] = deque()
         self._close_reason: CloseReason | None = None
         self._closed_event_pending = False  # the orderly close waits for the EOF to be read
+        self.path_response: int | None = None  # the peer's echo of a path challenge, unread
         self._fast = cfg.fast_paths
 
         # The parts, each given the others it needs (never this object).
@@ -422,6 +423,55 @@ class Connection:
             return True
         self._finish(CloseReason.UNREACHABLE)
         return True
+
+    def path_challenge(self, token: int) -> bytes | None:
+        """A datagram asking the peer to echo ``token`` (a pure ACK carrying PATH_CHALLENGE),
+        which the endpoint sends to an address it is validating; None unless synchronized."""
+        if self._state not in SYNCHRONIZED or self._state is TIME_WAIT:
+            return None
+        self._count.segments_sent += 1
+        return self._seg.build(_ACK, self._snd.nxt, b"", path_challenge=token)
+
+    def is_news(self, p: Packet) -> bool:
+        """Whether ``p`` would tell this synchronized connection something new: data or a FIN
+        beyond RCV.NXT within the window, an ACK beyond SND.UNA of data sent, the peer's exact
+        keepalive probe, or an echo of a path challenge.  A copy of an old datagram replayed
+        later tells nothing new (the endpoint lets only news start a path validation)."""
+        st = self._state
+        if (st not in SYNCHRONIZED and st is not SYN_RECEIVED) or st is TIME_WAIT or p.flags & _RST:
+            return False
+        if p.path_response is not None:
+            return True
+        rcv = self._rcv
+        snd = self._snd
+        seg_pos = rcv.position(p.seq)
+        end = seg_pos + len(p.payload) + (1 if p.flags & _FIN else 0)
+        if end > rcv.nxt and seg_pos <= rcv.nxt + max(rcv.window(), 1):
+            return True
+        if not p.flags & _ACK:
+            return False
+        ack_pos = snd.position(p.ack)
+        if snd.una < ack_pos <= snd.max:
+            return True
+        # A keepalive or stall probe (SEQ = RCV.NXT - 1) acknowledging no less than before.
+        return seg_pos == rcv.nxt - 1 and snd.una <= ack_pos <= snd.max
+
+    def take_path_response(self) -> int | None:
+        """The token the peer last echoed (PATH_RESPONSE), once; None if none arrived."""
+        token = self.path_response
+        self.path_response = None
+        return token
+
+    def path_changed(self, *, same_host: bool, peer: str | None = None) -> None:
+        """The endpoint moved the connection to a validated new peer address (``peer``, as
+        text, for the trace).  Another host is another path: its RTT and congestion state
+        start over (RFC 9000 section 9.4); a new port on the same host (a NAT rebinding)
+        keeps them."""
+        self._log.info("path_changed", same_host=same_host, peer=peer)
+        if self._trace.tracer is not None:
+            self._trace.event("path_changed", {"peer": peer, "same_host": same_host})
+        if not same_host:
+            self._loss.restart_path(self._snd.mss)
 
     def abort(self) -> None:
         """Reset the connection: send RST and forget everything at once."""
@@ -744,6 +794,10 @@ class Connection:
             return
         if self._state is CLOSED:
             return
+        if p.path_challenge is not None:
+            self._control.path_response = p.path_challenge  # echoed on the next pure ACK
+        if p.path_response is not None:
+            self.path_response = p.path_response
         if payload or flags & _FIN:
             self._rx_data(seg_pos, payload, bool(flags & _FIN), now)
         elif p.probe is not None or p.probe_ack is not None:

@@ -48,6 +48,7 @@ class LossRecovery:
         trace: TracePoints,
         log: Any,
     ) -> None:
+        self._cfg = config
         self.scoreboard = Scoreboard()
         self.rtt = RttEstimator(
             initial_rto_s=config.rto_initial_s,
@@ -90,6 +91,18 @@ class LossRecovery:
         self._log = log
 
     # ------------------------------------------------------------------ acknowledgements
+
+    def restart_path(self, mss: int) -> None:
+        """The connection moved to a new path (another host): what was learnt about the old
+        one says nothing of it, so the RTT estimate and the congestion controller start over
+        (RFC 9000 section 9.4); what is in flight stays on the scoreboard."""
+        cfg = self._cfg
+        self.rtt = RttEstimator(
+            initial_rto_s=cfg.rto_initial_s, rto_min_s=cfg.rto_min_s, rto_max_s=cfg.rto_max_s
+        )
+        self.cc = congestion.create(
+            cfg.congestion_control, mss=mss, initial_window_segments=cfg.initial_cwnd_segments
+        )
 
     def on_syn_acked(self, now: float, sent_at: float | None) -> None:
         """Our SYN is acknowledged: its RTT sample (None when it was sent more than once)
@@ -136,6 +149,8 @@ class LossRecovery:
             and (p.window << snd.wscale) == snd.wnd
             and p.probe is None  # a PMTU probe, or its answer, says nothing about our data
             and p.probe_ack is None
+            and p.path_challenge is None  # path validation says nothing about our data
+            and p.path_response is None
         ):
             self.on_dupack(now, sacked=bool(p.sack_blocks and sack_ok))
         elif sack_ok and p.sack_blocks and len(self.scoreboard):

@@ -60,6 +60,8 @@ class HeaderPrediction:
             or loss.tlp_high  # a probe's episode is open: the general path ends it
             or p.probe is not None
             or p.probe_ack is not None
+            or p.path_challenge is not None
+            or p.path_response is not None
             or rcv.reasm.nbytes
             or rcv.fin_pos is not None
             or snd.fin_pos is not None

@@ -63,16 +63,26 @@ class Segments:
         self._trace = trace
 
     def build(
-        self, flags: int, seq_pos: int, payload: bytes, *, probe_ack: int | None = None
+        self,
+        flags: int,
+        seq_pos: int,
+        payload: bytes,
+        *,
+        probe_ack: int | None = None,
+        path_challenge: int | None = None,
+        path_response: int | None = None,
     ) -> bytes:
         """One encoded segment at position ``seq_pos``, with the ACK, window and options due;
-        ``probe_ack`` answers the peer's PMTU probe of that id (on a pure ACK)."""
+        ``probe_ack`` answers the peer's PMTU probe of that id, ``path_challenge`` asks the
+        peer to echo a token and ``path_response`` echoes one (each on a pure ACK)."""
         rcv = self._rcv
         opts = self._opts
         trace = self._trace
         if (
             not opts.ts_ok
             and probe_ack is None
+            and path_challenge is None
+            and path_response is None
             and trace.tracer is None
             and not (opts.sack_ok and (rcv.reasm.nbytes or rcv.dsack is not None) and flags & _ACK)
         ):
@@ -110,8 +120,12 @@ class Segments:
             p.timestamps = (opts.ts_now(), opts.ts_recent)
         if probe_ack is not None:
             p.probe_ack = probe_ack
+        path = path_challenge is not None or path_response is not None
+        if path:
+            p.path_challenge = path_challenge
+            p.path_response = path_response
         if opts.sack_ok and (len(rcv.reasm) or rcv.dsack is not None) and flags & _ACK:
-            p.sack_blocks = self._sack_blocks(len(payload), probe_ack is not None)
+            p.sack_blocks = self._sack_blocks(len(payload), probe_ack is not None, path)
             rcv.dsack = None  # reported once (RFC 2883 section 4)
         return self._finish(p, flags)
 
@@ -199,15 +213,17 @@ class Segments:
             trace.event("datagram_sent", packet_fields(p, p.window << rcv.wscale))
         return encode(p)
 
-    def _sack_blocks(self, payload_len: int, probe_ack: bool) -> tuple[tuple[int, int], ...]:
+    def _sack_blocks(
+        self, payload_len: int, probe_ack: bool, path: bool = False
+    ) -> tuple[tuple[int, int], ...]:
         rcv = self._rcv
         ts_ok = self._opts.ts_ok
         ranges = rcv.reasm.ranges()
         limit = _MAX_SACK_BLOCKS_WITH_TS if ts_ok else _MAX_SACK_BLOCKS
-        if probe_ack:  # the 6-byte PROBE_ACK shares the 36 option bytes
-            while options_size(sack_blocks=limit, timestamps=ts_ok, probe_ack=True) > (
-                MAX_OPTIONS_SIZE
-            ):
+        if probe_ack or path:  # PROBE_ACK (6 bytes), a path option (10) share the 36 bytes
+            while options_size(
+                sack_blocks=limit, timestamps=ts_ok, probe_ack=probe_ack, path_challenge=path
+            ) > (MAX_OPTIONS_SIZE):
                 limit -= 1
         if payload_len:
             # Options must not push a data segment past the datagram size the MSS allows

@@ -62,7 +62,7 @@ class Teardown:
         self._loss.clear()
         control = self._control
         control.need_syn = control.send_probe = False
-        control.probe_ack_id = None
+        control.probe_ack_id = control.path_response = None
         self._dl.time_wait = now + self.time_wait_s
 
     def shorten(self, now: float, in_time_wait: bool) -> None:

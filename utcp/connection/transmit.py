@@ -146,6 +146,12 @@ class Transmit:
             out.append(seg.build(_ACK, snd.nxt, b"", probe_ack=control.probe_ack_id))
             control.probe_ack_id = None
             count.segments_sent += 1
+        if control.path_response is not None:
+            # Echo the peer's path challenge at once, on a pure ACK (from wherever the peer
+            # now is: the endpoint sends to the address it knows, the challenger's own).
+            out.append(seg.build(_ACK, snd.nxt, b"", path_response=control.path_response))
+            control.path_response = None
+            count.segments_sent += 1
         rcv = self._rcv
         if control.send_probe:
             control.send_probe = False
@@ -191,6 +197,7 @@ class Transmit:
             and not (self._rcv.ack_now or control.need_rst or control.need_syn)
             and not control.send_probe
             and control.probe_ack_id is None
+            and control.path_response is None
             and snd.nxt == snd.buf.end
             and snd.fin_pos is None
             and not self._loss.scoreboard.has_lost

@@ -112,6 +112,7 @@ class RelayCounters:
     mappings_created: int = 0
     mappings_expired: int = 0  # idle for idle_timeout_s
     mappings_evicted: int = 0  # least recently used, to make room under max_clients
+    rebinds: int = 0  # times every mapping moved to a new upstream port (rebind())
 
 
 class _Mapping:
@@ -213,6 +214,7 @@ class Relay:
         seed: int,
         max_clients: int,
         idle_timeout_s: float,
+        rebind_every_s: float | None = None,
     ) -> None:
         self._loop = loop
         self._listener = listener
@@ -227,8 +229,13 @@ class Relay:
         self._mappings: OrderedDict[Address, _Mapping] = OrderedDict()  # least recent first
         self._closed = False
         self._sweeper: asyncio.TimerHandle | None = None
+        self._stale: list[socket.socket] = []  # upstream sockets left behind by rebind()
+        self.rebind_every_s = rebind_every_s
+        self._rebinder: asyncio.TimerHandle | None = None
         loop.add_reader(listener.fileno(), self._on_listener_readable)
         self._arm_sweeper()
+        if rebind_every_s is not None:
+            self._rebinder = loop.call_later(rebind_every_s, self._rebind_again)
 
     @classmethod
     async def start(
@@ -241,11 +248,16 @@ class Relay:
         seed: int | None = None,
         max_clients: int = 1024,
         idle_timeout_s: float = 60.0,
+        rebind_every_s: float | None = None,
     ) -> Relay:
         """Bind ``listen`` (port 0 picks one: read ``address``) and relay to ``to``.
 
         ``seed=None`` picks a random seed, kept in ``seed`` so a run can be replayed.
+        ``rebind_every_s``: every so often each client's datagrams leave from a new port, as
+        when a NAT rebinds (``rebind()``).
         """
+        if rebind_every_s is not None and not rebind_every_s > 0:
+            raise ValueError(f"rebind_every_s must be positive, not {rebind_every_s!r}")
         if max_clients < 1:
             raise ValueError(f"max_clients must be >= 1, not {max_clients!r}")
         if not idle_timeout_s > 0:
@@ -269,6 +281,7 @@ class Relay:
                 seed=seed,
                 max_clients=max_clients,
                 idle_timeout_s=idle_timeout_s,
+                rebind_every_s=rebind_every_s,
             )
         except BaseException:
             listener.close()
@@ -318,6 +331,11 @@ class Relay:
         self._closed = True
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._rebinder is not None:
+            self._rebinder.cancel()
+        for sock in self._stale:
+            sock.close()
+        self._stale.clear()
         for d in (self._up, self._down):
             if d.timer is not None:
                 d.timer.cancel()
@@ -329,6 +347,27 @@ class Relay:
         self._loop.remove_reader(self._listener.fileno())
         self._listener.close()
         _log.info("relay_closed", up=self.counters.up.line(), down=self.counters.down.line())
+
+    def rebind(self) -> None:
+        """Move every client mapping to a new upstream socket, so that the destination sees
+        each client's datagrams come from a new port, as when a NAT rebinds.  The old socket
+        stays open and unread until the relay closes: what the destination still sends to the
+        old port is lost without an ICMP error, as at a NAT that forgot the binding."""
+        for mapping in list(self._mappings.values()):
+            sock = self._upstream_socket(mapping.client)
+            if sock is None:
+                continue
+            self._loop.remove_reader(mapping.sock.fileno())
+            self._stale.append(mapping.sock)
+            mapping.sock = sock
+            self._loop.add_reader(sock.fileno(), self._on_upstream_readable, mapping)
+        self.counters.rebinds += 1
+        _log.info("relay_rebound", clients=len(self._mappings), rebinds=self.counters.rebinds)
+
+    def _rebind_again(self) -> None:
+        self.rebind()
+        if not self._closed and self.rebind_every_s is not None:
+            self._rebinder = self._loop.call_later(self.rebind_every_s, self._rebind_again)
 
     async def wait_closed(self) -> None:
         """Return once closed (closing is immediate: there is nothing to flush)."""
@@ -473,6 +512,18 @@ class Relay:
             self._close_mapping(oldest)
             self.counters.mappings_evicted += 1
             _log.info("mapping_evicted", client=_format(oldest.client), max=self.max_clients)
+        sock = self._upstream_socket(client)
+        if sock is None:
+            return None
+        mapping = _Mapping(client, sock, now)
+        self._mappings[client] = mapping
+        self._loop.add_reader(sock.fileno(), self._on_upstream_readable, mapping)
+        self.counters.mappings_created += 1
+        _log.debug("mapping_opened", client=_format(client), via=_format(sock.getsockname()))
+        return mapping
+
+    def _upstream_socket(self, client: Address) -> socket.socket | None:
+        """A new socket towards the destination for ``client``'s datagrams (None: failed)."""
         sock = socket.socket(self._family, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
@@ -483,12 +534,7 @@ class Relay:
             self.counters.up.errors += 1
             _log.warning("mapping_failed", client=_format(client), error=repr(exc))
             return None
-        mapping = _Mapping(client, sock, now)
-        self._mappings[client] = mapping
-        self._loop.add_reader(sock.fileno(), self._on_upstream_readable, mapping)
-        self.counters.mappings_created += 1
-        _log.debug("mapping_opened", client=_format(client), via=_format(sock.getsockname()))
-        return mapping
+        return sock
 
     def _close_mapping(self, mapping: _Mapping) -> None:
         if mapping.closed:

@@ -1,0 +1,246 @@
+"""Connections that follow their peer to a new address (utcp.endpoint, RFC 9000 section 9 as
+the model), on the sans-I/O endpoint's fake network (tests/test_endpoint.py's ``Net``): a NAT
+rebinding mid-transfer, a client on a new host, during the handshake and during the close,
+with the first challenge lost; and what must not move a connection: a spoofed source, a
+replayed datagram, a wrong echo, a second new address while one is being validated."""
+
+from __future__ import annotations
+
+from tests.test_endpoint import CLIENT, SERVER, STRANGER, Net, _establish
+from utcp import ConnectionState, decode
+from utcp.endpoint import AMPLIFICATION_FACTOR, PATH_CHALLENGE_TRIES, Address, Route
+from utcp.events import DropReason
+from utcp.packet import Packet, encode
+from utcp.trace import ListTracer
+
+S = ConnectionState
+REBOUND: Address = (CLIENT[0], CLIENT[1] + 1)  # the NAT's new port for the same host
+MOVED: Address = ("10.0.0.7", 4000)  # another host: the client moved networks
+
+
+def _rebind(net: Net, new: Address, old: Address = CLIENT) -> None:
+    """The client's datagrams come from ``new`` from now on; what is sent to ``old`` is lost
+    (kept in ``net.stray``)."""
+    net.endpoints[new] = net.endpoints.pop(old)
+
+
+def _send(net: Net, route: Route, data: bytes) -> None:
+    route.conn.send(data)
+    net.pump()
+
+
+def _server_bytes(net: Net, server: Route) -> bytes:
+    return bytes(net.received.get(server.conn.local_cid, b""))
+
+
+def _challenges(datagrams: list[tuple[bytes, Address]]) -> list[tuple[int, Address]]:
+    out = []
+    for data, addr in datagrams:
+        p = decode(data)
+        if p.path_challenge is not None:
+            out.append((p.path_challenge, addr))
+    return out
+
+
+def test_a_nat_rebinding_mid_transfer_is_followed_and_keeps_the_path_state() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _send(net, client, b"a" * 3000)
+    srtt, cwnd = server.conn.stats.srtt_s, server.conn.stats.cwnd_bytes
+    tracer = ListTracer()
+    server.conn.set_tracer(tracer, now=net.now)
+    _rebind(net, REBOUND)
+    _send(net, client, b"b" * 3000)
+    assert server.addr == REBOUND
+    assert _server_bytes(net, server) == b"a" * 3000 + b"b" * 3000
+    stats = net.server.stats
+    assert (stats.path_validations, stats.path_changes, stats.path_validations_failed) == (1, 1, 0)
+    assert stats.path_challenges_sent == 1
+    (moved,) = tracer.named("path_changed")
+    assert moved.fields == {"peer": "10.0.0.1:4001", "same_host": True}
+    challenge = [e for e in tracer.named("datagram_sent") if "path_challenge" in e.fields]
+    echo = [e for e in tracer.named("datagram_received") if "path_response" in e.fields]
+    assert len(challenge) == len(echo) == 1
+    # Only the port changed: the same path, its RTT estimate and window kept.
+    assert server.conn.stats.srtt_s == srtt and server.conn.stats.cwnd_bytes >= cwnd
+    # The server's own data now reaches the client at its new address.
+    server.conn.send(b"reply")
+    net.pump()
+    assert bytes(net.received[client.conn.local_cid]) == b"reply"
+
+
+def test_a_client_on_a_new_host_is_followed_and_the_path_state_starts_over() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _send(net, client, b"x" * 20_000)
+    assert server.conn.stats.srtt_s is not None
+    _rebind(net, MOVED)
+    _send(net, client, b"y" * 100)
+    assert server.addr == MOVED
+    assert server.conn.stats.srtt_s is None or server.conn.stats.srtt_s == 0  # no sample yet
+    assert (
+        server.conn.stats.cwnd_bytes == server.conn.config.initial_cwnd_segments * server.conn.mss
+    )
+    assert _server_bytes(net, server) == b"x" * 20_000 + b"y" * 100
+
+
+def test_until_the_echo_arrives_the_answers_go_to_the_old_address() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _rebind(net, REBOUND)
+    client.conn.send(b"h" * 3000)  # two segments: acknowledged at once
+    # Deliver the client's datagram alone: the server takes the data, challenges the new
+    # address, and acknowledges to the old one.
+    for data, dst in net.outgoing(REBOUND):
+        net.send(data, REBOUND, dst)
+    assert server.addr == CLIENT and server.path is not None
+    out = net.outgoing(SERVER)
+    (token, where), *_ = _challenges(out)
+    assert where == REBOUND and token == server.path.token
+    assert {addr for data, addr in out if decode(data).path_challenge is None} == {CLIENT}
+    assert _server_bytes(net, server) == b"h" * 3000
+
+
+def test_a_spoofed_source_never_moves_the_connection() -> None:
+    """Someone who saw the client's latest ACK sends a copy of it first, from another
+    address: it is news to the server, which challenges that address; nobody there can
+    answer, the validation is given up, and the real client keeps working from where it
+    was."""
+    net = Net()
+    client, server = _establish(net)
+    server.conn.send(b"s" * 5000)  # several segments: the client acknowledges at once
+    for data, dst in net.outgoing(SERVER):
+        net.send(data, SERVER, dst)
+    acks = [data for data, _ in net.outgoing(CLIENT)]  # the client's ACKs, seen on the way
+    ack = acks[0]
+    assert net.send(ack, STRANGER) is server  # the copy gets there first
+    for data in acks:
+        net.send(data, CLIENT)
+    net.pump()
+    assert server.addr == CLIENT and server.path is not None
+    for _ in range(PATH_CHALLENGE_TRIES + 2):
+        _send(net, client, b"real")  # the real client carries on ...
+        net.send(ack, STRANGER)  # ... while the copy keeps coming
+        net.advance(2.0)
+    assert server.addr == CLIENT
+    stats = net.server.stats
+    assert stats.path_changes == 0 and stats.path_validations_failed == 1
+    assert 1 <= stats.path_challenges_sent <= PATH_CHALLENGE_TRIES
+    assert {addr for _, addr in _challenges(net.stray)} == {STRANGER}
+    assert _server_bytes(net, server) == b"real" * (PATH_CHALLENGE_TRIES + 2)
+
+
+def _held(net: Net, client: Route, at: Address, data: bytes) -> list[Packet]:
+    """The datagrams the client sends for ``data`` from ``at``, taken off the wire."""
+    client.conn.send(data)
+    return [decode(d) for d, _ in net.outgoing(at)]
+
+
+def test_a_wrong_echo_moves_nothing() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _rebind(net, REBOUND)
+    client.conn.send(b"hello")
+    for data, dst in net.outgoing(REBOUND):
+        net.send(data, REBOUND, dst)
+    assert server.path is not None
+    (wrong, *_) = _held(net, client, REBOUND, b"more")
+    wrong.path_response = server.path.token ^ 1
+    net.send(encode(wrong), REBOUND)
+    assert server.addr == CLIENT and net.server.stats.path_changes == 0
+    wrong.path_response = server.path.token  # the right token, from the wrong address
+    net.send(encode(wrong), MOVED)
+    assert server.addr == CLIENT and net.server.stats.path_changes == 0
+
+
+def test_a_replayed_old_datagram_starts_no_validation() -> None:
+    net = Net()
+    client, server = _establish(net)
+    client.conn.send(b"old news")
+    captured = [data for data, _ in net.outgoing(CLIENT)]
+    for data in captured:
+        net.send(data, CLIENT)
+    net.pump()
+    for data in captured:  # replayed later, from elsewhere
+        assert net.send(data, STRANGER) is None
+    stats = net.server.stats
+    assert stats.path_validations == 0 and stats.path_challenges_sent == 0
+    assert stats.dropped[DropReason.WRONG_ADDRESS.value] == len(captured)
+    assert net.server.datagrams_to_send() == []
+    assert _server_bytes(net, server) == b"old news"
+
+
+def test_challenges_stay_within_three_times_what_the_new_address_sent() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _rebind(net, REBOUND)
+    client.conn.send(b"z")
+    received = 0
+    for data, dst in net.outgoing(REBOUND):
+        received += len(data)
+        net.send(data, REBOUND, dst)
+    for _ in range(5):
+        net.now += 1.0
+        net.server.receive_datagram(b"", REBOUND, now=net.now)  # malformed: counted, dropped
+    sent = sum(len(d) for d, a in net.server.datagrams_to_send() if a == REBOUND)
+    assert 0 < sent <= AMPLIFICATION_FACTOR * received
+    assert server.path is not None and server.path.tx_bytes <= AMPLIFICATION_FACTOR * received
+
+
+def test_a_second_new_address_waits_while_one_is_validated() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _rebind(net, REBOUND)
+    client.conn.send(b"one")
+    for data, dst in net.outgoing(REBOUND):
+        net.send(data, REBOUND, dst)
+    (other, *_) = _held(net, client, REBOUND, b"two")
+    assert net.send(encode(other), MOVED) is None
+    assert net.server.stats.path_validations_limited == 1
+    assert server.path is not None and server.path.addr == REBOUND
+
+
+def test_a_lost_challenge_is_sent_again_when_the_peer_retransmits() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _rebind(net, REBOUND)
+    client.conn.send(b"q" * 2000)
+    for data, dst in net.outgoing(REBOUND):
+        net.send(data, REBOUND, dst)
+    lost = net.outgoing(SERVER)  # the first challenge (and the ACKs to the old address) lost
+    assert len(_challenges(lost)) == 1
+    net.advance(10.0)  # the client retransmits from its new address; challenged again
+    assert server.addr == REBOUND
+    assert net.server.stats.path_challenges_sent == 2
+    assert _server_bytes(net, server) == b"q" * 2000
+
+
+def test_a_rebinding_during_the_handshake_completes_it_at_the_new_address() -> None:
+    net = Net()
+    endpoint = net.add_client(CLIENT)
+    client = endpoint.connect(None, now=net.now)
+    for data, dst in net.outgoing(CLIENT):  # the SYN
+        net.send(data, CLIENT, dst)
+    for data, dst in net.outgoing(SERVER):  # the SYN-ACK, to the old binding
+        net.send(data, SERVER, dst)
+    _rebind(net, REBOUND)
+    net.pump()  # the handshake's ACK comes from the new port
+    server = net.server.route_for(client.conn.peer_cid)
+    assert server is not None and server.conn.state is S.ESTABLISHED
+    _send(net, client, b"after")
+    assert server.addr == REBOUND and _server_bytes(net, server) == b"after"
+
+
+def test_a_rebinding_during_the_close_still_closes_cleanly() -> None:
+    net = Net()
+    client, server = _establish(net)
+    _send(net, client, b"bye")
+    _rebind(net, REBOUND)
+    client.conn.close()
+    net.pump()
+    server.conn.close()
+    net.pump()
+    net.advance(10.0)
+    assert client.conn.close_reason is not None and server.conn.close_reason is not None
+    assert client.conn.close_reason.value == server.conn.close_reason.value == "closed"
+    assert net.server.stats.path_changes == 1
