@@ -5,6 +5,7 @@ again and again, as a NAT that rebinds does, while data flows both ways."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 
 import pytest
@@ -71,6 +72,92 @@ def test_an_upload_survives_a_nat_that_rebinds_every_few_hundred_ms(run: Runner)
             assert first != last and last[0] == first[0] == HOST  # the same host, a new port
         finally:
             relay.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_a_client_moves_to_a_new_local_address_mid_transfer(run: Runner) -> None:
+    """``writer.transport.migrate(local_addr=...)`` mid-upload: the connection goes on from
+    the new address (another host: 127.0.0.2), the server follows it, and every byte
+    arrives; on the server's side the call is refused."""
+
+    async def main() -> None:
+        refused: list[BaseException] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await writer.transport.migrate()  # type: ignore[attr-defined]
+            except RuntimeError as exc:
+                refused.append(exc)
+            await _sink_and_echo_digest(reader, writer)
+
+        server = await utcp.start_server(handle, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await utcp.open_connection(HOST, port)
+            digest = hashlib.sha256()
+            first = bytearray()
+            for seed in range(8):
+                if seed == 4:
+                    await writer.transport.migrate(local_addr=("127.0.0.2", 0))  # type: ignore[attr-defined]
+                    assert writer.get_extra_info("sockname")[0] == "127.0.0.2"
+                chunk = seeded_bytes(100 + seed, 512 << 10)
+                writer.write(chunk)
+                await writer.drain()
+                digest.update(chunk)
+                if len(first) < 1 << 20:
+                    first += chunk
+            writer.write_eof()
+            answer = await reader.readexactly(32 + (1 << 20))
+            assert answer[:32] == digest.digest() and answer[32:] == first[: 1 << 20]
+            writer.close()
+            await writer.wait_closed()
+            assert server.stats["path_changes"] == 1, server.stats
+            assert PEERS[-2][0] == HOST and PEERS[-1][0] == "127.0.0.2"
+            assert len(refused) == 1
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_a_client_whose_socket_lost_its_network_moves_by_itself(run: Runner) -> None:
+    """The socket reports that its network is unreachable (as when the interface it was
+    bound to went away): the client endpoint moves its connection to a new socket on its
+    own, once, and the transfer goes on through the server following it."""
+
+    async def main() -> None:
+        server = await utcp.start_server(_sink_and_echo_digest, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await utcp.open_connection(HOST, port)
+            before = writer.get_extra_info("sockname")
+            endpoint = writer.get_extra_info("endpoint")
+            data = seeded_bytes(5, 1 << 20)
+            writer.write(data[: 1 << 19])
+            await writer.drain()
+            for _ in range(3):  # three errors in a row: one move
+                endpoint.error_received(OSError(errno.ENETUNREACH, "Network is unreachable"))
+            for _ in range(200):
+                udp = endpoint.transport
+                if udp is not None and udp.get_extra_info("sockname") != before:
+                    break
+                await asyncio.sleep(0.01)
+            assert endpoint.transport.get_extra_info("sockname") != before
+            assert writer.get_extra_info("sockname") == endpoint.transport.get_extra_info(
+                "sockname"
+            )
+            writer.write(data[1 << 19 :])
+            writer.write_eof()
+            answer = await reader.readexactly(32 + (1 << 20))
+            assert answer[:32] == hashlib.sha256(data).digest()
+            writer.close()
+            await writer.wait_closed()
+            assert server.stats["path_changes"] == 1
+        finally:
             server.close()
             await server.wait_closed()
 

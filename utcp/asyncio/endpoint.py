@@ -41,6 +41,7 @@ from .dgram import (
     DatagramIO,
     FastDatagramTransport,
     burst_sender,
+    create_endpoint,
     drain_transport_errors,
     set_dont_fragment,
 )
@@ -66,6 +67,11 @@ def _peer_text(addr: Address) -> str:
         host = str(addr[0])
         return f"[{host}]:{addr[1]}" if ":" in host else f"{host}:{addr[1]}"
     return "the peer" if addr is None else str(addr)
+
+
+# Send errors saying this socket's own address or network is gone (not the peer's).
+_LOCAL_PATH_ERRNOS: Final = frozenset((errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN))
+REBIND_INTERVAL_S: Final = 1.0
 
 
 class Endpoint:
@@ -98,6 +104,11 @@ class Endpoint:
         self._single = protocol_factory is None and not persistent
         self._observer = observer
         self._transport: DatagramIO | None = None
+        self._retiring: DatagramIO | None = None  # the socket migrate() left, closing
+        # A client whose socket can no longer send (its address or network went away) moves
+        # to a new socket by itself, at most once per REBIND_INTERVAL_S.
+        self._rebinding: asyncio.Task[None] | None = None
+        self._rebound_at = -math.inf
         # The protocol work: routing, SYN cookies, resets, the backlog, anti-amplification.
         # Its routes are this layer's ConnectionHandles (made by _new_handle).  Connections
         # the application is done with that still wind down (FIN_WAIT_2, TIME_WAIT) are
@@ -146,6 +157,9 @@ class Endpoint:
                 set_dont_fragment(sock)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._retiring is not None and self._transport is not None:
+            self._retiring = None  # the old socket of migrate(): the connections moved on
+            return
         self._transport = None
         cancel_at_shutdown(id(self))
         handles = self.handles()
@@ -163,6 +177,72 @@ class Endpoint:
         if not self._done.done():
             self._done.set_result(None)
 
+    def _rebind_soon(self) -> None:
+        """The socket reported that its local address or network is gone: move the
+        connections to a new socket (the kernel picks its address), once per interval."""
+        now = _clock()
+        if (
+            self._closing
+            or self._rebinding is not None
+            or now - self._rebound_at < REBIND_INTERVAL_S
+        ):
+            return
+        self._rebound_at = now
+        _log.info("endpoint_rebinding")
+        self._rebinding = self._loop.create_task(self.migrate())
+        self._rebinding.add_done_callback(self._rebound)
+
+    def _rebound(self, task: asyncio.Task[None]) -> None:
+        self._rebinding = None
+        if not task.cancelled() and task.exception() is not None:
+            _log.info("endpoint_rebind_failed", error=repr(task.exception()))
+
+    async def migrate(self, local_addr: Any = None) -> None:
+        """Move this client endpoint's connections to a new UDP socket, bound to
+        ``local_addr`` (default: any address, a new port) and connected to the same server as
+        the old one; the old socket closes.  Each connection sends a probe from the new
+        socket at once, and the server follows once the new address has echoed its path
+        challenge (docs/PROTOCOL.md section 4.2).  A server endpoint does not move."""
+        if self._protocol_factory is not None:
+            raise RuntimeError("a server's connections do not move: its clients move to it")
+        old = self._transport
+        sock = old.get_extra_info("socket") if old is not None else None
+        if old is None or sock is None or self._closing:
+            raise ConnectionError("the connection's socket is closed")
+        family = sock.family
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = None
+        new = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            new.setblocking(False)
+            if family == socket.AF_INET6:
+                v6only = sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+                new.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+            new.bind(
+                local_addr
+                if local_addr is not None
+                else ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
+            )
+            if peer is not None:
+                new.connect(peer)
+        except BaseException:
+            new.close()
+            raise
+        self._retiring = old
+        try:
+            await create_endpoint(lambda: self, config=self.config, sock=new)
+        except BaseException:
+            self._retiring = None
+            new.close()
+            raise
+        old.close()
+        _log.info("endpoint_migrated", old=str(sock.getsockname()), new=str(new.getsockname()))
+        for handle in self.handles():
+            handle.conn.probe_path()
+            self.service(handle)
+
     def error_received(self, exc: Exception) -> None:
         # On a connected (client) socket the kernel reports ICMP port unreachable here: nobody
         # listens at the peer's address, so a pending connect is refused at once.
@@ -177,6 +257,12 @@ class Endpoint:
                     self._forget(handle)
         if isinstance(exc, OSError) and exc.errno == errno.EMSGSIZE:
             self.stats.send_errors += 1  # too big for the path: a lost probe, as on the wire
+        if (
+            isinstance(exc, OSError)
+            and exc.errno in _LOCAL_PATH_ERRNOS
+            and self._protocol_factory is None
+        ):
+            self._rebind_soon()
         _log.debug("socket_error", error=repr(exc))
         transport = self._transport
         if transport is not None and not isinstance(transport, FastDatagramTransport):

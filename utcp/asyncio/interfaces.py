@@ -91,6 +91,10 @@ class TransportHost(Protocol):
         """Call ``callback(*args)`` soon, once the socket is released if it is going."""
         ...
 
+    async def migrate(self, local_addr: Any = None) -> None:
+        """Move the endpoint's connections to a new UDP socket (a client endpoint only)."""
+        ...
+
 
 class ConnectionHandle(Route):
     """The asyncio endpoint's record of one connection: the core endpoint's ``Route`` (the

@@ -80,6 +80,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         peer = handle.addr
         if peer is None and udp is not None:
             peer = udp.get_extra_info("peername")
+        self._udp_seen = udp
         self._extra: dict[str, Any] = {
             "peername": peer,
             "sockname": udp.get_extra_info("sockname") if udp else None,
@@ -107,7 +108,22 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
             return self._conn.stats
         if name == "peername" and self._handle.addr is not None:
             return self._handle.addr  # where the peer is now (it may have moved, a new path)
+        if name in ("sockname", "socket") and self._extra.get(name) is not None:
+            udp = self._endpoint.transport  # the socket now: a client may have moved
+            if udp is not None and udp is not self._udp_seen:
+                self._udp_seen = udp
+                self._extra["sockname"] = udp.get_extra_info("sockname")
+                peer = self.get_extra_info("peername")
+                self._extra["socket"] = SocketView(udp.get_extra_info("socket"), peer)
         return self._extra.get(name, default)
+
+    async def migrate(self, local_addr: Any = None) -> None:
+        """Move this (client) connection to a new UDP socket bound to ``local_addr``
+        (default: a new port on any address), as when the host changes networks; the
+        server follows once the new address answers its path challenge (README, "When the
+        client's address changes").  Every connection sharing the old socket moves with it.
+        ``RuntimeError`` on the server's side: a server's connections do not move."""
+        await self._endpoint.migrate(local_addr)
 
     def is_closing(self) -> bool:
         return self._closing or self._lost

@@ -456,6 +456,14 @@ class Connection:
         # A keepalive or stall probe (SEQ = RCV.NXT - 1) acknowledging no less than before.
         return seg_pos == rcv.nxt - 1 and snd.una <= ack_pos <= snd.max
 
+    def probe_path(self) -> None:
+        """Send a probe (a bare ACK, SEQ = SND.UNA - 1) with the next datagrams: after the
+        connection moved to a new local socket it is news to the peer, which then validates
+        the new address (docs/PROTOCOL.md section 4.2) even if nothing else is due."""
+        st = self._state
+        if st in SYNCHRONIZED and st is not TIME_WAIT:
+            self._control.send_probe = True
+
     def take_path_response(self) -> int | None:
         """The token the peer last echoed (PATH_RESPONSE), once; None if none arrived."""
         token = self.path_response
