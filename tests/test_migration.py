@@ -24,6 +24,23 @@ def _rebind(net: Net, new: Address, old: Address = CLIENT) -> None:
     net.endpoints[new] = net.endpoints.pop(old)
 
 
+def _once(net: Net, src: Address) -> int:
+    """Deliver what the endpoint at ``src`` has to send now, once (no answers); its bytes."""
+    total = 0
+    for data, dst in net.outgoing(src):
+        total += len(data)
+        net.send(data, src, dst)
+    return total
+
+
+def _moved_and_challenged(net: Net, client: Route, data: bytes) -> None:
+    """The client rebinds and sends ``data``; the server takes it and challenges, and
+    nothing more is delivered."""
+    _rebind(net, REBOUND)
+    client.conn.send(data)
+    _once(net, REBOUND)
+
+
 def _send(net: Net, route: Route, data: bytes) -> None:
     route.conn.send(data)
     net.pump()
@@ -139,10 +156,7 @@ def _held(net: Net, client: Route, at: Address, data: bytes) -> list[Packet]:
 def test_a_wrong_echo_moves_nothing() -> None:
     net = Net()
     client, server = _establish(net)
-    _rebind(net, REBOUND)
-    client.conn.send(b"hello")
-    for data, dst in net.outgoing(REBOUND):
-        net.send(data, REBOUND, dst)
+    _moved_and_challenged(net, client, b"hello")
     assert server.path is not None
     (wrong, *_) = _held(net, client, REBOUND, b"more")
     wrong.path_response = server.path.token ^ 1
@@ -190,10 +204,7 @@ def test_challenges_stay_within_three_times_what_the_new_address_sent() -> None:
 def test_a_second_new_address_waits_while_one_is_validated() -> None:
     net = Net()
     client, server = _establish(net)
-    _rebind(net, REBOUND)
-    client.conn.send(b"one")
-    for data, dst in net.outgoing(REBOUND):
-        net.send(data, REBOUND, dst)
+    _moved_and_challenged(net, client, b"one")
     (other, *_) = _held(net, client, REBOUND, b"two")
     assert net.send(encode(other), MOVED) is None
     assert net.server.stats.path_validations_limited == 1

@@ -269,17 +269,20 @@ def http_chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Chain
         digests[name] = sha256(data)
     procs = Procs(root)
     try:
-        http = procs.start(
-            "http.server",
-            [sys.executable, "-u", "-m", "http.server", "--bind", HOST, "0"],
-            cwd=www,
-        )
-        port = int(http.wait_for(r"port (\d+)").group(1))
+        port = _http_server(procs, www)
         chain = Chain(procs, port, netem=["--loss", "2%", "--seed", "7"])
         yield chain, digests
     finally:
         problems = procs.close()
     assert not problems, "\n".join(problems)
+
+
+def _http_server(procs: Procs, www: Path) -> int:
+    """``python -m http.server`` serving ``www`` on a free port; its port."""
+    http = procs.start(
+        "http.server", [sys.executable, "-u", "-m", "http.server", "--bind", HOST, "0"], cwd=www
+    )
+    return int(http.wait_for(r"port (\d+)").group(1))
 
 
 def curl(port: int, name: str, out: Path) -> subprocess.Popen[bytes]:
@@ -742,12 +745,7 @@ def test_http_through_a_nat_that_rebinds_every_second(tmp_path: Path) -> None:
     (www / "file.bin").write_bytes(data)
     procs = Procs(tmp_path)
     try:
-        http = procs.start(
-            "http.server",
-            [sys.executable, "-u", "-m", "http.server", "--bind", HOST, "0"],
-            cwd=www,
-        )
-        port = int(http.wait_for(r"port (\d+)").group(1))
+        port = _http_server(procs, www)
         chain = Chain(procs, port, netem=["--rebind-every", "1s", "--rate", "40mbit"])
         out = tmp_path / "file.out"
         proc = curl(chain.port, "file.bin", out)
