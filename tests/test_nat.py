@@ -1,0 +1,154 @@
+"""A utcp connection through a real NAT that rebinds: three network namespaces (client, NAT,
+server), the NAT masquerading the client behind its own address with random ports
+(iptables), and its connection tracking flushed three times mid-transfer, so that each time
+the client's datagrams reach the server from a new port and the server's datagrams to the old
+one meet no mapping.  A 64 MiB upload arrives intact, with no reset, the server following the
+client each time (docs/PROTOCOL.md section 4.2).
+
+Needs Linux, root, ``ip``, and iptables and conntrack (installed from the OS packages by the
+test when missing); skipped, saying why, where any is out of reach.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER = Path(__file__).resolve().parent / "nat_peer.py"
+MIB = 64
+REBINDS = 3
+PORT = 9443
+WAIT_S = 120
+APT_INSTALL = ("apt-get", "install", "-y", "-q", "--no-install-recommends")
+APT_INSTALL += ("-o", "DPkg::Lock::Timeout=120")
+
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="network namespaces: Linux"),
+    pytest.mark.skipif(
+        not hasattr(os, "geteuid") or os.geteuid() != 0, reason="namespaces and NAT need root"
+    ),
+    pytest.mark.skipif(shutil.which("ip") is None, reason="needs the ip command (iproute2)"),
+]
+
+
+def _run(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+def _tools() -> None:
+    """iptables and conntrack, installed from the OS packages if missing (else skip)."""
+    if shutil.which("iptables") and shutil.which("conntrack"):
+        return
+    if shutil.which("apt-get") is None:
+        pytest.skip("iptables/conntrack are not installed and there is no apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    try:
+        subprocess.run(
+            [*APT_INSTALL, "iptables", "conntrack"],
+            env=env,
+            capture_output=True,
+            timeout=240,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.skip("installing iptables and conntrack took too long")
+    if not (shutil.which("iptables") and shutil.which("conntrack")):
+        pytest.skip("iptables and conntrack could not be installed from the OS packages")
+
+
+@pytest.fixture
+def nat() -> Iterator[dict[str, str]]:
+    """Namespaces client - nat - server joined by veth pairs; the NAT masquerades the client
+    with random source ports.  Yields the names and the server's address."""
+    _tools()
+    tag = f"{os.getpid() % 100000}"
+    net = 40 + os.getpid() % 150
+    names = {"client": f"utc{tag}", "nat": f"utn{tag}", "server": f"uts{tag}"}
+    created: list[str] = []
+    try:
+        for ns in names.values():
+            _run("ip", "netns", "add", ns)
+            created.append(ns)
+        c, n, s = names["client"], names["nat"], names["server"]
+        _run("ip", "link", "add", f"c{tag}", "netns", c, "type", "veth", "peer", "name",
+             f"nc{tag}", "netns", n)  # fmt: skip
+        _run("ip", "link", "add", f"s{tag}", "netns", s, "type", "veth", "peer", "name",
+             f"ns{tag}", "netns", n)  # fmt: skip
+        for ns, dev, addr in (
+            (c, f"c{tag}", f"10.{net}.1.2/24"),
+            (n, f"nc{tag}", f"10.{net}.1.1/24"),
+            (n, f"ns{tag}", f"10.{net}.2.1/24"),
+            (s, f"s{tag}", f"10.{net}.2.2/24"),
+        ):
+            _run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
+            _run("ip", "-n", ns, "link", "set", dev, "up")
+        for ns in (c, n, s):
+            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run("ip", "-n", c, "route", "add", "default", "via", f"10.{net}.1.1")
+        _run("ip", "netns", "exec", n, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        _run("ip", "netns", "exec", n, "iptables", "-t", "nat", "-A", "POSTROUTING",
+             "-o", f"ns{tag}", "-j", "MASQUERADE", "--random")  # fmt: skip
+        yield {**names, "server_addr": f"10.{net}.2.2", "nat_addr": f"10.{net}.2.1"}
+    finally:
+        for ns in created:
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def _peer(ns: str, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, str(PEER), *args],
+        stdin=stdin,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+
+def test_64_mib_through_a_nat_that_rebinds_three_times(nat: dict[str, str]) -> None:
+    server = _peer(nat["server"], "server", nat["server_addr"], str(PORT))
+    client: subprocess.Popen[str] | None = None
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline().strip() == "ready", server.stderr
+        client = _peer(
+            nat["client"],
+            "client",
+            nat["server_addr"],
+            str(PORT),
+            str(MIB),
+            str(MIB // (REBINDS + 1)),
+            stdin=subprocess.PIPE,
+        )
+        assert client.stdout is not None and client.stdin is not None
+        for _ in range(REBINDS):
+            line = client.stdout.readline()
+            assert line.startswith("at "), (line, client.stderr.read() if client.stderr else "")
+            # The NAT forgets every mapping: the client's next datagram gets a new port.
+            _run("ip", "netns", "exec", nat["nat"], "conntrack", "-F")
+            client.stdin.write("go\n")
+            client.stdin.flush()
+        out, err = client.communicate(timeout=WAIT_S)
+        assert client.returncode == 0, err
+        lines = out.splitlines()
+        assert lines[0] == "ok", out
+        assert json.loads(lines[1])["state"] in ("CLOSED", "TIME_WAIT", "FIN_WAIT_2", "FIN_WAIT_1")
+    finally:
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        server.terminate()
+        sout, _ = server.communicate(timeout=WAIT_S)
+    stats = json.loads(sout.splitlines()[-1])
+    assert stats["path_changes"] >= REBINDS, stats
+    assert stats["resets_sent"] == 0, stats
+    assert stats["path_validations_failed"] == 0, stats
