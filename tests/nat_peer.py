@@ -6,6 +6,9 @@ SHA-256 of what arrived; prints ``ready`` once listening and, on SIGTERM, its st
 ``client HOST PORT MIB STEP``: sends MIB MiB of seeded bytes, printing ``at N`` after every
 STEP MiB and waiting for a line on stdin before going on (the test rebinds the NAT then);
 prints ``ok`` if the server's digest matches, and the connection's stats as JSON.
+
+``tcp-server HOST PORT`` and ``tcp-client HOST PORT MIB STEP``: the same over kernel TCP, for
+the two ends of a ``utcp tunnel`` across the NAT.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ async def _digest_back(reader: asyncio.StreamReader, writer: asyncio.StreamWrite
     writer.close()
 
 
-async def serve(host: str, port: int) -> None:
-    server = await utcp.start_server(_digest_back, host, port)
+async def serve(host: str, port: int, *, tcp: bool = False) -> None:
+    start = asyncio.start_server if tcp else utcp.start_server
+    server = await start(_digest_back, host, port)
     print("ready", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -45,8 +49,9 @@ async def serve(host: str, port: int) -> None:
     server.close()
 
 
-async def send(host: str, port: int, mib: int, step: int) -> None:
-    reader, writer = await utcp.open_connection(host, port)
+async def send(host: str, port: int, mib: int, step: int, *, tcp: bool = False) -> None:
+    opener = asyncio.open_connection if tcp else utcp.open_connection
+    reader, writer = await opener(host, port)
     rng = random.Random(64)
     digest = hashlib.sha256()
     loop = asyncio.get_running_loop()
@@ -62,17 +67,19 @@ async def send(host: str, port: int, mib: int, step: int) -> None:
     answer = await reader.read()
     print("ok" if answer == digest.digest() else f"digest differs: {answer.hex()}", flush=True)
     stats = writer.get_extra_info("stats")
-    print(json.dumps({"retransmissions": stats.retransmissions, "state": stats.state.value}))
+    if stats is not None:
+        print(json.dumps({"retransmissions": stats.retransmissions, "state": stats.state.value}))
     writer.close()
     await writer.wait_closed()
 
 
 def main() -> None:
     role, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    if role == "server":
-        utcp.run(serve(host, port))
+    tcp = role.startswith("tcp-")
+    if role.endswith("server"):
+        utcp.run(serve(host, port, tcp=tcp))
     else:
-        utcp.run(send(host, port, int(sys.argv[4]), int(sys.argv[5])))
+        utcp.run(send(host, port, int(sys.argv[4]), int(sys.argv[5]), tcp=tcp))
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ replayed datagram, a wrong echo, a second new address while one is being validat
 
 from __future__ import annotations
 
+import random
+
+import pytest
+
 from tests.test_endpoint import CLIENT, SERVER, STRANGER, Net, _establish
 from utcp import ConnectionState, decode
 from utcp.endpoint import AMPLIFICATION_FACTOR, PATH_CHALLENGE_TRIES, Address, Route
@@ -255,3 +259,40 @@ def test_a_rebinding_during_the_close_still_closes_cleanly() -> None:
     assert client.conn.close_reason is not None and server.conn.close_reason is not None
     assert client.conn.close_reason.value == server.conn.close_reason.value == "closed"
     assert net.server.stats.path_changes == 1
+
+
+class LossyNet(Net):
+    """``Net`` whose datagrams are lost at random (seeded) once ``loss`` is set."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed=seed)
+        self.rng = random.Random(seed)
+        self.loss = 0.0
+        self.lost = 0
+
+    def send(self, data: bytes, src: Address, dst: Address = SERVER) -> Route | None:
+        if self.loss and self.rng.random() < self.loss:
+            self.lost += 1
+            return None
+        return super().send(data, src, dst)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_rebinding_under_loss_is_followed_and_every_byte_arrives(seed: int) -> None:
+    """10% of datagrams lost each way, challenges and echoes among them: the client rebinds
+    in the middle of a 60 KB upload and the server still follows it and gets every byte."""
+    net = LossyNet(seed)
+    client, server = _establish(net)
+    net.loss = 0.10
+    payload = random.Random(seed).randbytes(60_000)
+    client.conn.send(payload[:30_000])
+    net.advance(5.0)
+    _rebind(net, REBOUND)
+    client.conn.send(payload[30_000:])
+    for _ in range(60):
+        net.advance(1.0)
+        if _server_bytes(net, server) == payload and server.addr == REBOUND:
+            break
+    assert _server_bytes(net, server) == payload, f"seed={seed}"
+    assert server.addr == REBOUND and net.server.stats.path_changes == 1, f"seed={seed}"
+    assert net.lost > 0

@@ -114,41 +114,93 @@ def _peer(ns: str, *args: str, stdin: int | None = None) -> subprocess.Popen[str
     )
 
 
+def _rebind_while_sending(nat: dict[str, str], client: subprocess.Popen[str]) -> list[str]:
+    """Let ``client`` (nat_peer.py's sender) go on after each of its pauses, flushing the
+    NAT's connection tracking first; its output lines once it is done."""
+    assert client.stdout is not None and client.stdin is not None
+    for _ in range(REBINDS):
+        line = client.stdout.readline()
+        assert line.startswith("at "), (line, client.stderr.read() if client.stderr else "")
+        # The NAT forgets every mapping: the client's next datagram gets a new port.
+        _run("ip", "netns", "exec", nat["nat"], "conntrack", "-F")
+        client.stdin.write("go\n")
+        client.stdin.flush()
+    out, err = client.communicate(timeout=WAIT_S)
+    assert client.returncode == 0, err
+    return out.splitlines()
+
+
+def _stop(*procs: subprocess.Popen[str] | None) -> list[str]:
+    """SIGTERM each process still running, then what each printed."""
+    outs = []
+    for proc in procs:
+        if proc is None:
+            continue
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            out, _ = proc.communicate(timeout=WAIT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+        outs.append(out)
+    return outs
+
+
 def test_64_mib_through_a_nat_that_rebinds_three_times(nat: dict[str, str]) -> None:
     server = _peer(nat["server"], "server", nat["server_addr"], str(PORT))
     client: subprocess.Popen[str] | None = None
     try:
         assert server.stdout is not None
         assert server.stdout.readline().strip() == "ready", server.stderr
+        step = str(MIB // (REBINDS + 1))
         client = _peer(
-            nat["client"],
-            "client",
-            nat["server_addr"],
-            str(PORT),
-            str(MIB),
-            str(MIB // (REBINDS + 1)),
+            nat["client"], "client", nat["server_addr"], str(PORT), str(MIB), step,
             stdin=subprocess.PIPE,
-        )
-        assert client.stdout is not None and client.stdin is not None
-        for _ in range(REBINDS):
-            line = client.stdout.readline()
-            assert line.startswith("at "), (line, client.stderr.read() if client.stderr else "")
-            # The NAT forgets every mapping: the client's next datagram gets a new port.
-            _run("ip", "netns", "exec", nat["nat"], "conntrack", "-F")
-            client.stdin.write("go\n")
-            client.stdin.flush()
-        out, err = client.communicate(timeout=WAIT_S)
-        assert client.returncode == 0, err
-        lines = out.splitlines()
-        assert lines[0] == "ok", out
+        )  # fmt: skip
+        lines = _rebind_while_sending(nat, client)
+        assert lines[0] == "ok", lines
         assert json.loads(lines[1])["state"] in ("CLOSED", "TIME_WAIT", "FIN_WAIT_2", "FIN_WAIT_1")
     finally:
-        if client is not None and client.poll() is None:
-            client.kill()
-            client.wait()
-        server.terminate()
-        sout, _ = server.communicate(timeout=WAIT_S)
+        (sout,) = _stop(server)
+        _stop(client)
     stats = json.loads(sout.splitlines()[-1])
     assert stats["path_changes"] >= REBINDS, stats
     assert stats["resets_sent"] == 0, stats
     assert stats["path_validations_failed"] == 0, stats
+
+
+def test_a_tunnel_session_survives_the_nat_rebinding(nat: dict[str, str]) -> None:
+    """A TCP application's 16 MiB through both ``utcp tunnel`` ends, the utcp leg crossing
+    the NAT while it forgets its mappings three times: the TCP side never notices."""
+    srv, env = nat["server_addr"], {**os.environ, "PYTHONPATH": str(ROOT)}
+    utcp_cli = [sys.executable, "-m", "utcp", "tunnel"]
+    procs: list[subprocess.Popen[str] | None] = []
+
+    def start(ns: str, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *args], stdin=stdin, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        procs.append(proc)
+        return proc
+
+    try:
+        sink = start(nat["server"], sys.executable, str(PEER), "tcp-server", srv, "9100")
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        far = start(
+            nat["server"], *utcp_cli, "--listen", f"utcp:{srv}:{PORT}", "--to", f"tcp:{srv}:9100"
+        )
+        near = start(
+            nat["client"], *utcp_cli, "--listen", "tcp:127.0.0.1:9200", "--to", f"utcp:{srv}:{PORT}"
+        )
+        for end in (far, near):
+            assert end.stdout is not None and end.stdout.readline().startswith("tunnel ")
+        app = start(
+            nat["client"], sys.executable, str(PEER), "tcp-client", "127.0.0.1", "9200", "16",
+            "4", stdin=subprocess.PIPE,
+        )  # fmt: skip
+        lines = _rebind_while_sending(nat, app)
+        assert lines[0] == "ok", lines
+    finally:
+        _stop(*procs)
