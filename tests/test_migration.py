@@ -296,3 +296,20 @@ def test_a_rebinding_under_loss_is_followed_and_every_byte_arrives(seed: int) ->
     assert _server_bytes(net, server) == payload, f"seed={seed}"
     assert server.addr == REBOUND and net.server.stats.path_changes == 1, f"seed={seed}"
     assert net.lost > 0
+
+
+def test_a_rebinding_that_leaves_only_retransmissions_is_followed() -> None:
+    """The NAT rebinds just after the client's data arrived and before the server's ACKs
+    got back: all the client has left to send are retransmissions, which are not news, yet
+    once its old address has been silent for an RTO they start the validation and the
+    connection moves (it stayed stuck: nothing new ever came)."""
+    net = Net()
+    client, server = _establish(net)
+    client.conn.send(b"r" * 3000)
+    _once(net, CLIENT)  # the data arrives ...
+    _rebind(net, REBOUND)
+    net.outgoing(SERVER)  # ... and its ACKs are lost at the old binding
+    net.advance(10.0)
+    assert server.addr == REBOUND and net.server.stats.path_changes == 1
+    assert client.conn.stats.bytes_in_flight == 0
+    assert _server_bytes(net, server) == b"r" * 3000

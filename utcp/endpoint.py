@@ -353,7 +353,11 @@ class Endpoint:
             else:
                 self._challenge_path(route, path, now)
             return route
-        if not conn.is_news(packet):
+        if not conn.is_news(packet) and now - conn.last_heard < conn.stats.rto_s:
+            # Nothing new, while the peer is heard at its own address: a replayed copy, or
+            # a stray.  (A peer whose NAT rebound right after its data arrived has only
+            # retransmissions to send, which are not news: once its own address has been
+            # silent for an RTO they start the validation too.)
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
         if (
