@@ -221,6 +221,17 @@ class Handlers:
             self._changed.clear()
             await self._changed.wait()
 
+    async def close_and_check(
+        self, writer: asyncio.StreamWriter, server: Any, count: int = 1
+    ) -> None:
+        """A test's usual end: close the client, wait until it is closed, close the server
+        once ``count`` handlers have finished, and check that none of them raised."""
+        writer.close()
+        await writer.wait_closed()
+        async with server:
+            await self.wait_finished(count)
+        assert self.errors == []
+
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """Echo until EOF, then close: the server side of most tests."""

@@ -82,11 +82,7 @@ def test_echo_ten_mib_intact(run: Runner) -> None:
         assert received == len(payload)
         assert digest.hexdigest() == sha256(payload)
         assert overshoot <= chunk, "drain() let the write buffer grow past the high-water mark"
-        writer.close()
-        await writer.wait_closed()
-        async with server:
-            await handlers.wait_finished(1)
-        assert handlers.errors == []
+        await handlers.close_and_check(writer, server)
 
     run(main())
 
@@ -152,11 +148,7 @@ def test_half_close_then_read_the_whole_reply(run: Runner) -> None:
         assert len(got) == len(reply)
         assert got == reply
         assert reader.at_eof()
-        writer.close()
-        await writer.wait_closed()
-        async with server:
-            await handlers.wait_finished(1)
-        assert handlers.errors == []
+        await handlers.close_and_check(writer, server)
 
     run(main())
 
@@ -226,11 +218,7 @@ def test_stream_reader_api_matches_tcp(run: Runner, stack: str) -> None:
         server = await start_server(handlers, HOST, 0)
         reader, writer = await open_connection(HOST, server_port(server), limit=SMALL_LIMIT)
         await _read_script(reader)
-        writer.close()
-        await writer.wait_closed()
-        async with server:
-            await handlers.wait_finished(1)
-        assert handlers.errors == []
+        await handlers.close_and_check(writer, server)
 
     run(main())
 

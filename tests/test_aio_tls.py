@@ -216,11 +216,7 @@ def test_a_reader_that_stops_stalls_the_writer_through_tls(run: Runner, pki: Pki
         assert progress[0] < len(blob)
         received = await reader.read()  # to EOF: the server's close_notify
         assert sha256(received) == sha256(blob)
-        writer.close()
-        await writer.wait_closed()
-        async with server:
-            await handlers.wait_finished(1)
-        assert handlers.errors == []
+        await handlers.close_and_check(writer, server)
 
     run(main())
 
@@ -626,11 +622,7 @@ def test_h11_server_over_tls_answers_a_get(run: Runner, pki: Pki) -> None:
             received += event.data
         assert isinstance(event, h11.EndOfMessage)
         assert sha256(received) == sha256(body)
-        writer.close()
-        await writer.wait_closed()
-        async with server:
-            await handlers.wait_finished(1)
-        assert handlers.errors == []
+        await handlers.close_and_check(writer, server)
 
     run(main())
 
@@ -697,11 +689,7 @@ def test_ssl_none_or_false_is_a_plain_connection(run: Runner, plain: bool | None
         writer.write(b"plain")
         writer.write_eof()
         assert await reader.read() == b"plain"
-        writer.close()
-        await writer.wait_closed()
-        async with server:
-            await handlers.wait_finished(1)
-        assert handlers.errors == []
+        await handlers.close_and_check(writer, server)
 
     run(main())
 

@@ -339,7 +339,7 @@ class Endpoint:
         conn = route.conn
         path = route.path
         if path is not None and now - path.started_at > max(
-            PATH_VALIDATION_TIMEOUT_S, 3 * conn.stats.rto_s
+            PATH_VALIDATION_TIMEOUT_S, 3 * conn.rto_s
         ):
             self._give_up_path(route, path)
             path = None
@@ -353,7 +353,7 @@ class Endpoint:
             else:
                 self._challenge_path(route, path, now)
             return route
-        if not conn.is_news(packet) and now - conn.last_heard < conn.stats.rto_s:
+        if not conn.is_news(packet) and now - conn.last_heard < conn.rto_s:
             # Nothing new, while the peer is heard at its own address: a replayed copy, or
             # a stray.  (A peer whose NAT rebound right after its data arrived has only
             # retransmissions to send, which are not news: once its own address has been
@@ -361,8 +361,7 @@ class Endpoint:
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
         if (
-            path is not None
-            and now - path.started_at < max(conn.stats.rto_s, PATH_CHALLENGE_MIN_GAP_S)
+            path is not None and now - path.started_at < max(conn.rto_s, PATH_CHALLENGE_MIN_GAP_S)
         ) or now - route.path_failed_at < PATH_VALIDATION_INTERVAL_S:
             # One validation at a time, for at least one RTO (its echo is not due before),
             # and none for a while after one failed: spoofed sources cannot keep us busy.
@@ -382,7 +381,7 @@ class Endpoint:
         """Send the new address its challenge, again if the last one is one RTO old, within
         the anti-amplification limit; give the address up after PATH_CHALLENGE_TRIES."""
         conn = route.conn
-        if now - path.sent_at < max(conn.stats.rto_s, PATH_CHALLENGE_MIN_GAP_S):
+        if now - path.sent_at < max(conn.rto_s, PATH_CHALLENGE_MIN_GAP_S):
             return
         if path.tries >= PATH_CHALLENGE_TRIES:
             self._give_up_path(route, path)

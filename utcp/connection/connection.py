@@ -235,6 +235,11 @@ class Connection:
         return self._state is CLOSED and self._close_reason is not None
 
     @property
+    def rto_s(self) -> float:
+        """The retransmission timeout now (``stats.rto_s`` without building the stats)."""
+        return self._loss.rtt.rto
+
+    @property
     def last_heard(self) -> float:
         """When the peer was last heard from (an acceptable segment), or ``connect()`` was
         called: the start of the silence an idle or retransmission timeout reports."""
