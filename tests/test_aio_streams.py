@@ -352,9 +352,9 @@ def test_drain_blocks_while_the_peer_does_not_read(run: Runner) -> None:
             limit=reader_limit,
             config=Config(recv_buffer_bytes=recv_buffer),
         )
-        _reader, writer = await utcp.open_connection(
-            HOST, server_port(server), config=Config(send_buffer_bytes=send_buffer)
-        )
+        # The marks stay where configured (no growth with the congestion window).
+        fixed = Config(send_buffer_bytes=send_buffer, send_buffer_max_bytes=send_buffer)
+        _reader, writer = await utcp.open_connection(HOST, server_port(server), config=fixed)
         low, high = writer.transport.get_write_buffer_limits()
         assert (low, high) == (send_buffer // 4, send_buffer)
         accepted = 0  # bytes whose drain() has returned

@@ -46,7 +46,12 @@ class Model:
         self.delivered = 0
 
     def ack(
-        self, *, rate: float | None = None, in_flight: int | None = None, app: bool = False
+        self,
+        *,
+        rate: float | None = None,
+        in_flight: int | None = None,
+        app: bool = False,
+        losses: int = 0,
     ) -> None:
         r = self.rate if rate is None else rate
         self.now += MSS / r
@@ -62,6 +67,7 @@ class Model:
                 app_limited=app,
                 in_flight=self.cc.cwnd if in_flight is None else in_flight,
                 newly_acked=MSS,
+                losses=losses,
             ),
             now=self.now,
         )
@@ -179,6 +185,38 @@ def test_a_recovery_episode_conserves_packets_then_restores_the_window() -> None
     m.cc.on_recovery_exit(now=m.now)
     assert m.cc.cwnd == before
     assert m.cc.bandwidth == pytest.approx(m.rate)  # loss leaves the model alone
+
+
+def test_packet_conservation_lasts_one_round_from_the_start_of_the_episode() -> None:
+    """The round restarts when the episode does (Linux): the first acknowledgement of data
+    sent after the loss was found ends conservation, whatever was left of the round under
+    way (which made it last up to two round trips)."""
+    m = Model()
+    m.rounds(10, in_flight=25_000)
+    per_round = int(m.rate * m.rtt / MSS)
+    for _ in range(per_round // 2):  # half-way through a round
+        m.ack(in_flight=25_000)
+    m.cc.on_congestion_event(50_000, now=m.now)
+    held = m.cc.cwnd
+    assert held == 25_000  # the flight when the loss was found
+    for _ in range(per_round):  # acknowledgements of data sent before the episode
+        m.ack(in_flight=10_000)
+    assert m.cc.cwnd == held  # one for one: never below the flight, never growing
+    for _ in range(5):
+        m.ack(in_flight=10_000)
+    assert m.cc.cwnd == held + 5 * MSS  # growing again, toward the target
+
+
+def test_losses_come_off_the_window() -> None:
+    """Bytes declared lost left the flight: the window shrinks by them (Linux), so a STARTUP
+    that overfilled the queue stops feeding it."""
+    m = Model()
+    m.rounds(10, in_flight=25_000)
+    target = m.cc.cwnd
+    m.ack(in_flight=25_000, losses=3 * MSS)
+    assert m.cc.cwnd == target - 3 * MSS + MSS  # the losses off, this ACK's delivery on
+    m.ack(in_flight=25_000)
+    assert m.cc.cwnd == target - MSS
 
 
 def test_a_timeout_drops_to_one_segment_and_restores_after_a_round() -> None:

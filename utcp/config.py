@@ -117,10 +117,11 @@ class Config:
 
     send_buffer_max_bytes: int = 8 << 20
     """Most the transport's high-water mark grows to when the connection can have more in
-    flight (``Connection.send_buffer_goal``: twice what the largest congestion window yet
-    and the peer's window let fly), so a long fat path is not starved by
-    ``send_buffer_bytes`` (a maximum below that means no growth).  An application's own
-    ``set_write_buffer_limits()`` replaces the automatic mark."""
+    flight (``Connection.send_buffer_goal``: three times what the largest congestion window
+    yet and the peer's window let fly; the low-water mark is then two thirds of it), so a
+    long fat path is not starved by ``send_buffer_bytes`` (a maximum below that means no
+    growth).  An application's own ``set_write_buffer_limits()`` replaces the automatic
+    marks."""
 
     endpoint_buffer_bytes: int = 256 << 20
     """Most the connections built from one ``Config`` object (those of one endpoint) may grow

@@ -143,6 +143,7 @@ class Scoreboard:
         "first_sent_time",
         "highest_sacked",
         "highest_sacked_tx",
+        "lost_bytes",
         "lost_log",
         "newest_delivered",
         "pipe",
@@ -167,6 +168,7 @@ class Scoreboard:
         # When a list, every segment newly declared lost is appended to it (for tracing; the
         # owner empties it).  None, the default, costs one test per loss.
         self.lost_log: list[SentSegment] | None = None
+        self.lost_bytes = 0  # bytes ever declared lost (a rate sample's losses are a difference)
         # Delivery accounting for rate samples (draft-cheng-iccrg-delivery-rate-estimation):
         # bytes delivered (cumulatively ACKed or SACKed) so far and when the latest were,
         # the send time of the first segment of the current flight, the delivered mark below
@@ -394,7 +396,9 @@ class Scoreboard:
         self._lost.append(seg)
         if self.lost_log is not None:
             self.lost_log.append(seg)
-        return seg.end - seg.start
+        length = seg.end - seg.start
+        self.lost_bytes += length
+        return length
 
     def mark_all_lost(self) -> None:
         """After a retransmission timeout every unSACKed segment is presumed lost."""

@@ -76,6 +76,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         # one is leased from the endpoint's budget (Config.endpoint_buffer_bytes).
         self._auto_limits = cfg.send_buffer_max_bytes > high
         self._lease = cfg.buffer_budget.lease()
+        self._goal_seen = -1  # the connection's send_buffer_goal the automatic marks follow
         udp = endpoint.transport
         peer = handle.addr
         if peer is None and udp is not None:
@@ -287,6 +288,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         if not high >= low >= 0:
             raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
         self._auto_limits = auto
+        self._goal_seen = -1
         if not auto:
             self._lease.release()
         self._high_water = high
@@ -294,17 +296,25 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self.update_flow_control()
 
     def _size_limits(self) -> None:
-        """The automatic marks: the connection's goal, between the configured mark and
-        maximum, within what the endpoint's budget still grants."""
+        """The automatic marks: the high-water mark is the connection's goal, between the
+        configured mark and maximum, within what the endpoint's budget still grants.  The
+        low-water mark asks for more while two thirds of the goal is still written: the
+        unacknowledged bytes include a flight in the air and, in a recovery episode, one
+        SACKed behind a hole, so asyncio's quarter of the mark would make the writer wait
+        until the path had half drained."""
+        goal = self._conn.send_buffer_goal
+        if goal == self._goal_seen:
+            return  # the marks already follow it (every write and acknowledgement asks)
         cfg = self._endpoint.config
         base = cfg.send_buffer_bytes
-        goal = min(self._conn.send_buffer_goal, cfg.send_buffer_max_bytes)
-        want = goal - base if goal > base else 0
-        if want == self._lease.bytes:
-            return  # the marks already stand at base + what the lease holds (every write)
-        high = base + self._lease.resize(want)
+        capped = min(goal, cfg.send_buffer_max_bytes)
+        want = capped - base if capped > base else 0
+        held = self._lease.resize(want)
+        # Short of the budget: ask again on the next call, the budget may have room by then.
+        self._goal_seen = goal if held == want else -1
+        high = base + held
         self._high_water = high
-        self._low_water = high // 4
+        self._low_water = max(high // 4, 2 * min(capped, high) // 3)
 
     # ------------------------------------------------------------------ from the endpoint
 

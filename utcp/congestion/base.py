@@ -26,6 +26,7 @@ class RateSample:
         "delivery_rate",
         "in_flight",
         "interval_s",
+        "losses",
         "newly_acked",
         "prior_delivered",
         "rtt_s",
@@ -42,6 +43,7 @@ class RateSample:
         app_limited: bool,
         in_flight: int,
         newly_acked: int,
+        losses: int = 0,
     ) -> None:
         self.delivery_rate = delivery_rate  # bytes per second; 0.0 when the sample is invalid
         self.delivered = delivered  # bytes delivered over the interval
@@ -51,6 +53,7 @@ class RateSample:
         self.app_limited = app_limited  # the sender had nothing to send: a lower bound only
         self.in_flight = in_flight  # bytes in flight after this acknowledgement
         self.newly_acked = newly_acked  # bytes this acknowledgement delivered
+        self.losses = losses  # bytes declared lost since the previous sample
 
 
 # Applications subclass it (and NewReno) even when the core is the compiled build.

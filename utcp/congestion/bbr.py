@@ -10,8 +10,9 @@ every round until the bandwidth stops growing (three rounds under 25% growth), D
 the queue STARTUP built, PROBE_BW cycles its pacing gain through 1.25, 0.75 and six rounds
 of 1 to find more bandwidth and give it back, and PROBE_RTT cuts the window to four segments
 for 200 ms when the minimum RTT has not been seen for ten seconds.  Random loss does not
-shrink the model, which is why BBR keeps a lossy path full; a recovery episode only holds
-the flight to what is delivered (packet conservation) for its first round, as Linux does.
+shrink the model, which is why BBR keeps a lossy path full; as in Linux, bytes declared
+lost come off the window, and a recovery episode holds the flight to what is delivered
+(packet conservation) for one round trip from its start.
 """
 
 from __future__ import annotations
@@ -70,9 +71,10 @@ class Bbr(CongestionController):
         self._probe_rtt_done_at = 0.0
         self._probe_rtt_round_done = False
         self._prior_cwnd = 0
-        self._conservation_round = -1  # the round packet conservation lasts to (-1: off)
+        self._conservation_round = -1  # the round packet conservation ends at (-1: off)
         self._restore_round = -1  # after a timeout: the round prior_cwnd is restored at
         self._in_flight = 0
+        self._delivered = 0  # bytes delivered, as of the latest sample
 
     # ------------------------------------------------------------------ the model
 
@@ -209,7 +211,12 @@ class Bbr(CongestionController):
         acked = rs.newly_acked
         target = self._target_cwnd()
         min_cwnd = MIN_CWND_SEGMENTS * self.mss
-        if self._round <= self._conservation_round:
+        if rs.losses:
+            # What was just declared lost left the flight and comes off the window, as in
+            # Linux (bbr_set_cwnd_to_recover_or_restore): a STARTUP that overfilled the
+            # queue stops feeding it while the losses are repaired.
+            self.cwnd = max(self.cwnd - rs.losses, self.mss)
+        if self._round < self._conservation_round:
             # Packet conservation in a recovery episode's first round: send one for one.
             self.cwnd = max(self.cwnd, rs.in_flight + acked)
         elif self.full_bw_reached:
@@ -229,6 +236,7 @@ class Bbr(CongestionController):
 
     def on_rate_sample(self, sample: RateSample, *, now: float) -> None:
         self._in_flight = sample.in_flight
+        self._delivered = sample.prior_delivered + sample.delivered
         self._update_round(sample)
         self._update_bw(sample)
         self._check_full_bw(sample)
@@ -242,9 +250,12 @@ class Bbr(CongestionController):
 
     def on_congestion_event(self, flight_size: int, *, now: float) -> None:
         """A recovery episode starts: keep the window to restore at its end, and for one
-        round send only as much as is delivered."""
+        round send only as much as is delivered.  The round starts now, as Linux's does: the
+        first acknowledgement of data sent from here on ends it (left to the round under
+        way, conservation would last up to two round trips)."""
         if not self._prior_cwnd:
             self._prior_cwnd = self.cwnd
+        self._next_round_delivered = self._delivered
         self._conservation_round = self._round + 1
         self.cwnd = max(self._in_flight, MIN_CWND_SEGMENTS * self.mss)
 

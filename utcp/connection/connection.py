@@ -97,6 +97,10 @@ _SYN: Final = int(Flag.SYN)
 _RST: Final = int(Flag.RST)
 _ACK: Final = int(Flag.ACK)
 
+# Flights of data send_buffer_goal keeps written: one in flight, one SACKed behind a hole at
+# SND.UNA during a recovery episode, one sent meanwhile.
+SEND_BUFFER_FLIGHTS: Final = 3
+
 
 class Connection:
     """One end of a utcp connection, free of I/O: feed it datagrams and time, send what it says."""
@@ -263,10 +267,11 @@ class Connection:
     @property
     def send_buffer_goal(self) -> int:
         """Bytes the application should keep written and unacknowledged for the path to stay
-        full: twice what may be in flight (the largest congestion window yet, or the peer's
-        window when smaller), so a flight's worth waits behind the one under way.  What a
-        transport's automatic high-water mark follows (Config.send_buffer_max_bytes bounds
-        it).
+        full: three times what may be in flight (the largest congestion window yet, or the
+        peer's window when smaller).  One flight is under way; in a recovery episode a second
+        waits SACKed behind the hole at SND.UNA for a round trip, and the third is what is
+        sent meanwhile (Linux provisions BBR's send buffer the same way).  What a transport's
+        automatic high-water mark follows (Config.send_buffer_max_bytes bounds it).
 
         The congestion window counts at its largest, as Linux's send buffer only grows: a
         window cut for one round trip (a recovery episode) must not drain the buffer, or the
@@ -275,7 +280,7 @@ class Connection:
         cwnd = self._loss.cc.cwnd
         if cwnd > self._cwnd_high:
             self._cwnd_high = cwnd
-        return 2 * min(self._cwnd_high, self._snd.wnd)
+        return SEND_BUFFER_FLIGHTS * min(self._cwnd_high, self._snd.wnd)
 
     @property
     def mss(self) -> int:

@@ -78,6 +78,7 @@ class LossRecovery:
         self.timeouts_in_a_row = 0
         self.oldest_unacked_since: float | None = None
         self._delivered_at_sample = 0  # scoreboard.delivered at the last rate sample
+        self._lost_at_sample = 0  # scoreboard.lost_bytes at the last rate sample
         self.wants_delay_samples = self.cc.wants_delay_samples
         self._dupthresh = config.dupack_threshold
         self._tail_loss_probe = config.tail_loss_probe
@@ -270,6 +271,9 @@ class LossRecovery:
         cc = self.cc
         if not cc.wants_rate_samples:
             return
+        lost_total = sb.lost_bytes
+        losses = lost_total - self._lost_at_sample
+        self._lost_at_sample = lost_total
         send_elapsed = p.sent_at - p.first_sent_time
         ack_elapsed = sb.delivered_time - p.delivered_time
         interval = send_elapsed if send_elapsed > ack_elapsed else ack_elapsed
@@ -287,6 +291,7 @@ class LossRecovery:
                 app_limited=p.app_limited,
                 in_flight=sb.pipe,
                 newly_acked=newly,
+                losses=losses,
             ),
             now=now,
         )
