@@ -313,3 +313,27 @@ def test_a_rebinding_that_leaves_only_retransmissions_is_followed() -> None:
     assert server.addr == REBOUND and net.server.stats.path_changes == 1
     assert client.conn.stats.bytes_in_flight == 0
     assert _server_bytes(net, server) == b"r" * 3000
+
+
+def test_data_that_timed_out_on_the_old_address_is_resent_once_the_new_one_is_validated() -> None:
+    """The NAT rebinds while the client only receives: what the server sends goes to the
+    dead binding and times out, the timer backing off.  When the client next speaks from its
+    new address and the path is validated, the server resends at once: waiting out the
+    backed-off timer lost the resend whenever the NAT rebound again meanwhile (a tunnel
+    through a NAT rebinding every second stalled for minutes that way)."""
+    net = Net()
+    client, server = _establish(net)
+    _send(net, server, b"hi")  # the connection is in use; the client has nothing to say
+    net.advance(0.1)  # once its delayed ACK is out
+    _rebind(net, REBOUND)
+    payload = bytes(range(256)) * 80
+    _send(net, server, payload)  # lost at the old binding
+    net.advance(7.0)
+    assert server.conn.stats.timeouts >= 2  # backed off: the next try is seconds away
+    assert net.server.stats.path_changes == 0  # the client stayed silent
+    _send(net, client, b"k")  # it speaks: validated and followed
+    assert server.addr == REBOUND
+    net.advance(0.9)
+    _rebind(net, (CLIENT[0], CLIENT[1] + 2), REBOUND)  # and the NAT rebinds again
+    assert bytes(net.received[client.conn.local_cid]) == b"hi" + payload
+    assert _server_bytes(net, server) == b"k"

@@ -349,7 +349,7 @@ class Endpoint:
             conn.receive_packet(packet, now=now, segments=segments)
             if echoed is not None and echoed == path.token:
                 conn.take_path_response()
-                self._move(route, path)
+                self._move(route, path, now)
             else:
                 self._challenge_path(route, path, now)
             return route
@@ -405,7 +405,7 @@ class Endpoint:
         self.stats.path_validations_failed += 1
         _log.info("path_validation_failed", cid=f"{route.conn.local_cid:08x}", peer=str(path.addr))
 
-    def _move(self, route: Route, path: PathValidation) -> None:
+    def _move(self, route: Route, path: PathValidation, now: float) -> None:
         """The new address echoed the challenge: the connection's traffic goes there now."""
         conn = route.conn
         old = route.addr
@@ -420,7 +420,7 @@ class Endpoint:
             self._syn_index[(path.addr, conn.peer_cid)] = cid
         self.stats.path_changes += 1
         _log.info("path_changed", cid=f"{cid:08x}", old=str(old), new=str(path.addr))
-        conn.path_changed(same_host=same_host, peer=address_text(path.addr))
+        conn.path_changed(same_host=same_host, peer=address_text(path.addr), now=now)
 
     def receive_icmp(
         self,

@@ -480,16 +480,26 @@ class Connection:
         self.path_response = None
         return token
 
-    def path_changed(self, *, same_host: bool, peer: str | None = None) -> None:
+    def path_changed(self, *, same_host: bool, peer: str | None = None, now: float) -> None:
         """The endpoint moved the connection to a validated new peer address (``peer``, as
         text, for the trace).  Another host is another path: its RTT and congestion state
         start over (RFC 9000 section 9.4); a new port on the same host (a NAT rebinding)
-        keeps them."""
+        keeps them.
+
+        Data that timed out was lost on the old address, not to congestion: the new one has
+        just carried the echo, so the retransmission timer fires now, with its backoff
+        reset, rather than after the backed-off interval.  (A peer that only receives speaks
+        seldom, so a NAT that rebinds again before that interval ends would lose the
+        retransmission too, again and again.)"""
         self._log.info("path_changed", same_host=same_host, peer=peer)
         if self._trace.tracer is not None:
             self._trace.event("path_changed", {"peer": peer, "same_host": same_host})
+        loss = self._loss
         if not same_host:
-            self._loss.restart_path(self._snd.mss)
+            loss.restart_path(self._snd.mss)
+        if loss.timeouts_in_a_row and self._dl.rto is not None:
+            loss.rtt.reset_backoff()
+            self._dl.rto = now
 
     def abort(self) -> None:
         """Reset the connection: send RST and forget everything at once."""
