@@ -19,6 +19,8 @@ from tests.helpers import BottleneckLink, Network, conns, establish, pair
 from utcp import Config
 from utcp.congestion import Bbr, RateSample, create
 from utcp.congestion.bbr import (
+    CONGESTED_CWND_GAIN,
+    CWND_GAIN,
     DRAIN,
     HIGH_GAIN,
     MIN_CWND_SEGMENTS,
@@ -140,6 +142,52 @@ def test_probe_bw_window_is_twice_the_bdp_plus_quantization() -> None:
     assert m.cc.phase == PROBE_BW
     bdp = int(m.rate * m.rtt)
     assert m.cc.cwnd == 2 * bdp + 3 * MSS
+
+
+def _in_probe_bw() -> tuple[Model, int]:
+    m = Model()
+    bdp = int(m.rate * m.rtt)
+    m.rounds(10, in_flight=bdp // 2)
+    assert m.cc.phase == PROBE_BW and not m.cc.congested
+    return m, bdp
+
+
+def _lossy_rounds(m: Model, n: int, bdp: int) -> None:
+    """``n`` round trips, each losing one segment."""
+    for _ in range(n):
+        m.ack(in_flight=bdp, losses=MSS)
+        m.rounds(1, in_flight=bdp)
+
+
+def test_loss_behind_a_standing_queue_brings_the_window_to_one_and_a_half_bdp() -> None:
+    """Another flow keeps the bottleneck's queue full (cubic beside us): losses come while
+    even the fastest sample of the round waited in that queue.  That is congestion, so the
+    window stops at 1.5 BDP (BBR v1's 2 BDP kept the queue full on its own and starved the
+    other flow: 90% of the link in make bench-wan); once a round's smallest RTT is back near
+    the path's, it is 2 BDP again."""
+    m, bdp = _in_probe_bw()
+    m.rtt = 0.05 * 1.5  # a 25 ms standing queue
+    _lossy_rounds(m, 2, bdp)
+    assert m.cc.congested and m.cc.cwnd_gain == CONGESTED_CWND_GAIN == 1.5
+    m.rounds(1, in_flight=bdp)
+    assert m.cc.cwnd <= CONGESTED_CWND_GAIN * bdp + 3 * MSS
+    m.rtt = 0.05  # the queue drained
+    m.rounds(2, in_flight=bdp)
+    assert not m.cc.congested and m.cc.cwnd_gain == CWND_GAIN
+
+
+def test_random_loss_at_the_paths_own_rtt_is_not_congestion() -> None:
+    m, bdp = _in_probe_bw()
+    _lossy_rounds(m, 5, bdp)
+    assert not m.cc.congested and m.cc.cwnd_gain == CWND_GAIN
+    assert m.cc.cwnd == 2 * bdp + 3 * MSS  # each loss came off and grew back
+
+
+def test_a_longer_rtt_without_loss_is_not_congestion() -> None:
+    m, bdp = _in_probe_bw()
+    m.rtt = 0.05 * 1.5
+    m.rounds(3, in_flight=bdp)
+    assert not m.cc.congested and m.cc.cwnd_gain == CWND_GAIN
 
 
 def test_application_limited_samples_do_not_lower_the_estimate() -> None:

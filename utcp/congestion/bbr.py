@@ -13,6 +13,14 @@ for 200 ms when the minimum RTT has not been seen for ten seconds.  Random loss 
 shrink the model, which is why BBR keeps a lossy path full; as in Linux, bytes declared
 lost come off the window, and a recovery episode holds the flight to what is delivered
 (packet conservation) for one round trip from its start.
+
+One departure from version 1, for sharing: its window of twice the BDP keeps a shallow
+bottleneck queue full on its own, so a loss-based flow beside it (cubic) loses again and
+again and is starved.  The BBR draft answers with a loss-rate bound on the flight, which also
+caps the flow under random loss.  Here a round trip that lost data while even its fastest
+sample waited in a queue (its smallest RTT a quarter above the path's smallest) counts as
+congestion, and the window is 1.5 BDP until a round's smallest RTT is back within a tenth of
+the path's: random loss, which comes with no queue, leaves BBR as it was.
 """
 
 from __future__ import annotations
@@ -38,6 +46,12 @@ MIN_CWND_SEGMENTS: Final = 4
 FULL_BW_GROWTH: Final = 1.25
 FULL_BW_ROUNDS: Final = 3
 PACING_MARGIN: Final = 0.99  # pace 1% below the estimate, so the queue drains (Linux)
+# A round trip that lost data while even its fastest sample waited in a queue (its smallest
+# RTT this far above the path's) is congestion rather than random loss: the window comes down
+# to one BDP until a round's smallest RTT is back near the path's.
+QUEUED_RTT_FACTOR: Final = 1.25
+DRAINED_RTT_FACTOR: Final = 1.1
+CONGESTED_CWND_GAIN: Final = 1.5
 
 STARTUP: Final = "startup"
 DRAIN: Final = "drain"
@@ -75,6 +89,12 @@ class Bbr(CongestionController):
         self._restore_round = -1  # after a timeout: the round prior_cwnd is restored at
         self._in_flight = 0
         self._delivered = 0  # bytes delivered, as of the latest sample
+        # Congestion as opposed to random loss: the path's smallest RTT ever seen, and the
+        # round under way's smallest RTT and whether it lost anything.
+        self._base_rtt = 0.0
+        self._round_min_rtt = 0.0
+        self._round_lost = False
+        self.congested = False
 
     # ------------------------------------------------------------------ the model
 
@@ -131,9 +151,33 @@ class Bbr(CongestionController):
         if self._full_bw_count >= FULL_BW_ROUNDS:
             self.full_bw_reached = True
 
+    def _judge_round(self, rs: RateSample) -> None:
+        """At each round's end: did it lose data to a queue (congestion, another flow filling
+        it) or at random?  Then sample the new round: its losses and its smallest RTT."""
+        if self._round_start:
+            m = self._round_min_rtt
+            base = self._base_rtt
+            if m > 0.0 and base > 0.0:
+                if self._round_lost and m > base * QUEUED_RTT_FACTOR:
+                    self.congested = True
+                elif m <= base * DRAINED_RTT_FACTOR:
+                    self.congested = False
+            if self.phase == PROBE_BW:
+                self.cwnd_gain = CONGESTED_CWND_GAIN if self.congested else CWND_GAIN
+            self._round_min_rtt = 0.0
+            self._round_lost = False
+        if rs.losses:
+            self._round_lost = True
+        rtt = rs.rtt_s
+        if rtt is not None and rtt > 0.0:
+            if self._round_min_rtt == 0.0 or rtt < self._round_min_rtt:
+                self._round_min_rtt = rtt
+            if self._base_rtt == 0.0 or rtt < self._base_rtt:
+                self._base_rtt = rtt
+
     def _enter_probe_bw(self, now: float) -> None:
         self.phase = PROBE_BW
-        self.cwnd_gain = CWND_GAIN
+        self.cwnd_gain = CONGESTED_CWND_GAIN if self.congested else CWND_GAIN
         self._cycle_index = PROBE_BW_START_PHASE
         self.pacing_gain = PACING_GAINS[self._cycle_index]
         self._cycle_stamp = now
@@ -238,6 +282,7 @@ class Bbr(CongestionController):
         self._in_flight = sample.in_flight
         self._delivered = sample.prior_delivered + sample.delivered
         self._update_round(sample)
+        self._judge_round(sample)
         self._update_bw(sample)
         self._check_full_bw(sample)
         self._update_phase(sample, now)
