@@ -330,7 +330,9 @@ def test_the_window_plateaus_around_w_max_then_grows_convex() -> None:
 def test_a_short_rtt_is_reno_friendly() -> None:
     """RFC 9438 section 4.3: on a 1 ms path W_cubic barely moves in 20 ms but Reno's
     estimate grows alpha_cubic = 3 (1 - 0.7) / (1 + 0.7) segments per round trip; the window
-    follows W_est, and W_est grows one segment per round trip once past cwnd_prior."""
+    follows W_est, and W_est keeps that rate past cwnd_prior, as Linux's cubic does (the
+    section's SHOULD of one segment per round trip there made utcp take 13-29% more than
+    kernel cubic at 1-5% random loss)."""
     p = Path(rtt=0.001)
     start = p.lose(100)
     p.run_for(0.020)
@@ -342,7 +344,7 @@ def test_a_short_rtt_is_reno_friendly() -> None:
     assert p.cc.w_est > 100 * MSS
     before = p.cc.cwnd
     p.run_for(0.020)
-    assert p.cc.cwnd - before == pytest.approx(20 * MSS, rel=0.1)
+    assert p.cc.cwnd - before == pytest.approx(ALPHA * 20 * MSS, rel=0.15)
 
 
 def test_fast_convergence_lowers_w_max_when_the_window_shrinks() -> None:
@@ -464,11 +466,13 @@ def test_hystart_leaves_slow_start_before_a_deep_queue_overflows() -> None:
 
 @pytest.mark.parametrize("loss", [0.01, 0.02, 0.05])
 def test_cubic_survives_random_loss(loss: float) -> None:
-    """Random loss on a 40 ms path: every byte arrives intact, and the gentler decrease
-    (0.7, not 0.5) gets more through than NewReno does."""
+    """Random loss on a 40 ms path: every byte arrives intact, and about what NewReno gets
+    through: at these windows CUBIC is in its Reno-friendly region, whose alpha_cubic is
+    chosen so that a gentler decrease (0.7, not 0.5) with a slower increase averages Reno's
+    rate (RFC 9438 section 4.3), as Linux's cubic and reno measure on the WAN benchmark."""
     t = _transfer("cubic", 2_000_000, loss=loss)
     assert t.link.dropped > 0 and RECOVERY in t.phases
     reno = _transfer("newreno", 2_000_000, loss=loss)
-    assert t.goodput > reno.goodput, (
+    assert 0.85 * reno.goodput < t.goodput < 1.3 * reno.goodput, (
         f"cubic {t.goodput / 1e6:.2f}, newreno {reno.goodput / 1e6:.2f} Mbit/s"
     )

@@ -80,7 +80,6 @@ class Cubic(CongestionController):
         self.w_max = 0.0  # the window before the last reduction; 0.0: none (4.8, 4.10)
         self.k_s = 0.0  # time from the stage's start to W_max on the cubic curve
         self.w_est = 0.0  # Reno's window over the same stage
-        self._cwnd_prior = 0.0  # cwnd when ssthresh was last set
         self._epoch = -1.0  # when this congestion avoidance stage began; < 0: not yet
         self._grow_credit = 0.0  # fractional bytes of growth not yet in cwnd (an int)
         self._srtt = 0.0  # 0.0: no sample yet
@@ -109,8 +108,6 @@ class Cubic(CongestionController):
             # No W_max: after a timeout (section 4.8) or when HyStart++ left slow start
             # without loss (section 4.10), the curve starts convex from the current window.
             self.w_max = cwnd
-        if self._cwnd_prior <= 0.0:
-            self._cwnd_prior = cwnd
         self._epoch = now
         # Equation 2: K = cubic_root((W_max - cwnd_epoch) / C).
         self.k_s = _cbrt((self.w_max - cwnd) / (C * self.mss))
@@ -123,10 +120,10 @@ class Cubic(CongestionController):
         mss = self.mss
         cwnd = float(self.cwnd)
         t = now - self._epoch
-        # Section 4.3: W_est grows by alpha segments per window acknowledged; alpha becomes 1
-        # once W_est has reached the window of the last reduction.
-        alpha = 1.0 if self.w_est >= self._cwnd_prior else ALPHA_CUBIC
-        self.w_est += alpha * acked * mss / cwnd
+        # Section 4.3: W_est grows by alpha_cubic segments per window acknowledged.  The
+        # section's SHOULD of alpha 1 once W_est reaches the window of the last reduction is
+        # not followed: Linux's cubic keeps alpha_cubic, and so the two share a link alike.
+        self.w_est += ALPHA_CUBIC * acked * mss / cwnd
         if self.w_cubic(t) < self.w_est:
             # Reno-friendly region (section 4.3): cwnd is W_est (never lowered by an ACK).
             if self.w_est > cwnd:
@@ -158,7 +155,6 @@ class Cubic(CongestionController):
                 # Into congestion avoidance: ssthresh is the current window.
                 self._hystart = False
                 self.ssthresh = self.cwnd
-                self._cwnd_prior = float(self.cwnd)
                 self.phase = CONGESTION_AVOIDANCE
                 return
         self._last_round_min_rtt = self._round_min_rtt
@@ -239,7 +235,6 @@ class Cubic(CongestionController):
             self.w_max = cwnd * (1 + BETA_CUBIC) / 2
         else:
             self.w_max = cwnd
-        self._cwnd_prior = cwnd
         self.ssthresh = max(int(cwnd * BETA_CUBIC), MIN_SSTHRESH_SEGMENTS * self.mss)
         self._epoch = -1.0
         self._grow_credit = 0.0
