@@ -80,8 +80,11 @@ def test_send_buffer_release_to() -> None:
     assert buf.get(13, 14) == b"z"
 
 
-def test_send_buffer_random_against_model() -> None:
-    rng = random.Random(SEED)
+@pytest.mark.parametrize("largest", [50, 20_000])
+def test_send_buffer_random_against_model(largest: int) -> None:
+    """Small writes (merged into shared chunks) and large ones (a chunk each, reads across
+    several), against a bytearray."""
+    rng = random.Random(SEED + largest)
     base = rng.randrange(1, 1 << 40)
     buf = SendBuffer(base)
     model = bytearray()
@@ -89,7 +92,7 @@ def test_send_buffer_random_against_model() -> None:
     for step in range(2000):
         op = rng.random()
         if op < 0.4:
-            data = rng.randbytes(rng.randrange(50))
+            data = rng.randbytes(rng.randrange(largest))
             buf.write(data)
             model += data
         elif op < 0.7 and model:

@@ -13,17 +13,24 @@ from typing import Final
 
 
 class SendBuffer:
-    """Bytes written by the application and not yet acknowledged, addressed by position."""
+    """Bytes written by the application and not yet acknowledged, addressed by position.
 
-    __slots__ = ("_base", "_buf", "end")
+    Held as the written chunks themselves (small writes merged), not one bytearray: CPython
+    copies a bytearray whole when it grows after its head was consumed or shrinks below half
+    its allocation, so a buffer kept full (the transport asks for more at two thirds of its
+    high-water mark) paid for copies of megabytes over and over."""
+
+    __slots__ = ("_base", "_chunks", "_first", "_starts", "end")
 
     def __init__(self, base: int) -> None:
-        self._buf = bytearray()
-        self._base = base  # position of _buf[0]
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []  # position of each chunk's first byte
+        self._first = 0  # index of the oldest chunk still held
+        self._base = base  # position of the oldest byte still held
         self.end = base  # position just past the newest byte written (read on every send)
 
     def __len__(self) -> int:
-        return len(self._buf)
+        return self.end - self._base
 
     @property
     def start(self) -> int:
@@ -31,21 +38,61 @@ class SendBuffer:
         return self._base
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append application bytes."""
-        self._buf += data
-        self.end = self._base + len(self._buf)
+        """Append application bytes (a copy: the caller may change its buffer afterwards)."""
+        n = len(data)
+        if not n:
+            return
+        chunks = self._chunks
+        if n < _MERGE_BYTES and len(chunks) > self._first and len(chunks[-1]) < _MERGE_BYTES:
+            chunks[-1] += bytes(data)  # small writes share a chunk: no pile of tiny ones
+        else:
+            chunks.append(bytes(data))
+            self._starts.append(self.end)
+        self.end += n
 
     def get(self, start: int, end: int) -> bytes:
         """Copy of the bytes in [start, end); both must lie within the buffer."""
-        return bytes(self._buf[start - self._base : end - self._base])
+        if end <= start:
+            return b""
+        starts = self._starts
+        i = bisect.bisect_right(starts, start, self._first, len(starts)) - 1
+        chunk = self._chunks[i]
+        off = start - starts[i]
+        if end - starts[i] <= len(chunk):
+            return chunk[off : end - starts[i]]
+        parts = [chunk[off:]]
+        while True:
+            i += 1
+            chunk = self._chunks[i]
+            if end - starts[i] <= len(chunk):
+                parts.append(chunk[: end - starts[i]])
+                return b"".join(parts)
+            parts.append(chunk)
 
     def release_to(self, position: int) -> None:
         """Drop bytes before ``position``: they have been acknowledged."""
-        n = position - self._base
-        if n > 0:
-            # bytearray deletion from the front is amortised O(1) in CPython.
-            del self._buf[:n]
-            self._base = position
+        if position <= self._base:
+            return
+        self._base = position
+        chunks = self._chunks
+        starts = self._starts
+        first = self._first
+        n = len(chunks)
+        while first < n and starts[first] + len(chunks[first]) <= position:
+            first += 1
+        if first == n:
+            chunks.clear()
+            starts.clear()
+            first = 0
+        elif first > _COMPACT_CHUNKS and 2 * first > n:
+            del chunks[:first]
+            del starts[:first]
+            first = 0
+        self._first = first
+
+
+_MERGE_BYTES: Final = 4096  # writes below this join the last chunk while it is this small
+_COMPACT_CHUNKS: Final = 64  # released chunks kept listed before the lists are trimmed
 
 
 class RangeSet:
