@@ -48,7 +48,7 @@ FULL_BW_ROUNDS: Final = 3
 PACING_MARGIN: Final = 0.99  # pace 1% below the estimate, so the queue drains (Linux)
 # A round trip that lost data while even its fastest sample waited in a queue (its smallest
 # RTT this far above the path's) is congestion rather than random loss: the window comes down
-# to one BDP until a round's smallest RTT is back near the path's.
+# to 1.5 BDP until a round's smallest RTT is back near the path's.
 QUEUED_RTT_FACTOR: Final = 1.25
 DRAINED_RTT_FACTOR: Final = 1.1
 CONGESTED_CWND_GAIN: Final = 1.5

@@ -16,6 +16,9 @@ is multiplied by the MSS.  The controller sees no sequence numbers: HyStart++'s 
 a segment sent after the round began is delivered, from the delivered counts of the rate
 samples (as BBR counts rounds), and its RTT samples are theirs.
 
+Departs from section 4.3 as Linux's cubic does: the Reno-friendly estimate grows by
+alpha_cubic throughout, not by 1 once past the window of the last reduction (a SHOULD).
+
 Not done: undoing a spurious congestion event (section 4.9, a MAY), ECN (the connection has
 none), and leaving out application-limited time from ``t`` (section 5.8): the connection grows
 the window only while it limits the sender, and the target caps any growth at half the window
