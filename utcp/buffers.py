@@ -55,17 +55,19 @@ class SendBuffer:
         if end <= start:
             return b""
         starts = self._starts
+        chunks = self._chunks
         i = bisect.bisect_right(starts, start, self._first, len(starts)) - 1
-        chunk = self._chunks[i]
-        off = start - starts[i]
-        if end - starts[i] <= len(chunk):
-            return chunk[off : end - starts[i]]
-        parts = [chunk[off:]]
+        chunk = chunks[i]
+        stop = end - starts[i]  # where the copy ends, in this chunk's offsets
+        if stop <= len(chunk):
+            return chunk[start - starts[i] : stop]
+        parts = [chunk[start - starts[i] :]]
         while True:
             i += 1
-            chunk = self._chunks[i]
-            if end - starts[i] <= len(chunk):
-                parts.append(chunk[: end - starts[i]])
+            chunk = chunks[i]
+            stop = end - starts[i]
+            if stop <= len(chunk):
+                parts.append(chunk[:stop])
                 return b"".join(parts)
             parts.append(chunk)
 
