@@ -188,6 +188,12 @@ async def _log_stats(writer: Any, path: str) -> None:
         "retransmissions",
         "srtt_s",
         "bytes_sent",
+        "bytes_retransmitted",
+        "timeouts",
+        "tail_loss_probes",
+        "fast_retransmits",
+        "reorder_timeouts",
+        "dsacks_received",
     )
     start = time.monotonic()
     while True:

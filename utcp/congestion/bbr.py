@@ -86,6 +86,7 @@ class Bbr(CongestionController):
         self._probe_rtt_round_done = False
         self._prior_cwnd = 0
         self._conservation_round = -1  # the round packet conservation ends at (-1: off)
+        self._in_episode = False  # between on_congestion_event and the episode's end
         self._restore_round = -1  # after a timeout: the round prior_cwnd is restored at
         self._in_flight = 0
         self._delivered = 0  # bytes delivered, as of the latest sample
@@ -298,6 +299,12 @@ class Bbr(CongestionController):
         round send only as much as is delivered.  The round starts now, as Linux's does: the
         first acknowledgement of data sent from here on ends it (left to the round under
         way, conservation would last up to two round trips)."""
+        if self._in_episode:
+            # A loss of data sent since the episode began: the episode goes on, as Linux's
+            # single recovery state does.  Packet conservation again would pin the window
+            # to the flight once a round under steady random loss, and never let it grow.
+            return
+        self._in_episode = True
         if not self._prior_cwnd:
             self._prior_cwnd = self.cwnd
         self._next_round_delivered = self._delivered
@@ -305,6 +312,7 @@ class Bbr(CongestionController):
         self.cwnd = max(self._in_flight, MIN_CWND_SEGMENTS * self.mss)
 
     def on_recovery_exit(self, *, now: float) -> None:
+        self._in_episode = False
         self._conservation_round = -1
         if self._prior_cwnd:
             self.cwnd = max(self.cwnd, self._prior_cwnd)
@@ -314,6 +322,7 @@ class Bbr(CongestionController):
         """The retransmission timer expired: one segment at a time until a round trip shows
         the path again, then the window from before (the model is kept)."""
         self._prior_cwnd = max(self._prior_cwnd, self.cwnd)
+        self._in_episode = False
         self._conservation_round = -1
         self._restore_round = self._round + 1
         self.cwnd = self.mss
