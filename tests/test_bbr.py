@@ -130,8 +130,10 @@ def test_drain_ends_when_the_flight_is_down_to_one_bdp_then_probe_bw_cycles() ->
     assert m.cc.phase == PROBE_BW and m.cc.cwnd_gain == 2.0
     gains = set()
     for _ in range(40):
-        # Probing at 1.25 ends once the extra quarter is in flight (draft 4.3.3.5).
-        m.rounds(1, in_flight=int(1.3 * bdp) if m.cc.pacing_gain > 1 else bdp)
+        # Probing at 1.25 ends once the extra quarter (and the quantization budget) is in
+        # flight (draft 4.3.3.5); draining at 0.75 lasts its round while the flight is above
+        # one BDP and the budget.
+        m.rounds(1, in_flight=int(1.5 * bdp) if m.cc.pacing_gain > 1 else int(1.2 * bdp))
         gains.add(m.cc.pacing_gain)
     assert gains == set(PACING_GAINS)
 
@@ -141,7 +143,23 @@ def test_probe_bw_window_is_twice_the_bdp_plus_quantization() -> None:
     m.rounds(10, in_flight=int(m.rate * m.rtt) // 2)
     assert m.cc.phase == PROBE_BW
     bdp = int(m.rate * m.rtt)
-    assert m.cc.cwnd == 2 * bdp + 3 * MSS
+    # Linux's quantization budget: three bursts of a millisecond at the pacing rate (here
+    # below two segments, so two segments each).
+    assert m.rate * 0.001 < 2 * MSS
+    assert m.cc.cwnd == 2 * bdp + 3 * 2 * MSS
+
+
+def test_the_quantization_budget_is_three_milliseconds_of_data_at_high_rates() -> None:
+    """At 100 Mbit/s a millisecond of data is eight segments: the window keeps room for
+    three such bursts beyond two BDPs (Linux's bbr_quantization_budget), where three
+    segments left a fast path's batches short."""
+    m = Model(rate=12.5e6, rtt=0.1)
+    bdp = int(m.rate * m.rtt)
+    m.rounds(10, in_flight=bdp // 2)
+    assert m.cc.phase == PROBE_BW
+    rate = m.cc.pacing_rate
+    assert rate is not None and rate * 0.001 > 2 * MSS
+    assert m.cc.cwnd == pytest.approx(2 * bdp + 3 * rate * 0.001, abs=3)
 
 
 def _in_probe_bw() -> tuple[Model, int]:
@@ -170,7 +188,7 @@ def test_loss_behind_a_standing_queue_brings_the_window_to_one_and_a_half_bdp() 
     _lossy_rounds(m, 2, bdp)
     assert m.cc.congested and m.cc.cwnd_gain == CONGESTED_CWND_GAIN == 1.5
     m.rounds(1, in_flight=bdp)
-    assert m.cc.cwnd <= CONGESTED_CWND_GAIN * bdp + 3 * MSS
+    assert m.cc.cwnd <= CONGESTED_CWND_GAIN * bdp + 3 * 2 * MSS  # and the budget
     m.rtt = 0.05  # the queue drained
     m.rounds(2, in_flight=bdp)
     assert not m.cc.congested and m.cc.cwnd_gain == CWND_GAIN
@@ -180,7 +198,7 @@ def test_random_loss_at_the_paths_own_rtt_is_not_congestion() -> None:
     m, bdp = _in_probe_bw()
     _lossy_rounds(m, 5, bdp)
     assert not m.cc.congested and m.cc.cwnd_gain == CWND_GAIN
-    assert m.cc.cwnd == 2 * bdp + 3 * MSS  # each loss came off and grew back
+    assert m.cc.cwnd == 2 * bdp + 3 * 2 * MSS  # each loss came off and grew back
 
 
 def test_a_longer_rtt_without_loss_is_not_congestion() -> None:

@@ -45,6 +45,10 @@ PROBE_RTT_S: Final = 0.2
 MIN_CWND_SEGMENTS: Final = 4
 FULL_BW_GROWTH: Final = 1.25
 FULL_BW_ROUNDS: Final = 3
+# Linux sizes each burst (TSO autosizing, sk_pacing_shift 10) at about a millisecond of data at
+# the pacing rate, at least two segments; its quantization budget is three of them.
+BURST_S: Final = 0.001
+BUDGET_BURSTS: Final = 3
 PACING_MARGIN: Final = 0.99  # pace 1% below the estimate, so the queue drains (Linux)
 # A round trip that lost data while even its fastest sample waited in a queue (its smallest
 # RTT this far above the path's) is congestion rather than random loss: the window comes down
@@ -108,10 +112,18 @@ class Bbr(CongestionController):
             return self._init_cwnd
         return int(gain * bw * rtt)
 
+    def _inflight(self, gain: float) -> int:
+        """``gain`` BDPs and Linux's quantization budget (bbr_inflight): room for three of the
+        sender's bursts (a millisecond of data at the pacing rate, at least two segments) in
+        the sender's and the receiver's batching, so that those bursts do not leave the
+        bottleneck idle."""
+        burst = int((self.pacing_rate or 0.0) * BURST_S)
+        if burst < 2 * self.mss:
+            burst = 2 * self.mss
+        return self._bdp(gain) + BUDGET_BURSTS * burst
+
     def _target_cwnd(self) -> int:
-        # Three segments more for the sender's and receiver's batching (Linux's quantization
-        # budget), at least four segments.
-        return max(self._bdp(self.cwnd_gain) + 3 * self.mss, MIN_CWND_SEGMENTS * self.mss)
+        return max(self._inflight(self.cwnd_gain), MIN_CWND_SEGMENTS * self.mss)
 
     def _update_bw(self, rs: RateSample) -> None:
         rate = rs.delivery_rate
@@ -188,7 +200,7 @@ class Bbr(CongestionController):
             self.phase = DRAIN
             self.pacing_gain = DRAIN_GAIN
             self.cwnd_gain = HIGH_GAIN
-        if self.phase == DRAIN and rs.in_flight <= self._bdp(1.0):
+        if self.phase == DRAIN and rs.in_flight <= self._inflight(1.0):
             self._enter_probe_bw(now)
         if self.phase == PROBE_BW and self._next_cycle_phase(rs, now):
             self._cycle_index = (self._cycle_index + 1) % len(PACING_GAINS)
@@ -203,10 +215,11 @@ class Bbr(CongestionController):
         if gain == 1.0:
             return full_length
         if gain > 1.0:
-            # Probing: go on until the extra data is in flight (or a round has passed).
-            return full_length and rs.in_flight >= self._bdp(gain)
+            # Probing: after a round, go on until the extra data is in flight, unless data
+            # was lost (the queue may not hold that much).
+            return full_length and (rs.losses > 0 or rs.in_flight >= self._inflight(gain))
         # Draining what the probe queued: done as soon as the flight is down to one BDP.
-        return full_length or rs.in_flight <= self._bdp(1.0)
+        return full_length or rs.in_flight <= self._inflight(1.0)
 
     def _update_min_rtt(self, rs: RateSample, now: float) -> None:
         # The window starts with the first sample (the driver's clock need not start at 0).
