@@ -188,7 +188,9 @@ def test_loss_behind_a_standing_queue_brings_the_window_to_one_and_a_half_bdp() 
     _lossy_rounds(m, 2, bdp)
     assert m.cc.congested and m.cc.cwnd_gain == CONGESTED_CWND_GAIN == 1.5
     m.rounds(1, in_flight=bdp)
-    assert m.cc.cwnd <= CONGESTED_CWND_GAIN * bdp + 3 * 2 * MSS  # and the budget
+    # Three segments over, not Linux's quantization budget of three bursts: beside kernel
+    # cubic those stood in the shared queue (68% of the link, against 59% without).
+    assert m.cc.cwnd <= CONGESTED_CWND_GAIN * bdp + 3 * MSS
     m.rtt = 0.05  # the queue drained
     m.rounds(2, in_flight=bdp)
     assert not m.cc.congested and m.cc.cwnd_gain == CWND_GAIN
