@@ -222,7 +222,8 @@ class Bbr(CongestionController):
             # Probing: after a round, go on until the extra data is in flight, unless data
             # was lost (the queue may not hold that much).
             return full_length and (rs.losses > 0 or rs.in_flight >= self._inflight(gain))
-        # Draining what the probe queued: done as soon as the flight is down to one BDP.
+        # Draining what the probe queued: done as soon as the flight is down to one BDP (and
+        # the budget).
         return full_length or rs.in_flight <= self._inflight(1.0)
 
     def _update_min_rtt(self, rs: RateSample, now: float) -> None:
