@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from .base import (
+    BURST_S,
     CongestionController,
     RateSample,
     available,
+    burst_bytes,
     create,
     register,
     wants_delay_samples,
@@ -16,6 +18,7 @@ from .ledbat import Ledbat
 from .newreno import NewReno
 
 __all__ = [
+    "BURST_S",
     "Bbr",
     "CongestionController",
     "Cubic",
@@ -23,6 +26,7 @@ __all__ = [
     "NewReno",
     "RateSample",
     "available",
+    "burst_bytes",
     "create",
     "register",
     "wants_delay_samples",

@@ -10,9 +10,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import ClassVar, final
+from typing import ClassVar, Final, final
 
 from mypy_extensions import mypyc_attr
+
+BURST_S: Final = 0.001  # one paced burst: a millisecond of data at the pacing rate
+
+
+def burst_bytes(rate: float, mss: int) -> float:
+    """The bytes of one paced burst at ``rate`` bytes/s: a millisecond of data, at least two
+    segments (Linux's TSO autosizing, quinn's pacer).  The pacer's bucket holds one; BBR's
+    window keeps room for three (Linux's quantization budget)."""
+    burst = rate * BURST_S
+    return burst if burst > 2 * mss else 2.0 * mss
 
 
 @final

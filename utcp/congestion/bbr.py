@@ -29,7 +29,7 @@ from typing import ClassVar, Final
 
 from mypy_extensions import mypyc_attr
 
-from .base import CongestionController, RateSample, register
+from .base import CongestionController, RateSample, burst_bytes, register
 
 __all__ = ["Bbr"]
 
@@ -45,10 +45,8 @@ PROBE_RTT_S: Final = 0.2
 MIN_CWND_SEGMENTS: Final = 4
 FULL_BW_GROWTH: Final = 1.25
 FULL_BW_ROUNDS: Final = 3
-# Linux sizes each burst (TSO autosizing, sk_pacing_shift 10) at about a millisecond of data at
-# the pacing rate, at least two segments; its quantization budget is three of them.
-BURST_S: Final = 0.001
-BUDGET_BURSTS: Final = 3
+BUDGET_BURSTS: Final = 3  # Linux's quantization budget: three paced bursts (burst_bytes)
+CONGESTED_BUDGET_SEGMENTS: Final = 3  # while congested: three segments instead
 PACING_MARGIN: Final = 0.99  # pace 1% below the estimate, so the queue drains (Linux)
 # A round trip that lost data while even its fastest sample waited in a queue (its smallest
 # RTT this far above the path's) is congestion rather than random loss: the window comes down
@@ -117,17 +115,17 @@ class Bbr(CongestionController):
         sender's bursts (a millisecond of data at the pacing rate, at least two segments) in
         the sender's and the receiver's batching, so that those bursts do not leave the
         bottleneck idle."""
-        burst = int((self.pacing_rate or 0.0) * BURST_S)
-        if burst < 2 * self.mss:
-            burst = 2 * self.mss
+        burst = int(burst_bytes(self.pacing_rate or 0.0, self.mss))
         return self._bdp(gain) + BUDGET_BURSTS * burst
 
     def _target_cwnd(self) -> int:
         if self.congested:
             # Beside a loss-based flow the budget's bursts would stand in the shared queue:
             # with them, the share beside kernel cubic rose from 59% to 68%.
-            return max(self._bdp(self.cwnd_gain) + 3 * self.mss, MIN_CWND_SEGMENTS * self.mss)
-        return max(self._inflight(self.cwnd_gain), MIN_CWND_SEGMENTS * self.mss)
+            target = self._bdp(self.cwnd_gain) + CONGESTED_BUDGET_SEGMENTS * self.mss
+        else:
+            target = self._inflight(self.cwnd_gain)
+        return max(target, MIN_CWND_SEGMENTS * self.mss)
 
     def _update_bw(self, rs: RateSample) -> None:
         rate = rs.delivery_rate

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 from typing import Final, final
 
-from ..congestion import CongestionController
+from ..congestion import BURST_S, CongestionController, burst_bytes
 
 __all__ = ["QUANTUM_S", "Pacer"]
 
-QUANTUM_S: Final = 0.001  # one burst: a millisecond of data at the pacing rate
+QUANTUM_S: Final = BURST_S  # one burst: a millisecond of data at the pacing rate
 _SLOW_START_GAIN: Final = 2.0  # Linux's tcp_pacing_ss_ratio (200%)
 _AVOIDANCE_GAIN: Final = 1.2  # Linux's tcp_pacing_ca_ratio (120%)
 _MIN_WAIT_S: Final = 1e-6
@@ -52,9 +52,7 @@ class Pacer:
                 return
             gain = _SLOW_START_GAIN if cc.cwnd < cc.ssthresh else _AVOIDANCE_GAIN
             rate = gain * cc.cwnd / srtt
-        depth = rate * QUANTUM_S
-        if depth < 2 * mss:
-            depth = 2.0 * mss
+        depth = burst_bytes(rate, mss)
         if self.rate == 0.0:
             self.tokens = depth  # pacing starts with one quantum
         else:
