@@ -256,16 +256,23 @@ class Bbr(CongestionController):
                         self.pacing_gain = self.cwnd_gain = HIGH_GAIN
 
     def _set_pacing_rate(self) -> None:
+        if self.pacing_rate is None:
+            rtt = self.min_rtt
+            if not rtt:
+                return
+            # The first RTT: the initial window per RTT at the startup gain, the floor of
+            # STARTUP's rate (Linux's bbr_init_pacing_rate_from_rtt).  The first delivery
+            # rate is an ACK's worth of data per RTT; taken alone it paced STARTUP's first
+            # round below its window, and an application-limited flow (which never leaves
+            # STARTUP) at what the application had written: a thin stream's messages then
+            # waited in the pacer.
+            self.pacing_rate = HIGH_GAIN * self.cwnd / rtt * PACING_MARGIN
         bw = self.bandwidth
         if bw is None:
-            rtt = self.min_rtt
-            if rtt:
-                # No bandwidth sample yet: the initial window per RTT, at the startup gain.
-                self.pacing_rate = HIGH_GAIN * self.cwnd / rtt
             return
         rate = self.pacing_gain * bw * PACING_MARGIN
         # In STARTUP the rate only rises: an early low sample must not slow the ramp.
-        if self.full_bw_reached or self.pacing_rate is None or rate > self.pacing_rate:
+        if self.full_bw_reached or rate > self.pacing_rate:
             self.pacing_rate = rate
 
     def _set_cwnd(self, rs: RateSample) -> None:
