@@ -137,6 +137,30 @@ def test_a_peer_silent_mid_transfer_draws_one_early_stall_probe() -> None:
     assert s.live.stall_probe_due(True) == T0 + 23.0  # a new silence may be probed again
 
 
+def test_an_answer_without_data_leaves_the_next_silence_its_own_stall_probe() -> None:
+    """The peer answers the stall probe but sends no data (a server that challenges our new
+    address after a NAT rebinding, whose echo is then lost): the silence after its answer
+    is probed early again, not only by the regular keepalive."""
+    s = Stack()
+    s.rcv.note_segment_size(s.rcv.full_seg)
+    s.live.arm(T0, True)
+    assert s.dl.keepalive == T0 + 3.0
+    assert s.live.on_keepalive(T0 + 3.0, True) is None
+    assert s.probed()
+    assert s.dl.keepalive == T0 + 15.0
+    s.live.heard(T0 + 3.1)
+    s.live.arm(T0 + 3.1, True)
+    assert s.dl.keepalive == T0 + 6.1
+    assert s.live.on_keepalive(T0 + 6.1, True) is None
+    assert s.probed()
+    s.live.heard(T0 + 6.2)  # later answers re-arm only after a stall probe
+    s.live.arm(T0 + 6.2, True)
+    s.dl.keepalive = T0 + 40.0
+    s.live.heard(T0 + 6.3)
+    s.live.arm(T0 + 6.3, True)
+    assert s.dl.keepalive == T0 + 40.0
+
+
 def test_the_stall_probe_waits_at_least_keepalive_stall_s() -> None:
     s = Stack()
     s.loss.rtt.on_sample(0.050)  # RTO 200 ms: 3 RTO is shorter than the stall time

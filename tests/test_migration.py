@@ -337,3 +337,41 @@ def test_data_that_timed_out_on_the_old_address_is_resent_once_the_new_one_is_va
     _rebind(net, (CLIENT[0], CLIENT[1] + 2), REBOUND)  # and the NAT rebinds again
     assert bytes(net.received[client.conn.local_cid]) == b"hi" + payload
     assert _server_bytes(net, server) == b"k"
+
+
+class _LosesOneEcho(Net):
+    """Loses the first echo of a path challenge that ``src`` sends."""
+
+    def __init__(self, src: Address) -> None:
+        super().__init__()
+        self.src = src
+        self.echoes_lost = 0
+
+    def send(self, data: bytes, src: Address, dst: Address = SERVER) -> Route | None:
+        if src == self.src and not self.echoes_lost and decode(data).path_response is not None:
+            self.echoes_lost += 1
+            return None
+        return super().send(data, src, dst)
+
+
+def test_a_receiving_client_whose_echo_is_lost_probes_again_and_is_followed() -> None:
+    """The NAT rebinds while the client only receives: its stall probe from the new address
+    draws the server's challenge, and the echo is lost.  The silence after the challenge
+    draws another stall probe, the server challenges again and follows.  (The client stayed
+    silent until its regular keepalive, 15 s later; a tunnel through a NAT rebinding every
+    second stalled that long, and a second loss then ended the connection at its idle
+    timeout.)"""
+    net = _LosesOneEcho(REBOUND)
+    client, server = _establish(net)
+    first = bytes(1176 * 8)  # full-sized segments, the last one too
+    _send(net, server, first)
+    assert client.conn.stats.bytes_received == len(first)  # the client is mid-transfer
+    _rebind(net, REBOUND)
+    payload = bytes(range(255, -1, -1)) * 40
+    _send(net, server, payload)  # lost at the old binding
+    net.advance(2.5)
+    assert net.echoes_lost == 1
+    assert net.server.stats.path_challenges_sent == 2
+    assert server.addr == REBOUND
+    net.advance(3.0)
+    assert bytes(net.received[client.conn.local_cid]) == first + payload

@@ -361,7 +361,8 @@ class Endpoint:
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
         if (
-            path is not None and now - path.started_at < max(conn.rto_s, PATH_CHALLENGE_MIN_GAP_S)
+            path is not None
+            and now - path.started_at < max(conn.base_rto_s, PATH_CHALLENGE_MIN_GAP_S)
         ) or now - route.path_failed_at < PATH_VALIDATION_INTERVAL_S:
             # One validation at a time, for at least one RTO (its echo is not due before),
             # and none for a while after one failed: spoofed sources cannot keep us busy.
@@ -379,9 +380,12 @@ class Endpoint:
 
     def _challenge_path(self, route: Route, path: PathValidation, now: float) -> None:
         """Send the new address its challenge, again if the last one is one RTO old, within
-        the anti-amplification limit; give the address up after PATH_CHALLENGE_TRIES."""
+        the anti-amplification limit; give the address up after PATH_CHALLENGE_TRIES.  The
+        RTO without backoff: the echo is a round trip away, however often the timer doubled
+        while the old address was out of reach (with it, a peer whose first echo was lost
+        was not challenged again for seconds)."""
         conn = route.conn
-        if now - path.sent_at < max(conn.rto_s, PATH_CHALLENGE_MIN_GAP_S):
+        if now - path.sent_at < max(conn.base_rto_s, PATH_CHALLENGE_MIN_GAP_S):
             return
         if path.tries >= PATH_CHALLENGE_TRIES:
             self._give_up_path(route, path)

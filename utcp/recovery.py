@@ -47,6 +47,12 @@ class RttEstimator:
         return min(self._rto_base * (1 << self._backoff), self.rto_max)
 
     @property
+    def base_rto(self) -> float:
+        """The timeout without backoff: what a round trip on the path should take at most,
+        whatever the timer's doublings while the peer was out of reach."""
+        return self._rto_base
+
+    @property
     def backoff(self) -> int:
         """How many times the timer has doubled since the last RTT sample or ACK of new data."""
         return self._backoff

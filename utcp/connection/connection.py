@@ -244,6 +244,11 @@ class Connection:
         return self._loss.rtt.rto
 
     @property
+    def base_rto_s(self) -> float:
+        """The retransmission timeout without backoff (``RttEstimator.base_rto``)."""
+        return self._loss.rtt.base_rto
+
+    @property
     def last_heard(self) -> float:
         """When the peer was last heard from (an acceptable segment), or ``connect()`` was
         called: the start of the silence an idle or retransmission timeout reports."""

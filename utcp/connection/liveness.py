@@ -73,6 +73,13 @@ class Liveness:
 
     def heard(self, now: float) -> None:
         """An acceptable segment arrived: the peer is alive and synchronized."""
+        if self.stall_probed_at == self.last_activity:
+            # The silence this ends drew its stall probe, which set the keepalive deadline
+            # past the next one: re-arm it (the next datagrams_to_send does), so that a new
+            # silence mid-transfer is probed early too.  A peer that answers the probe but
+            # sends no data (a server validating our address after a NAT rebinding, whose
+            # echo was lost) otherwise left the connection silent until the regular keepalive.
+            self._dl.keepalive = None
         self.last_activity = now
         self.keepalive_probes = 0
         self._dl.confirm = None
