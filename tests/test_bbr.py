@@ -87,6 +87,21 @@ def test_bbr_is_registered_and_asks_for_rate_samples() -> None:
     assert Config(congestion_control="bbr").validate().congestion_control == "bbr"
 
 
+def test_bbr_is_the_default_controller() -> None:
+    """``Config()`` runs bbr (README, "Why the default is bbr"): both ends of a connection
+    built from the default configuration report it, in STARTUP, and a sender paces once
+    its data is acknowledged."""
+    assert Config().congestion_control == "bbr"
+    net = pair()
+    a, b = conns(net)
+    establish(net)
+    for conn in (a, b):
+        assert (conn.stats.congestion_control, conn.stats.congestion_phase) == ("bbr", STARTUP)
+    a.send(bytes(100_000))
+    net.run(until=lambda: len(net.b.received) == 100_000)
+    assert a.stats.pacing_rate_bps is not None
+
+
 def test_startup_paces_at_high_gain_and_ends_when_bandwidth_stops_growing() -> None:
     """STARTUP's gain is 2/ln2; three rounds with under 25% growth end it (draft 4.3.1.2)."""
     m = Model()

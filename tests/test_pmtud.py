@@ -349,7 +349,10 @@ def test_peer_mss_caps_the_search() -> None:
 def test_black_hole_mid_transfer_drops_to_base_then_settles_below_the_new_limit() -> None:
     tracer = ListTracer()
     change_at = 0.3
-    net = _path(9000, changes=((change_at, 1400),), tracer=tracer)
+    # cubic: the transfer outlasts the change (bbr, unbounded by this lossless link, would
+    # finish before it).
+    cubic = Config(congestion_control="cubic")
+    net = _path(9000, config_a=cubic, config_b=cubic, changes=((change_at, 1400),), tracer=tracer)
     a, b = conns(net)
     data = random.Random(9).randbytes(16 << 20)
     a.send(data)
@@ -503,7 +506,11 @@ def test_raise_timer_finds_a_path_that_grew() -> None:
 def test_data_segments_with_sack_blocks_fit_the_discovered_size() -> None:
     # Losses often enough both ways that data segments go out while their sender holds a
     # hole (the drop pattern decides how many do; this one gives several).
+    # cubic: the search completes before the transfer does (bbr's would not).
+    cubic = Config(congestion_control="cubic")
     net = pair(
+        config_a=cubic,
+        config_b=cubic,
         a_to_b=Link(mtu=1500, drop=lambda i, p: i % 31 == 15),
         b_to_a=Link(mtu=1500, drop=lambda i, p: i % 29 == 10),
     )

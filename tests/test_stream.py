@@ -589,7 +589,12 @@ def sampled(
 
 
 def test_slow_start_doubles_cwnd_every_round_trip() -> None:
-    net = established(a_to_b=PacedLink(), b_to_a=PacedLink())
+    """RFC 5681's slow start (newreno's; bbr's STARTUP is tests/test_bbr.py's)."""
+    net = established(
+        config_a=FIXED.replace(congestion_control="newreno"),
+        a_to_b=PacedLink(),
+        b_to_a=PacedLink(),
+    )
     a, _ = conns(net)
     rtt = 2 * Link().delay_s
     a.send(random.Random(16).randbytes(3_000_000))
