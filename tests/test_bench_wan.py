@@ -58,6 +58,8 @@ def test_scenarios_are_the_paths_asked_for() -> None:
         link = s[name].link
         assert (link.rate_mbps, 2 * link.delay_ms) == (100.0, 100.0)
         assert link.queue == pytest.approx(bdp_packets, abs=1)
+        # long enough at the link rate that STARTUP (about 0.7 s) is a small part of it
+        assert s[name].mib * bench_wan.MIB * 8 / 100e6 >= 8.0
     args = s["20m-1"].link.linkem_args()
     assert args[args.index("--rate") + 1] == "20000000"
     assert args[args.index("--delay-us") + 1] == "20000"
