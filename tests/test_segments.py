@@ -134,17 +134,42 @@ def test_timestamps_carry_our_clock_and_echo_the_peer() -> None:
 
 def test_sack_blocks_report_the_held_data_most_recent_first() -> None:
     """RFC 2018 section 4: the first block holds the most recently received segment; the
-    others follow."""
+    others follow, the blocks of the latest arrivals first."""
     s = Stack()
     s.opts.sack_ok = True
     s.hold((101, 201), (501, 601), (301, 401))
     p = decode(s.seg.build(Flag.ACK, 1, b""))
     assert p.sack_blocks == (
         (s.ack_wire(301), s.ack_wire(401)),
-        (s.ack_wire(101), s.ack_wire(201)),
         (s.ack_wire(501), s.ack_wire(601)),
+        (s.ack_wire(101), s.ack_wire(201)),
     )
     assert p.ack == s.ack_wire(1)
+
+
+def test_one_ack_for_a_batch_reports_every_block_the_batch_added() -> None:
+    """More holes open than an ACK has blocks for, and a batch of arrivals answered by one
+    ACK: its blocks are those of the latest arrivals, so none of them goes unreported (in
+    ascending order after the first, the middle ones never were, and the sender's RACK
+    retransmitted data the receiver held)."""
+    s = Stack()
+    s.opts.sack_ok = True
+    s.opts.ts_ok = True  # three blocks
+    s.hold(*[(101 + 200 * i, 201 + 200 * i) for i in range(4)])  # reported one by one
+    s.hold((1101, 1201), (1301, 1401), (1501, 1601))  # one batch, one ACK
+    p = decode(s.seg.build(Flag.ACK, 1, b""))
+    assert p.sack_blocks == (
+        (s.ack_wire(1501), s.ack_wire(1601)),
+        (s.ack_wire(1301), s.ack_wire(1401)),
+        (s.ack_wire(1101), s.ack_wire(1201)),
+    )
+    s.hold((1201, 1251))  # extends an older block: it goes first, the next ones follow
+    p = decode(s.seg.build(Flag.ACK, 1, b""))
+    assert p.sack_blocks[0] == (s.ack_wire(1101), s.ack_wire(1251))
+    assert p.sack_blocks[1:] == (
+        (s.ack_wire(1501), s.ack_wire(1601)),
+        (s.ack_wire(1301), s.ack_wire(1401)),
+    )
 
 
 def test_at_most_four_sack_blocks_or_three_beside_timestamps() -> None:

@@ -27,6 +27,9 @@ __all__ = ["TAKE_FIN", "TAKE_OVER_BUFFER", "ReceiveSide"]
 # What ``ReceiveSide.take`` reports, as bits.
 TAKE_FIN: Final = 1  # the peer's FIN is now in order: RCV.NXT has passed it
 TAKE_OVER_BUFFER: Final = 2  # out-of-order data dropped: reassembly is full
+# Out-of-order arrivals remembered for the SACK blocks' order: enough to name four blocks
+# even when some of them took several arrivals.
+RECENT_ARRIVALS: Final = 8
 
 _NO_MARK: Final = 1 << 62  # no receiver RTT measurement under way
 _CUSHION_SEGMENTS: Final = 16  # added to the tuned window, as Linux's 16 * advmss
@@ -76,6 +79,9 @@ class ReceiveSide:
         self.views = False
         self.reasm = ReassemblyBuffer()
         self.last_pos = 0  # start of the most recent out-of-order arrival (SACK order)
+        # The starts of the latest out-of-order arrivals, most recent first: the SACK blocks
+        # holding them are reported first (RFC 2018 section 4).
+        self.recent_pos: list[int] = []
         # A wholly duplicate segment's range, reported once as the first SACK block of the
         # next ACK (a D-SACK, RFC 2883): the sender learns its retransmission was spurious.
         self.dsack: tuple[int, int] | None = None
@@ -273,6 +279,10 @@ class ReceiveSide:
                     self._count.ooo_segments += 1
                 if seg_pos > rcv_nxt:
                     self.last_pos = seg_pos
+                    recent = self.recent_pos
+                    recent.insert(0, seg_pos)
+                    if len(recent) > RECENT_ARRIVALS:
+                        recent.pop()
                 for chunk in reasm.pop_ready(self.nxt):
                     self.deliver(chunk)
                 # Out of order, or filling a gap: ACK at once (RFC 5681 section 4.2).
