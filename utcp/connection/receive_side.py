@@ -78,7 +78,6 @@ class ReceiveSide:
         # copies it into buffers of its own: Connection.deliver_views).
         self.views = False
         self.reasm = ReassemblyBuffer()
-        self.last_pos = 0  # start of the most recent out-of-order arrival (SACK order)
         # The starts of the latest out-of-order arrivals, most recent first: the SACK blocks
         # holding them are reported first (RFC 2018 section 4).
         self.recent_pos: list[int] = []
@@ -102,6 +101,12 @@ class ReceiveSide:
         self._events = events
         self._count = counters
         self._dl = deadlines
+
+    @property
+    def last_pos(self) -> int:
+        """Start of the most recent out-of-order arrival (0 before any)."""
+        recent = self.recent_pos
+        return recent[0] if recent else 0
 
     def window(self) -> int:
         """Bytes the peer may send beyond RCV.NXT now: the buffer less what is held, but never
@@ -278,7 +283,6 @@ class ReceiveSide:
                 elif seg_pos > rcv_nxt:
                     self._count.ooo_segments += 1
                 if seg_pos > rcv_nxt:
-                    self.last_pos = seg_pos
                     recent = self.recent_pos
                     recent.insert(0, seg_pos)
                     if len(recent) > RECENT_ARRIVALS:
