@@ -19,6 +19,7 @@ from tests.test_sender import Stack as SenderStack
 from utcp.config import Config
 from utcp.connection.counters import Counters
 from utcp.connection.deadlines import Deadlines
+from utcp.connection.pacer import SLOW_START_BURST_SEGMENTS
 from utcp.connection.receive_side import ReceiveSide
 from utcp.events import DataReceived, Event
 from utcp.packet import Flag, Packet, decode
@@ -201,12 +202,14 @@ def test_the_pacer_is_charged_the_whole_datagram(fast_paths: bool) -> None:
     s.send(now=0.0)
     pacer = s.pacer
     assert pacer.rate == pytest.approx(200_000.0)
-    assert pacer.tokens == pytest.approx(2 * MSS - 150)  # a full bucket (two MSS) less it
-    pacer.tokens = -2 * MSS + 60  # 60 bytes may borrow: not the bundle's 160
+    # Slow start: a full bucket is the initial window (ten MSS), less what left.
+    depth = SLOW_START_BURST_SEGMENTS * MSS
+    assert pacer.tokens == pytest.approx(depth - 150)
+    pacer.tokens = -depth + 60  # 60 bytes may borrow: not the bundle's 160
     s.write(10)
     (p,) = s.send(now=0.0)
     assert s.span(p) == (151, 161)
-    assert pacer.tokens == pytest.approx(-2 * MSS + 50)
+    assert pacer.tokens == pytest.approx(-depth + 50)
     assert s.count.bundled_segments == 1
 
 

@@ -19,8 +19,8 @@ BURST_S: Final = 0.001  # one paced burst: a millisecond of data at the pacing r
 
 def burst_bytes(rate: float, mss: int) -> float:
     """The bytes of one paced burst at ``rate`` bytes/s: a millisecond of data, at least two
-    segments (Linux's TSO autosizing, quinn's pacer).  The pacer's bucket holds one; BBR's
-    window keeps room for three (Linux's quantization budget)."""
+    segments (Linux's TSO autosizing).  The pacer's bucket holds one (ten segments at least
+    in slow start); BBR's window keeps room for three (Linux's quantization budget)."""
     burst = rate * BURST_S
     return burst if burst > 2 * mss else 2.0 * mss
 
