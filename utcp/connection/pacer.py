@@ -3,15 +3,15 @@ window-sized bursts, which a shallow bottleneck queue would drop together.
 
 A token bucket filled at the pacing rate.  Its depth is one quantum: ``QUANTUM_S`` of data at
 the rate, and never less than two segments (as Linux's TSO autosizing sizes its bursts), or
-ten (the initial window, as quinn's pacer and RFC 9002 section 7.7 allow) while the controller
-is still finding the path's rate, so a datagrams_to_send call sends at most a small batch
-(a GSO batch on the fast I/O path).  A segment may also borrow up to one quantum ahead: below
-that the wait would be shorter than the loop timer (about a millisecond) can measure, so at
-loopback rates pacing costs nothing; once the borrowed quantum is spent, the timer is set for
-when the next segment is due.  The bucket keeps what a timer that fired up to one quantum
-late should have spent (two quanta in all): a late wake-up then sends what was due instead of
-losing that time, which on a 20 Mbit/s path cost BBR about 1% of the link.  Without an RTT
-sample there is no rate, and nothing is paced.
+ten (the default initial window, the burst RFC 9002 section 7.7 allows, and quinn's smallest)
+while the controller is still finding the path's rate, so a datagrams_to_send call sends at
+most a small batch (a GSO batch on the fast I/O path).  A segment may also borrow up to one
+quantum ahead: below that the wait would be shorter than the loop timer (about a
+millisecond) can measure, so at loopback rates pacing costs nothing; once the borrowed
+quantum is spent, the timer is set for when the next segment is due.  The bucket keeps what
+a timer that fired up to one quantum late should have spent (two quanta in all): a late
+wake-up then sends what was due instead of losing that time, which on a 20 Mbit/s path cost
+BBR about 1% of the link.  Without an RTT sample there is no rate, and nothing is paced.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ QUANTUM_S: Final = BURST_S  # one burst: a millisecond of data at the pacing rat
 _SLOW_START_GAIN: Final = 2.0  # Linux's tcp_pacing_ss_ratio (200%)
 _AVOIDANCE_GAIN: Final = 1.2  # Linux's tcp_pacing_ca_ratio (120%)
 # While the controller is still finding the path's rate (slow start, BBR's STARTUP) a quantum
-# is at least the initial window, the burst RFC 9002 section 7.7 allows (quinn's smallest
-# burst too).  At the low per-connection rates of many connections at once, two-segment
-# quanta woke each connection for every segment or two and sent each in its own system call:
+# is at least ten segments: the default initial window, the burst RFC 9002 section 7.7 allows
+# (quinn's smallest burst too).  At the low per-connection rates of many connections at once,
+# two-segment quanta woke each connection for every segment or two, each sent on its own:
 # 200 loopback connections echoing 256 KiB each moved 150 MB/s against 205 with this floor.
 # Once the rate is found the bursts are Linux's again: ten-segment bursts all along put two
 # flows sharing a 50-packet queue off balance (Jain's index 0.94-0.99 against 0.999).
