@@ -314,6 +314,31 @@ def pair(
     return net
 
 
+def bottleneck_pair(
+    config: object,
+    *,
+    rate_bps: float,
+    delay_s: float,
+    queue_packets: int = 50,
+    loss: float = 0.0,
+    seed: int = 1,
+) -> tuple[Network, list[BottleneckLink]]:
+    """``pair`` with both ends built from ``config`` and a ``BottleneckLink`` each way (their
+    random loss seeded ``seed`` and ``seed + 100``); the links, a to b first."""
+    links = [
+        BottleneckLink(
+            rng=random.Random(seed + k),
+            delay_s=delay_s,
+            loss=loss,
+            rate_bps=rate_bps,
+            queue_packets=queue_packets,
+        )
+        for k in (0, 100)
+    ]
+    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    return net, links
+
+
 def conns(net: Network) -> tuple[Connection, Connection]:
     """The pair's two connections, a (the client) first."""
     a, b = net.a.conn, net.b.conn

@@ -10,12 +10,11 @@ segments every ten seconds, and random loss does not shrink the model.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import BottleneckLink, Network, conns, establish, pair
+from tests.helpers import BottleneckLink, Network, bottleneck_pair, conns, establish, pair
 from utcp import Config
 from utcp.congestion import Bbr, CongestionController, RateSample, create
 from utcp.congestion.bbr import (
@@ -536,11 +535,7 @@ DELAY_S = 0.02
 def _transfer(cc: str, loss: float, size: int, seed: int = 1) -> tuple[float, Network]:
     """Goodput in bit/s of ``size`` bytes from a to b through the bottleneck."""
     config = Config(congestion_control=cc, pmtud=False)
-    links = [
-        BottleneckLink(rng=random.Random(seed + k), delay_s=DELAY_S, loss=loss, rate_bps=RATE_BPS)
-        for k in (0, 100)
-    ]
-    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    net, _ = bottleneck_pair(config, rate_bps=RATE_BPS, delay_s=DELAY_S, loss=loss, seed=seed)
     a, _ = establish(net)
     start = net.now
     a.send(bytes(size))
@@ -549,30 +544,14 @@ def _transfer(cc: str, loss: float, size: int, seed: int = 1) -> tuple[float, Ne
     return size * 8 / (net.now - start), net
 
 
-def _bottleneck_pair(
-    *, rate_bps: float, delay_s: float, queue_packets: int, loss: float = 0.0, seed: int = 1
-) -> tuple[Network, list[BottleneckLink]]:
-    config = Config(congestion_control="bbr", pmtud=False)
-    links = [
-        BottleneckLink(
-            rng=random.Random(seed + k),
-            delay_s=delay_s,
-            loss=loss,
-            rate_bps=rate_bps,
-            queue_packets=queue_packets,
-        )
-        for k in (0, 100)
-    ]
-    return pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1]), links
-
-
 def test_startup_stops_overfilling_a_one_bdp_queue() -> None:
     """50 Mbit/s, 100 ms, a queue of one BDP (430 packets): STARTUP ends on the round that
     overflowed the queue rather than three rounds without growth later, which dropped 847
     packets there (425 now)."""
     rate, delay, size = 50e6, 0.05, 20_000_000
     bdp_packets = int(rate / 8 * 2 * delay / 1452)
-    net, links = _bottleneck_pair(rate_bps=rate, delay_s=delay, queue_packets=bdp_packets)
+    config = Config(congestion_control="bbr", pmtud=False)
+    net, links = bottleneck_pair(config, rate_bps=rate, delay_s=delay, queue_packets=bdp_packets)
     a, _ = establish(net)
     a.send(bytes(size))
     net.run(until=lambda: len(net.b.received) >= size, max_time=600)
@@ -588,8 +567,9 @@ def test_startup_grows_through_random_loss(seed: int) -> None:
     no packet conservation (which held STARTUP's flight for a round at every episode)."""
     times = []
     for loss in (0.0, 0.01):
-        net, _ = _bottleneck_pair(
-            rate_bps=50e6, delay_s=0.05, queue_packets=2000, loss=loss, seed=seed
+        config = Config(congestion_control="bbr", pmtud=False)
+        net, _ = bottleneck_pair(
+            config, rate_bps=50e6, delay_s=0.05, queue_packets=2000, loss=loss, seed=seed
         )
         a, _ = establish(net)
         start = net.now

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.helpers import BottleneckLink, conns, establish, pair
+from tests.helpers import BottleneckLink, bottleneck_pair, conns, establish, pair
 from utcp import Config
 from utcp.congestion import Cubic, RateSample, create
 from utcp.congestion.cubic import CONGESTION_AVOIDANCE, CSS, RECOVERY, SLOW_START
@@ -425,17 +425,9 @@ class Transfer(NamedTuple):
 def _transfer(cc: str, size: int, *, loss: float = 0.0, queue: int = 50, seed: int = 1) -> Transfer:
     """``size`` seeded bytes from a to b through the bottleneck, checked on arrival."""
     config = Config(congestion_control=cc, pmtud=False)
-    links = [
-        BottleneckLink(
-            rng=random.Random(seed + k),
-            delay_s=DELAY_S,
-            loss=loss,
-            rate_bps=RATE_BPS,
-            queue_packets=queue,
-        )
-        for k in (0, 100)
-    ]
-    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    net, links = bottleneck_pair(
+        config, rate_bps=RATE_BPS, delay_s=DELAY_S, queue_packets=queue, loss=loss, seed=seed
+    )
     a, _ = conns(net)
     tracer = ListTracer()
     a.set_tracer(tracer)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.helpers import BottleneckLink, Link, Network, conns, establish, pair
+from tests.helpers import BottleneckLink, Link, Network, bottleneck_pair, conns, establish, pair
 from utcp import Config
 from utcp.connection import Connection
 from utcp.connection.rack import Rack
@@ -323,12 +323,7 @@ def test_slow_start_overshoot_into_a_shallow_queue_is_repaired_without_a_timeout
     episode are lost too: each such loss is a new congestion event (RFC 9002 section 7.3.2),
     and each resend of the oldest segment restarts its timer, so RACK repairs all of it
     without a retransmission timeout."""
-    config = Config(pmtud=False)
-    links = [
-        BottleneckLink(rng=random.Random(seed + k), delay_s=0.02, rate_bps=10e6, queue_packets=50)
-        for k in (0, 100)
-    ]
-    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    net, links = bottleneck_pair(Config(pmtud=False), rate_bps=10e6, delay_s=0.02, seed=seed)
     a, _ = establish(net)
     data = random.Random(seed).randbytes(3_000_000)
     a.send(data)
