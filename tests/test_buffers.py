@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from utcp.buffers import RangeSet, ReassemblyBuffer, SendBuffer
+from utcp.buffers import CHUNK_OVERHEAD_BYTES, RangeSet, ReassemblyBuffer, SendBuffer
 from utcp.recovery import RttEstimator, Scoreboard, SentSegment
 
 SEED = 1982
@@ -271,6 +271,20 @@ def test_reassembly_ranges_merge_adjacent_chunks() -> None:
     rb.insert(9, b"c", lo=0, hi=100)
     assert len(rb) == 3
     assert rb.ranges() == [(3, 7), (9, 10)]
+
+
+def test_reassembly_ranges_hold_only_what_the_limit_let_in() -> None:
+    """An insert cut short by the memory limit stores its first pieces only; the ranges (the
+    SACK blocks' source) show those and nothing of the rest."""
+    rb = ReassemblyBuffer()
+    rb.insert(0, b"a" * 10, lo=0, hi=1000)
+    rb.insert(20, b"b" * 10, lo=0, hi=1000)
+    # Room for one more piece: [10, 20) fits, [30, 40) does not.
+    limit = rb.truesize + 10 + CHUNK_OVERHEAD_BYTES
+    assert rb.insert(5, b"c" * 35, lo=0, hi=1000, limit=limit) == 10
+    assert rb.ranges() == [(0, 30)]
+    assert b"".join(rb.pop_ready(0)) == b"a" * 10 + b"c" * 10 + b"b" * 10
+    assert rb.ranges() == []
 
 
 reasm_ops = st.lists(

@@ -161,11 +161,16 @@ class ReassemblyBuffer:
     tiny pieces at scattered offsets reaches the limit as fast as one sending the bytes whole.
     """
 
-    __slots__ = ("_chunks", "_starts", "nbytes")
+    __slots__ = ("_chunks", "_held", "_starts", "nbytes")
 
     def __init__(self) -> None:
         self._starts: list[int] = []
         self._chunks: list[bytes] = []
+        # The held positions merged into ranges, kept beside the chunks: the SACK blocks of
+        # every ACK come from them, and merging a chunk per segment on each ACK cost a third
+        # of a transfer's CPU at 1% loss on a 100 Mbit/s, 100 ms path (a flight of a
+        # thousand segments held out of order).
+        self._held = RangeSet()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -223,6 +228,7 @@ class ReassemblyBuffer:
             k = bisect.bisect_left(starts, ps)
             starts.insert(k, ps)
             chunks.insert(k, bytes(data[ps - start : pe - start]))
+            self._held.add(ps, pe)
             added += pe - ps
         self.nbytes += added
         return added
@@ -240,10 +246,12 @@ class ReassemblyBuffer:
             del starts[:n]
             del chunks[:n]
             self.nbytes -= sum(map(len, out))
+            self._held.remove_below(position)
         return out
 
     def discard_below(self, position: int) -> None:
         """Forget data before ``position`` (already delivered by another route)."""
+        self._held.remove_below(position)
         while self._starts and self._starts[0] < position:
             s = self._starts[0]
             c = self._chunks[0]
@@ -260,11 +268,4 @@ class ReassemblyBuffer:
 
     def ranges(self) -> list[tuple[int, int]]:
         """The held data as merged [start, end) intervals, ascending."""
-        out: list[tuple[int, int]] = []
-        for s, c in zip(self._starts, self._chunks):
-            e = s + len(c)
-            if out and out[-1][1] == s:
-                out[-1] = (out[-1][0], e)
-            else:
-                out.append((s, e))
-        return out
+        return self._held.ranges()
