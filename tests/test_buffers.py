@@ -145,6 +145,15 @@ def test_range_set_empty_and_inverted_adds() -> None:
     assert rs.ranges() == [] and len(rs) == 0
 
 
+def test_range_set_containing() -> None:
+    rs = RangeSet()
+    rs.add(10, 20)
+    rs.add(30, 40)
+    assert rs.containing(10) == (10, 20) and rs.containing(19) == (10, 20)
+    assert rs.containing(35) == (30, 40)
+    assert rs.containing(9) is None and rs.containing(20) is None and rs.containing(40) is None
+
+
 def test_range_set_remove_below() -> None:
     rs = RangeSet()
     for a, b in [(0, 5), (10, 15), (20, 25)]:
@@ -331,6 +340,8 @@ def test_prop_reassembly_matches_model(ops: list[tuple[str, int, int, int, int]]
             assert got == bytes(expect)
         assert rb.nbytes == len(model)
         assert rb.ranges() == intervals(set(model))
+        for start, end in rb.ranges():
+            assert rb.range_at(start) == rb.range_at(end - 1) == (start, end)
         assert len(rb) >= len(rb.ranges())
     # Drain everything: the held bytes are exactly the model's values.
     for start, end in rb.ranges():

@@ -136,6 +136,13 @@ class RangeSet:
         ends[i:j] = [hi]
         return new
 
+    def containing(self, position: int) -> tuple[int, int] | None:
+        """The interval holding ``position``, or None."""
+        i = bisect.bisect_right(self._starts, position) - 1
+        if i >= 0 and position < self._ends[i]:
+            return (self._starts[i], self._ends[i])
+        return None
+
     def remove_below(self, position: int) -> None:
         """Forget everything before ``position``."""
         starts, ends = self._starts, self._ends
@@ -269,3 +276,7 @@ class ReassemblyBuffer:
     def ranges(self) -> list[tuple[int, int]]:
         """The held data as merged [start, end) intervals, ascending."""
         return self._held.ranges()
+
+    def range_at(self, position: int) -> tuple[int, int] | None:
+        """The merged interval of held data that holds ``position``, or None."""
+        return self._held.containing(position)

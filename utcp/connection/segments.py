@@ -239,16 +239,20 @@ class Segments:
         # sender's RACK retransmitted them (`make demo` under bbr: 208 of 245 retransmissions
         # arrived as duplicates).
         if len(ranges) > 1:
+            reasm = rcv.reasm
             ordered: list[tuple[int, int]] = []
             for pos in rcv.recent_pos:
-                for r in ranges:
-                    if r[0] <= pos < r[1]:
-                        if r not in ordered:
-                            ordered.append(r)
+                r = reasm.range_at(pos)
+                if r is not None and r not in ordered:
+                    ordered.append(r)
+                    if len(ordered) == limit:
                         break
-                if len(ordered) == limit:
+            for r in ranges:  # then the rest, ascending, as far as the ACK has room
+                if len(ordered) >= limit:
                     break
-            ranges = ordered + [r for r in ranges if r not in ordered]
+                if r not in ordered:
+                    ordered.append(r)
+            ranges = ordered
         if rcv.dsack is not None:
             # A D-SACK block goes before every other (RFC 2883 section 4).
             ranges.insert(0, rcv.dsack)
