@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from utcp.buffers import CHUNK_OVERHEAD_BYTES, RangeSet, ReassemblyBuffer, SendBuffer
+from utcp.buffers import (
+    CHUNK_OVERHEAD_BYTES,
+    HeldBuffer,
+    RangeSet,
+    ReassemblyBuffer,
+    SendBuffer,
+)
 from utcp.recovery import RttEstimator, Scoreboard, SentSegment
 
 SEED = 1982
@@ -825,3 +831,21 @@ def test_scoreboard_declares_a_lost_retransmission_lost_again() -> None:
     assert sb.detect_losses(1, dupthresh=3) == 100
     assert sb.next_lost(1) is segs[0]
     assert sb.pipe == 0  # every other segment is SACKed; the lost one left the pipe
+
+
+def test_held_buffer_joins_small_pieces_keeps_large_ones_and_takes_back_in_order() -> None:
+    held = HeldBuffer()
+    assert not held and len(held) == 0
+    held.append(b"a" * 30)
+    held.append(memoryview(b"b" * 40))
+    held.append(b"c" * 150)  # larger than the limit: handed back whole
+    held.append(b"d" * 50)
+    held.put_back([b"x" * 20, b"y" * 10])  # handed out earlier, not taken: before the rest
+    assert len(held) == 300 and held
+    assert held.tobytes() == b"x" * 20 + b"y" * 10 + b"a" * 30 + b"b" * 40 + b"c" * 150 + b"d" * 50
+    pieces = held.take(100)
+    assert [len(p) for p in pieces] == [100, 150, 50]
+    assert (
+        b"".join(pieces) == b"x" * 20 + b"y" * 10 + b"a" * 30 + b"b" * 40 + b"c" * 150 + b"d" * 50
+    )
+    assert not held and held.take(100) == [] and held.tobytes() == b""

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import establish, pair
 from utcp import Config, Connection
-from utcp.coalesce import Received, coalesce
+from utcp.coalesce import MAX_RUN_BYTES, Received, coalesce
 from utcp.events import DataReceived
 from utcp.packet import Flag, Packet, decode
 
@@ -31,6 +31,23 @@ def test_a_contiguous_run_becomes_one_segment() -> None:
     assert (p.seq, p.ack, p.window, addr) == (100, 77, 1000, ADDR)
     assert p.payload == b"".join(bytes([i]) * 10 for i in range(5))
     assert (size, segments) == (5 * 34, 5)
+
+
+def test_a_run_stops_at_max_run_bytes_and_a_larger_segment_stays_alone() -> None:
+    """Runs are capped as GRO's are: a batch of 64 KiB datagrams is not joined into one
+    allocation of megabytes (each a fresh one for the kernel to fault in)."""
+    half = MAX_RUN_BYTES // 2
+    items = [_data(1 + half * i, bytes([i]) * half) for i in range(5)]
+    items.append(_data(1 + half * 5, b"L" * (MAX_RUN_BYTES + 1)))
+    sent = b"".join(p.payload for p, *_ in items)
+    out = coalesce(items)
+    assert [(p.seq, len(p.payload), segs) for p, _, _, segs in out] == [
+        (1, MAX_RUN_BYTES, 2),
+        (1 + 2 * half, MAX_RUN_BYTES, 2),
+        (1 + 4 * half, half, 1),
+        (1 + 5 * half, MAX_RUN_BYTES + 1, 1),
+    ]
+    assert b"".join(p.payload for p, _, _, _ in out) == sent
 
 
 def test_the_run_wraps_around_the_sequence_space() -> None:

@@ -183,7 +183,7 @@ def snapshot(s: Stack) -> dict[str, Any]:
         ),
         "rcv": (
             rcv.nxt,
-            bytes(rcv.held),
+            rcv.held.tobytes(),
             rcv.reasm.ranges(),
             rcv.fin_pos,
             rcv.ack_now,
@@ -270,9 +270,9 @@ def test_data_while_reading_is_paused_is_held_within_the_window() -> None:
     """A paused reader keeps data in ``held``: it fits while it stays under the buffer."""
     s = Stack()
     s.rcv.reading_paused = True
-    s.rcv.held += b"h" * 7000
+    s.rcv.held.append(b"h" * 7000)
     assert s.hp.receive(s.segment(payload=b"p" * 1000), T1)
-    assert bytes(s.rcv.held) == b"h" * 7000 + b"p" * 1000
+    assert s.rcv.held.tobytes() == b"h" * 7000 + b"p" * 1000
     assert s.events == deque()
 
 
@@ -344,7 +344,7 @@ def test_anything_else_is_declined_with_nothing_changed(case: str) -> None:
         p = seg(pos=401, payload=b"o" * 100)
     elif case == "beyond_window":
         s.rcv.reading_paused = True
-        s.rcv.held += b"h" * 7500
+        s.rcv.held.append(b"h" * 7500)
         p = seg(payload=b"o" * 501)
     elif case == "dupack":
         p = seg(ack=1)
@@ -373,7 +373,7 @@ def test_a_segment_exactly_filling_the_window_is_taken() -> None:
     """The boundary of "fits": buffer minus held, inclusive."""
     s = Stack()
     s.rcv.reading_paused = True
-    s.rcv.held += b"h" * 7500  # held unread: they arrived in order before
+    s.rcv.held.append(b"h" * 7500)  # held unread: they arrived in order before
     s.rcv.nxt += 7500
     assert s.hp.receive(s.segment(payload=b"f" * 500), T1)
     assert s.rcv.window() == 0

@@ -7,10 +7,16 @@ from collections import deque
 
 import pytest
 
+from utcp.buffers import HeldBuffer
 from utcp.config import Config
 from utcp.connection.counters import Counters
 from utcp.connection.deadlines import Deadlines
-from utcp.connection.receive_side import TAKE_FIN, TAKE_OVER_BUFFER, ReceiveSide
+from utcp.connection.receive_side import (
+    RESUME_PIECE_BYTES,
+    TAKE_FIN,
+    TAKE_OVER_BUFFER,
+    ReceiveSide,
+)
 from utcp.events import DataReceived, Event
 
 MSS = 100
@@ -200,7 +206,7 @@ def test_paused_reading_holds_data_and_shrinks_the_window() -> None:
     s.rcv.reading_paused = True
     s.rcv.take(1, b"x" * 300, False, 1.0)
     assert s.delivered() == b""
-    assert bytes(s.rcv.held) == b"x" * 300
+    assert s.rcv.held.tobytes() == b"x" * 300
     assert s.rcv.window() == BUFFER - 300
     assert s.rcv.nxt == 301
 
@@ -225,18 +231,21 @@ def test_window_update_waits_until_the_window_grew_enough() -> None:
     once it grew by min(buffer / 2, 2 * MSS) = 200 here, or reopened from zero."""
     s = Side()
     rcv = s.rcv
-    rcv.held += b"h" * 400
+    rcv.held.append(b"h" * 400)
     rcv.adv_wnd = 600
-    del rcv.held[:199]  # the application read 199 bytes: window 799
+    rcv.held = HeldBuffer()
+    rcv.held.append(b"h" * 201)  # the application read 199 bytes: window 799
     assert not rcv.window_grew(MSS)
-    del rcv.held[:1]  # window 800
+    rcv.held = HeldBuffer()
+    rcv.held.append(b"h" * 200)  # window 800
     assert rcv.window_grew(MSS)
     # A zero window advertised (a fresh side, so no wider edge was promised before).
     rcv = Side().rcv
-    rcv.held[:] = b"h" * BUFFER
+    rcv.held.append(b"h" * BUFFER)
     rcv.adv_wnd = 0
     assert not rcv.window_grew(MSS)
-    del rcv.held[:1]
+    rcv.held = HeldBuffer()
+    rcv.held.append(b"h" * (BUFFER - 1))
     assert rcv.window_grew(MSS)  # 1 byte after a zero window
 
 
@@ -255,3 +264,53 @@ def test_in_order_data_comes_as_views_of_the_datagram_when_asked(views: bool) ->
     assert bytes(net.b.received) == payload
     kinds = {type(e.data) for e in net.b.events if isinstance(e, DataReceived)}
     assert kinds == ({memoryview} if views else {bytes})
+
+
+def test_resume_hands_held_data_back_in_pieces_and_a_reader_that_pauses_keeps_the_rest() -> None:
+    """A window of megabytes held while the reader was paused goes back as pieces of at most
+    RESUME_PIECE_BYTES (as socket reads would), not as one buffer of all of it: a reader
+    that pauses again after the first piece leaves the rest held, in order and still counted
+    against the window."""
+    size = 4 * RESUME_PIECE_BYTES
+    config = Config(mss_bytes=1024, recv_buffer_bytes=size, recv_autotune=False).validate()
+    s = Side(config)
+    rcv = s.rcv
+    rcv.pause()
+    sent = bytes(i % 251 for i in range(size - 1024))  # 255 segments, 64 to a piece
+    for pos in range(0, len(sent), 1024):
+        rcv.take(1 + pos, sent[pos : pos + 1024], False, 1.0)
+    assert len(rcv.held) == len(sent)
+    assert rcv.window() == 1024
+    rcv.resume()
+    pieces = [e.data for e in s.events if isinstance(e, DataReceived)]
+    assert len(pieces) == len(s.events) == 4
+    assert all(len(p) <= RESUME_PIECE_BYTES for p in pieces)
+    assert b"".join(pieces) == sent
+    # The reader takes the first piece, then pauses: the rest comes back to be held.
+    first = s.events.popleft()
+    rcv.pause()
+    assert not s.events
+    assert len(rcv.held) == len(sent) - len(first.data)  # type: ignore[attr-defined]
+    assert rcv.window() == size - len(rcv.held)
+    rcv.resume()
+    assert first.data + s.delivered() == sent  # type: ignore[attr-defined]
+
+
+def test_held_data_delivers_views_as_they_came_when_asked() -> None:
+    """With views on, a held piece that fills RESUME_PIECE_BYTES alone goes back as the view
+    it arrived as (no copy); smaller neighbours are joined."""
+    config = Config(mss_bytes=65000, recv_buffer_bytes=4 * RESUME_PIECE_BYTES)
+    s = Side(config.validate())
+    rcv = s.rcv
+    rcv.views = True
+    rcv.pause()
+    big = memoryview(b"b" * RESUME_PIECE_BYTES)
+    rcv.take(1, memoryview(b"s" * 10), False, 1.0)
+    rcv.take(11, big, False, 1.0)
+    rcv.take(11 + len(big), memoryview(b"t" * 10), False, 1.0)
+    rcv.take(21 + len(big), memoryview(b"u" * 10), False, 1.0)
+    rcv.resume()
+    pieces = [e.data for e in s.events if isinstance(e, DataReceived)]
+    assert [len(p) for p in pieces] == [10, RESUME_PIECE_BYTES, 20]
+    assert isinstance(pieces[1], memoryview) and pieces[1].obj is big.obj  # not copied
+    assert b"".join(pieces) == b"s" * 10 + b"b" * RESUME_PIECE_BYTES + b"t" * 10 + b"u" * 10

@@ -89,7 +89,7 @@ def test_the_window_field_is_scaled_down_by_our_shift() -> None:
     s = Stack()
     s.rcv.wscale = wscale_for(BUFFER)
     assert s.rcv.wscale == 5
-    s.rcv.held += b"h" * 100  # window 1 MiB - 100: not a multiple of 32
+    s.rcv.held.append(b"h" * 100)  # window 1 MiB - 100: not a multiple of 32
     p = decode(s.seg.build(Flag.ACK, 1, b""))
     assert p.window == (BUFFER - 100) >> 5
     assert s.rcv.adv_wnd == ((BUFFER - 100) >> 5) << 5

@@ -9,6 +9,7 @@ limits the connection passes in, which is what bounds its memory.
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from typing import Final
 
 
@@ -280,3 +281,62 @@ class ReassemblyBuffer:
     def range_at(self, position: int) -> tuple[int, int] | None:
         """The merged interval of held data that holds ``position``, or None."""
         return self._held.containing(position)
+
+
+class HeldBuffer:
+    """In-order data held while the application has paused reading: the pieces as they
+    arrived (payloads, or views of their datagrams), in order, never joined into one.
+
+    A receive window of megabytes fills it while a slow reader is paused.  Kept as one
+    contiguous buffer, every pause and resume allocated that much fresh memory twice (the
+    buffer growing, then the copy handed over) and the reader's own buffer grew by all of it
+    at once: on loopback the receiver spent most of its time in page faults.  Handed back in
+    pieces (``take``), a reader that pauses again after the first few leaves the rest here.
+    ``len()`` is the number of bytes held.
+    """
+
+    __slots__ = ("_pieces", "nbytes")
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes | memoryview] = deque()
+        self.nbytes = 0
+
+    def __len__(self) -> int:
+        return self.nbytes
+
+    def __bool__(self) -> bool:
+        return self.nbytes > 0
+
+    def append(self, data: bytes | memoryview) -> None:
+        """Hold ``data`` after what is held."""
+        self._pieces.append(data)
+        self.nbytes += len(data)
+
+    def put_back(self, pieces: list[bytes | memoryview]) -> None:
+        """Hold ``pieces`` (in order) before what is held: data handed out but not taken."""
+        self._pieces.extendleft(reversed(pieces))
+        self.nbytes += sum(len(p) for p in pieces)
+
+    def take(self, limit: int) -> list[bytes | memoryview]:
+        """Everything held, in order, as pieces of at most ``limit`` bytes where smaller ones
+        are joined (one larger than ``limit`` stays whole); nothing is held after."""
+        out: list[bytes | memoryview] = []
+        run: list[bytes | memoryview] = []
+        size = 0
+        for piece in self._pieces:
+            n = len(piece)
+            if run and size + n > limit:
+                out.append(run[0] if len(run) == 1 else b"".join(run))
+                run = []
+                size = 0
+            run.append(piece)
+            size += n
+        if run:
+            out.append(run[0] if len(run) == 1 else b"".join(run))
+        self._pieces.clear()
+        self.nbytes = 0
+        return out
+
+    def tobytes(self) -> bytes:
+        """What is held, as one ``bytes`` (for tests and diagnostics)."""
+        return b"".join(self._pieces)

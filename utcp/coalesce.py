@@ -14,9 +14,15 @@ from typing import Any, Final
 from .packet import Flag, Packet
 from .seqnum import SEQ_MASK
 
-__all__ = ["Received", "coalesce"]
+__all__ = ["MAX_RUN_BYTES", "Received", "coalesce"]
 
 _ACK: Final = int(Flag.ACK)
+# A merged run's payload stops growing at this size (a segment larger on its own is left
+# alone), as GRO's 64 KiB.  A window of megabytes arrives in batches of megabytes; joined
+# whole, every batch was a fresh allocation of that size that the kernel had to fault in, and
+# the reader's buffer grew by all of it at once: on loopback with 64 KiB datagrams the
+# receiver then spent more time in page faults than in the protocol.
+MAX_RUN_BYTES: Final = 64 * 1024
 
 Received = tuple[Packet, Any, int, int]
 """One decoded datagram: packet, source address, bytes on the wire, segments it stands for."""
@@ -42,13 +48,14 @@ def coalesce(items: list[Received]) -> list[Received]:
     head: Packet | None = None
     head_addr: Any = None
     parts: list[Any] = []
-    size = count = 0
+    size = count = run = 0
     next_seq = 0
     for item in items:
         p, addr, n, segs = item
         if (
             head is not None
             and p.seq == next_seq
+            and run + len(p.payload) <= MAX_RUN_BYTES
             and p.dst_cid == head.dst_cid
             and p.ack == head.ack
             and p.window == head.window
@@ -59,6 +66,7 @@ def coalesce(items: list[Received]) -> list[Received]:
             and _mergeable(p)
         ):
             parts.append(p.payload)
+            run += len(p.payload)
             next_seq = (next_seq + len(p.payload)) & SEQ_MASK
             size += n
             count += segs
@@ -68,6 +76,7 @@ def coalesce(items: list[Received]) -> list[Received]:
             head = None
         if _mergeable(p):
             head, head_addr, parts, size, count = p, addr, [p.payload], n, segs
+            run = len(p.payload)
             next_seq = (p.seq + len(p.payload)) & SEQ_MASK
         else:
             out.append(item)

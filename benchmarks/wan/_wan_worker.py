@@ -194,6 +194,8 @@ async def _log_stats(writer: Any, path: str) -> None:
         "fast_retransmits",
         "reorder_timeouts",
         "dsacks_received",
+        "mss_bytes",
+        "pmtud_state",
     )
     start = time.monotonic()
     while True:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final, final
 
-from ..buffers import CHUNK_OVERHEAD_BYTES, ReassemblyBuffer
+from ..buffers import CHUNK_OVERHEAD_BYTES, HeldBuffer, ReassemblyBuffer
 from ..config import BufferLease, Config
 from ..events import DataReceived, Event
 from ..packet import MAX_WINDOW_FIELD
@@ -33,6 +33,9 @@ RECENT_ARRIVALS: Final = 8
 
 _NO_MARK: Final = 1 << 62  # no receiver RTT measurement under way
 _CUSHION_SEGMENTS: Final = 16  # added to the tuned window, as Linux's 16 * advmss
+# Held data goes back to the application in pieces of about this size (HeldBuffer.take), as
+# a socket read would hand it over: a reader that pauses again leaves the rest held.
+RESUME_PIECE_BYTES: Final = 64 * 1024
 
 
 @final
@@ -73,7 +76,7 @@ class ReceiveSide:
         self.irs = 0  # the peer's initial sequence number: the wire seq of its position 0
         self.nxt = 0
         self.wscale = 0  # shift applied to the window we advertise (RFC 7323)
-        self.held = bytearray()  # in-order data held while reading is paused
+        self.held = HeldBuffer()  # in-order data held while reading is paused
         # In-order data goes out as views of the datagram rather than copies (a driver that
         # copies it into buffers of its own: Connection.deliver_views).
         self.views = False
@@ -224,7 +227,7 @@ class ReceiveSide:
         self.nxt += len(data)
         self._count.bytes_received += len(data)
         if self.reading_paused:
-            self.held += data
+            self.held.append(data)
         else:
             self._events.append(DataReceived(data))
 
@@ -319,19 +322,19 @@ class ReceiveSide:
         self.reading_paused = True
         events = self._events
         if events and all(type(e) is DataReceived for e in events):
-            held = b"".join(e.data for e in events if isinstance(e, DataReceived))
+            pieces = [e.data for e in events if isinstance(e, DataReceived)]
             events.clear()
             # Counted in the window from now on: they arrived after the last ACK was built
             # (events are taken before the answer to a batch), so its right edge stays put.
-            self.held[:0] = held
+            self.held.put_back(pieces)
 
     def resume(self) -> None:
         """Deliver again, starting with what was held."""
         self.reading_paused = False
         if self.held:
-            data = bytes(self.held)
-            self.held.clear()
-            self._events.append(DataReceived(data))
+            events = self._events
+            for piece in self.held.take(RESUME_PIECE_BYTES):
+                events.append(DataReceived(piece))
 
     def window_grew(self, mss: int) -> bool:
         """Whether the window opened enough since last advertised to tell the peer now
