@@ -28,7 +28,10 @@ def burst_bytes(rate: float, mss: int) -> float:
 @final
 class RateSample:
     """One delivery rate sample (draft-cheng-iccrg-delivery-rate-estimation): taken when an
-    acknowledgement delivers data, from the most recently sent segment it delivered."""
+    acknowledgement delivers data, from the most recently sent segment it delivered.
+
+    The connection refills one object for every sample: a controller reads it during
+    ``on_rate_sample`` and keeps the values it needs, never the object."""
 
     __slots__ = (
         "app_limited",
