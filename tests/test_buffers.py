@@ -834,18 +834,32 @@ def test_scoreboard_declares_a_lost_retransmission_lost_again() -> None:
 
 
 def test_held_buffer_joins_small_pieces_keeps_large_ones_and_takes_back_in_order() -> None:
+    k = 5000  # pieces above the merge size are held as they came
     held = HeldBuffer()
     assert not held and len(held) == 0
-    held.append(b"a" * 30)
-    held.append(memoryview(b"b" * 40))
-    held.append(b"c" * 150)  # larger than the limit: handed back whole
-    held.append(b"d" * 50)
-    held.put_back([b"x" * 20, b"y" * 10])  # handed out earlier, not taken: before the rest
-    assert len(held) == 300 and held
-    assert held.tobytes() == b"x" * 20 + b"y" * 10 + b"a" * 30 + b"b" * 40 + b"c" * 150 + b"d" * 50
-    pieces = held.take(100)
-    assert [len(p) for p in pieces] == [100, 150, 50]
-    assert (
-        b"".join(pieces) == b"x" * 20 + b"y" * 10 + b"a" * 30 + b"b" * 40 + b"c" * 150 + b"d" * 50
-    )
+    held.append(b"a" * k)
+    held.append(memoryview(b"b" * k))
+    held.append(b"c" * 5 * k)  # larger than the limit below: handed back whole
+    held.append(b"d" * k)
+    held.put_back([b"x" * k, b"y" * k])  # handed out earlier, not taken: before the rest
+    assert len(held) == 10 * k and held and held.pieces == 6
+    want = b"x" * k + b"y" * k + b"a" * k + b"b" * k + b"c" * 5 * k + b"d" * k
+    assert held.tobytes() == want
+    pieces = held.take(4 * k)
+    assert [len(p) for p in pieces] == [4 * k, 5 * k, k]
+    assert b"".join(pieces) == want
     assert not held and held.take(100) == [] and held.tobytes() == b""
+
+
+def test_held_buffer_copies_tiny_pieces_together() -> None:
+    """A peer sending one-byte segments into a paused reader's window costs their bytes, not
+    an object each: small pieces are copied into shared buffers of a few KiB."""
+    held = HeldBuffer()
+    for i in range(100_000):
+        held.append(bytes([i % 256]))
+    held.put_back([b"<", b"<"])
+    assert len(held) == 100_002
+    assert held.pieces <= 100_002 // 4096 + 3
+    pieces = held.take(65536)
+    assert all(type(p) is bytes for p in pieces)
+    assert b"".join(pieces) == b"<<" + bytes(i % 256 for i in range(100_000))

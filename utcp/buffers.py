@@ -285,20 +285,23 @@ class ReassemblyBuffer:
 
 class HeldBuffer:
     """In-order data held while the application has paused reading: the pieces as they
-    arrived (payloads, or views of their datagrams), in order, never joined into one.
+    arrived (payloads, or views of their datagrams), in order, never joined into one buffer
+    of all of it.
 
     A receive window of megabytes fills it while a slow reader is paused.  Kept as one
     contiguous buffer, every pause and resume allocated that much fresh memory twice (the
     buffer growing, then the copy handed over) and the reader's own buffer grew by all of it
     at once: on loopback the receiver spent most of its time in page faults.  Handed back in
     pieces (``take``), a reader that pauses again after the first few leaves the rest here.
-    ``len()`` is the number of bytes held.
+    Pieces under ``_MERGE_BYTES`` are copied together, so a peer sending tiny segments into
+    the window costs no more than their bytes (not an object each).  ``len()`` is the number
+    of bytes held.
     """
 
     __slots__ = ("_pieces", "nbytes")
 
     def __init__(self) -> None:
-        self._pieces: deque[bytes | memoryview] = deque()
+        self._pieces: deque[bytes | bytearray | memoryview] = deque()
         self.nbytes = 0
 
     def __len__(self) -> int:
@@ -307,32 +310,49 @@ class HeldBuffer:
     def __bool__(self) -> bool:
         return self.nbytes > 0
 
+    @property
+    def pieces(self) -> int:
+        """How many pieces hold the bytes (what the memory beyond them is charged for)."""
+        return len(self._pieces)
+
     def append(self, data: bytes | memoryview) -> None:
         """Hold ``data`` after what is held."""
-        self._pieces.append(data)
-        self.nbytes += len(data)
+        n = len(data)
+        self.nbytes += n
+        if n < _MERGE_BYTES:
+            pieces = self._pieces
+            last = pieces[-1] if pieces else None
+            if isinstance(last, bytearray) and len(last) < _MERGE_BYTES:
+                last.extend(data)
+            else:
+                pieces.append(bytearray(data))
+        else:
+            self._pieces.append(data)
 
     def put_back(self, pieces: list[bytes | memoryview]) -> None:
         """Hold ``pieces`` (in order) before what is held: data handed out but not taken."""
-        self._pieces.extendleft(reversed(pieces))
-        self.nbytes += sum(len(p) for p in pieces)
+        after = self._pieces
+        self._pieces = deque()
+        for piece in pieces:
+            self.append(piece)
+        self._pieces.extend(after)
 
     def take(self, limit: int) -> list[bytes | memoryview]:
         """Everything held, in order, as pieces of at most ``limit`` bytes where smaller ones
         are joined (one larger than ``limit`` stays whole); nothing is held after."""
         out: list[bytes | memoryview] = []
-        run: list[bytes | memoryview] = []
+        run: list[bytes | bytearray | memoryview] = []
         size = 0
         for piece in self._pieces:
             n = len(piece)
             if run and size + n > limit:
-                out.append(run[0] if len(run) == 1 else b"".join(run))
+                out.append(_joined(run))
                 run = []
                 size = 0
             run.append(piece)
             size += n
         if run:
-            out.append(run[0] if len(run) == 1 else b"".join(run))
+            out.append(_joined(run))
         self._pieces.clear()
         self.nbytes = 0
         return out
@@ -340,3 +360,12 @@ class HeldBuffer:
     def tobytes(self) -> bytes:
         """What is held, as one ``bytes`` (for tests and diagnostics)."""
         return b"".join(self._pieces)
+
+
+def _joined(run: list[bytes | bytearray | memoryview]) -> bytes | memoryview:
+    """One piece of ``take``: a lone ``bytes`` or view as it is, anything else copied."""
+    if len(run) == 1:
+        piece = run[0]
+        if not isinstance(piece, bytearray):
+            return piece
+    return b"".join(run)
