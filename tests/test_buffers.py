@@ -863,3 +863,16 @@ def test_held_buffer_copies_tiny_pieces_together() -> None:
     pieces = held.take(65536)
     assert all(type(p) is bytes for p in pieces)
     assert b"".join(pieces) == b"<<" + bytes(i % 256 for i in range(100_000))
+
+
+def test_held_buffer_copies_a_view_that_would_keep_a_larger_datagram_alive() -> None:
+    """The window counts the bytes held: a view of 5,000 new bytes in a 64 KiB datagram is
+    copied rather than keeping the datagram alive; a view of most of its datagram is kept."""
+    datagram = b"d" * 65536
+    held = HeldBuffer()
+    held.append(memoryview(datagram)[60536:])  # 5,000 bytes of 65,536
+    whole = memoryview(b"w" * 5000)
+    held.append(whole)
+    first, second = held.take(5000)
+    assert type(first) is bytes and first == b"d" * 5000
+    assert isinstance(second, memoryview) and second.obj is whole.obj

@@ -316,9 +316,13 @@ class HeldBuffer:
         return len(self._pieces)
 
     def append(self, data: bytes | memoryview) -> None:
-        """Hold ``data`` after what is held."""
+        """Hold ``data`` after what is held.  A view that keeps a datagram more than twice
+        its size alive (the new part of a segment overlapping data already taken) is copied:
+        the window counts what is held, and that is what the memory must be."""
         n = len(data)
         self.nbytes += n
+        if type(data) is memoryview and 2 * n < memoryview(data.obj).nbytes:
+            data = bytes(data)
         if n < _MERGE_BYTES:
             pieces = self._pieces
             last = pieces[-1] if pieces else None

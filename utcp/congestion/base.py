@@ -93,7 +93,8 @@ class CongestionController(ABC):
 
     def on_rate_sample(self, sample: RateSample, *, now: float) -> None:  # noqa: B027
         """An acknowledgement delivered data (only when ``wants_rate_samples``); a controller
-        that does not ask for samples never gets this call, so the default does nothing."""
+        that does not ask for samples never gets this call, so the default does nothing.
+        ``sample`` is refilled for the next call: keep its values, never the object."""
 
     def on_delay_sample(self, one_way_delay_s: float, *, now: float) -> None:  # noqa: B027
         """An acknowledgement of new data carried timestamps (only when

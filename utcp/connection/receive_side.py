@@ -22,7 +22,7 @@ from ..seqnum import SEQ_MASK, seq_diff
 from .counters import Counters
 from .deadlines import Deadlines
 
-__all__ = ["TAKE_FIN", "TAKE_OVER_BUFFER", "ReceiveSide"]
+__all__ = ["RESUME_PIECE_BYTES", "TAKE_FIN", "TAKE_OVER_BUFFER", "ReceiveSide"]
 
 # What ``ReceiveSide.take`` reports, as bits.
 TAKE_FIN: Final = 1  # the peer's FIN is now in order: RCV.NXT has passed it
@@ -34,7 +34,9 @@ RECENT_ARRIVALS: Final = 8
 _NO_MARK: Final = 1 << 62  # no receiver RTT measurement under way
 _CUSHION_SEGMENTS: Final = 16  # added to the tuned window, as Linux's 16 * advmss
 # Held data goes back to the application in pieces of about this size (HeldBuffer.take), as
-# a socket read would hand it over: a reader that pauses again leaves the rest held.
+# a socket read would hand it over: a reader that pauses again leaves the rest held (unless
+# the peer's EOF is queued behind them: then the rest follows, as pause() leaves a queue with
+# other events in it alone).
 RESUME_PIECE_BYTES: Final = 64 * 1024
 
 
