@@ -52,10 +52,11 @@ def coalesce(items: list[Received]) -> list[Received]:
     next_seq = 0
     for item in items:
         p, addr, n, segs = item
+        plen = len(p.payload)
         if (
             head is not None
             and p.seq == next_seq
-            and run + len(p.payload) <= MAX_RUN_BYTES
+            and run + plen <= MAX_RUN_BYTES
             and p.dst_cid == head.dst_cid
             and p.ack == head.ack
             and p.window == head.window
@@ -66,8 +67,8 @@ def coalesce(items: list[Received]) -> list[Received]:
             and _mergeable(p)
         ):
             parts.append(p.payload)
-            run += len(p.payload)
-            next_seq = (next_seq + len(p.payload)) & SEQ_MASK
+            run += plen
+            next_seq = (next_seq + plen) & SEQ_MASK
             size += n
             count += segs
             continue
@@ -76,8 +77,8 @@ def coalesce(items: list[Received]) -> list[Received]:
             head = None
         if _mergeable(p):
             head, head_addr, parts, size, count = p, addr, [p.payload], n, segs
-            run = len(p.payload)
-            next_seq = (p.seq + len(p.payload)) & SEQ_MASK
+            run = plen
+            next_seq = (p.seq + plen) & SEQ_MASK
         else:
             out.append(item)
     if head is not None:

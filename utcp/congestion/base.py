@@ -30,8 +30,9 @@ class RateSample:
     """One delivery rate sample (draft-cheng-iccrg-delivery-rate-estimation): taken when an
     acknowledgement delivers data, from the most recently sent segment it delivered.
 
-    The connection refills one object for every sample: a controller reads it during
-    ``on_rate_sample`` and keeps the values it needs, never the object."""
+    The connection refills one object for every sample (built empty, every field zero): a
+    controller reads it during ``on_rate_sample`` and keeps the values it needs, never the
+    object."""
 
     __slots__ = (
         "app_limited",
@@ -48,14 +49,14 @@ class RateSample:
     def __init__(
         self,
         *,
-        delivery_rate: float,
-        delivered: int,
-        interval_s: float,
-        prior_delivered: int,
-        rtt_s: float | None,
-        app_limited: bool,
-        in_flight: int,
-        newly_acked: int,
+        delivery_rate: float = 0.0,
+        delivered: int = 0,
+        interval_s: float = 0.0,
+        prior_delivered: int = 0,
+        rtt_s: float | None = None,
+        app_limited: bool = False,
+        in_flight: int = 0,
+        newly_acked: int = 0,
         losses: int = 0,
     ) -> None:
         self.delivery_rate = delivery_rate  # bytes per second; 0.0 when the sample is invalid

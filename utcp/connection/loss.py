@@ -81,16 +81,7 @@ class LossRecovery:
         self._lost_at_sample = 0  # scoreboard.lost_bytes at the last rate sample
         # One sample object, refilled for each call: building and freeing one per ACK was a
         # quarter of what BBR's model costs a request/response round trip.
-        self._sample = RateSample(
-            delivery_rate=0.0,
-            delivered=0,
-            interval_s=0.0,
-            prior_delivered=0,
-            rtt_s=None,
-            app_limited=False,
-            in_flight=0,
-            newly_acked=0,
-        )
+        self._sample = RateSample()
         self.wants_delay_samples = self.cc.wants_delay_samples
         self._dupthresh = config.dupack_threshold
         self._tail_loss_probe = config.tail_loss_probe
