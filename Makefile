@@ -20,7 +20,7 @@ venv: $(STAMP)
 
 # The compiled core (README, "The compiled core"): mypyc builds it in place beside the sources.
 # Without a C compiler the build is skipped and the pure-Python core runs.
-$(COMPILED): $(STAMP) setup.py $(CORE_SOURCES)
+$(COMPILED): $(STAMP) setup.py $(CORE_SOURCES) utcp/_crc.c
 	$(PY) -W ignore setup.py -q build_ext --inplace -j 2
 	@# setuptools leaves a library alone when the C it generates is unchanged (a source that
 	@# was only touched): mark the build current, or it would count as stale (utcp/_build.py).

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 sys.path.insert(0, str(Path(__file__).parent / "utcp"))
@@ -35,14 +35,16 @@ class BuildExt(build_ext):
 def _extensions() -> list[object]:
     if os.environ.get("UTCP_PURE_BUILD") == "1":
         return []
+    # The datagram checksum in C (utcp/packet.py falls back to zlib.crc32 without it).
+    extensions = [Extension("utcp._crc", ["utcp/_crc.c"], libraries=["z"], optional=True)]
     try:
         from mypyc.build import mypycify
     except ImportError:
-        return []
-    extensions = mypycify(source_files(), opt_level="3", group_name="utcp._core", verbose=False)
-    for ext in extensions:
+        return list(extensions)
+    compiled = mypycify(source_files(), opt_level="3", group_name="utcp._core", verbose=False)
+    for ext in compiled:
         ext.optional = True  # no compiler: install the pure-Python package instead
-    return list(extensions)
+    return [*extensions, *compiled]
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": BuildExt})

@@ -8,8 +8,10 @@ The layout is documented in docs/PROTOCOL.md.
 from __future__ import annotations
 
 import enum
+import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -54,6 +56,41 @@ _unpack_header: Final = _HEADER.unpack_from
 _pack_u32: Final = _U32.pack
 _pack_u32_into: Final = _U32.pack_into
 _crc32: Final = zlib.crc32
+
+
+def _crc_python(data: bytes | bytearray | memoryview) -> int:
+    """CRC-32 of a datagram with its own CRC field left out."""
+    mv = memoryview(data)
+    return _crc32(mv[_CRC_OFFSET + 4 :], _crc32(mv[:_CRC_OFFSET]))
+
+
+def _seal_plain_python(head: bytes, payload: bytes | bytearray | memoryview) -> bytes:
+    """``head`` (the fixed header up to its CRC field), the CRC, ``payload``."""
+    # The CRC field ends the fixed header: the CRC covers what comes before it and the payload.
+    return b"".join((head, _pack_u32(_crc32(payload, _crc32(head))), payload))
+
+
+def _checksums() -> tuple[
+    Callable[[bytes | bytearray | memoryview], int],
+    Callable[[bytes, bytes | bytearray | memoryview], bytes],
+]:
+    """The C versions (utcp/_crc.c) when built, the same in Python otherwise (and with
+    ``UTCP_PURE=1``, which runs the core as plain Python)."""
+    if os.environ.get("UTCP_PURE") != "1":
+        try:
+            from . import _crc as in_c
+        except ImportError:
+            pass
+        else:
+            return in_c.datagram_crc, in_c.seal_plain
+    return _crc_python, _seal_plain_python
+
+
+# One small C call per datagram rather than two slices and two zlib calls: the checksum had
+# cost a tenth of a request/response round trip.
+_CHECKSUMS: Final = _checksums()
+_crc: Final = _CHECKSUMS[0]
+_seal_plain: Final = _CHECKSUMS[1]
 
 
 class PacketError(ValueError):
@@ -303,10 +340,8 @@ def encode_plain(
 ) -> bytes:
     """``encode`` of a packet with no options, from its fields: the same bytes without
     building a ``Packet`` (most segments of an established connection are like this)."""
-    # The CRC field ends the fixed header: the CRC covers what comes before it and the payload.
     head = _pack_head_plain(_PLAIN_VH, flags, window, src_cid, dst_cid, seq, ack)
-    crc = _crc32(payload, _crc32(head))
-    return b"".join((head, _pack_u32(crc), payload))
+    return _seal_plain(head, payload)
 
 
 def stamp(template: bytes, seq: int, payload: bytes | bytearray | memoryview) -> bytes:
@@ -319,14 +354,9 @@ def stamp(template: bytes, seq: int, payload: bytes | bytearray | memoryview) ->
     return _sealed(buf)
 
 
-def _crc(mv: memoryview) -> int:
-    """CRC-32 of a datagram with its own CRC field left out."""
-    return _crc32(mv[_CRC_OFFSET + 4 :], _crc32(mv[:_CRC_OFFSET]))
-
-
 def _sealed(buf: bytearray) -> bytes:
     """The datagram in ``buf`` with its CRC field filled in."""
-    _pack_u32_into(buf, _CRC_OFFSET, _crc(memoryview(buf)))
+    _pack_u32_into(buf, _CRC_OFFSET, _crc(buf))
     return bytes(buf)
 
 
@@ -414,7 +444,7 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
     ack: int = fields[6]
     crc: int = fields[7]
     # The checksum first: corruption anywhere, header fields included, counts as corruption.
-    if _crc(mv) != crc:
+    if _crc(data if type(data) is bytes else mv) != crc:
         raise PacketError("checksum mismatch", DropReason.BAD_CHECKSUM)
     if vh >> 4 != VERSION:
         raise PacketError(f"unsupported version {vh >> 4}")

@@ -77,6 +77,10 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self._auto_limits = cfg.send_buffer_max_bytes > high
         self._lease = cfg.buffer_budget.lease()
         self._goal_seen = -1  # the connection's send_buffer_goal the automatic marks follow
+        # The configured mark and maximum, read once: every write and acknowledgement sizes
+        # the marks, and reading the (interpreted, frozen) Config costs a lookup each time.
+        self._base_bytes = high
+        self._max_bytes = cfg.send_buffer_max_bytes
         udp = endpoint.transport
         peer = handle.addr
         if peer is None and udp is not None:
@@ -305,11 +309,13 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         goal = self._conn.send_buffer_goal
         if goal == self._goal_seen:
             return  # the marks already follow it (every write and acknowledgement asks)
-        cfg = self._endpoint.config
-        base = cfg.send_buffer_bytes
-        capped = min(goal, cfg.send_buffer_max_bytes)
+        base = self._base_bytes
+        capped = min(goal, self._max_bytes)
         want = capped - base if capped > base else 0
-        held = self._lease.resize(want)
+        lease = self._lease
+        # The lease is asked only for a change: a goal below the configured mark (a small
+        # window, as in request/response) moves with every acknowledgement, the lease not.
+        held = want if want == lease.bytes else lease.resize(want)
         # Short of the budget: ask again on the next call, the budget may have room by then.
         self._goal_seen = goal if held == want else -1
         high = base + held
