@@ -1,5 +1,5 @@
-"""The datagram checksum in C (utcp/_crc.c) gives exactly what the Python version gives, and
-the Python version is what runs without the build or with ``UTCP_PURE=1``."""
+"""The datagram checksum and fixed header in C (utcp/_crc.c) give exactly what the Python
+versions give, and the Python versions are what runs without the build or with ``UTCP_PURE=1``."""
 
 from __future__ import annotations
 
@@ -45,6 +45,19 @@ def test_seal_plain_matches_python(head: bytes, payload: bytes) -> None:
 
 
 @needs_build
+@given(st.binary(min_size=24, max_size=3000), st.booleans())
+def test_fixed_header_matches_python(data: bytes, sealed: bool) -> None:
+    if sealed:  # a datagram whose CRC field is right, as most are
+        data = packet._seal_plain_python(data[:20], data[24:])
+    want = packet._fixed_header_python(data)
+    if sealed:
+        assert want[7]
+    assert _crc.fixed_header(data) == want
+    assert _crc.fixed_header(bytearray(data)) == want
+    assert _crc.fixed_header(memoryview(b"xx" + data + b"yy")[2:-2]) == want
+
+
+@needs_build
 def test_large_datagram() -> None:
     data = bytes(range(256)) * 256  # 64 KiB: the largest datagrams the fast path reads
     assert _crc.datagram_crc(data) == packet._crc_python(data)
@@ -58,6 +71,10 @@ def test_bad_arguments_are_clear_errors() -> None:
         _crc.datagram_crc(b"x" * 23)
     with pytest.raises(TypeError):
         _crc.datagram_crc("not bytes")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no fixed header"):
+        _crc.fixed_header(bytearray(23))
+    with pytest.raises(TypeError):
+        _crc.fixed_header(None)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="20 bytes"):
         _crc.seal_plain(b"x" * 19, b"")
     with pytest.raises(ValueError, match="20 bytes"):
@@ -74,6 +91,7 @@ def test_the_build_uses_c() -> None:
         pytest.skip("this run is the pure-Python core")
     assert packet._crc is _crc.datagram_crc
     assert packet._seal_plain is _crc.seal_plain
+    assert packet._fixed_header is _crc.fixed_header
 
 
 def test_pure_uses_python() -> None:

@@ -1,5 +1,6 @@
 /* The datagram checksum in C: the CRC-32 of a utcp datagram with its own CRC field left out,
- * and the sealing of a header without options to its payload.
+ * the fixed header read and checked against it, and the sealing of a header without options
+ * to its payload.
  *
  * utcp/packet.py computes the same values with zlib.crc32 when this module is not built.
  * There each datagram costs two slices and two calls into zlib, about 4,000 instructions for
@@ -67,6 +68,81 @@ datagram_crc(PyObject *module, PyObject *arg)
     return PyLong_FromUnsignedLong(crc & 0xFFFFFFFFUL);
 }
 
+static unsigned long
+be32(const unsigned char *p)
+{
+    return ((unsigned long)p[0] << 24) | ((unsigned long)p[1] << 16) |
+           ((unsigned long)p[2] << 8) | (unsigned long)p[3];
+}
+
+PyDoc_STRVAR(fixed_header_doc,
+"fixed_header(data, /)\n--\n\n"
+"The fixed header's fields (version and header length, flags, window, source and destination\n"
+"connection ids, sequence and acknowledgement numbers) and whether the CRC field holds the\n"
+"datagram's CRC-32.");
+
+static PyObject *
+fixed_header(PyObject *module, PyObject *arg)
+{
+    Py_buffer view;
+    const unsigned char *d;
+    Py_ssize_t n;
+    uLong crc;
+    PyObject *out;
+    PyObject *item;
+    unsigned long fields[7];
+    int i;
+
+    if (PyBytes_CheckExact(arg)) {
+        d = (const unsigned char *)PyBytes_AS_STRING(arg);
+        n = PyBytes_GET_SIZE(arg);
+        view.obj = NULL;
+    }
+    else {
+        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
+            return NULL;
+        }
+        d = (const unsigned char *)view.buf;
+        n = view.len;
+    }
+    if (n < HEADER_SIZE) {
+        if (view.obj != NULL) {
+            PyBuffer_Release(&view);
+        }
+        PyErr_Format(PyExc_ValueError, "a datagram of %zd bytes has no fixed header", n);
+        return NULL;
+    }
+    fields[0] = d[0];
+    fields[1] = d[1];
+    fields[2] = ((unsigned long)d[2] << 8) | d[3];
+    fields[3] = be32(d + 4);
+    fields[4] = be32(d + 8);
+    fields[5] = be32(d + 12);
+    fields[6] = be32(d + 16);
+    crc = crc_update(0, d, CRC_OFFSET);
+    crc = crc_update(crc, d + HEADER_SIZE, n - HEADER_SIZE);
+    crc = (crc & 0xFFFFFFFFUL) == be32(d + CRC_OFFSET);
+    if (view.obj != NULL) {
+        PyBuffer_Release(&view);
+    }
+    out = PyTuple_New(8);
+    if (out == NULL) {
+        return NULL;
+    }
+    for (i = 0; i < 7; i++) {
+        item = PyLong_FromUnsignedLong(fields[i]);
+        if (item == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, item);
+    }
+    item = crc ? Py_True : Py_False;
+    Py_INCREF(item);
+    PyTuple_SET_ITEM(out, 7, item);
+    return out;
+}
+
 PyDoc_STRVAR(seal_plain_doc,
 "seal_plain(head, payload, /)\n--\n\n"
 "The datagram of a 20-byte header without its CRC field and a payload: head, the CRC-32\n"
@@ -113,6 +189,7 @@ seal_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 static PyMethodDef crc_methods[] = {
     {"datagram_crc", (PyCFunction)datagram_crc, METH_O, datagram_crc_doc},
+    {"fixed_header", (PyCFunction)fixed_header, METH_O, fixed_header_doc},
     {"seal_plain", (PyCFunction)(void (*)(void))seal_plain, METH_FASTCALL, seal_plain_doc},
     {NULL, NULL, 0, NULL},
 };

@@ -5,3 +5,9 @@ def datagram_crc(data: bytes | bytearray | memoryview, /) -> int:
 
 def seal_plain(head: bytes, payload: bytes | bytearray | memoryview, /) -> bytes:
     """``head`` (the 20 bytes before the CRC field), its CRC-32 with ``payload``, ``payload``."""
+
+def fixed_header(
+    data: bytes | bytearray | memoryview, /
+) -> tuple[int, int, int, int, int, int, int, bool]:
+    """The fixed header's fields up to its CRC field, and whether that field holds the
+    datagram's CRC-32."""

@@ -70,9 +70,22 @@ def _seal_plain_python(head: bytes, payload: bytes | bytearray | memoryview) -> 
     return b"".join((head, _pack_u32(_crc32(payload, _crc32(head))), payload))
 
 
+def _fixed_header_python(
+    data: bytes | bytearray | memoryview,
+) -> tuple[int, int, int, int, int, int, int, bool]:
+    """The fixed header's fields up to its CRC field, and whether that field holds the
+    datagram's CRC-32."""
+    vh, flags, window, src, dst, seq, ack, crc = _unpack_header(data, 0)
+    return vh, flags, window, src, dst, seq, ack, _crc_python(data) == crc
+
+
+_Buffer = bytes | bytearray | memoryview
+
+
 def _checksums() -> tuple[
-    Callable[[bytes | bytearray | memoryview], int],
-    Callable[[bytes, bytes | bytearray | memoryview], bytes],
+    Callable[[_Buffer], int],
+    Callable[[bytes, _Buffer], bytes],
+    Callable[[_Buffer], tuple[int, int, int, int, int, int, int, bool]],
 ]:
     """The C versions (utcp/_crc.c) when built, the same in Python otherwise (and with
     ``UTCP_PURE=1``, which runs the core as plain Python)."""
@@ -82,15 +95,16 @@ def _checksums() -> tuple[
         except ImportError:
             pass
         else:
-            return in_c.datagram_crc, in_c.seal_plain
-    return _crc_python, _seal_plain_python
+            return in_c.datagram_crc, in_c.seal_plain, in_c.fixed_header
+    return _crc_python, _seal_plain_python, _fixed_header_python
 
 
-# One small C call per datagram rather than two slices and two zlib calls: the checksum had
-# cost a tenth of a request/response round trip.
+# One small C call per datagram rather than two slices and two zlib calls (and struct's
+# unpacking): the checksum had cost a tenth of a request/response round trip.
 _CHECKSUMS: Final = _checksums()
 _crc: Final = _CHECKSUMS[0]
 _seal_plain: Final = _CHECKSUMS[1]
+_fixed_header: Final = _CHECKSUMS[2]
 
 
 class PacketError(ValueError):
@@ -433,7 +447,7 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
     n = len(mv)
     if n < HEADER_SIZE:
         raise PacketError(f"datagram of {n} bytes is shorter than the {HEADER_SIZE}-byte header")
-    fields = _unpack_header(mv, 0)
+    fields = _fixed_header(data if type(data) is bytes else mv)
     # Typed locals: the compiled build does native integer arithmetic on them.
     vh: int = fields[0]
     flags: int = fields[1]
@@ -442,9 +456,8 @@ def decode(data: bytes | bytearray | memoryview) -> Packet:
     dst: int = fields[4]
     seq: int = fields[5]
     ack: int = fields[6]
-    crc: int = fields[7]
     # The checksum first: corruption anywhere, header fields included, counts as corruption.
-    if _crc(data if type(data) is bytes else mv) != crc:
+    if not fields[7]:
         raise PacketError("checksum mismatch", DropReason.BAD_CHECKSUM)
     if vh >> 4 != VERSION:
         raise PacketError(f"unsupported version {vh >> 4}")
