@@ -35,20 +35,38 @@ def test_datagram_crc_matches_python(data: bytes) -> None:
     assert _crc.datagram_crc(memoryview(b"xx" + data + b"yy")[2:-2]) == want
 
 
+_U32 = st.integers(0, 0xFFFFFFFF)
+
+
 @needs_build
-@given(st.binary(min_size=20, max_size=20), st.binary(max_size=3000))
-def test_seal_plain_matches_python(head: bytes, payload: bytes) -> None:
-    want = packet._seal_plain_python(head, payload)
-    assert _crc.seal_plain(head, payload) == want
-    assert _crc.seal_plain(head, memoryview(bytearray(payload))) == want
-    assert packet._crc_python(want) == int.from_bytes(want[20:24], "big")
+@given(
+    st.integers(0, 0xFF), _U32, _U32, _U32, _U32, st.integers(0, 0xFFFF), st.binary(max_size=3000)
+)
+def test_encode_plain_matches_python(
+    flags: int, src: int, dst: int, seq: int, ack: int, window: int, payload: bytes
+) -> None:
+    want = packet._encode_plain_python(flags, src, dst, seq, ack, window, payload)
+    assert _crc.encode_plain(flags, src, dst, seq, ack, window, payload) == want
+    view = memoryview(bytearray(payload))
+    assert _crc.encode_plain(flags, src, dst, seq, ack, window, view) == want
+    p = packet.decode(want)
+    assert (p.flags, p.src_cid, p.dst_cid, p.seq, p.ack, p.window) == (
+        flags,
+        src,
+        dst,
+        seq,
+        ack,
+        window,
+    )
+    assert p.payload == payload
 
 
 @needs_build
 @given(st.binary(min_size=24, max_size=3000), st.booleans())
 def test_fixed_header_matches_python(data: bytes, sealed: bool) -> None:
     if sealed:  # a datagram whose CRC field is right, as most are
-        data = packet._seal_plain_python(data[:20], data[24:])
+        _vh, flags, window, src, dst, seq, ack, _crc_field = packet._unpack_header(data, 0)
+        data = packet._encode_plain_python(flags, src, dst, seq, ack, window, data[24:])
     want = packet._fixed_header_python(data)
     if sealed:
         assert want[7]
@@ -61,8 +79,8 @@ def test_fixed_header_matches_python(data: bytes, sealed: bool) -> None:
 def test_large_datagram() -> None:
     data = bytes(range(256)) * 256  # 64 KiB: the largest datagrams the fast path reads
     assert _crc.datagram_crc(data) == packet._crc_python(data)
-    head = data[:20]
-    assert _crc.seal_plain(head, data) == packet._seal_plain_python(head, data)
+    fields = (0x10, 1, 2, 3, 4, 5)
+    assert _crc.encode_plain(*fields, data) == packet._encode_plain_python(*fields, data)
 
 
 @needs_build
@@ -75,14 +93,19 @@ def test_bad_arguments_are_clear_errors() -> None:
         _crc.fixed_header(bytearray(23))
     with pytest.raises(TypeError):
         _crc.fixed_header(None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="20 bytes"):
-        _crc.seal_plain(b"x" * 19, b"")
-    with pytest.raises(ValueError, match="20 bytes"):
-        _crc.seal_plain(bytearray(20), b"")  # type: ignore[arg-type]
-    with pytest.raises(TypeError):
-        _crc.seal_plain(b"x" * 20, 5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="2 arguments"):
-        _crc.seal_plain(b"x" * 20)  # type: ignore[call-arg]
+    for bad in ((0x100, 0, 0, 0, 0, 0), (0, 1 << 32, 0, 0, 0, 0), (0, 0, 0, 0, 0, 0x10000)):
+        for encode_plain in (_crc.encode_plain, packet._encode_plain_python):
+            with pytest.raises(ValueError, match="out of range"):
+                encode_plain(*bad, b"")
+    for encode_plain in (_crc.encode_plain, packet._encode_plain_python):
+        with pytest.raises(ValueError, match="out of range"):
+            encode_plain(0, 0, 0, -1, 0, 0, b"")
+        with pytest.raises(TypeError):
+            encode_plain(0, 0, 0, 0, 0, 0, 5)  # type: ignore[arg-type]
+        with pytest.raises((TypeError, ValueError)):  # struct says "not an integer"
+            encode_plain(0, 0, 0, "0", 0, 0, b"")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="7 arguments"):
+        _crc.encode_plain(0, 0, 0, 0, 0, 0)  # type: ignore[call-arg]
 
 
 @needs_build
@@ -90,7 +113,7 @@ def test_the_build_uses_c() -> None:
     if os.environ.get("UTCP_PURE") == "1":
         pytest.skip("this run is the pure-Python core")
     assert packet._crc is _crc.datagram_crc
-    assert packet._seal_plain is _crc.seal_plain
+    assert packet.encode_plain is _crc.encode_plain
     assert packet._fixed_header is _crc.fixed_header
 
 

@@ -64,12 +64,6 @@ def _crc_python(data: bytes | bytearray | memoryview) -> int:
     return _crc32(mv[_CRC_OFFSET + 4 :], _crc32(mv[:_CRC_OFFSET]))
 
 
-def _seal_plain_python(head: bytes, payload: bytes | bytearray | memoryview) -> bytes:
-    """``head`` (the fixed header up to its CRC field), the CRC, ``payload``."""
-    # The CRC field ends the fixed header: the CRC covers what comes before it and the payload.
-    return b"".join((head, _pack_u32(_crc32(payload, _crc32(head))), payload))
-
-
 def _fixed_header_python(
     data: bytes | bytearray | memoryview,
 ) -> tuple[int, int, int, int, int, int, int, bool]:
@@ -77,34 +71,6 @@ def _fixed_header_python(
     datagram's CRC-32."""
     vh, flags, window, src, dst, seq, ack, crc = _unpack_header(data, 0)
     return vh, flags, window, src, dst, seq, ack, _crc_python(data) == crc
-
-
-_Buffer = bytes | bytearray | memoryview
-
-
-def _checksums() -> tuple[
-    Callable[[_Buffer], int],
-    Callable[[bytes, _Buffer], bytes],
-    Callable[[_Buffer], tuple[int, int, int, int, int, int, int, bool]],
-]:
-    """The C versions (utcp/_crc.c) when built, the same in Python otherwise (and with
-    ``UTCP_PURE=1``, which runs the core as plain Python)."""
-    if os.environ.get("UTCP_PURE") != "1":
-        try:
-            from . import _crc as in_c
-        except ImportError:
-            pass
-        else:
-            return in_c.datagram_crc, in_c.seal_plain, in_c.fixed_header
-    return _crc_python, _seal_plain_python, _fixed_header_python
-
-
-# One small C call per datagram rather than two slices and two zlib calls (and struct's
-# unpacking): the checksum had cost a tenth of a request/response round trip.
-_CHECKSUMS: Final = _checksums()
-_crc: Final = _CHECKSUMS[0]
-_seal_plain: Final = _CHECKSUMS[1]
-_fixed_header: Final = _CHECKSUMS[2]
 
 
 class PacketError(ValueError):
@@ -343,7 +309,7 @@ def _encode(p: Packet) -> bytes:
     return _sealed(buf)
 
 
-def encode_plain(
+def _encode_plain_python(
     flags: int,
     src_cid: int,
     dst_cid: int,
@@ -352,10 +318,44 @@ def encode_plain(
     window: int,
     payload: bytes | bytearray | memoryview,
 ) -> bytes:
-    """``encode`` of a packet with no options, from its fields: the same bytes without
-    building a ``Packet`` (most segments of an established connection are like this)."""
-    head = _pack_head_plain(_PLAIN_VH, flags, window, src_cid, dst_cid, seq, ack)
-    return _seal_plain(head, payload)
+    """``encode_plain`` in Python."""
+    try:
+        head = _pack_head_plain(_PLAIN_VH, flags, window, src_cid, dst_cid, seq, ack)
+    except struct.error:
+        raise ValueError("packet field out of range") from None
+    # The CRC field ends the fixed header: the CRC covers what comes before it and the payload.
+    return b"".join((head, _pack_u32(_crc32(payload, _crc32(head))), payload))
+
+
+_Buffer = bytes | bytearray | memoryview
+
+
+def _checksums() -> tuple[
+    Callable[[_Buffer], int],
+    Callable[[int, int, int, int, int, int, _Buffer], bytes],
+    Callable[[_Buffer], tuple[int, int, int, int, int, int, int, bool]],
+]:
+    """The C versions (utcp/_crc.c) when built, the same in Python otherwise (and with
+    ``UTCP_PURE=1``, which runs the core as plain Python)."""
+    if os.environ.get("UTCP_PURE") != "1":
+        try:
+            from . import _crc as in_c
+        except ImportError:
+            pass
+        else:
+            return in_c.datagram_crc, in_c.encode_plain, in_c.fixed_header
+    return _crc_python, _encode_plain_python, _fixed_header_python
+
+
+# One small C call per datagram rather than two slices and two zlib calls, and struct's
+# packing or unpacking besides: these had cost a seventh of a request/response round trip.
+_CHECKSUMS: Final = _checksums()
+_crc: Final = _CHECKSUMS[0]
+# ``encode`` of a packet with no options, from its fields (flags, source and destination ids,
+# seq, ack, window, payload): the same bytes without building a ``Packet`` (most segments of
+# an established connection are like this).  ``ValueError`` for a field out of range.
+encode_plain: Final = _CHECKSUMS[1]
+_fixed_header: Final = _CHECKSUMS[2]
 
 
 def stamp(template: bytes, seq: int, payload: bytes | bytearray | memoryview) -> bytes:
