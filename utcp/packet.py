@@ -339,11 +339,11 @@ def _checksums() -> tuple[
     ``UTCP_PURE=1``, which runs the core as plain Python)."""
     if os.environ.get("UTCP_PURE") != "1":
         try:
-            from . import _crc as in_c
+            from ._crc import datagram_crc, encode_plain, fixed_header
         except ImportError:
             pass
         else:
-            return in_c.datagram_crc, in_c.encode_plain, in_c.fixed_header
+            return datagram_crc, encode_plain, fixed_header
     return _crc_python, _encode_plain_python, _fixed_header_python
 
 
