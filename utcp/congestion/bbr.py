@@ -157,7 +157,14 @@ class Bbr(CongestionController):
                 rounds[-1] = (self._round, rate)
         else:
             rounds.append((self._round, rate))
-        self.bandwidth = max(r for _, r in rounds)
+        # The filter's maximum, by a plain loop: a generator under max() was the costliest
+        # part of a sample (every acknowledgement has one).
+        best = 0.0
+        for entry in rounds:
+            r = entry[1]
+            if r > best:
+                best = r
+        self.bandwidth = best
 
     def _update_round(self, rs: RateSample) -> None:
         delivered_now = rs.prior_delivered + rs.delivered
