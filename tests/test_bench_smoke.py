@@ -199,3 +199,32 @@ def test_the_benchmark_certificates_carry_a_tls13_handshake(tmp_path: Path, meth
             incoming.write(outgoing.read())
     assert client.version() == server.version() == "TLSv1.3"
     assert client.cipher() == server.cipher()
+
+
+def test_rr_instructions_times_round_trips_at_full_speed() -> None:
+    """``rr_instructions.py --timed`` runs the echo without valgrind and prints a row per
+    peer, with the controller asked for."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "rr_instructions.py"),
+            "--peers",
+            "utcp-fast,tcp",
+            "--loops",
+            "asyncio",
+            "--timed",
+            "50",
+            "--congestion",
+            "newreno",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    assert out[0].split() == ["peer", "loop", "RT/s", "user", "us", "sys", "us", "CPU", "us"]
+    rows = {line.split()[0]: line.split()[2:] for line in out[1:]}
+    assert set(rows) == {"utcp-fast", "tcp"}
+    for rate, user, system, cpu in rows.values():
+        assert float(rate.replace(",", "")) > 0
+        assert float(cpu) == pytest.approx(float(user) + float(system), abs=0.11)
