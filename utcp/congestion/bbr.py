@@ -83,6 +83,13 @@ class Bbr(CongestionController):
         self.cwnd_gain = HIGH_GAIN
         self._init_cwnd = self.cwnd
         self._bw_rounds: list[tuple[int, float]] = []  # (round, max rate seen in it)
+        # ``bandwidth`` unboxed (0.0 before the first estimate): the filter's maximum as of
+        # the last sample it took (the rounds leaving the window go at the next).
+        self._bw_max = 0.0
+        self._bw_max_stale = False  # the round holding the maximum has left the window
+        # ``min_rtt`` unboxed, and whether there is one yet (a fake clock can measure 0.0).
+        self._rtt_min = 0.0
+        self._has_rtt_min = False
         self._min_rtt_stamp = 0.0
         self._round = 0
         self._next_round_delivered = 0
@@ -118,11 +125,9 @@ class Bbr(CongestionController):
     def _bdp(self, gain: float) -> int:
         """``gain`` times the estimated bandwidth-delay product, bytes (the initial window
         while there is no estimate)."""
-        bw = self.bandwidth
-        rtt = self.min_rtt
-        if bw is None or rtt is None:
+        if self._bw_max == 0.0 or not self._has_rtt_min:
             return self._init_cwnd
-        return int(gain * bw * rtt)
+        return int(gain * self._bw_max * self._rtt_min)
 
     def _inflight(self, gain: float) -> int:
         """``gain`` BDPs and Linux's quantization budget (bbr_inflight): room for three of the
@@ -143,28 +148,39 @@ class Bbr(CongestionController):
 
     def _update_bw(self, rs: RateSample) -> None:
         rate = rs.delivery_rate
-        rounds = self._bw_rounds
-        while rounds and rounds[0][0] <= self._round - BW_WINDOW_ROUNDS:
-            rounds.pop(0)
         if rate <= 0.0:
             return
-        current = self.bandwidth or 0.0
         # An application-limited sample only counts if it shows more than the model knows.
-        if rs.app_limited and rate < current:
+        if rs.app_limited and rate < self._bw_max:
             return
+        rounds = self._bw_rounds
+        oldest = self._round - BW_WINDOW_ROUNDS
+        while rounds and rounds[0][0] <= oldest:
+            if rounds[0][1] >= self._bw_max:
+                self._bw_max_stale = True  # the filter's maximum leaves it
+            rounds.pop(0)
         if rounds and rounds[-1][0] == self._round:
             if rate > rounds[-1][1]:
                 rounds[-1] = (self._round, rate)
         else:
             rounds.append((self._round, rate))
-        # The filter's maximum, by a plain loop: a generator under max() was the costliest
-        # part of a sample (every acknowledgement has one).
-        best = 0.0
-        for entry in rounds:
-            r = entry[1]
-            if r > best:
-                best = r
-        self.bandwidth = best
+        # The filter's maximum, kept up to date rather than sought on every sample (every
+        # acknowledgement has one): only when the round holding it has left the window is
+        # the filter searched, by a plain loop.
+        if self._bw_max_stale:
+            best = 0.0
+            for entry in rounds:
+                r = entry[1]
+                if r > best:
+                    best = r
+            self._bw_max_stale = False
+        elif rate > self._bw_max:
+            best = rate
+        else:
+            best = self._bw_max
+        if best != self._bw_max:
+            self._bw_max = best
+            self.bandwidth = best
 
     def _update_round(self, rs: RateSample) -> None:
         delivered_now = rs.prior_delivered + rs.delivered
@@ -178,7 +194,7 @@ class Bbr(CongestionController):
         """STARTUP ends when three rounds in a row grew the bandwidth by less than 25%."""
         if self.full_bw_reached or not self._round_start or rs.app_limited:
             return
-        bw = self.bandwidth or 0.0
+        bw = self._bw_max
         if bw >= self._full_bw * FULL_BW_GROWTH:
             self._full_bw = bw
             self._full_bw_count = 0
@@ -262,8 +278,7 @@ class Bbr(CongestionController):
 
     def _next_cycle_phase(self, rs: RateSample, now: float) -> bool:
         """Whether PROBE_BW's gain cycle moves on (Linux's bbr_is_next_cycle_phase)."""
-        min_rtt = self.min_rtt or 0.0
-        full_length = now - self._cycle_stamp > min_rtt
+        full_length = now - self._cycle_stamp > self._rtt_min
         gain = self.pacing_gain
         if gain == 1.0:
             return full_length
@@ -277,12 +292,16 @@ class Bbr(CongestionController):
 
     def _update_min_rtt(self, rs: RateSample, now: float) -> None:
         # The window starts with the first sample (the driver's clock need not start at 0).
-        expired = self.min_rtt is not None and now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
+        has = self._has_rtt_min
+        expired = has and now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
         rtt = rs.rtt_s
-        if rtt is not None and (self.min_rtt is None or rtt <= self.min_rtt or expired):
-            self.min_rtt = rtt
+        if rtt is not None and (not has or rtt <= self._rtt_min or expired):
+            if not has or rtt != self._rtt_min:
+                self.min_rtt = rtt
+                self._rtt_min = rtt
+                self._has_rtt_min = True
             self._min_rtt_stamp = now
-        if expired and self.phase != PROBE_RTT and self.min_rtt is not None:
+        if expired and self.phase != PROBE_RTT and self._has_rtt_min:
             self.phase = PROBE_RTT
             self.pacing_gain = 1.0
             self.cwnd_gain = 1.0
@@ -308,7 +327,7 @@ class Bbr(CongestionController):
 
     def _set_pacing_rate(self) -> None:
         if self.pacing_rate is None:
-            rtt = self.min_rtt
+            rtt = self._rtt_min
             if not rtt:
                 return
             # The first RTT: the initial window per RTT at the startup gain, the floor of
@@ -318,8 +337,8 @@ class Bbr(CongestionController):
             # STARTUP) at what the application had written: a thin stream's messages then
             # waited in the pacer.
             self.pacing_rate = HIGH_GAIN * self.cwnd / rtt * PACING_MARGIN
-        bw = self.bandwidth
-        if bw is None:
+        bw = self._bw_max
+        if bw == 0.0:
             return
         rate = self.pacing_gain * bw * PACING_MARGIN
         # In STARTUP the rate only rises: an early low sample must not slow the ramp.
