@@ -18,10 +18,21 @@ from utcp import _build, packet
 ROOT = Path(utcp.__file__).resolve().parent
 BUILT = _build._library() is not None
 
-if BUILT:
+try:
     from utcp import _crc
+except ImportError:  # no C compiler, or no zlib to link against: packet.py's own run
+    HAVE_C = False
+else:
+    HAVE_C = True
 
-needs_build = pytest.mark.skipif(not BUILT, reason="no compiled build here (make build)")
+needs_build = pytest.mark.skipif(not HAVE_C, reason="utcp/_crc.c is not built here (make build)")
+
+
+@pytest.mark.skipif(not BUILT, reason="no compiled build here (make build)")
+def test_the_build_has_the_c_checksum() -> None:
+    """The build that compiled the core compiled utcp/_crc.c too (a build that silently
+    left it out would run the slower Python checksum)."""
+    assert HAVE_C
 
 
 @needs_build
