@@ -35,7 +35,7 @@ class BuildExt(build_ext):
 def _extensions() -> list[object]:
     if os.environ.get("UTCP_PURE_BUILD") == "1":
         return []
-    # The datagram checksum in C (utcp/packet.py falls back to zlib.crc32 without it).
+    # The datagram checksum and plain header in C (utcp/packet.py has the same in Python).
     extensions = [Extension("utcp._crc", ["utcp/_crc.c"], libraries=["z"], optional=True)]
     try:
         from mypyc.build import mypycify

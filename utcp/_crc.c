@@ -3,10 +3,10 @@
  *
  * utcp/packet.py computes the same values with zlib.crc32 when this module is not built.
  * There each datagram costs two slices and two calls into zlib, and struct's packing or
- * unpacking besides: about 6,000 instructions for a small datagram at either end, a seventh
- * of a request/response round trip.  Here one call reads or writes the buffer in place and
- * hands the bytes to zlib's crc32 (the library Python's zlib module uses), so the result is
- * the same function of the same bytes.
+ * unpacking besides: about a ninth of a request/response round trip's instructions (16,000
+ * of 146,700 over its four datagram ends, benchmarks/HISTORY.md).  Here one call reads or
+ * writes the buffer in place and hands the bytes to zlib's crc32 (the library Python's zlib
+ * module uses), so the result is the same function of the same bytes.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
