@@ -30,6 +30,47 @@ crc_update(uLong crc, const unsigned char *data, Py_ssize_t n)
     return crc;
 }
 
+/* CRC-32 of the n >= HEADER_SIZE bytes of a datagram, its CRC field left out. */
+static uLong
+datagram_crc_of(const unsigned char *data, Py_ssize_t n)
+{
+    uLong crc = crc_update(0, data, CRC_OFFSET);
+    return crc_update(crc, data + HEADER_SIZE, n - HEADER_SIZE) & 0xFFFFFFFFUL;
+}
+
+static void
+release_datagram(Py_buffer *view)
+{
+    if (view->obj != NULL) {
+        PyBuffer_Release(view);
+    }
+}
+
+/* The bytes of a datagram and their count: a bytes object's own, anything else's buffer (to
+ * be given back with release_datagram).  NULL, with an exception set, when it has no buffer
+ * or is shorter than the fixed header. */
+static const unsigned char *
+acquire_datagram(PyObject *arg, Py_buffer *view, Py_ssize_t *n)
+{
+    if (PyBytes_CheckExact(arg)) {
+        view->obj = NULL;  /* nothing to give back */
+        view->buf = PyBytes_AS_STRING(arg);
+        *n = PyBytes_GET_SIZE(arg);
+    }
+    else if (PyObject_GetBuffer(arg, view, PyBUF_SIMPLE) < 0) {
+        return NULL;
+    }
+    else {
+        *n = view->len;
+    }
+    if (*n < HEADER_SIZE) {
+        release_datagram(view);
+        PyErr_Format(PyExc_ValueError, "a datagram of %zd bytes has no fixed header", *n);
+        return NULL;
+    }
+    return (const unsigned char *)view->buf;
+}
+
 PyDoc_STRVAR(datagram_crc_doc,
 "datagram_crc(data, /)\n--\n\n"
 "CRC-32 of a datagram with its own CRC field (bytes 20 to 24) left out.");
@@ -42,31 +83,13 @@ datagram_crc(PyObject *module, PyObject *arg)
     Py_ssize_t n;
     uLong crc;
 
-    if (PyBytes_CheckExact(arg)) {
-        data = (const unsigned char *)PyBytes_AS_STRING(arg);
-        n = PyBytes_GET_SIZE(arg);
-        view.obj = NULL;
-    }
-    else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
-            return NULL;
-        }
-        data = (const unsigned char *)view.buf;
-        n = view.len;
-    }
-    if (n < HEADER_SIZE) {
-        if (view.obj != NULL) {
-            PyBuffer_Release(&view);
-        }
-        PyErr_Format(PyExc_ValueError, "a datagram of %zd bytes has no CRC field", n);
+    data = acquire_datagram(arg, &view, &n);
+    if (data == NULL) {
         return NULL;
     }
-    crc = crc_update(0, data, CRC_OFFSET);
-    crc = crc_update(crc, data + HEADER_SIZE, n - HEADER_SIZE);
-    if (view.obj != NULL) {
-        PyBuffer_Release(&view);
-    }
-    return PyLong_FromUnsignedLong(crc & 0xFFFFFFFFUL);
+    crc = datagram_crc_of(data, n);
+    release_datagram(&view);
+    return PyLong_FromUnsignedLong(crc);
 }
 
 static unsigned long
@@ -94,23 +117,8 @@ fixed_header(PyObject *module, PyObject *arg)
     unsigned long fields[7];
     int i;
 
-    if (PyBytes_CheckExact(arg)) {
-        d = (const unsigned char *)PyBytes_AS_STRING(arg);
-        n = PyBytes_GET_SIZE(arg);
-        view.obj = NULL;
-    }
-    else {
-        if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) {
-            return NULL;
-        }
-        d = (const unsigned char *)view.buf;
-        n = view.len;
-    }
-    if (n < HEADER_SIZE) {
-        if (view.obj != NULL) {
-            PyBuffer_Release(&view);
-        }
-        PyErr_Format(PyExc_ValueError, "a datagram of %zd bytes has no fixed header", n);
+    d = acquire_datagram(arg, &view, &n);
+    if (d == NULL) {
         return NULL;
     }
     fields[0] = d[0];
@@ -120,12 +128,8 @@ fixed_header(PyObject *module, PyObject *arg)
     fields[4] = be32(d + 8);
     fields[5] = be32(d + 12);
     fields[6] = be32(d + 16);
-    crc = crc_update(0, d, CRC_OFFSET);
-    crc = crc_update(crc, d + HEADER_SIZE, n - HEADER_SIZE);
-    crc = (crc & 0xFFFFFFFFUL) == be32(d + CRC_OFFSET);
-    if (view.obj != NULL) {
-        PyBuffer_Release(&view);
-    }
+    crc = datagram_crc_of(d, n) == be32(d + CRC_OFFSET);
+    release_datagram(&view);
     out = PyTuple_New(8);
     if (out == NULL) {
         return NULL;
@@ -210,9 +214,8 @@ encode_plain(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     put_be32(dst + 16, v[4]);
     memcpy(dst + HEADER_SIZE, payload.buf, payload.len);
     PyBuffer_Release(&payload);
-    crc = crc_update(0, dst, CRC_OFFSET);
-    crc = crc_update(crc, dst + HEADER_SIZE, PyBytes_GET_SIZE(out) - HEADER_SIZE);
-    put_be32(dst + CRC_OFFSET, crc & 0xFFFFFFFFUL);
+    crc = datagram_crc_of(dst, PyBytes_GET_SIZE(out));
+    put_be32(dst + CRC_OFFSET, crc);
     return out;
 }
 
