@@ -261,6 +261,32 @@ def test_a_rebinding_during_the_close_still_closes_cleanly() -> None:
     assert net.server.stats.path_changes == 1
 
 
+def test_a_fin_that_timed_out_on_the_old_address_is_resent_not_given_up() -> None:
+    """The NAT rebinds after the client's FIN was acknowledged and before the server's came:
+    the server's FIN goes to the dead binding and times out through all its ``fin_retries``
+    before the client's keepalive shows its new address.  Validated, the server resends at
+    once, and that resend is the first the peer can hear, not one more unanswered retry.
+    (Counted as one, it made the server give up and close, taking every byte as delivered,
+    while the client never heard the FIN and timed out: a ``utcp cat`` copy through a relay
+    rebinding every second ended "no answer for 30 s" that way.)"""
+    net = Net()
+    client, server = _establish(net)
+    _send(net, client, b"bye")
+    client.conn.close()
+    net.pump()
+    assert client.conn.state is S.FIN_WAIT_2
+    _rebind(net, REBOUND)
+    server.conn.close()
+    net.pump()  # the FIN, lost at the old binding
+    net.advance(14.0)
+    assert server.conn.stats.timeouts == server.conn.config.fin_retries
+    assert server.addr == CLIENT and server.conn.state is S.LAST_ACK
+    net.advance(6.0)  # the client's keepalive (15 s) finds the server
+    assert server.addr == REBOUND
+    assert client.conn.close_reason is not None and server.conn.close_reason is not None
+    assert client.conn.close_reason.value == server.conn.close_reason.value == "closed"
+
+
 class LossyNet(Net):
     """``Net`` whose datagrams are lost at random (seeded) once ``loss`` is set."""
 

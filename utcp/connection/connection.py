@@ -495,7 +495,10 @@ class Connection:
         just carried the echo, so the retransmission timer fires now, with its backoff
         reset, rather than after the backed-off interval.  (A peer that only receives speaks
         seldom, so a NAT that rebinds again before that interval ends would lose the
-        retransmission too, again and again.)"""
+        retransmission too, again and again.)  The timeouts so far count for nothing towards
+        giving up: they went to an address the peer had left, and it has just answered from
+        its new one.  (Counted, the resend of a FIN that had timed out ``fin_retries`` times
+        gave the connection up just as the peer could first hear it.)"""
         self._log.info("path_changed", same_host=same_host, peer=peer)
         if self._trace.tracer is not None:
             self._trace.event("path_changed", {"peer": peer, "same_host": same_host})
@@ -503,6 +506,7 @@ class Connection:
         if not same_host:
             loss.restart_path(self._snd.mss)
         if loss.timeouts_in_a_row and self._dl.rto is not None:
+            loss.timeouts_in_a_row = 0
             loss.rtt.reset_backoff()
             self._dl.rto = now
 
