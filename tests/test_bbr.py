@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BottleneckLink, Network, bottleneck_pair, conns, establish, pair
+from tests.helpers import BottleneckLink, Link, Network, bottleneck_pair, conns, establish, pair
 from utcp import Config
 from utcp.congestion import Bbr, CongestionController, RateSample, create
 from utcp.congestion.bbr import (
@@ -45,6 +45,7 @@ class Model:
         self.rtt = rtt
         self.now = 0.0
         self.delivered = 0
+        self.path_min_rtt: float | None = None  # the connection's smallest RTT (handshake)
 
     def ack(
         self,
@@ -65,6 +66,7 @@ class Model:
                 interval_s=self.rtt,
                 prior_delivered=prior,
                 rtt_s=self.rtt,
+                path_min_rtt_s=self.path_min_rtt,
                 app_limited=app,
                 in_flight=self.cc.cwnd if in_flight is None else in_flight,
                 newly_acked=MSS,
@@ -250,6 +252,39 @@ def test_a_longer_rtt_without_loss_is_not_congestion() -> None:
     m.rtt = 0.05 * 1.5
     m.rounds(3, in_flight=bdp)
     assert not m.cc.congested and m.cc.cwnd_gain == CWND_GAIN
+
+
+def test_the_estimates_start_from_the_handshakes_rtt() -> None:
+    """Beside another flow's slow start, data can wait in the bottleneck's queue from its
+    first segment.  The min-RTT estimate and the path's base RTT start from the connection's
+    smallest RTT, the handshake's included (as Linux's bbr_init takes tcp_min_rtt), so a queue
+    there from the start is seen as one, and the losses behind it as congestion.  Started
+    from the first data sample instead, the estimate took the queue for the path in a third
+    of the runs beside kernel cubic, which then took three quarters of the link."""
+    m = Model()
+    m.path_min_rtt = 0.05  # the handshake's
+    m.rtt = 0.05 * 1.5  # every data sample waits in a 25 ms queue
+    bdp = int(m.rate * 0.05)
+    m.rounds(10, in_flight=bdp // 2)
+    assert m.cc.min_rtt == 0.05
+    assert m.cc.phase == PROBE_BW and not m.cc.congested
+    _lossy_rounds(m, 2, bdp)
+    assert m.cc.congested and m.cc.cwnd_gain == CONGESTED_CWND_GAIN
+
+
+def test_a_connection_hands_bbr_its_handshakes_rtt() -> None:
+    """Through the connection: a handshake over 40 ms, then data over 60 ms (a queue built
+    after it); the sender's estimate is the handshake's RTT."""
+    net = pair(a_to_b=Link(delay_s=0.02), b_to_a=Link(delay_s=0.02))
+    a, _b = conns(net)
+    establish(net)
+    for link in net.links.values():
+        link.delay_s = 0.03
+    a.send(bytes(50_000))
+    net.run(until=lambda: len(net.b.received) == 50_000)
+    assert a.stats.congestion_control == "bbr"
+    assert a.stats.min_rtt_s == pytest.approx(0.04)
+    assert a.stats.srtt_s is not None and a.stats.srtt_s > 0.041  # the data saw 60 ms
 
 
 def test_application_limited_samples_do_not_lower_the_estimate() -> None:

@@ -42,6 +42,7 @@ class RateSample:
         "interval_s",
         "losses",
         "newly_acked",
+        "path_min_rtt_s",
         "prior_delivered",
         "rtt_s",
     )
@@ -54,6 +55,7 @@ class RateSample:
         interval_s: float = 0.0,
         prior_delivered: int = 0,
         rtt_s: float | None = None,
+        path_min_rtt_s: float | None = None,
         app_limited: bool = False,
         in_flight: int = 0,
         newly_acked: int = 0,
@@ -64,6 +66,9 @@ class RateSample:
         self.interval_s = interval_s
         self.prior_delivered = prior_delivered  # the connection's delivered count at its send
         self.rtt_s = rtt_s  # of that segment, None if it was retransmitted (Karn)
+        # The connection's smallest RTT sample yet, the handshake's included (None before any):
+        # data may wait in a queue from its first segment, the handshake before it did not.
+        self.path_min_rtt_s = path_min_rtt_s
         self.app_limited = app_limited  # the sender had nothing to send: a lower bound only
         self.in_flight = in_flight  # bytes in flight after this acknowledgement
         self.newly_acked = newly_acked  # bytes this acknowledgement delivered

@@ -4,7 +4,8 @@ propagation time) rather than a reaction to loss.
 After the BBR draft (draft-cardwell-iccrg-bbr-congestion-control, now
 draft-ietf-ccwg-bbr) and Linux's ``tcp_bbr.c`` (version 1): the bandwidth estimate is the
 maximum delivery rate over the last ten round trips, the propagation delay the minimum RTT
-over ten seconds; segments are paced at ``pacing_gain`` times the bandwidth and the window
+over ten seconds (starting from the connection's smallest RTT, the handshake's included, as
+Linux's bbr_init does); segments are paced at ``pacing_gain`` times the bandwidth and the window
 is ``cwnd_gain`` times the bandwidth-delay product.  The phases: STARTUP doubles the rate
 every round until the bandwidth stops growing (three rounds under 25% growth), DRAIN empties
 the queue STARTUP built, PROBE_BW cycles its pacing gain through 1.25, 0.75 and six rounds
@@ -240,6 +241,11 @@ class Bbr(CongestionController):
                 self._round_min_rtt = rtt
             if self._base_rtt == 0.0 or rtt < self._base_rtt:
                 self._base_rtt = rtt
+        # The path's own RTT is also the connection's smallest, the handshake's included
+        # (a queue may stand from the first data segment on).
+        path = rs.path_min_rtt_s
+        if path is not None and path > 0.0 and (self._base_rtt == 0.0 or path < self._base_rtt):
+            self._base_rtt = path
 
     def _queued(self) -> bool:
         """Whether the round under way (or, before its first sample, the one before) has
@@ -295,6 +301,13 @@ class Bbr(CongestionController):
         has = self._has_rtt_min
         expired = has and now > self._min_rtt_stamp + MIN_RTT_WINDOW_S
         rtt = rs.rtt_s
+        if not has:
+            # The first estimate starts from the connection's smallest RTT, the handshake's
+            # included, as Linux's bbr_init takes tcp_min_rtt: beside another flow's slow
+            # start the first data segments may already wait in its queue.
+            seed = rs.path_min_rtt_s
+            if seed is not None and (rtt is None or seed < rtt):
+                rtt = seed
         if rtt is not None and (not has or rtt <= self._rtt_min or expired):
             if not has or rtt != self._rtt_min:
                 self.min_rtt = rtt

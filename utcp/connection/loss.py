@@ -290,6 +290,7 @@ class LossRecovery:
         rs.interval_s = interval
         rs.prior_delivered = p.delivered
         rs.rtt_s = now - p.sent_at if p.retx == 0 else None
+        rs.path_min_rtt_s = min_rtt
         rs.app_limited = p.app_limited
         rs.in_flight = sb.pipe
         rs.newly_acked = newly
