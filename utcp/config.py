@@ -257,8 +257,9 @@ class Config:
     keepalive_stall_s: float | None = 1.0
     """When a peer that was sending full-sized segments (in the middle of a transfer) falls
     silent for this long (and at least three RTOs), probe it once, so a peer whose process
-    died is found in seconds where its host answers with ICMP port unreachable; None: only
-    the regular keepalive probes."""
+    died is found in seconds where its host answers with ICMP port unreachable.  The same
+    probe follows a silence after the peer challenged our address (a NAT rebinding), in
+    case our echo was lost.  None: only the regular keepalive probes."""
 
     idle_timeout_s: float | None = 30.0
     """End (with a reset and TimeoutError) a connection that has received nothing acceptable

@@ -825,6 +825,7 @@ class Connection:
             self._drop(DropReason.UNEXPECTED)
             return
         self._live.heard(now)
+        self._live.challenged(p.path_challenge is not None)
         if p.timestamps is not None and self._opts.ts_ok and seg_pos <= rcv.nxt:
             self._opts.ts_recent = p.timestamps[0]
         if not self._rx_ack(p, seg_pos, now):

@@ -62,6 +62,10 @@ class Liveness:
         # ACK would otherwise leave a silent client and a half-open server waiting forever.
         self.confirm_tries = 0
         self.last_challenge_at: float | None = None
+        # The peer challenged our address (a NAT rebound it) and nothing else has come from
+        # it since: our echo may have been lost, and the peer answers to the old address
+        # until one arrives, so a silence then draws the early probe too.
+        self.validating = False
         self._cfg = config
         self._snd = snd
         self._count = counters
@@ -84,13 +88,25 @@ class Liveness:
         self.keepalive_probes = 0
         self._dl.confirm = None
 
+    def challenged(self, challenge: bool) -> None:
+        """An acceptable segment arrived carrying a path challenge (``challenge``) or not.
+        A challenge starts a silence the early probe watches over, whatever the peer was
+        sending: should our echo be lost, the peer learns our new address only from our next
+        datagram, and the regular keepalive comes ``keepalive_idle_s`` later.  (A client
+        that had sent its FIN waited that long for the peer's, which had timed out at the
+        old address meanwhile.)  Anything else from the peer shows the path is followed."""
+        if challenge and not self.validating:
+            self._dl.keepalive = None  # re-armed with the probe's deadline by the next send
+        self.validating = challenge
+
     def stall_probe_due(self, can_receive: bool) -> float | None:
-        """When the one early probe of a peer that fell silent mid-transfer is due
-        (``Config.keepalive_stall_s``), or None when none is."""
+        """When the one early probe of a peer that fell silent mid-transfer, or after it
+        challenged our address, is due (``Config.keepalive_stall_s``), or None when none
+        is."""
         stall = self._cfg.keepalive_stall_s
         if (
             stall is None
-            or not self._rcv.peer_mid_stream
+            or not (self._rcv.peer_mid_stream or self.validating)
             or self.stall_probed_at == self.last_activity
             or not can_receive
         ):
