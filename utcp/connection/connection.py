@@ -441,8 +441,11 @@ class Connection:
 
     def path_challenge(self, token: int) -> bytes | None:
         """A datagram asking the peer to echo ``token`` (a pure ACK carrying PATH_CHALLENGE),
-        which the endpoint sends to an address it is validating; None unless synchronized."""
-        if self._state not in SYNCHRONIZED or self._state is TIME_WAIT:
+        which the endpoint sends to an address it is validating; None unless synchronized.
+        TIME_WAIT included: the peer's FIN may come from a new address (its NAT rebound while
+        it was closing), and our ACK of it must reach it there (the challenge carries it), or
+        the peer's close ends in a reset."""
+        if self._state not in SYNCHRONIZED:
             return None
         self._count.segments_sent += 1
         return self._seg.build(_ACK, self._snd.nxt, b"", path_challenge=token)
