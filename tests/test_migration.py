@@ -11,7 +11,7 @@ import random
 import pytest
 
 from tests.test_endpoint import CLIENT, SERVER, STRANGER, Net, _establish
-from utcp import ConnectionState, decode
+from utcp import Config, ConnectionState, decode
 from utcp.endpoint import AMPLIFICATION_FACTOR, PATH_CHALLENGE_TRIES, Address, Route
 from utcp.events import DropReason
 from utcp.packet import Packet, encode
@@ -509,3 +509,22 @@ def test_transfers_and_closes_through_rebindings_under_loss(upload: bool) -> Non
     runs = (_transfer_and_close(seed, upload) for seed in range(200))
     failed = [why for ok, why in runs if not ok]
     assert not failed, failed
+
+
+def test_a_last_ack_whose_peer_left_ends_as_closed_at_the_idle_timeout() -> None:
+    """Every byte both ways delivered and acknowledged, the server's FIN out, and the client
+    gone (it left TIME_WAIT after its ACK was lost, or moved on): the idle timeout, when it
+    comes before ``fin_retries`` run out, ends the close as done, as running out of them
+    does, not as an idle connection.  (A sweep of uploads through rebindings had the server
+    report "idle" for a transfer that had fully arrived.)"""
+    net = Net(Config(idle_timeout_s=5.0))
+    client, server = _establish(net)
+    _send(net, client, b"all of it")
+    client.conn.close()
+    net.pump()
+    server.conn.close()
+    net.endpoints.pop(CLIENT)  # the client and everything sent to it are gone
+    net.pump()
+    net.advance(10.0)
+    assert server.conn.state is S.CLOSED
+    assert server.conn.close_reason is not None and server.conn.close_reason.value == "closed"

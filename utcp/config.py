@@ -265,7 +265,9 @@ class Config:
     """End (with a reset and TimeoutError) a connection that has received nothing acceptable
     for this long, whether it was sending or only reading; None: no limit, as in TCP.  As
     QUIC's idle timeout (quinn's default is 30 s too), but a quiet connection whose peer is
-    alive stays up: the keepalive probes it draws answers to count as traffic."""
+    alive stays up: the keepalive probes it draws answers to count as traffic.  A close
+    waiting only for the ACK of our FIN (every byte both ways acknowledged) ends as done,
+    without the reset."""
 
     challenge_ack_interval_s: float = 0.5
     """Least time between two challenge ACKs of one connection (RFC 5961 section 7; Linux's

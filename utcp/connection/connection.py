@@ -623,7 +623,10 @@ class Connection:
         elif timer == KEEPALIVE:
             return self._live.on_keepalive(now, st in CAN_RECEIVE) if st is not TIME_WAIT else None
         elif timer == IDLE:
-            return self._live.on_idle(now)
+            fin = self._snd.fin_pos
+            closing = st is LAST_ACK or st is CLOSING
+            done = closing and fin is not None and self._snd.una >= fin
+            return self._live.on_idle(now, only_fin_unacked=done)
         elif timer == CONFIRM and not len(self._loss.scoreboard) and self._snd.fin_pos is None:
             self._live.on_confirm(now)
         return None

@@ -206,9 +206,12 @@ class Liveness:
             dl.keepalive = min(dl.keepalive, max(self.last_activity + ut, answer_by))
         return None
 
-    def on_idle(self, now: float) -> CloseReason | None:
+    def on_idle(self, now: float, *, only_fin_unacked: bool = False) -> CloseReason | None:
         """The idle timer expired (synchronized): end the connection if it has really been
-        idle that long."""
+        idle that long.  ``only_fin_unacked``: the application has closed and every byte
+        both ways is delivered and acknowledged, only our FIN's ACK is missing (LAST_ACK,
+        CLOSING): the close counts as done, as after ``fin_retries`` (the peer most likely
+        left TIME_WAIT, or moved on after its last ACK was lost)."""
         timeout = self._cfg.idle_timeout_s
         if timeout is None:
             return None
@@ -217,6 +220,8 @@ class Liveness:
             self._dl.idle = due
             return None
         self._log.info("idle_timeout", idle_s=now - self.last_activity)
+        if only_fin_unacked:
+            return CloseReason.CLOSED
         self._control.need_rst = True
         return CloseReason.IDLE
 
