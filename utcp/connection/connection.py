@@ -430,8 +430,7 @@ class Connection:
         if verdict != UNREACHABLE_CONFIRMED:
             return verdict == UNREACHABLE_NOTED
         self._log.info("port_unreachable", state=st.value, errors=self._count.icmp_errors)
-        fin_pos = snd.fin_pos
-        if (st is LAST_ACK or st is CLOSING) and fin_pos is not None and snd.una >= fin_pos:
+        if (st is LAST_ACK or st is CLOSING) and snd.data_acknowledged:
             # Both sides closed and every byte arrived; only our FIN's ACK is missing and the
             # peer is gone (it left TIME_WAIT, or its process exited): the close is done.
             self._close_acknowledged()
@@ -623,9 +622,7 @@ class Connection:
         elif timer == KEEPALIVE:
             return self._live.on_keepalive(now, st in CAN_RECEIVE) if st is not TIME_WAIT else None
         elif timer == IDLE:
-            fin = self._snd.fin_pos
-            closing = st is LAST_ACK or st is CLOSING
-            done = closing and fin is not None and self._snd.una >= fin
+            done = (st is LAST_ACK or st is CLOSING) and self._snd.data_acknowledged
             return self._live.on_idle(now, only_fin_unacked=done)
         elif timer == CONFIRM and not len(self._loss.scoreboard) and self._snd.fin_pos is None:
             self._live.on_confirm(now)

@@ -56,6 +56,12 @@ class SendSide:
         return max(0, end - start)
 
     @property
+    def data_acknowledged(self) -> bool:
+        """Whether our FIN is queued and every byte before it acknowledged: a close that
+        waits at most for the FIN's own ACK."""
+        return self.fin_pos is not None and self.una >= self.fin_pos
+
+    @property
     def fin_acknowledged(self) -> bool:
         """Whether our FIN, and so every byte before it, has been acknowledged."""
         return self.fin_pos is not None and self.una > self.fin_pos

@@ -112,7 +112,7 @@ class TimerHandlers:
             self._log.info(
                 "fin_unacknowledged", retries=loss.timeouts_in_a_row, unacked=fin_pos - snd.una
             )
-            if snd.una >= fin_pos and state is not FIN_WAIT_1:
+            if snd.data_acknowledged and state is not FIN_WAIT_1:
                 # Every byte both ways is delivered and acknowledged; only our FIN's ACK is
                 # missing, most likely because the peer already left TIME_WAIT.
                 return CloseReason.CLOSED
