@@ -407,11 +407,25 @@ def test_rtt_granularity_floor() -> None:
 
 
 def test_rtt_rto_clamped_to_bounds() -> None:
+    """The variation term is at least ``rto_min``: RTO = SRTT + max(4 RTTVAR, G, rto_min),
+    at most ``rto_max``."""
     est = make_rtt(lo=0.2, hi=5.0)
     est.on_sample(0.001)
-    assert est.rto == 0.2
+    assert est.rto == pytest.approx(0.201)
     est.on_sample(30.0)
     assert est.rto == 5.0
+
+
+def test_rtt_steady_samples_keep_rto_min_above_srtt() -> None:
+    """A sample from every ACK shrinks RTTVAR to nothing; the timeout still allows ``rto_min``
+    beyond SRTT (as Linux's rttvar_us never drops below tcp_rto_min), so a retransmission
+    that waits behind a full queue for one more round trip is not timed out.  Before,
+    RTO was SRTT + 4 RTTVAR clamped to ``rto_min``: 0.201 s on a 0.2 s path."""
+    est = make_rtt(lo=0.2, hi=60.0)
+    for _ in range(300):
+        est.on_sample(0.2)
+    assert est.rttvar < 1e-6
+    assert est.rto == pytest.approx(0.4)
 
 
 def test_rtt_negative_sample_counts_as_zero() -> None:
@@ -459,7 +473,7 @@ rtt_ops = st.lists(
     bounds=st.tuples(st.floats(0.001, 2.0), st.floats(0.0, 100.0)),
     initial=st.floats(0.001, 200.0),
 )
-def test_prop_rtt_matches_rfc6298(
+def test_prop_rtt_matches_the_rto_model(
     ops: list[float | str], bounds: tuple[float, float], initial: float
 ) -> None:
     lo, extra = bounds
@@ -485,7 +499,7 @@ def test_prop_rtt_matches_rfc6298(
             else:
                 rttvar = 0.75 * rttvar + 0.25 * abs(srtt - op)
                 srtt = 0.875 * srtt + 0.125 * op
-            base = min(max(srtt + max(0.001, 4 * rttvar), lo), hi)
+            base = min(srtt + max(0.001, 4 * rttvar, lo), hi)
             shifts = 0
         assert est.srtt == (None if srtt is None else pytest.approx(srtt))
         assert est.rttvar == pytest.approx(rttvar)

@@ -368,7 +368,7 @@ def test_each_lost_fin_is_retransmitted_after_one_rto(who: str) -> None:
     )
     a, b = establish(net)
     rto = (a if who == "a" else b).stats.rto_s
-    assert rto == DEFAULTS.rto_min_s  # a 20 ms handshake RTT, clamped up to rto_min_s
+    assert rto == pytest.approx(0.020 + DEFAULTS.rto_min_s)  # a 20 ms RTT, rto_min_s beyond
     _orderly_close(net)
     fins = _sent(net, who, _is_fin)
     assert len(fins) == 2 and link.dropped == 1
@@ -433,7 +433,7 @@ def test_lost_handshake_ack_without_data_client_resends_it() -> None:
     a, b = conns(net)
     net.run(until=lambda: a.state is S.ESTABLISHED)
     established = net.now
-    rto = DEFAULTS.rto_min_s  # after one 20 ms RTT sample the RTO is at its floor
+    rto = 0.020 + DEFAULTS.rto_min_s  # one 20 ms RTT sample: rto_min_s beyond SRTT
     assert a.get_timer() == pytest.approx(established + rto)
     net.run(until=lambda: b.state is S.ESTABLISHED)
     assert [(s.time, *step) for s, step in zip(net.trace, ladder(net))] == [
@@ -484,7 +484,7 @@ def test_lost_first_data_segment_is_retransmitted_after_one_rto() -> None:
     net = pair(a_to_b=link, config_a=Config(tail_loss_probe=False))  # the RTO path itself
     a, _ = establish(net)
     rto = a.stats.rto_s
-    assert rto == DEFAULTS.rto_min_s
+    assert rto == pytest.approx(0.020 + DEFAULTS.rto_min_s)
     a.send(b"x" * 500)
     sent_at = net.now
     net.run(until=lambda: len(net.b.received) == 500)

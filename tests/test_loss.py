@@ -16,6 +16,7 @@ from utcp.connection.options import Negotiated
 from utcp.connection.send_side import SendSide
 from utcp.connection.tracepoints import TracePoints
 from utcp.log import get_logger
+from utcp.packet import Flag, Packet
 from utcp.recovery import SentSegment
 
 MSS = 1000
@@ -129,6 +130,49 @@ def test_no_sample_from_a_segment_sacked_before_its_cumulative_ack() -> None:
     s.loss.on_sack(((s.wire(1 + MSS), s.wire(1 + 2 * MSS)),), now=0.1)
     s.loss.on_new_ack(1 + 2 * MSS, now=3.0)  # a late ACK: 3 s would inflate SRTT
     assert s.loss.rtt.srtt is None
+
+
+def _sack_ack(s: Stack, ack_pos: int, *blocks: tuple[int, int]) -> Packet:
+    """An ACK of ``ack_pos`` from the peer carrying SACK blocks (positions)."""
+    p = Packet(int(Flag.ACK), 0xB, 0xA, 1, s.wire(ack_pos), 1 << 14)
+    p.sack_blocks = tuple((s.wire(left), s.wire(right)) for left, right in blocks)
+    return p
+
+
+def test_a_sack_samples_the_rtt_while_a_hole_holds_the_cumulative_ack() -> None:
+    """Under steady loss there is always a hole: the newest segment SACKed for the first time,
+    sent once, gives the RTT sample the stuck cumulative ACK cannot (as Linux's sack_rtt).
+    Before, SRTT stayed where the first loss left it while the queue doubled the RTT, and
+    the retransmission timer fired at the old RTT's 200 ms."""
+    s = Stack(sack=True)
+    s.send(1, now=0.0)
+    s.loss.on_new_ack(1 + MSS, now=0.100)
+    assert s.loss.rtt.srtt == pytest.approx(0.100)
+    s.send(4, now=1.0)  # the first of them is lost
+    s.loss.on_ack(_sack_ack(s, 1 + MSS, (1 + 2 * MSS, 1 + 3 * MSS)), 1 + MSS, now=1.2)
+    assert s.loss.rtt.latest_rtt == pytest.approx(0.200)
+    s.loss.on_ack(_sack_ack(s, 1 + MSS, (1 + 2 * MSS, 1 + 5 * MSS)), 1 + MSS, now=1.25)
+    assert s.loss.rtt.latest_rtt == pytest.approx(0.250)  # the newest of the two newly SACKed
+    srtt = s.loss.rtt.srtt
+    # Blocks already SACKed, and a retransmission SACKed, give no sample.
+    s.loss.on_ack(_sack_ack(s, 1 + MSS, (1 + 2 * MSS, 1 + 5 * MSS)), 1 + MSS, now=1.3)
+    assert s.loss.rtt.srtt == srtt
+    hole = s.seg(1)
+    s.sb.mark_lost(hole)
+    s.sb.retransmitted(hole, 1.3)
+    s.loss.on_ack(_sack_ack(s, 1 + MSS, (1 + MSS, 1 + 5 * MSS)), 1 + MSS, now=1.5)
+    assert s.loss.rtt.srtt == srtt
+
+
+def test_the_cumulative_sample_goes_before_a_sack_sample() -> None:
+    """An ACK that advances over segments sent once and SACKs a later one: SRTT takes the
+    cumulative ACK's sample only."""
+    s = Stack(sack=True)
+    s.send(1, now=0.0)
+    s.send(2, now=0.5)
+    s.loss.on_ack(_sack_ack(s, 1 + MSS, (1 + 2 * MSS, 1 + 3 * MSS)), 1 + MSS, now=0.6)
+    assert s.loss.rtt.srtt == pytest.approx(0.600)
+    assert s.loss.rtt.latest_rtt == pytest.approx(0.600)
 
 
 def test_all_acknowledged_stops_both_timers() -> None:
@@ -274,10 +318,10 @@ def test_no_probe_later_than_the_retransmission_timer() -> None:
     """RFC 8985 section 7.2: the PTO is only armed when it fires before the RTO."""
     s = Stack()
     for _ in range(20):
-        s.loss.rtt.on_sample(0.100)  # RTTVAR decays: RTO falls to its 200 ms floor
-    assert s.loss.rtt.rto == pytest.approx(0.2)
-    s.send(1, now=0.0)  # PTO would be 0.2 + 0.04 > RTO
-    assert s.dl.rto == pytest.approx(0.2)
+        s.loss.rtt.on_sample(0.200)  # RTTVAR decays: RTO falls to SRTT + 200 ms
+    assert s.loss.rtt.rto == pytest.approx(0.4)
+    s.send(1, now=0.0)  # PTO would be 0.4 + 0.04 > RTO
+    assert s.dl.rto == pytest.approx(0.4)
     assert s.dl.tlp is None
 
 

@@ -400,7 +400,9 @@ def test_lost_probes_never_count_as_congestion() -> None:
     assert st.pmtud_probes_lost >= MAX_PROBES
     assert st.retransmissions == st.timeouts == st.tail_loss_probes == 0
     assert cwnds == sorted(cwnds) and st.ssthresh_bytes == 0x7FFFFFFF
-    assert st.rto_s == Config().rto_min_s  # never backed off
+    assert st.srtt_s is not None
+    never_backed_off = st.srtt_s + max(4 * st.rttvar_s, Config().rto_min_s)
+    assert st.rto_s == pytest.approx(never_backed_off)
 
 
 def test_pmtud_off_sends_exactly_what_it_did_before() -> None:

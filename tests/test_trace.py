@@ -150,7 +150,7 @@ def test_trace_of_handshake_loss_and_close(lost: int, by: str) -> None:
     assert [e.now for e in events[:7]] == [0.0, 0.0, 0.02, 0.02, 0.02, 0.02, 0.02]
     assert events[1].fields["wnd"] == SYN_WND and events[2].fields["wnd"] == SYN_WND
     assert events[6].fields["wnd"] == WND
-    assert events[3].fields == {"rtt": 0.02, "srtt": 0.02, "rttvar": 0.01, "rto": 0.2}
+    assert events[3].fields == {"rtt": 0.02, "srtt": 0.02, "rttvar": 0.01, "rto": 0.22}
     assert events[5].fields == {"cwnd": 10 * MSS, "ssthresh": None, "in_flight": 0}
 
     # Every data segment goes out once, in order; the lost one once more after its loss.

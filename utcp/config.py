@@ -140,7 +140,9 @@ class Config:
     """Retransmission timeout before any RTT sample (RFC 6298 section 2.1)."""
 
     rto_min_s: float = 0.2
-    """Lower bound on the retransmission timeout."""
+    """Lower bound on the retransmission timeout's margin over the smoothed RTT: the timeout
+    is SRTT + max(4 RTTVAR, this) (Linux's rule; RFC 6298's floor under the sum let a timeout
+    fire when one retransmission waited behind a full queue)."""
 
     rto_max_s: float = 60.0
     """Upper bound on the retransmission timeout, also after backoff."""

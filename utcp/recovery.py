@@ -1,7 +1,9 @@
 """Round-trip time estimation and the retransmission timeout (RFC 6298).
 
 The estimator is fed RTT samples only from segments sent once (Karn's rule, enforced by the
-caller) and keeps the RTO within the configured bounds, also after exponential backoff.
+caller) and keeps the RTO within the configured bounds, also after exponential backoff.  The
+minimum RTO is a margin over SRTT, as in Linux, rather than RFC 6298's floor under the whole
+timeout (``RttEstimator.on_sample`` says why).
 """
 
 from __future__ import annotations
@@ -73,9 +75,14 @@ class RttEstimator:
             srtt = (1 - _ALPHA) * srtt + _ALPHA * rtt_s
         self.srtt = srtt
         self.rttvar = rttvar
-        base = srtt + (_K * rttvar if _K * rttvar > _G_S else _G_S)
-        if base < self.rto_min:
-            base = self.rto_min
+        # The variation term is at least ``rto_min`` (Linux's tcp_rtt_estimator keeps its
+        # rttvar_us at tcp_rto_min or above): with an RTT sample from nearly every ACK, RTTVAR
+        # shrinks to the spread within one round trip, and a timeout of SRTT plus that fires
+        # as soon as a retransmission queues behind a full bottleneck for one round trip.
+        margin = _K * rttvar if _K * rttvar > _G_S else _G_S
+        if margin < self.rto_min:
+            margin = self.rto_min
+        base = srtt + margin
         self._rto_base = base if base < self.rto_max else self.rto_max
         self._backoff = 0
 
@@ -157,6 +164,7 @@ class Scoreboard:
         "rack_lost_tx",
         "rack_pending",
         "reordering_seen",
+        "sack_rtt_seg",
         "sacked_segs",
         "segs",
     )
@@ -185,6 +193,9 @@ class Scoreboard:
         self.first_sent_time = 0.0
         self.app_limited_until = 0
         self.newest_delivered: SentSegment | None = None
+        # The most recently sent segment, never retransmitted, that the SACK blocks of the ACK
+        # being processed reported for the first time (its RTT sample; the owner clears it).
+        self.sack_rtt_seg: SentSegment | None = None
         # RACK (RFC 8985): segments SACKed and not yet cumulatively acknowledged; whether a
         # segment never retransmitted was delivered below one delivered before it (the path
         # reorders); the highest SACKed end before the ACK being processed, which the owner
@@ -289,8 +300,11 @@ class Scoreboard:
     def on_sack(self, start: int, end: int, now: float = 0.0) -> int:
         """Mark segments wholly inside [start, end) as SACKed; return bytes newly SACKed.
 
-        SACKed segments give no RTT sample: the ACK that reports them may be late because
-        earlier ACKs were lost, which would inflate the estimate.
+        The most recently sent of them that was sent once is kept in ``sack_rtt_seg``: its
+        RTT sample stands in for the cumulative ACK's when that gives none (as Linux's
+        tcp_ack_update_rtt takes its sack_rtt), because under steady loss there is nearly
+        always a hole, every advance of the cumulative ACK covers a retransmission, and
+        Karn's rule would leave the estimate where the first loss found it.
         """
         segs = self.segs
         i = bisect.bisect_left(segs, start, lo=self._head, key=_start_key)
@@ -309,10 +323,21 @@ class Scoreboard:
                 newest = seg.end
                 if seg.tx > self.highest_sacked_tx:
                     self.highest_sacked_tx = seg.tx
+                if not seg.retx:
+                    best = self.sack_rtt_seg
+                    if best is None or seg.tx > best.tx:
+                        self.sack_rtt_seg = seg
             i += 1
         if newest > self.highest_sacked:
             self.highest_sacked = newest
         return newly
+
+    def take_sack_rtt_seg(self) -> SentSegment | None:
+        """The segment for the RTT sample of the SACK blocks just marked (see ``on_sack``),
+        forgotten as it is handed over."""
+        seg = self.sack_rtt_seg
+        self.sack_rtt_seg = None
+        return seg
 
     def detect_losses(self, threshold_bytes: int, dupthresh: int = 3) -> int:
         """Declare lost every unSACKed segment with ``threshold_bytes`` SACKed beyond it, and
@@ -477,4 +502,4 @@ class Scoreboard:
         self._tx = self.highest_sacked_tx = 0
         self.sacked_segs = self.prior_fack = self.rack_lost_tx = 0
         self.rack_pending = 0.0
-        self.newest_delivered = None
+        self.newest_delivered = self.sack_rtt_seg = None

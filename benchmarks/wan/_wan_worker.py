@@ -172,8 +172,8 @@ async def open_streams(
 
 
 async def _log_stats(writer: Any, path: str) -> None:
-    """Diagnostics (UTCP_WAN_STATS=FILE): every 0.25 s, what held the utcp sender back and
-    its controller's model, one JSON line each."""
+    """Diagnostics (UTCP_WAN_STATS=FILE): every 0.25 s (UTCP_WAN_STATS_S seconds), what held
+    the utcp sender back and its controller's model, one JSON line each."""
     keys = (
         "time_limited_by_receiver_s",
         "time_limited_by_congestion_s",
@@ -203,7 +203,7 @@ async def _log_stats(writer: Any, path: str) -> None:
         row = {"t": round(time.monotonic() - start, 3), **{k: getattr(st, k) for k in keys}}
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
-        await asyncio.sleep(0.25)
+        await asyncio.sleep(float(os.environ.get("UTCP_WAN_STATS_S", "0.25")))
 
 
 async def send(args: argparse.Namespace) -> None:

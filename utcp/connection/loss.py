@@ -159,7 +159,13 @@ class LossRecovery:
             self.on_dupack(now, sacked=bool(p.sack_blocks and sack_ok))
         elif sack_ok and p.sack_blocks and len(self.scoreboard):
             self.maybe_enter_recovery(now)
-        if self.scoreboard.newest_delivered is not None:
+        sacked = sb.take_sack_rtt_seg()
+        if sacked is not None:
+            # No sample from the cumulative ACK: the newest segment SACKed gives it.
+            self.rtt.on_sample(now - sacked.sent_at)
+            if self._trace.tracer is not None:
+                self._trace.rtt(self.rtt)
+        if sb.newest_delivered is not None:
             self.take_rate_sample(now)
 
     def delay_sample(self, timestamps: tuple[int, int], now: float) -> None:
@@ -328,6 +334,7 @@ class LossRecovery:
                     break
             else:
                 self.rtt.on_sample(now - acked[-1].sent_at)
+                sb.sack_rtt_seg = None  # the cumulative ACK's sample goes first
                 if trace.tracer is not None:
                     trace.rtt(self.rtt)
         snd.acknowledge(ack_pos)
