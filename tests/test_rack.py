@@ -322,8 +322,10 @@ def test_slow_start_overshoot_into_a_shallow_queue_is_repaired_without_a_timeout
     of segments.  The halved window still fills the queue, so retransmissions sent during the
     episode are lost too: each such loss is a new congestion event (RFC 9002 section 7.3.2),
     and each resend of the oldest segment restarts its timer, so RACK repairs all of it
-    without a retransmission timeout."""
-    net, links = bottleneck_pair(Config(pmtud=False), rate_bps=10e6, delay_s=0.02, seed=seed)
+    without a retransmission timeout.  NewReno's slow start: bbr's STARTUP no longer
+    overfills a queue of more than one BDP (its window is two BDPs once a queue shows)."""
+    config = Config(pmtud=False, congestion_control="newreno")
+    net, links = bottleneck_pair(config, rate_bps=10e6, delay_s=0.02, seed=seed)
     a, _ = establish(net)
     data = random.Random(seed).randbytes(3_000_000)
     a.send(data)

@@ -7,7 +7,8 @@ maximum delivery rate over the last ten round trips, the propagation delay the m
 over ten seconds (starting from the connection's smallest RTT, the handshake's included, as
 Linux's bbr_init does); segments are paced at ``pacing_gain`` times the bandwidth and the window
 is ``cwnd_gain`` times the bandwidth-delay product.  The phases: STARTUP doubles the rate
-every round until the bandwidth stops growing (three rounds under 25% growth), DRAIN empties
+every round until the bandwidth stops growing (three rounds under 25% growth; its window gain
+drops to 2 once a sample shows a queue, so the queue it builds holds one BDP), DRAIN empties
 the queue STARTUP built, PROBE_BW cycles its pacing gain through 1.25, 0.75 and six rounds
 of 1 to find more bandwidth and give it back, and PROBE_RTT cuts the window to four segments
 for 200 ms when the minimum RTT has not been seen for ten seconds.  Random loss does not
@@ -246,6 +247,17 @@ class Bbr(CongestionController):
         path = rs.path_min_rtt_s
         if path is not None and path > 0.0 and (self._base_rtt == 0.0 or path < self._base_rtt):
             self._base_rtt = path
+        if (
+            self.phase == STARTUP
+            and rtt is not None
+            and rtt > self._base_rtt * QUEUED_RTT_FACTOR
+            and self._base_rtt > 0.0
+        ):
+            # The link is full (a queue has formed) before the bandwidth stops growing:
+            # STARTUP's window comes down to two BDPs, so the queue it builds until then
+            # holds at most one rather than nearly two.  The sample shows a queue at once,
+            # while losses show its overflow a round trip after it began.
+            self.cwnd_gain = CWND_GAIN
 
     def _queued(self) -> bool:
         """Whether the round under way (or, before its first sample, the one before) has
