@@ -54,7 +54,8 @@ CONGESTED_BUDGET_SEGMENTS: Final = 3  # while congested: three segments instead
 PACING_MARGIN: Final = 0.99  # pace 1% below the estimate, so the queue drains (Linux)
 # A round trip that lost data while even its fastest sample waited in a queue (its smallest
 # RTT this far above the path's) is congestion rather than random loss: the window comes down
-# to 1.5 BDP until a round's smallest RTT is back near the path's.
+# to 1.5 BDP until a round's smallest RTT is back near the path's.  In STARTUP one sample this
+# far above the path's RTT shows the link full: the window gain comes down to 2.
 QUEUED_RTT_FACTOR: Final = 1.25
 DRAINED_RTT_FACTOR: Final = 1.1
 CONGESTED_CWND_GAIN: Final = 1.5
@@ -250,8 +251,8 @@ class Bbr(CongestionController):
         if (
             self.phase == STARTUP
             and rtt is not None
-            and rtt > self._base_rtt * QUEUED_RTT_FACTOR
             and self._base_rtt > 0.0
+            and rtt > self._base_rtt * QUEUED_RTT_FACTOR
         ):
             # The link is full (a queue has formed) before the bandwidth stops growing:
             # STARTUP's window comes down to two BDPs, so the queue it builds until then
