@@ -430,7 +430,7 @@ class Connection:
         if verdict != UNREACHABLE_CONFIRMED:
             return verdict == UNREACHABLE_NOTED
         self._log.info("port_unreachable", state=st.value, errors=self._count.icmp_errors)
-        if (st is LAST_ACK or st is CLOSING) and snd.data_acknowledged:
+        if self._only_fin_unacked():
             # Both sides closed and every byte arrived; only our FIN's ACK is missing and the
             # peer is gone (it left TIME_WAIT, or its process exited): the close is done.
             self._close_acknowledged()
@@ -622,8 +622,7 @@ class Connection:
         elif timer == KEEPALIVE:
             return self._live.on_keepalive(now, st in CAN_RECEIVE) if st is not TIME_WAIT else None
         elif timer == IDLE:
-            done = (st is LAST_ACK or st is CLOSING) and self._snd.data_acknowledged
-            return self._live.on_idle(now, only_fin_unacked=done)
+            return self._live.on_idle(now, only_fin_unacked=self._only_fin_unacked())
         elif timer == CONFIRM and not len(self._loss.scoreboard) and self._snd.fin_pos is None:
             self._live.on_confirm(now)
         return None
@@ -984,6 +983,12 @@ class Connection:
             self._events.append(ConnectionClosed(CloseReason.CLOSED))
         else:
             self._closed_event_pending = True
+
+    def _only_fin_unacked(self) -> bool:
+        """Both sides have closed (LAST_ACK, CLOSING) and every byte both ways is delivered
+        and acknowledged: only our FIN's ACK is missing, and a close ended now is done."""
+        st = self._state
+        return (st is LAST_ACK or st is CLOSING) and self._snd.data_acknowledged
 
     def _close_acknowledged(self) -> None:
         """Every byte both ways arrived and only our FIN's acknowledgement is missing, from a

@@ -112,11 +112,15 @@ class LossRecovery:
         """Our SYN is acknowledged: its RTT sample (None when it was sent more than once)
         and the end of its timer."""
         if sent_at is not None:
-            self.rtt.on_sample(now - sent_at)
-            if self._trace.tracer is not None:
-                self._trace.rtt(self.rtt)
+            self._sample_rtt(now - sent_at)
         self.rtt.reset_backoff()
         self._dl.rto = None
+
+    def _sample_rtt(self, rtt_s: float) -> None:
+        """Fold one RTT sample into the estimator, and trace the estimate."""
+        self.rtt.on_sample(rtt_s)
+        if self._trace.tracer is not None:
+            self._trace.rtt(self.rtt)
 
     def on_ack(self, p: Packet, ack_pos: int, now: float) -> None:
         """An acceptable segment acknowledging ``ack_pos``: its SACK blocks, then new data
@@ -162,9 +166,7 @@ class LossRecovery:
         sacked = sb.take_sack_rtt_seg()
         if sacked is not None:
             # No sample from the cumulative ACK: the newest segment SACKed gives it.
-            self.rtt.on_sample(now - sacked.sent_at)
-            if self._trace.tracer is not None:
-                self._trace.rtt(self.rtt)
+            self._sample_rtt(now - sacked.sent_at)
         if sb.newest_delivered is not None:
             self.take_rate_sample(now)
 
@@ -333,10 +335,8 @@ class LossRecovery:
                 if seg.retx:
                     break
             else:
-                self.rtt.on_sample(now - acked[-1].sent_at)
+                self._sample_rtt(now - acked[-1].sent_at)
                 sb.sack_rtt_seg = None  # the cumulative ACK's sample goes first
-                if trace.tracer is not None:
-                    trace.rtt(self.rtt)
         snd.acknowledge(ack_pos)
         self.dupacks = 0
         self.timeouts_in_a_row = 0
