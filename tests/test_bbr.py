@@ -10,6 +10,7 @@ segments every ten seconds, and random loss does not shrink the model.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -676,7 +677,19 @@ def test_bbr_paces_its_segments_through_the_bottleneck() -> None:
     assert max(reno_bursts.values()) > 4
 
 
-def test_bbr_traces_its_phases() -> None:
+def _phase_changes(tracer: ListTracer) -> list[tuple[float, object]]:
+    """(time, phase) of each cc_state event that changed the phase."""
+    changes: list[tuple[float, object]] = []
+    for e in tracer.named("cc_state"):
+        if not changes or changes[-1][1] != e.fields["phase"]:
+            changes.append((e.now, e.fields["phase"]))
+    return changes
+
+
+def test_bbr_traces_its_phases_and_its_model() -> None:
+    """cc_state at each phase change, and between them whenever an estimate (pacing rate,
+    bandwidth, min RTT) moved by more than a tenth: STARTUP's growing bandwidth estimate
+    shows round by round, not only where STARTUP ends."""
     tracer = ListTracer()
     config = Config(congestion_control="bbr", pmtud=False)
     links = [BottleneckLink(delay_s=DELAY_S, rate_bps=RATE_BPS) for _ in range(2)]
@@ -686,8 +699,79 @@ def test_bbr_traces_its_phases() -> None:
     establish(net)
     a.send(bytes(1_000_000))
     net.run(until=lambda: len(net.b.received) >= 1_000_000, max_time=600)
-    phases = [e.fields["phase"] for e in tracer.events if e.name == "cc_state"]
-    assert phases[:3] == [STARTUP, DRAIN, PROBE_BW]
+    assert [p for _, p in _phase_changes(tracer)][:3] == [STARTUP, DRAIN, PROBE_BW]
+    events = tracer.named("cc_state")
+    startup = [e.fields["bandwidth"] for e in events if e.fields["phase"] == STARTUP]
+    known = [bw for bw in startup if isinstance(bw, int)]
+    assert len(known) >= 3 and known == sorted(known) and known[-1] > 2 * known[0]
+    for before, after in pairwise(events):
+        if before.fields["phase"] == after.fields["phase"]:
+            assert any(_moved(before.fields[f], after.fields[f]) for f in _ESTIMATES), after
+    last = events[-1].fields
+    assert last["bandwidth"] == pytest.approx(RATE_BPS, rel=0.15)
+
+
+_ESTIMATES = ("pacing_rate", "bandwidth", "min_rtt")
+
+
+def _moved(before: object, after: object) -> bool:
+    """Whether a traced estimate became known or unknown, or moved by more than a tenth."""
+    if isinstance(before, int | float) and isinstance(after, int | float):
+        return abs(after - before) > 0.1 * before
+    return (before is None) != (after is None)
+
+
+def test_probe_rtt_every_ten_seconds_takes_the_estimate_again() -> None:
+    """The fake network, draft 4.3.4: a bulk transfer through a queue that never empties
+    visits PROBE_RTT ten seconds after its min-RTT estimate was last seen, and every ten
+    seconds after: the window is four segments for at least 200 ms, then PROBE_BW resumes.
+    The path's RTT rises from 40 to 60 ms two seconds in (a longer route), so no sample
+    comes back to the old estimate; PROBE_RTT takes the new one."""
+    rate, size = 2e6, 6_000_000  # 24 s of data: two visits
+    config = Config(congestion_control="bbr", pmtud=False)
+    net, links = bottleneck_pair(config, rate_bps=rate, delay_s=0.02, queue_packets=20)
+    a, _ = establish(net)
+    tracer = ListTracer()
+    a.set_tracer(tracer, now=net.now)
+    start = net.now
+    a.send(bytes(size))
+    net.run(until=lambda: net.now >= start + 2.0)
+    # A sample's RTT includes its own serialization and that of what waits before it: at
+    # most the four segments PROBE_RTT keeps in flight.
+    serialization = (a.mss + 24) * 8 / rate
+    assert a.stats.congestion_phase == PROBE_BW
+    assert 0.04 <= (a.stats.min_rtt_s or 0) <= 0.04 + MIN_CWND_SEGMENTS * serialization
+    for link in links:
+        link.delay_s = 0.03
+    visits: list[list[tuple[float, int, int]]] = []  # (time, cwnd, flight) in each visit
+    was_probing = False
+
+    def step() -> bool:
+        nonlocal was_probing
+        st = a.stats
+        probing = st.congestion_phase == PROBE_RTT
+        if probing and not was_probing:
+            visits.append([])
+        if probing:
+            visits[-1].append((net.now, st.cwnd_bytes, st.bytes_in_flight))
+        was_probing = probing
+        return len(net.b.received) >= size
+
+    net.run(until=step, max_time=600)
+    assert bytes(net.b.received) == bytes(size)
+    entered = [t for t, phase in _phase_changes(tracer) if phase == PROBE_RTT]
+    assert len(entered) == len(visits) == 2
+    # The estimate dates from STARTUP's first round trips: no later sample came back to it.
+    assert 10.0 <= entered[0] - start <= 10.5
+    assert 10.0 <= entered[1] - entered[0] <= 10.5 + 0.5
+    four = MIN_CWND_SEGMENTS * a.mss
+    for visit in visits:
+        assert visit[-1][0] - visit[0][0] >= 0.2
+        assert all(cwnd == four for _, cwnd, _ in visit)
+        assert visit[-1][2] <= four  # the flight came down to the window
+    st = a.stats
+    assert st.congestion_phase == PROBE_BW
+    assert 0.06 <= (st.min_rtt_s or 0) <= 0.06 + MIN_CWND_SEGMENTS * serialization
 
 
 def test_plot_draws_the_phases_and_the_estimated_bdp(tmp_path: Path) -> None:
@@ -716,7 +800,55 @@ def test_plot_draws_the_phases_and_the_estimated_bdp(tmp_path: Path) -> None:
     assert [p for _, p, _ in ts.phases][:3] == [STARTUP, DRAIN, PROBE_BW]
     bdp = ts.phases[-1][2]
     assert bdp == pytest.approx(RATE_BPS / 8 * 2 * DELAY_S, rel=0.15)
+    # The model's own series: more points than phases, ending at the path's rate and RTT.
+    assert len(ts.bandwidth_bps) > len(ts.phases)
+    assert ts.bandwidth_bps[-1][1] == pytest.approx(RATE_BPS, rel=0.15)
+    assert ts.pacing_bps[-1][1] == pytest.approx(RATE_BPS, rel=0.3)
+    assert ts.min_rtt_ms[-1][1] == pytest.approx(2e3 * DELAY_S, rel=0.3)
+    assert ts.bdp[-1][1] == pytest.approx(RATE_BPS / 8 * 2 * DELAY_S, rel=0.15)
     out = tmp_path / "bbr.png"
     plot_time_sequence(load_trace(path), out)
     pixels = image.imread(str(out))
     assert len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])}) > 1
+    # The model's panel: its pacing rate (tab:brown) and bandwidth estimate (tab:cyan) lines.
+    for color in ("tab:brown", "tab:cyan"):
+        assert _has_color(pixels, color), color
+
+
+def _has_color(pixels: object, name: str) -> bool:
+    """Whether an image (matplotlib's RGBA array) has a pixel of the named color."""
+    import numpy as np
+    from matplotlib.colors import to_rgb
+
+    rgb = np.asarray(pixels)[..., :3]
+    return bool((np.abs(rgb - np.array(to_rgb(name))).max(axis=-1) < 0.02).any())
+
+
+def test_a_plot_without_a_model_has_no_model_panel(tmp_path: Path) -> None:
+    """newreno has no model: no estimates in the trace, and no panel for them."""
+    image = pytest.importorskip("matplotlib.image")
+    config = Config(congestion_control="newreno", pmtud=False)
+    links = [BottleneckLink(delay_s=DELAY_S, rate_bps=RATE_BPS) for _ in range(2)]
+    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    a, _ = conns(net)
+    header = {
+        "cid": "0000000b",
+        "role": "client",
+        "reference_time": 0.0,
+        "iss": a.iss,
+        "mss": 1428,
+        "congestion": "newreno",
+    }
+    path = tmp_path / "reno.jsonl"
+    tracer = JsonlTracer(path, header, t0=0.0)
+    a.set_tracer(tracer, now=0.0)
+    establish(net)
+    a.send(bytes(300_000))
+    net.run(until=lambda: len(net.b.received) >= 300_000, max_time=600)
+    tracer.close()
+    ts = time_sequence(load_trace(path))
+    assert ts.cwnd and not ts.bandwidth_bps and not ts.pacing_bps
+    out = tmp_path / "reno.png"
+    plot_time_sequence(load_trace(path), out)
+    pixels = image.imread(str(out))
+    assert not _has_color(pixels, "tab:brown") and not _has_color(pixels, "tab:cyan")

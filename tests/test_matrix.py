@@ -290,7 +290,7 @@ def test_bbr_copies_intact(tmp_path: Path, options: list[str], seed: int, scale:
 )
 def test_newreno_copies_intact(tmp_path: Path, options: list[str], seed: int, scale: str) -> None:
     """The reliability matrix's impairments with ``--congestion newreno`` at both ends: the
-    matrix above runs the default, cubic; newreno, no longer the default, keeps its own."""
+    matrix above runs the default, bbr; newreno, no longer the default, keeps its own."""
     size = _size(1 * MIB, 4 * MIB, scale) if "--rate" not in options else 3 * MIB
     relay, _, _ = _copy(tmp_path, size, seed, options, cat_args=["--congestion", "newreno"])
     up = relay.counters["up"]

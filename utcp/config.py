@@ -199,7 +199,8 @@ class Config:
     """When segments are paced (``utcp/connection/pacer.py``) rather than sent in
     window-sized bursts: ``"auto"`` at the rate the congestion controller sets (``bbr``
     does; ``cubic`` and ``newreno`` set none and are not paced, as Linux paces only where
-    the controller asks), ``"on"`` also for a controller without a rate (twice cwnd per
+    the controller asks: paced, ``cubic`` took two thirds of a shared link from kernel
+    cubic), ``"on"`` also for a controller without a rate (twice cwnd per
     smoothed RTT in slow start, 1.2 times after, Linux's defaults), ``"off"`` never.  A burst
     is a millisecond of data at the rate, so pacing costs nothing at loopback rates."""
 

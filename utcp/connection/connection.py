@@ -1099,4 +1099,4 @@ class Connection:
             cc = self._loss.cc
             self._trace.cwnd(cc, self._loss.scoreboard.pipe)
             if cc.phase:
-                self._trace.phase(cc, self._pacer.rate)
+                self._trace.cc_state(cc, self._pacer.rate)

@@ -18,6 +18,17 @@ from .send_side import SendSide
 __all__ = ["SSTHRESH_UNBOUNDED", "TracePoints"]
 
 SSTHRESH_UNBOUNDED: Final = 0x7FFFFFFF  # at or above: reported as unbounded
+# A model's estimate this far (a share of its last reported value) from what was last
+# reported is reported again: a few cc_state events per round trip at most, not one per ACK.
+MODEL_REPORT_SHARE: Final = 0.1
+
+
+def _moved(reported: float | None, current: float | None) -> bool:
+    """Whether an estimate became known, unknown, or moved by more than
+    ``MODEL_REPORT_SHARE`` of its last reported value."""
+    if reported is None or current is None:
+        return (reported is None) != (current is None)
+    return abs(current - reported) > MODEL_REPORT_SHARE * reported
 
 
 def _round_s(seconds: float | None) -> float | None:
@@ -35,7 +46,12 @@ class TracePoints:
         self.packet: Packet | None = None  # the packet being processed, for drops
         self.cc_reported: tuple[int, int] | None = None  # (cwnd, ssthresh) last reported
         self.lost_by: dict[int, str] = {}  # position of a lost segment -> what found it
-        self.phase_reported = ""  # the congestion controller's phase last reported
+        # The congestion controller's state last reported (cc_state): its phase, and its
+        # model's pacing rate, bandwidth (bytes/s) and min RTT.
+        self.phase_reported = ""
+        self.pacing_reported: float | None = None
+        self.bandwidth_reported: float | None = None
+        self.min_rtt_reported: float | None = None
 
     def event(self, name: str, fields: dict[str, object]) -> None:
         """Report ``name`` stamped with ``now`` (only call with a tracer set)."""
@@ -64,19 +80,32 @@ class TracePoints:
             ssthresh = cc.ssthresh if cc.ssthresh < SSTHRESH_UNBOUNDED else None
             self.event("cwnd_changed", {"cwnd": cc.cwnd, "ssthresh": ssthresh, "in_flight": pipe})
 
-    def phase(self, cc: CongestionController, pacing_rate: float) -> None:
-        """Report a model-based controller's state when its phase changed (``cc_state``)."""
-        if cc.phase == self.phase_reported:
+    def cc_state(self, cc: CongestionController, pacing_rate: float) -> None:
+        """Report a controller's state (``cc_state``) when its phase changed, or when an
+        estimate of its model (the pacing rate, 0.0 when not pacing; the bandwidth; the min
+        RTT) moved by more than ``MODEL_REPORT_SHARE`` since the last report: a plot then
+        follows the model between phase changes too."""
+        pacing = pacing_rate if pacing_rate else None
+        bw = cc.bandwidth
+        min_rtt = cc.min_rtt
+        if (
+            cc.phase == self.phase_reported
+            and not _moved(self.pacing_reported, pacing)
+            and not _moved(self.bandwidth_reported, bw)
+            and not _moved(self.min_rtt_reported, min_rtt)
+        ):
             return
         self.phase_reported = cc.phase
-        bw = cc.bandwidth
+        self.pacing_reported = pacing
+        self.bandwidth_reported = bw
+        self.min_rtt_reported = min_rtt
         self.event(
             "cc_state",
             {
                 "phase": cc.phase,
-                "pacing_rate": round(pacing_rate * 8) if pacing_rate else None,
+                "pacing_rate": round(pacing * 8) if pacing is not None else None,
                 "bandwidth": round(bw * 8) if bw is not None else None,
-                "min_rtt": _round_s(cc.min_rtt),
+                "min_rtt": _round_s(min_rtt),
             },
         )
 

@@ -480,9 +480,15 @@ class TimeSequence:
     cwnd: list[tuple[float, int]] = field(default_factory=list)
     ssthresh: list[tuple[float, int | None]] = field(default_factory=list)
     srtt_ms: list[tuple[float, float]] = field(default_factory=list)
-    # (time, phase, estimated bandwidth-delay product in bytes or None) of a model-based
-    # controller (bbr), at each phase change.
+    # (time, phase, estimated bandwidth-delay product in bytes or None) of a controller with
+    # phases, where each phase began.
     phases: list[tuple[float, str, int | None]] = field(default_factory=list)
+    # A model-based controller's (bbr's) estimates at each cc_state: the pacing rate and the
+    # bandwidth in bit/s, the min RTT in ms (None while unknown), and their product in bytes.
+    pacing_bps: list[tuple[float, int | None]] = field(default_factory=list)
+    bandwidth_bps: list[tuple[float, int | None]] = field(default_factory=list)
+    min_rtt_ms: list[tuple[float, float | None]] = field(default_factory=list)
+    bdp: list[tuple[float, int]] = field(default_factory=list)
     end_t: float = 0.0
 
 
@@ -517,7 +523,13 @@ def time_sequence(trace: Trace) -> TimeSequence:
             bdp = None
             if e.bandwidth is not None and e.min_rtt is not None:
                 bdp = int(e.bandwidth / 8 * e.min_rtt)
-            ts.phases.append((e.t, e.phase, bdp))
+                ts.bdp.append((e.t, bdp))
+            if not ts.phases or ts.phases[-1][1] != e.phase:
+                ts.phases.append((e.t, e.phase, bdp))
+            if e.pacing_rate is not None or e.bandwidth is not None or e.min_rtt is not None:
+                ts.pacing_bps.append((e.t, e.pacing_rate))
+                ts.bandwidth_bps.append((e.t, e.bandwidth))
+                ts.min_rtt_ms.append((e.t, None if e.min_rtt is None else e.min_rtt * 1e3))
     return ts
 
 
@@ -726,7 +738,14 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
     h = trace.header
     fig = Figure(figsize=(11, 7.5), layout="constrained")
     FigureCanvasAgg(fig)  # Agg draws without a screen and leaves pyplot's global state alone
-    seq_ax, cc_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
+    model = any(b is not None for _, b in ts.bandwidth_bps) or any(
+        r is not None for _, r in ts.pacing_bps
+    )
+    if model:
+        # A model-based controller: its estimates get a panel of their own.
+        seq_ax, cc_ax, model_ax = fig.subplots(3, 1, sharex=True, height_ratios=[3, 1, 1])
+    else:
+        seq_ax, cc_ax = fig.subplots(2, 1, sharex=True, height_ratios=[3, 1])
 
     if ts.segments:
         seq_ax.vlines(
@@ -830,11 +849,10 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
                 va="top",
                 color="dimgray",
             )
-        bdps = [(t, b) for t, _, b in ts.phases if b is not None]
-        if bdps:
+        if ts.bdp:
             handles += cc_ax.step(
-                [*_column(bdps, 0), ts.end_t],
-                [*_column(bdps, 1), bdps[-1][1]],
+                [*_column(ts.bdp, 0), ts.end_t],
+                [*_column(ts.bdp, 1), ts.bdp[-1][1]],
                 where="post",
                 color="tab:green",
                 linestyle=":",
@@ -844,7 +862,6 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
     cc_ax.set_ylabel("window")
     cc_ax.set_ylim(bottom=0)
     cc_ax.set_xlim(left=0.0, right=max(ts.end_t * 1.01, 1e-3))
-    cc_ax.set_xlabel("time (s)")
     cc_ax.grid(True, alpha=0.3)
     if ts.srtt_ms:
         rtt_ax = cc_ax.twinx()
@@ -862,4 +879,47 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
     if not handles:
         handles.append(Line2D([], [], linestyle="none", label="no cwnd or rtt events"))
     cc_ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize="small")
+    if model:
+        _plot_model(model_ax, ts)
+        model_ax.set_xlabel("time (s)")
+    else:
+        cc_ax.set_xlabel("time (s)")
     fig.savefig(path, dpi=110)
+
+
+def _plot_model(ax: Any, ts: TimeSequence) -> None:
+    """The model's estimates under the window: pacing rate and bandwidth (bit/s) as steps,
+    the min RTT (ms) on a second axis.  A series is drawn from its first known value; an
+    unknown one later (a path change starts the model over) breaks the line."""
+    from matplotlib.ticker import EngFormatter
+
+    def steps(series: Sequence[tuple[float, float | None]]) -> tuple[list[float], list[float]]:
+        known = [i for i, (_, v) in enumerate(series) if v is not None]
+        points = series[known[0] :] if known else []
+        times = [*_column(points, 0), ts.end_t] if points else []
+        values = [float("nan") if v is None else float(v) for _, v in points]
+        return times, [*values, values[-1]] if values else []
+
+    handles: list[Any] = []
+    for series, color, style, label in (
+        (ts.pacing_bps, "tab:brown", "-", "pacing rate"),
+        (ts.bandwidth_bps, "tab:cyan", "--", "bandwidth estimate"),
+    ):
+        times, values = steps(series)
+        if times:
+            handles += ax.step(
+                times, values, where="post", color=color, linestyle=style, label=label
+            )
+    ax.yaxis.set_major_formatter(EngFormatter(unit="bit/s"))
+    ax.set_ylabel("rate")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
+    times, values = steps(ts.min_rtt_ms)
+    if times:
+        rtt_ax = ax.twinx()
+        handles += rtt_ax.step(
+            times, values, where="post", color="tab:pink", linestyle=":", label="min RTT estimate"
+        )
+        rtt_ax.set_ylabel("min RTT (ms)")
+        rtt_ax.set_ylim(bottom=0, top=max(v for v in values if v == v) * 1.3 or 1.0)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize="small")
