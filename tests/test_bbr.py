@@ -774,10 +774,9 @@ def test_probe_rtt_every_ten_seconds_takes_the_estimate_again() -> None:
     assert 0.06 <= (st.min_rtt_s or 0) <= 0.06 + MIN_CWND_SEGMENTS * serialization
 
 
-def test_plot_draws_the_phases_and_the_estimated_bdp(tmp_path: Path) -> None:
-    """``utcp plot`` reads cc_state events: the phases and the model's BDP beside cwnd."""
-    image = pytest.importorskip("matplotlib.image")
-    config = Config(congestion_control="bbr", pmtud=False)
+def _traced_transfer(tmp_path: Path, cc: str, size: int) -> Path:
+    """A JSON Lines trace of the sender of ``size`` bytes through the 10 Mbit/s bottleneck."""
+    config = Config(congestion_control=cc, pmtud=False)
     links = [BottleneckLink(delay_s=DELAY_S, rate_bps=RATE_BPS) for _ in range(2)]
     net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
     a, _ = conns(net)
@@ -787,15 +786,22 @@ def test_plot_draws_the_phases_and_the_estimated_bdp(tmp_path: Path) -> None:
         "reference_time": 0.0,
         "iss": a.iss,
         "mss": 1428,
-        "congestion": "bbr",
+        "congestion": cc,
     }
-    path = tmp_path / "bbr.jsonl"
+    path = tmp_path / f"{cc}.jsonl"
     tracer = JsonlTracer(path, header, t0=0.0)
     a.set_tracer(tracer, now=0.0)
     establish(net)
-    a.send(bytes(1_000_000))
-    net.run(until=lambda: len(net.b.received) >= 1_000_000, max_time=600)
+    a.send(bytes(size))
+    net.run(until=lambda: len(net.b.received) >= size, max_time=600)
     tracer.close()
+    return path
+
+
+def test_plot_draws_the_phases_and_the_estimated_bdp(tmp_path: Path) -> None:
+    """``utcp plot`` reads cc_state events: the phases and the model's BDP beside cwnd."""
+    image = pytest.importorskip("matplotlib.image")
+    path = _traced_transfer(tmp_path, "bbr", 1_000_000)
     ts = time_sequence(load_trace(path))
     assert [p for _, p, _ in ts.phases][:3] == [STARTUP, DRAIN, PROBE_BW]
     bdp = ts.phases[-1][2]
@@ -827,25 +833,7 @@ def _has_color(pixels: object, name: str) -> bool:
 def test_a_plot_without_a_model_has_no_model_panel(tmp_path: Path) -> None:
     """newreno has no model: no estimates in the trace, and no panel for them."""
     image = pytest.importorskip("matplotlib.image")
-    config = Config(congestion_control="newreno", pmtud=False)
-    links = [BottleneckLink(delay_s=DELAY_S, rate_bps=RATE_BPS) for _ in range(2)]
-    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
-    a, _ = conns(net)
-    header = {
-        "cid": "0000000b",
-        "role": "client",
-        "reference_time": 0.0,
-        "iss": a.iss,
-        "mss": 1428,
-        "congestion": "newreno",
-    }
-    path = tmp_path / "reno.jsonl"
-    tracer = JsonlTracer(path, header, t0=0.0)
-    a.set_tracer(tracer, now=0.0)
-    establish(net)
-    a.send(bytes(300_000))
-    net.run(until=lambda: len(net.b.received) >= 300_000, max_time=600)
-    tracer.close()
+    path = _traced_transfer(tmp_path, "newreno", 300_000)
     ts = time_sequence(load_trace(path))
     assert ts.cwnd and not ts.bandwidth_bps and not ts.pacing_bps
     out = tmp_path / "reno.png"
