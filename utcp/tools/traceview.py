@@ -6,6 +6,7 @@ a tcptrace-style time-sequence graph.  Unknown event names are skipped, so newer
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -898,7 +899,7 @@ def _plot_model(ax: Any, ts: TimeSequence) -> None:
         points = series[known[0] :] if known else []
         times = [*_column(points, 0), ts.end_t] if points else []
         values = [float("nan") if v is None else float(v) for _, v in points]
-        return times, [*values, values[-1]] if values else []
+        return times, ([*values, values[-1]] if values else [])
 
     handles: list[Any] = []
     for series, color, style, label in (
@@ -921,5 +922,6 @@ def _plot_model(ax: Any, ts: TimeSequence) -> None:
             times, values, where="post", color="tab:pink", linestyle=":", label="min RTT estimate"
         )
         rtt_ax.set_ylabel("min RTT (ms)")
-        rtt_ax.set_ylim(bottom=0, top=max(v for v in values if v == v) * 1.3 or 1.0)
+        known_ms = [v for v in values if not math.isnan(v)]
+        rtt_ax.set_ylim(bottom=0, top=max(known_ms) * 1.3 or 1.0)
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.08, 1.0), fontsize="small")
