@@ -323,3 +323,26 @@ def test_tiny_wan_run(tmp_path: Path) -> None:
     listing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     for name in report["namespaces"]:  # deleted by name on the way out
         assert name.startswith("utcpwan-") and name not in listing.split()
+
+
+@pytest.mark.parametrize(("uid", "tun"), [(1000, True), (0, False)])
+def test_without_root_or_tun_it_skips_with_a_clear_message(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], uid: int, tun: bool
+) -> None:
+    """Not root, or no /dev/net/tun: the benchmark says why and exits 0, building and opening
+    nothing (issue 19: "It needs root and skips with a clear message without it")."""
+
+    def must_not_run(*_args: object, **_kw: object) -> None:
+        raise AssertionError("the benchmark went on without root or /dev/net/tun")
+
+    monkeypatch.setattr(bench_wan.os, "geteuid", lambda: uid)
+    real_exists = bench_wan.os.path.exists
+    monkeypatch.setattr(
+        bench_wan.os.path, "exists", lambda p: tun if p == "/dev/net/tun" else real_exists(p)
+    )
+    monkeypatch.setattr(bench_wan, "build_linkem", must_not_run)
+    monkeypatch.setattr(bench_wan.Testbed, "remove_stale", must_not_run)
+    assert bench_wan.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(bench_wan.SKIP_MESSAGE)
+    assert f"running as uid {uid}" in out
