@@ -197,13 +197,14 @@ async def _log_stats(writer: Any, path: str) -> None:
         "mss_bytes",
         "pmtud_state",
     )
+    interval = float(os.environ.get("UTCP_WAN_STATS_S", "0.25"))
     start = time.monotonic()
     while True:
         st = writer.transport.get_extra_info("stats")
         row = {"t": round(time.monotonic() - start, 3), **{k: getattr(st, k) for k in keys}}
         with open(path, "a", encoding="utf-8") as out:
             out.write(json.dumps(row) + "\n")
-        await asyncio.sleep(float(os.environ.get("UTCP_WAN_STATS_S", "0.25")))
+        await asyncio.sleep(interval)
 
 
 async def send(args: argparse.Namespace) -> None:
