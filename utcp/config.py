@@ -104,8 +104,8 @@ class Config:
 
     recv_autotune: bool = True
     """Receive-window autotuning ("dynamic right-sizing", as Linux's tcp_rcv_space_adjust):
-    once per receiver RTT the window grows to about twice the bytes the application took in
-    that RTT (more while that amount is still growing), so the window stays ahead of the
+    once per receiver RTT the window grows to about four times the bytes the application took
+    in that RTT (more while that amount is still growing), so the window stays ahead of the
     path's bandwidth-delay product; it never shrinks (docs/PROTOCOL.md, "Receive window
     autotuning").  A reader that does not read takes nothing and closes the window as
     before."""

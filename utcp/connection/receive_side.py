@@ -33,6 +33,12 @@ RECENT_ARRIVALS: Final = 8
 
 _NO_MARK: Final = 1 << 62  # no receiver RTT measurement under way
 _CUSHION_SEGMENTS: Final = 16  # added to the tuned window, as Linux's 16 * advmss
+# The tuned window is this many times what the application took in one receiver RTT.  Linux
+# takes twice, over a smoothed RTT from timestamps; ours is the smallest window-edge sample
+# (no timestamps), the path's RTT without a queue.  A sender's flight spans the RTT it sees,
+# which a full queue of one BDP doubles (BBR's STARTUP, a loss-based controller), and a hole
+# at the left edge holds the window's data for the round trip of its repair: twice two.
+_TUNE_RTTS: Final = 4
 # Held data goes back to the application in pieces of about this size (HeldBuffer.take), as
 # a socket read would hand it over: a reader that pauses again leaves the rest held (unless
 # the peer's EOF is queued behind them: then the rest follows, as pause() leaves a queue with
@@ -160,14 +166,15 @@ class ReceiveSide:
 
     def _tune(self, now: float) -> None:
         """One receiver RTT has passed: size the window from what the application took in
-        it (Linux's tcp_rcv_space_adjust).  Twice that, plus a cushion, keeps a sender that
-        is not growing from being window-limited; a sender still growing (slow start) gets
-        more, in proportion to how much more it sent than in the RTT before."""
+        it (Linux's tcp_rcv_space_adjust).  Four times that (``_TUNE_RTTS``), plus a
+        cushion, keeps a sender that is not growing from being window-limited; a sender still
+        growing (slow start) gets more, in proportion to how much more it sent than in the
+        RTT before."""
         taken = self.nxt - len(self.held)
         copied = taken - self._tune_pos
         space = self._space
         if copied > space:
-            target = 2 * copied + _CUSHION_SEGMENTS * self.full_seg
+            target = _TUNE_RTTS * copied + _CUSHION_SEGMENTS * self.full_seg
             target += 2 * target * (copied - space) // space
             self._grow(target)
             self._space = copied
