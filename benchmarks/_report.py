@@ -632,7 +632,25 @@ def _utcp_build() -> str:
     """Which core the workers import: the compiled build or the sources (README)."""
     import utcp._build
 
-    return "compiled" if utcp._build.compiled() else "pure"
+    if utcp._build.compiled():
+        return "compiled"
+    return "pure (stale build)" if build_warning() else "pure"
+
+
+def build_warning() -> str | None:
+    """Why a benchmark would run the pure-Python core although a compiled build is there: a
+    covered source edited (or only touched, as ``git stash`` does) since the build.  Said at
+    the start, since a run of the sources measures something else than one of the build."""
+    import os
+
+    import utcp._build
+
+    if os.environ.get("UTCP_PURE") == "1" or not utcp._build.stale():
+        return None
+    return (
+        "warning: a utcp source is newer than the compiled build, so the pure-Python core "
+        "runs here; `make build` rebuilds it (UTCP_PURE=1 runs the sources on purpose)"
+    )
 
 
 def versions() -> dict[str, str | None]:

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _peers import BY_NAME, DEFAULT_PEERS, PEERS, SCENARIOS, PeerSpec  # noqa: E402
-from _report import machine_info, summarize, versions, write_outputs  # noqa: E402
+from _report import build_warning, machine_info, summarize, versions, write_outputs  # noqa: E402
 from _tls import make_certificates  # noqa: E402
 
 WORKER = HERE / "_worker.py"
@@ -354,6 +354,9 @@ def _certificates(tls_peers: list[str], availability: dict[str, dict[str, Any]])
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
+    warning = build_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     report = asyncio.run(main_async(settings))
     summarize(report)
     paths = write_outputs(report, Path(settings["out"]))

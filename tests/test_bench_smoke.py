@@ -228,3 +228,32 @@ def test_rr_instructions_times_round_trips_at_full_speed() -> None:
     for rate, user, system, cpu in rows.values():
         assert float(rate.replace(",", "")) > 0
         assert float(cpu) == pytest.approx(float(user) + float(system), abs=0.11)
+
+
+@pytest.mark.parametrize(
+    ("stale", "pure_env", "warned"), [(True, None, True), (True, "1", False), (False, None, False)]
+)
+def test_a_stale_build_is_named_before_a_benchmark_runs(
+    monkeypatch: pytest.MonkeyPatch, stale: bool, pure_env: str | None, warned: bool
+) -> None:
+    """A source newer than the compiled build (an edit, or the touch of ``git stash``) makes
+    ``utcp`` load the sources: the benchmarks say so on stderr before they start, and the
+    report's ``utcp_build`` says ``pure (stale build)``, unless UTCP_PURE=1 asked for it."""
+    import utcp._build
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import _report
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.setattr(utcp._build, "stale", lambda: stale)
+    monkeypatch.setattr(utcp._build, "compiled", lambda: False)
+    if pure_env is None:
+        monkeypatch.delenv("UTCP_PURE", raising=False)
+    else:
+        monkeypatch.setenv("UTCP_PURE", pure_env)
+    warning = _report.build_warning()
+    assert (warning is not None) is warned
+    if warning is not None:
+        assert "newer than the compiled build" in warning and "make build" in warning
+    assert _report.versions()["utcp_build"] == ("pure (stale build)" if warned else "pure")

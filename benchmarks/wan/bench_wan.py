@@ -1274,6 +1274,11 @@ def main(argv: list[str] | None = None) -> int:
     if not root_and_tun():
         print(f"{SKIP_MESSAGE} (running as uid {os.geteuid()})", flush=True)
         return 0
+    from _report import build_warning
+
+    warning = build_warning()
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     build_linkem()
 
     removed = Testbed.remove_stale()
