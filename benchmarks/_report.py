@@ -641,8 +641,6 @@ def build_warning() -> str | None:
     """Why a benchmark would run the pure-Python core although a compiled build is there: a
     covered source edited (or only touched, as ``git stash`` does) since the build.  Said at
     the start, since a run of the sources measures something else than one of the build."""
-    import os
-
     import utcp._build
 
     if os.environ.get("UTCP_PURE") == "1" or not utcp._build.stale():
