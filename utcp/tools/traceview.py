@@ -726,6 +726,18 @@ def _column(points: Sequence[tuple[Any, ...]], index: int) -> list[Any]:
     return [p[index] for p in points]
 
 
+def _steps(series: Sequence[tuple[float, Any]], end_t: float) -> tuple[list[float], list[Any]]:
+    """A ``(time, value)`` series as the x and y of a step plot held to ``end_t``: from its
+    first known value, an unknown one later (None) as NaN, which breaks the line, and the
+    last value repeated at the end.  Empty when no value is known."""
+    first = next((i for i, (_, v) in enumerate(series) if v is not None), None)
+    if first is None:
+        return [], []
+    points = series[first:]
+    values = [float("nan") if v is None else v for _, v in points]
+    return [*_column(points, 0), end_t], [*values, values[-1]]
+
+
 def plot_time_sequence(trace: Trace, path: str | Path) -> None:
     """Write a tcptrace-style time-sequence graph of our data as a PNG (matplotlib, Agg),
     with cwnd and srtt on the same time axis below it.  matplotlib is imported here so the
@@ -798,8 +810,7 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
         [end for _, _, end in ts.segments + ts.retransmits] + [a for _, a in ts.acks] + [1]
     )
     if ts.acks:
-        times = [*_column(ts.acks, 0), ts.end_t]
-        acks = [*_column(ts.acks, 1), ts.acks[-1][1]]
+        times, acks = _steps(ts.acks, ts.end_t)
         seq_ax.step(times, acks, where="post", color="tab:green", label="cumulative ACK")
         windows = [*_column(ts.windows, 1), ts.windows[-1][1]]
         clipped = max(windows) > data_top * 1.5
@@ -820,8 +831,7 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
 
     handles: list[Any] = []
     if ts.cwnd:
-        times = [*_column(ts.cwnd, 0), ts.end_t]
-        cwnd = [*_column(ts.cwnd, 1), ts.cwnd[-1][1]]
+        times, cwnd = _steps(ts.cwnd, ts.end_t)
         handles += cc_ax.step(times, cwnd, where="post", color="tab:blue", label="cwnd")
         thresholds = [float("nan") if s is None else s for _, s in ts.ssthresh]
         if any(s is not None for _, s in ts.ssthresh):
@@ -852,8 +862,7 @@ def plot_time_sequence(trace: Trace, path: str | Path) -> None:
             )
         if ts.bdp:
             handles += cc_ax.step(
-                [*_column(ts.bdp, 0), ts.end_t],
-                [*_column(ts.bdp, 1), ts.bdp[-1][1]],
+                *_steps(ts.bdp, ts.end_t),
                 where="post",
                 color="tab:green",
                 linestyle=":",
@@ -894,19 +903,12 @@ def _plot_model(ax: Any, ts: TimeSequence) -> None:
     unknown one later (a path change starts the model over) breaks the line."""
     from matplotlib.ticker import EngFormatter
 
-    def steps(series: Sequence[tuple[float, float | None]]) -> tuple[list[float], list[float]]:
-        known = [i for i, (_, v) in enumerate(series) if v is not None]
-        points = series[known[0] :] if known else []
-        times = [*_column(points, 0), ts.end_t] if points else []
-        values = [float("nan") if v is None else float(v) for _, v in points]
-        return times, ([*values, values[-1]] if values else [])
-
     handles: list[Any] = []
     for series, color, style, label in (
         (ts.pacing_bps, "tab:brown", "-", "pacing rate"),
         (ts.bandwidth_bps, "tab:cyan", "--", "bandwidth estimate"),
     ):
-        times, values = steps(series)
+        times, values = _steps(series, ts.end_t)
         if times:
             handles += ax.step(
                 times, values, where="post", color=color, linestyle=style, label=label
@@ -915,7 +917,7 @@ def _plot_model(ax: Any, ts: TimeSequence) -> None:
     ax.set_ylabel("rate")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    times, values = steps(ts.min_rtt_ms)
+    times, values = _steps(ts.min_rtt_ms, ts.end_t)
     if times:
         rtt_ax = ax.twinx()
         handles += rtt_ax.step(
