@@ -112,6 +112,99 @@ def test_server_wait_closed_does_not_wait_out_time_wait(run: Runner) -> None:
     run(main())
 
 
+def test_closing_the_server_lets_a_connection_it_closed_deliver_the_rest(run: Runner) -> None:
+    """The handler writes a mebibyte and closes without waiting; the server is closed at once.
+    Its connection runs on in the background, as a closed TCP listener's orphans do, so the
+    client reads every byte and the EOF and closes cleanly (it used to be reset: its read
+    raised ``ConnectionResetError``)."""
+    payload = bytes(range(256)) * 4096
+
+    async def main() -> None:
+        handed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def write_and_close(reader: asyncio.StreamReader, writer: Any) -> None:
+            writer.write(payload)
+            writer.close()  # no wait_closed(): the transport delivers the rest
+            handed.set_result(None)
+
+        server = await utcp.start_server(write_and_close, HOST, 0)
+        reader, writer = await utcp.open_connection(HOST, server_port(server))
+        await handed
+        server.close()
+        await server.wait_closed()
+        async with deadline(20, "the client reading to EOF"):
+            assert await reader.read() == payload
+        writer.close()
+        async with deadline(20, "the client's close"):
+            await writer.wait_closed()
+        async with deadline(20, "the server's socket closing"):
+            await server.endpoint.wait_closed()
+
+    run(main())
+
+
+def test_closing_the_server_leaves_fin_wait_2_for_the_peer_to_close(run: Runner) -> None:
+    """The server closed first and its FIN is acknowledged (FIN_WAIT_2); the client has not
+    read nor closed yet when the server is closed.  It still reads the data and the EOF and
+    closes cleanly, and the server's socket closes after that (it used to be reset)."""
+
+    async def main() -> None:
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def close_first(reader: asyncio.StreamReader, writer: Any) -> None:
+            writer.write(b"bye")
+            writer.close()
+            await writer.wait_closed()
+            closed.set_result(None)
+
+        server = await utcp.start_server(close_first, HOST, 0)
+        reader, writer = await utcp.open_connection(HOST, server_port(server))
+        await closed
+        server.close()
+        await server.wait_closed()
+        assert [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2]
+        assert await reader.read() == b"bye"
+        writer.close()
+        async with deadline(20, "the client's close"):
+            await writer.wait_closed()
+        assert writer.get_extra_info("connection").close_reason is CloseReason.CLOSED
+        async with deadline(20, "the server's socket closing"):
+            await server.endpoint.wait_closed()
+
+    run(main())
+
+
+def test_a_closed_server_resets_fin_wait_2_after_its_timeout(run: Runner) -> None:
+    """A client that never closes: the closed server's connection waiting for its FIN ends
+    ``fin_wait_2_timeout_s`` after it began to wait, as an orphan does, and the socket is
+    released then, rather than held for ever."""
+
+    async def main() -> None:
+        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def close_first(reader: asyncio.StreamReader, writer: Any) -> None:
+            writer.write(b"bye")
+            writer.close()
+            await writer.wait_closed()
+            closed.set_result(None)
+
+        server = await utcp.start_server(
+            close_first, HOST, 0, config=Config(fin_wait_2_timeout_s=1.0)
+        )
+        _, writer = await utcp.open_connection(HOST, server_port(server))
+        await closed
+        server.close()
+        await server.wait_closed()
+        assert server.endpoint.transport is not None  # FIN_WAIT_2 runs on
+        async with deadline(10, "the server's socket closing"):
+            await server.endpoint.wait_closed()
+        conn = writer.get_extra_info("connection")
+        await wait_until(lambda: conn.close_reason is CloseReason.RESET, "the reset")
+        writer.close()
+
+    run(main())
+
+
 def test_a_client_keeps_a_real_time_wait_then_releases_its_socket(run: Runner) -> None:
     """The client closes first: wait_closed() returns at once, its connection stays in
     TIME_WAIT on the still-open socket (to re-acknowledge a retransmitted FIN), and the

@@ -35,7 +35,7 @@ from ..events import (
 )
 from ..log import get_logger
 from ..packet import HEADER_SIZE
-from ..state import ESTABLISHED, SYN_SENT, TIME_WAIT
+from ..state import ESTABLISHED, SYN_SENT
 from ..trace import TRACE_ENV, tracer_for
 from .dgram import (
     DatagramIO,
@@ -666,10 +666,13 @@ class Endpoint:
         """Close the socket of a closing endpoint once nothing holds it.  A single-connection
         client's socket lasts as long as its connection.  A server or client endpoint closed
         by the application is done (``wait_done``) once the connections the application
-        holds have ended; of those winding down in the background, an orphan waiting in
-        FIN_WAIT_2 for a peer that never closes is reset, and TIME_WAIT runs its course (it
-        re-acknowledges the FIN a peer retransmits if our final ACK was lost), after which the
-        socket closes: the kernel keeps TIME_WAIT of a closed TCP socket the same way."""
+        holds have ended.  Those it closed whose FIN is acknowledged run on in the background
+        until they end, as the kernel keeps the orphaned connections of a closed listening
+        socket: FIN_WAIT_2 waits for the peer's FIN at most ``fin_wait_2_timeout_s``
+        (``Connection.orphan``), and TIME_WAIT re-acknowledges the FIN a peer retransmits if
+        our final ACK was lost.  The socket closes when the last has ended.  (Cutting them
+        short reset peers that had not yet read what we sent, or closed: their reads raised
+        ``ConnectionResetError``.)"""
         if self._cutting or self._transport is None:
             return
         core = self._core
@@ -680,11 +683,7 @@ class Endpoint:
             return
         if not self._done.done():
             self._done.set_result(None)
-        for route in core.released():
-            handle = cast(ConnectionHandle, route)
-            if handle.conn.state is not TIME_WAIT and not handle.forgotten:
-                self._end_background(handle)  # forgetting it may close the socket
-        if not core.connection_count and self._transport is not None:
+        if not core.connection_count:
             self._close_socket()
 
     def _close_lingering(self) -> None:
@@ -766,7 +765,8 @@ class Endpoint:
 
     def close(self) -> None:
         """Accept no more connections and close the socket once the application's
-        connections have ended (those winding down in the background are cut short)."""
+        connections have ended and those it closed have finished winding down in the
+        background (FIN_WAIT_2 at most ``fin_wait_2_timeout_s``, TIME_WAIT)."""
         self._closing = True
         self._core.stop_accepting()
         self._maybe_close_socket()
