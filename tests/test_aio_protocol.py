@@ -345,6 +345,99 @@ def test_eof_waits_behind_data_held_by_pause_reading(run: Runner) -> None:
     run(main())
 
 
+def test_a_protocol_paused_in_data_received_gets_no_eof_until_it_resumes(run: Runner) -> None:
+    """Data and the FIN in one segment: a protocol that pauses in data_received gets no
+    eof_received while paused (an asyncio transport reads nothing then), and gets it once it
+    resumes.  It used to get the EOF at once, paused."""
+
+    class PauseOnData(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self.events.append("paused" if self.transport.is_reading() else "already paused")
+            self.transport.pause_reading()
+
+    async def main() -> None:
+        factory = Factory(PauseOnData)
+        server = await utcp.create_server(factory, HOST, 0)
+        transport, client = await utcp.create_connection(Recorder, HOST, server_port(server))
+        transport.write(b"x" * 100)
+        transport.write_eof()
+        conn = transport.get_extra_info("connection")
+        await wait_until(lambda: conn.state is S.FIN_WAIT_2, "data and FIN acknowledged")
+        peer = await factory.first()
+        await asyncio.sleep(0.1)
+        assert peer.events == ["connection_made", "data_received", "paused"]
+        peer.transport.resume_reading()
+        await peer.eof
+        assert peer.events == ["connection_made", "data_received", "paused", "eof_received"]
+        assert bytes(peer.data) == b"x" * 100
+        peer.transport.close()
+        assert await client.lost is None
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+def test_a_buffered_protocol_paused_in_buffer_updated_gets_nothing_more(run: Runner) -> None:
+    """A BufferedProtocol with a small buffer pauses reading in buffer_updated: nothing more
+    arrives until it resumes (the rest of the datagram it was being fed waits, first in
+    line), and after pause and resume cycles every byte has arrived once, in order.  The
+    rest of each datagram used to be fed into the paused protocol."""
+    payload = seeded_bytes(29, 200 * KIB)
+
+    class PausingBuffered(asyncio.BufferedProtocol):
+        def __init__(self) -> None:
+            self.buf = bytearray(100)
+            self.data = bytearray()
+            self.while_paused = 0
+            self.transport: Any = None
+            self.eof: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+
+        def get_buffer(self, sizehint: int) -> bytearray:
+            return self.buf
+
+        def buffer_updated(self, nbytes: int) -> None:
+            if not self.transport.is_reading():
+                self.while_paused += nbytes
+            self.data += self.buf[:nbytes]
+            if len(self.data) % 7 == 0 or len(self.data) < 1000:
+                self.transport.pause_reading()
+                asyncio.get_running_loop().call_later(0.001, self.transport.resume_reading)
+
+        def eof_received(self) -> bool:
+            self.eof.set_result(None)
+            return False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            pass
+
+    async def main() -> None:
+        made: list[PausingBuffered] = []
+
+        def factory() -> PausingBuffered:
+            made.append(PausingBuffered())
+            return made[-1]
+
+        server = await utcp.create_server(factory, HOST, 0)
+        transport, client = await utcp.create_connection(Recorder, HOST, server_port(server))
+        transport.write(payload)
+        transport.write_eof()
+        await wait_until(lambda: made, "the server's protocol")
+        peer = made[0]
+        await asyncio.wait_for(peer.eof, 30)
+        assert peer.while_paused == 0
+        assert bytes(peer.data) == payload
+        assert await client.lost is None
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 # ---------------------------------------------------------------------- HTTP/1.1 with h11
 
 

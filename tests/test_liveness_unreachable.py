@@ -28,7 +28,14 @@ from utcp.connection.segments import Segments
 from utcp.connection.send_side import SendSide
 from utcp.connection.sender import Sender
 from utcp.connection.tracepoints import TracePoints
-from utcp.events import ConnectionEstablished, DataReceived, EofReceived, Event
+from utcp.events import (
+    CloseReason,
+    ConnectionClosed,
+    ConnectionEstablished,
+    DataReceived,
+    EofReceived,
+    Event,
+)
 from utcp.log import get_logger
 from utcp.packet import Flag, Packet
 
@@ -246,6 +253,55 @@ def test_pause_leaves_the_queue_alone_when_other_events_are_in_it(other: Event) 
     assert list(s.events) == [other, DataReceived(b"a" * 300)]
     assert not s.rcv.held
     assert s.rcv.window() == BUFFER
+
+
+def test_pause_takes_back_the_eof_queued_behind_data_to_come_after_it_again() -> None:
+    """Data and the FIN in one segment queue DataReceived and EofReceived: a pause in the
+    middle takes both back (a paused asyncio transport reports neither); the EOF comes
+    again only after the data once reading resumes.  The EOF used to stay queued and reach
+    the paused reader."""
+    s = Stack()
+    s.rcv.take(1, b"a" * 300, False, T0)
+    s.events.append(EofReceived())
+    s.rcv.eof_delivered = True
+    assert s.rcv.pause() is False  # no orderly close behind it to report again
+    assert s.events == deque()
+    assert not s.rcv.eof_delivered
+    assert s.rcv.held.tobytes() == b"a" * 300
+
+
+def test_pause_takes_back_an_orderly_close_behind_the_eof() -> None:
+    s = Stack()
+    s.rcv.take(1, b"a" * 300, False, T0)
+    s.events.extend([EofReceived(), ConnectionClosed(CloseReason.CLOSED)])
+    s.rcv.eof_delivered = True
+    assert s.rcv.pause() is True  # the connection reports the close again after the EOF
+    assert s.events == deque()
+    assert not s.rcv.eof_delivered
+
+
+def test_pause_leaves_a_reset_behind_the_eof_alone() -> None:
+    s = Stack()
+    s.rcv.take(1, b"a" * 300, False, T0)
+    s.events.extend([EofReceived(), ConnectionClosed(CloseReason.RESET)])
+    s.rcv.eof_delivered = True
+    assert s.rcv.pause() is False
+    assert len(s.events) == 3
+    assert s.rcv.eof_delivered
+
+
+def test_unread_bytes_come_before_what_pause_took_back() -> None:
+    """A buffered reader that paused part way through a piece gives the rest back: it comes
+    first on resume, before the data the pause took back from the queue."""
+    s = Stack()
+    s.rcv.take(1, b"a" * 300, False, T0)
+    s.rcv.take(301, b"b" * 200, False, T0)
+    first = s.events.popleft()
+    assert first == DataReceived(b"a" * 300)
+    s.rcv.pause()
+    s.rcv.unread(b"a" * 100)  # 200 of the 300 went into the reader's buffer
+    s.rcv.resume()
+    assert list(s.events) == [DataReceived(b"a" * 100 + b"b" * 200)]
 
 
 def test_resume_with_nothing_held_queues_nothing() -> None:

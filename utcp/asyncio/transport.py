@@ -454,6 +454,12 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
                 return
             if self._lost or self._closing:
                 return
+            if not self._reading:
+                # Paused in buffer_updated(): the rest waits, first in line, for
+                # resume_reading(), as the rest of a socket's buffer would.
+                if pos < size:
+                    self._conn.unread(bytes(view[pos:]))
+                return
 
     def deliver_eof(self) -> None:
         """The peer's FIN: to the protocol's ``eof_received``."""

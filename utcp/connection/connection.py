@@ -529,11 +529,19 @@ class Connection:
         self._finish(CloseReason.ABORTED)
 
     def pause_reading(self) -> None:
-        """Stop delivering data; it is held here and the advertised window shrinks.
+        """Stop delivering data and the EOF; data is held here and the advertised window
+        shrinks.
 
         Data already queued as events but not yet taken goes back to the buffer too (a batch
-        of segments can queue a whole window at once), unless other events follow it."""
-        self._rcv.pause()
+        of segments can queue a whole window at once), with the EOF (and the orderly close)
+        queued behind it, unless other events follow."""
+        if self._rcv.pause():
+            self._closed_event_pending = True
+
+    def unread(self, data: bytes | memoryview) -> None:
+        """Give back bytes taken from a ``DataReceived`` event but not handed on (the reader
+        paused in the middle of them): they come first when reading resumes."""
+        self._rcv.unread(data)
 
     def deliver_views(self, on: bool) -> None:
         """Deliver in-order data as read-only views of the datagrams it arrived in (the
@@ -965,6 +973,7 @@ class Connection:
         if (
             not rcv.eof_delivered
             and not rcv.held
+            and not rcv.reading_paused
             and rcv.fin_pos is not None
             and rcv.nxt > rcv.fin_pos
         ):

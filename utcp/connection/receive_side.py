@@ -16,7 +16,7 @@ from typing import Final, final
 
 from ..buffers import CHUNK_OVERHEAD_BYTES, HeldBuffer, ReassemblyBuffer
 from ..config import BufferLease, Config
-from ..events import DataReceived, Event
+from ..events import CloseReason, ConnectionClosed, DataReceived, EofReceived, Event
 from ..packet import MAX_WINDOW_FIELD
 from ..seqnum import SEQ_MASK, seq_diff
 from .counters import Counters
@@ -323,19 +323,44 @@ class ReceiveSide:
             self.delay_ack(now)
         return result
 
-    def pause(self) -> None:
+    def pause(self) -> bool:
         """Stop delivering: data is held here and the advertised window shrinks.
 
         Data already queued as events but not yet taken comes back too (a batch of segments
-        can queue a whole window at once), unless other events follow it."""
+        can queue a whole window at once), and so does the EOF queued behind it, to come
+        again once that data is taken (an asyncio transport whose reading is paused reports
+        neither), unless other events follow.  True when the orderly close queued behind
+        that EOF came back with it: the connection reports it again after the EOF."""
         self.reading_paused = True
         events = self._events
-        if events and all(type(e) is DataReceived for e in events):
-            pieces = [e.data for e in events if isinstance(e, DataReceived)]
-            events.clear()
+        data = 0
+        for e in events:
+            if type(e) is not DataReceived:
+                break
+            data += 1
+        rest = len(events) - data
+        closed = False
+        if rest:
+            if rest > 2 or type(events[data]) is not EofReceived:
+                return False
+            if rest == 2:
+                last = events[-1]
+                if not (type(last) is ConnectionClosed and last.reason is CloseReason.CLOSED):
+                    return False
+                closed = True
+            self.eof_delivered = False
+        pieces = [e.data for e in events if isinstance(e, DataReceived)]
+        events.clear()
+        if pieces:
             # Counted in the window from now on: they arrived after the last ACK was built
             # (events are taken before the answer to a batch), so its right edge stays put.
             self.held.put_back(pieces)
+        return closed
+
+    def unread(self, data: bytes | memoryview) -> None:
+        """Bytes the driver took but could not hand on (a buffered protocol paused reading
+        in the middle of them): held before anything else, delivered first on resume."""
+        self.held.put_back([data])
 
     def resume(self) -> None:
         """Deliver again, starting with what was held."""
