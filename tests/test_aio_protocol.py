@@ -438,6 +438,31 @@ def test_a_buffered_protocol_paused_in_buffer_updated_gets_nothing_more(run: Run
     run(main())
 
 
+def test_the_write_buffer_is_empty_after_abort(run: Runner) -> None:
+    """What abort() dropped will never be sent: get_write_buffer_size() says 0 at once, as on
+    asyncio's transports (it went on counting the dropped bytes, so code waiting for the
+    buffer to empty hung)."""
+
+    class PausedAtStart(Recorder):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            self.transport.pause_reading()
+
+    async def main() -> None:
+        server = await utcp.create_server(Factory(PausedAtStart), HOST, 0)
+        transport, client = await utcp.create_connection(Recorder, HOST, server_port(server))
+        transport.write(bytes(2 * MIB))
+        assert transport.get_write_buffer_size() > 0
+        transport.abort()
+        assert transport.get_write_buffer_size() == 0
+        assert await client.lost is None
+        assert transport.get_write_buffer_size() == 0
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 # ---------------------------------------------------------------------- HTTP/1.1 with h11
 
 

@@ -274,8 +274,11 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self._force_close(exc)
 
     def get_write_buffer_size(self) -> int:
-        """Bytes written and not yet acknowledged by the peer."""
-        return self._conn.send_buffer_size
+        """Bytes written and not yet acknowledged by the peer; none once the connection has
+        ended (after ``abort()``, a reset or a timeout what is left will never be sent), as
+        asyncio's transports drop their buffer then."""
+        conn = self._conn
+        return 0 if conn.close_reason is not None else conn.send_buffer_size
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return (self._low_water, self._high_water)
