@@ -175,12 +175,25 @@ async def start_tls(
     resume = loop.call_soon(transport.resume_reading)
     try:
         await waiter
-    except BaseException:
+    except BaseException as exc:
         transport.close()
         conmade.cancel()
         resume.cancel()
+        if _lost_in_handshake(ssl_protocol):
+            loop.call_soon(protocol.connection_lost, exc if isinstance(exc, Exception) else None)
         raise
     return app_transport(ssl_protocol)
+
+
+def _lost_in_handshake(ssl_protocol: asyncio.BaseProtocol) -> bool:
+    """Whether the connection ended while asyncio's TLS layer was in its handshake, which
+    then tells the application's protocol nothing (Python 3.11 on): the peer reset it (its
+    own handshake failed, it was killed) or it timed out.  Over TCP such a peer's close is
+    usually an EOF, which the layer does report, so a stream's ``wait_closed()`` returns;
+    without this it waited for ever."""
+    state = getattr(ssl_protocol, "_app_state", None)
+    lost = getattr(ssl_protocol, "_conn_lost", 0)
+    return bool(lost) and state is not None and state.name != "STATE_CON_LOST"
 
 
 class StreamWriter(asyncio.StreamWriter):
