@@ -81,7 +81,8 @@ def register(sub: Subcommands) -> None:
         type=duration,
         default=None,
         metavar="DURATION",
-        help="give up connecting after this long (default: after 5 SYN retransmissions)",
+        help="give up connecting after this long "
+        f"(default: after {Config().syn_retries} SYN retransmissions, about 71 s)",
     )
     p.add_argument(
         "--config",
