@@ -205,6 +205,53 @@ def test_a_closed_server_resets_fin_wait_2_after_its_timeout(run: Runner) -> Non
     run(main())
 
 
+@pytest.mark.parametrize("client_closes", [True, False], ids=["time_wait", "fin_wait_2"])
+def test_a_server_started_again_on_its_port_takes_it_at_once(
+    run: Runner, client_closes: bool
+) -> None:
+    """The closed server's socket is still held by a connection winding down (TIME_WAIT of a
+    minute here, or FIN_WAIT_2 for a client that has not closed): a server started again on
+    the same port takes it at once, cutting that connection short as the process's exit
+    would, and serves; it used to fail with EADDRINUSE, as a restarted TCP listener does not."""
+
+    async def close_first(reader: asyncio.StreamReader, writer: Any) -> None:
+        writer.write(b"bye")
+        writer.close()
+        await writer.wait_closed()
+
+    async def main() -> None:
+        server = await utcp.start_server(close_first, HOST, 0, config=LONG_MSL)
+        port = server_port(server)
+        reader, writer = await utcp.open_connection(HOST, port)
+        assert await reader.read() == b"bye"
+        if client_closes:
+            writer.close()
+            await writer.wait_closed()
+            await server_side_in_time_wait(server)
+        else:
+            await wait_until(
+                lambda: [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2],
+                "the server's side in FIN_WAIT_2",
+            )
+        server.close()
+        await server.wait_closed()
+        assert server.endpoint.transport is not None
+        again = await utcp.start_server(close_first, HOST, port)
+        assert server.endpoint.transport is None
+        reader2, writer2 = await utcp.open_connection(HOST, port)
+        assert await reader2.read() == b"bye"
+        writer2.close()
+        await writer2.wait_closed()
+        if not client_closes:
+            conn = writer.get_extra_info("connection")
+            await wait_until(lambda: conn.close_reason is CloseReason.RESET, "the old reset")
+            writer.close()
+        again.close()
+        await again.wait_closed()
+
+    run(main())
+
+
 def test_a_client_keeps_a_real_time_wait_then_releases_its_socket(run: Runner) -> None:
     """The client closes first: wait_closed() returns at once, its connection stays in
     TIME_WAIT on the still-open socket (to re-acknowledge a retransmitted FIN), and the

@@ -57,6 +57,24 @@ _clock: Final = time.monotonic  # what the core is given as ``now`` (see Endpoin
 _SOCKET_BUFFER_BYTES: Final = 4 << 20
 
 
+# Endpoints closed by the application whose sockets connections still winding down hold
+# (FIN_WAIT_2, TIME_WAIT), by id: a server started again on the same port takes it from them.
+_LINGERING: dict[int, Endpoint] = {}
+
+
+async def release_port(family: int, port: int) -> bool:
+    """Cut short what still winds down on this process's closed endpoints bound to ``port``
+    (FIN_WAIT_2 reset, TIME_WAIT ended) and wait for their sockets to close; False if there
+    were none.  A server started again on its port then binds it at once, as a TCP listener
+    binds beside the orphans of the one before it."""
+    found = [ep for ep in list(_LINGERING.values()) if ep.bound_to(family, port)]
+    for ep in found:
+        ep.cut_lingering()
+    for ep in found:
+        await ep.wait_closed()
+    return bool(found)
+
+
 def _no_socket(datagrams: list[bytes], addr: Address) -> None:
     """The sender before the socket is made (``_send_burst`` checks the transport first)."""
 
@@ -162,6 +180,7 @@ class Endpoint:
             return
         self._transport = None
         cancel_at_shutdown(id(self))
+        _LINGERING.pop(id(self), None)
         handles = self.handles()
         self._core.clear()
         for handle in handles:
@@ -684,6 +703,20 @@ class Endpoint:
         if not self._done.done():
             self._done.set_result(None)
         if not core.connection_count:
+            self._close_socket()
+        else:
+            _LINGERING[id(self)] = self
+
+    def bound_to(self, family: int, port: int) -> bool:
+        """Whether this endpoint's socket is of ``family`` and bound to ``port``."""
+        transport = self._transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        return sock is not None and sock.family == family and sock.getsockname()[1] == port
+
+    def cut_lingering(self) -> None:
+        """Close the socket of this closed endpoint now, cutting short the connections still
+        winding down on it (as the process's exit would)."""
+        if self._closing and self._transport is not None:
             self._close_socket()
 
     def _close_lingering(self) -> None:

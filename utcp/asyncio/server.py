@@ -8,6 +8,7 @@ each accepted connection is wrapped in asyncio's own TLS layer.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from ..cids import worker_bits_for
 from ..config import Config
 from .dgram import DatagramIO, create_endpoint
-from .endpoint import Endpoint, Observer
+from .endpoint import Endpoint, Observer, release_port
 from .resolve import check_port, hosts_of, resolve_all
 from .sockview import SocketView
 from .tls import TlsOptions, tls_options
@@ -306,14 +307,28 @@ async def _bind(
     # An IPv6 socket stays off IPv4, as asyncio's servers make it: IPv4 has its own socket
     # beside it, or (family=AF_INET6, an IPv6 host) the server was asked for IPv6 alone.
     v6only = family == socket.AF_INET6
-    udp, endpoint = await create_endpoint(
-        endpoint_factory,
-        config=cfg,
-        local_addr=addr,
-        family=family,
-        reuse_port=reuse_port,
-        v6only=v6only,
-    )
+    try:
+        udp, endpoint = await create_endpoint(
+            endpoint_factory,
+            config=cfg,
+            local_addr=addr,
+            family=family,
+            reuse_port=reuse_port,
+            v6only=v6only,
+        )
+    except OSError as exc:
+        # A server of this process closed on this port may still hold it for connections
+        # winding down: the new one takes it, as a restarted TCP listener does.
+        if exc.errno != errno.EADDRINUSE or not addr[1] or not await release_port(family, addr[1]):
+            raise
+        udp, endpoint = await create_endpoint(
+            endpoint_factory,
+            config=cfg,
+            local_addr=addr,
+            family=family,
+            reuse_port=reuse_port,
+            v6only=v6only,
+        )
     return endpoint, udp
 
 
