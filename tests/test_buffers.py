@@ -776,6 +776,11 @@ class ScoreboardMachine(RuleBasedStateMachine):
 
     @rule()
     def timeout(self) -> None:
+        if self.live and id(self.live[0]) in self.sacked:
+            # The oldest segment SACKed yet not acknowledged: the receiver reneged, and no
+            # SACK mark holds any more.
+            self.sacked.clear()
+            self.highest = self.highest_sacked_tx = 0
         for seg in self.live:
             if id(seg) not in self.sacked:
                 self.lost.add(id(seg))
@@ -821,6 +826,29 @@ ScoreboardMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, derandomize=True
 )
 TestScoreboardMachine = ScoreboardMachine.TestCase
+
+
+def test_a_timeout_after_the_receiver_reneged_sends_its_sacked_data_again() -> None:
+    """The oldest unacknowledged segment is SACKed (the receiver dropped data it had SACKed,
+    or the SACK was forged): after the timeout every segment, SACKed or not, is resent,
+    oldest first.  The SACKed ones used to be skipped for ever, and the connection stalled
+    until it gave up."""
+    sb, segs = board(100, 100, 100)
+    sb.on_sack(1, 101)  # the oldest, never cumulatively acknowledged
+    sb.on_sack(201, 301)
+    assert sb.mark_all_lost() is True
+    assert [s.sacked for s in segs] == [False, False, False]
+    assert [s.lost for s in segs] == [True, True, True]
+    assert sb.highest_sacked == 0 and sb.pipe == 0
+    assert sb.next_lost(1) is segs[0]
+
+
+def test_a_timeout_keeps_sack_marks_while_the_oldest_is_not_sacked() -> None:
+    sb, segs = board(100, 100, 100)
+    sb.on_sack(101, 201)
+    assert sb.mark_all_lost() is False
+    assert [s.lost for s in segs] == [True, False, True]
+    assert segs[1].sacked
 
 
 def test_scoreboard_declares_a_lost_retransmission_lost_again() -> None:

@@ -431,14 +431,29 @@ class Scoreboard:
         self.lost_bytes += length
         return length
 
-    def mark_all_lost(self) -> None:
-        """After a retransmission timeout every unSACKed segment is presumed lost."""
+    def mark_all_lost(self) -> bool:
+        """After a retransmission timeout every unSACKed segment is presumed lost.
+
+        When even the oldest unacknowledged segment is SACKed, the receiver has reneged
+        (dropped data it had SACKed, which RFC 2018 section 8 allows) or the SACK was forged:
+        no SACK mark holds any more and every segment is presumed lost, as Linux's
+        tcp_timeout_mark_lost does.  Without this the segment was never sent again and the
+        connection stalled until it timed out.  True in that case."""
+        segs = self.segs
+        head = self._head
+        reneged = head < len(segs) and segs[head].sacked
+        if reneged:
+            for seg in segs[head:]:
+                seg.sacked = False
+            self.sacked_segs = 0
+            self.highest_sacked = self.highest_sacked_tx = 0
         self._lost.clear()
-        for seg in self.segs[self._head :]:
+        for seg in segs[head:]:
             if not seg.sacked:
                 seg.lost = False
                 self.mark_lost(seg)
-        self._loss_scan = len(self.segs)
+        self._loss_scan = len(segs)
+        return reneged
 
     def split(self, seg: SentSegment, cuts: list[int]) -> None:
         """Cut ``seg``, a segment awaiting retransmission, at ``cuts`` (ascending positions

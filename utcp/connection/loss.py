@@ -561,7 +561,8 @@ class LossRecovery:
         self.in_recovery = False
         self.dupacks = 0
         self.dupack_credit = 0
-        self.scoreboard.mark_all_lost()
+        if self.scoreboard.mark_all_lost():
+            self._log.info("sack_reneged", snd_una=snd.wire_seq(snd.una))
         self._dl.reorder = None
         self.tlp_high = 0
         if self._trace.tracer is not None:
