@@ -179,6 +179,36 @@ def test_a_fin_beyond_a_gap_waits_for_the_gap() -> None:
     assert s.rcv.nxt == 8
 
 
+def test_nothing_past_the_peers_fin_is_data() -> None:
+    """A FIN at 101 arrives out of order, then a segment running past it: only the bytes up
+    to the FIN are delivered, and the FIN is taken (they used to be delivered whole and the
+    EOF never came)."""
+    s = Side()
+    assert s.rcv.take(101, b"", True, 0.0) == 0
+    assert s.rcv.take(1, b"a" * 150, False, 0.0) == TAKE_FIN
+    assert s.delivered() == b"a" * 100
+    assert s.rcv.nxt == 102
+
+
+def test_a_second_fin_elsewhere_does_not_move_the_end() -> None:
+    s = Side()
+    s.rcv.take(101, b"", True, 0.0)
+    s.rcv.take(201, b"", True, 0.0)  # a FIN further on: the stream still ends at 101
+    assert s.rcv.fin_pos == 101
+    assert s.rcv.take(1, b"a" * 100, False, 0.0) == TAKE_FIN
+    assert s.delivered() == b"a" * 100
+
+
+def test_data_held_past_a_fin_that_came_later_is_not_delivered() -> None:
+    """Out-of-order data at 51..150 is held, then a FIN at 101 arrives: once the gap fills,
+    delivery stops at the FIN."""
+    s = Side()
+    s.rcv.take(51, b"b" * 100, False, 0.0)
+    s.rcv.take(101, b"", True, 0.0)
+    assert s.rcv.take(1, b"a" * 50, False, 0.0) == TAKE_FIN
+    assert s.delivered() == b"a" * 50 + b"b" * 50
+
+
 def test_reassembly_beyond_its_memory_limit_is_reported() -> None:
     """Reassembly is charged payload plus per-chunk overhead, up to twice the buffer: a peer
     scattering one-byte pieces reaches the limit after 2000 // 129 = 15 of them."""

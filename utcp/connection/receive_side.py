@@ -264,11 +264,16 @@ class ReceiveSide:
         fin_new = False
         if payload:
             self.note_segment_size(len(payload))
-        if fin:
-            fin_new = self.fin_pos is None
+        if fin and self.fin_pos is None:
+            fin_new = True
             fin_pos = seg_pos + len(payload)
             if fin_pos < hi or fin_pos == rcv_nxt:
                 self.fin_pos = fin_pos
+        if self.fin_pos is not None and rcv_nxt <= self.fin_pos < hi:
+            # The peer's stream ends at its FIN: nothing beyond it is data, and a later FIN
+            # elsewhere does not move it (RFC 9293 section 3.10.7.4).  A peer sending past it
+            # had its bytes delivered and the EOF never came.
+            hi = self.fin_pos
         if payload:
             reasm = self.reasm
             if seg_pos <= rcv_nxt < seg_pos + len(payload) and not len(reasm):
@@ -300,6 +305,12 @@ class ReceiveSide:
                     if len(recent) > RECENT_ARRIVALS:
                         recent.pop()
                 for chunk in reasm.pop_ready(self.nxt):
+                    if self.nxt + len(chunk) > hi:
+                        # Stored before a FIN below it arrived: the rest is past the end.
+                        chunk = chunk[: hi - self.nxt]
+                        if chunk:
+                            self.deliver(chunk)
+                        break
                     self.deliver(chunk)
                 # Out of order, or filling a gap: ACK at once (RFC 5681 section 4.2).
                 if seg_pos != rcv_nxt or had_gap:
