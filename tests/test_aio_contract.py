@@ -35,7 +35,7 @@ from tests.aio_helpers import (
     sha256,
     wait_until,
 )
-from utcp import ConnectionState
+from utcp import Config, ConnectionState
 
 # Real sockets: run on both datagram I/O paths; and on both builds of the core (conformance).
 pytestmark = [pytest.mark.sockets, pytest.mark.conformance]
@@ -739,6 +739,28 @@ def test_keywords_refused_with_value_error(run: Runner) -> None:
             await utcp.create_connection(asyncio.Protocol, HOST, port, proto=socket.IPPROTO_TCP)
         with pytest.raises(ValueError, match="reuse_address"):
             await utcp.start_server(nothing, HOST, 0, reuse_address=True)
+
+    run(main())
+
+
+def test_a_config_that_is_not_a_config_is_refused_with_a_type_error(run: Runner) -> None:
+    """config= given a dict (or a Config of wrongly typed fields) is a TypeError naming it,
+    where it used to be an AttributeError from inside (or, for pmtud="no", discovery on)."""
+
+    async def main() -> None:
+        async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        for call in (
+            lambda cfg: utcp.open_connection(HOST, 9, config=cfg),
+            lambda cfg: utcp.start_server(nothing, HOST, 0, config=cfg),
+            lambda cfg: utcp.create_connection(asyncio.Protocol, HOST, 9, config=cfg),
+            lambda cfg: utcp.create_server(asyncio.Protocol, HOST, 0, config=cfg),
+        ):
+            with pytest.raises(TypeError, match=r"config must be a utcp\.Config, not dict"):
+                await call({"mss_bytes": 1000})
+            with pytest.raises(TypeError, match="pmtud must be bool"):
+                await call(Config(pmtud="no"))  # type: ignore[arg-type]
 
     run(main())
 

@@ -832,6 +832,37 @@ def test_config_validate_rejects_bad_values(changes: dict[str, Any], message: st
         Connection(bad)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"pmtud": "no"}, "pmtud must be bool, not str"),  # it used to turn discovery on
+        ({"sack": 0}, "sack must be bool, not int"),
+        ({"mss_bytes": 1000.5}, "mss_bytes must be int, not float"),
+        ({"max_connections": True}, "max_connections must be int, not bool"),
+        ({"initial_cwnd_segments": 2.5}, "initial_cwnd_segments must be int"),
+        ({"idle_timeout_s": "30"}, "idle_timeout_s must be float or None, not str"),
+        ({"congestion_control": None}, "congestion_control must be str, not NoneType"),
+    ],
+)
+def test_config_validate_rejects_fields_of_the_wrong_type(
+    changes: dict[str, Any], message: str
+) -> None:
+    bad = Config(**changes)
+    with pytest.raises(TypeError, match=message):
+        bad.validate()
+    with pytest.raises(TypeError, match=message):
+        Connection(bad)
+
+
+def test_something_else_than_a_config_is_refused_with_a_type_error() -> None:
+    with pytest.raises(TypeError, match=r"config must be a utcp\.Config, not dict"):
+        Connection({"mss_bytes": 1000})  # type: ignore[arg-type]
+
+
+def test_numbers_of_either_kind_are_durations() -> None:
+    assert Config(rto_min_s=1, idle_timeout_s=None).validate().rto_min_s == 1
+
+
 def test_config_validate_accepts_defaults_and_edges() -> None:
     assert DEFAULTS.validate() is DEFAULTS
     edge = Config(mss_bytes=64, recv_buffer_bytes=128, syn_retries=0, msl_s=0.0)

@@ -62,6 +62,45 @@ class BufferLease:
         self.release()
 
 
+def given(config: object) -> Config:
+    """The ``config=`` an API call was given (``Config()`` for None), validated; a
+    ``TypeError`` for anything but a ``Config``."""
+    if config is None:
+        return Config().validate()
+    if not isinstance(config, Config):
+        raise TypeError(f"config must be a utcp.Config, not {type(config).__name__}")
+    return config.validate()
+
+
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {}
+
+
+def _field_types() -> dict[str, tuple[type, ...]]:
+    """Each plain field's accepted types, from its annotation (``int`` for a ``float``
+    field too, as Python's numbers go; ``NoneType`` where it is optional)."""
+    if not _FIELD_TYPES:
+        names = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+        for f in dataclasses.fields(Config):
+            parts = [part.strip() for part in str(f.type).split("|")]
+            if all(part in names for part in parts):
+                kinds = tuple(names[part] for part in parts)
+                if float in kinds:
+                    kinds += (int,)
+                _FIELD_TYPES[f.name] = kinds
+    return _FIELD_TYPES
+
+
+def _check_types(config: Config) -> None:
+    for name, kinds in _field_types().items():
+        value = getattr(config, name)
+        if type(value) in kinds:
+            continue  # the common case, checked first: every connection validates its Config
+        # A bool is an int to Python, but True is no size, count or duration.
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            wanted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds[:2])
+            raise TypeError(f"invalid Config: {name} must be {wanted}, not {type(value).__name__}")
+
+
 def _usable_path(value: object) -> bool:
     """A string that can name a directory: not empty, no NUL byte."""
     return isinstance(value, str) and value != "" and "\0" not in value
@@ -309,7 +348,10 @@ class Config:
         object.__setattr__(self, "buffer_budget", BufferBudget(self.endpoint_buffer_bytes))
 
     def validate(self) -> Config:
-        """Return self, or raise ``ValueError`` naming the first field with a bad value."""
+        """Return self, or raise ``TypeError`` naming the first field of the wrong type
+        (``pmtud="no"`` would have turned discovery on) or ``ValueError`` naming the first
+        field with a bad value."""
+        _check_types(self)
         checks = [
             (64 <= self.mss_bytes <= 65535 - HEADER_SIZE, "mss_bytes must be 64..65511"),
             (self.recv_buffer_bytes >= 2 * self.mss_bytes, "recv_buffer_bytes < 2 * mss_bytes"),

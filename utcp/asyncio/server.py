@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..cids import worker_bits_for
-from ..config import Config
+from ..config import Config, given
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer, release_port
 from .resolve import check_port, hosts_of, resolve_all
@@ -217,7 +217,7 @@ async def create_server(
         raise ValueError(f"backlog must be >= 1, not {backlog!r}")
     if reuse_address:
         raise ValueError(_REUSE_ADDRESS_REFUSED)
-    cfg = _with_keepalive(config or Config(), keep_alive).validate()
+    cfg = _with_keepalive(given(config), keep_alive).validate()
     tls = tls_options(
         ssl,
         server_side=True,

@@ -15,7 +15,7 @@ from asyncio import staggered
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, TypeVar
 
-from ..config import Config
+from ..config import Config, given
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer
 from .resolve import AddrInfo, check_port, check_proto, resolve_all
@@ -65,7 +65,7 @@ async def create_connection(
     for the previous one to fail (RFC 8305, as asyncio), and the first handshake to complete
     wins.  ``sock`` is a UDP socket already connected to the server.
     """
-    cfg = (config or Config()).validate()
+    cfg = given(config)
     check_proto(proto)
     tls = tls_options(
         ssl,
@@ -298,7 +298,7 @@ async def create_client_endpoint(
 ) -> ClientEndpoint:
     """A UDP socket for opening many utcp connections (bound to ``local_addr``, or to an
     ephemeral port on every interface of ``family``)."""
-    cfg = (config or Config()).validate()
+    cfg = given(config)
     if local_addr is None:
         local_addr = ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
     udp, endpoint = await create_endpoint(

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cids import CID_BITS, MAX_FIXED_BITS, worker_bits_for
-from ..config import Config
+from ..config import given
 from ..log import get_logger
 from .reuseport import attach_steering
 from .server import Server
@@ -395,7 +395,7 @@ def serve(
     if workers == 1:
         run(_serve_here(client_connected_cb, host, port, ready, grace_s, kwds))
         return
-    config = kwds.get("config") or Config()
+    config = given(kwds.get("config"))
     group = WorkerGroup(workers, server_id_bits=config.server_id_bits, on_exit=on_worker_exit)
     try:
         group.bind(host, port, family=kwds.pop("family", socket.AF_UNSPEC))

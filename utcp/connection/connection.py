@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Final
 
-from ..config import Config
+from ..config import Config, given
 from ..events import (
     CloseReason,
     ConnectionClosed,
@@ -113,7 +113,7 @@ class Connection:
         isn: int | None = None,
         tracer: Tracer | None = None,
     ) -> None:
-        self.config = cfg = (config or Config()).validate()
+        self.config = cfg = given(config)
         self.local_cid = new_connection_id() if local_cid is None else local_cid
         self._state = CLOSED
         self._log = log = get_logger(cid=f"{self.local_cid:08x}")
