@@ -307,29 +307,27 @@ async def _bind(
     # An IPv6 socket stays off IPv4, as asyncio's servers make it: IPv4 has its own socket
     # beside it, or (family=AF_INET6, an IPv6 host) the server was asked for IPv6 alone.
     v6only = family == socket.AF_INET6
-    try:
-        udp, endpoint = await create_endpoint(
-            endpoint_factory,
-            config=cfg,
-            local_addr=addr,
-            family=family,
-            reuse_port=reuse_port,
-            v6only=v6only,
-        )
-    except OSError as exc:
-        # A server of this process closed on this port may still hold it for connections
-        # winding down: the new one takes it, as a restarted TCP listener does.
-        if exc.errno != errno.EADDRINUSE or not addr[1] or not await release_port(family, addr[1]):
-            raise
-        udp, endpoint = await create_endpoint(
-            endpoint_factory,
-            config=cfg,
-            local_addr=addr,
-            family=family,
-            reuse_port=reuse_port,
-            v6only=v6only,
-        )
-    return endpoint, udp
+    retried = False
+    while True:
+        try:
+            udp, endpoint = await create_endpoint(
+                endpoint_factory,
+                config=cfg,
+                local_addr=addr,
+                family=family,
+                reuse_port=reuse_port,
+                v6only=v6only,
+            )
+            return endpoint, udp
+        except OSError as exc:
+            # A server of this process closed on this port may still hold it for
+            # connections winding down: the new one takes it, as a restarted TCP listener
+            # does.
+            if retried or exc.errno != errno.EADDRINUSE or not addr[1]:
+                raise
+            if not await release_port(family, addr[1]):
+                raise
+            retried = True
 
 
 def _worker_slot(worker: int | None, workers: int | None) -> tuple[int, int]:
