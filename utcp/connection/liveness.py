@@ -80,10 +80,14 @@ class Liveness:
         if self.stall_probed_at == self.last_activity:
             # The silence this ends drew its stall probe, which set the keepalive deadline
             # past the next one: re-arm it (the next datagrams_to_send does), so that a new
-            # silence mid-transfer is probed early too.  A peer that answers the probe but
-            # sends no data (a server validating our address after a NAT rebinding, whose
-            # echo was lost) otherwise left the connection silent until the regular keepalive.
+            # silence mid-transfer is probed early too.  The peer is there, and until it
+            # sends full-sized data again (taken after this, which says so) it is not in the
+            # middle of a transfer: a mere answer used to arm the next early probe, so an
+            # idle connection probed and answered every second, both ways, for ever.  A
+            # server validating our address after a NAT rebinding, whose echo was lost,
+            # challenges us in its answer, and ``validating`` keeps the early probe then.
             self._dl.keepalive = None
+            self._rcv.peer_quiet()
         self.last_activity = now
         self.keepalive_probes = 0
         self._dl.confirm = None

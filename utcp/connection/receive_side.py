@@ -231,6 +231,11 @@ class ReceiveSide:
             if full:
                 self._dl.keepalive = None  # re-armed by the next datagrams_to_send
 
+    def peer_quiet(self) -> None:
+        """The peer answered a probe: it is not in the middle of a transfer until its next
+        full-sized segment (``note_segment_size``) says it is."""
+        self.peer_mid_stream = False
+
     def deliver(self, data: bytes | memoryview) -> None:
         """Hand in-order bytes to the application, or hold them while reading is paused."""
         self.nxt += len(data)
