@@ -36,6 +36,21 @@ async def read_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWr
     await writer.wait_closed()
 
 
+class CloseFirst:
+    """A server handler that writes ``b"bye"`` and closes first, waiting until the client
+    has acknowledged both; ``done`` once it has."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: Any) -> None:
+        writer.write(b"bye")
+        writer.close()
+        await writer.wait_closed()
+        if not self.done.done():
+            self.done.set_result(None)
+
+
 async def server_side_in_time_wait(server: utcp.Server) -> None:
     """Wait until every connection the server holds is in TIME_WAIT (it closed first)."""
 
@@ -149,17 +164,10 @@ def test_closing_the_server_leaves_fin_wait_2_for_the_peer_to_close(run: Runner)
     closes cleanly, and the server's socket closes after that (it used to be reset)."""
 
     async def main() -> None:
-        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def close_first(reader: asyncio.StreamReader, writer: Any) -> None:
-            writer.write(b"bye")
-            writer.close()
-            await writer.wait_closed()
-            closed.set_result(None)
-
+        close_first = CloseFirst()
         server = await utcp.start_server(close_first, HOST, 0)
         reader, writer = await utcp.open_connection(HOST, server_port(server))
-        await closed
+        await close_first.done
         server.close()
         await server.wait_closed()
         assert [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2]
@@ -180,19 +188,12 @@ def test_a_closed_server_resets_fin_wait_2_after_its_timeout(run: Runner) -> Non
     released then, rather than held for ever."""
 
     async def main() -> None:
-        closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        async def close_first(reader: asyncio.StreamReader, writer: Any) -> None:
-            writer.write(b"bye")
-            writer.close()
-            await writer.wait_closed()
-            closed.set_result(None)
-
+        close_first = CloseFirst()
         server = await utcp.start_server(
             close_first, HOST, 0, config=Config(fin_wait_2_timeout_s=1.0)
         )
         _, writer = await utcp.open_connection(HOST, server_port(server))
-        await closed
+        await close_first.done
         server.close()
         await server.wait_closed()
         assert server.endpoint.transport is not None  # FIN_WAIT_2 runs on
@@ -214,13 +215,8 @@ def test_a_server_started_again_on_its_port_takes_it_at_once(
     the same port takes it at once, cutting that connection short as the process's exit
     would, and serves; it used to fail with EADDRINUSE, as a restarted TCP listener does not."""
 
-    async def close_first(reader: asyncio.StreamReader, writer: Any) -> None:
-        writer.write(b"bye")
-        writer.close()
-        await writer.wait_closed()
-
     async def main() -> None:
-        server = await utcp.start_server(close_first, HOST, 0, config=LONG_MSL)
+        server = await utcp.start_server(CloseFirst(), HOST, 0, config=LONG_MSL)
         port = server_port(server)
         reader, writer = await utcp.open_connection(HOST, port)
         assert await reader.read() == b"bye"
@@ -236,7 +232,7 @@ def test_a_server_started_again_on_its_port_takes_it_at_once(
         server.close()
         await server.wait_closed()
         assert server.endpoint.transport is not None
-        again = await utcp.start_server(close_first, HOST, port)
+        again = await utcp.start_server(CloseFirst(), HOST, port)
         assert server.endpoint.transport is None
         reader2, writer2 = await utcp.open_connection(HOST, port)
         assert await reader2.read() == b"bye"
