@@ -322,8 +322,8 @@ async def _bind(
         except OSError as exc:
             # A server of this process closed on this port may still hold it for
             # connections winding down: the new one takes it, as a restarted TCP listener
-            # does.
-            if retried or exc.errno != errno.EADDRINUSE or not addr[1]:
+            # does.  (uvloop's portable path says "could not bind" with no errno.)
+            if retried or exc.errno not in (errno.EADDRINUSE, None) or not addr[1]:
                 raise
             if not await release_port(family, addr[1]):
                 raise
