@@ -10,6 +10,7 @@ control: a scenario the control fails is a mistake in the test, not a finding ab
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -887,6 +888,60 @@ def test_all_errors_raises_every_failed_attempt(run: Runner) -> None:
             assert isinstance(info.value, ConnectionRefusedError) or str(info.value).startswith(
                 "Multiple exceptions"
             )
+
+    run(main())
+
+
+def test_all_errors_with_one_address_raises_a_group_too(run: Runner) -> None:
+    """One address, nobody there: all_errors=True still raises an ExceptionGroup (of the one
+    refusal), as asyncio's create_connection does from 3.12; it raised the bare error."""
+
+    async def main() -> None:
+        port = _free_udp_port()
+        for extra in ({}, {"happy_eyeballs_delay": 0.1}):
+            with pytest.raises(ExceptionGroup) as group:  # noqa: F821 (3.11+)
+                await utcp.open_connection(HOST, port, all_errors=True, **extra)
+            assert [type(exc) for exc in group.value.exceptions] == [ConnectionRefusedError]
+
+    run(main())
+
+
+def test_a_client_sock_that_is_not_connected_fails_at_once(run: Runner) -> None:
+    """A client's sock= names its server by being connected: an unconnected one is an
+    OSError(ENOTCONN) at once, as asyncio's transports fail on one, and is left open to its
+    owner; it used to send its SYNs nowhere and wait out every retry (71 s)."""
+
+    async def main() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((HOST, 0))
+            async with deadline(10, "the refusal"):
+                with pytest.raises(OSError) as info:
+                    await utcp.open_connection(sock=sock)
+            assert info.value.errno == errno.ENOTCONN
+            assert sock.fileno() >= 0
+
+    run(main())
+
+
+def test_server_wait_closed_waits_for_close_on_an_open_server(run: Runner) -> None:
+    """As asyncio's: wait_closed() on a server still serving waits until it is closed (and its
+    connections have ended); it returned at once."""
+
+    async def main() -> None:
+        server = await utcp.start_server(echo, HOST, 0)
+        waiting = asyncio.create_task(server.wait_closed())
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        reader, writer = await utcp.open_connection(HOST, server_port(server))
+        writer.write(b"still serving")
+        assert await reader.readexactly(13) == b"still serving"
+        server.close()
+        await asyncio.sleep(0.1)
+        assert not waiting.done()  # the client's connection is still open
+        writer.close()
+        await writer.wait_closed()
+        async with deadline(10, "wait_closed() after close()"):
+            await waiting
 
     run(main())
 

@@ -33,6 +33,7 @@ class Server(asyncio.AbstractServer):
         self._pairs = endpoints
         self._loop = asyncio.get_running_loop()
         self._closed = False
+        self._closing: asyncio.Future[None] = self._loop.create_future()  # set by close()
         self._serving = serving
         self._serving_forever: asyncio.Future[None] | None = None
 
@@ -92,6 +93,7 @@ class Server(asyncio.AbstractServer):
             return
         self._closed = True
         self._serving = False
+        self._closing.set_result(None)
         for endpoint, _ in self._pairs:
             endpoint.close()
         if self._serving_forever is not None and not self._serving_forever.done():
@@ -116,12 +118,13 @@ class Server(asyncio.AbstractServer):
         ]
 
     async def wait_closed(self) -> None:
-        """Wait until the server is closed and its connections have ended, as asyncio's does.
-        Connections in TIME_WAIT (the server closed first) are not waited for: it runs its
-        course in the background and the socket closes after it, or when the event loop shuts
-        down (``server.endpoint.wait_closed()`` waits for that)."""
+        """Wait until the server is closed and its connections have ended, as asyncio's does
+        (on an open server too: until it is closed).  Connections winding down (the server
+        closed first: FIN_WAIT_2, TIME_WAIT) are not waited for: they run their course in
+        the background and the socket closes after them, or when the event loop shuts down
+        (``server.endpoint.wait_closed()`` waits for that)."""
         if not self._closed:
-            return
+            await asyncio.shield(self._closing)
         for endpoint, _ in self._pairs:
             await endpoint.wait_done()
 

@@ -8,6 +8,7 @@ so ``drain()``, ``readexactly()``, ``readuntil()`` and their exceptions behave a
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import socket
 import sys
@@ -80,6 +81,13 @@ async def create_connection(
             raise ValueError("host/port and sock can not be specified at the same time")
         if sock.type != socket.SOCK_DGRAM:
             raise ValueError(f"A UDP socket was expected, got {sock!r}")
+        try:
+            sock.getpeername()
+        except OSError as exc:
+            # A client's socket names its server by being connected (asyncio's transports
+            # fail on an unconnected one too); unconnected, the handshake went nowhere and
+            # waited out every SYN retry.
+            raise OSError(errno.ENOTCONN, f"sock must be a connected UDP socket: {exc}") from None
         _udp, endpoint = await create_endpoint(
             lambda: Endpoint(config=cfg, observer=observer), config=cfg, sock=sock
         )
@@ -103,7 +111,7 @@ async def create_connection(
         )
         return await _connect_on(endpoint, None, protocol_factory, single=True, tls=tls)
 
-    if len(infos) == 1:
+    if len(infos) == 1 and not all_errors:
         return await attempt(infos[0])
     errors: list[Exception] = []
     if happy_eyeballs_delay is None:
