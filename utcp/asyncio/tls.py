@@ -11,6 +11,7 @@ import asyncio
 import ssl
 import sys
 from asyncio import sslproto
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["StreamWriter", "TlsOptions", "start_tls", "tls_options"]
@@ -106,6 +107,28 @@ def tls_options(
     return TlsOptions(context, server_hostname, ssl_handshake_timeout, ssl_shutdown_timeout)
 
 
+class _SSLProtocol(sslproto.SSLProtocol):
+    """asyncio's TLS layer, handing a ``BufferedProtocol``'s buffer to ``ssl`` as a
+    ``memoryview``.  Its buffered read (Python 3.11 on) fills the buffer in several reads and
+    gives the later ones ``buf[offset:]``, which for a ``bytearray`` is a copy: those bytes were
+    lost and the protocol saw what its buffer held before (a 5 MB transfer with a 100-byte
+    ``bytearray`` arrived the right length but corrupted).  uvloop's own TLS, which its TCP
+    connections use, has no such fault; utcp's connections use asyncio's layer on every
+    loop."""
+
+    _app_protocol_get_buffer: Callable[[int], Any]
+
+    def _set_app_protocol(self, app_protocol: asyncio.BaseProtocol) -> None:
+        super()._set_app_protocol(app_protocol)
+        if self._app_protocol_is_buffer:
+            get_buffer = self._app_protocol_get_buffer
+
+            def as_view(sizehint: int) -> memoryview:
+                return memoryview(get_buffer(sizehint)).cast("B")
+
+            self._app_protocol_get_buffer = as_view
+
+
 def _ssl_protocol(
     loop: asyncio.AbstractEventLoop,
     app_protocol: asyncio.BaseProtocol,
@@ -124,7 +147,11 @@ def _ssl_protocol(
     }
     if sys.version_info >= (3, 11):
         kwargs["ssl_shutdown_timeout"] = shutdown_timeout
-    make: Any = sslproto.SSLProtocol
+    make: Any = (
+        _SSLProtocol
+        if hasattr(sslproto.SSLProtocol, "_set_app_protocol")
+        else (sslproto.SSLProtocol)
+    )
     protocol: asyncio.BaseProtocol = make(
         loop,
         app_protocol,
