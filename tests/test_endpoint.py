@@ -311,6 +311,21 @@ def test_without_cookies_a_full_backlog_drops_syns() -> None:
     assert net.server.datagrams_to_send() == []
 
 
+def test_a_syn_with_rst_opens_nothing_and_takes_no_backlog_slot() -> None:
+    """SYN+RST is no connection request: it is dropped as for an unknown connection (and
+    never answered, being a reset).  Each used to open a connection that stayed in LISTEN
+    for ever, without a timer, holding a backlog slot: two shut this server to real SYNs."""
+    net = Net(Config(syn_cookies=False), backlog=2)
+    for i in range(4):
+        p = Packet(int(Flag.SYN | Flag.RST), 0x10 + i, 0, 100, 0, 65535)
+        net.send(encode(p), ("10.1.0.1", 1000 + i))
+    assert net.server.connection_count == 0 and net.server.half_open == 0
+    assert net.server.stats.dropped == {DropReason.UNKNOWN_CONNECTION.value: 4}
+    assert net.server.datagrams_to_send() == []
+    net.send(_syn(0x20), ("10.1.0.2", 2000))
+    assert net.server.connection_count == 1 and net.server.half_open == 1
+
+
 # ---------------------------------------------------------------------- max_connections
 
 

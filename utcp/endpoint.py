@@ -307,7 +307,10 @@ class Endpoint:
         route = self._routes.get(packet.dst_cid) if packet.dst_cid else None
         if route is None:
             flags = packet.flags
-            if packet.dst_cid == 0 and flags & _SYN and not flags & _ACK:
+            # A connection request is a SYN alone: with an RST (or ACK) it is none, and the
+            # connection made for one stayed in LISTEN for ever, without a timer, holding a
+            # backlog slot (a hundred such datagrams shut the server to real clients).
+            if packet.dst_cid == 0 and flags & _SYN and not flags & (_ACK | _RST):
                 route = self._route_for_syn(packet, addr, now)
                 if route is None:
                     return None  # answered (cookie, refusal) or dropped, and counted
