@@ -475,6 +475,28 @@ async def _ping(port: int) -> None:
     await writer.wait_closed()
 
 
+def test_a_memoryview_of_wider_items_arrives_whole(run: Runner) -> None:
+    """writer.write(memoryview(array('d', ...))) sends all its bytes, as asyncio's TCP does;
+    only len() of them (its items) went, and the rest of the stream slid into their place
+    without an error."""
+    import array
+
+    async def main() -> None:
+        server = await utcp.start_server(echo, HOST, 0)
+        reader, writer = await utcp.open_connection(HOST, server_port(server))
+        doubles = memoryview(array.array("d", range(1000)))
+        writer.write(doubles)
+        writer.write(b"END")
+        writer.write_eof()
+        assert await reader.read() == doubles.tobytes() + b"END"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 def test_server_on_port_zero_serves_then_closes(run: Runner) -> None:
     async def main() -> None:
         handlers = Handlers(echo)

@@ -613,6 +613,23 @@ def test_scoreboard_next_lost_in_order_and_retransmit() -> None:
     assert sb.pipe == 30 and all(s.retx == 1 for s in segs[:3])
 
 
+def test_a_view_of_wider_items_is_written_whole() -> None:
+    """A memoryview of 4-byte ints (or of two dimensions) is written as all its bytes; len()
+    of such a view counts items, so 3 ints took 3 positions and the next write's bytes were
+    read in their place."""
+    import array
+
+    buf = SendBuffer(1)
+    ints = memoryview(array.array("i", [1, 2, 3]))
+    buf.write(ints)
+    buf.write(b"END")
+    assert buf.end == 1 + 12 + 3
+    assert buf.get(1, buf.end) == ints.tobytes() + b"END"
+    grid = memoryview(bytes(range(12))).cast("B", (3, 4))
+    buf.write(grid)
+    assert buf.get(16, buf.end) == bytes(range(12))
+
+
 def test_scoreboard_sack_clears_lost() -> None:
     sb, segs = board(100, 100)
     sb.mark_lost(segs[0])

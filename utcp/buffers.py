@@ -13,6 +13,16 @@ from collections import deque
 from typing import Final
 
 
+def byte_view(data: bytes | bytearray | memoryview) -> bytes | bytearray | memoryview:
+    """``data`` as something whose ``len()`` counts bytes: a memoryview of wider items
+    (``array('i')``, doubles) or of several dimensions becomes its bytes; anything else is
+    returned as it is.  ``len()`` of such a view counts its items, so writing one took a
+    fraction of it into the stream's positions and lost the rest silently."""
+    if type(data) is memoryview and (data.itemsize != 1 or data.ndim != 1):
+        return data.tobytes()
+    return data
+
+
 class SendBuffer:
     """Bytes written by the application and not yet acknowledged, addressed by position.
 
@@ -40,6 +50,7 @@ class SendBuffer:
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append application bytes (a copy: the caller may change its buffer afterwards)."""
+        data = byte_view(data)
         n = len(data)
         if not n:
             return

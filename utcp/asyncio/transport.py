@@ -17,6 +17,7 @@ import asyncio
 from asyncio import constants
 from typing import Any
 
+from ..buffers import byte_view
 from ..events import CloseReason
 from ..log import get_logger
 from .flowcontrol import FlowControlBase
@@ -204,6 +205,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
         if self._eof_written and not self._closing and not self._lost:
             raise RuntimeError("Cannot call write() after write_eof()")
+        data = byte_view(data)
         if not data:
             return
         if self._closing or self._lost:
