@@ -5,6 +5,7 @@ endpoint, and sockets are released when their last connection is done, waited fo
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from tests.aio_helpers import (
     server_port,
     wait_until,
 )
-from utcp import CloseReason, Config, ConnectionState
+from utcp import CloseReason, Config, ConnectionState, Flag, Packet, decode, encode
 
 pytestmark = pytest.mark.sockets  # real sockets: run on both datagram I/O paths
 
@@ -244,6 +245,32 @@ def test_a_server_started_again_on_its_port_takes_it_at_once(
             writer.close()
         again.close()
         await again.wait_closed()
+
+    run(main())
+
+
+def test_closing_a_server_resets_handshakes_under_way(run: Runner) -> None:
+    """A client sends its SYN, gets the SYN-ACK and is gone: the handshake was never handed to
+    the application, so closing the server resets it rather than waiting for it, as a
+    closed TCP listener drops its half-open connections (server.wait_closed() waited out the
+    SYN timer, 71 s)."""
+
+    async def main() -> None:
+        server = await utcp.start_server(CloseFirst(), HOST, 0)
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.setblocking(False)
+            raw.connect((HOST, server_port(server)))
+            syn = Packet(int(Flag.SYN), 0x5EED, 0, 1000, 0, 65535)
+            syn.mss = 1400
+            await loop.sock_sendall(raw, encode(syn))
+            reply = decode(await asyncio.wait_for(loop.sock_recv(raw, 2048), 10))
+            assert reply.flags == Flag.SYN | Flag.ACK
+        assert [h.conn.state for h in server.endpoint.handles()] == [S.SYN_RECEIVED]
+        server.close()
+        async with deadline(10, "server.wait_closed() with a handshake under way"):
+            await server.wait_closed()
+        assert server.endpoint.connection_count == 0
 
     run(main())
 

@@ -802,6 +802,13 @@ class Endpoint:
         background (FIN_WAIT_2 at most ``fin_wait_2_timeout_s``, TIME_WAIT)."""
         self._closing = True
         self._core.stop_accepting()
+        # Handshakes under way were never handed to the application, which will not wait for
+        # them: reset them, as closing a TCP listener drops its half-open connections.  Left
+        # to run, one whose client had gone held wait_closed() for the SYN timer (71 s).
+        for handle in self.handles():
+            if handle.in_backlog and handle.conn.close_reason is None:
+                handle.conn.abort()
+                self.service(handle)
         self._maybe_close_socket()
 
     def abort_all(self) -> None:
