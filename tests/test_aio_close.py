@@ -251,7 +251,8 @@ def test_a_server_started_again_on_its_port_takes_it_at_once(
 
 def test_closing_a_server_resets_handshakes_under_way(run: Runner) -> None:
     """A client sends its SYN, gets the SYN-ACK and is gone: the handshake was never handed to
-    the application, so closing the server resets it rather than waiting for it, as a
+    the application, so the closed server resets it (after HANDSHAKE_GRACE_S, in which a
+    handshake ACK on its way would still complete it) rather than waiting for it, as a
     closed TCP listener drops its half-open connections (server.wait_closed() waited out the
     SYN timer, 71 s)."""
 

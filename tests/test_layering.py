@@ -45,6 +45,7 @@ STDLIB_HOOKS = {
         "protocol._over_ssl",
         "protocol._connection_lost",  # StreamReaderProtocol: what drain() raises on
         "protocol._paused",
+        "super()._set_app_protocol",  # SSLProtocol: its buffered read given a memoryview
     },
     "utcp.asyncio.transport": {"constants._SendfileMode"},
     "utcp.asyncio.flowcontrol": {"transports._FlowControlMixin"},  # loop.sendfile's fallback

@@ -55,6 +55,9 @@ Observer = Callable[[str, bytes, Address], None]
 _log = get_logger()
 _clock: Final = time.monotonic  # what the core is given as ``now`` (see Endpoint.__init__)
 _SOCKET_BUFFER_BYTES: Final = 4 << 20
+# How long a closed server lets a handshake under way complete before resetting it: the
+# client's handshake ACK, if lost, is sent again after the initial RTO (1 s).
+HANDSHAKE_GRACE_S: Final = 3.0
 
 
 # Endpoints closed by the application whose sockets connections still winding down hold
@@ -802,14 +805,23 @@ class Endpoint:
         background (FIN_WAIT_2 at most ``fin_wait_2_timeout_s``, TIME_WAIT)."""
         self._closing = True
         self._core.stop_accepting()
-        # Handshakes under way were never handed to the application, which will not wait for
-        # them: reset them, as closing a TCP listener drops its half-open connections.  Left
-        # to run, one whose client had gone held wait_closed() for the SYN timer (71 s).
+        if any(handle.in_backlog for handle in self.handles()):
+            self._loop.call_later(HANDSHAKE_GRACE_S, self._reset_handshakes)
+        self._maybe_close_socket()
+
+    def _reset_handshakes(self) -> None:
+        """The closed endpoint's handshakes still under way ``HANDSHAKE_GRACE_S`` after the
+        close were never handed to the application, which will not wait for them: reset, as
+        a closed TCP listener drops its half-open connections.  (Left to run, one whose
+        client had gone held ``wait_closed()`` for the SYN timer, 71 s.)  The grace lets a
+        client whose connect has just completed on its side (its handshake ACK on the way)
+        be served, rather than reset."""
+        if self._transport is None:
+            return
         for handle in self.handles():
             if handle.in_backlog and handle.conn.close_reason is None:
                 handle.conn.abort()
                 self.service(handle)
-        self._maybe_close_socket()
 
     def abort_all(self) -> None:
         """Reset every connection and close the socket now."""
