@@ -5,6 +5,7 @@ endpoint, and sockets are released when their last connection is done, waited fo
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from typing import Any
 
@@ -247,6 +248,51 @@ def test_a_server_started_again_on_its_port_takes_it_at_once(
         await again.wait_closed()
 
     run(main())
+
+
+def test_a_port_held_by_a_server_of_a_closed_loop_is_rebound_or_refused_plainly(
+    run: Runner,
+) -> None:
+    """A server closed while a connection wound down (FIN_WAIT_2), then its event loop closed
+    without shutting down: starting a server on that port in another loop raised
+    ``RuntimeError('Event loop is closed')`` from cutting the old connection on the dead loop.
+    Now the fast path's socket is closed and the port taken; asyncio's own transport cannot be
+    closed without its loop, so the port stays held and binding says so (EADDRINUSE)."""
+
+    async def first() -> tuple[int, str, asyncio.StreamWriter]:
+        server = await utcp.start_server(CloseFirst(), HOST, 0)
+        port, io_path = server_port(server), server.endpoint.io_path
+        reader, writer = await utcp.open_connection(HOST, port)
+        assert await reader.read() == b"bye"
+        await wait_until(
+            lambda: [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2],
+            "the server's side in FIN_WAIT_2",
+        )
+        server.close()
+        await server.wait_closed()
+        return port, io_path, writer
+
+    old = asyncio.new_event_loop()
+    try:
+        port, io_path, _writer = old.run_until_complete(first())
+    finally:
+        old.close()  # no shutdown_asyncgens: the lingering connection is left as it was
+
+    async def again() -> None:
+        try:
+            server = await utcp.start_server(CloseFirst(), HOST, port)
+        except OSError as exc:
+            assert not io_path.startswith("fast") and exc.errno in (errno.EADDRINUSE, None)
+            return
+        assert io_path.startswith("fast")
+        reader, writer = await utcp.open_connection(HOST, port)
+        assert await reader.read() == b"bye"
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(again())
 
 
 def test_closing_a_server_resets_handshakes_under_way(run: Runner) -> None:

@@ -466,6 +466,15 @@ class FastDatagramTransport:
         self._loop.remove_reader(self._fd)
         self._finish()
 
+    def release_socket(self) -> None:
+        """Close the socket at once, without the event loop (which has been closed): what
+        was queued is dropped and the protocol hears nothing more."""
+        self._closing = True
+        self._writing = False
+        self._queue.clear()
+        self._queued_bytes = 0
+        self._sock.close()
+
     def _finish(self) -> None:
         if self._writing:
             self._loop.remove_writer(self._fd)

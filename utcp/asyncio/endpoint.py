@@ -70,12 +70,24 @@ async def release_port(family: int, port: int) -> bool:
     (FIN_WAIT_2 reset, TIME_WAIT ended) and wait for their sockets to close; False if there
     were none.  A server started again on its port then binds it at once, as a TCP listener
     binds beside the orphans of the one before it."""
-    found = [ep for ep in list(_LINGERING.values()) if ep.bound_to(family, port)]
+    running = asyncio.get_running_loop()
+    found: list[Endpoint] = []
+    released = False
+    for ep in list(_LINGERING.values()):
+        if not ep.bound_to(family, port):
+            continue
+        if ep.loop_closed():
+            # Its event loop was closed without shutting down (no ``asyncio.run``): nothing
+            # will ever serve those connections again, so the socket goes as at the exit
+            # of the process.
+            released = ep.abandon() or released
+        elif ep.loop is running:
+            found.append(ep)
     for ep in found:
         ep.cut_lingering()
     for ep in found:
         await ep.wait_closed()
-    return bool(found)
+    return bool(found) or released
 
 
 def _no_socket(datagrams: list[bytes], addr: Address) -> None:
@@ -715,6 +727,26 @@ class Endpoint:
         transport = self._transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         return sock is not None and sock.family == family and sock.getsockname()[1] == port
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this endpoint runs on."""
+        return self._loop
+
+    def loop_closed(self) -> bool:
+        """Whether this endpoint's event loop has been closed."""
+        return self._loop.is_closed()
+
+    def abandon(self) -> bool:
+        """Forget this closed endpoint whose loop is gone; close its socket when it is our
+        own (the fast path's), True then.  asyncio's and uvloop's transports cannot close
+        theirs without the loop, and keep the port until they are collected."""
+        _LINGERING.pop(id(self), None)
+        transport = self._transport
+        if isinstance(transport, FastDatagramTransport):
+            transport.release_socket()
+            return True
+        return False
 
     def cut_lingering(self) -> None:
         """Close the socket of this closed endpoint now, cutting short the connections still
