@@ -721,6 +721,35 @@ def test_bbr_traces_its_phases_and_its_model() -> None:
     assert last["bandwidth"] == pytest.approx(RATE_BPS, rel=0.15)
 
 
+def test_bbr_cc_state_reports_the_model_as_it_is_now() -> None:
+    """Each cc_state shows the pacing rate the next segment leaves at and a min RTT from the
+    first report on.  The pacer takes the controller's rate only when it next sends, so the
+    trace showed the rate of one acknowledgement before (the first rate sample's report had
+    none at all), and the report at the handshake had no min RTT though the handshake's RTT
+    was measured (the stats had it)."""
+    seen: list[tuple[object, object, object]] = []  # (traced rate, controller's rate, min RTT)
+
+    class Recorder(ListTracer):
+        def event(self, now: float, name: str, fields: dict[str, object]) -> None:
+            super().event(now, name, fields)
+            if name == "cc_state":
+                rate = a._loss.cc.pacing_rate
+                want = round(rate * 8) if rate else None
+                seen.append((fields["pacing_rate"], want, fields["min_rtt"]))
+
+    config = Config(congestion_control="bbr", pmtud=False)
+    links = [BottleneckLink(delay_s=DELAY_S, rate_bps=RATE_BPS) for _ in range(2)]
+    net = pair(config_a=config, config_b=config, a_to_b=links[0], b_to_a=links[1])
+    a, _ = conns(net)
+    a.set_tracer(Recorder())
+    establish(net)
+    a.send(bytes(300_000))
+    net.run(until=lambda: len(net.b.received) >= 300_000, max_time=600)
+    assert len(seen) >= 3
+    assert [traced for traced, _, _ in seen] == [want for _, want, _ in seen]
+    assert all(min_rtt is not None for _, _, min_rtt in seen)
+
+
 def test_probe_rtt_every_ten_seconds_takes_the_estimate_again() -> None:
     """The fake network, draft 4.3.4: a bulk transfer through a queue that never empties
     visits PROBE_RTT ten seconds after its min-RTT estimate was last seen, and every ten

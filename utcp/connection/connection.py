@@ -328,7 +328,7 @@ class Connection:
             loss=self._loss,
             pmtud=self._pmtud,
             limits=self._limits,
-            pacing_rate=self._pacer.rate,
+            pacing_rate=self._pacer.rate_for(self._loss.cc, self._loss.rtt.srtt),
         )
 
     @property
@@ -1108,4 +1108,5 @@ class Connection:
             cc = self._loss.cc
             self._trace.cwnd(cc, self._loss.scoreboard.pipe)
             if cc.phase:
-                self._trace.cc_state(cc, self._pacer.rate)
+                rtt = self._loss.rtt
+                self._trace.cc_state(cc, self._pacer.rate_for(cc, rtt.srtt), rtt.min_rtt)

@@ -52,15 +52,10 @@ class Pacer:
     def update(self, cc: CongestionController, srtt: float | None, mss: int, now: float) -> None:
         """Take the controller's rate (or the default one from cwnd and the smoothed RTT) and
         refill the bucket for the time since the last update."""
-        if not self.enabled:
+        rate = self.rate_for(cc, srtt)
+        if rate == 0.0:
+            self.rate = 0.0
             return
-        rate = cc.pacing_rate
-        if rate is None:
-            if not srtt or not self.default_rate:
-                self.rate = 0.0
-                return
-            gain = _SLOW_START_GAIN if cc.cwnd < cc.ssthresh else _AVOIDANCE_GAIN
-            rate = gain * cc.cwnd / srtt
         depth = burst_bytes(rate, mss)
         if cc.in_slow_start and depth < SLOW_START_BURST_SEGMENTS * mss:
             depth = float(SLOW_START_BURST_SEGMENTS * mss)
@@ -73,6 +68,19 @@ class Pacer:
         self.rate = rate
         self._depth = depth
         self._last = now
+
+    def rate_for(self, cc: CongestionController, srtt: float | None) -> float:
+        """The rate the next ``update`` takes: the controller's, or the default one from
+        cwnd and the smoothed RTT; 0.0 when not pacing."""
+        if not self.enabled:
+            return 0.0
+        rate = cc.pacing_rate
+        if rate is None:
+            if not srtt or not self.default_rate:
+                return 0.0
+            gain = _SLOW_START_GAIN if cc.cwnd < cc.ssthresh else _AVOIDANCE_GAIN
+            return gain * cc.cwnd / srtt
+        return rate
 
     def may_send(self, n: int) -> bool:
         """Whether ``n`` bytes may leave now (borrowing at most one quantum ahead)."""

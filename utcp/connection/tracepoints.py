@@ -80,14 +80,17 @@ class TracePoints:
             ssthresh = cc.ssthresh if cc.ssthresh < SSTHRESH_UNBOUNDED else None
             self.event("cwnd_changed", {"cwnd": cc.cwnd, "ssthresh": ssthresh, "in_flight": pipe})
 
-    def cc_state(self, cc: CongestionController, pacing_rate: float) -> None:
+    def cc_state(
+        self, cc: CongestionController, pacing_rate: float, path_min_rtt: float | None
+    ) -> None:
         """Report a controller's state (``cc_state``) when its phase changed, or when an
-        estimate of its model (the pacing rate, 0.0 when not pacing; the bandwidth; the min
-        RTT) moved by more than ``MODEL_REPORT_SHARE`` since the last report: a plot then
-        follows the model between phase changes too."""
+        estimate of its model (the pacing rate the next segment leaves at, 0.0 when not
+        pacing; the bandwidth; the min RTT, the path's smallest while the model has none, as
+        in the stats) moved by more than ``MODEL_REPORT_SHARE`` since the last report: a plot
+        then follows the model between phase changes too."""
         pacing = pacing_rate if pacing_rate else None
         bw = cc.bandwidth
-        min_rtt = cc.min_rtt
+        min_rtt = cc.min_rtt if cc.min_rtt is not None else path_min_rtt
         if (
             cc.phase == self.phase_reported
             and not _moved(self.pacing_reported, pacing)
