@@ -421,6 +421,49 @@ def test_write_after_a_reset_is_dropped_and_drain_raises(run: Runner) -> None:
         run(main(stack))
 
 
+class LostSignal(asyncio.Protocol):
+    """Keeps its transport; ``lost`` resolves at ``connection_lost``."""
+
+    def __init__(self) -> None:
+        self.transport: Any = None
+        self.lost: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost.set_result(exc)
+
+
+@pytest.mark.parametrize("end", ["close", "abort", "peer_abort"])
+def test_a_transport_lets_its_protocol_go_after_connection_lost(run: Runner, end: str) -> None:
+    """After ``connection_lost`` the transport holds its protocol no more: ``get_protocol()``
+    is None, as on asyncio's and uvloop's TCP transports (utcp's kept it, and with it whatever
+    the protocol held, for as long as the transport was referenced)."""
+
+    async def main(stack: Stack) -> None:
+        served = Collector(LostSignal)
+        server = await stack.create_server(served, HOST, 0)
+        transport, protocol = await stack.create_connection(LostSignal, HOST, server_port(server))
+        peer = await served.first()
+        if end == "close":
+            transport.close()
+        elif end == "abort":
+            transport.abort()
+        else:
+            peer.transport.abort()
+        async with deadline(10, "connection_lost"):
+            await protocol.lost
+            await peer.lost
+        assert transport.get_protocol() is None
+        assert peer.transport.get_protocol() is None
+        server.close()
+        await server.wait_closed()
+
+    for stack in BOTH:
+        run(main(stack))
+
+
 def test_after_both_sides_write_eof_the_transport_stays_open_until_close(run: Runner) -> None:
     """Both FINs sent and acknowledged: as a TCP socket, the transport is not closing, drain()
     returns, reads give EOF, write() is misuse; close() and wait_closed() then finish."""

@@ -165,7 +165,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self._lease.release()
         _log.debug("transport_closed", reason="fin_acknowledged")
         self._endpoint.transport_released(self._handle)
-        self._loop.call_soon(self._call, self._protocol.connection_lost, None)
+        self._loop.call_soon(self._tell_lost, None)
 
     def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
         """Hand the connection to ``protocol``; while writing is paused it is told so unless
@@ -412,7 +412,8 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         transports do."""
         protocol = self._protocol
         if protocol is None:
-            self._pending.append(data)
+            if not self._lost:  # not yet attached (after connection_lost: nobody to tell)
+                self._pending.append(data)
             return
         if self._closing:
             # close() promised no more data. Like a closed TCP socket that gets data (RFC 1122
@@ -469,7 +470,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
     def deliver_eof(self) -> None:
         """The peer's FIN: to the protocol's ``eof_received``."""
         if self._protocol is None:
-            self._pending_eof = True
+            self._pending_eof = not self._lost
             return
         if self._closing:
             return  # after close() only connection_lost follows, as on asyncio's transports
@@ -506,6 +507,12 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self._lost = True
         self._closing = True
         self._lease.release()
-        self._endpoint.call_when_released(
-            self._call, self._protocol.connection_lost, exc, finished=self._conn.is_finished
-        )
+        self._endpoint.call_when_released(self._tell_lost, exc, finished=self._conn.is_finished)
+
+    def _tell_lost(self, exc: BaseException | None) -> None:
+        """``connection_lost(exc)``; then the transport lets its protocol go, as asyncio's
+        transports do (``get_protocol()`` is None from here on)."""
+        try:
+            self._call(self._protocol.connection_lost, exc)
+        finally:
+            self._protocol = None
