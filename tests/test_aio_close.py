@@ -295,6 +295,38 @@ def test_a_port_held_by_a_server_of_a_closed_loop_is_rebound_or_refused_plainly(
     run(again())
 
 
+def test_a_dead_loops_lingering_server_lets_its_socket_go_when_another_lingers() -> None:
+    """Servers closed with a connection winding down, each in an event loop then closed
+    without shutting down: each kept its socket for the life of the process.  Now the next
+    server to linger lets the dead loops' go (their fast-path sockets are closed)."""
+
+    async def linger() -> socket.socket:
+        server = await utcp.start_server(CloseFirst(), HOST, 0)
+        held = server.endpoint.transport.get_extra_info("socket")
+        reader, _writer = await utcp.open_connection(HOST, server_port(server))
+        assert await reader.read() == b"bye"
+        await wait_until(
+            lambda: [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2],
+            "the server's side in FIN_WAIT_2",
+        )
+        server.close()
+        await server.wait_closed()
+        return held  # type: ignore[no-any-return]
+
+    held = []
+    for _ in range(2):
+        loop = asyncio.new_event_loop()
+        try:
+            held.append(loop.run_until_complete(linger()))
+        finally:
+            loop.close()
+    if not isinstance(held[0], socket.socket):
+        pytest.skip("asyncio's transport cannot close without its loop (portable path)")
+    assert held[0].fileno() == -1  # closed when the second lingered
+    assert held[1].fileno() != -1
+    held[1].close()
+
+
 def test_closing_a_server_resets_handshakes_under_way(run: Runner) -> None:
     """A client sends its SYN, gets the SYN-ACK and is gone: the handshake was never handed to
     the application, so the closed server resets it (after HANDSHAKE_GRACE_S, in which a

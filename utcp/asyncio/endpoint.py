@@ -90,6 +90,14 @@ async def release_port(family: int, port: int) -> bool:
     return bool(found) or released
 
 
+def _forget_dead_loops() -> None:
+    """Let go of the lingering endpoints whose event loop was closed without shutting down:
+    they would hold their sockets (and the registry them) for as long as the process runs."""
+    for ep in list(_LINGERING.values()):
+        if ep.loop_closed():
+            ep.abandon()
+
+
 def _no_socket(datagrams: list[bytes], addr: Address) -> None:
     """The sender before the socket is made (``_send_burst`` checks the transport first)."""
 
@@ -720,6 +728,7 @@ class Endpoint:
         if not core.connection_count:
             self._close_socket()
         else:
+            _forget_dead_loops()
             _LINGERING[id(self)] = self
 
     def bound_to(self, family: int, port: int) -> bool:
