@@ -474,6 +474,42 @@ def test_starttls_with_a_bad_certificate_fails_as_over_tcp(run: Runner, pki: Pki
     run(main())
 
 
+class Silent(asyncio.Protocol):
+    """Takes the connection and never answers (a peer that ignores a ClientHello)."""
+
+
+@pytest.mark.parametrize("how", ["cancelled", "timeout"])
+def test_a_starttls_given_up_mid_handshake_still_ends_the_stream(
+    run: Runner, pki: Pki, how: str
+) -> None:
+    """``start_tls()`` cancelled (or timed out by ``asyncio.timeout``) while the peer has not
+    answered: the stream's ``wait_closed()`` returns once the close is done, as on uvloop's
+    TCP (it waited for ever: asyncio's TLS layer, still in its handshake, told the stream's
+    protocol nothing of the connection's end)."""
+
+    async def main() -> None:
+        server = await utcp.create_server(Silent, HOST, 0)
+        _reader, writer = await utcp.open_connection(HOST, server_port(server))
+        upgrade = writer.start_tls(pki.client_context(), server_hostname=SERVER_NAME)
+        if how == "cancelled":
+            task = asyncio.ensure_future(upgrade)
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        else:
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await upgrade
+        assert writer.transport.is_closing()
+        async with deadline(10, "the given-up upgrade's wait_closed()"):
+            await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 def test_a_buffered_protocol_with_a_bytearray_gets_every_byte_over_tls(
     run: Runner, pki: Pki
 ) -> None:
@@ -788,6 +824,40 @@ def test_client_endpoint_opens_tls_connections(run: Runner, pki: Pki) -> None:
         async with server:
             await handlers.wait_finished(4)
         assert handlers.errors == []
+
+    run(main())
+
+
+@pytest.mark.parametrize("bad", ["server_context", "hostname"])
+def test_a_tls_layer_that_cannot_start_leaves_no_connection_behind(
+    run: Runner, pki: Pki, bad: str
+) -> None:
+    """asyncio's TLS layer refuses a server-side context or a malformed server name only
+    when it is made, after the utcp connection is up: the open call raised, but the
+    connection stayed established, its socket open, the server holding it as a handshake
+    under way (``wait_closed()`` took ``ssl_handshake_timeout``), and a client endpoint's
+    ``wait_closed()`` never returned."""
+    kwds: dict[str, Any] = (
+        {"ssl": pki.server_context(), "server_hostname": SERVER_NAME}
+        if bad == "server_context"
+        else {"ssl": pki.client_context(), "server_hostname": ".localhost"}
+    )
+
+    async def main() -> None:
+        server = await utcp.start_server(echo, HOST, 0, ssl=pki.server_context())
+        port = server_port(server)
+        with pytest.raises((ssl.SSLError, ValueError)):
+            await utcp.open_connection(HOST, port, **kwds)
+        client = await utcp.create_client_endpoint(local_addr=(HOST, 0))
+        with pytest.raises((ssl.SSLError, ValueError)):
+            await client.open_connection(HOST, port, **kwds)
+        async with deadline(10, "the client endpoint closing"):
+            client.close()
+            await client.wait_closed()
+        async with deadline(10, "the server closing"):  # its handshake timeout is 60 s
+            await wait_until(lambda: not server.endpoint.handles(), "both connections gone")
+            server.close()
+            await server.wait_closed()
 
     run(main())
 

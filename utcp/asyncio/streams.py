@@ -177,9 +177,11 @@ async def _connect_on(
         return transport, protocol
     loop = asyncio.get_running_loop()
     waiter: asyncio.Future[None] = loop.create_future()
-    ssl_protocol = tls.protocol(loop, protocol, waiter, server_side=False)
-    transport.attach(ssl_protocol)
     try:
+        # asyncio's TLS layer makes its SSL object here: a context or server name it cannot
+        # use raises before any handshake, and the connection must not outlive the error.
+        ssl_protocol = tls.protocol(loop, protocol, waiter, server_side=False)
+        transport.attach(ssl_protocol)
         await waiter
     except BaseException as exc:
         transport.abort()

@@ -117,6 +117,22 @@ class _SSLProtocol(sslproto.SSLProtocol):
     loop."""
 
     _app_protocol_get_buffer: Callable[[int], Any]
+    # A STARTTLS given up before its handshake finished (cancelled, timed out): the
+    # application's protocol, which had its connection_made on the plain transport, hears of
+    # the connection's end, which asyncio's layer tells nobody while in its handshake.
+    tell_app_when_lost = False
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        app = self._app_protocol
+        layer: Any = sslproto  # its states are not in the type stubs
+        state, app_state = self._state, self._app_state  # type: ignore[attr-defined]
+        told = state != layer.SSLProtocolState.DO_HANDSHAKE and app_state in (
+            layer.AppProtocolState.STATE_CON_MADE,
+            layer.AppProtocolState.STATE_EOF,
+        )
+        super().connection_lost(exc)
+        if self.tell_app_when_lost and not told and app is not None:
+            self._loop.call_soon(app.connection_lost, exc if isinstance(exc, Exception) else None)
 
     def _set_app_protocol(self, app_protocol: asyncio.BaseProtocol) -> None:
         super()._set_app_protocol(app_protocol)
@@ -208,6 +224,8 @@ async def start_tls(
         resume.cancel()
         if _lost_in_handshake(ssl_protocol):
             loop.call_soon(protocol.connection_lost, exc if isinstance(exc, Exception) else None)
+        elif isinstance(ssl_protocol, _SSLProtocol):
+            ssl_protocol.tell_app_when_lost = True  # the end comes once the close is done
         raise
     return app_transport(ssl_protocol)
 
