@@ -16,6 +16,7 @@ import utcp
 from tests.aio_helpers import (
     HOST,
     Runner,
+    deadline,
     make_run_fixture,
     seeded_bytes,
     server_port,
@@ -373,6 +374,65 @@ def test_a_protocol_paused_in_data_received_gets_no_eof_until_it_resumes(run: Ru
         assert bytes(peer.data) == b"x" * 100
         peer.transport.close()
         assert await client.lost is None
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
+@pytest.mark.parametrize("order", ["peer_first", "we_first"])
+def test_data_held_for_a_paused_reader_outlives_the_end_of_the_connection(
+    run: Runner, order: str
+) -> None:
+    """A paused reader holds data and the peer's FIN; both sides' FINs are acknowledged
+    (at once when we write EOF second, after TIME_WAIT when we write it first) and the
+    connection ends underneath.  Reading resumed afterwards gets every byte, then the EOF,
+    as a closed TCP socket's receive queue is still read to its end.  The ended connection
+    was no longer served: the reader got nothing more, while the peer's wait_closed() had
+    said every byte was delivered."""
+    size = 300 * KIB
+    quick = Config(msl_s=0.2)  # TIME_WAIT 0.4 s
+
+    class PauseAfterSome(Recorder):
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if len(self.data) > 50 * KIB:
+                self.transport.pause_reading()
+
+    class WritesOnAfterEof(Recorder):
+        def eof_received(self) -> bool:
+            super().eof_received()
+            return True  # half-closed: our writing goes on
+
+    async def main() -> None:
+        factory = Factory(PauseAfterSome)
+        server = await utcp.create_server(factory, HOST, 0, config=quick)
+        transport, client = await utcp.create_connection(
+            WritesOnAfterEof, HOST, server_port(server)
+        )
+        peer = await factory.first()
+        if order == "we_first":
+            peer.transport.write_eof()
+            await client.eof
+        payload = seeded_bytes(7, size)
+        transport.write(payload)
+        transport.write_eof()
+        conn = transport.get_extra_info("connection")
+        await wait_until(lambda: conn.fin_acknowledged, "everything acknowledged")
+        if order == "peer_first":
+            peer.transport.write_eof()
+        mine = peer.transport.get_extra_info("connection")
+        await wait_until(lambda: mine.state is S.CLOSED, "the server's side ended")
+        assert len(peer.data) < size
+        peer.transport.resume_reading()
+        async with deadline(10, "the held data and the EOF"):
+            while not peer.eof.done():
+                peer.transport.resume_reading()  # pausing again as it goes
+                await asyncio.sleep(0.01)
+        assert bytes(peer.data) == payload
+        peer.transport.close()
+        assert await peer.lost is None
+        transport.close()
         server.close()
         await server.wait_closed()
 

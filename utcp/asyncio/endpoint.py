@@ -496,6 +496,11 @@ class Endpoint:
         handle.flush_scheduled = False
         if self._core.route_for(handle.conn.local_cid) is handle:
             self.service(handle)
+        elif handle.forgotten and handle.conn.has_events:
+            # The connection ended (both FINs acknowledged) while its reader was paused:
+            # what it held comes when reading resumes, then the EOF, as a closed TCP
+            # socket's receive queue is still read to its end.
+            self._dispatch_events(handle)
 
     def service(self, handle: ConnectionHandle) -> None:
         """After any input: deliver events, send datagrams, re-arm the timer.
