@@ -234,6 +234,24 @@ def test_the_endpoint_budget_stops_growth_and_comes_back_at_the_end() -> None:
     assert config.buffer_budget.used == 0
 
 
+@pytest.mark.parametrize("end", ["peer_reset", "abort"])
+def test_the_growth_comes_back_when_the_connection_ends_without_a_fin(end: str) -> None:
+    """A reset or an abort ends the connection without the peer's FIN: the window's growth
+    goes back to the budget then, while the application still holds the connection.  It
+    came back only when the connection was freed: a server keeping its aborted connections
+    referenced held the budget, and later connections' windows could not grow."""
+    config = PATH.replace(endpoint_buffer_bytes=4 * MIB)
+    net = long_fat_path(config)
+    a, b = establish(net)
+    a.send(bytes(16 * MIB))
+    net.run_for(1.5)
+    assert config.buffer_budget.used > 0
+    (a if end == "peer_reset" else b).abort()
+    net.run_for(0.5)
+    assert b.is_finished
+    assert config.buffer_budget.used == 0
+
+
 def test_autotuning_off_keeps_the_fixed_window() -> None:
     config = PATH.replace(recv_autotune=False, recv_buffer_bytes=512 * KIB)
     assert transfer(config, 4 * MIB).largest_window == 512 * KIB

@@ -167,7 +167,8 @@ class Config:
     their buffers by, together: receive windows beyond ``recv_window_initial_bytes`` and
     high-water marks beyond ``send_buffer_bytes``.  Past it, windows and marks stop growing
     (they never shrink for it); a connection gives its share back when its peer's FIN arrives
-    (receive) or the application is done with it (send), at the latest when it is freed."""
+    or it ends (receive) or the application is done with it (send), at the latest when it is
+    freed."""
 
     delayed_ack_s: float = 0.040
     """Longest an acknowledgement may be held back (RFC 9293 section 3.8.6.3)."""

@@ -1072,6 +1072,10 @@ class Connection:
             return
         check_transition(old, new)
         self._state = new
+        if new is CLOSED:
+            # Reset, aborted, timed out or done: the window's growth goes back to the
+            # endpoint now, not when the application lets go of the connection.
+            self._rcv.release_lease()
         self._log.debug("state_changed", old=old.value, new=new.value)
         if self._trace.tracer is not None:
             self._trace.event("state_changed", {"old": old.value, "new": new.value})

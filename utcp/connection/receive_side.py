@@ -245,6 +245,15 @@ class ReceiveSide:
         else:
             self._events.append(DataReceived(data))
 
+    def release_lease(self) -> None:
+        """Nothing more will arrive (the peer's FIN, or the connection's end): the window's
+        growth goes back to the endpoint's budget."""
+        lease = self._lease
+        if lease is not None:
+            lease.release()
+            self._lease = None
+            self._rtt_mark = _NO_MARK
+
     def take_next(self, payload: bytes | memoryview, now: float) -> None:
         """The next bytes in order, known to fit the window, with nothing out of order held
         (header prediction's case): deliver them and schedule the ACK."""
@@ -330,11 +339,7 @@ class ReceiveSide:
             self.nxt += 1
             self.ack_now = True
             result |= TAKE_FIN
-            if self._lease is not None:
-                # Nothing more will arrive: the window's growth goes back to the endpoint.
-                self._lease.release()
-                self._lease = None
-                self._rtt_mark = _NO_MARK
+            self.release_lease()  # nothing more will arrive
         else:
             self.delay_ack(now)
         return result
