@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from tests.helpers import establish, pair
+from tests.helpers import BottleneckLink, establish, pair
 from utcp.config import Config
 from utcp.connection.control import Control
 from utcp.connection.counters import Counters
@@ -314,3 +314,27 @@ def test_an_idle_connection_after_a_transfer_stays_quiet() -> None:
     assert sent.count("a") <= 6, sent
     assert sent.count("b") <= 6, sent
     assert a.state is b.state is ESTABLISHED
+
+
+def test_a_transfer_survives_an_outage_its_backed_off_timer_would_outlast() -> None:
+    """Everything is lost both ways for 20 s in the middle of a transfer, then the path is
+    back.  The retransmission timer, backed off to 15 s and more, would first fire after the
+    idle timeout (30 s after the peer was last heard); one retransmission now leaves before
+    it, is answered, and the transfer completes.  The connection used to end with
+    ``TimeoutError`` ten seconds after the path had come back.  The receiver sends no
+    keepalive of its own, so nothing but the sender's timer can find the path again."""
+    links = [BottleneckLink(delay_s=0.02, rate_bps=5e6) for _ in range(2)]
+    quiet = Config(keepalive_idle_s=None, keepalive_stall_s=None)
+    net = pair(config_b=quiet, a_to_b=links[0], b_to_a=links[1])
+    a, b = establish(net)
+    start = net.now
+    for link in links:
+        link.blackhole = (start + 1.0, start + 21.0)
+    size = 2_000_000
+    a.send(bytes(size))
+    net.run(
+        until=lambda: len(net.b.received) >= size or a.close_reason is not None,
+        max_time=120,
+    )
+    assert a.close_reason is None and b.close_reason is None
+    assert net.b.received == bytes(size)

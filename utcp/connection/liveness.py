@@ -50,7 +50,6 @@ class Liveness:
         counters: Counters,
         log: Any,
     ) -> None:
-        self.last_activity = 0.0  # when the peer was last heard from (or connect() called)
         self.keepalive_probes = 0  # unanswered in a row
         self.stall_probed_at = -1.0  # last_activity when the stall probe went out
         # ICMP port unreachable for this connection (RFC 5927 checks passed): when the first
@@ -74,6 +73,16 @@ class Liveness:
         self._control = control
         self._dl = deadlines
         self._log = log
+
+    @property
+    def last_activity(self) -> float:
+        """When the peer was last heard from (or ``connect()`` called).  Kept by the loss
+        recovery, whose retransmission timer is fitted before the idle timeout."""
+        return self._loss.heard_at
+
+    @last_activity.setter
+    def last_activity(self, at: float) -> None:
+        self._loss.heard_at = at
 
     def heard(self, now: float) -> None:
         """An acceptable segment arrived: the peer is alive and synchronized."""

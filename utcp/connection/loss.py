@@ -87,6 +87,11 @@ class LossRecovery:
         self._tail_loss_probe = config.tail_loss_probe
         self._delayed_ack_s = config.delayed_ack_s
         self._user_timeout_s = config.user_timeout_s
+        self._idle_timeout_s = config.idle_timeout_s
+        self._rto_min_s = config.rto_min_s
+        # When the peer was last heard from (``Liveness.last_activity``): the idle timeout
+        # runs from it, and the retransmission timer is fitted before that.
+        self.heard_at = 0.0
         self._snd = snd
         self._opts = opts
         self._dl = deadlines
@@ -373,7 +378,7 @@ class LossRecovery:
         self.tlp_sent = False
         if len(sb):
             self.oldest_unacked_since = now
-            self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+            self._dl.rto = self.rto_deadline(now)
             self.arm_tlp(now)
         else:
             self._dl.rto = self._dl.tlp = self._dl.reorder = None
@@ -479,31 +484,44 @@ class LossRecovery:
         """The oldest unacknowledged segment was sent again: its retransmission timer starts
         over, as Linux's does, so that RACK, which finds each loss of it in turn while later
         data is delivered, is not overtaken by a timeout measured from the first sending."""
-        self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+        self._dl.rto = self.rto_deadline(now)
 
     def after_send(self, now: float) -> None:
         """Segments went out: arm the retransmission and tail-loss timers."""
         if self.oldest_unacked_since is None:
             self.oldest_unacked_since = now
         if self._dl.rto is None:
-            self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+            self._dl.rto = self.rto_deadline(now)
         if not self.tlp_sent:
             self.arm_tlp(now)
 
-    def cap_to_user_timeout(self, at: float) -> float:
-        """A retransmission deadline, no later than the user timeout allows (the timer then
-        fires at the timeout and ends the connection)."""
+    def rto_deadline(self, now: float) -> float:
+        """When the retransmission timer armed now fires: an RTO (backoff included) out, no
+        later than the user timeout allows (the timer then fires at the timeout and ends the
+        connection).  And when the backed-off timer would first fire after the idle timeout,
+        it fires early enough for one more retransmission to be answered before it (an RTO
+        without backoff ahead): otherwise a path back after an outage of 16 to 30 s (a
+        roaming client, a rebooting router) was never tried again, and the idle timeout ended
+        the connection with the path long back.  (QUIC keeps its idle timeout at least three
+        probe timeouts long instead, which also delays finding a vanished peer by minutes.)"""
+        rtt = self.rtt
+        at = now + rtt.rto
         ut = self._user_timeout_s
         since = self.oldest_unacked_since
         if ut is not None and since is not None and since + ut < at:
             return since + ut
+        idle = self._idle_timeout_s
+        if idle is not None and self._dl.idle is not None:  # the idle timer runs
+            last = self.heard_at + idle - max(rtt.base_rto, self._rto_min_s)
+            if now < last < at:
+                return last
         return at
 
     def user_timeout_expired(self, now: float) -> bool:
         """Whether the oldest unacknowledged data has waited ``user_timeout_s``."""
         ut = self._user_timeout_s
         since = self.oldest_unacked_since
-        # The same sum cap_to_user_timeout arms the timer at: ``now - since >= ut`` can round
+        # The same sum rto_deadline arms the timer at: ``now - since >= ut`` can round
         # below ``ut`` at exactly that deadline and let the timer fire again and again.
         return ut is not None and since is not None and now >= since + ut
 
@@ -540,7 +558,7 @@ class LossRecovery:
             # New data waits and the peer's window has room: the probe is one segment of
             # it (RFC 8985 section 7.3), which reveals a tail loss as well and repairs none.
             self.probe_new_data = True
-            self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+            self._dl.rto = self.rto_deadline(now)
             self._log.debug("tail_loss_probe", seq=snd.wire_seq(snd.nxt), new_data=True)
             return
         self.tlp_high = snd.max
@@ -548,7 +566,7 @@ class LossRecovery:
         if self._trace.tracer is not None:
             self._trace.losses(sb, self._snd, "tlp")
         self.rexmit_now = True
-        self._dl.rto = self.cap_to_user_timeout(now + self.rtt.rto)
+        self._dl.rto = self.rto_deadline(now)
         self._log.debug("tail_loss_probe", seq=self._snd.wire_seq(last.start))
 
     def on_timeout(self, now: float) -> None:

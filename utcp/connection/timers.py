@@ -136,7 +136,7 @@ class TimerHandlers:
             cwnd=loss.cc.cwnd,
             backoff=rtt.backoff,
         )
-        self._dl.rto = loss.cap_to_user_timeout(now + rtt.rto)
+        self._dl.rto = loss.rto_deadline(now)
         return None
 
     def _check_black_hole(self, now: float) -> None:
