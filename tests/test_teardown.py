@@ -133,6 +133,37 @@ def test_last_ack_with_a_vanished_peer_ends_after_fin_retries(acked: bool) -> No
     assert resets == ([] if acked else [(net.now, RST_ACK)]), f"seed={SEED}"
 
 
+def test_an_orphan_whose_peer_never_opens_its_window_gives_up() -> None:
+    """The server writes 1 MB and closes for good (an orphan); the client is alive and
+    answers every window probe but never reads.  Once the probes have backed off to
+    ``rto_max_s`` the orphan gives up with a reset, about two minutes on, holding nothing
+    more; it used to probe for ever, keeping the rest of the response.  A client that still
+    holds its end (not an orphan) keeps probing a closed window as long as it is answered."""
+    net = pair()
+    a, b = establish(net)
+    a.pause_reading()
+    b.send(bytes(1_000_000))
+    net.run(until=lambda: b.stats.send_window_bytes == 0 and b.stats.bytes_in_flight == 0)
+    b.orphan(now=net.now)
+    start = net.now
+    net.run(until=lambda: b.is_finished, max_time=600)
+    assert b.close_reason is CloseReason.TIMEOUT
+    assert 60 < net.now - start < 300
+    net.run_for(1.0)
+    assert a.close_reason is CloseReason.RESET
+
+
+def test_a_closed_window_to_a_live_reader_is_probed_for_as_long_as_it_lasts() -> None:
+    net = pair()
+    a, b = establish(net)
+    a.pause_reading()
+    b.send(bytes(1_000_000))
+    net.run_for(600)
+    assert b.state is S.ESTABLISHED and a.state is S.ESTABLISHED
+    a.resume_reading()
+    net.run(until=lambda: len(net.a.received) == 1_000_000)
+
+
 # ------------------------------------------------------------------------------ 2. TIME_WAIT
 
 

@@ -626,7 +626,7 @@ class Connection:
             return self._teardown.on_fin_wait_2() if st is FIN_WAIT_2 else None
         elif timer == PERSIST:
             if self._snd.window_closed() and not len(self._loss.scoreboard):
-                return self._timers.on_persist(now)
+                return self._timers.on_persist(now, self._teardown.orphaned)
         elif timer == KEEPALIVE:
             return self._live.on_keepalive(now, st in CAN_RECEIVE) if st is not TIME_WAIT else None
         elif timer == IDLE:

@@ -153,13 +153,28 @@ class TimerHandlers:
         if pm.on_black_hole(size, now=now):
             self._sender.apply_pmtu("black_hole")
 
-    def on_persist(self, now: float) -> CloseReason | None:
+    def on_persist(self, now: float, orphaned: bool) -> CloseReason | None:
         """The persist timer expired (window still closed, nothing in flight): probe the
-        zero window, or give up after too many probes."""
+        zero window, or give up after too many unanswered probes.  An orphan (the
+        application has closed) whose peer answers but never opens its window gives up once
+        its probes have backed off to ``rto_max_s``, about two minutes with the defaults, as
+        Linux bounds an orphaned socket's window probes (tcp_orphan_retries): otherwise a
+        client that asked for a large response and never read it held the rest of the
+        response on the server for ever."""
         snd = self._snd
+        cfg = self._cfg
         snd.persist_probes += 1
-        if snd.persist_probes > self._cfg.max_retransmits:
+        if snd.persist_probes > cfg.max_retransmits:
             self._log.info("window_probe_timeout", probes=snd.persist_probes)
+            self._control.need_rst = True
+            return CloseReason.TIMEOUT
+        backoff = snd.persist_backoff
+        if (
+            orphaned
+            and backoff >= cfg.fin_retries
+            and self._loss.rtt.rto * (1 << backoff) >= cfg.rto_max_s
+        ):
+            self._log.info("orphan_window_timeout", backoff=backoff)
             self._control.need_rst = True
             return CloseReason.TIMEOUT
         self._control.send_probe = True
