@@ -506,6 +506,49 @@ def test_a_healthy_idle_connection_stays_up_for_ten_minutes_with_few_probes() ->
     assert _sent(net, "a", _is_rst) == _sent(net, "b", _is_rst) == []
 
 
+def test_probes_from_a_live_peer_are_answered_not_counted_as_drops() -> None:
+    """Keepalive probes between two live peers, and window probes to a reader that does not
+    read: each is answered, and none is counted as a dropped datagram or a challenge ACK
+    (they were, every one: to monitoring a quiet server looked under constant attack, and a
+    probe arriving within ``challenge_ack_interval_s`` of another went unanswered)."""
+    net = _net(DEFAULTS, DEFAULTS)
+    a, b = establish(net)
+    net.run_for(120.0)
+    b.pause_reading()
+    a.send(bytes(200_000))
+    net.run_for(120.0)
+    assert (a.state, b.state) == (S.ESTABLISHED, S.ESTABLISHED)
+    for side in (a, b):
+        assert side.stats.drops == {} and side.stats.challenge_acks == 0
+    b.resume_reading()
+    net.run(until=lambda: len(net.b.received) == 200_000)
+
+
+def test_a_probe_acknowledging_new_data_moves_the_sender_on() -> None:
+    """A receiver probing a sender that fell silent mid-transfer (its stall probe, after an
+    outage) acknowledges in the probe what arrived before the silence, its ACKs of it lost:
+    the sender takes that acknowledgement and moves on, rather than waiting for its
+    backed-off timer.  The probe's acknowledgement used to be dropped with it."""
+    net = _net(DEFAULTS, DEFAULTS)
+    a, _b = establish(net)
+    net.links["b"].drop = lambda i, p: not p.payload  # b's ACKs are lost
+    a.send(bytes(5_000))
+    net.run(until=lambda: len(net.b.received) == 5_000)
+    assert a.stats.bytes_in_flight > 0
+    last_ack = _sent(net, "b")[-1].packet
+    probe = Packet(
+        src_cid=last_ack.src_cid,
+        dst_cid=last_ack.dst_cid,
+        seq=(last_ack.seq - 1) & 0xFFFFFFFF,
+        ack=last_ack.ack,
+        flags=Flag.ACK,
+        window=last_ack.window,
+    )
+    a.receive_datagram(encode(probe), now=net.now)
+    assert a.stats.bytes_in_flight == 0
+    assert a.stats.drops == {} and a.stats.challenge_acks == 0
+
+
 # ------------------------------------------------------------------------------ 5. ICMP
 
 

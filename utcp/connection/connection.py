@@ -818,17 +818,22 @@ class Connection:
                     rcv.dsack = (seg_pos, seg_pos + len(payload))
                 rcv.ack_now = True
                 self._drop(DropReason.OUT_OF_WINDOW)
+            elif (
+                flags == _ACK
+                and seg_pos == rcv.nxt - 1
+                and self._ack_plausible(self._snd.position(p.ack))
+            ):
+                # A keepalive or window probe (SEQ = RCV.NXT - 1, nothing in it), its ACK
+                # within what we sent: the peer is there as surely as an acceptable segment
+                # shows it (a forger needs the sequence number exactly), so it counts as
+                # hearing from the peer (one side's probes keep a quiet connection alive on
+                # both), its acknowledgement is taken (a receiver probing a sender silent
+                # mid-transfer acknowledges what arrived before the silence) and it is
+                # answered: neither a drop nor a challenge.
+                self._live.heard(now)
+                rcv.ack_now = True
+                self._rx_ack(p, seg_pos, now)
             else:
-                if (
-                    flags == _ACK
-                    and seg_pos == rcv.nxt - 1
-                    and p.ack == self._snd.wire_seq(self._snd.max)
-                ):
-                    # A keepalive probe (SEQ = RCV.NXT - 1) acknowledging all we sent: the
-                    # peer is there as surely as an acceptable segment shows it (a forger
-                    # needs both numbers exactly), so it counts as hearing from the peer and
-                    # one side's probes keep a quiet connection alive on both.
-                    self._live.heard(now)
                 self._challenge(now, DropReason.OUT_OF_WINDOW)
             return
         if not flags & _ACK:
@@ -879,8 +884,7 @@ class Connection:
             self._events.append(ConnectionEstablished())
             if p.flags & _SYN:
                 self._rcv.ack_now = True
-        # RFC 5961 section 5.2: ACKs of data never sent, or far too old, are dropped.
-        if ack_pos > snd.max or ack_pos < snd.una - max(snd.max_wnd, 1 << 16):
+        if not self._ack_plausible(ack_pos):
             self._challenge(now, DropReason.OUT_OF_WINDOW)
             return False
         loss.on_ack(p, ack_pos, now)
@@ -889,6 +893,11 @@ class Connection:
         if fin_pos is not None and ack_pos > fin_pos:
             self._on_fin_acked(now)
         return True
+
+    def _ack_plausible(self, ack_pos: int) -> bool:
+        """RFC 5961 section 5.2: an ACK of data never sent, or far too old, is dropped."""
+        snd = self._snd
+        return snd.una - max(snd.max_wnd, 1 << 16) <= ack_pos <= snd.max
 
     def _update_window(self, p: Packet, seg_pos: int, ack_pos: int) -> None:
         self._sender.update_window(p, seg_pos, ack_pos, self._state in SYNCHRONIZED)
