@@ -249,6 +249,26 @@ def test_discovery_converges_under_a_transfer_without_touching_congestion_contro
     assert max(later) == limit  # the size found is the size used
 
 
+def test_discovery_goes_on_while_both_sides_close_at_once() -> None:
+    """The client writes 2 MB and its EOF; the server, with nothing to send, writes its EOF
+    as soon as the first data arrives (an upload sink): the client is in CLOSING with nearly
+    all of its data still queued.  Discovery goes on there as in FIN_WAIT_1, and the rest
+    leaves in large datagrams; it stopped at the base size, the whole transfer in
+    1200-byte datagrams."""
+    limit = 1500
+    net = _path(limit)
+    a, b = conns(net)
+    data = random.Random(3).randbytes(2 << 20)
+    a.send(data)
+    a.close()
+    net.run(until=lambda: len(net.b.received) > 0)
+    b.close()
+    net.run(until=lambda: a.state is S.CLOSING)
+    net.run(until=lambda: len(net.b.received) == len(data), max_time=60)
+    assert bytes(net.b.received) == data
+    assert 1400 < a.stats.pmtu_bytes <= limit  # the search goes on near the limit
+
+
 def test_no_limit_converges_to_the_largest_udp_payload_in_a_few_rtts() -> None:
     tracer = ListTracer()
     # Keepalive and idle timers off: the test ends by checking that discovery leaves no

@@ -19,6 +19,7 @@ from ..state import (
     CAN_RECEIVE,
     CLOSE_WAIT,
     CLOSED,
+    CLOSING,
     ESTABLISHED,
     FIN_WAIT_1,
     LAST_ACK,
@@ -49,7 +50,7 @@ _SYN: Final = int(Flag.SYN)
 _RST: Final = int(Flag.RST)
 _ACK: Final = int(Flag.ACK)
 # States in which a PMTU probe may go out: ours is still a sending direction.
-_MAY_PROBE: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, LAST_ACK})
+_MAY_PROBE: Final = frozenset({ESTABLISHED, CLOSE_WAIT, FIN_WAIT_1, CLOSING, LAST_ACK})
 
 
 @final
