@@ -356,6 +356,26 @@ def test_at_max_connections_the_oldest_released_connection_makes_room() -> None:
     assert decode(rst).flags & Flag.RST
 
 
+def test_a_client_endpoint_at_max_connections_refuses_to_open_more() -> None:
+    """``max_connections`` bounds a client endpoint's connections too: an open beyond it
+    raises ConnectionRefusedError at once (it opened as many as asked), unless a connection
+    winding down without its application makes room, as on the server."""
+    net = Net()
+    client = net.add_client(CLIENT, Config(max_connections=2))
+    first, _ = _establish(net, CLIENT)
+    _establish(net, CLIENT)
+    with pytest.raises(ConnectionRefusedError, match="too many connections"):
+        client.connect(None, now=net.now)
+    assert client.connection_count == 2
+    assert client.release(first)
+    third = client.connect(None, now=net.now)
+    assert client.connection_count == 2 and first.ended
+    (event,) = [e for e in iter(client.next_event, None)]
+    assert isinstance(event, ConnectionEvicted) and event.route is first
+    net.pump()
+    assert third.conn.state is S.ESTABLISHED
+
+
 # ---------------------------------------------------------------------- anti-amplification
 
 

@@ -318,7 +318,9 @@ class Config:
 
     max_connections: int = 10_000
     """Most connections one endpoint holds (TIME_WAIT included); a SYN beyond it is refused
-    with a reset that says so, which the client raises as ConnectionRefusedError."""
+    with a reset that says so, which the client raises as ConnectionRefusedError, and an open
+    beyond it on a client endpoint raises ConnectionRefusedError at once.  Either way the
+    oldest connection winding down without its application (TIME_WAIT, say) makes room."""
 
     syn_cookies: bool = True
     """When a server's half-open backlog is full, answer SYNs statelessly with SYN cookies

@@ -13,6 +13,7 @@ deadline of its own and no ``get_timer()``.
 
 from __future__ import annotations
 
+import errno
 import secrets
 from collections.abc import Callable
 from typing import Any, Final, final
@@ -467,7 +468,14 @@ class Endpoint:
         return route
 
     def connect(self, addr: Address, *, now: float) -> Route:
-        """Start an active open towards ``addr`` (None on a connected socket)."""
+        """Start an active open towards ``addr`` (None on a connected socket).  At
+        ``max_connections`` the oldest connection winding down without its application
+        makes room, as for a SYN; with none, ``ConnectionRefusedError``."""
+        limit = self.config.max_connections
+        if len(self._routes) >= limit and not self._make_room(now):
+            raise ConnectionRefusedError(
+                errno.ECONNREFUSED, f"too many connections on this endpoint ({limit})"
+            )
         conn = Connection(self.config, local_cid=self._new_cid())
         route = self._route_factory(conn, addr, True)
         route.client = True

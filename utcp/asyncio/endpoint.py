@@ -426,6 +426,7 @@ class Endpoint:
     def connect(self, addr: Address) -> ConnectionHandle:
         """Start an active open towards ``addr`` (None on a connected socket)."""
         handle = cast(ConnectionHandle, self._core.connect(addr, now=_clock()))
+        self._core_output()  # a connection evicted to make room ends
         handle.waiter = self._loop.create_future()
         self.service(handle)
         return handle
