@@ -464,6 +464,34 @@ def test_a_transport_lets_its_protocol_go_after_connection_lost(run: Runner, end
         run(main(stack))
 
 
+def test_small_transport_calls_behave_as_on_tcp(run: Runner) -> None:
+    """Three calls that differed from asyncio's TCP: ``write()`` after ``write_eof()`` raises
+    even once the transport is closed (the bytes were dropped silently); ``is_reading()`` is
+    False after ``close()`` (it said True); ``set_write_buffer_limits()`` takes any real
+    numbers (a float raised TypeError)."""
+
+    async def main(stack: Stack) -> None:
+        served = Collector(LostSignal)
+        server = await stack.create_server(served, HOST, 0)
+        transport, protocol = await stack.create_connection(LostSignal, HOST, server_port(server))
+        transport.set_write_buffer_limits(1.5)
+        assert tuple(int(mark) for mark in transport.get_write_buffer_limits()) == (0, 1)
+        transport.set_write_buffer_limits(high=64 * KIB)
+        assert transport.is_reading()
+        transport.write_eof()
+        transport.close()
+        assert not transport.is_reading()
+        with pytest.raises(RuntimeError, match="write_eof"):
+            transport.write(b"after write_eof and close")
+        async with deadline(10, "connection_lost"):
+            await protocol.lost
+        server.close()
+        await server.wait_closed()
+
+    for stack in BOTH:
+        run(main(stack))
+
+
 def test_after_both_sides_write_eof_the_transport_stays_open_until_close(run: Runner) -> None:
     """Both FINs sent and acknowledged: as a TCP socket, the transport is not closing, drain()
     returns, reads give EOF, write() is misuse; close() and wait_closed() then finish."""

@@ -223,10 +223,11 @@ def test_transport_write_edge_cases_and_misuse(run: Runner) -> None:
         transport.write_eof()
         await client.lost
         assert bytes(client.data) == b"fedcba"
-        # As asyncio's transports: a write to a lost connection is dropped, not raised (a
-        # stream's drain() reports the connection's fate).
+        # As asyncio's transports: after write_eof() a write raises, the connection lost or
+        # not (a write to a lost connection is otherwise dropped: test_aio_contract).
         assert transport.is_closing()
-        transport.write(b"late")
+        with pytest.raises(RuntimeError, match="write_eof"):
+            transport.write(b"late")
         server.close()
         await server.wait_closed()
 

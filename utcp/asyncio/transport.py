@@ -52,7 +52,8 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self._buffered = False  # the protocol is an asyncio.BufferedProtocol
         self._loop = loop
         self._closing = False
-        self._eof_written = False
+        self._eof_written = False  # our FIN is queued (write_eof() or close())
+        self._eof_by_app = False  # write_eof() was called
         self._lost = False
         # The connection ended cleanly (both FINs) while the application kept its transport
         # open: as on a TCP socket, connection_lost waits for close().
@@ -185,7 +186,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
     # ------------------------------------------------------------------ ReadTransport
 
     def is_reading(self) -> bool:
-        return self._reading and not self._lost
+        return self._reading and not self._closing and not self._lost
 
     def pause_reading(self) -> None:
         if self._reading and not self._lost and not self._ended_open:
@@ -203,7 +204,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise TypeError(f"data must be bytes-like, not {type(data).__name__}")
-        if self._eof_written and not self._closing and not self._lost:
+        if self._eof_by_app:
             raise RuntimeError("Cannot call write() after write_eof()")
         data = byte_view(data)
         if not data:
@@ -236,6 +237,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         if self._eof_written or self._lost or self._closing:
             return
         self._eof_written = True
+        self._eof_by_app = True  # writes raise from now on, even after close(), as asyncio's
         self._conn.close()
         self._endpoint.schedule_flush(self._handle)
 
@@ -285,9 +287,10 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return (self._low_water, self._high_water)
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+    def set_write_buffer_limits(self, high: float | None = None, low: float | None = None) -> None:
         """Fix the marks, as on asyncio's transports; they win over the automatic sizing.
-        With neither given, the automatic marks come back (asyncio's "the defaults")."""
+        With neither given, the automatic marks come back (asyncio's "the defaults").  Any
+        real numbers, as asyncio takes them; the marks count whole bytes."""
         cfg = self._endpoint.config
         auto = high is None and low is None and cfg.send_buffer_max_bytes > cfg.send_buffer_bytes
         if high is None:
@@ -300,8 +303,8 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self._goal_seen = -1
         if not auto:
             self._lease.release()
-        self._high_water = high
-        self._low_water = low
+        self._high_water = int(high)
+        self._low_water = int(low)
         self.update_flow_control()
 
     def _size_limits(self) -> None:
