@@ -862,6 +862,44 @@ def test_a_tls_layer_that_cannot_start_leaves_no_connection_behind(
     run(main())
 
 
+def test_drain_after_close_over_tls_returns_as_over_tcp(run: Runner, pki: Pki) -> None:
+    """``close()`` then ``drain()`` over TLS returns while the close exchange runs, as over
+    asyncio's TCP with TLS (utcp raised ConnectionResetError at once, as a plain stream
+    does one loop turn after close()); the peer gets every byte."""
+
+    async def scenario(stack: str) -> tuple[str, bytes]:
+        got: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            got.set_result(await reader.read())
+            writer.close()
+
+        server = await serve(stack, handle, ssl=pki.server_context())
+        _reader, writer = await STACKS[stack].open_connection(
+            HOST, server_port(server), ssl=pki.client_context(), server_hostname=SERVER_NAME
+        )
+        writer.write(b"bye")
+        writer.close()
+        try:
+            await writer.drain()
+            outcome = "returned"
+        except ConnectionResetError:
+            outcome = "raised"
+        async with deadline(10, "the close"):
+            await writer.wait_closed()
+            data = await got
+        server.close()
+        await server.wait_closed()
+        return outcome, data
+
+    async def main() -> None:
+        results = {stack: await scenario(stack) for stack in STACKS}
+        assert results["tcp"] == ("returned", b"bye")
+        assert results["utcp"] == results["tcp"]
+
+    run(main())
+
+
 # ---------------------------------------------------------------------- closing
 
 

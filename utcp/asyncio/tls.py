@@ -14,6 +14,8 @@ from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
+from .transport import UtcpTransport
+
 __all__ = ["StreamWriter", "TlsOptions", "start_tls", "tls_options"]
 
 
@@ -256,7 +258,9 @@ class StreamWriter(asyncio.StreamWriter):
         see the error.  Paused (more than the high-water mark still buffered), it waits as
         asyncio's does."""
         transport = self.transport
-        if transport.is_closing():
+        # Over TLS the transport is asyncio's own, whose close exchange (close_notify) takes
+        # a while: drain() returns meanwhile, as over asyncio's TCP with TLS.
+        if transport.is_closing() and isinstance(transport, UtcpTransport):
             await asyncio.sleep(0)
             protocol: Any = self._protocol  # type: ignore[attr-defined]
             if not protocol._connection_lost and not protocol._paused:
