@@ -393,3 +393,40 @@ async def _echo_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         writer.write(data)
         await writer.drain()
     writer.close()
+
+
+def test_a_cancelled_open_never_leaves_its_udp_socket_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An open cancelled while the loop makes its datagram endpoint: that call finishes and
+    what it made is closed.  uvloop's create_datagram_endpoint, cancelled at the wrong
+    moment, leaks its socket for good (cancelled connects kept UDP sockets open); the loop
+    here does the same, its socket made before the point where it is cancelled."""
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        server = await utcp.start_server(lambda r, w: None, HOST, 0)
+        port = server_port(server)
+        real = loop.create_datagram_endpoint
+        made: list[asyncio.BaseTransport] = []
+
+        async def leaky(factory: Any, **kwds: Any) -> Any:
+            transport, protocol = await real(factory, **kwds)
+            made.append(transport)
+            await asyncio.sleep(0.05)  # cancelled here: nobody closes the transport
+            return transport, protocol
+
+        monkeypatch.setattr(loop, "create_datagram_endpoint", leaky)
+        opening = asyncio.ensure_future(
+            utcp.open_connection(HOST, port, config=Config(io_path="portable"))
+        )
+        await asyncio.sleep(0.01)
+        opening.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await opening
+        await asyncio.sleep(0.2)
+        assert len(made) == 1 and made[0].is_closing()
+        server.close()
+        await server.wait_closed()
+
+    asyncio.run(main())

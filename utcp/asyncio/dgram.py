@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final, Protocol
 
 from ..config import Config
@@ -239,6 +239,25 @@ def resolve_io_path(config: Config, loop: asyncio.AbstractEventLoop) -> str:
     return choice
 
 
+async def _uncancelled(
+    loop: asyncio.AbstractEventLoop, made: Coroutine[Any, Any, tuple[Any, Any]]
+) -> tuple[Any, Any]:
+    """The loop's ``create_datagram_endpoint``, never cancelled half-way: the caller's
+    cancellation leaves it to finish, and what it made is closed.  uvloop's leaks its socket
+    for good when cancelled at the wrong moment (cancelled connects kept UDP sockets open)."""
+    task = loop.create_task(made)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(_close_made)
+        raise
+
+
+def _close_made(task: asyncio.Task[tuple[Any, Any]]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result()[0].close()
+
+
 async def create_endpoint(
     protocol_factory: Callable[[], Any],
     *,
@@ -275,15 +294,16 @@ async def create_endpoint(
             remote_addr = sock.getpeername()
     if portable_path:
         if sock is not None:
-            portable, protocol = await loop.create_datagram_endpoint(protocol_factory, sock=sock)
+            made = loop.create_datagram_endpoint(protocol_factory, sock=sock)
         else:
-            portable, protocol = await loop.create_datagram_endpoint(
+            made = loop.create_datagram_endpoint(
                 protocol_factory,
                 local_addr=local_addr,
                 remote_addr=remote_addr,
                 family=family,
                 reuse_port=reuse_port,
             )
+        portable, protocol = await _uncancelled(loop, made)
         cap_receive_size(portable)
         if _handles_errors(protocol) and isinstance(loop, asyncio.SelectorEventLoop):
             # asyncio's transport calls error_received whenever the pending error is raised,
