@@ -900,6 +900,28 @@ def test_drain_after_close_over_tls_returns_as_over_tcp(run: Runner, pki: Pki) -
     run(main())
 
 
+def test_a_tls_client_moves_to_a_new_socket_through_its_endpoint(run: Runner, pki: Pki) -> None:
+    """Over TLS ``writer.transport`` is asyncio's TLS transport, which has no ``migrate()``
+    (README): the client moves through ``get_extra_info("endpoint")`` and the echo goes on
+    from the new socket."""
+
+    async def main() -> None:
+        server = await utcp.start_server(echo, HOST, 0, ssl=pki.server_context())
+        reader, writer = await utcp.open_connection(
+            HOST, server_port(server), ssl=pki.client_context(), server_hostname=SERVER_NAME
+        )
+        writer.write(b"before")
+        assert await reader.readexactly(6) == b"before"
+        old = writer.get_extra_info("sockname")
+        await writer.get_extra_info("endpoint").migrate()
+        assert writer.get_extra_info("sockname") != old
+        assert await echo_over_tls(reader, writer, b"after the move") == b"after the move"
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 # ---------------------------------------------------------------------- closing
 
 
