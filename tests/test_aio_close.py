@@ -250,6 +250,20 @@ def test_a_server_started_again_on_its_port_takes_it_at_once(
     run(main())
 
 
+async def _server_in_fin_wait_2() -> tuple[Any, asyncio.StreamWriter]:
+    """A server that has written and closed its side of a connection, whose client read it
+    all and has not closed: the server's side waits in FIN_WAIT_2 (closing the server
+    leaves it lingering); the server, and the client's writer."""
+    server = await utcp.start_server(CloseFirst(), HOST, 0)
+    reader, writer = await utcp.open_connection(HOST, server_port(server))
+    assert await reader.read() == b"bye"
+    await wait_until(
+        lambda: [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2],
+        "the server's side in FIN_WAIT_2",
+    )
+    return server, writer
+
+
 def test_a_port_held_by_a_server_of_a_closed_loop_is_rebound_or_refused_plainly(
     run: Runner,
 ) -> None:
@@ -260,14 +274,8 @@ def test_a_port_held_by_a_server_of_a_closed_loop_is_rebound_or_refused_plainly(
     closed without its loop, so the port stays held and binding says so (EADDRINUSE)."""
 
     async def first() -> tuple[int, str, asyncio.StreamWriter]:
-        server = await utcp.start_server(CloseFirst(), HOST, 0)
+        server, writer = await _server_in_fin_wait_2()
         port, io_path = server_port(server), server.endpoint.io_path
-        reader, writer = await utcp.open_connection(HOST, port)
-        assert await reader.read() == b"bye"
-        await wait_until(
-            lambda: [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2],
-            "the server's side in FIN_WAIT_2",
-        )
         server.close()
         await server.wait_closed()
         return port, io_path, writer
@@ -301,14 +309,8 @@ def test_a_dead_loops_lingering_server_lets_its_socket_go_when_another_lingers()
     server to linger lets the dead loops' go (their fast-path sockets are closed)."""
 
     async def linger() -> socket.socket:
-        server = await utcp.start_server(CloseFirst(), HOST, 0)
+        server, _writer = await _server_in_fin_wait_2()
         held = server.endpoint.transport.get_extra_info("socket")
-        reader, _writer = await utcp.open_connection(HOST, server_port(server))
-        assert await reader.read() == b"bye"
-        await wait_until(
-            lambda: [h.conn.state for h in server.endpoint.handles()] == [S.FIN_WAIT_2],
-            "the server's side in FIN_WAIT_2",
-        )
         server.close()
         await server.wait_closed()
         return held  # type: ignore[no-any-return]
