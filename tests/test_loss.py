@@ -397,13 +397,14 @@ def test_the_user_timeout_caps_the_retransmission_deadline() -> None:
     """RFC 9293 section 3.8.3 USER TIMEOUT: no retransmission deadline past it."""
     s = Stack(user_timeout_s=5.0)
     s.send(1, now=2.0)
-    assert s.loss.cap_to_user_timeout(10.0) == 7.0
-    assert s.loss.cap_to_user_timeout(6.0) == 6.0
+    rto = s.loss.rtt.rto
+    assert s.loss.rto_deadline(10.0 - rto) == 7.0  # an RTO out would be 10.0
+    assert s.loss.rto_deadline(6.0 - rto) == pytest.approx(6.0)
     assert not s.loss.user_timeout_expired(6.999)
     assert s.loss.user_timeout_expired(7.0)
     none = Stack()
     none.send(1, now=2.0)
-    assert none.loss.cap_to_user_timeout(1000.0) == 1000.0
+    assert none.loss.rto_deadline(1000.0) == pytest.approx(1000.0 + none.loss.rtt.rto)
     assert not none.loss.user_timeout_expired(1e9)
 
 

@@ -745,7 +745,7 @@ def test_a_server_takes_the_clients_keepalive_probe_as_the_handshake_ack() -> No
 
 
 def test_user_timeout_fires_once_without_a_burst_of_retransmissions() -> None:
-    """timers.cap_to_user_timeout arms the RTO at since + 2.0, user_timeout_expired wants
+    """LossRecovery.rto_deadline arms the RTO at since + 2.0, user_timeout_expired wants
     now - since >= 2.0: where (since + 2.0) - since rounds below 2.0 the timer fires again
     and again at one instant, each time retransmitting (12 copies at t=2.11 s here)."""
     cfg = FIXED.replace(user_timeout_s=2.0)
