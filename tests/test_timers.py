@@ -305,19 +305,19 @@ def test_window_probes_back_off_and_give_up_after_max_retransmits() -> None:
         now = s.dl.persist
         deadlines.append(now)
         s.dl.persist = None
-        assert s.timers.on_persist(now) is None
+        assert s.timers.on_persist(now, False) is None
         assert s.control.send_probe
         s.control.send_probe = False
     assert deadlines == [1.0, 3.0, 7.0]
     assert (s.snd.persist_probes, s.snd.persist_backoff) == (3, 3)
-    assert s.timers.on_persist(15.0) is CloseReason.TIMEOUT
+    assert s.timers.on_persist(15.0, False) is CloseReason.TIMEOUT
     assert s.control.need_rst
 
 
 def test_the_window_probe_backoff_is_capped() -> None:
     s = Stack()
     s.snd.persist_backoff = 16
-    s.timers.on_persist(1.0)
+    s.timers.on_persist(1.0, False)
     assert s.snd.persist_backoff == 16
 
 

@@ -316,7 +316,8 @@ def test_a_pmtu_probe_answer_is_a_pure_ack_that_settles_the_ack_owed() -> None:
 
 @pytest.mark.parametrize(
     ("st", "sent"),
-    [(ESTABLISHED, True), (CLOSE_WAIT, True), (FIN_WAIT_2, False), (CLOSING, False)],
+    # CLOSING: both FINs crossed with our data still queued (our FIN not sent yet).
+    [(ESTABLISHED, True), (CLOSE_WAIT, True), (CLOSING, True), (FIN_WAIT_2, False)],
 )
 def test_our_pmtu_probe_goes_only_while_we_may_still_send(st: ConnectionState, sent: bool) -> None:
     """A probe is sent at SND.NXT in a state where our direction is open (RFC 8899 probes
