@@ -1094,3 +1094,99 @@ def test_a_stretch_ack_showing_a_loss_halves_the_flight_the_loss_was_in() -> Non
     assert len(acks) == 1, "the whole burst drew one ACK"
     assert acks[0].ack != a.iss + 1, "that ACK also acknowledged the segments before the hole"
     assert a.stats.ssthresh_bytes == 20 * mss // 2
+
+
+def _pattern(n: int) -> bytes:
+    return bytes((i * 7 + (i >> 8)) & 0xFF for i in range(n))
+
+
+@pytest.mark.parametrize("order", ["pause_then_unread", "unread_then_pause", "unread_only"])
+def test_unread_bytes_come_again_before_anything_after_them(order: str) -> None:
+    """The driver takes a DataReceived, hands on half and gives the rest back with
+    ``unread()``, pausing reading before, after, or not at all: the stream arrives in order.
+    Unread before pausing, or without pausing, the bytes were held behind data queued or
+    arriving after them (the stream reordered at the first give-back)."""
+    cfg = Config(pmtud=False)
+    a = Connection(cfg, local_cid=0xA, isn=1000)
+    b = Connection(cfg, local_cid=0xB, isn=5000)
+    b.listen()
+    now = 0.0
+    a.connect(now=now)
+    got = bytearray()
+    gave_back = False
+
+    def pump(rounds: int) -> None:
+        nonlocal now, gave_back
+        for _ in range(rounds):
+            for src, dst in ((a, b), (b, a)):
+                for datagram in src.datagrams_to_send(now=now):
+                    dst.receive_datagram(datagram, now=now)
+            while (event := b.next_event()) is not None:
+                if not isinstance(event, DataReceived):
+                    continue
+                piece = bytes(event.data)
+                if gave_back:
+                    got.extend(piece)
+                    continue
+                gave_back = True
+                keep = len(piece) // 2
+                got.extend(piece[:keep])
+                if order == "pause_then_unread":
+                    b.pause_reading()
+                b.unread(piece[keep:])
+                if order == "unread_then_pause":
+                    b.pause_reading()
+                break
+            while a.next_event() is not None:
+                pass
+            now += 0.01
+            for conn in (a, b):
+                deadline = conn.get_timer()
+                if deadline is not None and deadline <= now:
+                    conn.handle_timer(now=now)
+
+    pump(10)
+    data = _pattern(20_000)
+    a.send(data)
+    pump(50)
+    b.resume_reading()
+    pump(100)
+    assert gave_back and bytes(got) == data
+
+
+@pytest.mark.parametrize("end", ["peer_resets", "we_abort"])
+def test_nothing_is_delivered_after_the_connection_closed_event(end: str) -> None:
+    """A paused reader holds data when the connection is reset (or it aborts): after its
+    ConnectionClosed, resume_reading() delivers nothing more (the held data came after the
+    close event)."""
+    net = pair(config_a=Config(pmtud=False), config_b=Config(pmtud=False))
+    a, b = establish(net)
+    b.pause_reading()
+    a.send(b"x" * 100)
+    a.close()
+    net.run_for(0.5)
+    (a if end == "peer_resets" else b).abort()
+    net.run_for(0.5)
+    assert b.is_finished
+    b.resume_reading()
+    net.run_for(0.5)
+    events = net.b.events
+    closed = [i for i, e in enumerate(events) if isinstance(e, ConnectionClosed)]
+    assert closed == [len(events) - 1]
+
+
+def test_data_sent_before_the_handshake_then_closed_is_delivered() -> None:
+    """connect(), send(), close() before the SYN-ACK: the data and then the FIN go once the
+    handshake completes.  The connection used to end at once, reporting an orderly close,
+    its data never sent."""
+    net = pair(config_a=Config(pmtud=False), config_b=Config(pmtud=False), connect=False)
+    a, b = conns(net)
+    a.connect(now=net.now)
+    a.send(b"hello")
+    a.close()
+    assert a.state is S.SYN_SENT
+    net.run(until=lambda: net.b.eof)
+    assert bytes(net.b.received) == b"hello"
+    b.close()
+    net.run(until=lambda: a.is_finished and b.is_finished)
+    assert a.close_reason is b.close_reason is CloseReason.CLOSED

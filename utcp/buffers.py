@@ -372,6 +372,11 @@ class HeldBuffer:
         self.nbytes = 0
         return out
 
+    def clear(self) -> None:
+        """Drop everything held (the connection ended before it could be read)."""
+        self._pieces.clear()
+        self.nbytes = 0
+
     def tobytes(self) -> bytes:
         """What is held, as one ``bytes`` (for tests and diagnostics)."""
         return b"".join(self._pieces)

@@ -48,7 +48,7 @@ TIME_WAIT: Final = ConnectionState.TIME_WAIT
 TRANSITIONS: dict[ConnectionState, frozenset[ConnectionState]] = {
     CLOSED: frozenset({LISTEN, SYN_SENT}),
     LISTEN: frozenset({SYN_RECEIVED}),
-    SYN_SENT: frozenset({SYN_RECEIVED, ESTABLISHED}),
+    SYN_SENT: frozenset({SYN_RECEIVED, ESTABLISHED, FIN_WAIT_1}),
     SYN_RECEIVED: frozenset({ESTABLISHED, FIN_WAIT_1, CLOSE_WAIT}),
     ESTABLISHED: frozenset({FIN_WAIT_1, CLOSE_WAIT}),
     FIN_WAIT_1: frozenset({FIN_WAIT_2, CLOSING, TIME_WAIT}),

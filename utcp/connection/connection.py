@@ -364,18 +364,23 @@ class Connection:
             self._snd.buf.write(data)
 
     def close(self) -> None:
-        """Half-close: send FIN after all queued data; receiving goes on until the peer's FIN."""
+        """Half-close: send FIN after all queued data; receiving goes on until the peer's FIN.
+        Before the handshake completes the FIN waits for it, after the data queued; with
+        nothing queued, closing a connection still in SYN_SENT (or LISTEN) ends it at once."""
         st = self._state
-        if st in (LISTEN, SYN_SENT):
+        snd = self._snd
+        if st is LISTEN or (st is SYN_SENT and not len(snd.buf)):
             self._control.need_syn = False
             self._finish(CloseReason.CLOSED)
             return
-        snd = self._snd
-        if snd.fin_pos is not None or st not in (SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
+        if snd.fin_pos is not None or st not in (SYN_SENT, SYN_RECEIVED, ESTABLISHED, CLOSE_WAIT):
             return
         snd.fin_pos = snd.buf.end
-        if st is SYN_RECEIVED:
-            return  # RFC 9293 section 3.10.4: the FIN waits until the handshake completes
+        if st is SYN_RECEIVED or st is SYN_SENT:
+            # The FIN waits until the handshake completes (RFC 9293 section 3.10.4 for
+            # SYN_RECEIVED; in SYN_SENT the data send() took would otherwise be lost with
+            # an orderly close reported).
+            return
         self._set_state(LAST_ACK if st is CLOSE_WAIT else FIN_WAIT_1)
 
     def orphan(self, *, now: float) -> None:
@@ -551,7 +556,13 @@ class Connection:
         self._rcv.views = on
 
     def resume_reading(self) -> None:
-        """Deliver held data and reopen the window, telling the peer if it grew enough."""
+        """Deliver held data and reopen the window, telling the peer if it grew enough.
+        Nothing once the connection's end is reported: a reset, an abort or a timeout drops
+        what was held (it came after ConnectionClosed)."""
+        if self._close_reason is not None and not self._closed_event_pending:
+            self._rcv.reading_paused = False
+            self._rcv.held.clear()
+            return
         self._rcv.resume()
         self._maybe_deliver_eof()
         self._maybe_window_update()
@@ -738,7 +749,7 @@ class Connection:
         self._live.last_activity = now
         if flags & _ACK:
             self._on_syn_acked(p, now)
-            self._set_state(ESTABLISHED)
+            self._set_state(ESTABLISHED if self._snd.fin_pos is None else FIN_WAIT_1)
             self._events.append(ConnectionEstablished())
             self._rcv.ack_now = True
             if self.config.syn_retries:

@@ -380,8 +380,14 @@ class ReceiveSide:
 
     def unread(self, data: bytes | memoryview) -> None:
         """Bytes the driver took but could not hand on (a buffered protocol paused reading
-        in the middle of them): held before anything else, delivered first on resume."""
-        self.held.put_back([data])
+        in the middle of them): they come again before anything after them, whether reading
+        is paused already (held first, delivered first on resume), is paused later, or not
+        at all (the next event)."""
+        events = self._events
+        if self.reading_paused and not any(type(e) is DataReceived for e in events):
+            self.held.put_back([data])
+        else:
+            events.appendleft(DataReceived(data))
 
     def resume(self) -> None:
         """Deliver again, starting with what was held."""
