@@ -329,6 +329,51 @@ def test_a_dead_loops_lingering_server_lets_its_socket_go_when_another_lingers()
     held[1].close()
 
 
+def test_an_orphan_facing_a_window_that_never_opens_says_why_it_timed_out(run: Runner) -> None:
+    """The server writes 5 MB and closes for good; the client is alive, answers every window
+    probe, and never reads.  The orphan gives up (``rto_max_s`` short here) and its
+    protocol hears a TimeoutError saying the peer answers but never opened its window: it
+    said "no answer from ... for 1 s", as of a peer gone silent."""
+    quick = Config(rto_max_s=1.0, fin_retries=2)
+
+    class WritesAndCloses(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.lost: asyncio.Future[BaseException | None] = (
+                asyncio.get_running_loop().create_future()
+            )
+
+        def connection_made(self, transport: Any) -> None:
+            transport.write(b"x" * 5_000_000)
+            transport.close()
+
+        def connection_lost(self, exc: BaseException | None) -> None:
+            self.lost.set_result(exc)
+
+    class NeverReads(asyncio.Protocol):
+        def connection_made(self, transport: Any) -> None:
+            transport.pause_reading()
+
+    async def main() -> None:
+        made: list[WritesAndCloses] = []
+
+        def factory() -> WritesAndCloses:
+            made.append(WritesAndCloses())
+            return made[-1]
+
+        server = await utcp.create_server(factory, HOST, 0, config=quick)
+        transport, _ = await utcp.create_connection(NeverReads, HOST, server_port(server))
+        async with deadline(30, "the orphan giving up"):
+            await wait_until(lambda: bool(made), "accepted")
+            exc = await made[0].lost
+        assert isinstance(exc, TimeoutError)
+        assert "answers but never opened its window" in str(exc)
+        transport.abort()
+        server.close()
+        await server.wait_closed()
+
+    run(main())
+
+
 def test_closing_a_server_resets_handshakes_under_way(run: Runner) -> None:
     """A client sends its SYN, gets the SYN-ACK and is gone: the handshake was never handed to
     the application, so the closed server resets it (after HANDSHAKE_GRACE_S, in which a

@@ -648,6 +648,10 @@ class Endpoint:
         if reason is CloseReason.REFUSED:
             return ConnectionRefusedError(errno.ECONNREFUSED, f"connection refused by {peer}")
         if reason is CloseReason.TIMEOUT or reason is CloseReason.IDLE:
+            if handle.conn.window_never_opened:
+                return TimeoutError(
+                    errno.ETIMEDOUT, f"timed out: {peer} answers but never opened its window"
+                )
             silent = max(0.0, _clock() - handle.conn.last_heard)
             return TimeoutError(errno.ETIMEDOUT, f"no answer from {peer} for {silent:.0f} s")
         if reason is CloseReason.UNREACHABLE:

@@ -265,6 +265,12 @@ class Connection:
         return self._teardown.orphaned
 
     @property
+    def window_never_opened(self) -> bool:
+        """Whether the connection timed out as an orphan whose peer answered every window
+        probe but never opened its window again (not a silent peer)."""
+        return self._snd.window_never_opened
+
+    @property
     def send_buffer_size(self) -> int:
         """Bytes written by the application and not yet acknowledged by the peer."""
         return len(self._snd.buf)

@@ -38,6 +38,9 @@ class SendSide:
         self.peer_mss = mss  # the peer's MSS option, once its SYN arrived
         self.persist_backoff = 0  # window probes' exponential backoff
         self.persist_probes = 0  # window probes unanswered in a row
+        # An orphan gave up on a peer that answered its window probes but never opened its
+        # window (the timeout's reason is not silence).
+        self.window_never_opened = False
 
     def wire_seq(self, pos: int) -> int:
         """The 32-bit sequence number of position ``pos``."""

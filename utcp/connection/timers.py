@@ -175,6 +175,7 @@ class TimerHandlers:
             and self._loss.rtt.rto * (1 << backoff) >= cfg.rto_max_s
         ):
             self._log.info("orphan_window_timeout", backoff=backoff)
+            snd.window_never_opened = True
             self._control.need_rst = True
             return CloseReason.TIMEOUT
         self._control.send_probe = True
