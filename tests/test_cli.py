@@ -599,3 +599,32 @@ def test_measured_clock_resolution() -> None:
 
 async def _loop_clock_resolution() -> float:
     return clock_resolution()
+
+
+@pytest.mark.parametrize(
+    "server",
+    [["echo-server"], ["echo-server", "--workers", "2"], ["perf", "--server"]],
+    ids=["echo-server", "echo-server-workers", "perf-server"],
+)
+def test_a_server_that_cannot_listen_says_so_in_one_line(server: list[str]) -> None:
+    """The port taken, or a host that does not resolve: one line and exit status 1, as cat
+    --listen and tunnel do (echo-server and perf --server printed a traceback)."""
+    with background(["echo-server", "--port", "0"]) as (_, port):
+        taken = _run_into([*server, "--port", str(port)], stdout=subprocess.PIPE)
+    unknown = _run_into([*server, "--host", "bad.invalid", "--port", "0"], stdout=subprocess.PIPE)
+    for result in (taken, unknown):
+        err = result.stderr.decode()
+        assert result.returncode == 1, err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "error: cannot listen on utcp://" in err, err
+    assert "in use" in taken.stderr.decode()
+
+
+def test_perf_for_no_time_sends_nothing() -> None:
+    """``--time 0`` sends for no time (it ran for the ten-second default)."""
+    with background(["perf", "--server", "--port", "0"]) as (_, port):
+        result = _run_into(
+            ["perf", "127.0.0.1", str(port), "--time", "0", "--json"], stdout=subprocess.PIPE
+        )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["bytes"] == 0

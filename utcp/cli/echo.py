@@ -13,6 +13,7 @@ from .helpers import (
     Subcommands,
     add_congestion_option,
     add_workers_option,
+    cannot_listen,
     close_writer,
     config_for,
     port_number,
@@ -64,10 +65,19 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"utcp echo-server: error: {exc}", file=sys.stderr)
         return 2
-    if args.workers > 1:
-        serve_in_workers(
-            _echo, args.host, args.port, "echo server", config_for(args), tls.context, args.workers
-        )
-        return 0
-    run_command(serve(args.host, args.port, config_for(args), tls.context))
+    try:
+        if args.workers > 1:
+            serve_in_workers(
+                _echo,
+                args.host,
+                args.port,
+                "echo server",
+                config_for(args),
+                tls.context,
+                args.workers,
+            )
+        else:
+            run_command(serve(args.host, args.port, config_for(args), tls.context))
+    except OSError as exc:
+        return cannot_listen("utcp echo-server", args.host, args.port, exc)
     return 0

@@ -34,6 +34,7 @@ __all__ = [
     "port_number",
     "serve_in_workers",
     "serve_until_signalled",
+    "cannot_listen",
     "report_worker_exit",
     "size",
     "wait_for_signal",
@@ -120,6 +121,14 @@ async def serve_until_signalled(
             await until_signalled()
         finally:  # also when stopped because our output broke: nobody waits on a lingering peer
             server.abort_clients()
+
+
+def cannot_listen(prog: str, host: str, port: int, exc: OSError) -> int:
+    """Say in one line that a server could not start (the address is taken, not ours, or
+    does not resolve); the exit status 1."""
+    shown = f"[{host}]" if ":" in host else host
+    print(f"{prog}: error: cannot listen on utcp://{shown}:{port}: {exc}", file=sys.stderr)
+    return 1
 
 
 def add_workers_option(parser: argparse.ArgumentParser) -> None:

@@ -30,6 +30,7 @@ from .helpers import (
     Subcommands,
     add_congestion_option,
     add_workers_option,
+    cannot_listen,
     close_writer,
     config_for,
     duration,
@@ -176,7 +177,8 @@ async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter)
         request = json.loads(await reader.readline())
         flow = Flow()
         if request.get("reverse"):
-            await _send(writer, flow, request.get("bytes"), float(request.get("time") or 10.0))
+            seconds = request.get("time")
+            await _send(writer, flow, request.get("bytes"), 10.0 if seconds is None else seconds)
             await reader.read()  # the client's FIN (over TLS, its close)
         else:
             await _receive(reader, flow, framed=_over_tls(writer))
@@ -220,7 +222,7 @@ async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flo
         if args.reverse:
             await _receive(reader, flow, framed=_over_tls(writer))
         else:
-            await _send(writer, flow, args.bytes, args.time or 10.0)
+            await _send(writer, flow, args.bytes, 10.0 if args.time is None else args.time)
             result = json.loads(await reader.readline() or b"{}")
             flow.first_s, flow.last_s = 0.0, float(result.get("seconds", 0.0))
             flow.bytes = int(result.get("bytes", flow.bytes))
@@ -329,12 +331,17 @@ def main(args: argparse.Namespace) -> int:
     if args.workers > 1 and not args.server:
         print("utcp perf: error: --workers is for --server", file=sys.stderr)
         return 2
-    if args.server and args.workers > 1:
-        config, tls = config_for(args), args.tls.context
-        serve_in_workers(_serve_one, args.host, port, "perf server", config, tls, args.workers)
-        return 0
     if args.server:
-        run_command(serve(args.host, port, config_for(args), args.tls.context))
+        config, tls = config_for(args), args.tls.context
+        try:
+            if args.workers > 1:
+                serve_in_workers(
+                    _serve_one, args.host, port, "perf server", config, tls, args.workers
+                )
+            else:
+                run_command(serve(args.host, port, config, tls))
+        except OSError as exc:
+            return cannot_listen("utcp perf", args.host, port, exc)
         return 0
     try:
         summary = run_command(client(args, args.target[0], port))
