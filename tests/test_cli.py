@@ -628,3 +628,19 @@ def test_perf_for_no_time_sends_nothing() -> None:
         )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["bytes"] == 0
+
+
+def test_an_ipv6_listening_address_is_bracketed() -> None:
+    """``utcp://[::1]:PORT``, as URLs write IPv6 hosts (it said ``utcp://::1:PORT``)."""
+    proc = subprocess.Popen(
+        [*UTCP, "echo-server", "--host", "::1", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+    assert re.search(r"listening on utcp://\[::1\]:\d+$", line.strip()), line

@@ -29,6 +29,7 @@ from typing import BinaryIO
 
 from .. import Config, open_connection, start_server
 from ..log import get_logger
+from ..trace import address_text
 from . import report
 from .helpers import (
     Subcommands,
@@ -284,7 +285,7 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
         accept, args.host, port, config=args.utcp_config, **args.tls.keywords()
     )
     addr = server.sockets[0].getsockname()
-    print(f"utcp cat listening on utcp://{addr[0]}:{addr[1]}", file=sys.stderr, flush=True)
+    print(f"utcp cat listening on utcp://{address_text(addr)}", file=sys.stderr, flush=True)
     try:
         await done
     except BaseException:

@@ -21,6 +21,7 @@ from .. import start_server
 from ..asyncio.workers import WorkerExit, serve, until_signalled
 from ..config import Config
 from ..congestion import available
+from ..trace import address_text
 from .report import reported
 from .units import parse_duration, parse_size
 
@@ -117,7 +118,7 @@ async def serve_until_signalled(
     async with server:
         try:
             addr = server.sockets[0].getsockname()
-            print(f"{name} listening on utcp://{addr[0]}:{addr[1]}", flush=True)
+            print(f"{name} listening on utcp://{address_text(addr)}", flush=True)
             await until_signalled()
         finally:  # also when stopped because our output broke: nobody waits on a lingering peer
             server.abort_clients()
@@ -126,8 +127,8 @@ async def serve_until_signalled(
 def cannot_listen(prog: str, host: str, port: int, exc: OSError) -> int:
     """Say in one line that a server could not start (the address is taken, not ours, or
     does not resolve); the exit status 1."""
-    shown = f"[{host}]" if ":" in host else host
-    print(f"{prog}: error: cannot listen on utcp://{shown}:{port}: {exc}", file=sys.stderr)
+    where = address_text((host, port))
+    print(f"{prog}: error: cannot listen on utcp://{where}: {exc}", file=sys.stderr)
     return 1
 
 
@@ -147,7 +148,7 @@ def announce_workers(name: str, workers: int) -> Callable[[list[Any]], None]:
 
     def ready(addresses: list[Any]) -> None:
         addr = addresses[0]
-        print(f"{name} ({workers} workers) listening on utcp://{addr[0]}:{addr[1]}", flush=True)
+        print(f"{name} ({workers} workers) listening on utcp://{address_text(addr)}", flush=True)
 
     return ready
 
