@@ -334,7 +334,7 @@ def test_an_orphan_facing_a_window_that_never_opens_says_why_it_timed_out(run: R
     probe, and never reads.  The orphan gives up (``rto_max_s`` short here) and its
     protocol hears a TimeoutError saying the peer answers but never opened its window: it
     said "no answer from ... for 1 s", as of a peer gone silent."""
-    quick = Config(rto_max_s=1.0, fin_retries=2)
+    quick = Config(rto_max_s=0.5, fin_retries=1)  # gives up about a second in
 
     class WritesAndCloses(asyncio.Protocol):
         def __init__(self) -> None:
