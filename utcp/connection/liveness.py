@@ -85,8 +85,11 @@ class Liveness:
         self._loss.heard_at = at
 
     def heard(self, now: float) -> None:
-        """An acceptable segment arrived: the peer is alive and synchronized."""
-        if self.stall_probed_at == self.last_activity:
+        """An acceptable segment arrived: the peer is alive and synchronized.  (Every
+        acceptable segment comes here: the loss recovery's field is used directly, not
+        through the ``last_activity`` property.)"""
+        loss = self._loss
+        if self.stall_probed_at == loss.heard_at:
             # The silence this ends drew its stall probe, which set the keepalive deadline
             # past the next one: re-arm it (the next datagrams_to_send does), so that a new
             # silence mid-transfer is probed early too.  The peer is there, and until it
@@ -97,7 +100,7 @@ class Liveness:
             # challenges us in its answer, and ``validating`` keeps the early probe then.
             self._dl.keepalive = None
             self._rcv.peer_quiet()
-        self.last_activity = now
+        loss.heard_at = now
         self.keepalive_probes = 0
         self._dl.confirm = None
 
