@@ -8,11 +8,11 @@ A model-based controller (BBR) also asks for a delivery rate sample on every ack
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABCMeta, abstractmethod
 from collections.abc import Callable
 from typing import ClassVar, Final, final
 
-from mypy_extensions import mypyc_attr
+from mypy_extensions import i64, mypyc_attr
 
 BURST_S: Final = 0.001  # one paced burst: a millisecond of data at the pacing rate
 
@@ -51,15 +51,15 @@ class RateSample:
         self,
         *,
         delivery_rate: float = 0.0,
-        delivered: int = 0,
+        delivered: i64 = 0,
         interval_s: float = 0.0,
-        prior_delivered: int = 0,
+        prior_delivered: i64 = 0,
         rtt_s: float | None = None,
         path_min_rtt_s: float | None = None,
         app_limited: bool = False,
-        in_flight: int = 0,
-        newly_acked: int = 0,
-        losses: int = 0,
+        in_flight: i64 = 0,
+        newly_acked: i64 = 0,
+        losses: i64 = 0,
     ) -> None:
         self.delivery_rate = delivery_rate  # bytes per second; 0.0 when the sample is invalid
         self.delivered = delivered  # bytes delivered over the interval
@@ -75,9 +75,12 @@ class RateSample:
         self.losses = losses  # bytes declared lost since the previous sample
 
 
-# Applications subclass it (and NewReno) even when the core is the compiled build.
+# Applications subclass it (and NewReno) even when the core is the compiled build.  Abstract
+# through its metaclass rather than an ``ABC`` base: a Python class among the bases keeps the
+# compiled build from knowing that a native subclass's attributes are always set, so every
+# read of one (BBR's model, on every acknowledgement) would check for an unset attribute.
 @mypyc_attr(allow_interpreted_subclasses=True)
-class CongestionController(ABC):
+class CongestionController(metaclass=ABCMeta):
     """Owns the congestion window; fed acknowledgements, congestion events and timeouts."""
 
     name: ClassVar[str]

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Final
 
-from mypy_extensions import mypyc_attr
+from mypy_extensions import i64
 
 from .base import CongestionController, RateSample, burst_bytes, register
 
@@ -72,7 +72,6 @@ PROBE_BW: Final = "probe_bw"
 PROBE_RTT: Final = "probe_rtt"
 
 
-@mypyc_attr(allow_interpreted_subclasses=True)
 class Bbr(CongestionController):
     """BBR (version 1): bandwidth and min-RTT estimates, a pacing rate and probing phases."""
 
@@ -80,11 +79,12 @@ class Bbr(CongestionController):
     wants_rate_samples: ClassVar[bool] = True
 
     def __init__(self, *, mss: int, initial_window_segments: int) -> None:
-        super().__init__(mss=mss, initial_window_segments=initial_window_segments)
-        self.phase = STARTUP
+        # The model's own state is set before the base class's: assigned before ``self`` is
+        # passed anywhere, the compiled build knows these attributes always exist and reads
+        # them without checks (the model runs on every acknowledgement).
         self.pacing_gain = HIGH_GAIN
         self.cwnd_gain = HIGH_GAIN
-        self._init_cwnd = self.cwnd
+        self._init_cwnd: i64 = initial_window_segments * mss  # the base class's first cwnd
         self._bw_rounds: list[tuple[int, float]] = []  # (round, max rate seen in it)
         # ``bandwidth`` unboxed (0.0 before the first estimate): the filter's maximum as of
         # the last sample it took (the rounds leaving the window go at the next).
@@ -94,22 +94,22 @@ class Bbr(CongestionController):
         self._rtt_min = 0.0
         self._has_rtt_min = False
         self._min_rtt_stamp = 0.0
-        self._round = 0
-        self._next_round_delivered = 0
+        self._round: i64 = 0
+        self._next_round_delivered: i64 = 0
         self._round_start = False
         self._full_bw = 0.0
-        self._full_bw_count = 0
+        self._full_bw_count: i64 = 0
         self.full_bw_reached = False
-        self._cycle_index = 0
+        self._cycle_index: i64 = 0
         self._cycle_stamp = 0.0
         self._probe_rtt_done_at = 0.0
         self._probe_rtt_round_done = False
-        self._prior_cwnd = 0
-        self._conservation_round = -1  # the round packet conservation ends at (-1: off)
+        self._prior_cwnd: i64 = 0
+        self._conservation_round: i64 = -1  # the round packet conservation ends at (-1: off)
         self._in_episode = False  # between on_congestion_event and the episode's end
-        self._restore_round = -1  # after a timeout: the round prior_cwnd is restored at
-        self._in_flight = 0
-        self._delivered = 0  # bytes delivered, as of the latest sample
+        self._restore_round: i64 = -1  # after a timeout: the round prior_cwnd is restored at
+        self._in_flight: i64 = 0
+        self._delivered: i64 = 0  # bytes delivered, as of the latest sample
         # Congestion as opposed to random loss: the path's smallest RTT ever seen, and the
         # round under way's smallest RTT and whether it lost anything.
         self._base_rtt = 0.0
@@ -119,28 +119,30 @@ class Bbr(CongestionController):
         self.congested = False
         # STARTUP's queue overflow: what the round under way delivered and lost, and in how
         # many acknowledgements it learnt of losses.
-        self._round_start_delivered = 0
-        self._round_lost_bytes = 0
-        self._round_loss_events = 0
+        self._round_start_delivered: i64 = 0
+        self._round_lost_bytes: i64 = 0
+        self._round_loss_events: i64 = 0
+        super().__init__(mss=mss, initial_window_segments=initial_window_segments)
+        self.phase = STARTUP
 
     # ------------------------------------------------------------------ the model
 
-    def _bdp(self, gain: float) -> int:
+    def _bdp(self, gain: float) -> i64:
         """``gain`` times the estimated bandwidth-delay product, bytes (the initial window
         while there is no estimate)."""
         if self._bw_max == 0.0 or not self._has_rtt_min:
             return self._init_cwnd
-        return int(gain * self._bw_max * self._rtt_min)
+        return i64(gain * self._bw_max * self._rtt_min)
 
-    def _inflight(self, gain: float) -> int:
+    def _inflight(self, gain: float) -> i64:
         """``gain`` BDPs and Linux's quantization budget (bbr_inflight): room for three of the
         sender's bursts (a millisecond of data at the pacing rate, at least two segments) in
         the sender's and the receiver's batching, so that those bursts do not leave the
         bottleneck idle."""
-        burst = int(burst_bytes(self.pacing_rate or 0.0, self.mss))
+        burst = i64(burst_bytes(self.pacing_rate or 0.0, self.mss))
         return self._bdp(gain) + BUDGET_BURSTS * burst
 
-    def _target_cwnd(self) -> int:
+    def _target_cwnd(self) -> i64:
         if self.congested:
             # Beside a loss-based flow the budget's bursts would stand in the shared queue:
             # with them, the share beside kernel cubic rose from 59% to 68%.
@@ -274,7 +276,7 @@ class Bbr(CongestionController):
         if self._round_loss_events < STARTUP_LOSS_EVENTS or lost == 0:
             return False
         delivered = rs.prior_delivered + rs.delivered - self._round_start_delivered
-        return lost >= STARTUP_LOSS_RATE * (delivered + lost)
+        return float(lost) >= STARTUP_LOSS_RATE * float(delivered + lost)
 
     def _enter_probe_bw(self, now: float) -> None:
         self.phase = PROBE_BW
@@ -372,29 +374,32 @@ class Bbr(CongestionController):
             self.pacing_rate = rate
 
     def _set_cwnd(self, rs: RateSample) -> None:
-        acked = rs.newly_acked
+        acked: i64 = rs.newly_acked
         target = self._target_cwnd()
-        min_cwnd = MIN_CWND_SEGMENTS * self.mss
+        mss: i64 = self.mss
+        min_cwnd = MIN_CWND_SEGMENTS * mss
+        cwnd: i64 = self.cwnd
         if rs.losses:
             # What was just declared lost left the flight and comes off the window, as in
             # Linux (bbr_set_cwnd_to_recover_or_restore): a STARTUP that overfilled the
             # queue stops feeding it while the losses are repaired.
-            self.cwnd = max(self.cwnd - rs.losses, self.mss)
+            cwnd = max(cwnd - rs.losses, mss)
         if self._round < self._conservation_round:
             # Packet conservation in a recovery episode's first round: send one for one.
-            self.cwnd = max(self.cwnd, rs.in_flight + acked)
+            cwnd = max(cwnd, rs.in_flight + acked)
         elif self.full_bw_reached:
-            self.cwnd = min(self.cwnd + acked, target)
-        elif self.cwnd < target or rs.prior_delivered + rs.delivered < self._init_cwnd:
-            self.cwnd += acked
+            cwnd = min(cwnd + acked, target)
+        elif cwnd < target or rs.prior_delivered + rs.delivered < self._init_cwnd:
+            cwnd += acked
         if self._restore_round >= 0 and self._round >= self._restore_round:
-            self.cwnd = max(self.cwnd, self._prior_cwnd)
+            cwnd = max(cwnd, self._prior_cwnd)
             self._restore_round = -1
             self._prior_cwnd = 0
-        if self.cwnd < min_cwnd:
-            self.cwnd = min_cwnd
-        if self.phase == PROBE_RTT and self.cwnd > min_cwnd:
-            self.cwnd = min_cwnd
+        if cwnd < min_cwnd:
+            cwnd = min_cwnd
+        if self.phase == PROBE_RTT and cwnd > min_cwnd:
+            cwnd = min_cwnd
+        self.cwnd = cwnd
 
     @property
     def in_slow_start(self) -> bool:
