@@ -551,8 +551,13 @@ def test_ladder_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
     trace.write_text("\n".join(lines) + "\n")
     with _closed_pipe() as broken:
         result = _run_into(["ladder", str(trace)], stdout=broken)
+        # The drawing written through a path that is the same closed pipe: before, "cannot
+        # write /dev/stdout: Broken pipe" and exit 2.
+        as_svg = _run_into(["ladder", str(trace), "--svg", "/dev/stdout"], stdout=broken)
     assert result.returncode == 1
     assert result.stderr == b""
+    assert as_svg.returncode == 1
+    assert as_svg.stderr == b""
 
 
 # ------------------------------------------------------------------ RTTs and the loop's clock

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..tools.traceview import Trace, ladder_lines, ladder_svg, load_trace, plot_time_sequence
 from .helpers import Subcommands, positive_int
+from .output import OutputClosed
 
 INSTALL_HINT = "matplotlib is not installed: pip install 'utcp-transport[plot]'"
 
@@ -81,6 +82,8 @@ def plot_main(args: argparse.Namespace) -> int:
         output += ".png"
     try:
         plot_time_sequence(trace, output)
+    except BrokenPipeError:  # the path is a pipe whose reader has gone (/dev/stdout | head)
+        raise OutputClosed from None
     except OSError as exc:
         return _fail("plot", f"cannot write {output}: {exc.strerror or exc}")
     print(f"wrote {output}")
@@ -95,6 +98,8 @@ def ladder_main(args: argparse.Namespace) -> int:
     if args.svg:
         try:
             ladder_svg(trace, args.svg, limit=args.limit)
+        except BrokenPipeError:  # the path is a pipe whose reader has gone (/dev/stdout | head)
+            raise OutputClosed from None
         except OSError as exc:
             return _fail("ladder", f"cannot write {args.svg}: {exc.strerror or exc}")
         print(f"wrote {args.svg}")
