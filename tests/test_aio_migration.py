@@ -162,3 +162,77 @@ def test_a_client_whose_socket_lost_its_network_moves_by_itself(run: Runner) -> 
             await server.wait_closed()
 
     run(main())
+
+
+def test_two_moves_at_once_on_a_shared_client_endpoint_keep_both_working(run: Runner) -> None:
+    """Two ``migrate()`` calls at once on a client endpoint that two connections share (as
+    when each reacts to a network change): they take turns, and both connections go on.
+    Before, both calls returned, then both connections were cut short: a write raised, and a
+    reader saw a clean end of the stream where data was due."""
+
+    async def main() -> None:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+            writer.close()
+
+        server = await utcp.start_server(echo, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        endpoint = await utcp.create_client_endpoint()
+        try:
+            pairs = [await endpoint.open_connection(HOST, port) for _ in range(2)]
+            moves = [w.transport.migrate() for _, w in pairs]  # type: ignore[attr-defined]
+            await asyncio.wait_for(asyncio.gather(*moves), 30)
+            for n, (reader, writer) in enumerate(pairs):
+                payload = seeded_bytes(200 + n, 256 << 10)
+                writer.write(payload)
+                assert await asyncio.wait_for(reader.readexactly(len(payload)), 30) == payload
+                writer.write_eof()
+                assert await asyncio.wait_for(reader.read(), 30) == b""
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 30)
+            assert server.stats["path_changes"] >= 2, server.stats  # each followed its client
+        finally:
+            endpoint.close()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
+def test_a_move_while_the_window_is_full_is_followed_not_reset(run: Runner) -> None:
+    """``migrate()`` in the middle of an upload whose window is full: the probe from the new
+    socket is not news to the server (it holds data whose ACKs went to the old socket), and
+    its ACKs to the closed old socket draw ICMP port unreachable.  Those were taken as a
+    killed client and the connection was reset within a few hundred milliseconds; now the
+    server validates the address the client's datagrams came from, and follows."""
+
+    async def main() -> None:
+        server = await utcp.start_server(_sink_and_echo_digest, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await utcp.open_connection(HOST, port)
+            digest = hashlib.sha256()
+            first = bytearray()
+            for seed in range(32):
+                chunk = seeded_bytes(300 + seed, 1 << 20)
+                writer.write(chunk)
+                if seed == 16:  # with a window's data in flight
+                    await writer.transport.migrate()  # type: ignore[attr-defined]
+                await writer.drain()
+                digest.update(chunk)
+                if len(first) < 1 << 20:
+                    first += chunk
+            writer.write_eof()
+            answer = await asyncio.wait_for(reader.readexactly(32 + (1 << 20)), 30)
+            assert answer[:32] == digest.digest() and answer[32:] == first
+            writer.close()
+            await writer.wait_closed()
+            assert server.stats["path_changes"] == 1, server.stats
+            assert server.stats["resets_sent"] == 0
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())

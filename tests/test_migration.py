@@ -362,6 +362,36 @@ def test_a_rebinding_that_leaves_only_retransmissions_is_followed() -> None:
     assert _server_bytes(net, server) == b"r" * 3000
 
 
+def test_a_port_unreachable_from_the_old_address_while_the_peer_speaks_from_a_new_one() -> None:
+    """A NAT forgot a receiving client's mapping and answers the server's data with ICMP port
+    unreachable, while all the client sends from its new mapping are duplicate ACKs, which
+    are not news (its old address was heard within an RTO).  The errors were taken as a
+    killed client and the connection was reset; now the first starts the validation of the
+    address the peer speaks from, and the connection moves there."""
+    net = Net()
+    client, server = _establish(net)
+    server.conn.send(b"d" * 3000)
+    _once(net, SERVER)
+    acks = [data for data, _ in net.outgoing(CLIENT)]
+    for data in acks:
+        net.send(data, CLIENT)
+    _rebind(net, REBOUND)
+    assert net.send(acks[-1], REBOUND) is None  # a duplicate ACK from the new mapping
+    assert net.server.stats.path_validations == 0
+    server.conn.send(b"e" * 3000)
+    net.pump()
+    for _ in range(3):  # the old mapping answers each datagram sent to it
+        errors = [data for data, dst in net.stray if dst == CLIENT]
+        net.stray.clear()
+        for data in errors:
+            net.server.receive_icmp(data, CLIENT, port_unreachable=True, errno=111, now=net.now)
+        net.pump()
+        net.advance(1.0)  # a retransmission's error confirmed the first
+    assert server.conn.close_reason is None
+    assert server.addr == REBOUND and net.server.stats.path_changes == 1
+    assert bytes(net.received[client.conn.local_cid]) == b"d" * 3000 + b"e" * 3000
+
+
 def test_data_that_timed_out_on_the_old_address_is_resent_once_the_new_one_is_validated() -> None:
     """The NAT rebinds while the client only receives: what the server sends goes to the
     dead binding and times out, the timer backing off.  When the client next speaks from its

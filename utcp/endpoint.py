@@ -168,6 +168,9 @@ class Route:
         "in_backlog",
         "path",
         "path_failed_at",
+        "peer_hint",
+        "peer_hint_at",
+        "peer_hint_bytes",
         "reset_detail",
         "rx_bytes",
         "tx_bytes",
@@ -189,6 +192,12 @@ class Route:
         # A new address the peer's datagrams came from, being validated (RFC 9000 section 9).
         self.path: PathValidation | None = None
         self.path_failed_at = float("-inf")
+        # The latest other address the peer's own datagrams came from that was not validated
+        # (they brought nothing new), when, and its size: should the peer's address turn out
+        # to be unreachable (ICMP), this is where it went (a NAT rebinding).
+        self.peer_hint: Address | None = None
+        self.peer_hint_at = float("-inf")
+        self.peer_hint_bytes = 0
 
 
 class PathValidation:
@@ -361,26 +370,60 @@ class Endpoint:
             # Nothing new, while the peer is heard at its own address: a replayed copy, or
             # a stray.  (A peer whose NAT rebound right after its data arrived has only
             # retransmissions to send, which are not news: once its own address has been
-            # silent for an RTO they start the validation too.)
+            # silent for an RTO they start the validation too.  If its old address answers
+            # with ICMP port unreachable first, receive_icmp starts it: see peer_hint.)
+            if conn.plausibly_from_peer(packet):
+                route.peer_hint = addr
+                route.peer_hint_at = now
+                route.peer_hint_bytes = size
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
-        if (
-            path is not None
-            and now - path.started_at < max(conn.base_rto_s, PATH_CHALLENGE_MIN_GAP_S)
-        ) or now - route.path_failed_at < PATH_VALIDATION_INTERVAL_S:
-            # One validation at a time, for at least one RTO (its echo is not due before),
-            # and none for a while after one failed: spoofed sources cannot keep us busy.
+        if not self._may_validate(route, now):
             self.stats.path_validations_limited += 1
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
-        # A newer address supersedes one whose echo is overdue (the peer moved on again).
-        route.path = path = PathValidation(addr, now)
-        path.rx_bytes += size
-        self.stats.path_validations += 1
-        _log.info("path_validation_started", cid=f"{conn.local_cid:08x}", peer=str(addr))
+        path = self._start_validation(route, addr, size, now)
         conn.receive_packet(packet, now=now, segments=segments)
         self._challenge_path(route, path, now)
         return route
+
+    def _may_validate(self, route: Route, now: float) -> bool:
+        """One validation at a time, for at least one RTO (its echo is not due before), and
+        none for a while after one failed: spoofed sources cannot keep us busy."""
+        path = route.path
+        if path is not None and now - path.started_at < max(
+            route.conn.base_rto_s, PATH_CHALLENGE_MIN_GAP_S
+        ):
+            return False
+        return now - route.path_failed_at >= PATH_VALIDATION_INTERVAL_S
+
+    def _start_validation(
+        self, route: Route, addr: Address, size: int, now: float
+    ) -> PathValidation:
+        """Validate ``addr``, from which the peer sent ``size`` bytes; a newer address
+        supersedes one whose echo is overdue (the peer moved on again)."""
+        route.path = path = PathValidation(addr, now)
+        route.peer_hint = None
+        path.rx_bytes += size
+        self.stats.path_validations += 1
+        _log.info("path_validation_started", cid=f"{route.conn.local_cid:08x}", peer=str(addr))
+        return path
+
+    def _follow_hint(self, route: Route, now: float) -> bool:
+        """The peer's address is unreachable (ICMP), and its datagrams came from another
+        lately: validate that one (a NAT forgot the old mapping, or the peer moved off a
+        socket it closed).  Whether a validation is now under way."""
+        hint = route.peer_hint
+        conn = route.conn
+        if (
+            hint is None
+            or now - route.peer_hint_at > max(PATH_VALIDATION_TIMEOUT_S, 3 * conn.rto_s)
+            or not self._may_validate(route, now)
+        ):
+            return False
+        path = self._start_validation(route, hint, route.peer_hint_bytes, now)
+        self._challenge_path(route, path, now)
+        return route.path is not None  # None if the connection cannot be challenged
 
     def _challenge_path(self, route: Route, path: PathValidation, now: float) -> None:
         """Send the new address its challenge, again if the last one is one RTO old, within
@@ -459,6 +502,7 @@ class Endpoint:
             or packet is None
             or (route.addr is not None and not same_address(route.addr, addr))
             or route.path is not None  # the peer spoke from a new address: it may have moved
+            or self._follow_hint(route, now)  # it did, and is validated there now
             or not route.conn.receive_unreachable(packet, now=now)
         ):
             stats.icmp_errors_ignored += 1

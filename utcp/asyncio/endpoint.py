@@ -145,7 +145,9 @@ class Endpoint:
         self._single = protocol_factory is None and not persistent
         self._observer = observer
         self._transport: DatagramIO | None = None
-        self._retiring: DatagramIO | None = None  # the socket migrate() left, closing
+        # Sockets migrate() left, closing: their connection_lost is not the endpoint's.
+        self._retiring = 0
+        self._move_lock: asyncio.Lock | None = None  # migrate() calls take turns
         # A client whose socket can no longer send (its address or network went away) moves
         # to a new socket by itself, at most once per REBIND_INTERVAL_S.
         self._rebinding: asyncio.Task[None] | None = None
@@ -198,8 +200,8 @@ class Endpoint:
                 set_dont_fragment(sock)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._retiring is not None and self._transport is not None:
-            self._retiring = None  # the old socket of migrate(): the connections moved on
+        if self._retiring and self._transport is not None:
+            self._retiring -= 1  # an old socket of migrate(): the connections moved on
             return
         self._transport = None
         cancel_at_shutdown(id(self))
@@ -244,9 +246,19 @@ class Endpoint:
         ``local_addr`` (default: any address, a new port) and connected to the same server as
         the old one; the old socket closes.  Each connection sends a probe from the new
         socket at once, and the server follows once the new address has echoed its path
-        challenge (docs/PROTOCOL.md section 4.2).  A server endpoint does not move."""
+        challenge (docs/PROTOCOL.md section 4.2).  A server endpoint does not move.  Calls
+        made at once (two connections sharing the endpoint, or one racing the move the
+        endpoint makes by itself) take turns, each moving to a socket of its own."""
         if self._protocol_factory is not None:
             raise RuntimeError("a server's connections do not move: its clients move to it")
+        lock = self._move_lock
+        if lock is None:
+            lock = self._move_lock = asyncio.Lock()
+        async with lock:
+            await self._move(local_addr)
+
+    async def _move(self, local_addr: Any) -> None:
+        """``migrate()``'s work, one call at a time."""
         old = self._transport
         sock = old.get_extra_info("socket") if old is not None else None
         if old is None or sock is None or self._closing:
@@ -272,11 +284,11 @@ class Endpoint:
         except BaseException:
             new.close()
             raise
-        self._retiring = old
+        self._retiring += 1
         try:
             await create_endpoint(lambda: self, config=self.config, sock=new)
         except BaseException:
-            self._retiring = None
+            self._retiring -= 1
             new.close()
             raise
         old.close()
@@ -331,6 +343,8 @@ class Endpoint:
                 handle = cast(ConnectionHandle, route)
                 if not handle.forgotten:
                     self.service(handle)
+        if core.has_output:
+            self._core_output()  # a path challenge to where the peer went
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if self._observer is not None:

@@ -484,6 +484,21 @@ class Connection:
         # A keepalive or stall probe (SEQ = RCV.NXT - 1) acknowledging no less than before.
         return seg_pos == rcv.nxt - 1 and snd.una <= ack_pos <= snd.max
 
+    def plausibly_from_peer(self, p: Packet) -> bool:
+        """Whether ``p``, though not news, looks like this synchronized connection's peer's
+        own: an ACK within what we sent (RFC 5961 section 5.2) and a sequence number within
+        a window of RCV.NXT, which an off-path attacker cannot guess.  From another address
+        than the peer's, a hint of where the peer went, should its own address turn out to be
+        unreachable."""
+        st = self._state
+        if st not in SYNCHRONIZED or st is TIME_WAIT or p.flags & _RST or not p.flags & _ACK:
+            return False
+        rcv = self._rcv
+        span = max(rcv.window(), 1 << 16)
+        if not rcv.nxt - span <= rcv.position(p.seq) <= rcv.nxt + span:
+            return False
+        return self._ack_plausible(self._snd.position(p.ack))
+
     def probe_path(self) -> None:
         """Send a probe (a bare ACK, SEQ = SND.UNA - 1) with the next datagrams: after the
         connection moved to a new local socket it is news to the peer, which then validates
