@@ -805,6 +805,13 @@ def test_half_close_peer_keeps_sending() -> None:
     [
         ({"mss_bytes": 63}, "mss_bytes"),
         ({"mss_bytes": 65535}, "mss_bytes"),
+        # With its 24-byte header a larger payload exceeds the largest UDP datagram, 65507
+        # bytes: every full segment failed with EMSGSIZE and the transfer stood still.
+        ({"mss_bytes": 65484, "pmtud": False}, "mss_bytes must be 64..65483"),
+        # A duration of infinity was accepted: with it a connect never timed out.
+        ({"rto_initial_s": float("inf")}, "rto_initial_s must be finite"),
+        ({"msl_s": float("inf")}, "msl_s must be finite"),
+        ({"user_timeout_s": float("inf")}, "user_timeout_s must be finite"),
         ({"recv_buffer_bytes": 1000}, "recv_buffer_bytes"),
         ({"send_buffer_bytes": 0}, "send_buffer_bytes"),
         ({"rto_min_s": 0.0}, "rto_min_s"),

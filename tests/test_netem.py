@@ -600,6 +600,7 @@ def test_command_defaults_impair_nothing() -> None:
         ("--listen", "localhost", "not HOST:PORT"),
         ("--to", "h:99999", "port out of range"),
         ("--seed", "x", "invalid int value"),
+        ("--rebind-every", "0", "must be positive"),  # was a traceback, exit 1
     ],
 )
 def test_command_rejects_bad_values(

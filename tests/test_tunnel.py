@@ -685,6 +685,17 @@ def test_parse_address_rejects(text: str) -> None:
         parse_address(text)
 
 
+@pytest.mark.parametrize("config", [{}, {"mss_bytes": 1000}, "", 0])
+def test_start_refuses_a_config_that_is_not_one(config: object) -> None:
+    # As every call taking ``config=``: a TypeError.  Before, a dict raised AttributeError
+    # and an empty one (or "", 0) was taken for ``Config()``.
+    async def main() -> None:
+        await Tunnel.start("tcp:127.0.0.1:0", "utcp:127.0.0.1:9", config=config)  # type: ignore[arg-type]
+
+    with pytest.raises(TypeError, match=r"config must be a utcp\.Config"):
+        asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     ("args", "config", "needle"),
     [

@@ -7,6 +7,7 @@ bad value never surfaces as odd behaviour deep in the protocol.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from .packet import HEADER_SIZE, MAX_WINDOW_FIELD, MAX_WSCALE
@@ -99,6 +100,15 @@ def _check_types(config: Config) -> None:
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             wanted = " or ".join("None" if k is type(None) else k.__name__ for k in kinds[:2])
             raise TypeError(f"invalid Config: {name} must be {wanted}, not {type(value).__name__}")
+
+
+def _check_finite(config: Config) -> None:
+    """Every duration and rate is a finite number: an infinite ``rto_initial_s`` made a
+    connect wait for ever, an infinite ``msl_s`` a TIME_WAIT that never ends."""
+    for name, kinds in _field_types().items():
+        value = getattr(config, name)
+        if float in kinds and isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"invalid Config: {name} must be finite, not {value!r}")
 
 
 def _usable_path(value: object) -> bool:
@@ -355,8 +365,12 @@ class Config:
         (``pmtud="no"`` would have turned discovery on) or ``ValueError`` naming the first
         field with a bad value."""
         _check_types(self)
+        _check_finite(self)
         checks = [
-            (64 <= self.mss_bytes <= 65535 - HEADER_SIZE, "mss_bytes must be 64..65511"),
+            (
+                64 <= self.mss_bytes <= MAX_UDP_PAYLOAD_BYTES - HEADER_SIZE,
+                "mss_bytes must be 64..65483",  # a full segment fits the largest datagram
+            ),
             (self.recv_buffer_bytes >= 2 * self.mss_bytes, "recv_buffer_bytes < 2 * mss_bytes"),
             (0 <= self.server_id_bits <= 16, "server_id_bits must be 0..16"),
             (

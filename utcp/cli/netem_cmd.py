@@ -51,6 +51,13 @@ def _datagram_size(text: str) -> int:
     return size
 
 
+def _interval(text: str) -> float:
+    seconds = parse_duration(text)
+    if not seconds > 0:
+        raise ValueError(f"interval must be positive, not {text!r}")
+    return seconds
+
+
 # option, Impairment field, type, metavar, help
 _IMPAIRMENTS: list[tuple[str, str, Callable[[str], object], str, str]] = [
     ("loss", "loss", arg_type(parse_fraction, "percentage"), "PCT", "drop this fraction (5%%)"),
@@ -168,7 +175,7 @@ def register(subparsers: Subcommands) -> None:
             )
     parser.add_argument(
         "--rebind-every",
-        type=arg_type(parse_duration, "duration"),
+        type=arg_type(_interval, "duration"),
         metavar="DURATION",
         help="every DURATION each client's datagrams leave for the server from a new port, "
         "as when a NAT rebinds; what the server sends to the old port is lost (e.g. 2s)",

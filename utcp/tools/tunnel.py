@@ -25,7 +25,7 @@ from ssl import SSLCertVerificationError, SSLContext, SSLError
 from typing import Any, Literal
 
 from ..asyncio import ClientEndpoint, Server, Worker, create_client_endpoint, start_server
-from ..config import Config
+from ..config import Config, given
 from ..connection import Connection
 from ..log import get_logger
 
@@ -379,7 +379,7 @@ class Tunnel:
         tunnel = cls(
             listen,
             to,
-            config or Config(),
+            given(config),
             on_close,
             connect_timeout_s,
             ssl,
