@@ -263,6 +263,22 @@ def test_perf_json_send_and_reverse() -> None:
     assert len(down["flows"]) == 2
 
 
+def test_perf_times_a_transfer_that_arrives_in_one_read() -> None:
+    # 10 KiB arrives in one read: its first and last byte at one instant.  The duration was
+    # then 1e-9 s and the goodput tens of millions of Mbit/s; with parallel flows the
+    # summary took the longest flow, not the span of all of them.
+    with background(["perf", "--server", "--port", "0"]) as (_, port):
+        runs = [
+            utcp_cli("perf", "127.0.0.1", str(port), "-n", "10K", *extra, "--json")
+            for extra in ([], ["-R"], ["-P", "3"], ["-R", "-P", "3"])
+        ]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+        result = json.loads(run.stdout)
+        assert result["seconds"] > 1e-5, result  # a round trip's time at least
+        assert result["goodput_mbit_s"] == result["bytes"] * 8 / 1e6 / result["seconds"]
+
+
 def test_perf_prints_live_lines_and_a_summary() -> None:
     with background(["perf", "--server", "--port", "0"]) as (_, port):
         result = utcp_cli("perf", "127.0.0.1", str(port), "--time", "2.5s")

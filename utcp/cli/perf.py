@@ -2,8 +2,10 @@
 
 The client sends (or, with ``--reverse``, receives) for a number of bytes or seconds on one or
 more parallel connections, printing a line per second (goodput, retransmissions, srtt, cwnd)
-and a summary.  Goodput is measured at the receiver, from its first byte to its last.  srtt is
-shown no finer than the event loop's clock measures it (1 ms on uvloop: utcp.cli.report).
+and a summary. Goodput is measured at the receiver, from when it is ready for the data (the
+request taken) to its last byte; with parallel flows, from the first flow's start to the last
+one's end. srtt is shown no finer than the event loop's clock measures it (1 ms on uvloop:
+utcp.cli.report).
 
 Over TLS (``--tls-cert``/``--tls-key`` on the server, ``--tls-ca`` or ``--tls-insecure`` on the
 client) the data goes in length-prefixed chunks and a zero length ends it: TLS cannot
@@ -63,7 +65,8 @@ def register(sub: Subcommands) -> None:
         help="measure throughput (iperf3-style)",
         description=(
             "Throughput test. Start 'utcp perf --server' on one side and 'utcp perf HOST PORT' "
-            "on the other. Goodput is measured at the receiver from first to last byte."
+            "on the other. Goodput is measured at the receiver, from when it is ready for the "
+            "data to its last byte."
         ),
         usage="utcp perf --server [--host H] [--port P] [--workers N]"
         " [--tls-cert FILE --tls-key FILE]\n"
@@ -99,6 +102,9 @@ class Flow:
     """What one connection of the test did."""
 
     bytes: int = 0
+    # When the receiver was ready for the data, and when its last byte arrived (monotonic
+    # seconds, this process's clock; for a flow this client sent, when it began sending and
+    # that plus the duration the receiver measured).
     first_s: float | None = None
     last_s: float | None = None
     stats: ConnectionStats | None = None
@@ -109,7 +115,7 @@ class Flow:
     def seconds(self) -> float:
         if self.first_s is None or self.last_s is None:
             return 0.0
-        return max(self.last_s - self.first_s, 1e-9)
+        return max(self.last_s - self.first_s, 0.0)
 
 
 def _over_tls(writer: asyncio.StreamWriter) -> bool:
@@ -144,15 +150,15 @@ async def _send(writer: asyncio.StreamWriter, flow: Flow, nbytes: int | None, se
 
 
 def _arrived(flow: Flow, nbytes: int) -> None:
-    now = time.monotonic()
-    if flow.first_s is None:
-        flow.first_s = now
-    flow.last_s = now
+    flow.last_s = time.monotonic()
     flow.bytes += nbytes
 
 
 async def _receive(reader: asyncio.StreamReader, flow: Flow, *, framed: bool) -> None:
-    """Receive until the data ends: EOF, or ``framed`` (over TLS) a zero length."""
+    """Receive until the data ends: EOF, or ``framed`` (over TLS) a zero length.  The flow's
+    time starts now, ready for the data: a transfer that arrives in one read has no span
+    from its first byte to its last."""
+    flow.first_s = time.monotonic()
     if not framed:
         while data := await reader.read(CHUNK * 4):
             _arrived(flow, len(data))
@@ -222,9 +228,10 @@ async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flo
         if args.reverse:
             await _receive(reader, flow, framed=_over_tls(writer))
         else:
+            began = time.monotonic()
             await _send(writer, flow, args.bytes, 10.0 if args.time is None else args.time)
             result = json.loads(await reader.readline() or b"{}")
-            flow.first_s, flow.last_s = 0.0, float(result.get("seconds", 0.0))
+            flow.first_s, flow.last_s = began, began + float(result.get("seconds", 0.0))
             flow.bytes = int(result.get("bytes", flow.bytes))
         flow.stats = opened.connection.stats
     finally:
@@ -244,7 +251,8 @@ def _sample(flows: list[Flow], reverse: bool) -> tuple[int, int, float | None, i
         if f.connection is None:
             continue
         st = f.connection.stats
-        total += st.bytes_received if reverse else f.bytes - st.send_buffer_bytes
+        # (The request line is in the send buffer before the first data: never below 0.)
+        total += st.bytes_received if reverse else max(f.bytes - st.send_buffer_bytes, 0)
         retx += st.retransmissions
         cwnd += st.cwnd_bytes
         if st.srtt_s is not None:
@@ -289,7 +297,10 @@ async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, An
             t.cancel()
         raise
     total_bytes = sum(f.bytes for f in flows)
-    seconds = max((f.seconds() for f in flows), default=0.0)
+    # From the first flow's start to the last flow's end: parallel flows do not all run
+    # at once (a thousand take a while to open).
+    spans = [(f.first_s, f.last_s) for f in flows if f.first_s is not None and f.last_s is not None]
+    seconds = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
     stats = [f.stats for f in flows if f.stats is not None]
     return {
         "direction": "receive" if args.reverse else "send",
