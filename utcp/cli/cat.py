@@ -123,9 +123,11 @@ def _read_chunks(fd: int, loop: asyncio.AbstractEventLoop, chunks: asyncio.Queue
             data = os.read(fd, CHUNK)
         except OSError:
             data = b""
+        handover = chunks.put(data)
         try:
-            asyncio.run_coroutine_threadsafe(chunks.put(data), loop).result()
+            asyncio.run_coroutine_threadsafe(handover, loop).result()
         except (RuntimeError, concurrent.futures.CancelledError):
+            handover.close()  # never run: no "never awaited" warning at exit
             return  # the loop is gone: the command has finished
         if not data:
             return
