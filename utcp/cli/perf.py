@@ -2,10 +2,10 @@
 
 The client sends (or, with ``--reverse``, receives) for a number of bytes or seconds on one or
 more parallel connections, printing a line per second (goodput, retransmissions, srtt, cwnd)
-and a summary. Goodput is measured at the receiver, from when it is ready for the data (the
-request taken) to its last byte; with parallel flows, from the first flow's start to the last
-one's end. srtt is shown no finer than the event loop's clock measures it (1 ms on uvloop:
-utcp.cli.report).
+and a summary. Goodput is timed by the client, from its request to the last byte's arrival
+(sending: to the receiver's report of it, a round trip later; receiving: at the client itself);
+with parallel flows, from the first flow's start to the last one's end. srtt is shown no finer
+than the event loop's clock measures it (1 ms on uvloop: utcp.cli.report).
 
 Over TLS (``--tls-cert``/``--tls-key`` on the server, ``--tls-ca`` or ``--tls-insecure`` on the
 client) the data goes in length-prefixed chunks and a zero length ends it: TLS cannot
@@ -65,8 +65,8 @@ def register(sub: Subcommands) -> None:
         help="measure throughput (iperf3-style)",
         description=(
             "Throughput test. Start 'utcp perf --server' on one side and 'utcp perf HOST PORT' "
-            "on the other. Goodput is measured at the receiver, from when it is ready for the "
-            "data to its last byte."
+            "on the other. Goodput is timed from the request to the last byte's arrival "
+            "(sending: to the receiver's report of it)."
         ),
         usage="utcp perf --server [--host H] [--port P] [--workers N]"
         " [--tls-cert FILE --tls-key FILE]\n"
@@ -104,7 +104,7 @@ class Flow:
     bytes: int = 0
     # When the receiver was ready for the data, and when its last byte arrived (monotonic
     # seconds, this process's clock; for a flow this client sent, when it began sending and
-    # that plus the duration the receiver measured).
+    # when the receiver's report of the last byte came back).
     first_s: float | None = None
     last_s: float | None = None
     stats: ConnectionStats | None = None
@@ -231,7 +231,9 @@ async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flo
             began = time.monotonic()
             await _send(writer, flow, args.bytes, 10.0 if args.time is None else args.time)
             result = json.loads(await reader.readline() or b"{}")
-            flow.first_s, flow.last_s = began, began + float(result.get("seconds", 0.0))
+            # Until the receiver's report of the last byte: what it measured alone may be
+            # microseconds (the request and a small transfer arrive together).
+            flow.first_s, flow.last_s = began, time.monotonic()
             flow.bytes = int(result.get("bytes", flow.bytes))
         flow.stats = opened.connection.stats
     finally:
