@@ -281,3 +281,41 @@ def test_duplicate_syn_after_the_handshake_opens_no_second_connection(run: Runne
         await server.wait_closed()
 
     run(main())
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_loop_that_ran_utcp_is_freed_once_run_returns(loop: str) -> None:
+    """asyncio.run() (or uvloop.run()) over a utcp server and connection: once it returns,
+    nothing of utcp's keeps the loop.  Every such loop had been kept for good (the shutdown
+    guard, whose async generator's finalizer is the loop's own method, was the value of a
+    weak dictionary keyed by that loop), with its memory: 256 KB a run on uvloop."""
+    import gc
+    import weakref
+
+    import uvloop
+
+    loops: list[weakref.ref[asyncio.AbstractEventLoop]] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()
+        writer.close()
+
+    async def session() -> None:
+        loops.append(weakref.ref(asyncio.get_running_loop()))
+        server = await utcp.start_server(handler, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await utcp.open_connection("127.0.0.1", port)
+        writer.write_eof()
+        await reader.read()
+        writer.close()
+        await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+
+    for _ in range(3):
+        if loop == "uvloop":
+            uvloop.run(session())
+        else:
+            asyncio.run(session())
+    gc.collect()
+    assert [ref() for ref in loops] == [None, None, None]

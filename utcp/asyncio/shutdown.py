@@ -9,6 +9,10 @@ The hook is the loop's own: ``shutdown_asyncgens()``, which both ``asyncio.run``
 before closing a loop, closes every async generator still suspended, and one suspended
 generator per loop stands guard here.  Kept out of the compiled modules: it is an async
 generator, and it runs once per loop.
+
+The loop itself holds its guard (an attribute): the generator's finalizer is the loop's own
+method, so a guard kept anywhere else (a weak dictionary keyed by the loop included) would
+keep the loop alive for good.  Held by the loop, the two are garbage together.
 """
 
 from __future__ import annotations
@@ -48,16 +52,27 @@ class _Guard:
                     _log.warning("shutdown_callback_failed", error=repr(exc))
 
 
-_guards: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Guard] = weakref.WeakKeyDictionary()
+_ATTRIBUTE = "_utcp_shutdown_guard"
+# Loops that take no attributes (``__slots__``): their guards, kept for good (see above).
+_kept: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Guard] = weakref.WeakKeyDictionary()
+
+
+def _guard_of(loop: asyncio.AbstractEventLoop) -> _Guard | None:
+    guard = getattr(loop, _ATTRIBUTE, None)
+    return guard if isinstance(guard, _Guard) else _kept.get(loop)
 
 
 def call_at_shutdown(key: int, callback: Callable[[], object]) -> None:
     """Call ``callback()`` when the running loop shuts down its async generators, unless
     ``cancel_at_shutdown(key)`` comes first.  Registering a key twice keeps the latest."""
     loop = asyncio.get_running_loop()
-    guard = _guards.get(loop)
+    guard = _guard_of(loop)
     if guard is None:
-        guard = _guards[loop] = _Guard()
+        guard = _Guard()
+        try:
+            setattr(loop, _ATTRIBUTE, guard)
+        except AttributeError:
+            _kept[loop] = guard
     guard.callbacks[key] = callback
 
 
@@ -67,6 +82,6 @@ def cancel_at_shutdown(key: int) -> None:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return
-    guard = _guards.get(loop)
+    guard = _guard_of(loop)
     if guard is not None:
         guard.callbacks.pop(key, None)
