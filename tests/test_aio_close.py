@@ -559,3 +559,39 @@ def test_connections_winding_down_make_room_at_max_connections(run: Runner) -> N
         await server.wait_closed()
 
     run(main())
+
+
+def test_clients_whose_connect_completed_through_syn_cookies_are_served_after_close(
+    run: Runner,
+) -> None:
+    """Clients whose connect returned are served when the server closes right after, as the
+    handshake grace promises, also those whose handshake went through SYN cookies (the
+    backlog full): the socket stays open for the grace, and their cookie ACKs are taken.
+    Before, it closed once the backlog's connections were done, and the cookie clients' data
+    drew ICMP port unreachable: their reads raised ConnectionResetError."""
+
+    async def main() -> None:
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.read())
+            writer.close()
+
+        server = await utcp.start_server(echo, HOST, 0, backlog=4)
+        port = server.sockets[0].getsockname()[1]
+        pairs = await asyncio.gather(*(utcp.open_connection(HOST, port) for _ in range(200)))
+        server.close()
+
+        async def use(n: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+            writer.write(b"ping %d" % n)
+            writer.write_eof()
+            answer = await reader.read()
+            writer.close()
+            return answer
+
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(use(n, r, w) for n, (r, w) in enumerate(pairs))), 30
+        )
+        assert answers == [b"ping %d" % n for n in range(200)]
+        assert server.stats["syn_cookies_accepted"] > 0
+        await asyncio.wait_for(server.wait_closed(), 30)
+
+    run(main())

@@ -40,6 +40,7 @@ from .stateless import new_connection_id, reset_for
 from .trace import address_text
 
 __all__ = [
+    "AFTER_CLOSE_GRACE_S",
     "AMPLIFICATION_FACTOR",
     "COOKIE_GRACE_S",
     "Address",
@@ -56,6 +57,9 @@ _log = get_logger()
 RECENTLY_CLOSED_MAX: Final = 4096  # closed connection ids remembered at most
 AMPLIFICATION_FACTOR: Final = 3  # RFC 9000 section 8.1
 COOKIE_GRACE_S: Final = 64.0  # a cookie is valid for one to two of these
+# After accepting stops, handshakes under way (in the backlog, or through cookies) have this
+# long to complete and be served rather than reset.
+AFTER_CLOSE_GRACE_S: Final = 3.0
 PATH_CHALLENGE_TRIES: Final = 3  # challenges to one new address before it is given up
 PATH_VALIDATION_INTERVAL_S: Final = 1.0  # after one failed, the next waits this long
 PATH_CHALLENGE_MIN_GAP_S: Final = 0.2  # and re-challenges no sooner (nor before its RTO)
@@ -284,6 +288,7 @@ class Endpoint:
             else None
         )
         self._cookie_sent_at: float | None = None
+        self._stopped_at: float | None = None  # when accepting stopped (stop_accepting)
         self._reset_tokens = float(self.config.max_resets_per_s)
         self._reset_refill_at = now
         self._transmits: list[tuple[bytes, Address]] = []
@@ -612,13 +617,31 @@ class Endpoint:
         if self._syn_index.get(key) == cid:
             del self._syn_index[key]
 
-    def stop_accepting(self) -> None:
-        """Open no more server connections; SYNs draw a reset from now on."""
+    def stop_accepting(self, *, now: float | None = None) -> None:
+        """Open no more server connections; SYNs draw a reset from now on.  With ``now``,
+        the ACKs of SYN cookies handed out before are still taken for ``AFTER_CLOSE_GRACE_S``
+        (``cookie_grace``): those clients' connects have completed on their side."""
+        if self._accepting and now is not None:
+            self._stopped_at = now
         self._accepting = False
+
+    def cookie_grace(self, now: float) -> bool:
+        """Whether this endpoint, which stopped accepting, still takes the ACKs of the SYN
+        cookies it handed out before: for ``AFTER_CLOSE_GRACE_S`` after it stopped, if it had
+        sent any in the ``COOKIE_GRACE_S`` before (a cookie is good that long)."""
+        stopped = self._stopped_at
+        sent = self._cookie_sent_at
+        return (
+            stopped is not None
+            and sent is not None
+            and stopped - sent < COOKIE_GRACE_S
+            and now - stopped < AFTER_CLOSE_GRACE_S
+        )
 
     def start_accepting(self) -> None:
         """Open server connections from now on (a server made not yet serving)."""
         self._accepting = True
+        self._stopped_at = None
 
     def clear(self) -> None:
         """The socket is gone: route nothing any more."""
@@ -754,7 +777,7 @@ class Endpoint:
         """A connection rebuilt from the ACK of a cookie SYN-ACK, or None if it is not one."""
         cookies = self._cookies
         assert cookies is not None
-        if not self._accepting:
+        if not self._accepting and not self.cookie_grace(now):
             return None
         peer_isn = (packet.seq - 1) & SEQ_MASK
         isn = (packet.ack - 1) & SEQ_MASK

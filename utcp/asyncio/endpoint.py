@@ -742,6 +742,8 @@ class Endpoint:
         if self._cutting or self._transport is None:
             return
         core = self._core
+        if core.cookie_grace(_clock()):
+            return  # cookie clients may still complete their handshakes: _reset_handshakes
         if self._single:
             if core.connection_count:
                 return
@@ -869,8 +871,9 @@ class Endpoint:
         connections have ended and those it closed have finished winding down in the
         background (FIN_WAIT_2 at most ``fin_wait_2_timeout_s``, TIME_WAIT)."""
         self._closing = True
-        self._core.stop_accepting()
-        if any(handle.in_backlog for handle in self.handles()):
+        now = _clock()
+        self._core.stop_accepting(now=now)
+        if self._core.cookie_grace(now) or any(handle.in_backlog for handle in self.handles()):
             self._loop.call_later(HANDSHAKE_GRACE_S, self._reset_handshakes)
         self._maybe_close_socket()
 
@@ -880,13 +883,19 @@ class Endpoint:
         a closed TCP listener drops its half-open connections.  (Left to run, one whose
         client had gone held ``wait_closed()`` for the SYN timer, 71 s.)  The grace lets a
         client whose connect has just completed on its side (its handshake ACK on the way)
-        be served, rather than reset."""
+        be served, rather than reset: those whose handshake went through SYN cookies too
+        (their ACKs are taken until then, ``Endpoint.cookie_grace``), so the socket stays
+        open that long."""
         if self._transport is None:
+            return
+        if self._core.cookie_grace(_clock()):  # a coarse timer fired a little early
+            self._loop.call_later(0.01, self._reset_handshakes)
             return
         for handle in self.handles():
             if handle.in_backlog and handle.conn.close_reason is None:
                 handle.conn.abort()
                 self.service(handle)
+        self._maybe_close_socket()
 
     def abort_all(self) -> None:
         """Reset every connection and close the socket now."""
