@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import QUIET, Link, Network, captured_logs, conns, pair
 from tests.test_packet import PMTUD_SYN_VECTOR
-from utcp import Config, Connection, ConnectionState, Flag, Packet, decode, encode
+from utcp import CloseReason, Config, Connection, ConnectionState, Flag, Packet, decode, encode
 from utcp.config import BASE_DATAGRAM_BYTES, MAX_UDP_PAYLOAD_BYTES
 from utcp.packet import HEADER_SIZE
 from utcp.pmtud import (
@@ -400,6 +400,21 @@ def test_black_hole_mid_transfer_drops_to_base_then_settles_below_the_new_limit(
     assert late and max(_size(s.packet) for s in late) <= 1400
     assert st.retransmissions > 0 and max(len(s.packet.payload) for s in late) <= 1376
     assert b.stats.pmtud_black_holes == 0  # b sent only ACKs: nothing of its was too big
+
+
+def test_a_path_below_the_base_size_ends_the_connection_soon_and_says_why() -> None:
+    # Datagrams of 1,100 bytes and less get through, the base size's 1,200 never: the
+    # handshake and ACKs pass, data never does.  The connection went on retransmitting for
+    # minutes (its timeout, some 500 s with the defaults, said "no answer" from a peer that
+    # answered all along); now it ends once the base size has failed three times while the
+    # peer was heard, within seconds, with the reason on record.
+    net = _path(1100)
+    a, _ = conns(net)
+    a.send(b"x" * 20_000)
+    net.run(until=lambda: a.close_reason is not None, max_time=600)
+    assert a.close_reason is CloseReason.TIMEOUT
+    assert a.path_too_small
+    assert net.now < 30.0, net.now
 
 
 def test_lost_probes_never_count_as_congestion() -> None:

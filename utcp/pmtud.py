@@ -104,6 +104,8 @@ class Pmtud:
         self.probes_sent = 0
         self.probes_lost = 0
         self.black_holes = 0
+        self.base_failures = 0  # times in a row the base size failed (BASE, then ERROR's retries)
+        self.error_since = 0.0  # when ERROR began
         self._log = log
         self._on_state = on_state
         self._hi = base_bytes  # largest size not known to fail
@@ -159,6 +161,7 @@ class Pmtud:
                 return False
             # The base size is confirmed (RFC 8899 section 5.2): search above it.
             self.wake_at = _NEVER
+            self.base_failures = 0
             self._error_wait = ERROR_RETRY_MIN_S
             self._set_state(P.SEARCHING)
             self._phase = _WALK
@@ -240,8 +243,10 @@ class Pmtud:
         self._candidate = 0
         if self.state in (P.BASE, P.ERROR):
             # Not even the base size: try it again now and then, less and less often.
+            self.base_failures += 1
             if self.state is P.BASE:
                 self._error_wait = ERROR_RETRY_MIN_S
+                self.error_since = now
                 self._set_state(P.ERROR)
             else:
                 self._error_wait = min(self._error_wait * 2, ERROR_RETRY_MAX_S)

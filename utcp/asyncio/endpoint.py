@@ -666,6 +666,13 @@ class Endpoint:
                 return TimeoutError(
                     errno.ETIMEDOUT, f"timed out: {peer} answers but never opened its window"
                 )
+            if handle.conn.path_too_small:
+                base = self.config.base_datagram_bytes
+                return TimeoutError(
+                    errno.ETIMEDOUT,
+                    f"timed out: {peer} answers, but no datagram of {base} bytes gets through"
+                    " (the path's MTU is below Config.base_datagram_bytes)",
+                )
             silent = max(0.0, _clock() - handle.conn.last_heard)
             return TimeoutError(errno.ETIMEDOUT, f"no answer from {peer} for {silent:.0f} s")
         if reason is CloseReason.UNREACHABLE:

@@ -271,6 +271,12 @@ class Connection:
         return self._snd.window_never_opened
 
     @property
+    def path_too_small(self) -> bool:
+        """Whether the connection timed out because no datagram of the base size (path MTU
+        discovery's ERROR state) got through while the peer answered smaller ones."""
+        return self._snd.path_too_small
+
+    @property
     def send_buffer_size(self) -> int:
         """Bytes written by the application and not yet acknowledged by the peer."""
         return len(self._snd.buf)

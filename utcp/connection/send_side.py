@@ -41,6 +41,9 @@ class SendSide:
         # An orphan gave up on a peer that answered its window probes but never opened its
         # window (the timeout's reason is not silence).
         self.window_never_opened = False
+        # It gave up because the peer answers small datagrams while no datagram of the base
+        # size gets through (the path's MTU is below base_datagram_bytes).
+        self.path_too_small = False
 
     def wire_seq(self, pos: int) -> int:
         """The 32-bit sequence number of position ``pos``."""

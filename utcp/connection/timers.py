@@ -14,7 +14,7 @@ from typing import Any, Final, final
 from ..config import Config
 from ..events import CloseReason
 from ..packet import HEADER_SIZE
-from ..pmtud import Pmtud
+from ..pmtud import Pmtud, PmtudState
 from ..state import CLOSING, FIN_WAIT_1, LAST_ACK, SYN_RECEIVED, SYN_SENT, ConnectionState
 from .control import Control
 from .counters import Counters
@@ -32,6 +32,10 @@ __all__ = ["BLACK_HOLE_RTOS", "TimerHandlers"]
 # detection after tcp_retries1 (3) timeouts.  Two in a row are common under heavy random loss
 # (a quarter of the time at 30% each way); a false alarm costs a search from the base size.
 BLACK_HOLE_RTOS: Final = 3
+# Path MTU discovery's base size failed this many times in a row (its first try, then
+# ERROR's retries, 1 and 2 s apart) while the peer answered smaller datagrams: the path
+# carries no datagram of that size, and data, which needs it, can never get through.
+PATH_TOO_SMALL_FAILURES: Final = 3
 
 
 @final
@@ -124,6 +128,19 @@ class TimerHandlers:
                 retries=loss.timeouts_in_a_row,
                 snd_una=snd.wire_seq(snd.una),
             )
+            control.need_rst = True
+            return CloseReason.TIMEOUT
+        pm = self._pmtud
+        if (
+            pm is not None
+            and pm.state is PmtudState.ERROR
+            and pm.base_failures >= PATH_TOO_SMALL_FAILURES
+            and loss.heard_at > pm.error_since
+        ):
+            # Retransmitting on would take minutes (max_retransmits) and end as if the peer
+            # had gone silent, while it answered all along.
+            self._log.info("path_too_small", base=pm.base, failures=pm.base_failures)
+            snd.path_too_small = True
             control.need_rst = True
             return CloseReason.TIMEOUT
         loss.on_timeout(now)
