@@ -20,6 +20,7 @@ from utcp import CloseReason, Config, Connection, ConnectionState, Flag, Packet,
 from utcp.config import BASE_DATAGRAM_BYTES, MAX_UDP_PAYLOAD_BYTES
 from utcp.packet import HEADER_SIZE
 from utcp.pmtud import (
+    CONTROL_PROBE_BYTES,
     MAX_PROBES,
     PLATEAUS_BYTES,
     PMTU_RAISE_TIMER_S,
@@ -146,7 +147,12 @@ def test_base_size_lost_max_probes_times_is_the_error_state() -> None:
         assert pm.next_probe(now=float(k), timeout_s=0.5) is None  # one in flight at a time
         pm.on_timer(now=k + 0.5)
     assert pm.state is P.ERROR and pm.size == 1200 and pm.timer is None
+    # With the failure, one small control probe (no timer: its answer is only evidence
+    # that the peer is there while the base size does not get through).
+    control = pm.next_probe(now=3.0, timeout_s=0.5)
+    assert control is not None and control[1] == CONTROL_PROBE_BYTES and pm.timer is None
     assert not pm.probe_due
+    assert pm.on_probe_acked(control[0], now=3.1) is False and pm.control_answered_at == 3.1
     pm.wake(now=pm.wake_at - 0.01)  # traffic too early: nothing yet
     assert not pm.probe_due
     pm.wake(now=pm.wake_at)  # traffic after the wait: the base size once more

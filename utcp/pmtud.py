@@ -27,6 +27,9 @@ PMTU_RAISE_TIMER_S: Final = 600.0  # SEARCH_COMPLETE searches again after this (
 PROBE_TIMEOUT_MIN_S: Final = 0.010  # floor of the probe timer, as the tail loss probe's
 ERROR_RETRY_MIN_S: Final = 1.0  # ERROR re-probes the base size after this, doubling ...
 ERROR_RETRY_MAX_S: Final = 60.0  # ... up to this
+# Each time the base size fails, one probe this small goes too: answered, it shows that the
+# peer is there and only the base size does not get through (the path's MTU is below it).
+CONTROL_PROBE_BYTES: Final = 576
 # UDP payloads of common paths, tried in ascending order before any finer search: a 1500-byte
 # MTU over IPv6 and IPv4, a 9000-byte one, and Linux loopback's 65536 over IPv6 (65507, the
 # IPv4 maximum, is the default ceiling, always tried last).
@@ -106,6 +109,8 @@ class Pmtud:
         self.black_holes = 0
         self.base_failures = 0  # times in a row the base size failed (BASE, then ERROR's retries)
         self.error_since = 0.0  # when ERROR began
+        self.control_due = False  # a control probe (CONTROL_PROBE_BYTES) is to go
+        self.control_answered_at = -1.0  # when one was last answered
         self._log = log
         self._on_state = on_state
         self._hi = base_bytes  # largest size not known to fail
@@ -138,6 +143,17 @@ class Pmtud:
         """
         if not self.probe_due:
             return None
+        if self.control_due:
+            # Not a candidate: no tries or timer; its answer is only evidence (above).
+            self.control_due = False
+            self.probe_due = self._candidate != 0
+            self.probes_sent += 1
+            probe_id = self._next_id
+            self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
+            self._recent[probe_id] = CONTROL_PROBE_BYTES
+            if len(self._recent) > _RECENT_PROBES:
+                del self._recent[next(iter(self._recent))]
+            return probe_id, min(CONTROL_PROBE_BYTES, self.base)
         self.probe_due = False
         self._tries += 1
         self.probes_sent += 1
@@ -156,6 +172,9 @@ class Pmtud:
         if acked is None:
             return False
         old = self.size
+        if acked == CONTROL_PROBE_BYTES and acked < self.base:
+            self.control_answered_at = now
+            return False
         if self.state in (P.BASE, P.ERROR):
             if acked != self.base:
                 return False
@@ -244,6 +263,7 @@ class Pmtud:
         if self.state in (P.BASE, P.ERROR):
             # Not even the base size: try it again now and then, less and less often.
             self.base_failures += 1
+            self.control_due = self.probe_due = True
             if self.state is P.BASE:
                 self._error_wait = ERROR_RETRY_MIN_S
                 self.error_since = now

@@ -33,8 +33,9 @@ __all__ = ["BLACK_HOLE_RTOS", "TimerHandlers"]
 # (a quarter of the time at 30% each way); a false alarm costs a search from the base size.
 BLACK_HOLE_RTOS: Final = 3
 # Path MTU discovery's base size failed this many times in a row (its first try, then
-# ERROR's retries, 1 and 2 s apart) while the peer answered smaller datagrams: the path
-# carries no datagram of that size, and data, which needs it, can never get through.
+# ERROR's retries, 1 and 2 s apart) while the peer answered a small control probe sent with
+# them: the path carries no datagram of that size, and data, which needs it, never gets
+# through.  (A peer that moved, or went silent, answers no control probe.)
 PATH_TOO_SMALL_FAILURES: Final = 3
 
 
@@ -135,7 +136,7 @@ class TimerHandlers:
             pm is not None
             and pm.state is PmtudState.ERROR
             and pm.base_failures >= PATH_TOO_SMALL_FAILURES
-            and loss.heard_at > pm.error_since
+            and pm.control_answered_at >= pm.error_since
         ):
             # Retransmitting on would take minutes (max_retransmits) and end as if the peer
             # had gone silent, while it answered all along.
