@@ -837,6 +837,27 @@ def test_a_config_that_is_not_a_config_is_refused_with_a_type_error(run: Runner)
     run(main())
 
 
+def test_an_observer_that_is_not_callable_is_refused_with_a_type_error(run: Runner) -> None:
+    """observer=5 named itself at once; it was "'int' object is not callable" from inside, on
+    the first datagram (a connect), or a server that failed on its first client."""
+
+    async def main() -> None:
+        async def nothing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        for call in (
+            lambda: utcp.open_connection(HOST, 9, observer=5),
+            lambda: utcp.start_server(nothing, HOST, 0, observer=5),
+            lambda: utcp.create_connection(asyncio.Protocol, HOST, 9, observer=5),
+            lambda: utcp.create_server(asyncio.Protocol, HOST, 0, observer=5),
+            lambda: utcp.create_client_endpoint(observer=5),
+        ):
+            with pytest.raises(TypeError, match="observer must be callable or None, not int"):
+                await call()
+
+    run(main())
+
+
 def test_reuse_port_lets_two_servers_share_a_port(run: Runner) -> None:
     async def main() -> None:
         handlers = [Handlers(echo), Handlers(echo)]

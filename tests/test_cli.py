@@ -96,6 +96,12 @@ def test_help_options_match_the_parser() -> None:
         (["perf", "127.0.0.1", "1", "--time", "soon"], "not a duration"),
         (["perf", "127.0.0.1", "1", "--bytes", "1M", "--time", "1s"], "not allowed with"),
         (["perf", "127.0.0.1", "1", "--parallel", "0"], "at least 1"),
+        # A connect timeout of 0 had been taken (and timed out at once).
+        (["cat", "--connect-timeout", "0", "127.0.0.1", "9"], "must be positive"),
+        (
+            ["tunnel", "--listen", "tcp:0", "--to", "utcp:127.0.0.1:9", "--connect-timeout", "0"],
+            "must be positive",
+        ),
         (["netem", "--listen", "127.0.0.1:0", "--to", "nowhere"], "HOST:PORT"),
         (["netem", "--listen", "127.0.0.1:0", "--to", "127.0.0.1:9", "--loss", "150%"], "range"),
     ],

@@ -28,6 +28,12 @@ def check_port(port: Any) -> int | str | None:
     return port
 
 
+def check_observer(observer: object) -> None:
+    """``observer=`` is None or a callable (of each datagram's direction, bytes, address)."""
+    if observer is not None and not callable(observer):
+        raise TypeError(f"observer must be callable or None, not {type(observer).__name__}")
+
+
 def check_proto(proto: int) -> None:
     """utcp runs over UDP: ``proto`` is 0 or ``IPPROTO_UDP``."""
     if proto not in (0, socket.IPPROTO_UDP):

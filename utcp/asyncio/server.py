@@ -17,7 +17,7 @@ from ..cids import worker_bits_for
 from ..config import Config, given
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer, release_port
-from .resolve import check_port, hosts_of, resolve_all
+from .resolve import check_observer, check_port, hosts_of, resolve_all
 from .sockview import SocketView
 from .tls import TlsOptions, tls_options
 from .transport import UtcpTransport
@@ -221,6 +221,7 @@ async def create_server(
     if reuse_address:
         raise ValueError(_REUSE_ADDRESS_REFUSED)
     cfg = _with_keepalive(given(config), keep_alive).validate()
+    check_observer(observer)
     tls = tls_options(
         ssl,
         server_side=True,

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from ..config import Config, given
 from .dgram import DatagramIO, create_endpoint
 from .endpoint import Endpoint, Observer
-from .resolve import AddrInfo, check_port, check_proto, resolve_all
+from .resolve import AddrInfo, check_observer, check_port, check_proto, resolve_all
 from .resolve import interleave as interleave_families
 from .server import Server, create_server
 from .sockview import SocketView
@@ -68,6 +68,7 @@ async def create_connection(
     """
     cfg = given(config)
     check_proto(proto)
+    check_observer(observer)
     tls = tls_options(
         ssl,
         server_side=False,
@@ -309,6 +310,7 @@ async def create_client_endpoint(
     """A UDP socket for opening many utcp connections (bound to ``local_addr``, or to an
     ephemeral port on every interface of ``family``)."""
     cfg = given(config)
+    check_observer(observer)
     if local_addr is None:
         local_addr = ("::" if family == socket.AF_INET6 else "0.0.0.0", 0)
     udp, endpoint = await create_endpoint(

@@ -39,6 +39,7 @@ from .helpers import (
     duration,
     load_config_file,
     port_number,
+    positive_duration,
 )
 from .output import run_command
 from .tls import Sides, add_tls_options, describe_failure, tls_setup
@@ -79,7 +80,7 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--connect-timeout",
-        type=duration,
+        type=positive_duration,
         default=None,
         metavar="DURATION",
         help="give up connecting after this long "

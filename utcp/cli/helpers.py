@@ -33,6 +33,7 @@ __all__ = [
     "close_writer",
     "duration",
     "port_number",
+    "positive_duration",
     "serve_in_workers",
     "serve_until_signalled",
     "cannot_listen",
@@ -90,6 +91,16 @@ def port_number(text: str) -> int:
 
 
 duration = arg_type(parse_duration)
+
+
+def _positive_duration(text: str) -> float:
+    seconds = parse_duration(text)
+    if not seconds > 0:
+        raise ValueError(f"must be positive: {text!r}")
+    return seconds
+
+
+positive_duration = arg_type(_positive_duration, "duration")
 size = arg_type(parse_size)
 
 
@@ -139,7 +150,8 @@ def add_workers_option(parser: argparse.ArgumentParser) -> None:
         type=positive_int,
         default=1,
         metavar="N",
-        help="serve in N processes sharing the port, one per core at most (Linux; default 1)",
+        help="serve in N processes sharing the port; more than one per core gains nothing "
+        "(Linux; default 1)",
     )
 
 

@@ -25,6 +25,7 @@ from .helpers import (
     arg_type,
     duration,
     load_config_file,
+    positive_duration,
     report_worker_exit,
     size,
     wait_for_signal,
@@ -115,7 +116,7 @@ def register(sub: Subcommands) -> None:
     )
     p.add_argument(
         "--connect-timeout",
-        type=duration,
+        type=positive_duration,
         metavar="DURATION",
         help="reset an accepted connection whose far side is not open after DURATION "
         "(default: when utcp's SYN retries or the kernel's TCP connect give up)",
