@@ -147,23 +147,21 @@ class Pmtud:
             # Not a candidate: no tries or timer; its answer is only evidence (above).
             self.control_due = False
             self.probe_due = self._candidate != 0
-            self.probes_sent += 1
-            probe_id = self._next_id
-            self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
-            self._recent[probe_id] = CONTROL_PROBE_BYTES
-            if len(self._recent) > _RECENT_PROBES:
-                del self._recent[next(iter(self._recent))]
-            return probe_id, min(CONTROL_PROBE_BYTES, self.base)
+            return self._sent(CONTROL_PROBE_BYTES), min(CONTROL_PROBE_BYTES, self.base)
         self.probe_due = False
         self._tries += 1
+        self.timer = now + timeout_s
+        return self._sent(self._candidate), self._candidate
+
+    def _sent(self, size: int) -> int:
+        """A probe of ``size`` goes: its id, remembered for its answer among the last few."""
         self.probes_sent += 1
         probe_id = self._next_id
         self._next_id = (self._next_id + 1) & 0xFFFFFFFF or 1
-        self._recent[probe_id] = self._candidate
+        self._recent[probe_id] = size
         if len(self._recent) > _RECENT_PROBES:
             del self._recent[next(iter(self._recent))]
-        self.timer = now + timeout_s
-        return probe_id, self._candidate
+        return probe_id
 
     def on_probe_acked(self, probe_id: int, *, now: float) -> bool:
         """A PROBE_ACK arrived; True when ``size`` changed.  Unknown ids are ignored, and so

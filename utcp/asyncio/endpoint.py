@@ -23,7 +23,7 @@ from typing import Any, Final, cast
 from ..coalesce import Received, coalesce
 from ..config import Config
 from ..connection import Connection
-from ..endpoint import Address, Route
+from ..endpoint import AFTER_CLOSE_GRACE_S, Address, Route
 from ..endpoint import Endpoint as EndpointCore
 from ..events import (
     CloseReason,
@@ -57,7 +57,7 @@ _clock: Final = time.monotonic  # what the core is given as ``now`` (see Endpoin
 _SOCKET_BUFFER_BYTES: Final = 4 << 20
 # How long a closed server lets a handshake under way complete before resetting it: the
 # client's handshake ACK, if lost, is sent again after the initial RTO (1 s).
-HANDSHAKE_GRACE_S: Final = 3.0
+HANDSHAKE_GRACE_S: Final = AFTER_CLOSE_GRACE_S  # the core takes cookie ACKs as long
 
 
 # Endpoints closed by the application whose sockets connections still winding down hold
