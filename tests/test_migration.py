@@ -392,6 +392,36 @@ def test_a_port_unreachable_from_the_old_address_while_the_peer_speaks_from_a_ne
     assert bytes(net.received[client.conn.local_cid]) == b"d" * 3000 + b"e" * 3000
 
 
+def test_a_port_unreachable_quoting_another_peer_cid_follows_no_hint() -> None:
+    """The hint of where the peer went is followed only for an ICMP error that quotes a
+    datagram of this connection's, both ids right (RFC 5927 section 4.1): one that names
+    another peer id starts no validation and is ignored."""
+    net = Net()
+    _, server = _establish(net)
+    server.conn.send(b"d" * 3000)
+    _once(net, SERVER)
+    acks = [data for data, _ in net.outgoing(CLIENT)]
+    for data in acks:
+        net.send(data, CLIENT)
+    _rebind(net, REBOUND)
+    assert net.send(acks[-1], REBOUND) is None  # the hint: a duplicate ACK from there
+    server.conn.send(b"e" * 3000)
+    net.pump()
+    (lost, _), *_ = [(d, a) for d, a in net.stray if a == CLIENT]
+    forged = decode(lost)
+    forged.dst_cid ^= 1  # names another peer
+    stats = net.server.stats
+    ignored = stats.icmp_errors_ignored
+    assert (
+        net.server.receive_icmp(
+            encode(forged), CLIENT, port_unreachable=True, errno=111, now=net.now
+        )
+        is None
+    )
+    assert stats.path_validations == 0 and stats.icmp_errors_ignored == ignored + 1
+    assert net.server.datagrams_to_send() == []
+
+
 def test_data_that_timed_out_on_the_old_address_is_resent_once_the_new_one_is_validated() -> None:
     """The NAT rebinds while the client only receives: what the server sends goes to the
     dead binding and times out, the timer backing off.  When the client next speaks from its

@@ -414,14 +414,16 @@ class Endpoint:
         _log.info("path_validation_started", cid=f"{route.conn.local_cid:08x}", peer=str(addr))
         return path
 
-    def _follow_hint(self, route: Route, now: float) -> bool:
-        """The peer's address is unreachable (ICMP), and its datagrams came from another
-        lately: validate that one (a NAT forgot the old mapping, or the peer moved off a
-        socket it closed).  Whether a validation is now under way."""
+    def _follow_hint(self, route: Route, quoted: Packet, now: float) -> bool:
+        """The peer's address is unreachable (ICMP quoting ``quoted``, a datagram of ours to
+        it: both its ids must be right), and its datagrams came from another lately:
+        validate that one (a NAT forgot the old mapping, or the peer moved off a socket it
+        closed).  Whether a validation is now under way."""
         hint = route.peer_hint
         conn = route.conn
         if (
             hint is None
+            or quoted.dst_cid != conn.peer_cid
             or now - route.peer_hint_at > max(PATH_VALIDATION_TIMEOUT_S, 3 * conn.rto_s)
             or not self._may_validate(route, now)
         ):
@@ -507,7 +509,7 @@ class Endpoint:
             or packet is None
             or (route.addr is not None and not same_address(route.addr, addr))
             or route.path is not None  # the peer spoke from a new address: it may have moved
-            or self._follow_hint(route, now)  # it did, and is validated there now
+            or self._follow_hint(route, packet, now)  # it did, and is validated there now
             or not route.conn.receive_unreachable(packet, now=now)
         ):
             stats.icmp_errors_ignored += 1
