@@ -362,13 +362,10 @@ def test_a_rebinding_that_leaves_only_retransmissions_is_followed() -> None:
     assert _server_bytes(net, server) == b"r" * 3000
 
 
-def test_a_port_unreachable_from_the_old_address_while_the_peer_speaks_from_a_new_one() -> None:
-    """A NAT forgot a receiving client's mapping and answers the server's data with ICMP port
-    unreachable, while all the client sends from its new mapping are duplicate ACKs, which
-    are not news (its old address was heard within an RTO).  The errors were taken as a
-    killed client and the connection was reset; now the first starts the validation of the
-    address the peer speaks from, and the connection moves there."""
-    net = Net()
+def _receiver_rebound_with_a_duplicate_ack(net: Net) -> tuple[Route, Route]:
+    """The client receives 3000 bytes and acknowledges them, its NAT rebinds, and all it
+    sends from the new mapping is a duplicate ACK (not news: its old address was heard
+    within an RTO); the server then sends 3000 more, to the old mapping (``net.stray``)."""
     client, server = _establish(net)
     server.conn.send(b"d" * 3000)
     _once(net, SERVER)
@@ -376,10 +373,20 @@ def test_a_port_unreachable_from_the_old_address_while_the_peer_speaks_from_a_ne
     for data in acks:
         net.send(data, CLIENT)
     _rebind(net, REBOUND)
-    assert net.send(acks[-1], REBOUND) is None  # a duplicate ACK from the new mapping
+    assert net.send(acks[-1], REBOUND) is None
     assert net.server.stats.path_validations == 0
     server.conn.send(b"e" * 3000)
     net.pump()
+    return client, server
+
+
+def test_a_port_unreachable_from_the_old_address_while_the_peer_speaks_from_a_new_one() -> None:
+    """A NAT forgot a receiving client's mapping and answers the server's data with ICMP port
+    unreachable, while all the client sends from its new mapping are duplicate ACKs.  The
+    errors were taken as a killed client and the connection was reset; now the first starts
+    the validation of the address the peer speaks from, and the connection moves there."""
+    net = Net()
+    client, server = _receiver_rebound_with_a_duplicate_ack(net)
     for _ in range(3):  # the old mapping answers each datagram sent to it
         errors = [data for data, dst in net.stray if dst == CLIENT]
         net.stray.clear()
@@ -397,16 +404,7 @@ def test_a_port_unreachable_quoting_another_peer_cid_follows_no_hint() -> None:
     datagram of this connection's, both ids right (RFC 5927 section 4.1): one that names
     another peer id starts no validation and is ignored."""
     net = Net()
-    _, server = _establish(net)
-    server.conn.send(b"d" * 3000)
-    _once(net, SERVER)
-    acks = [data for data, _ in net.outgoing(CLIENT)]
-    for data in acks:
-        net.send(data, CLIENT)
-    _rebind(net, REBOUND)
-    assert net.send(acks[-1], REBOUND) is None  # the hint: a duplicate ACK from there
-    server.conn.send(b"e" * 3000)
-    net.pump()
+    _receiver_rebound_with_a_duplicate_ack(net)  # the hint: the duplicate ACK
     (lost, _), *_ = [(d, a) for d, a in net.stray if a == CLIENT]
     forged = decode(lost)
     forged.dst_cid ^= 1  # names another peer
