@@ -11,7 +11,14 @@ import hashlib
 import pytest
 
 import utcp
-from tests.aio_helpers import HOST, Runner, make_run_fixture, seeded_bytes
+from tests.aio_helpers import (
+    HOST,
+    Runner,
+    echo,
+    echo_round_trip,
+    make_run_fixture,
+    seeded_bytes,
+)
 from utcp.tools.netem import Relay
 
 pytestmark = pytest.mark.sockets
@@ -171,12 +178,6 @@ def test_two_moves_at_once_on_a_shared_client_endpoint_keep_both_working(run: Ru
     reader saw a clean end of the stream where data was due."""
 
     async def main() -> None:
-        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            while data := await reader.read(1 << 16):
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-
         server = await utcp.start_server(echo, HOST, 0)
         port = server.sockets[0].getsockname()[1]
         endpoint = await utcp.create_client_endpoint()
@@ -186,12 +187,7 @@ def test_two_moves_at_once_on_a_shared_client_endpoint_keep_both_working(run: Ru
             await asyncio.wait_for(asyncio.gather(*moves), 30)
             for n, (reader, writer) in enumerate(pairs):
                 payload = seeded_bytes(200 + n, 256 << 10)
-                writer.write(payload)
-                assert await asyncio.wait_for(reader.readexactly(len(payload)), 30) == payload
-                writer.write_eof()
-                assert await asyncio.wait_for(reader.read(), 30) == b""
-                writer.close()
-                await asyncio.wait_for(writer.wait_closed(), 30)
+                await asyncio.wait_for(echo_round_trip(reader, writer, payload), 30)
             assert server.stats["path_changes"] >= 2, server.stats  # each followed its client
         finally:
             endpoint.close()

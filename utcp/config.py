@@ -102,12 +102,18 @@ def _check_types(config: Config) -> None:
             raise TypeError(f"invalid Config: {name} must be {wanted}, not {type(value).__name__}")
 
 
+_FLOAT_FIELDS: list[str] = []
+
+
 def _check_finite(config: Config) -> None:
     """Every duration and rate is a finite number: an infinite ``rto_initial_s`` made a
-    connect wait for ever, an infinite ``msl_s`` a TIME_WAIT that never ends."""
-    for name, kinds in _field_types().items():
+    connect wait for ever, an infinite ``msl_s`` a TIME_WAIT that never ends.  Only the
+    float fields are looked at (listed once): every connection validates its Config."""
+    if not _FLOAT_FIELDS:
+        _FLOAT_FIELDS.extend(name for name, kinds in _field_types().items() if float in kinds)
+    for name in _FLOAT_FIELDS:
         value = getattr(config, name)
-        if float in kinds and isinstance(value, float) and not math.isfinite(value):
+        if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"invalid Config: {name} must be finite, not {value!r}")
 
 

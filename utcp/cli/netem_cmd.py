@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..asyncio import run as utcp_run
 from ..tools.netem import Impairment, Relay
-from .helpers import Subcommands, arg_type, wait_for_signal
+from .helpers import Subcommands, arg_type, positive_duration, wait_for_signal
 from .units import (
     parse_duration,
     parse_fraction,
@@ -49,13 +49,6 @@ def _datagram_size(text: str) -> int:
     if size <= 0:
         raise ValueError(f"datagram size must be positive, not {text!r}")
     return size
-
-
-def _interval(text: str) -> float:
-    seconds = parse_duration(text)
-    if not seconds > 0:
-        raise ValueError(f"interval must be positive, not {text!r}")
-    return seconds
 
 
 # option, Impairment field, type, metavar, help
@@ -175,7 +168,7 @@ def register(subparsers: Subcommands) -> None:
             )
     parser.add_argument(
         "--rebind-every",
-        type=arg_type(_interval, "duration"),
+        type=positive_duration,
         metavar="DURATION",
         help="every DURATION each client's datagrams leave for the server from a new port, "
         "as when a NAT rebinds; what the server sends to the old port is lost (e.g. 2s)",
