@@ -23,8 +23,12 @@ async def pump_stdin(writer: asyncio.StreamWriter) -> None:
     writer.write_eof()
 
 
-async def main(host: str, port: int, name: str) -> None:
-    reader, writer = await utcp.open_connection(host, port)
+async def main(host: str, port: int, name: str) -> int:
+    try:
+        reader, writer = await utcp.open_connection(host, port)
+    except OSError as exc:  # refused, unreachable, no answer
+        print(f"could not connect to {host}:{port}: {exc}", file=sys.stderr)
+        return 1
     writer.write(name.encode() + b"\n")
     print(f"* connected as {name}", flush=True)
     sender = asyncio.create_task(pump_stdin(writer))
@@ -36,6 +40,7 @@ async def main(host: str, port: int, name: str) -> None:
     finally:
         sender.cancel()
         writer.close()
+    return 0
 
 
 if __name__ == "__main__":
@@ -45,6 +50,6 @@ if __name__ == "__main__":
     parser.add_argument("--name", default="guest")
     args = parser.parse_args()
     try:
-        utcp.run(main(args.host, args.port, args.name))
+        raise SystemExit(utcp.run(main(args.host, args.port, args.name)))
     except KeyboardInterrupt:
         pass

@@ -7,13 +7,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import utcp
 
 
 async def main(host: str, port: int, count: int, size: int) -> int:
-    reader, writer = await utcp.open_connection(host, port)
+    try:
+        reader, writer = await utcp.open_connection(host, port)
+    except OSError as exc:  # refused, unreachable, no answer
+        print(f"could not connect to {host}:{port}: {exc}", file=sys.stderr)
+        return 1
     start = time.perf_counter()
     for i in range(count):
         message = os.urandom(size)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 
 import h11
 
@@ -53,9 +54,13 @@ class HttpClientProtocol(asyncio.Protocol):
 
 
 async def main(host: str, port: int, path: str) -> int:
-    transport, protocol = await utcp.create_connection(
-        lambda: HttpClientProtocol(host, path), host, port
-    )
+    try:
+        transport, protocol = await utcp.create_connection(
+            lambda: HttpClientProtocol(host, path), host, port
+        )
+    except OSError as exc:  # refused, unreachable, no answer
+        print(f"could not connect to {host}:{port}: {exc}", file=sys.stderr)
+        return 1
     status, body = await protocol.done
     print(f"HTTP {status}")
     print(body.decode(errors="replace"), end="")

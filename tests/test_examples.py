@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -189,3 +190,15 @@ def test_demo_labels_probes_and_probe_acks_as_the_ladder_does(
         (2, "ACK seq=9 ack=8 probe_ack=3"),
         (1, "ACK seq=8 ack=9 probe=3 pad=1200 (same datagram again)"),
     ]
+
+
+@pytest.mark.parametrize("script", ["echo_client.py", "chat_client.py", "http_client.py"])
+def test_client_says_when_nobody_listens(script: str) -> None:
+    """A refused connect is one line on stderr and exit status 1, not a traceback."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _run(str(EXAMPLES / script), "--port", str(port), stdin="")
+    assert result.returncode == 1, result.stderr
+    assert f"could not connect to 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
