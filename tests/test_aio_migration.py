@@ -232,3 +232,24 @@ def test_a_move_while_the_window_is_full_is_followed_not_reset(run: Runner) -> N
             await server.wait_closed()
 
     run(main())
+
+
+def test_a_move_to_an_address_of_the_other_family_is_refused_and_harmless(run: Runner) -> None:
+    """``migrate(local_addr=("::1", 0))`` on an IPv4 connection raises ValueError naming
+    the families (not the resolver's gaierror), and the connection goes on where it was."""
+
+    async def main() -> None:
+        server = await utcp.start_server(echo, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            reader, writer = await utcp.open_connection(HOST, port)
+            before = writer.get_extra_info("sockname")
+            with pytest.raises(ValueError, match="IPv6 address; the connection runs over IPv4"):
+                await writer.transport.migrate(local_addr=("::1", 0))  # type: ignore[attr-defined]
+            assert writer.get_extra_info("sockname") == before
+            await echo_round_trip(reader, writer, b"still here")
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    run(main())

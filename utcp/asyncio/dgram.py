@@ -37,6 +37,10 @@ from .errqueue import (
 )
 
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
+Cmsg = list[tuple[int, int, bytes]]  # ancillary data for sendmsg
+# The local address a peer's datagram was sent to, on a socket bound to a wildcard address:
+# its text (for ``sockname``) and the ancillary data that makes replies leave from it.
+Local = tuple[str, Cmsg]
 
 __all__ = [
     "BATCH_DATAGRAMS",
@@ -44,6 +48,7 @@ __all__ = [
     "BatchProtocol",
     "DatagramIO",
     "FastDatagramTransport",
+    "Local",
     "OffloadSupport",
     "create_endpoint",
     "offload_support",
@@ -75,9 +80,20 @@ _DRAIN_EVERY: Final = 16
 BATCH_DATAGRAMS: Final = 64
 # Held while the socket is full; beyond, dropped like a full queue.
 _QUEUE_MAX_DATAGRAMS: Final = 4096
+# Options the socket module may lack (IP_PKTINFO before Python 3.12): Linux's numbers there,
+# elsewhere -1 (not asked for).
+_LINUX: Final = sys.platform.startswith("linux")
+IP_PKTINFO: Final[int] = getattr(socket, "IP_PKTINFO", 8 if _LINUX else -1)  # linux/in.h
+IPV6_RECVPKTINFO: Final[int] = getattr(socket, "IPV6_RECVPKTINFO", 49 if _LINUX else -1)
+IPV6_PKTINFO: Final[int] = getattr(socket, "IPV6_PKTINFO", 50 if _LINUX else -1)
+_PKTINFO_SPACE: Final = socket.CMSG_SPACE(20) if hasattr(socket, "CMSG_SPACE") else 0
+_LOCALS_CACHED: Final = 64  # distinct local addresses remembered (a host has few)
+_IN_PKTINFO: Final = struct.Struct("=i4s4s")  # ifindex, spec_dst, addr
+_IN6_PKTINFO: Final = struct.Struct("=16sI")  # addr, ifindex
 _U16: Final = struct.Struct("=H")
 _INT: Final = struct.Struct("=i")
 _SENT: Final = object()
+_NO_CMSG: Final[Cmsg] = []
 _FULL: Final = object()
 _RETRY: Final = object()
 
@@ -367,13 +383,16 @@ def cap_receive_size(transport: object) -> None:
         transport.max_size = MAX_UDP_DATAGRAM_BYTES  # type: ignore[attr-defined]
 
 
-def burst_sender(transport: DatagramIO) -> Callable[[list[bytes], Address], None]:
+def burst_sender(
+    transport: DatagramIO,
+) -> Callable[[list[bytes], Address, Local | None], None]:
     """What sends a burst of datagrams to one peer (``None``: the connected peer) over this
-    transport: GSO runs on the fast path, one ``sendto`` each otherwise."""
+    transport, from the given local address where the socket receives for several: GSO runs
+    on the fast path, one ``sendto`` each otherwise (from the address the route picks)."""
     if isinstance(transport, FastDatagramTransport):
         return transport.send_burst
 
-    def send(datagrams: list[bytes], addr: Address) -> None:
+    def send(datagrams: list[bytes], addr: Address, local: Local | None = None) -> None:
         if addr is None:
             for data in datagrams:
                 transport.sendto(data)
@@ -382,6 +401,50 @@ def burst_sender(transport: DatagramIO) -> Callable[[list[bytes], Address], None
                 transport.sendto(data, addr)
 
     return send
+
+
+def _wildcard_unconnected(sock: socket.socket) -> bool:
+    """A socket that receives for every local address (``0.0.0.0``, ``::``) from any peer:
+    its replies must name their source address, as the kernel picks it by route otherwise."""
+    try:
+        host = sock.getsockname()[0]
+    except OSError:
+        return False
+    try:
+        sock.getpeername()
+    except OSError:
+        return host in ("0.0.0.0", "::")
+    return False
+
+
+def _enable_pktinfo(sock: socket.socket) -> bool:
+    """Ask for each datagram's destination address (``IP_PKTINFO``; ``IPV6_RECVPKTINFO``,
+    which reports IPv4 datagrams on a dual-stack socket as mapped addresses)."""
+    if min(IP_PKTINFO, IPV6_RECVPKTINFO, IPV6_PKTINFO) < 0:
+        return False
+    try:
+        if sock.family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+        else:
+            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    except OSError:
+        return False
+    return True
+
+
+def _local_of(level: int, kind: int, value: bytes) -> Local | None:
+    """The destination address a ``*_PKTINFO`` control message names, with the control
+    message that sends from it (no interface given, except for a link-local address)."""
+    if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
+        dst = _IN_PKTINFO.unpack_from(value)[2]
+        cmsg = (socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, dst, bytes(4)))
+        return socket.inet_ntop(socket.AF_INET, dst), [cmsg]
+    if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(value) >= 20:
+        addr, ifindex = _IN6_PKTINFO.unpack_from(value)
+        link_local = addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
+        data = _IN6_PKTINFO.pack(addr, ifindex if link_local else 0)
+        return socket.inet_ntop(socket.AF_INET6, addr), [(socket.IPPROTO_IPV6, IPV6_PKTINFO, data)]
+    return None
 
 
 def _earlier_datagrams_error(exc: OSError, errors: list[SocketError]) -> bool:
@@ -420,7 +483,7 @@ class FastDatagramTransport:
         self._peer = peer
         self._closing = False
         self._writing = False
-        self._queue: collections.deque[tuple[bytes, Address]] = collections.deque()
+        self._queue: collections.deque[tuple[bytes, Address, Cmsg]] = collections.deque()
         self._queued_bytes = 0
         support = offload_support()
         udp = sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_DGRAM
@@ -439,6 +502,14 @@ class FastDatagramTransport:
         self._rearm_pending = False
         self._singles = 0  # wake-ups in a row that found exactly one datagram
         self._wakeups = 0
+        # A socket bound to a wildcard address learns which local address each datagram was
+        # sent to: ``locals`` maps the peers of the datagrams being handed over to it (the
+        # endpoint keeps each connection's), and replies leave from that address, which a
+        # client's connected socket requires (the route's choice may be another one).
+        self.locals: dict[Address, Local] = {}
+        self._local_cache: dict[bytes, Local | None] = {}
+        self.pktinfo = udp and _wildcard_unconnected(sock) and _enable_pktinfo(sock)
+        self._cmsg_space = _CMSG_SPACE + (_PKTINFO_SPACE if self.pktinfo else 0)
         self._buf = bytearray(_RECV_BUFFER_BYTES)
         self._view = memoryview(self._buf)
         self.dropped_send = 0  # datagrams the socket would not take (queue full, errors)
@@ -518,6 +589,12 @@ class FastDatagramTransport:
         sock = self._sock
         view = self._view
         gro = self._gro
+        pktinfo = self.pktinfo
+        locals_ = self.locals
+        if pktinfo:
+            locals_.clear()
+        ancillary = gro or pktinfo
+        space = self._cmsg_space
         reads = _READS_PER_WAKEUP
         if self._singles >= _SINGLES_BEFORE_SHORT:
             self._wakeups += 1
@@ -527,8 +604,8 @@ class FastDatagramTransport:
         failed = False
         for _ in range(reads):
             try:
-                if gro:
-                    n, ancdata, _flags, addr = sock.recvmsg_into([view], _CMSG_SPACE)
+                if ancillary:
+                    n, ancdata, _flags, addr = sock.recvmsg_into([view], space)
                 else:
                     n, addr = sock.recvfrom_into(view)
                     ancdata = []
@@ -549,6 +626,10 @@ class FastDatagramTransport:
             for level, kind, value in ancdata:
                 if level == SOL_UDP and kind == UDP_GRO and len(value) >= 4:
                     seg = _INT.unpack_from(value)[0] or n
+                elif pktinfo:
+                    local = self._local(level, kind, value)
+                    if local is not None:
+                        locals_[addr] = local
             if seg >= n:
                 batch.append((bytes(view[:n]), addr))
                 found += 1
@@ -570,10 +651,22 @@ class FastDatagramTransport:
             self._singles = 0
         if batch:
             self._protocol.datagrams_received(batch)
+        if pktinfo:
+            locals_.clear()
         if (failed or not found) and not self._closing:
             # EPOLLERR: the pending error was raised above, or a send took it, or only the
             # error queue is left (it does not set the pending error for local errors).
             self._socket_errors()
+
+    def _local(self, level: int, kind: int, value: bytes) -> Local | None:
+        """``_local_of`` for one control message, made once per distinct local address."""
+        cache = self._local_cache
+        if value in cache:
+            return cache[value]
+        if len(cache) >= _LOCALS_CACHED:
+            cache.clear()
+        local = cache[value] = _local_of(level, kind, value)
+        return local
 
     def _socket_errors(self) -> None:
         """Drain the error queue, which keeps epoll reporting EPOLLERR while anything is in
@@ -606,17 +699,25 @@ class FastDatagramTransport:
 
     # ------------------------------------------------------------------ sending
 
-    def send_burst(self, datagrams: list[bytes], addr: Address) -> None:
-        """Send datagrams to one peer, equal-size runs as one GSO ``sendmsg`` each."""
+    def send_burst(self, datagrams: list[bytes], addr: Address, local: Local | None = None) -> None:
+        """Send datagrams to one peer, equal-size runs as one GSO ``sendmsg`` each; on a
+        wildcard socket from ``local``, by default the address the peer's datagram being
+        handed over was sent to (a stateless answer)."""
         if self._closing:
             return
+        cmsg: Cmsg = _NO_CMSG
+        if self.pktinfo:
+            if local is None:
+                local = self.locals.get(addr)
+            if local is not None:
+                cmsg = local[1]
         if self._queue:
-            self._enqueue(datagrams, 0, addr)
+            self._enqueue(datagrams, 0, addr, cmsg)
             return
         count = len(datagrams)
         if count == 1:
-            if self._send_one(datagrams[0], addr, 0) is _FULL:
-                self._enqueue(datagrams, 0, addr)
+            if self._send_one(datagrams[0], addr, 0, cmsg) is _FULL:
+                self._enqueue(datagrams, 0, addr, cmsg)
             return
         i = 0
         while i < count:
@@ -634,17 +735,17 @@ class FastDatagramTransport:
                     if n < size:
                         break
             if j - i > 1:
-                outcome = self._send_one(b"".join(datagrams[i:j]), addr, size)
+                outcome = self._send_one(b"".join(datagrams[i:j]), addr, size, cmsg)
             else:
-                outcome = self._send_one(data, addr, 0)
+                outcome = self._send_one(data, addr, 0, cmsg)
             if outcome is _FULL:
-                self._enqueue(datagrams, i, addr)
+                self._enqueue(datagrams, i, addr, cmsg)
                 return
             if outcome is _RETRY:
                 continue  # GSO was just turned off: the same datagrams go singly
             i = j
 
-    def _send_one(self, payload: bytes, addr: Address, segment: int) -> object:
+    def _send_one(self, payload: bytes, addr: Address, segment: int, cmsg: Cmsg) -> object:
         """Send one datagram, or one GSO run of ``segment``-byte datagrams: _SENT (or dropped
         for good, reported to the protocol; sent again once first if what failed it was an
         earlier datagram's ICMP error), _FULL when the socket takes nothing now, _RETRY when
@@ -654,11 +755,13 @@ class FastDatagramTransport:
         while True:
             try:
                 if segment:
-                    cmsg = [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment))]
+                    gso = [(SOL_UDP, UDP_SEGMENT, _U16.pack(segment)), *cmsg]
                     if addr is None:
-                        sock.sendmsg([payload], cmsg)
+                        sock.sendmsg([payload], gso)
                     else:
-                        sock.sendmsg([payload], cmsg, 0, addr)
+                        sock.sendmsg([payload], gso, 0, addr)
+                elif cmsg:
+                    sock.sendmsg([payload], cmsg, 0, addr)
                 elif addr is None:
                     sock.send(payload)
                 else:
@@ -688,7 +791,7 @@ class FastDatagramTransport:
                     continue
             return _SENT
 
-    def _enqueue(self, datagrams: list[bytes], start: int, addr: Address) -> None:
+    def _enqueue(self, datagrams: list[bytes], start: int, addr: Address, cmsg: Cmsg) -> None:
         queue = self._queue
         for k in range(start, len(datagrams)):
             if len(queue) >= _QUEUE_MAX_DATAGRAMS:
@@ -696,7 +799,7 @@ class FastDatagramTransport:
                 self.dropped_send += len(datagrams) - k
                 break
             data = datagrams[k]
-            queue.append((data, addr))
+            queue.append((data, addr, cmsg))
             self._queued_bytes += len(data)
         if queue and not self._writing:
             self._writing = True
@@ -711,8 +814,8 @@ class FastDatagramTransport:
     def _flush_queue(self) -> None:
         queue = self._queue
         while queue:
-            data, addr = queue[0]
-            if self._send_one(data, addr, 0) is _FULL:
+            data, addr, cmsg = queue[0]
+            if self._send_one(data, addr, 0, cmsg) is _FULL:
                 return
             queue.popleft()
             self._queued_bytes -= len(data)

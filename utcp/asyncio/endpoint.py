@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import math
 import os
 import socket
@@ -40,6 +41,7 @@ from ..trace import TRACE_ENV, tracer_for
 from .dgram import (
     DatagramIO,
     FastDatagramTransport,
+    Local,
     burst_sender,
     create_endpoint,
     drain_transport_errors,
@@ -98,7 +100,7 @@ def _forget_dead_loops() -> None:
             ep.abandon()
 
 
-def _no_socket(datagrams: list[bytes], addr: Address) -> None:
+def _no_socket(datagrams: list[bytes], addr: Address, local: Local | None) -> None:
     """The sender before the socket is made (``_send_burst`` checks the transport first)."""
 
 
@@ -113,6 +115,27 @@ def _peer_text(addr: Address) -> str:
 # Send errors saying this socket's own address or network is gone (not the peer's).
 _LOCAL_PATH_ERRNOS: Final = frozenset((errno.ENETUNREACH, errno.EADDRNOTAVAIL, errno.ENETDOWN))
 REBIND_INTERVAL_S: Final = 1.0
+
+
+def _check_family(local_addr: Any, family: int) -> None:
+    """``migrate(local_addr=)`` names an address the socket's family can bind: an IPv4
+    literal for an IPv4 socket, IPv6 for IPv6 (the connection's server stays where it is)."""
+    if local_addr is None:
+        return
+    host = local_addr[0] if isinstance(local_addr, tuple) and local_addr else None
+    if not isinstance(host, str) or not host:
+        return
+    try:
+        version = ipaddress.ip_address(host.split("%", 1)[0]).version
+    except ValueError:
+        return  # a host name: bind resolves it, and says so if it cannot
+    want = 6 if family == socket.AF_INET6 else 4
+    if version != want:
+        raise ValueError(
+            f"local_addr {local_addr!r} is an IPv{version} address; the connection runs over"
+            f" IPv{want} (its server's address family), so it can only move to an IPv{want}"
+            " address"
+        )
 
 
 class Endpoint:
@@ -172,7 +195,10 @@ class Endpoint:
         self._cutting = False  # _close_socket is ending background connections
         self._until_released: list[tuple[Callable[..., object], tuple[Any, ...]]] = []
         self.stats = self._core.stats
-        self._send_datagrams: Callable[[list[bytes], Address], None] = _no_socket
+        self._send_datagrams: Callable[[list[bytes], Address, Local | None], None] = _no_socket
+        # The fast transport's map from the peers of the datagrams being handed over to the
+        # local address each was sent to, on a socket bound to a wildcard address; else None.
+        self._locals: dict[Address, Local] | None = None
         # Traces record each datagram as it arrived: no merging while they are written.
         self._coalesce = self.config.trace_dir is None and TRACE_ENV not in os.environ
 
@@ -189,6 +215,11 @@ class Endpoint:
     def connection_made(self, transport: DatagramIO) -> None:
         self._transport = transport
         self._send_datagrams = burst_sender(transport)
+        self._locals = (
+            transport.locals
+            if isinstance(transport, FastDatagramTransport) and transport.pktinfo
+            else None
+        )
         sock = transport.get_extra_info("socket")
         if sock is not None:
             # Bursts of a whole congestion window arrive at once: room for them avoids
@@ -264,6 +295,7 @@ class Endpoint:
         if old is None or sock is None or self._closing:
             raise ConnectionError("the connection's socket is closed")
         family = sock.family
+        _check_family(local_addr, family)
         try:
             peer = sock.getpeername()
         except OSError:
@@ -356,6 +388,8 @@ class Endpoint:
         if route is None:
             return
         handle = cast(ConnectionHandle, route)
+        if self._locals is not None:
+            handle.local = self._locals.get(addr, handle.local)
         conn = handle.conn
         if (
             conn.has_events
@@ -410,6 +444,8 @@ class Endpoint:
             if route is None:
                 continue
             handle = cast(ConnectionHandle, route)
+            if self._locals is not None:
+                handle.local = self._locals.get(addr, handle.local)
             if handle.conn.is_finished:
                 ended[handle.conn.local_cid] = handle
             if not handle.in_batch:
@@ -470,11 +506,14 @@ class Endpoint:
         if tracer is not None:
             conn.set_tracer(tracer, now=now)
 
-    def _send(self, data: bytes, addr: Address) -> None:
-        self._send_burst([data], addr)
+    def _send(self, data: bytes, addr: Address, local: Local | None = None) -> None:
+        self._send_burst([data], addr, local)
 
-    def _send_burst(self, datagrams: list[bytes], addr: Address) -> None:
-        """Send what one connection has, as one burst (GSO runs on the fast path)."""
+    def _send_burst(
+        self, datagrams: list[bytes], addr: Address, local: Local | None = None
+    ) -> None:
+        """Send what one connection has, as one burst (GSO runs on the fast path), from the
+        local address its peer sends to (``local``: where the socket receives for several)."""
         transport = self._transport
         if transport is None or transport.is_closing():
             return
@@ -488,7 +527,7 @@ class Endpoint:
             stats.bytes_sent += len(datagrams[0])
         else:
             stats.bytes_sent += sum(map(len, datagrams))
-        self._send_datagrams(datagrams, addr)
+        self._send_datagrams(datagrams, addr, local)
 
     # ------------------------------------------------------------------ driving the core
 
@@ -544,7 +583,7 @@ class Endpoint:
         if not handle.validated:
             datagrams = self._core.limit_amplification(handle, datagrams)
         if datagrams:
-            self._send_burst(datagrams, handle.addr)
+            self._send_burst(datagrams, handle.addr, handle.local)
             handle.last_sent = datagrams[-1]
 
     def _rearm(self, handle: ConnectionHandle) -> None:
@@ -625,7 +664,7 @@ class Endpoint:
                 )
                 handle.conn.abort()
                 for data in handle.conn.datagrams_to_send(now=_clock()):
-                    self._send(data, handle.addr)
+                    self._send(data, handle.addr, handle.local)
                 return
             transport = UtcpTransport(self, handle)
             handle.transport = transport

@@ -16,7 +16,7 @@ from ..config import Config
 from ..connection import Connection
 from ..endpoint import Address, Route
 from ..events import CloseReason
-from .dgram import DatagramIO
+from .dgram import DatagramIO, Local
 
 __all__ = ["ConnectionHandle", "StreamSink", "TransportHost"]
 
@@ -108,6 +108,7 @@ class ConnectionHandle(Route):
         "forgotten",
         "in_batch",
         "last_sent",
+        "local",
         "tail_scheduled",
         "timer",
         "transport",
@@ -126,3 +127,6 @@ class ConnectionHandle(Route):
         self.forgotten = False
         self.established = False
         self.last_sent: bytes | None = None
+        # The local address the peer sends to, where the socket receives for several (bound
+        # to a wildcard address): replies leave from it.
+        self.local: Local | None = None

@@ -252,6 +252,7 @@ async def create_server(
             if not socks:
                 raise ValueError("sock= is an empty list")
             for one in socks:
+                _check_listening(one)
                 udp, endpoint = await create_endpoint(endpoint_factory, config=cfg, sock=one)
                 pairs.append((endpoint, udp))
         else:
@@ -266,6 +267,15 @@ async def create_server(
         for endpoint, _ in pairs:
             endpoint.stop_accepting()
     return Server(pairs, serving=start_serving)
+
+
+def _check_listening(sock: socket.socket) -> None:
+    """A socket given to serve on must be a UDP socket bound to its port: unbound, it has no
+    port a client could reach (the kernel would pick one at its first send)."""
+    if sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_DGRAM:
+        raise ValueError(f"A UDP socket was expected, got {sock!r}")
+    if sock.getsockname()[1] == 0:
+        raise ValueError(f"sock= must be bound to the port to serve on; {sock!r} is not bound")
 
 
 async def _listen(

@@ -122,6 +122,12 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
                 self._extra["sockname"] = udp.get_extra_info("sockname")
                 peer = self.get_extra_info("peername")
                 self._extra["socket"] = SocketView(udp.get_extra_info("socket"), peer)
+            local = self._handle.local
+            if name == "sockname" and local is not None:
+                # A socket bound to a wildcard address: the address the peer sends to, as a
+                # TCP socket accepted there names it.
+                bound = self._extra["sockname"]
+                return (local[0], *bound[1:])
         return self._extra.get(name, default)
 
     async def migrate(self, local_addr: Any = None) -> None:
