@@ -239,6 +239,43 @@ def test_connections_beyond_the_limit_are_refused_with_a_reason(run: Runner) -> 
     run(main())
 
 
+def test_a_cookie_client_admitted_beyond_the_limit_is_reset_with_the_reason(run: Runner) -> None:
+    """The backlog is full (a raw SYN holds it) so two clients get SYN cookies at once,
+    below the limit; the second cookie ACK comes at it: that client's connect has
+    returned, so it reads ConnectionResetError with the reason, and the server counts
+    one refusal (it had been dropped as an unknown connection, and waited out its idle
+    timeout).  The server keeps the default RTO, so the hog's half-open connection lasts."""
+    cfg = Config(max_connections=2)
+
+    async def main() -> None:
+        handlers = Handlers(echo)
+        server = await utcp.start_server(handlers, HOST, 0, config=cfg, backlog=1)
+        port = server_port(server)
+        hog = _raw()
+        hog.sendto(_syn(1, 1, options=True), (HOST, port))  # takes the only backlog slot
+        await wait_until(lambda: bool(_drain(hog)), "the hog's SYN-ACK")
+
+        async def ping() -> bytes:
+            reader, writer = await utcp.open_connection(HOST, port, config=QUICK)
+            try:
+                writer.write(b"ping")
+                return await asyncio.wait_for(reader.readexactly(4), 10)
+            finally:
+                writer.close()
+
+        results = await asyncio.gather(ping(), ping(), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        assert results.count(b"ping") == 1 and len(errors) == 1, results
+        assert isinstance(errors[0], ConnectionResetError), errors
+        assert "too many connections" in str(errors[0])
+        stats = server.endpoint.stats
+        assert (stats.syn_cookies_sent, stats.connections_refused) == (2, 1)
+        await handlers.wait_finished(1)
+        server.endpoint.abort_all()  # the hog's half-open connection would wait out its RTOs
+
+    run(main())
+
+
 def test_resets_to_strays_are_rate_limited(run: Runner) -> None:
     cfg = QUICK.replace(max_resets_per_s=10.0)
 

@@ -340,6 +340,35 @@ def test_max_connections_refuses_with_a_reason() -> None:
     assert net.server.stats.connections_refused == 1
 
 
+def test_a_cookie_acked_at_max_connections_is_refused_with_the_reason() -> None:
+    """Both SYNs came below the limit and got cookies (the backlog holds none); the second
+    ACK comes at the limit: its client is reset with the reason and counted as refused (it
+    had been dropped as an unknown connection, without a reset while cookies go out, and its
+    client, whose connect had returned, waited for its idle timeout)."""
+    net = Net(Config(syn_cookies=True, max_connections=1), backlog=0)
+    first = net.add_client(CLIENT).connect(None, now=net.now)
+    second = net.add_client(STRANGER).connect(None, now=net.now)
+    delivered: list[tuple[bytes, Address]] = []
+    deliver = net.send
+    net.send = lambda data, src, dst=SERVER: (
+        delivered.append((data, src)) or deliver(data, src, dst)
+    )  # type: ignore[method-assign]
+    net.pump()
+    stats = net.server.stats
+    assert (stats.syn_cookies_sent, stats.syn_cookies_accepted) == (2, 1)
+    assert first.conn.state is S.ESTABLISHED and net.server.connection_count == 1
+    assert second.conn.state is S.CLOSED and second.reset_detail == "too many connections"
+    assert stats.connections_refused == 1
+    assert stats.dropped == {DropReason.TOO_MANY_CONNECTIONS.value: 1}
+    # Its first data segment passes the cookie check too: answered, not a second refusal.
+    ack = next(d for d, src in delivered if src == STRANGER and decode(d).flags == Flag.ACK)
+    deliver(ack, STRANGER)
+    ((rst, to),) = net.server.datagrams_to_send()
+    assert to == STRANGER and decode(rst).flags == Flag.RST
+    assert stats.connections_refused == 1
+    assert stats.dropped == {DropReason.TOO_MANY_CONNECTIONS.value: 2}
+
+
 def test_at_max_connections_the_oldest_released_connection_makes_room() -> None:
     net = Net(Config(max_connections=2))
     _, old = _establish(net, CLIENT)

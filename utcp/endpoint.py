@@ -282,6 +282,9 @@ class Endpoint:
         self._syn_index: dict[tuple[Address, int], int] = {}  # (addr, peer cid) -> local cid
         self._half_open = 0
         self._recently_closed: dict[int, float] = {}  # cid -> until when bare ACKs are ignored
+        # Cookie connection ids refused at max_connections: a client's handshake ACK and
+        # first data segment both pass the cookie check, and count as one refusal.
+        self._refused_cookies: set[int] = set()
         self._cookies = (
             SynCookies(secret=cookie_secret, lifetime_s=COOKIE_GRACE_S, layout=self.cid_layout)
             if self.config.syn_cookies
@@ -330,7 +333,20 @@ class Endpoint:
                 if route is None:
                     return None  # answered (cookie, refusal) or dropped, and counted
             elif self._cookies is not None and flags & _ACK and not flags & (_SYN | _RST):
-                route = self._route_for_cookie(packet, addr, now)
+                opts = self._cookie_options(packet, addr, now)
+                if opts is not None:
+                    if len(self._routes) >= self.config.max_connections and not self._make_room(
+                        now
+                    ):
+                        # The cookie went out below the limit; its ACK comes at it.
+                        refused = self._refused_cookies
+                        if len(refused) >= RECENTLY_CLOSED_MAX:
+                            refused.clear()
+                        again = packet.dst_cid in refused
+                        refused.add(packet.dst_cid)
+                        self._refuse(packet, addr, "too many connections", now, again=again)
+                        return None
+                    route = self._route_for_cookie(packet, addr, opts, now)
             if route is None:
                 self.stats.count_drop(DropReason.UNKNOWN_CONNECTION, addr, segments)
                 if not self._recently_closed_ack(packet, now) and not self._cookie_mode(flags, now):
@@ -734,14 +750,24 @@ class Endpoint:
             return True
         return False
 
-    def _refuse(self, packet: Packet, addr: Address, why: str, now: float) -> None:
+    def _refuse(
+        self, packet: Packet, addr: Address, why: str, now: float, *, again: bool = False
+    ) -> None:
         """Answer a SYN with a reset that carries the reason as its payload (RFC 9293 section
-        3.5.3 allows diagnostic data in a RST), for the client's ConnectionRefusedError."""
-        self.stats.connections_refused += 1
+        3.5.3 allows diagnostic data in a RST), for the client's ConnectionRefusedError; or
+        the ACK of a SYN cookie (the client's connect has returned: it reads the reason in
+        its ConnectionResetError); ``again``: a later datagram of a connection refused
+        already (answered and dropped, but not counted as another refusal)."""
         self.stats.count_drop(DropReason.TOO_MANY_CONNECTIONS, addr)
-        _log.info("connection_refused", reason=why, peer=str(addr))
-        ack = (packet.seq + packet.seg_len) & SEQ_MASK
-        rst = Packet(_RST | _ACK, 0, packet.src_cid, 0, ack, 0, why.encode()[: packet.seg_len + 40])
+        if not again:
+            self.stats.connections_refused += 1
+            _log.info("connection_refused", reason=why, peer=str(addr))
+        reason = why.encode()[: packet.seg_len + 40]
+        if packet.flags & _ACK:
+            rst = Packet(_RST, packet.dst_cid, packet.src_cid, packet.ack, 0, 0, reason)
+        else:
+            ack = (packet.seq + packet.seg_len) & SEQ_MASK
+            rst = Packet(_RST | _ACK, 0, packet.src_cid, 0, ack, 0, reason)
         self._send_limited_reset(encode(rst), addr, now)
 
     def _send_cookie(self, syn: Packet, addr: Address, now: float) -> None:
@@ -775,8 +801,9 @@ class Endpoint:
             and now - self._cookie_sent_at < COOKIE_GRACE_S
         )
 
-    def _route_for_cookie(self, packet: Packet, addr: Address, now: float) -> Route | None:
-        """A connection rebuilt from the ACK of a cookie SYN-ACK, or None if it is not one."""
+    def _cookie_options(self, packet: Packet, addr: Address, now: float) -> int | None:
+        """The options a SYN cookie encoded, if ``packet`` is the ACK of a cookie SYN-ACK
+        this endpoint may still take; else None."""
         cookies = self._cookies
         assert cookies is not None
         if not self._accepting and not self.cookie_grace(now):
@@ -784,11 +811,13 @@ class Endpoint:
         peer_isn = (packet.seq - 1) & SEQ_MASK
         isn = (packet.ack - 1) & SEQ_MASK
         key = _addr_key(addr)
-        opts = cookies.check(key, packet.src_cid, peer_isn, packet.dst_cid, isn, now=now)
-        if opts is None:
-            return None
-        if len(self._routes) >= self.config.max_connections and not self._make_room(now):
-            return None
+        return cookies.check(key, packet.src_cid, peer_isn, packet.dst_cid, isn, now=now)
+
+    def _route_for_cookie(self, packet: Packet, addr: Address, opts: int, now: float) -> Route:
+        """The connection rebuilt from the ACK of a cookie SYN-ACK (``opts``: what the cookie
+        encoded)."""
+        peer_isn = (packet.seq - 1) & SEQ_MASK
+        isn = (packet.ack - 1) & SEQ_MASK
         mss, wscale, sack, ts = unpack_options(opts)
         syn = Packet(_SYN, packet.src_cid, 0, peer_isn, 0, packet.window, b"")
         syn.mss = mss

@@ -720,7 +720,9 @@ class Endpoint:
                 f"{peer} is unreachable: nothing listens there any more (ICMP port unreachable)",
             )
         if reason is CloseReason.RESET:
-            return ConnectionResetError(errno.ECONNRESET, f"connection reset by {peer}")
+            # A server at max_connections resets a client it let in by SYN cookie with why.
+            why = f": {handle.reset_detail}" if handle.reset_detail else ""
+            return ConnectionResetError(errno.ECONNRESET, f"connection reset by {peer}{why}")
         return exc
 
     def _peername(self) -> Address:
