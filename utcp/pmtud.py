@@ -118,6 +118,9 @@ class Pmtud:
         self._step = GALLOP_START_BYTES
         self._candidate = 0  # size being probed; 0 when none
         self._tries = 0  # probes sent of the candidate
+        self._sent_after = 0  # the probe in flight went after the data below this sequence
+        self._order = 0  # ... and after this many transmissions of data
+        self._timeout_s = 0.0  # its timer's length, for the waits it is given
         self._error_wait = ERROR_RETRY_MIN_S
         self._next_id = 1
         self._recent: dict[int, int] = {}  # probe id -> size, for the last few probes
@@ -134,12 +137,17 @@ class Pmtud:
         self._set_state(P.BASE)
         self._probe(self.base)
 
-    def next_probe(self, *, now: float, timeout_s: float) -> tuple[int, int] | None:
+    def next_probe(
+        self, *, now: float, timeout_s: float, sent_after: int = 0, order: int = 0
+    ) -> tuple[int, int] | None:
         """``(probe id, datagram size)`` of the probe due now, counted as sent, or None.
 
-        The caller sends it at once; ``timeout_s`` (see ``probe_timeout_s``) later it counts as
-        lost.  At most one probe is in flight, so probes are at least an RTT apart, as RFC 8899
-        section 3 requires of probes that the congestion window does not govern.
+        The caller sends it at once, behind the data up to sequence number ``sent_after``
+        (SND.NXT) and after ``order`` transmissions of data (``Scoreboard.transmissions``);
+        ``timeout_s`` (see ``probe_timeout_s``) later it counts as lost, once it has had its
+        chance to arrive (``on_timer``).  At most one probe is in flight, so probes are at
+        least an RTT apart, as RFC 8899 section 3 requires of probes that the congestion
+        window does not govern.
         """
         if not self.probe_due:
             return None
@@ -151,6 +159,9 @@ class Pmtud:
         self.probe_due = False
         self._tries += 1
         self.timer = now + timeout_s
+        self._sent_after = sent_after
+        self._order = order
+        self._timeout_s = timeout_s
         return self._sent(self._candidate), self._candidate
 
     def _sent(self, size: int) -> int:
@@ -193,10 +204,24 @@ class Pmtud:
                 self._advance(now)  # the candidate is answered, or made moot
         return self.size != old
 
-    def on_timer(self, *, now: float) -> None:
-        """The probe in flight went unanswered: send the same size again (one loss may be
+    def on_timer(self, *, now: float, acked_through: int = 0, delivered_order: int = 0) -> None:
+        """The probe's timer ran out.  It has had its chance to arrive once the data sent
+        before it is acknowledged (SND.UNA, ``acked_through``, reached what it went after) or
+        data sent after it was delivered (``delivered_order``, RACK's transmission order,
+        is beyond its own), as RACK (RFC 8985) deems a segment lost; until then it may be
+        waiting behind that data in the bottleneck's queue, and gets another timeout's wait.
+        Only while SEARCHING: a probe of the base size goes with data no larger than itself,
+        so data held up says as much as the probe (a path below the base size carries
+        neither).  Unanswered after its chance: send the same size again (one loss may be
         chance), or after MAX_PROBES count the size as failed."""
         if self.timer is None or now < self.timer:
+            return
+        if (
+            self.state is P.SEARCHING
+            and acked_through < self._sent_after
+            and delivered_order <= self._order
+        ):
+            self.timer = now + self._timeout_s
             return
         self.timer = None
         self.probes_lost += 1

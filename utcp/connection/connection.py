@@ -641,7 +641,9 @@ class Connection:
                 tracer.event(now, "timer_fired", {"timer": "pmtud"})
             # A PMTU probe went unanswered.  Never a congestion signal: no cwnd, RTO, backoff
             # or retransmission is touched; only the search learns from it.
-            pm.on_timer(now=now)
+            pm.on_timer(
+                now=now, acked_through=self._snd.una, delivered_order=self._loss.rack.xmit_tx
+            )
         if tracer is not None:
             self._trace_cwnd()
 

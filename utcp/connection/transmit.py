@@ -171,7 +171,13 @@ class Transmit:
         if pm is not None and pm.probe_due and self._may_probe(st):
             # Last: the probe is the datagram most likely to be dropped.
             rtt = self._loss.rtt
-            probe = pm.next_probe(now=now, timeout_s=probe_timeout_s(rtt.srtt, rtt.rttvar, rtt.rto))
+            timeout_s = probe_timeout_s(rtt.srtt, rtt.rttvar, rtt.rto)
+            probe = pm.next_probe(
+                now=now,
+                timeout_s=timeout_s,
+                sent_after=snd.nxt,
+                order=self._loss.scoreboard.transmissions,
+            )
             if probe is not None:
                 out.append(seg.build_probe(*probe))
                 count.segments_sent += 1
