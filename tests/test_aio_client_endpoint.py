@@ -81,3 +81,22 @@ def test_closed_client_endpoint_refuses_new_connections(run: Runner) -> None:
             await client.open_connection(HOST, 9)
 
     run(main())
+
+
+def test_an_ipv6_local_address_makes_an_ipv6_endpoint(run: Runner) -> None:
+    """``local_addr=("::1", 0)`` without ``family=``: the socket is IPv6 (it was IPv4, and
+    binding raised the resolver's gaierror), and connections to an IPv6 server work."""
+
+    async def main() -> None:
+        handlers = Handlers(echo)
+        server = await utcp.start_server(handlers, "::1", 0)
+        port = server_port(server)
+        async with await utcp.create_client_endpoint(config=QUICK, local_addr=("::1", 0)) as client:
+            reader, writer = await client.open_connection("::1", port)
+            assert writer.get_extra_info("sockname")[0] == "::1"
+            await echo_round_trip(reader, writer, b"over IPv6")
+        async with server:
+            await handlers.wait_finished(1)
+        assert handlers.errors == []
+
+    run(main())

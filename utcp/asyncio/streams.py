@@ -304,11 +304,12 @@ async def create_client_endpoint(
     *,
     config: Config | None = None,
     local_addr: tuple[str, int] | None = None,
-    family: int = socket.AF_INET,
+    family: int = socket.AF_UNSPEC,
     observer: Observer | None = None,
 ) -> ClientEndpoint:
     """A UDP socket for opening many utcp connections (bound to ``local_addr``, or to an
-    ephemeral port on every interface of ``family``)."""
+    ephemeral port on every interface of ``family``).  Without ``family`` it is the family
+    of ``local_addr`` (an IPv6 address makes an IPv6 socket), else IPv4."""
     cfg = given(config)
     check_observer(observer)
     if local_addr is None:
