@@ -36,7 +36,7 @@ from tests.aio_helpers import (
     sha256,
     wait_until,
 )
-from utcp import Config, ConnectionState
+from utcp import Config, ConnectionState, decode
 from utcp.asyncio.dgram import resolve_io_path
 
 # Real sockets: run on both datagram I/O paths; and on both builds of the core (conformance).
@@ -1222,3 +1222,42 @@ def test_a_wildcard_server_answers_from_the_address_the_client_chose(run: Runner
 
     for stack in BOTH:
         run(main(stack))
+
+
+def test_one_client_socket_reaching_a_wildcard_server_at_three_addresses(run: Runner) -> None:
+    """One client endpoint (one address and port) with a connection to each of 127.0.0.2,
+    .3 and .4 of a server on 0.0.0.0, all three moving data both ways at once: every
+    datagram of each connection comes from the address it connected to, and each server
+    side names its own as ``sockname`` (the map from peer to local address had been one per
+    batch, so a batch with datagrams to two of the addresses answered both from one)."""
+    dsts = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
+
+    async def main() -> None:
+        if resolve_io_path(Config(), asyncio.get_running_loop()) != "fast":
+            pytest.skip("the portable I/O path answers from the address the route picks")
+        names: list[str] = []
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await echo(reader, writer)
+            names.append(writer.get_extra_info("sockname")[0])
+
+        sources: dict[int, set[str]] = {}
+
+        def observe(direction: str, data: bytes, addr: Any) -> None:
+            if direction == "recv":
+                sources.setdefault(decode(data).dst_cid, set()).add(addr[0])
+
+        server = await utcp.start_server(handle, "0.0.0.0", 0)
+        port = server_port(server)
+        client = await utcp.create_client_endpoint(observer=observe)
+        async with server, client, deadline(60, "three echoes through one socket"):
+            streams = [await client.open_connection(dst, port) for dst in dsts]
+            payloads = [seeded_bytes(20 + k, 2 * MIB) for k in range(3)]
+            await asyncio.gather(
+                *(echo_round_trip(r, w, p) for (r, w), p in zip(streams, payloads, strict=True))
+            )
+            cids = [w.get_extra_info("connection").local_cid for _, w in streams]
+        assert [sources[cid] for cid in cids] == [{dst} for dst in dsts]
+        assert sorted(names) == list(dsts)
+
+    run(main())

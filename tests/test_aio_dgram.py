@@ -27,7 +27,10 @@ from tests.aio_helpers import (
 from utcp import Config, Connection
 from utcp.asyncio.dgram import (
     IO_ENV,
+    IP_PKTINFO,
+    IPV6_PKTINFO,
     FastDatagramTransport,
+    _local_of,
     offload_support,
     resolve_io_path,
 )
@@ -430,3 +433,26 @@ def test_a_cancelled_open_never_leaves_its_udp_socket_behind(
         await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_a_link_local_destination_keeps_its_interface() -> None:
+    """IPV6_PKTINFO naming a link-local address (fe80::/10) on interface 7: the reply names
+    that interface (the address means nothing without it) and ``sockname`` gets it as its
+    scope id; a global address names no interface (the route picks it), nor does IPv4."""
+    link_local = socket.inet_pton(socket.AF_INET6, "fe80::1")
+    host, cmsg, scope = _local_of(
+        socket.IPPROTO_IPV6, IPV6_PKTINFO, link_local + (7).to_bytes(4, sys.byteorder)
+    )
+    assert (host, scope) == ("fe80::1", 7)
+    assert cmsg == [
+        (socket.IPPROTO_IPV6, IPV6_PKTINFO, link_local + (7).to_bytes(4, sys.byteorder))
+    ]
+    global_ = socket.inet_pton(socket.AF_INET6, "fd00::2")
+    host, cmsg, scope = _local_of(
+        socket.IPPROTO_IPV6, IPV6_PKTINFO, global_ + (7).to_bytes(4, sys.byteorder)
+    )
+    assert (host, scope) == ("fd00::2", 0) and cmsg[0][2] == global_ + bytes(4)
+    v4 = (3).to_bytes(4, sys.byteorder) + bytes(4) + socket.inet_aton("127.0.0.2")
+    host, cmsg, scope = _local_of(socket.IPPROTO_IP, IP_PKTINFO, v4)
+    assert (host, scope) == ("127.0.0.2", 0)
+    assert cmsg[0][2] == bytes(4) + socket.inet_aton("127.0.0.2") + bytes(4)  # ifindex 0

@@ -39,8 +39,9 @@ from .errqueue import (
 Address = Any  # what the socket module uses: (host, port) or (host, port, flow, scope)
 Cmsg = list[tuple[int, int, bytes]]  # ancillary data for sendmsg
 # The local address a peer's datagram was sent to, on a socket bound to a wildcard address:
-# its text (for ``sockname``) and the ancillary data that makes replies leave from it.
-Local = tuple[str, Cmsg]
+# its text and IPv6 scope id (for ``sockname``) and the ancillary data that makes replies
+# leave from it.
+Local = tuple[str, Cmsg, int]
 
 __all__ = [
     "BATCH_DATAGRAMS",
@@ -438,12 +439,13 @@ def _local_of(level: int, kind: int, value: bytes) -> Local | None:
     if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
         dst = _IN_PKTINFO.unpack_from(value)[2]
         cmsg = (socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, dst, bytes(4)))
-        return socket.inet_ntop(socket.AF_INET, dst), [cmsg]
+        return socket.inet_ntop(socket.AF_INET, dst), [cmsg], 0
     if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(value) >= 20:
         addr, ifindex = _IN6_PKTINFO.unpack_from(value)
-        link_local = addr[0] == 0xFE and addr[1] & 0xC0 == 0x80
-        data = _IN6_PKTINFO.pack(addr, ifindex if link_local else 0)
-        return socket.inet_ntop(socket.AF_INET6, addr), [(socket.IPPROTO_IPV6, IPV6_PKTINFO, data)]
+        scope = ifindex if addr[0] == 0xFE and addr[1] & 0xC0 == 0x80 else 0  # link-local
+        data = _IN6_PKTINFO.pack(addr, scope)
+        host = socket.inet_ntop(socket.AF_INET6, addr)
+        return host, [(socket.IPPROTO_IPV6, IPV6_PKTINFO, data)], scope
     return None
 
 
@@ -628,8 +630,18 @@ class FastDatagramTransport:
                     seg = _INT.unpack_from(value)[0] or n
                 elif pktinfo:
                     local = self._local(level, kind, value)
-                    if local is not None:
-                        locals_[addr] = local
+                    if local is None:
+                        continue
+                    known = locals_.get(addr)
+                    if known is not None and known is not local and batch:
+                        # The peer (one socket, several connections) sent to another of our
+                        # addresses earlier in this batch: that part goes first, so that
+                        # the map names one address per peer for each batch.
+                        self._protocol.datagrams_received(batch)
+                        batch = []
+                        if self._closing:
+                            return
+                    locals_[addr] = local
             if seg >= n:
                 batch.append((bytes(view[:n]), addr))
                 found += 1

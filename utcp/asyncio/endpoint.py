@@ -459,12 +459,26 @@ class Endpoint:
     def _core_output(self) -> None:
         """Send the core endpoint's stateless answers and end the connections it evicted."""
         core = self._core
+        locals_ = self._locals
         for data, addr in core.datagrams_to_send():
-            self._send(data, addr)
+            if locals_ is not None and addr not in locals_:
+                # Not an answer to a datagram being handed over: a path challenge (after an
+                # ICMP error) leaves from the address its connection's peer sends to.
+                self._send(data, addr, self._local_for_path(addr))
+            else:
+                self._send(data, addr)
         while (event := core.next_event()) is not None:
             handle = cast(ConnectionHandle, event.route)
             if not handle.forgotten:
                 self._end_background(handle)
+
+    def _local_for_path(self, addr: Address) -> Local | None:
+        """The local address of the connection validating a path to ``addr``, if any."""
+        for handle in self.handles():
+            path = handle.path
+            if path is not None and path.addr == addr:
+                return handle.local
+        return None
 
     # ------------------------------------------------------------------ connections
 

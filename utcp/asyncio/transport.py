@@ -127,7 +127,9 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
                 # A socket bound to a wildcard address: the address the peer sends to, as a
                 # TCP socket accepted there names it.
                 bound = self._extra["sockname"]
-                return (local[0], *bound[1:])
+                if len(bound) == 4:
+                    return (local[0], bound[1], bound[2], local[2])
+                return (local[0], bound[1])
         return self._extra.get(name, default)
 
     async def migrate(self, local_addr: Any = None) -> None:
