@@ -65,6 +65,15 @@ def _drain(s: socket.socket, *, to_cid: int | None = None) -> list[bytes]:
             out.append(data)
 
 
+async def _hog_the_backlog(port: int) -> socket.socket:
+    """A raw SYN that takes a ``backlog=1`` server's only backlog slot (it never completes):
+    the next SYNs get cookies.  Returns the raw socket, once the SYN-ACK is back."""
+    hog = _raw()
+    hog.sendto(_syn(1, 1, options=True), (HOST, port))
+    await wait_until(lambda: bool(_drain(hog)), "the hog's SYN-ACK")
+    return hog
+
+
 # ------------------------------------------------------------------------------ amplification
 
 
@@ -114,9 +123,7 @@ def test_a_client_connects_through_syn_cookies(run: Runner) -> None:
         handlers = Handlers(echo)
         server = await utcp.start_server(handlers, HOST, 0, config=QUICK, backlog=1)
         port = server_port(server)
-        hog = _raw()
-        hog.sendto(_syn(1, 1, options=True), (HOST, port))  # takes the only backlog slot
-        await wait_until(lambda: bool(_drain(hog)), "the hog's SYN-ACK")
+        hog = await _hog_the_backlog(port)
         payload = seeded_bytes(3, 300_000)
         reader, writer = await utcp.open_connection(HOST, port, config=QUICK)
         writer.write(payload)
@@ -130,6 +137,7 @@ def test_a_client_connects_through_syn_cookies(run: Runner) -> None:
         await writer.wait_closed()
         await handlers.wait_finished(1)
         server.endpoint.abort_all()  # the hog's half-open connection would wait out its RTOs
+        hog.close()
 
     run(main())
 
@@ -251,9 +259,7 @@ def test_a_cookie_client_admitted_beyond_the_limit_is_reset_with_the_reason(run:
         handlers = Handlers(echo)
         server = await utcp.start_server(handlers, HOST, 0, config=cfg, backlog=1)
         port = server_port(server)
-        hog = _raw()
-        hog.sendto(_syn(1, 1, options=True), (HOST, port))  # takes the only backlog slot
-        await wait_until(lambda: bool(_drain(hog)), "the hog's SYN-ACK")
+        hog = await _hog_the_backlog(port)
 
         async def ping() -> bytes:
             reader, writer = await utcp.open_connection(HOST, port, config=QUICK)
@@ -272,6 +278,7 @@ def test_a_cookie_client_admitted_beyond_the_limit_is_reset_with_the_reason(run:
         assert (stats.syn_cookies_sent, stats.connections_refused) == (2, 1)
         await handlers.wait_finished(1)
         server.endpoint.abort_all()  # the hog's half-open connection would wait out its RTOs
+        hog.close()
 
     run(main())
 
