@@ -693,3 +693,52 @@ def test_an_ipv6_listening_address_is_bracketed() -> None:
         proc.terminate()
         proc.communicate(timeout=30)
     assert re.search(r"listening on utcp://\[::1\]:\d+$", line.strip()), line
+
+
+def test_perf_reverse_reports_the_senders_retransmissions() -> None:
+    """``perf -R`` through a relay dropping 3%: the numbers are the server's, which sent
+    (the summary showed the receiving client's own: no retransmission, an srtt from its
+    request alone), and the live lines leave the sender's columns blank."""
+    with background(["perf", "--server", "--port", "0"]) as (_, port):
+        lossy = ["--to", f"127.0.0.1:{port}", "--loss", "3%", "--seed", "5"]
+        relay = subprocess.Popen(
+            [*UTCP, "netem", "--listen", "127.0.0.1:0", *lossy],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        try:
+            assert relay.stdout is not None
+            first = relay.stdout.readline().decode()
+            via = re.search(r"udp://127\.0\.0\.1:(\d+) ->", first)
+            assert via, first
+            args = ("perf", "127.0.0.1", via.group(1), "-n", "2M", "-R")
+            summary = utcp_cli(*args, "-P", "2", "--json")
+            live = utcp_cli(*args)
+        finally:
+            relay.terminate()
+            relay.wait(timeout=10)
+    assert summary.returncode == 0, summary.stderr
+    result = json.loads(summary.stdout)
+    senders = result["senders"]
+    assert len(senders) == 2 and all(s["srtt_s"] for s in senders)
+    assert result["retransmissions"] == sum(s["retransmissions"] for s in senders) > 0
+    assert live.returncode == 0, live.stderr
+    rows = live.stdout.decode().splitlines()[1:-1]
+    assert all(row.split()[-3:] == ["-", "-", "-"] for row in rows), rows
+    assert live.stdout.decode().splitlines()[-1].startswith("summary: ")
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"[1, 2]", b"null", b'"x"', b'{"reverse": true, "bytes": 5.5}']
+)
+def test_perf_server_answers_a_malformed_request_in_one_line(request_line: bytes) -> None:
+    """A request that is JSON but not a valid one: one "perf flow failed" line and the
+    server goes on (it printed a traceback from the stream callback)."""
+    with background(["perf", "--server", "--port", "0"]) as (proc, port):
+        sent = utcp_cli("cat", "127.0.0.1", str(port), stdin=request_line + b"\n")
+        assert sent.returncode == 0, sent.stderr
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()
+        again = utcp_cli("perf", "127.0.0.1", str(port), "-n", "10K", "--json")
+    assert line.startswith("perf flow failed: ValueError("), line
+    assert again.returncode == 0, again.stderr

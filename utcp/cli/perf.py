@@ -10,7 +10,10 @@ than the event loop's clock measures it (1 ms on uvloop: utcp.cli.report).
 Over TLS (``--tls-cert``/``--tls-key`` on the server, ``--tls-ca`` or ``--tls-insecure`` on the
 client) the data goes in length-prefixed chunks and a zero length ends it: TLS cannot
 half-close (asyncio's layer ends both directions together), so the FIN that ends the data on
-plain utcp cannot be sent while the result still has to come back.
+plain utcp cannot be sent while the result still has to come back.  With ``--reverse`` the
+data is framed that way too: after it, the client says it has everything and the server
+answers with its sender's numbers (retransmissions, timeouts, srtt, cwnd), which the
+summary reports, as the receiving client's own connection has sent nothing to count.
 """
 
 from __future__ import annotations
@@ -108,6 +111,9 @@ class Flow:
     first_s: float | None = None
     last_s: float | None = None
     stats: ConnectionStats | None = None
+    # With --reverse, the server's numbers for its sending (retransmissions, timeouts,
+    # srtt_s, cwnd_bytes), reported after the data.
+    sender: dict[str, Any] | None = None
     writer: asyncio.StreamWriter | None = field(default=None, repr=False)
     # The core connection: its numbers stay readable after a TLS stream has closed.
     connection: Connection | None = field(default=None, repr=False)
@@ -122,10 +128,17 @@ def _over_tls(writer: asyncio.StreamWriter) -> bool:
     return writer.get_extra_info("ssl_object") is not None
 
 
-async def _send(writer: asyncio.StreamWriter, flow: Flow, nbytes: int | None, secs: float) -> None:
-    """Send ``nbytes`` (None: for ``secs``), then end the data: FIN, or over TLS a zero
-    length."""
-    framed = _over_tls(writer)
+async def _send(
+    writer: asyncio.StreamWriter,
+    flow: Flow,
+    nbytes: int | None,
+    secs: float,
+    *,
+    framed: bool = False,
+) -> None:
+    """Send ``nbytes`` (None: for ``secs``), then end the data: FIN, or ``framed`` (always
+    over TLS) a zero length."""
+    framed = framed or _over_tls(writer)
     deadline = time.monotonic() + secs
     while True:
         if nbytes is not None:
@@ -177,14 +190,41 @@ async def _receive(reader: asyncio.StreamReader, flow: Flow, *, framed: bool) ->
 # ---------------------------------------------------------------------------------- server
 
 
+def _request(line: bytes) -> dict[str, Any]:
+    """The client's request line, checked: a JSON object whose ``bytes`` and ``time`` are
+    positive numbers (``bytes`` a whole one) or absent."""
+    request = json.loads(line)
+    if not isinstance(request, dict):
+        raise ValueError(f"a request is a JSON object, not {line[:60]!r}")
+    for key, kind in (("bytes", int), ("time", (int, float))):
+        value = request.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, kind) or not value > 0
+        ):
+            raise ValueError(f"request {key!r} must be a positive number, not {value!r}")
+    return request
+
+
 async def _serve_one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     conn: Connection = writer.get_extra_info("connection")  # readable after a TLS close too
     try:
-        request = json.loads(await reader.readline())
+        request = _request(await reader.readline())
         flow = Flow()
         if request.get("reverse"):
             seconds = request.get("time")
-            await _send(writer, flow, request.get("bytes"), 10.0 if seconds is None else seconds)
+            secs = 10.0 if seconds is None else seconds
+            report = bool(request.get("report"))
+            await _send(writer, flow, request.get("bytes"), secs, framed=report)
+            if report:
+                await reader.readline()  # the client has it all: our numbers are final
+                st = conn.stats
+                sender = {
+                    "retransmissions": st.retransmissions,
+                    "timeouts": st.timeouts,
+                    "srtt_s": st.srtt_s,
+                    "cwnd_bytes": st.cwnd_bytes,
+                }
+                writer.write(json.dumps(sender).encode() + b"\n")
             await reader.read()  # the client's FIN (over TLS, its close)
         else:
             await _receive(reader, flow, framed=_over_tls(writer))
@@ -222,11 +262,13 @@ async def _client_flow(args: argparse.Namespace, host: str, port: int, flow: Flo
     )
     opened = connection_opened(writer, accepted=False)
     flow.writer, flow.connection = writer, opened.connection
-    request = {"reverse": args.reverse, "bytes": args.bytes, "time": args.time}
+    request = {"reverse": args.reverse, "bytes": args.bytes, "time": args.time, "report": True}
     writer.write(json.dumps(request).encode() + b"\n")
     try:
         if args.reverse:
-            await _receive(reader, flow, framed=_over_tls(writer))
+            await _receive(reader, flow, framed=True)
+            writer.write(b"\n")  # all here: the sender's numbers, please
+            flow.sender = json.loads(await reader.readline() or b"{}")
         else:
             began = time.monotonic()
             await _send(writer, flow, args.bytes, 10.0 if args.time is None else args.time)
@@ -277,8 +319,15 @@ async def _watch(
         if live and not all(t.done() for t in tasks):
             elapsed = time.monotonic() - start
             mbit = (total - last_bytes) * 8 / 1e6
-            shown = rtt_text(srtt, resolution, decimals=2)
-            print(f"{elapsed:6.1f}s {mbit:8.2f} Mbit/s {retx:6d} {shown:>9} {cwnd:9d}", flush=True)
+            if args.reverse:
+                # retx, srtt and cwnd are the sender's, the server's: the summary has them.
+                print(f"{elapsed:6.1f}s {mbit:8.2f} Mbit/s {'-':>6} {'-':>9} {'-':>9}", flush=True)
+            else:
+                shown = rtt_text(srtt, resolution, decimals=2)
+                print(
+                    f"{elapsed:6.1f}s {mbit:8.2f} Mbit/s {retx:6d} {shown:>9} {cwnd:9d}",
+                    flush=True,
+                )
         last_bytes = total
     for t in tasks:
         t.result()  # raise the first connection error
@@ -304,6 +353,16 @@ async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, An
     spans = [(f.first_s, f.last_s) for f in flows if f.first_s is not None and f.last_s is not None]
     seconds = max(e for _, e in spans) - min(s for s, _ in spans) if spans else 0.0
     stats = [f.stats for f in flows if f.stats is not None]
+    # The sender's numbers: ours, or with --reverse the server's reports.
+    if args.reverse:
+        sent = [f.sender for f in flows if f.sender]
+        retx = sum(int(r.get("retransmissions") or 0) for r in sent)
+        timeouts = sum(int(r.get("timeouts") or 0) for r in sent)
+        srtts = [float(r.get("srtt_s") or 0.0) for r in sent]
+    else:
+        retx = sum(s.retransmissions for s in stats)
+        timeouts = sum(s.timeouts for s in stats)
+        srtts = [s.srtt_s or 0.0 for s in stats]
     return {
         "direction": "receive" if args.reverse else "send",
         "parallel": args.parallel,
@@ -311,11 +370,12 @@ async def client(args: argparse.Namespace, host: str, port: int) -> dict[str, An
         "bytes": total_bytes,
         "seconds": seconds,
         "goodput_mbit_s": total_bytes * 8 / 1e6 / seconds if seconds else 0.0,
-        "retransmissions": sum(s.retransmissions for s in stats),
-        "timeouts": sum(s.timeouts for s in stats),
-        "srtt_ms": (sum((s.srtt_s or 0.0) for s in stats) / len(stats) * 1e3) if stats else 0.0,
+        "retransmissions": retx,  # the sender's, also with --reverse (the server's)
+        "timeouts": timeouts,
+        "srtt_ms": sum(srtts) / len(srtts) * 1e3 if srtts else 0.0,
         "clock_resolution_ms": resolution * 1e3,  # srtt_ms is no finer than this
         "flows": [asdict(s) | {"state": s.state.value} for s in stats],
+        "senders": [f.sender for f in flows if f.sender] if args.reverse else [],
     }
 
 
