@@ -669,6 +669,52 @@ def test_a_server_that_cannot_listen_says_so_in_one_line(server: list[str]) -> N
     assert f":{port}: " in taken.stderr.decode()
 
 
+def test_cat_listen_that_cannot_bind_says_so_as_the_servers_do() -> None:
+    """``cat --listen`` on an address not ours: "cannot listen on", as the other servers
+    say (it said "connection failed")."""
+    result = utcp_cli("cat", "--listen", "--host", "192.0.2.1", "0")
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "error: cannot listen on utcp://192.0.2.1:0: " in err and len(err.splitlines()) == 1
+
+
+def test_commands_started_with_standard_streams_closed_run_and_exit_cleanly() -> None:
+    """Started with stdin closed (``<&-``), a server and a cat client work and exit
+    normally; uvloop had aborted the process (status 134) on closing the socket it was
+    given as descriptor 0."""
+
+    def closed_stdin() -> None:
+        os.close(0)
+
+    server = subprocess.Popen(
+        [*UTCP, "echo-server", "--port", "0"],
+        stdin=None,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=closed_stdin,
+    )
+    try:
+        assert server.stdout is not None
+        port = re.search(r":(\d+)\s*$", server.stdout.readline().decode())
+        assert port, "no address line"
+        client = subprocess.run(
+            [*UTCP, "cat", "127.0.0.1", port.group(1)],
+            stdin=None,
+            capture_output=True,
+            timeout=60,
+            check=False,
+            preexec_fn=closed_stdin,
+        )
+        assert client.returncode == 0, client.stderr
+        server.send_signal(signal.SIGINT)
+        _, err = server.communicate(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+    assert server.returncode == 0, err
+
+
 def test_perf_for_no_time_sends_nothing() -> None:
     """``--time 0`` sends for no time (it ran for the ten-second default)."""
     with background(["perf", "--server", "--port", "0"]) as (_, port):

@@ -242,6 +242,25 @@ def test_plot_writes_a_png_that_is_not_blank(
     assert len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1])}) > 1
 
 
+def test_plot_names_the_file_it_wrote_and_refuses_what_it_cannot_write(
+    trace_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``-o NAME`` without an extension writes NAME.png and says so (it said NAME); an
+    extension matplotlib cannot write, or a directory, is one line and exit status 2 (a
+    traceback, or a hidden ``.png`` in the directory)."""
+    pytest.importorskip("matplotlib")
+    bare = tmp_path / "graph"
+    assert main(["plot", str(trace_file), "-o", str(bare)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {bare}.png"
+    assert (tmp_path / "graph.png").stat().st_size > 0 and not bare.exists()
+    assert main(["plot", str(trace_file), "-o", str(tmp_path / "graph.xyz")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "cannot write .xyz images (formats: " in err, err
+    assert main(["plot", str(trace_file), "-o", f"{tmp_path}/"]) == 2
+    assert "is a directory" in capsys.readouterr().err
+    assert not (tmp_path / ".png").exists() and not (tmp_path / "graph.xyz").exists()
+
+
 def test_a_trace_with_only_its_header_still_draws(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from typing import NoReturn, TextIO, cast
 
@@ -74,8 +75,24 @@ def build_parser() -> CliParser:
     return parser
 
 
+def _fill_closed_standard_streams() -> None:
+    """Give each standard stream the process started without (``<&-``, ``>&-``) a
+    descriptor of /dev/null opened read-only, so that no socket made later is descriptor 0-2
+    (uvloop aborts the process closing one), while reading a closed stdin still ends at once
+    and writing a closed stdout or stderr still fails (EBADF)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDONLY)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``utcp`` console script and ``python -m utcp``."""
+    _fill_closed_standard_streams()
     try:
         with guarded_output() as stderr:
             parser = build_parser()

@@ -34,6 +34,7 @@ from . import report
 from .helpers import (
     Subcommands,
     add_congestion_option,
+    cannot_listen,
     close_writer,
     config_for,
     duration,
@@ -270,6 +271,15 @@ async def _connect(args: argparse.Namespace, host: str, port: int) -> None:
     await _session(reader, writer, accepted=False)
 
 
+class CannotListen(Exception):
+    """``cat --listen`` could not start serving: the address is taken, not ours, or does
+    not resolve (told apart from a failed connection)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 async def _listen(args: argparse.Namespace, port: int) -> None:
     done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -284,9 +294,12 @@ async def _listen(args: argparse.Namespace, port: int) -> None:
             if not done.done():
                 done.set_result(None)
 
-    server = await start_server(
-        accept, args.host, port, config=args.utcp_config, **args.tls.keywords()
-    )
+    try:
+        server = await start_server(
+            accept, args.host, port, config=args.utcp_config, **args.tls.keywords()
+        )
+    except OSError as exc:
+        raise CannotListen(exc) from exc
     addr = server.sockets[0].getsockname()
     print(f"utcp cat listening on utcp://{address_text(addr)}", file=sys.stderr, flush=True)
     try:
@@ -327,6 +340,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         run_command(_listen(args, port) if args.listen else _connect(args, args.target[0], port))
+    except CannotListen as exc:
+        return cannot_listen("utcp cat", args.host, port, exc.error)
     except (OSError, asyncio.TimeoutError, EOFError) as exc:
         described = describe_failure(exc)
         if described is None:

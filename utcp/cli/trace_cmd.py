@@ -9,10 +9,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
-from ..tools.traceview import Trace, ladder_lines, ladder_svg, load_trace, plot_time_sequence
+from ..tools.traceview import (
+    Trace,
+    image_formats,
+    ladder_lines,
+    ladder_svg,
+    load_trace,
+    plot_time_sequence,
+)
 from .helpers import Subcommands, positive_int
 from .output import OutputClosed
 
@@ -80,6 +88,14 @@ def plot_main(args: argparse.Namespace) -> int:
     output = args.output or str(Path(args.trace).with_suffix(".png"))
     if output == args.trace:  # never draw over the trace itself
         output += ".png"
+    if output.endswith(("/", os.sep)) or Path(output).is_dir():
+        return _fail("plot", f"{output} is a directory: name the image file to write")
+    kind = Path(output).suffix.removeprefix(".").lower()
+    if not kind:
+        output += ".png"  # what matplotlib would add: say the name written
+    elif kind not in image_formats():
+        formats = ", ".join(image_formats())
+        return _fail("plot", f"cannot write .{kind} images (formats: {formats})")
     try:
         plot_time_sequence(trace, output)
     except BrokenPipeError:  # the path is a pipe whose reader has gone (/dev/stdout | head)

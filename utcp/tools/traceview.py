@@ -738,6 +738,13 @@ def _steps(series: Sequence[tuple[float, Any]], end_t: float) -> tuple[list[floa
     return [*_column(points, 0), end_t], [*values, values[-1]]
 
 
+def image_formats() -> list[str]:
+    """The file name extensions ``plot_time_sequence`` can write (matplotlib's, for Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    return sorted(FigureCanvasAgg.get_supported_filetypes())
+
+
 def plot_time_sequence(trace: Trace, path: str | Path) -> None:
     """Write a tcptrace-style time-sequence graph of our data as a PNG (matplotlib, Agg),
     with cwnd and srtt on the same time axis below it.  matplotlib is imported here so the
