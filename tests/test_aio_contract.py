@@ -36,7 +36,7 @@ from tests.aio_helpers import (
     sha256,
     wait_until,
 )
-from utcp import Config, ConnectionState, decode
+from utcp import Config, ConnectionState, Flag, Packet, decode, encode
 from utcp.asyncio.dgram import resolve_io_path
 
 # Real sockets: run on both datagram I/O paths; and on both builds of the core (conformance).
@@ -1259,5 +1259,61 @@ def test_one_client_socket_reaching_a_wildcard_server_at_three_addresses(run: Ru
             cids = [w.get_extra_info("connection").local_cid for _, w in streams]
         assert [sources[cid] for cid in cids] == [{dst} for dst in dsts]
         assert sorted(names) == list(dsts)
+
+    run(main())
+
+
+def test_a_forged_datagram_to_another_local_address_moves_nothing(run: Runner) -> None:
+    """A bare ACK naming a wildcard server's connection, from a stranger (127.0.0.9) to
+    another of its addresses (127.0.0.3): the connection's replies still leave from the
+    address its client connected to (127.0.0.2).  It had taken the stranger's, and what
+    the server wrote next never reached the client's connected socket."""
+
+    async def main() -> None:
+        if resolve_io_path(Config(), asyncio.get_running_loop()) != "fast":
+            pytest.skip("the portable I/O path answers from the address the route picks")
+        go_on = asyncio.Event()
+
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(await reader.readexactly(2))
+            await go_on.wait()
+            writer.write(b"later")
+            await echo(reader, writer)
+
+        server = await utcp.start_server(handle, "0.0.0.0", 0)
+        port = server_port(server)
+        async with server, deadline(30, "the answer after the forged datagram"):
+            reader, writer = await utcp.open_connection("127.0.0.2", port)
+            writer.write(b"hi")
+            assert await reader.readexactly(2) == b"hi"
+            server_cid = writer.get_extra_info("connection").peer_cid
+            await asyncio.sleep(1.5)  # the client quiet longer than an RTO: a move is plausible
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as stranger:
+                stranger.bind(("127.0.0.9", 0))
+                forged = Packet(int(Flag.ACK), 0x1234, server_cid, 5, 5, 100)
+                stranger.sendto(encode(forged), ("127.0.0.3", port))
+                await asyncio.sleep(0.2)
+            go_on.set()
+            assert await asyncio.wait_for(reader.readexactly(5), 10) == b"later"
+            await echo_round_trip(reader, writer, b"and on")
+
+    run(main())
+
+
+def test_a_client_endpoint_on_a_wildcard_address_sends_from_the_routes_choice(
+    run: Runner,
+) -> None:
+    """Only a server's wildcard socket names the source of its replies: a client endpoint
+    (bound to 0.0.0.0, unconnected) leaves it to the route, so that a move to a new socket,
+    or a changed network, is not held to the address its first answer came to."""
+
+    async def main() -> None:
+        server = await utcp.start_server(echo, HOST, 0)
+        client = await utcp.create_client_endpoint()
+        async with server, client:
+            reader, writer = await client.open_connection(HOST, server_port(server))
+            udp = writer.get_extra_info("endpoint").transport
+            await echo_round_trip(reader, writer, b"from wherever the route says")
+        assert not getattr(udp, "pktinfo", False)
 
     run(main())

@@ -438,7 +438,8 @@ def test_a_cancelled_open_never_leaves_its_udp_socket_behind(
 def test_a_link_local_destination_keeps_its_interface() -> None:
     """IPV6_PKTINFO naming a link-local address (fe80::/10) on interface 7: the reply names
     that interface (the address means nothing without it) and ``sockname`` gets it as its
-    scope id; a global address names no interface (the route picks it), nor does IPv4."""
+    scope id; a global address names no interface (the route picks it), nor does IPv4,
+    which answers from ipi_spec_dst."""
     link_local = socket.inet_pton(socket.AF_INET6, "fe80::1")
     host, cmsg, scope = _local_of(
         socket.IPPROTO_IPV6, IPV6_PKTINFO, link_local + (7).to_bytes(4, sys.byteorder)
@@ -452,7 +453,10 @@ def test_a_link_local_destination_keeps_its_interface() -> None:
         socket.IPPROTO_IPV6, IPV6_PKTINFO, global_ + (7).to_bytes(4, sys.byteorder)
     )
     assert (host, scope) == ("fd00::2", 0) and cmsg[0][2] == global_ + bytes(4)
-    v4 = (3).to_bytes(4, sys.byteorder) + bytes(4) + socket.inet_aton("127.0.0.2")
+    # IPv4: the address to answer from (ipi_spec_dst), not the header's destination, which
+    # for a broadcast is no source address.
+    spec_dst, broadcast = socket.inet_aton("127.0.0.2"), socket.inet_aton("255.255.255.255")
+    v4 = (3).to_bytes(4, sys.byteorder) + spec_dst + broadcast
     host, cmsg, scope = _local_of(socket.IPPROTO_IP, IP_PKTINFO, v4)
     assert (host, scope) == ("127.0.0.2", 0)
     assert cmsg[0][2] == bytes(4) + socket.inet_aton("127.0.0.2") + bytes(4)  # ifindex 0

@@ -437,7 +437,9 @@ def _local_of(level: int, kind: int, value: bytes) -> Local | None:
     """The destination address a ``*_PKTINFO`` control message names, with the control
     message that sends from it (no interface given, except for a link-local address)."""
     if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(value) >= _IN_PKTINFO.size:
-        dst = _IN_PKTINFO.unpack_from(value)[2]
+        # ipi_spec_dst: the local address to answer from (ipi_addr is the header's
+        # destination, which for a broadcast is no address to send from).
+        dst = _IN_PKTINFO.unpack_from(value)[1]
         cmsg = (socket.IPPROTO_IP, IP_PKTINFO, _IN_PKTINFO.pack(0, dst, bytes(4)))
         return socket.inet_ntop(socket.AF_INET, dst), [cmsg], 0
     if level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(value) >= 20:
@@ -504,13 +506,19 @@ class FastDatagramTransport:
         self._rearm_pending = False
         self._singles = 0  # wake-ups in a row that found exactly one datagram
         self._wakeups = 0
-        # A socket bound to a wildcard address learns which local address each datagram was
-        # sent to: ``locals`` maps the peers of the datagrams being handed over to it (the
-        # endpoint keeps each connection's), and replies leave from that address, which a
-        # client's connected socket requires (the route's choice may be another one).
+        # A server's socket bound to a wildcard address learns which local address each
+        # datagram was sent to: ``locals`` maps the peers of the datagrams being handed
+        # over to it (the endpoint keeps each connection's), and replies leave from that
+        # address, which a client's connected socket requires (the route's choice may be
+        # another one).
         self.locals: dict[Address, Local] = {}
         self._local_cache: dict[bytes, Local | None] = {}
-        self.pktinfo = udp and _wildcard_unconnected(sock) and _enable_pktinfo(sock)
+        self.pktinfo = (
+            udp
+            and bool(getattr(protocol, "serves", False))  # a client's source may change
+            and _wildcard_unconnected(sock)
+            and _enable_pktinfo(sock)
+        )
         self._cmsg_space = _CMSG_SPACE + (_PKTINFO_SPACE if self.pktinfo else 0)
         self._buf = bytearray(_RECV_BUFFER_BYTES)
         self._view = memoryview(self._buf)

@@ -388,8 +388,8 @@ class Endpoint:
         if route is None:
             return
         handle = cast(ConnectionHandle, route)
-        if self._locals is not None:
-            handle.local = self._locals.get(addr, handle.local)
+        if self._locals is not None and handle.local is None:
+            handle.local = self._locals.get(addr)  # fixed: the client sends to one address
         conn = handle.conn
         if (
             conn.has_events
@@ -444,8 +444,8 @@ class Endpoint:
             if route is None:
                 continue
             handle = cast(ConnectionHandle, route)
-            if self._locals is not None:
-                handle.local = self._locals.get(addr, handle.local)
+            if self._locals is not None and handle.local is None:
+                handle.local = self._locals.get(addr)  # fixed: see datagram_received
             if handle.conn.is_finished:
                 ended[handle.conn.local_cid] = handle
             if not handle.in_batch:
@@ -903,6 +903,13 @@ class Endpoint:
         if isinstance(transport, FastDatagramTransport):
             return "+".join(filter(None, ("fast", transport.offload)))
         return "portable"
+
+    @property
+    def serves(self) -> bool:
+        """A server's endpoint (it accepts connections): on a wildcard address its replies
+        name their source (``FastDatagramTransport.pktinfo``); a client's source address is
+        the route's, which may change under it."""
+        return self._protocol_factory is not None
 
     @property
     def closing(self) -> bool:
