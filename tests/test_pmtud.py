@@ -162,6 +162,33 @@ def test_base_size_lost_max_probes_times_is_the_error_state() -> None:
     assert pm.state is P.SEARCHING
 
 
+def test_a_probe_behind_unacknowledged_data_waits_and_waits_longer_while_nothing_moves() -> None:
+    """While SEARCHING, a probe sent behind data up to 1000 whose timer runs out with that
+    data unacknowledged is not lost yet: it waits a timer's length while SND.UNA moves,
+    twice the last wait while it stands still (an outage keeps no timer firing every few
+    milliseconds), and is lost once the data ahead of it is acknowledged."""
+    pm = Pmtud(base_bytes=1200, log=structlog.get_logger())
+    pm.start(ceiling=9000, now=0.0)
+    base = pm.next_probe(now=0.0, timeout_s=0.5)
+    assert base is not None and pm.on_probe_acked(base[0], now=0.1) is False
+    assert pm.state is P.SEARCHING
+    probe = pm.next_probe(now=1.0, timeout_s=0.5, sent_after=1000, order=5)
+    assert probe is not None and pm.timer == 1.5
+    timers = []
+    for una in (400, 400, 400, 400, 700):
+        assert pm.timer is not None
+        pm.on_timer(now=pm.timer, acked_through=una, delivered_order=5)
+        timers.append(pm.timer)
+    assert timers == [2.0, 3.0, 5.0, 9.0, 9.5] and pm.probes_lost == 0
+    pm.on_timer(now=9.5, acked_through=1000, delivered_order=5)  # its chance came
+    assert pm.probes_lost == 1 and pm.probe_due and pm.timer is None
+    # Data sent after the probe delivered (RACK's order beyond its own) ends the wait too.
+    again = pm.next_probe(now=10.0, timeout_s=0.5, sent_after=2000, order=9)
+    assert again is not None and again[1] == probe[1]
+    pm.on_timer(now=10.5, acked_through=1500, delivered_order=10)
+    assert pm.probes_lost == 2
+
+
 def test_unknown_duplicate_and_late_answers() -> None:
     pm = Pmtud(base_bytes=1200, log=structlog.get_logger())
     pm.start(ceiling=9000, now=0.0)

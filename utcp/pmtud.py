@@ -25,6 +25,7 @@ __all__ = [
 MAX_PROBES: Final = 3  # unanswered probes of one size before it counts as failed (RFC 8899 5.1.2)
 PMTU_RAISE_TIMER_S: Final = 600.0  # SEARCH_COMPLETE searches again after this (RFC 8899 5.1.1)
 PROBE_TIMEOUT_MIN_S: Final = 0.010  # floor of the probe timer, as the tail loss probe's
+PROBE_WAIT_MAX_S: Final = 60.0  # longest wait of a probe queued behind data (on_timer)
 ERROR_RETRY_MIN_S: Final = 1.0  # ERROR re-probes the base size after this, doubling ...
 ERROR_RETRY_MAX_S: Final = 60.0  # ... up to this
 # Each time the base size fails, one probe this small goes too: answered, it shows that the
@@ -120,7 +121,9 @@ class Pmtud:
         self._tries = 0  # probes sent of the candidate
         self._sent_after = 0  # the probe in flight went after the data below this sequence
         self._order = 0  # ... and after this many transmissions of data
-        self._timeout_s = 0.0  # its timer's length, for the waits it is given
+        self._timeout_s = 0.0  # its timer's length, for the waits it is given ...
+        self._wait_s = 0.0  # ... the last wait (doubled while the data ahead stands still)
+        self._waited_una = -1  # SND.UNA when the last wait began
         self._error_wait = ERROR_RETRY_MIN_S
         self._next_id = 1
         self._recent: dict[int, int] = {}  # probe id -> size, for the last few probes
@@ -143,7 +146,7 @@ class Pmtud:
         """``(probe id, datagram size)`` of the probe due now, counted as sent, or None.
 
         The caller sends it at once, behind the data up to sequence number ``sent_after``
-        (SND.NXT) and after ``order`` transmissions of data (``Scoreboard.transmissions``);
+        (SND.NXT) and after ``order`` transmissions of data (``Scoreboard.last_tx``);
         ``timeout_s`` (see ``probe_timeout_s``) later it counts as lost, once it has had its
         chance to arrive (``on_timer``).  At most one probe is in flight, so probes are at
         least an RTT apart, as RFC 8899 section 3 requires of probes that the congestion
@@ -161,7 +164,8 @@ class Pmtud:
         self.timer = now + timeout_s
         self._sent_after = sent_after
         self._order = order
-        self._timeout_s = timeout_s
+        self._timeout_s = self._wait_s = timeout_s
+        self._waited_una = -1
         return self._sent(self._candidate), self._candidate
 
     def _sent(self, size: int) -> int:
@@ -206,14 +210,17 @@ class Pmtud:
 
     def on_timer(self, *, now: float, acked_through: int = 0, delivered_order: int = 0) -> None:
         """The probe's timer ran out.  It has had its chance to arrive once the data sent
-        before it is acknowledged (SND.UNA, ``acked_through``, reached what it went after) or
-        data sent after it was delivered (``delivered_order``, RACK's transmission order,
-        is beyond its own), as RACK (RFC 8985) deems a segment lost; until then it may be
-        waiting behind that data in the bottleneck's queue, and gets another timeout's wait.
-        Only while SEARCHING: a probe of the base size goes with data no larger than itself,
-        so data held up says as much as the probe (a path below the base size carries
-        neither).  Unanswered after its chance: send the same size again (one loss may be
-        chance), or after MAX_PROBES count the size as failed."""
+        before it is acknowledged (SND.UNA, ``acked_through``, reached what it went after)
+        or data sent after it was delivered (``delivered_order``, RACK's transmission
+        order, is beyond its own), as RACK (RFC 8985) deems a segment lost; until then it
+        may be waiting behind that data in the bottleneck's queue, and gets another wait:
+        as long as the first while that data is being acknowledged, else twice the last (a
+        path that stopped carrying anything keeps no timer firing every few milliseconds
+        until its connection notices).  Only while SEARCHING: a probe of
+        the base size goes with data no larger than itself, so data held up says as much
+        as the probe (a path below the base size carries neither).  Unanswered after its
+        chance: send the same size again (one loss may be chance), or after MAX_PROBES
+        count the size as failed."""
         if self.timer is None or now < self.timer:
             return
         if (
@@ -221,7 +228,12 @@ class Pmtud:
             and acked_through < self._sent_after
             and delivered_order <= self._order
         ):
-            self.timer = now + self._timeout_s
+            if acked_through > self._waited_una:
+                self._wait_s = self._timeout_s  # the data ahead moves: look again soon
+            else:
+                self._wait_s = min(2 * self._wait_s, PROBE_WAIT_MAX_S)
+            self._waited_una = acked_through
+            self.timer = now + self._wait_s
             return
         self.timer = None
         self.probes_lost += 1

@@ -240,11 +240,6 @@ class Scoreboard:
         self.segs.append(seg)
         self.pipe += seg.end - seg.start
 
-    @property
-    def transmissions(self) -> int:
-        """Data transmissions so far, first or again: the ``tx`` of the latest."""
-        return self._tx
-
     def retransmitted(self, seg: SentSegment, now: float) -> None:
         """Record that ``seg`` was sent again."""
         self._stamp(seg, now)

@@ -176,7 +176,7 @@ class Transmit:
                 now=now,
                 timeout_s=timeout_s,
                 sent_after=snd.nxt,
-                order=self._loss.scoreboard.transmissions,
+                order=self._loss.scoreboard.last_tx,
             )
             if probe is not None:
                 out.append(seg.build_probe(*probe))
