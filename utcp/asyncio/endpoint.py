@@ -119,7 +119,8 @@ REBIND_INTERVAL_S: Final = 1.0
 
 def _check_family(local_addr: Any, family: int) -> None:
     """``migrate(local_addr=)`` names an address the socket's family can bind: an IPv4
-    literal for an IPv4 socket, IPv6 for IPv6 (the connection's server stays where it is)."""
+    literal for an IPv4 socket, IPv6 for IPv6 (the new socket is of the old one's family, as
+    its connections' servers stay where they are)."""
     if local_addr is None:
         return
     host = local_addr[0] if isinstance(local_addr, tuple) and local_addr else None
@@ -131,10 +132,10 @@ def _check_family(local_addr: Any, family: int) -> None:
         return  # a host name: bind resolves it, and says so if it cannot
     want = 6 if family == socket.AF_INET6 else 4
     if version != want:
+        mapped = " (an IPv4 address as ::ffff:a.b.c.d)" if want == 6 else ""
         raise ValueError(
-            f"local_addr {local_addr!r} is an IPv{version} address; the connection runs over"
-            f" IPv{want} (its server's address family), so it can only move to an IPv{want}"
-            " address"
+            f"local_addr {local_addr!r} is an IPv{version} address; this endpoint's socket is"
+            f" IPv{want}, so its connections can only move to an IPv{want} address{mapped}"
         )
 
 
