@@ -1199,6 +1199,7 @@ def test_a_wildcard_server_answers_from_the_address_the_client_chose(run: Runner
 
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             names.append(writer.get_extra_info("sockname")[0])
+            names.append(writer.get_extra_info("socket").getsockname()[0])
             await echo(reader, writer)
 
         server = await stack.start_server(handle, sock=sock)
@@ -1206,7 +1207,7 @@ def test_a_wildcard_server_answers_from_the_address_the_client_chose(run: Runner
         async with server, deadline(30, f"an echo through {dst}"):
             reader, writer = await stack.open_connection(dst, port)
             await echo_round_trip(reader, writer, seeded_bytes(5, 100 * KIB))
-        assert names[0] in (dst, f"::ffff:{dst}"), names
+        assert names[0] in (dst, f"::ffff:{dst}") and names[1] == names[0], names
 
     async def main(stack: Stack) -> None:
         if resolve_io_path(Config(), asyncio.get_running_loop()) != "fast":

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.sockets
 
 run = make_run_fixture()
 PEERS: list[object] = []  # the peer address the server's transport named, first and last
+VIEW_PEERS: list[object] = []  # what its socket view's getpeername() said at the end
 
 
 async def _sink_and_echo_digest(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -38,6 +39,7 @@ async def _sink_and_echo_digest(reader: asyncio.StreamReader, writer: asyncio.St
         if len(head) < 1 << 20:
             head += data[: (1 << 20) - len(head)]
     PEERS.append(writer.get_extra_info("peername"))
+    VIEW_PEERS.append(writer.get_extra_info("socket").getpeername())
     writer.write(digest.digest() + bytes(head))
     await writer.drain()
     writer.close()
@@ -123,6 +125,7 @@ def test_a_client_moves_to_a_new_local_address_mid_transfer(run: Runner) -> None
             await writer.wait_closed()
             assert server.stats["path_changes"] == 1, server.stats
             assert PEERS[-2][0] == HOST and PEERS[-1][0] == "127.0.0.2"
+            assert VIEW_PEERS[-1] == PEERS[-1]  # the socket view follows the peer too
             assert len(refused) == 1
         finally:
             server.close()

@@ -16,18 +16,23 @@ __all__ = ["SocketView"]
 class SocketView:
     """A connection's view of its endpoint's UDP socket.
 
-    ``family``, ``type``, ``proto``, ``fileno()``, ``getsockname()``, ``getsockopt()`` and
-    ``setsockopt()`` reach the shared socket; ``getpeername()`` answers with the connection's
-    peer.  ``TCP_NODELAY`` is accepted and changes nothing (utcp sends small writes at once,
-    as with it); other TCP-level options raise ``OSError(ENOPROTOOPT)`` as they would on any
-    UDP socket.  Methods that would end or drain the socket for every connection are absent.
+    ``family``, ``type``, ``proto``, ``fileno()``, ``getsockopt()`` and ``setsockopt()``
+    reach the shared socket; ``getpeername()`` and ``getsockname()`` answer with the
+    connection's own addresses where it has them (``names``: its transport, whose
+    ``peername`` follows a peer that moved and whose ``sockname`` is the address the peer
+    sends to on a socket bound to a wildcard address), as an accepted TCP socket does.
+    ``TCP_NODELAY`` is accepted and changes nothing (utcp sends small writes at once, as
+    with it); other TCP-level options raise ``OSError(ENOPROTOOPT)`` as they would on any
+    UDP socket.  Methods that would end or drain the socket for every connection are
+    absent.
     """
 
-    __slots__ = ("_peer", "_sock")
+    __slots__ = ("_names", "_peer", "_sock")
 
-    def __init__(self, sock: Any, peer: Any) -> None:
+    def __init__(self, sock: Any, peer: Any, *, names: Any = None) -> None:
         self._sock = sock
         self._peer = peer
+        self._names = names
 
     @property
     def family(self) -> int:
@@ -48,9 +53,17 @@ class SocketView:
         return int(self._sock.fileno())
 
     def getsockname(self) -> Any:
+        if self._names is not None:
+            name = self._names.get_extra_info("sockname")
+            if name is not None:
+                return name
         return self._sock.getsockname()
 
     def getpeername(self) -> Any:
+        if self._names is not None:
+            peer = self._names.get_extra_info("peername")
+            if peer is not None:
+                return peer
         if self._peer is None:
             return self._sock.getpeername()
         return self._peer

@@ -91,7 +91,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
         self._extra: dict[str, Any] = {
             "peername": peer,
             "sockname": udp.get_extra_info("sockname") if udp else None,
-            "socket": SocketView(udp.get_extra_info("socket"), peer) if udp else None,
+            "socket": SocketView(udp.get_extra_info("socket"), peer, names=self) if udp else None,
             "connection": self._conn,
             "endpoint": endpoint,
         }
@@ -121,7 +121,7 @@ class UtcpTransport(FlowControlBase, asyncio.Transport):
                 self._udp_seen = udp
                 self._extra["sockname"] = udp.get_extra_info("sockname")
                 peer = self.get_extra_info("peername")
-                self._extra["socket"] = SocketView(udp.get_extra_info("socket"), peer)
+                self._extra["socket"] = SocketView(udp.get_extra_info("socket"), peer, names=self)
             local = self._handle.local
             if name == "sockname" and local is not None:
                 # A socket bound to a wildcard address: the address the peer sends to, as a
