@@ -98,10 +98,32 @@ def test_a_client_on_a_new_host_is_followed_and_the_path_state_starts_over() -> 
     _rebind(net, MOVED)
     _send(net, client, b"y" * 100)
     assert server.addr == MOVED
-    assert server.conn.stats.srtt_s is None or server.conn.stats.srtt_s == 0  # no sample yet
+    assert server.conn.stats.srtt_s == 0  # the challenge's round trip, on an instant network
     assert (
         server.conn.stats.cwnd_bytes == server.conn.config.initial_cwnd_segments * server.conn.mss
     )
+    assert _server_bytes(net, server) == b"x" * 20_000 + b"y" * 100
+
+
+def test_a_new_hosts_rtt_starts_from_the_challenges_round_trip() -> None:
+    """The challenge to the new host and its echo take 50 ms each way: the restarted RTT
+    estimate starts from that 100 ms sample (RTO 300 ms, RFC 6298's first sample), not
+    from nothing with the initial 1 s RTO, which data lost with the old address then
+    waited out."""
+    net = Net()
+    client, server = _establish(net)
+    _send(net, client, b"x" * 20_000)
+    _rebind(net, MOVED)
+    client.conn.send(b"y" * 100)
+    _once(net, MOVED)  # the server takes it and challenges the new address
+    net.now += 0.05
+    _once(net, SERVER)  # the challenge arrives; the client echoes it
+    net.now += 0.05
+    _once(net, MOVED)  # the echo arrives: the path changes
+    assert server.addr == MOVED
+    assert server.conn.stats.srtt_s == pytest.approx(0.1)
+    assert server.conn.stats.rto_s == pytest.approx(0.3)
+    net.pump()
     assert _server_bytes(net, server) == b"x" * 20_000 + b"y" * 100
 
 

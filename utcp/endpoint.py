@@ -494,7 +494,12 @@ class Endpoint:
             self._syn_index[(path.addr, conn.peer_cid)] = cid
         self.stats.path_changes += 1
         _log.info("path_changed", cid=f"{cid:08x}", old=str(old), new=str(path.addr))
-        conn.path_changed(same_host=same_host, peer=address_text(path.addr), now=now)
+        # The challenge's round trip, when only one went out (an echo of an earlier one
+        # would make a later one's look shorter): the new path's first RTT sample.
+        sample = now - path.sent_at if path.tries == 1 else None
+        conn.path_changed(
+            same_host=same_host, peer=address_text(path.addr), now=now, rtt_sample=sample
+        )
 
     def receive_icmp(
         self,

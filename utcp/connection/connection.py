@@ -519,11 +519,21 @@ class Connection:
         self.path_response = None
         return token
 
-    def path_changed(self, *, same_host: bool, peer: str | None = None, now: float) -> None:
+    def path_changed(
+        self,
+        *,
+        same_host: bool,
+        peer: str | None = None,
+        now: float,
+        rtt_sample: float | None = None,
+    ) -> None:
         """The endpoint moved the connection to a validated new peer address (``peer``, as
         text, for the trace).  Another host is another path: its RTT and congestion state
-        start over (RFC 9000 section 9.4); a new port on the same host (a NAT rebinding)
-        keeps them.
+        start over (RFC 9000 section 9.4), the RTT from ``rtt_sample``, the path challenge's
+        round trip, when there is one (as quinn does): without it the retransmission timer
+        was the initial 1 s, and data lost with the old address (in flight when the client
+        left it) waited that long, and longer with backoff.  A new port on the same host (a
+        NAT rebinding) keeps them.
 
         Data that timed out was lost on the old address, not to congestion: the new one has
         just carried the echo, so the retransmission timer fires now, with its backoff
@@ -539,6 +549,8 @@ class Connection:
         loss = self._loss
         if not same_host:
             loss.restart_path(self._snd.mss)
+            if rtt_sample is not None:
+                loss.on_path_rtt(rtt_sample)
         if loss.timeouts_in_a_row and self._dl.rto is not None:
             loss.timeouts_in_a_row = 0
             loss.rtt.reset_backoff()

@@ -113,6 +113,10 @@ class LossRecovery:
             cfg.congestion_control, mss=mss, initial_window_segments=cfg.initial_cwnd_segments
         )
 
+    def on_path_rtt(self, rtt_s: float) -> None:
+        """A new path's first RTT sample, its path challenge's round trip."""
+        self._sample_rtt(rtt_s)
+
     def on_syn_acked(self, now: float, sent_at: float | None) -> None:
         """Our SYN is acknowledged: its RTT sample (None when it was sent more than once)
         and the end of its timer."""
