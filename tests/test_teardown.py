@@ -102,6 +102,33 @@ class _Recorder:
 # ------------------------------------------------------------------------------ 1. LAST_ACK
 
 
+def test_last_ack_whose_peer_is_heard_does_not_give_up_at_fin_retries() -> None:
+    """The client closes; the server writes 100 KB and closes; until 30 s every datagram
+    of the server's that carries data or its FIN is lost, while its pure ACKs and all of
+    the client's datagrams pass.  The client is plainly there (its probes arrive): the
+    server goes on resending past fin_retries and everything arrives once the path
+    carries data again.  It had given up at the seventh timeout (43 s), resetting a
+    client that had waited for it, as a connection to a vanished peer does."""
+    box: dict[str, Network] = {}
+
+    def data_lost(_index: int, p: Packet) -> bool:
+        return bool(p.payload or p.flags & Flag.FIN) and 0.5 < box["net"].now < 30.0
+
+    net = pair(a_to_b=Link(drop=data_lost), b_to_a=Link())
+    box["net"] = net
+    a, b = conns(net)
+    net.run(until=lambda: a.state is S.ESTABLISHED and b.state is S.ESTABLISHED)
+    b.close()
+    net.run(until=lambda: a.state is S.CLOSE_WAIT and net.now >= 0.6)
+    payload = random.Random(SEED).randbytes(100_000)
+    a.send(payload)
+    a.close()
+    net.run(until=lambda: a.is_finished and b.close_reason is not None, max_time=300)
+    assert a.stats.timeouts > DEFAULTS.fin_retries
+    assert (a.close_reason, b.close_reason) == (CloseReason.CLOSED, CloseReason.CLOSED)
+    assert bytes(net.b.received) == payload
+
+
 @pytest.mark.parametrize("acked", [False, True], ids=["data_outstanding", "all_acked"])
 def test_last_ack_with_a_vanished_peer_ends_after_fin_retries(acked: bool) -> None:
     """The client closes; the server writes 5000 bytes and closes; the path dies (before

@@ -110,10 +110,13 @@ class TimerHandlers:
             fin_pos is not None
             and loss.timeouts_in_a_row > cfg.fin_retries
             and (state is LAST_ACK or state is CLOSING or (state is FIN_WAIT_1 and orphaned))
+            and now - loss.heard_at >= loss.rtt.rto
         ):
-            # The application has closed and the peer answers nothing: give up, as an
-            # orphaned TCP socket does after tcp_orphan_retries, whether or not data is
-            # outstanding.
+            # The application has closed and the peer answers nothing (it was not heard
+            # during the interval that just ran out): give up, as an orphaned TCP socket
+            # does after tcp_orphan_retries, whether or not data is outstanding.  A peer
+            # still heard (its probes, its ACKs) is there, and the path only loses what we
+            # resend: that goes on to max_retransmits, as before the close.
             self._log.info(
                 "fin_unacknowledged", retries=loss.timeouts_in_a_row, unacked=fin_pos - snd.una
             )
