@@ -382,3 +382,73 @@ def test_a_forged_port_unreachable_cannot_end_a_connection(run: Runner) -> None:
         await server.wait_closed()
 
     run(main())
+
+
+class _DataDroppingRelay(asyncio.DatagramProtocol):
+    """Between a client and a server on loopback: drops every datagram of the client's that
+    carries data, passes the rest both ways (handshake, ACKs, the server's data)."""
+
+    def __init__(self, server: tuple[str, int]) -> None:
+        self.server = server
+        self.client: Any = None
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if addr == self.server:
+            if self.client is not None:
+                self.transport.sendto(data, self.client)
+            return
+        self.client = addr
+        if not utcp.decode(data).payload:
+            self.transport.sendto(data, self.server)
+
+
+def test_a_peer_that_answers_while_our_data_is_lost_times_out_saying_so(run: Runner) -> None:
+    """The server keeps writing (the client hears it every 100 ms) while every datagram of
+    the client's data is lost: the client's retransmissions run out and the TimeoutError
+    says the peer answers but acknowledged none of the data, and for how long (it said
+    "no answer ... for 0 s", counting from the last datagram heard)."""
+    cfg = Config(rto_initial_s=0.1, rto_min_s=0.05, max_retransmits=5, pmtud=False)
+
+    async def main() -> None:
+        ended = asyncio.Event()
+
+        async def tick(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                while True:
+                    writer.write(b"tick")
+                    await writer.drain()
+                    await asyncio.sleep(0.1)
+            except (ConnectionError, TimeoutError):
+                pass
+            finally:
+                writer.close()
+                ended.set()
+
+        server = await utcp.start_server(tick, HOST, 0)
+        loop = asyncio.get_running_loop()
+        relay_transport, _ = await loop.create_datagram_endpoint(
+            lambda: _DataDroppingRelay((HOST, server_port(server))), local_addr=(HOST, 0)
+        )
+        try:
+            port = relay_transport.get_extra_info("sockname")[1]
+            reader, writer = await utcp.open_connection(HOST, port, config=cfg)
+            writer.write(b"x" * 20_000)
+            with pytest.raises(TimeoutError) as caught:
+                async with deadline(60, "the client's retransmissions to run out"):
+                    while await reader.read(100):
+                        pass
+            message = str(caught.value)
+            assert "answers, but acknowledged none of our data for" in message, message
+            writer.close()
+        finally:
+            relay_transport.close()
+            server.close()
+            server.endpoint.abort_all()
+        async with deadline(10, "the server's handler to see the end"):
+            await ended.wait()
+
+    run(main())

@@ -727,7 +727,18 @@ class Endpoint:
                     f"timed out: {peer} answers, but no datagram of {base} bytes gets through"
                     " (the path's MTU is below Config.base_datagram_bytes)",
                 )
-            silent = max(0.0, _clock() - handle.conn.last_heard)
+            now = _clock()
+            silent = max(0.0, now - handle.conn.last_heard)
+            since = handle.conn.unacknowledged_since
+            if reason is CloseReason.TIMEOUT and since is not None:
+                waited = now - since
+                if waited > 2 * silent + 1.0:
+                    # Heard from lately (its probes, its ACKs): the path loses what we send.
+                    return TimeoutError(
+                        errno.ETIMEDOUT,
+                        f"timed out: {peer} answers, but acknowledged none of our data for"
+                        f" {waited:.0f} s (last heard {silent:.0f} s ago)",
+                    )
             return TimeoutError(errno.ETIMEDOUT, f"no answer from {peer} for {silent:.0f} s")
         if reason is CloseReason.UNREACHABLE:
             return ConnectionResetError(

@@ -255,6 +255,13 @@ class Connection:
         return self._live.last_activity
 
     @property
+    def unacknowledged_since(self) -> float | None:
+        """Since when data has been outstanding without an ACK of new data (None when none
+        is outstanding): with ``last_heard``, whether a timed-out peer was silent, or
+        answered while what we sent never got through."""
+        return self._loss.oldest_unacked_since
+
+    @property
     def fin_acknowledged(self) -> bool:
         """Whether our FIN, and so every byte before it, has been acknowledged."""
         return self._snd.fin_acknowledged
