@@ -41,13 +41,16 @@ def background(
     stdout: object = subprocess.PIPE,
     stdin: object = subprocess.DEVNULL,
     address_on: str = "stdout",
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Start ``utcp ARGS`` and wait for the line naming its address; yield (process, port)."""
+    """Start ``utcp ARGS`` and wait for the line naming its address; yield (process, port).
+    ``preexec_fn`` runs in the child before it starts (to close a standard stream, say)."""
     proc = subprocess.Popen(
         [*UTCP, *args],
         stdin=stdin,  # type: ignore[arg-type]
         stdout=stdout,  # type: ignore[arg-type]
         stderr=subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     try:
         stream = proc.stdout if address_on == "stdout" else proc.stderr

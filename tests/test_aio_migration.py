@@ -243,16 +243,13 @@ def test_a_move_to_an_address_of_the_other_family_is_refused_and_harmless(run: R
 
     async def main() -> None:
         server = await utcp.start_server(echo, HOST, 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
+        async with server:  # closed and waited for however the block ends
+            port = server.sockets[0].getsockname()[1]
             reader, writer = await utcp.open_connection(HOST, port)
             before = writer.get_extra_info("sockname")
             with pytest.raises(ValueError, match="IPv6 address; this endpoint's socket is IPv4"):
                 await writer.transport.migrate(local_addr=("::1", 0))  # type: ignore[attr-defined]
             assert writer.get_extra_info("sockname") == before
             await echo_round_trip(reader, writer, b"still here")
-        finally:
-            server.close()
-            await server.wait_closed()
 
     run(main())

@@ -686,19 +686,10 @@ def test_commands_started_with_standard_streams_closed_run_and_exit_cleanly() ->
     def closed_stdin() -> None:
         os.close(0)
 
-    server = subprocess.Popen(
-        [*UTCP, "echo-server", "--port", "0"],
-        stdin=None,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=closed_stdin,
-    )
-    try:
-        assert server.stdout is not None
-        port = re.search(r":(\d+)\s*$", server.stdout.readline().decode())
-        assert port, "no address line"
+    server_args = ["echo-server", "--port", "0"]
+    with background(server_args, stdin=None, preexec_fn=closed_stdin) as (server, port):
         client = subprocess.run(
-            [*UTCP, "cat", "127.0.0.1", port.group(1)],
+            [*UTCP, "cat", "127.0.0.1", str(port)],
             stdin=None,
             capture_output=True,
             timeout=60,
@@ -708,10 +699,6 @@ def test_commands_started_with_standard_streams_closed_run_and_exit_cleanly() ->
         assert client.returncode == 0, client.stderr
         server.send_signal(signal.SIGINT)
         _, err = server.communicate(timeout=30)
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait()
     assert server.returncode == 0, err
 
 
