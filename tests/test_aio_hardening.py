@@ -260,25 +260,32 @@ def test_a_cookie_client_admitted_beyond_the_limit_is_reset_with_the_reason(run:
         server = await utcp.start_server(handlers, HOST, 0, config=cfg, backlog=1)
         port = server_port(server)
         hog = await _hog_the_backlog(port)
+        writers: list[asyncio.StreamWriter] = []
 
         async def ping() -> bytes:
+            # The served client stays open until both have tried: had it closed at once, its
+            # slot could free before the other's cookie ACK arrived.
             reader, writer = await utcp.open_connection(HOST, port, config=QUICK)
-            try:
-                writer.write(b"ping")
-                return await asyncio.wait_for(reader.readexactly(4), 10)
-            finally:
-                writer.close()
+            writers.append(writer)
+            writer.write(b"ping")
+            return await asyncio.wait_for(reader.readexactly(4), 10)
 
-        results = await asyncio.gather(ping(), ping(), return_exceptions=True)
-        errors = [r for r in results if isinstance(r, BaseException)]
-        assert results.count(b"ping") == 1 and len(errors) == 1, results
-        assert isinstance(errors[0], ConnectionResetError), errors
-        assert "too many connections" in str(errors[0])
-        stats = server.endpoint.stats
-        assert (stats.syn_cookies_sent, stats.connections_refused) == (2, 1)
-        await handlers.wait_finished(1)
-        server.endpoint.abort_all()  # the hog's half-open connection would wait out its RTOs
-        hog.close()
+        try:
+            results = await asyncio.gather(ping(), ping(), return_exceptions=True)
+            errors = [r for r in results if isinstance(r, BaseException)]
+            assert results.count(b"ping") == 1 and len(errors) == 1, results
+            assert isinstance(errors[0], ConnectionResetError), errors
+            assert "too many connections" in str(errors[0])
+            stats = server.endpoint.stats
+            assert (stats.syn_cookies_sent, stats.connections_refused) == (2, 1)
+            for writer in writers:
+                writer.close()
+            await handlers.wait_finished(1)
+        finally:
+            for writer in writers:
+                writer.transport.abort()
+            server.endpoint.abort_all()  # the hog's half-open connection would wait its RTOs
+            hog.close()
 
     run(main())
 
