@@ -221,6 +221,28 @@ def test_a_fin_alone_needs_room_in_the_window() -> None:
     assert s.dl.persist is None
 
 
+def test_a_fin_after_data_that_fills_the_window_waits_for_room() -> None:
+    """RFC 9293 section 3.8.6: the FIN takes a sequence number, so it too must fit in the
+    peer's window.  Data ending exactly at the window's edge goes without it; the FIN follows
+    once the window has room (it had ridden one past the edge, where the peer drops it, and
+    only the retransmission timer resent it, until the connection timed out)."""
+    s = Stack()
+    s.snd.wnd = 1500
+    s.write(1500)
+    s.snd.fin_pos = s.snd.buf.end
+    sent = s.send(now=0.0)
+    assert [p.flags for p in sent] == [Flag.ACK, Flag.ACK]
+    assert s.snd.nxt == 1501  # every byte, not the FIN
+    s.snd.acknowledge(1501)  # all acknowledged, the window still closed: probe it
+    s.loss.scoreboard.ack_to(1501, now=0.5)
+    s.snd.wnd = 0
+    assert s.send(now=1.0) == []
+    assert s.dl.persist is not None
+    s.snd.wnd = 100
+    [fin] = s.send(now=2.0)
+    assert (fin.flags, bytes(fin.payload), s.pos(fin)) == (Flag.ACK | Flag.FIN, b"", 1501)
+
+
 def test_the_persist_deadline_backs_off_and_is_capped() -> None:
     """RFC 9293 section 3.8.6.1: a zero window with data waiting is probed on a timer that
     backs off exponentially (RFC 6298's RTO, capped at rto_max_s)."""

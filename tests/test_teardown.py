@@ -191,6 +191,30 @@ def test_a_closed_window_to_a_live_reader_is_probed_for_as_long_as_it_lasts() ->
     net.run(until=lambda: len(net.a.received) == 1_000_000)
 
 
+def test_a_response_that_fills_the_window_exactly_then_closes_waits_for_the_reader() -> None:
+    """The server writes exactly what the paused client's window takes and closes.  Its FIN
+    waits for room (RFC 9293 3.8.6): the closed window is probed for as long as the client
+    answers, and the end of the stream follows at once when the client reads.  The FIN had
+    gone one past the window's edge, where the client drops it: resent by the
+    retransmission timer alone, it took the connection to a timeout after about 530 s, and
+    a reader that came back earlier waited up to a backed-off RTO for its end of file."""
+    config = Config(recv_autotune=False, recv_buffer_bytes=65536)
+    net = pair(config_a=config, config_b=config)
+    a, b = establish(net)
+    a.pause_reading()
+    net.run_for(0.5)
+    size = b.stats.send_window_bytes
+    b.send(bytes(size))
+    b.close()
+    net.run_for(600)
+    assert b.state is S.FIN_WAIT_1 and a.state is S.ESTABLISHED
+    a.resume_reading()
+    resumed = net.now
+    net.run(until=lambda: net.a.eof)
+    assert len(net.a.received) == size
+    assert net.now - resumed < 1.0
+
+
 # ------------------------------------------------------------------------------ 2. TIME_WAIT
 
 

@@ -149,7 +149,9 @@ class Sender:
                 ):
                     break
                 end = nxt + length
-                fin = fin_pos is not None and end == fin_pos
+                # The FIN takes a position too: it rides along only if the window has room
+                # for it, else it follows alone once the window opens (RFC 9293 3.8.6).
+                fin = fin_pos is not None and end == fin_pos and end < snd.una + snd.wnd
             elif fin_pos is not None and nxt == fin_pos:
                 if sb.pipe and sb.pipe >= cc.cwnd + loss.dupack_credit:
                     break
