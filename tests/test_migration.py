@@ -12,7 +12,13 @@ import pytest
 
 from tests.test_endpoint import CLIENT, SERVER, STRANGER, Net, _establish
 from utcp import Config, ConnectionState, decode
-from utcp.endpoint import AMPLIFICATION_FACTOR, PATH_CHALLENGE_TRIES, Address, Route
+from utcp.endpoint import (
+    AMPLIFICATION_FACTOR,
+    PATH_CHALLENGE_TRIES,
+    PATH_RETURN_HOLD_S,
+    Address,
+    Route,
+)
 from utcp.events import DropReason
 from utcp.packet import Packet, encode
 from utcp.trace import ListTracer
@@ -29,11 +35,15 @@ def _rebind(net: Net, new: Address, old: Address = CLIENT) -> None:
 
 
 def _once(net: Net, src: Address) -> int:
-    """Deliver what the endpoint at ``src`` has to send now, once (no answers); its bytes."""
+    """Deliver what the endpoint at ``src`` has to send now, once (no answers); its bytes
+    (what goes to an address nobody is at is kept in ``net.stray``)."""
     total = 0
     for data, dst in net.outgoing(src):
         total += len(data)
-        net.send(data, src, dst)
+        if dst in net.endpoints:
+            net.send(data, src, dst)
+        else:
+            net.stray.append((data, dst))
     return total
 
 
@@ -76,12 +86,14 @@ def test_a_nat_rebinding_mid_transfer_is_followed_and_keeps_the_path_state() -> 
     assert _server_bytes(net, server) == b"a" * 3000 + b"b" * 3000
     stats = net.server.stats
     assert (stats.path_validations, stats.path_changes, stats.path_validations_failed) == (1, 1, 0)
-    assert stats.path_challenges_sent == 1
+    # One challenge to the new address, and one to the old, where nobody answers any more.
+    assert stats.path_challenges_sent == 2 and stats.path_returns == 0
+    assert [addr for _, addr in _challenges(net.stray)] == [CLIENT]
     (moved,) = tracer.named("path_changed")
     assert moved.fields == {"peer": "10.0.0.1:4001", "same_host": True}
     challenge = [e for e in tracer.named("datagram_sent") if "path_challenge" in e.fields]
     echo = [e for e in tracer.named("datagram_received") if "path_response" in e.fields]
-    assert len(challenge) == len(echo) == 1
+    assert (len(challenge), len(echo)) == (2, 1)
     # Only the port changed: the same path, its RTT estimate and window kept.
     assert server.conn.stats.srtt_s == srtt and server.conn.stats.cwnd_bytes >= cwnd
     # The server's own data now reaches the client at its new address.
@@ -146,9 +158,9 @@ def test_until_the_echo_arrives_the_answers_go_to_the_old_address() -> None:
 
 def test_a_spoofed_source_never_moves_the_connection() -> None:
     """Someone who saw the client's latest ACK sends a copy of it first, from another
-    address: it is news to the server, which challenges that address; nobody there can
-    answer, the validation is given up, and the real client keeps working from where it
-    was."""
+    address: it is news to the server, which challenges that address, and the client's too;
+    the client answers where it is, the validation is abandoned, and the real client keeps
+    working from where it was while the copy keeps coming."""
     net = Net()
     client, server = _establish(net)
     server.conn.send(b"s" * 5000)  # several segments: the client acknowledges at once
@@ -157,18 +169,19 @@ def test_a_spoofed_source_never_moves_the_connection() -> None:
     acks = [data for data, _ in net.outgoing(CLIENT)]  # the client's ACKs, seen on the way
     ack = acks[0]
     assert net.send(ack, STRANGER) is server  # the copy gets there first
+    assert server.path is not None and server.home is not None
     for data in acks:
         net.send(data, CLIENT)
     net.pump()
-    assert server.addr == CLIENT and server.path is not None
+    assert server.addr == CLIENT and server.path is None
     for _ in range(PATH_CHALLENGE_TRIES + 2):
         _send(net, client, b"real")  # the real client carries on ...
         net.send(ack, STRANGER)  # ... while the copy keeps coming
         net.advance(2.0)
     assert server.addr == CLIENT
     stats = net.server.stats
-    assert stats.path_changes == 0 and stats.path_validations_failed == 1
-    assert 1 <= stats.path_challenges_sent <= PATH_CHALLENGE_TRIES
+    assert (stats.path_changes, stats.path_returns, stats.path_validations_failed) == (0, 1, 0)
+    assert stats.path_challenges_sent == 2
     assert {addr for _, addr in _challenges(net.stray)} == {STRANGER}
     assert _server_bytes(net, server) == b"real" * (PATH_CHALLENGE_TRIES + 2)
 
@@ -244,11 +257,11 @@ def test_a_lost_challenge_is_sent_again_when_the_peer_retransmits() -> None:
     client.conn.send(b"q" * 2000)
     for data, dst in net.outgoing(REBOUND):
         net.send(data, REBOUND, dst)
-    lost = net.outgoing(SERVER)  # the first challenge (and the ACKs to the old address) lost
-    assert len(_challenges(lost)) == 1
+    lost = net.outgoing(SERVER)  # the first challenges (and the ACKs to the old address) lost
+    assert {addr for _, addr in _challenges(lost)} == {REBOUND, CLIENT}
     net.advance(10.0)  # the client retransmits from its new address; challenged again
     assert server.addr == REBOUND
-    assert net.server.stats.path_challenges_sent == 2
+    assert net.server.stats.path_challenges_sent == 3
     assert _server_bytes(net, server) == b"q" * 2000
 
 
@@ -326,7 +339,7 @@ def test_a_fin_from_a_new_address_in_time_wait_is_acknowledged_there() -> None:
     client.conn.close()
     net.pump()
     assert server.conn.state is S.TIME_WAIT
-    assert net.server.stats.path_challenges_sent == 1
+    assert net.server.stats.path_challenges_sent == 2  # to the new address and the old
     assert client.conn.close_reason is not None and client.conn.close_reason.value == "closed"
 
 
@@ -499,7 +512,7 @@ def test_a_receiving_client_whose_echo_is_lost_probes_again_and_is_followed() ->
     _send(net, server, payload)  # lost at the old binding
     net.advance(2.5)
     assert net.echoes_lost == 1
-    assert net.server.stats.path_challenges_sent == 2
+    assert net.server.stats.path_challenges_sent == 3  # twice to the new address, once the old
     assert server.addr == REBOUND
     net.advance(3.0)
     assert bytes(net.received[client.conn.local_cid]) == first + payload
@@ -523,7 +536,7 @@ def test_a_closing_client_whose_echo_is_lost_probes_again_and_gets_the_fin() -> 
     net.advance(16.0)  # the client's keepalive: challenged, its echo lost
     assert net.echoes_lost == 1 and server.addr == CLIENT
     net.advance(4.0)
-    assert server.addr == REBOUND and net.server.stats.path_challenges_sent == 2
+    assert server.addr == REBOUND and net.server.stats.path_challenges_sent == 3
     assert client.conn.close_reason is not None and server.conn.close_reason is not None
     assert client.conn.close_reason.value == server.conn.close_reason.value == "closed"
 
@@ -608,3 +621,90 @@ def test_a_last_ack_whose_peer_left_ends_as_closed_at_the_idle_timeout() -> None
     net.advance(10.0)
     assert server.conn.state is S.CLOSED
     assert server.conn.close_reason is not None and server.conn.close_reason.value == "closed"
+
+
+def _copy_replayed_once_quiet(net: Net) -> tuple[Route, Route, bytes, list[tuple[bytes, Address]]]:
+    """The client sends, falls quiet for longer than an RTO, and an observer who copied its
+    datagram replays it from its own address: the server starts a validation.  The routes,
+    the copy, and what the server then sends (not delivered)."""
+    client, server = _establish(net)
+    client.conn.send(b"hello")
+    copy = [data for data, _ in net.outgoing(CLIENT)][-1]
+    net.send(copy, CLIENT)
+    net.pump()
+    net.advance(5.0)
+    assert net.send(copy, STRANGER) is server
+    return client, server, copy, net.outgoing(SERVER)
+
+
+def _observer_echo(copy: bytes, out: list[tuple[bytes, Address]]) -> bytes:
+    """What the observer sends back: its copy carrying the token it was challenged with."""
+    [token] = [token for token, addr in _challenges(out) if addr == STRANGER]
+    p = decode(copy)
+    p.path_response = token
+    return encode(p)
+
+
+def _client_gets(net: Net, server: Route, client: Route, data: bytes) -> None:
+    server.conn.send(data)
+    net.pump()
+    assert bytes(net.received[client.conn.local_cid]).endswith(data)
+
+
+def test_a_copy_replayed_once_the_client_is_quiet_moves_nothing_when_it_answers_at_home() -> None:
+    """An observer copies the client's datagram, replays it from its own address once the
+    client has been quiet for an RTO (which starts a validation, as a NAT rebinding would),
+    and echoes the challenge it gets there.  The server challenges the client's current
+    address too (RFC 9000 section 9.3.3); the client's echo comes first, the validation is
+    abandoned, and the observer's echo moves nothing.  The connection had moved to the
+    observer, and the server's data went there."""
+    net = Net()
+    client, server, copy, out = _copy_replayed_once_quiet(net)
+    assert {addr for _, addr in _challenges(out)} == {STRANGER, CLIENT}
+    for data, dst in out:
+        if dst == CLIENT:
+            net.send(data, SERVER, CLIENT)
+    net.pump()  # the client echoes at home
+    assert server.path is None
+    assert net.send(_observer_echo(copy, out), STRANGER) is None
+    assert server.addr == CLIENT
+    stats = net.server.stats
+    assert (stats.path_changes, stats.path_returns, stats.path_validations_failed) == (0, 1, 0)
+    _client_gets(net, server, client, b"for the client")
+
+
+def test_a_move_to_an_observer_that_answered_first_is_undone_by_the_echo_at_home() -> None:
+    """The observer's echo comes before the client's: the connection moves to it, and back
+    to the client when the client's echo of the challenge to its previous address arrives."""
+    net = Net()
+    client, server, copy, out = _copy_replayed_once_quiet(net)
+    assert net.send(_observer_echo(copy, out), STRANGER) is server
+    assert server.addr == STRANGER
+    for data, dst in out:
+        if dst == CLIENT:
+            net.send(data, SERVER, CLIENT)
+    net.pump()
+    assert server.addr == CLIENT and server.path is None and server.home is None
+    stats = net.server.stats
+    assert (stats.path_changes, stats.path_returns) == (2, 1)
+    _client_gets(net, server, client, b"for the client")
+
+
+def test_after_the_client_answered_at_home_copies_start_nothing_for_a_while() -> None:
+    """Once the client has answered at its old address, the observer's further copies (not
+    news), however quiet the client, start no validation for PATH_RETURN_HOLD_S: the
+    connection does not go to and fro every second.  News from a new address still does."""
+    net = Net()
+    _, server, copy, out = _copy_replayed_once_quiet(net)
+    for data, dst in out:
+        if dst == CLIENT:
+            net.send(data, SERVER, CLIENT)
+    net.pump()
+    assert server.path is None
+    for _ in range(4):
+        net.advance(2.0)
+        assert net.send(copy, STRANGER) is None
+    assert net.server.stats.path_validations == 1
+    net.advance(PATH_RETURN_HOLD_S)
+    assert net.send(copy, STRANGER) is server
+    assert net.server.stats.path_validations == 2

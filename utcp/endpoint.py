@@ -64,6 +64,9 @@ PATH_CHALLENGE_TRIES: Final = 3  # challenges to one new address before it is gi
 PATH_VALIDATION_INTERVAL_S: Final = 1.0  # after one failed, the next waits this long
 PATH_CHALLENGE_MIN_GAP_S: Final = 0.2  # and re-challenges no sooner (nor before its RTO)
 PATH_VALIDATION_TIMEOUT_S: Final = 3.0  # a validation with no echo this long is given up
+# After the peer answered at its old address (a copy from elsewhere had started a
+# validation), a copy that is not news starts none for this long, whatever the peer's silence.
+PATH_RETURN_HOLD_S: Final = 10.0
 _SYN: Final = int(Flag.SYN)
 _ACK: Final = int(Flag.ACK)
 _RST: Final = int(Flag.RST)
@@ -95,6 +98,7 @@ _ENDPOINT_COUNTERS: Final = (
     "icmp_errors_ignored",
     "path_challenges_sent",
     "path_changes",
+    "path_returns",
     "path_validations",
     "path_validations_failed",
     "path_validations_limited",
@@ -135,9 +139,12 @@ class EndpointStats:
         # PATH_CHALLENGE_TRIES), and new addresses ignored because one was being validated or
         # had been within PATH_VALIDATION_INTERVAL_S.  Datagrams from another address that
         # bring nothing new (a replay) are dropped as "wrong address" and start nothing.
+        # ``path_returns``: validations abandoned, or moves undone, because the peer echoed
+        # the challenge sent to its previous address (a copy from elsewhere had started them).
         self.path_validations = 0
         self.path_challenges_sent = 0
         self.path_changes = 0
+        self.path_returns = 0
         self.path_validations_failed = 0
         self.path_validations_limited = 0
 
@@ -169,6 +176,7 @@ class Route:
         "client",
         "conn",
         "ended",
+        "home",
         "in_backlog",
         "path",
         "path_failed_at",
@@ -176,6 +184,7 @@ class Route:
         "peer_hint_at",
         "peer_hint_bytes",
         "reset_detail",
+        "returned_at",
         "rx_bytes",
         "tx_bytes",
         "validated",
@@ -196,6 +205,10 @@ class Route:
         # A new address the peer's datagrams came from, being validated (RFC 9000 section 9).
         self.path: PathValidation | None = None
         self.path_failed_at = float("-inf")
+        # Meanwhile the address the peer was at, challenged too (RFC 9000 section 9.3.3): its
+        # echo shows the peer never left, and the connection stays or goes back there.
+        self.home: PathValidation | None = None
+        self.returned_at = float("-inf")  # when the peer last answered there (path_returns)
         # The latest other address the peer's own datagrams came from that was not validated
         # (they brought nothing new), when, and its size: should the peer's address turn out
         # to be unreachable (ICMP), this is where it went (a NAT rebinding).
@@ -354,6 +367,14 @@ class Endpoint:
                 return None
         elif addr != route.addr and route.addr is not None:
             return self._from_new_address(route, packet, addr, size, segments, now)
+        home = route.home
+        if home is not None and packet.path_response == home.token:
+            # The peer answered where it was: whatever came from the new address was not
+            # the peer moving.  The validation is abandoned.
+            route.conn.receive_packet(packet, now=now, segments=segments)
+            route.conn.take_path_response()
+            self._stay_home(route, now)
+            return route
         if not route.validated:
             route.rx_bytes += size
         elif packet.flags & _RST and packet.payload and route.client:
@@ -369,8 +390,22 @@ class Endpoint:
         (RFC 9000 section 9): a spoofed source cannot see the challenge, and a replayed
         datagram, which brings nothing new, starts no validation.  Meanwhile what the new
         address sends is taken (its ACKs and data count), and the answers still go to the old
-        address."""
+        address, which is challenged too: the peer's echo there keeps the connection (or
+        brings it back) when the new address was someone else's."""
         conn = route.conn
+        home = route.home
+        if home is not None and now - home.started_at > max(
+            PATH_VALIDATION_TIMEOUT_S, 3 * conn.rto_s
+        ):
+            route.home = home = None
+        if home is not None and addr == home.addr and packet.path_response == home.token:
+            # The connection had moved on the strength of an echo from elsewhere, and the
+            # peer answers at the address it had before: back there.
+            conn.receive_packet(packet, now=now, segments=segments)
+            conn.take_path_response()
+            self._move(route, home, now)
+            self._stay_home(route, now)
+            return route
         path = route.path
         if path is not None and now - path.started_at > max(
             PATH_VALIDATION_TIMEOUT_S, 3 * conn.rto_s
@@ -387,12 +422,16 @@ class Endpoint:
             else:
                 self._challenge_path(route, path, now)
             return route
-        if not conn.is_news(packet) and now - conn.last_heard < conn.rto_s:
+        if not conn.is_news(packet) and (
+            now - conn.last_heard < conn.rto_s or now - route.returned_at < PATH_RETURN_HOLD_S
+        ):
             # Nothing new, while the peer is heard at its own address: a replayed copy, or
             # a stray.  (A peer whose NAT rebound right after its data arrived has only
             # retransmissions to send, which are not news: once its own address has been
-            # silent for an RTO they start the validation too.  If its old address answers
-            # with ICMP port unreachable first, receive_icmp starts it: see peer_hint.)
+            # silent for an RTO they start the validation too, unless a copy's validation
+            # was lately abandoned as the peer answered at its own address.  If its old
+            # address answers with ICMP port unreachable first, receive_icmp starts it: see
+            # peer_hint.)
             if conn.plausibly_from_peer(packet):
                 route.peer_hint = addr
                 route.peer_hint_at = now
@@ -406,6 +445,7 @@ class Endpoint:
         path = self._start_validation(route, addr, size, now)
         conn.receive_packet(packet, now=now, segments=segments)
         self._challenge_path(route, path, now)
+        self._challenge_home(route, now)
         return route
 
     def _may_validate(self, route: Route, now: float) -> bool:
@@ -424,11 +464,48 @@ class Endpoint:
         """Validate ``addr``, from which the peer sent ``size`` bytes; a newer address
         supersedes one whose echo is overdue (the peer moved on again)."""
         route.path = path = PathValidation(addr, now)
+        route.home = None
         route.peer_hint = None
         path.rx_bytes += size
         self.stats.path_validations += 1
         _log.info("path_validation_started", cid=f"{route.conn.local_cid:08x}", peer=str(addr))
         return path
+
+    def _challenge_home(self, route: Route, now: float) -> None:
+        """Challenge the address the connection is at as well (RFC 9000 section 9.3.3): a
+        copy of the peer's datagram sent on from elsewhere, or replayed once the peer fell
+        quiet, starts a validation that whoever sent it can answer, having the challenge;
+        the peer, still where it was, answers this one, and the connection stays (or goes
+        back).  A peer that really moved is not there to answer."""
+        conn = route.conn
+        addr = route.addr
+        if addr is None or route.path is None:
+            return
+        home = PathValidation(addr, now)
+        data = conn.path_challenge(home.token)
+        if data is None:
+            return
+        home.sent_at = now
+        home.tries = 1
+        route.home = home
+        self.stats.path_challenges_sent += 1
+        self._transmits.append((data, addr))
+
+    def _stay_home(self, route: Route, now: float) -> None:
+        """The peer echoed the challenge at its previous address: no validation runs, none
+        starts for PATH_VALIDATION_INTERVAL_S, and none on a copy that is not news for
+        PATH_RETURN_HOLD_S (whoever sent it may send more)."""
+        path = route.path
+        route.path = None
+        route.home = None
+        route.path_failed_at = route.returned_at = now
+        self.stats.path_returns += 1
+        _log.info(
+            "path_validation_abandoned",
+            cid=f"{route.conn.local_cid:08x}",
+            peer=str(route.addr),
+            other=str(path.addr) if path is not None else "",
+        )
 
     def _follow_hint(self, route: Route, quoted: Packet, now: float) -> bool:
         """The peer's address is unreachable (ICMP quoting ``quoted``, a datagram of ours to
@@ -475,6 +552,7 @@ class Endpoint:
 
     def _give_up_path(self, route: Route, path: PathValidation) -> None:
         route.path = None
+        route.home = None
         route.path_failed_at = path.sent_at
         self.stats.path_validations_failed += 1
         _log.info("path_validation_failed", cid=f"{route.conn.local_cid:08x}", peer=str(path.addr))

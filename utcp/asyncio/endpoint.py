@@ -464,7 +464,8 @@ class Endpoint:
         for data, addr in core.datagrams_to_send():
             if locals_ is not None and addr not in locals_:
                 # Not an answer to a datagram being handed over: a path challenge (after an
-                # ICMP error) leaves from the address its connection's peer sends to.
+                # ICMP error, or to a peer's previous address) leaves from the address its
+                # connection's peer sends to.
                 self._send(data, addr, self._local_for_path(addr))
             else:
                 self._send(data, addr)
@@ -474,10 +475,12 @@ class Endpoint:
                 self._end_background(handle)
 
     def _local_for_path(self, addr: Address) -> Local | None:
-        """The local address of the connection validating a path to ``addr``, if any."""
+        """The local address of the connection validating a path to ``addr``, or whose
+        peer is at ``addr`` while it validates another (the challenge to its previous
+        address), if any."""
         for handle in self.handles():
             path = handle.path
-            if path is not None and path.addr == addr:
+            if path is not None and (path.addr == addr or handle.addr == addr):
                 return handle.local
         return None
 
