@@ -27,6 +27,7 @@ class Counters:
         self.tlp_recoveries = 0  # probes that repaired a loss (RFC 8985 section 7.4)
         self.rack_timeouts = 0  # losses found when RACK's reordering window ran out
         self.dsacks_received = 0  # ACKs reporting a duplicate segment (RFC 2883)
+        self.spurious_recoveries = 0  # episodes whose every resent segment had arrived (D-SACK)
         self.dupack_count = 0  # duplicate ACKs received
         self.dropped = 0  # datagrams discarded, all reasons
         self.drops: dict[DropReason, int] = {}  # ``dropped`` by reason

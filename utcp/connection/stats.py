@@ -58,6 +58,7 @@ class ConnectionStats:
     tail_loss_repairs: int  # probes that repaired a loss: the controller heard of it
     reorder_timeouts: int  # losses found when RACK's reordering window ran out
     dsacks_received: int  # ACKs reporting that a segment arrived twice (RFC 2883)
+    spurious_recoveries: int  # recovery episodes whose every resent segment had arrived
     duplicate_acks: int
     datagrams_dropped: int  # malformed, failed checksum, or not acceptable
     drops: dict[str, int]  # datagrams_dropped by reason (DropReason values)
@@ -176,6 +177,7 @@ def snapshot(
         tail_loss_repairs=count.tlp_recoveries,
         reorder_timeouts=count.rack_timeouts,
         dsacks_received=count.dsacks_received,
+        spurious_recoveries=count.spurious_recoveries,
         duplicate_acks=count.dupack_count,
         datagrams_dropped=count.dropped,
         drops={str(k): v for k, v in count.drops.items()},
