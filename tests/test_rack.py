@@ -20,7 +20,7 @@ from tests.helpers import BottleneckLink, Link, Network, bottleneck_pair, conns,
 from utcp import Config
 from utcp.connection import Connection
 from utcp.connection.rack import Rack
-from utcp.packet import Packet
+from utcp.packet import Packet, decode
 from utcp.recovery import SentSegment
 
 MSS = 1000
@@ -351,3 +351,67 @@ def test_acks_lost_or_duplicated_draw_no_spurious_retransmission() -> None:
     assert back.dropped > 10 and back.duplicated > 10
     assert a.stats.fast_retransmits == 0
     assert b.stats.duplicate_segments_received == a.stats.retransmissions == 0
+
+
+class _HoldsOne(Link):
+    """A ``Link`` that delivers the ``nth`` data segment (1-based, first transmissions
+    counted; resent ones pass as they are) ``extra_s`` late, so the segments after it pass
+    it; it loses the ``drop``-th and duplicates the ``dup``-th (0: none)."""
+
+    def __init__(self, nth: int, extra_s: float, dup: int = 0, drop: int = 0) -> None:
+        super().__init__(delay_s=DELAY)
+        self.hold_nth, self.extra_s, self.dup_nth, self.drop_nth = nth, extra_s, dup, drop
+        self.seqs: set[int] = set()
+
+    def transmit(self, data: bytes, now: float) -> list[tuple[float, bytes]]:
+        p = decode(data)
+        if not p.payload or p.seq in self.seqs:
+            return super().transmit(data, now)
+        self.seqs.add(p.seq)
+        n = len(self.seqs)
+        if n == self.drop_nth:
+            return []
+        out = super().transmit(data, now)
+        if n == self.hold_nth:
+            out = [(t + self.extra_s, d) for t, d in out]
+        if n == self.dup_nth:
+            out = out + [(t + 0.001, d) for t, d in out]
+        return out
+
+
+@pytest.mark.parametrize("cc", ["newreno", "cubic"])
+def test_a_recovery_the_dsacks_show_spurious_gives_the_window_back(cc: str) -> None:
+    """One segment of the first flights arrives 15 ms late: RACK, on a path never seen to
+    reorder, takes it for lost, resends it and halves the window.  The receiver's D-SACK of
+    the resent copy shows that nothing was lost; the window and threshold from before the
+    event come back and slow start goes on (it had ended, and the transfer crawled on in
+    congestion avoidance from half a window: a path that reorders cost a loss-based
+    controller a quarter of its throughput)."""
+    config = CFG.replace(congestion_control=cc)
+    net = pair(config_a=config, config_b=config, a_to_b=_HoldsOne(12, 0.015))
+    a, _ = establish(net)
+    a.send(bytes(400 * MSS))
+    net.run(until=lambda: a.stats.fast_retransmits == 1)
+    before = a.stats
+    net.run(until=lambda: a.stats.spurious_recoveries == 1 or not a.stats.bytes_in_flight)
+    st = a.stats
+    assert st.spurious_recoveries == 1 and st.dsacks_received == 1 and st.retransmissions == 1
+    assert st.ssthresh_bytes > before.ssthresh_bytes  # back in slow start
+    net.run(until=lambda: len(net.b.received) == 400 * MSS)
+    assert a.stats.fast_retransmits == 1 and a.stats.timeouts == 0
+
+
+@pytest.mark.parametrize("cc", ["newreno", "cubic"])
+def test_a_real_loss_is_not_undone_by_the_dsack_of_a_duplicated_segment(cc: str) -> None:
+    """A segment is lost and the network duplicates a later one, whose second copy draws a
+    D-SACK during the recovery: that copy was never resent, so the episode's one resend
+    (which repaired a real loss) is not shown spurious and the window stays reduced."""
+    config = CFG.replace(congestion_control=cc)
+    net = pair(config_a=config, config_b=config, a_to_b=_HoldsOne(0, 0.0, dup=14, drop=12))
+    a, _ = establish(net)
+    a.send(bytes(400 * MSS))
+    net.run(until=lambda: len(net.b.received) == 400 * MSS)
+    st = a.stats
+    assert st.dsacks_received >= 1 and st.fast_retransmits >= 1
+    assert st.spurious_recoveries == 0
+    assert st.ssthresh_bytes < 1 << 40  # the reduction stands

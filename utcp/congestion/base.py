@@ -132,6 +132,17 @@ class CongestionController(metaclass=ABCMeta):
     def on_timeout(self, flight_size: int, *, now: float) -> None:
         """The retransmission timer expired (RFC 5681 section 3.1, equation 4)."""
 
+    def on_spurious_congestion(  # noqa: B027
+        self, prior_cwnd: int, prior_ssthresh: int, *, now: float
+    ) -> None:
+        """The last congestion event was spurious: every segment its recovery episode resent
+        had arrived already, as the peer's D-SACKs show (RFC 3708), so the path reordered or
+        delayed rather than dropped.  ``prior_cwnd`` and ``prior_ssthresh`` are the window and
+        threshold from before the event.  The default keeps the reduction (``bbr`` and
+        ``ledbat`` do); ``newreno`` and ``cubic`` undo it, as Linux does (RFC 9438 section
+        4.9 for CUBIC).  Called during the episode or after it; the episode's exit, if it is
+        still to come, follows as usual."""
+
 
 _REGISTRY: dict[str, Callable[..., CongestionController]] = {}
 

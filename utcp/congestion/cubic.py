@@ -21,10 +21,11 @@ grows by alpha_cubic throughout, not by 1 once past the window of the last reduc
 Reno-friendly region cwnd closes its gap to the estimate over a window of ACKs rather than at
 once.
 
-Not done: undoing a spurious congestion event (section 4.9, a MAY), ECN (the connection has
-none), and leaving out application-limited time from ``t`` (section 5.8): the connection grows
-the window only while it limits the sender, and the target caps any growth at half the window
-per round trip.  ``pacing_rate`` stays None: the connection's ``pacing`` setting decides
+A congestion event that the peer's D-SACKs show spurious is undone (section 4.9): the window,
+threshold and curve from before it come back.  Not done: ECN (the connection has none), and
+leaving out application-limited time from ``t`` (section 5.8): the connection grows the window
+only while it limits the sender, and the target caps any growth at half the window per round
+trip.  ``pacing_rate`` stays None: the connection's ``pacing`` setting decides
 whether to pace at its default rate.
 """
 
@@ -97,6 +98,11 @@ class Cubic(CongestionController):
         self._rtt_samples = 0
         self._css_baseline_min_rtt = math.inf
         self._css_rounds = 0
+        # Section 4.9: the state before the last congestion event, to restore should it
+        # prove spurious (W_max, K, W_est, the epoch's start, the phase, HyStart++ on), and
+        # whether the episode under way was undone.
+        self._prior = (0.0, 0.0, 0.0, -1.0, SLOW_START, True)
+        self._undone = False
 
     # ------------------------------------------------------------------ the cubic curve
 
@@ -252,13 +258,39 @@ class Cubic(CongestionController):
         self._hystart = False
 
     def on_congestion_event(self, flight_size: int, *, now: float) -> None:
+        self._prior = (self.w_max, self.k_s, self.w_est, self._epoch, self.phase, self._hystart)
+        self._undone = False
         self._reduce()
         self.cwnd = self.ssthresh  # section 4.6: cwnd = max(ssthresh, 2 segments)
         self.phase = RECOVERY
 
     def on_recovery_exit(self, *, now: float) -> None:
+        if self._undone:
+            self._undone = False
+            return
         self.cwnd = self.ssthresh
         self.phase = CONGESTION_AVOIDANCE
+
+    def on_spurious_congestion(self, prior_cwnd: int, prior_ssthresh: int, *, now: float) -> None:
+        """Section 4.9: the window, threshold and curve from before the event (the window
+        and threshold only where larger than now); an episode still under way ends without
+        deflating the window."""
+        if prior_cwnd > self.cwnd:
+            self.cwnd = prior_cwnd
+        if prior_ssthresh > self.ssthresh:
+            self.ssthresh = prior_ssthresh
+        w_max, k_s, w_est, epoch, phase, hystart = self._prior
+        self.w_max = w_max
+        self.k_s = k_s
+        self.w_est = w_est
+        self._epoch = epoch
+        self._grow_credit = 0.0
+        self._hystart = hystart
+        if self.cwnd < self.ssthresh:
+            self.phase = phase if phase in (SLOW_START, CSS) else SLOW_START
+        else:
+            self.phase = CONGESTION_AVOIDANCE
+        self._undone = True
 
     def on_timeout(self, flight_size: int, *, now: float) -> None:
         """RFC 9438 section 4.8: Reno's loss window of one segment with ssthresh from
@@ -268,6 +300,7 @@ class Cubic(CongestionController):
         still climbing back and its resent segments were lost, it did not overflow the path
         (RFC 5681 section 3.1 reduces ssthresh only for a segment not yet resent by the
         timer); reducing from it would leave ssthresh at two segments."""
+        self._undone = False
         if not self._after_timeout:
             self._reduce()
             self.w_max = 0.0

@@ -19,6 +19,7 @@ class NewReno(CongestionController):
     def __init__(self, *, mss: int, initial_window_segments: int) -> None:
         super().__init__(mss=mss, initial_window_segments=initial_window_segments)
         self._ca_acked = 0  # bytes acked since cwnd last grew in congestion avoidance
+        self._undone = False  # the episode under way was found spurious and undone
 
     def on_ack(self, acked_bytes: int, *, now: float, rtt_s: float | None) -> None:
         if self.in_slow_start:
@@ -38,11 +39,26 @@ class NewReno(CongestionController):
     def on_congestion_event(self, flight_size: int, *, now: float) -> None:
         self._reduce(flight_size)
         self.cwnd = self.ssthresh
+        self._undone = False
 
     def on_recovery_exit(self, *, now: float) -> None:
+        if self._undone:
+            self._undone = False
+            return
         self.cwnd = self.ssthresh
 
+    def on_spurious_congestion(self, prior_cwnd: int, prior_ssthresh: int, *, now: float) -> None:
+        """The window and threshold from before the event, where larger than now (Linux's
+        tcp_undo_cwnd_reduction); an episode still under way ends without deflating it."""
+        if prior_cwnd > self.cwnd:
+            self.cwnd = prior_cwnd
+        if prior_ssthresh > self.ssthresh:
+            self.ssthresh = prior_ssthresh
+        self._ca_acked = 0
+        self._undone = True
+
     def on_timeout(self, flight_size: int, *, now: float) -> None:
+        self._undone = False
         self._reduce(flight_size)
         self.cwnd = self.mss  # loss window (RFC 5681 section 3.1)
 

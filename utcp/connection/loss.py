@@ -31,6 +31,9 @@ __all__ = ["LossRecovery"]
 _FIN: Final = int(Flag.FIN)
 _SYN: Final = int(Flag.SYN)
 _TLP_MIN_S: Final = 0.010  # floor of the probe timeout (RFC 8985 section 7.2 suggests 10 ms)
+# Resends of one recovery episode that may still be found spurious and undone: beyond this
+# many (a whole window lost, say) the episode is taken as real.
+_UNDO_MAX_RESENDS: Final = 64
 
 
 @final
@@ -73,6 +76,14 @@ class LossRecovery:
         # (0: none open); it ends with a D-SACK (no loss) or an ACK beyond (a loss repaired).
         self.tlp_high = 0
         self.probe_new_data = False  # the probe is new data: one segment beyond the window
+        # Undoing a spurious congestion event (RFC 3708's D-SACK detection; Linux's undo):
+        # whether the last episode may still be undone, the segments [start, end) it resent
+        # that no D-SACK has yet shown to have arrived twice, and the window and threshold
+        # from before it.  Lost with a timeout, a repaired tail loss, or too many resends.
+        self.undo_open = False
+        self._undo_resent: list[tuple[int, int]] = []
+        self._undo_cwnd = 0
+        self._undo_ssthresh = 0
         self.rack = Rack()
         self._rack_on = config.rack
         self.timeouts_in_a_row = 0
@@ -112,6 +123,7 @@ class LossRecovery:
         self.cc = congestion.create(
             cfg.congestion_control, mss=mss, initial_window_segments=cfg.initial_cwnd_segments
         )
+        self.undo_open = False  # a window from the old path is nothing to restore
 
     def on_path_rtt(self, rtt_s: float) -> None:
         """A new path's first RTT sample, its path challenge's round trip."""
@@ -140,10 +152,13 @@ class LossRecovery:
         sb = self.scoreboard
         sb.prior_fack = sb.highest_sacked
         dsack = False
+        undo = False
         if sack_ok and p.sack_blocks:
             dsack = self.is_dsack(p.sack_blocks, ack_pos)
             if dsack:
                 self._count.dsacks_received += 1
+                if self.undo_open:
+                    undo = self._resent_arrived(p.sack_blocks[0], ack_pos)
                 if self._rack_on:
                     self.rack.on_dsack(snd.una, snd.max)
                     # A spurious retransmission is the path reordering beyond the window
@@ -178,6 +193,45 @@ class LossRecovery:
             self._sample_rtt(now - sacked.sent_at)
         if sb.newest_delivered is not None:
             self.take_rate_sample(now)
+        if undo and self.undo_open:
+            self.undo_open = False
+            self._count.spurious_recoveries += 1
+            self._log.debug("congestion_undone", cwnd=self._undo_cwnd)
+            self.cc.on_spurious_congestion(self._undo_cwnd, self._undo_ssthresh, now=now)
+
+    def _resent_arrived(self, block: tuple[int, int], ack_pos: int) -> bool:
+        """A D-SACK ``block`` (wire sequence numbers) below the cumulative ACK: one resend
+        of each segment of the episode it covers is shown spurious.  True when none is
+        left, every resend of the episode having been (RFC 3708 section 3.2)."""
+        snd = self._snd
+        una_wire = snd.wire_seq(snd.una)
+        left = snd.una + seq_diff(block[0], una_wire)
+        right = snd.una + seq_diff(block[1], una_wire)
+        resent = self._undo_resent
+        if right > ack_pos or not resent:
+            return False
+        # One resend per segment: a segment sent three times and reported twice once had
+        # two copies arrive, which says nothing of the third.
+        seen: list[tuple[int, int]] = []
+        kept: list[tuple[int, int]] = []
+        for seg in resent:
+            if seg[0] < right and left < seg[1] and seg not in seen:
+                seen.append(seg)
+            else:
+                kept.append(seg)
+        if not seen:
+            return False
+        self._undo_resent = kept
+        return not kept
+
+    def resent(self, start: int, end: int) -> None:
+        """The sender resent [start, end): while the episode may be undone, each resend
+        must be shown spurious first."""
+        if self.undo_open:
+            if len(self._undo_resent) < _UNDO_MAX_RESENDS:
+                self._undo_resent.append((start, end))
+            else:
+                self.undo_open = False
 
     def delay_sample(self, timestamps: tuple[int, int], now: float) -> None:
         """An ACK of new data with timestamps: the peer's clock when it sent the ACK minus
@@ -216,6 +270,7 @@ class LossRecovery:
             self.tlp_high = 0
             if not self.in_recovery:
                 snd = self._snd
+                self.undo_open = False  # a loss was repaired: that one was not spurious
                 self._count.tlp_recoveries += 1
                 self.cc.on_congestion_event(snd.max - snd.una, now=now)
                 self.cc.on_recovery_exit(now=now)
@@ -439,7 +494,12 @@ class LossRecovery:
             flight = min(flight, max(self.cc.cwnd, self.scoreboard.pipe))
         self.recover = snd.max
         self.recovery_tx = self.scoreboard.last_tx
-        self.cc.on_congestion_event(flight, now=now)
+        cc = self.cc
+        self.undo_open = True
+        self._undo_resent = []
+        self._undo_cwnd = cc.cwnd
+        self._undo_ssthresh = cc.ssthresh
+        cc.on_congestion_event(flight, now=now)
 
     def _loss_cause(self) -> str:
         """What declares losses from ACKs, for traces."""
@@ -577,6 +637,7 @@ class LossRecovery:
         """The retransmission timer expired with data in flight: the whole flight is presumed
         lost, the window collapses and the timer backs off (RFC 6298 section 5, RFC 5681)."""
         snd = self._snd
+        self.undo_open = False
         self.cc.on_timeout(snd.max - snd.una, now=now)
         self.recover = snd.max
         self.recovery_tx = self.scoreboard.last_tx

@@ -113,6 +113,7 @@ class Sender:
             if seg.start <= snd.una and loss.oldest_unacked_since is not None:
                 loss.head_resent(now)
             sb.retransmitted(seg, now)
+            loss.resent(seg.start, seg.end)
             if seg.end > self._retx_end:
                 self._retx_end = seg.end
             count.retx += 1
