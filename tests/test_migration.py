@@ -10,6 +10,7 @@ import random
 
 import pytest
 
+from tests.helpers import Link, establish, pair
 from tests.test_endpoint import CLIENT, SERVER, STRANGER, Net, _establish
 from utcp import Config, ConnectionState, decode
 from utcp.endpoint import (
@@ -708,3 +709,36 @@ def test_after_the_client_answered_at_home_copies_start_nothing_for_a_while() ->
     net.advance(PATH_RETURN_HOLD_S)
     assert net.send(copy, STRANGER) is server
     assert net.server.stats.path_validations == 2
+
+
+@pytest.mark.parametrize("cc", ["newreno", "cubic", "bbr"])
+def test_a_move_to_another_host_during_a_recovery_episode_keeps_the_window_bounded(
+    cc: str,
+) -> None:
+    """The connection moves to another host while a recovery episode runs: the new path's
+    controller starts with no episode, so none ends in it (the old episode's end set the
+    fresh controller's window to its unbounded ssthresh, and the sender flooded the path
+    with tens of thousands of datagrams a second; found by a fuzzer)."""
+    config = Config(pmtud=False, congestion_control=cc)
+    lost: list[int] = []
+
+    def drop(index: int, p: Packet) -> bool:
+        if p.payload and p.seq == 1001 + 20 * 1428 and not lost:
+            lost.append(index)
+            return True
+        return False
+
+    net = pair(config_a=config, config_b=config, a_to_b=Link(drop=drop))
+    a, _ = establish(net)
+    a.send(bytes(2_000_000))
+    net.run(until=lambda: a.stats.fast_retransmits == 1)
+    a.path_changed(same_host=False, now=net.now)
+    worst = 0
+
+    def done() -> bool:
+        nonlocal worst
+        worst = max(worst, a.stats.cwnd_bytes)
+        return len(net.b.received) == 2_000_000
+
+    net.run(until=done)
+    assert worst < 4_000_000

@@ -124,6 +124,13 @@ class LossRecovery:
             cfg.congestion_control, mss=mss, initial_window_segments=cfg.initial_cwnd_segments
         )
         self.undo_open = False  # a window from the old path is nothing to restore
+        # A recovery episode under way was the old controller's: the new one has none to
+        # end (its exit would set the window to its unbounded ssthresh), and losses of what
+        # was sent before the move start none either (RFC 6582 section 3.2 step 2).
+        self.in_recovery = False
+        self.dupack_credit = 0
+        self.recover = self._snd.max
+        self.recovery_tx = self.scoreboard.last_tx
 
     def on_path_rtt(self, rtt_s: float) -> None:
         """A new path's first RTT sample, its path challenge's round trip."""
