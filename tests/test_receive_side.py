@@ -56,7 +56,9 @@ def test_wire_ack_and_position_wrap_around_the_peer_isn() -> None:
 
 def test_acceptability_of_empty_segments() -> None:
     """RFC 9293 section 3.10.7.4, table 6, zero-length rows: with RCV.WND = 0 only
-    SEG.SEQ = RCV.NXT; otherwise RCV.NXT =< SEG.SEQ < RCV.NXT + RCV.WND."""
+    SEG.SEQ = RCV.NXT; otherwise RCV.NXT =< SEG.SEQ =< RCV.NXT + RCV.WND, the right edge
+    included as Linux includes it (a peer that filled the window acknowledges from there;
+    refused, its ACKs drew ACKs, and two such ends exchanged them without end)."""
     rcv = Side().rcv
     rcv.nxt = 100
     assert rcv.acceptable(100, 0, 0)
@@ -64,7 +66,8 @@ def test_acceptability_of_empty_segments() -> None:
     assert not rcv.acceptable(99, 0, 0)
     assert rcv.acceptable(100, 0, 10)
     assert rcv.acceptable(109, 0, 10)
-    assert not rcv.acceptable(110, 0, 10)
+    assert rcv.acceptable(110, 0, 10)
+    assert not rcv.acceptable(111, 0, 10)
     assert not rcv.acceptable(99, 0, 10)
 
 

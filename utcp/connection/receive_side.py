@@ -201,10 +201,14 @@ class ReceiveSide:
 
     def acceptable(self, seg_pos: int, seg_len: int, wnd: int) -> bool:
         """RFC 9293 section 3.10.7.4's test of a segment against the window ``wnd``; one that
-        covers the whole window is acceptable too (what fits is kept)."""
+        covers the whole window is acceptable too (what fits is kept), and so is an empty
+        one at its right edge, as Linux takes it: a peer that filled the window sends its
+        pure ACKs with SEQ = RCV.NXT + RCV.WND, and answering each with an ACK of our own,
+        which the peer may find at its own window's edge, had two ends trade ACKs without
+        end."""
         nxt = self.nxt
         if seg_len == 0:
-            return seg_pos == nxt if wnd == 0 else 0 <= seg_pos - nxt < wnd
+            return seg_pos == nxt if wnd == 0 else 0 <= seg_pos - nxt <= wnd
         if wnd == 0:
             return False
         end = seg_pos + seg_len - 1
