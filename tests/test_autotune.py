@@ -369,3 +369,16 @@ def test_conns_helper_is_used() -> None:
     establish(net)
     _a, b = conns(net)
     assert b.stats.receive_window_bytes == PATH.recv_window_initial_bytes
+
+
+def test_a_window_smaller_than_the_scale_unit_is_announced_as_one_unit_not_closed() -> None:
+    """An 8 MiB buffer gives window scale 8 (a unit of 256 bytes); a first window of 200
+    bytes would be 0 in the field.  It is announced as one unit, as Linux rounds it, and the
+    transfer goes on (it was announced closed for ever: nothing could arrive for the
+    autotuning to grow from, and the answered window probes kept the sender waiting)."""
+    receiver = PATH.replace(mss_bytes=100, recv_buffer_bytes=8 << 20, recv_window_initial_bytes=200)
+    net = pair(config_a=PATH, config_b=receiver)
+    a, _ = establish(net)
+    a.send(bytes(5000))
+    net.run(until=lambda: len(net.b.received) == 5000, max_time=120)
+    assert min(s.packet.window for s in net.trace if s.src == "b" and s.time > 0.1) > 0

@@ -128,6 +128,10 @@ class ReceiveSide:
         unit = (1 << self.wscale) - 1
         if wnd & ~unit < promised:  # as the field carries it, it would move the edge left
             wnd = (promised + unit) & ~unit
+        if 0 < wnd <= unit:
+            # Room, but less than the field's unit: one unit, as Linux advertises it, not a
+            # zero window (a buffer smaller than the unit was announced closed for ever).
+            wnd = unit + 1
         return max(0, wnd)
 
     @property
