@@ -215,6 +215,20 @@ def test_a_response_that_fills_the_window_exactly_then_closes_waits_for_the_read
     assert net.now - resumed < 1.0
 
 
+def test_without_time_wait_the_peers_fin_is_still_acknowledged() -> None:
+    """``msl_s = 0``: TIME_WAIT ends as it begins, and the ACK of the peer's FIN still goes
+    out (with the timer handled before the datagrams were collected, it was lost, and the
+    peer's LAST_ACK ended in a reset instead of a clean close)."""
+    net = pair(config_a=Config(msl_s=0.0))
+    a, b = establish(net)
+    a.send(b"x" * 100)
+    a.close()
+    net.run_for(1.0)
+    b.close()
+    net.run(until=lambda: a.is_finished and b.is_finished)
+    assert a.close_reason is CloseReason.CLOSED and b.close_reason is CloseReason.CLOSED
+
+
 # ------------------------------------------------------------------------------ 2. TIME_WAIT
 
 

@@ -650,6 +650,11 @@ class Connection:
                 tracer.event(now, "timer_fired", {"timer": TRACE_NAMES[timer]})
             dl.stop(timer)
             if timer == TIME_WAIT_TIMER:
+                if self._rcv.ack_now:
+                    # The ACK of the peer's FIN is still owed (with ``msl_s = 0`` TIME_WAIT
+                    # ends as it begins): it goes out all the same, or the peer's LAST_ACK
+                    # waits for it in vain.
+                    self._control.pending_raw.append(self._seg.build(_ACK, self._snd.nxt, b""))
                 self._set_state(CLOSED)
                 self._clear_timers()
                 return
