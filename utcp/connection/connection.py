@@ -870,6 +870,8 @@ class Connection:
 
         ok = rcv.acceptable(seg_pos, seg_len, wnd)
         if flags & _RST:
+            if ok and seg_len == 0 and seg_pos - rcv.nxt == wnd:
+                ok = False  # the right edge is taken for an ACK's sake, never an RST's
             self._rx_rst(seg_pos, ok or (seg_len == 0 and seg_pos == rcv.nxt), wnd, now)
             return
         if not ok:
