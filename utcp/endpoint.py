@@ -67,6 +67,12 @@ PATH_VALIDATION_TIMEOUT_S: Final = 3.0  # a validation with no echo this long is
 # After the peer answered at its old address (a copy from elsewhere had started a
 # validation), a copy that is not news starts none for this long, whatever the peer's silence.
 PATH_RETURN_HOLD_S: Final = 10.0
+# Datagrams from an address under validation kept for the connection until the move (more
+# are dropped: the peer resends them).
+PATH_HELD_MAX: Final = 64
+# How long the old address has to echo its challenge before the connection moves: twice its
+# smoothed RTT and this margin (the peer's scheduling), at most its RTO.
+PATH_HOME_MARGIN_S: Final = 0.05
 _SYN: Final = int(Flag.SYN)
 _ACK: Final = int(Flag.ACK)
 _RST: Final = int(Flag.RST)
@@ -222,7 +228,17 @@ class PathValidation:
     and how often, and the anti-amplification account of that address (at most three times
     the bytes it sent go to it, RFC 9000 section 8.1)."""
 
-    __slots__ = ("addr", "rx_bytes", "sent_at", "started_at", "token", "tries", "tx_bytes")
+    __slots__ = (
+        "addr",
+        "echoed_at",
+        "held",
+        "rx_bytes",
+        "sent_at",
+        "started_at",
+        "token",
+        "tries",
+        "tx_bytes",
+    )
 
     def __init__(self, addr: Address, now: float) -> None:
         self.addr = addr
@@ -232,6 +248,17 @@ class PathValidation:
         self.tries = 0
         self.rx_bytes = 0
         self.tx_bytes = 0
+        self.echoed_at = float("-inf")  # when the right echo came back (-inf: not yet)
+        # What the address sent meanwhile (packet, size, segments), for the connection once
+        # the move is made: until then nothing from there reaches it.
+        self.held: list[tuple[Packet, int, int]] = []
+
+    def hold(self, packet: Packet, size: int, segments: int) -> None:
+        """Keep a datagram from the address for after the move (its payload copied: the
+        driver may reuse its receive buffer), up to PATH_HELD_MAX of them."""
+        if len(self.held) < PATH_HELD_MAX:
+            packet.payload = bytes(packet.payload)
+            self.held.append((packet, size, segments))
 
 
 # Makes the record of a new connection, before it sees any packet: (connection, peer
@@ -387,23 +414,26 @@ class Endpoint:
     ) -> Route | None:
         """A datagram for a known connection from another address than its peer's.  The
         connection stays where it is until the new address echoes an unpredictable challenge
-        (RFC 9000 section 9): a spoofed source cannot see the challenge, and a replayed
-        datagram, which brings nothing new, starts no validation.  Meanwhile what the new
-        address sends is taken (its ACKs and data count), and the answers still go to the old
-        address, which is challenged too: the peer's echo there keeps the connection (or
-        brings it back) when the new address was someone else's."""
+        (RFC 9000 section 9) and its old address has not echoed one of its own (section
+        9.3.3) within an RTO: a spoofed source cannot see the challenge, a replayed datagram
+        starts no validation while the peer is heard, and someone who sends from an address
+        of its own, copied or made up, is outrun by the peer's answer where it is.  Until the
+        move nothing from the new address reaches the connection (it is kept for after), and
+        the answers go to the old address."""
         conn = route.conn
         home = route.home
-        if home is not None and now - home.started_at > max(
-            PATH_VALIDATION_TIMEOUT_S, 3 * conn.rto_s
+        if (
+            home is not None
+            and route.path is None
+            and now - home.started_at > max(PATH_VALIDATION_TIMEOUT_S, 3 * conn.rto_s)
         ):
             route.home = home = None
         if home is not None and addr == home.addr and packet.path_response == home.token:
-            # The connection had moved on the strength of an echo from elsewhere, and the
-            # peer answers at the address it had before: back there.
+            # The connection had moved (its old address silent for an RTO), and the peer
+            # answers at the address it had before: back there.
             conn.receive_packet(packet, now=now, segments=segments)
             conn.take_path_response()
-            self._move(route, home, now)
+            self._move(route, home, now, now)
             self._stay_home(route, now)
             return route
         path = route.path
@@ -414,13 +444,19 @@ class Endpoint:
             path = None
         if path is not None and path.addr == addr:
             path.rx_bytes += size
-            echoed = packet.path_response
-            conn.receive_packet(packet, now=now, segments=segments)
-            if echoed is not None and echoed == path.token:
-                conn.take_path_response()
-                self._move(route, path, now)
+            echo = packet.path_response is not None and packet.path_response == path.token
+            if echo:
+                if path.echoed_at < 0.0:
+                    path.echoed_at = now
             else:
-                self._challenge_path(route, path, now)
+                self._challenge_path(route, path, now)  # again, if the last is an RTO old
+            if conn.state is SYN_RECEIVED:
+                conn.receive_packet(packet, now=now, segments=segments)
+                if echo:
+                    conn.take_path_response()
+            else:
+                path.hold(packet, size, segments)
+            self.complete_move(route, now)
             return route
         if not conn.is_news(packet) and (
             now - conn.last_heard < conn.rto_s or now - route.returned_at < PATH_RETURN_HOLD_S
@@ -443,10 +479,44 @@ class Endpoint:
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
         path = self._start_validation(route, addr, size, now)
-        conn.receive_packet(packet, now=now, segments=segments)
+        if conn.state is SYN_RECEIVED:
+            # The handshake's ACK (a rebinding between the SYN-ACK and the ACK): it completes
+            # the handshake, and the challenge then goes out synchronized.
+            conn.receive_packet(packet, now=now, segments=segments)
+        else:
+            path.hold(packet, size, segments)
         self._challenge_path(route, path, now)
         self._challenge_home(route, now)
         return route
+
+    def complete_move(self, route: Route, now: float) -> None:
+        """Move the connection to the address under validation if it echoed its challenge
+        and the old address, challenged too, has had its time to answer (twice its RTT and
+        a margin, at most an RTO) and has not; then hand the connection what the new
+        address sent meanwhile.  A driver calls it before it collects the datagrams of a
+        connection whose ``path`` is set (``datagrams_for`` does); the connection's timer
+        (``Connection.wake_at``) brings the driver back when the wait is over."""
+        path = route.path
+        if path is None or path.echoed_at < 0.0:
+            return
+        home = route.home
+        conn = route.conn
+        if home is not None:
+            srtt = conn.srtt_s
+            wait = conn.base_rto_s
+            if srtt is not None and 2 * srtt + PATH_HOME_MARGIN_S < wait:
+                wait = 2 * srtt + PATH_HOME_MARGIN_S
+            due = home.sent_at + wait
+            if now < due:
+                conn.wake_at(due)  # the peer may yet answer where it was; if not, move then
+                return
+        held = path.held
+        path.held = []
+        for packet, _, segments in held:
+            conn.receive_packet(packet, now=now, segments=segments)
+        if held:
+            conn.take_path_response()
+        self._move(route, path, now, path.echoed_at)
 
     def _may_validate(self, route: Route, now: float) -> bool:
         """One validation at a time, for at least one RTO (its echo is not due before), and
@@ -557,8 +627,9 @@ class Endpoint:
         self.stats.path_validations_failed += 1
         _log.info("path_validation_failed", cid=f"{route.conn.local_cid:08x}", peer=str(path.addr))
 
-    def _move(self, route: Route, path: PathValidation, now: float) -> None:
-        """The new address echoed the challenge: the connection's traffic goes there now."""
+    def _move(self, route: Route, path: PathValidation, now: float, echoed_at: float) -> None:
+        """The new address echoed the challenge (at ``echoed_at``): the connection's traffic
+        goes there now."""
         conn = route.conn
         old = route.addr
         cid = conn.local_cid
@@ -574,7 +645,7 @@ class Endpoint:
         _log.info("path_changed", cid=f"{cid:08x}", old=str(old), new=str(path.addr))
         # The challenge's round trip, when only one went out (an echo of an earlier one
         # would make a later one's look shorter): the new path's first RTT sample.
-        sample = now - path.sent_at if path.tries == 1 else None
+        sample = echoed_at - path.sent_at if path.tries == 1 else None
         conn.path_changed(
             same_host=same_host, peer=address_text(path.addr), now=now, rtt_sample=sample
         )
@@ -653,7 +724,9 @@ class Endpoint:
 
     def datagrams_for(self, route: Route, *, now: float) -> list[bytes]:
         """What the connection has to send now, within the anti-amplification limit while
-        its peer's address is unvalidated."""
+        its peer's address is unvalidated (after a move to a new address that is due)."""
+        if route.path is not None:
+            self.complete_move(route, now)
         datagrams = route.conn.datagrams_to_send(now=now)
         if not route.validated:
             datagrams = self.limit_amplification(route, datagrams)

@@ -597,6 +597,8 @@ class Endpoint:
     def _send_due(self, handle: ConnectionHandle) -> None:
         """Send, as one burst, what the connection has due now (within the anti-amplification
         limit while the peer's address is unvalidated)."""
+        if handle.path is not None:
+            self._core.complete_move(handle, _clock())  # a move to a new address now due
         datagrams = handle.conn.datagrams_to_send(now=_clock())
         if not handle.validated:
             datagrams = self._core.limit_amplification(handle, datagrams)

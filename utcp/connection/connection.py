@@ -244,6 +244,11 @@ class Connection:
         return self._loss.rtt.rto
 
     @property
+    def srtt_s(self) -> float | None:
+        """The smoothed RTT now, None before the first sample (``stats.srtt_s``)."""
+        return self._loss.rtt.srtt
+
+    @property
     def base_rto_s(self) -> float:
         """The retransmission timeout without backoff (``RttEstimator.base_rto``)."""
         return self._loss.rtt.base_rto
@@ -476,13 +481,12 @@ class Connection:
     def is_news(self, p: Packet) -> bool:
         """Whether ``p`` would tell this synchronized connection something new: data or a FIN
         beyond RCV.NXT within the window, an ACK beyond SND.UNA of data sent, the peer's exact
-        keepalive probe, or an echo of a path challenge.  A copy of an old datagram replayed
-        later tells nothing new (the endpoint lets only news start a path validation)."""
+        keepalive probe.  A copy of an old datagram replayed later tells nothing new (the
+        endpoint lets only news start a path validation while the peer is heard), nor does an
+        echo of a path challenge, which means something only from the address challenged."""
         st = self._state
         if (st not in SYNCHRONIZED and st is not SYN_RECEIVED) or st is TIME_WAIT or p.flags & _RST:
             return False
-        if p.path_response is not None:
-            return True
         rcv = self._rcv
         snd = self._snd
         seg_pos = rcv.position(p.seq)
@@ -633,6 +637,16 @@ class Connection:
             if t is not None and (best is None or t < best):
                 best = t
         return best
+
+    def wake_at(self, at: float) -> None:
+        """Have the driver call ``handle_timer`` (and so service this connection) by ``at``,
+        for its endpoint's sake: a move to a new peer address falls due then.  Nothing of
+        the connection's own runs; a connection that has ended takes no deadline."""
+        if self._state is CLOSED:
+            return
+        dl = self._dl
+        if dl.wake is None or at < dl.wake:
+            dl.wake = at
 
     def handle_timer(self, *, now: float) -> None:
         """Run every timer whose deadline has passed, in the table's order

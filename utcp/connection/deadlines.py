@@ -26,6 +26,7 @@ __all__ = [
     "TIME_WAIT_TIMER",
     "TLP",
     "TRACE_NAMES",
+    "WAKE",
     "Deadlines",
 ]
 
@@ -43,6 +44,7 @@ NAMES: Final = (
     "idle",
     "confirm",
     "pace",
+    "wake",
 )
 # The same timers as trace events name them (docs/TRACE.md, ``timer_fired``).
 TRACE_NAMES: Final = (
@@ -57,6 +59,7 @@ TRACE_NAMES: Final = (
     "idle",
     "handshake_ack",
     "pacing",
+    "wake",
 )
 # Each timer's index in NAMES: what ``Deadlines.at`` and ``Deadlines.stop`` take.
 TIME_WAIT_TIMER: Final = 0
@@ -70,7 +73,8 @@ KEEPALIVE: Final = 7
 IDLE: Final = 8
 CONFIRM: Final = 9
 PACE: Final = 10
-TIMER_COUNT: Final = 11
+WAKE: Final = 11
+TIMER_COUNT: Final = 12
 
 
 @final
@@ -89,6 +93,7 @@ class Deadlines:
         self.idle: float | None = None  # idle timeout: the peer silent too long
         self.confirm: float | None = None  # re-send of the handshake ACK
         self.pace: float | None = None  # the pacer lets the next segment leave
+        self.wake: float | None = None  # the driver's turn for the endpoint (Connection.wake_at)
 
     def earliest(self) -> float | None:
         """The earliest deadline set, or None when every timer is off."""
@@ -125,6 +130,9 @@ class Deadlines:
         t = self.pace
         if t is not None and (best is None or t < best):
             best = t
+        t = self.wake
+        if t is not None and (best is None or t < best):
+            best = t
         return best
 
     def at(self, timer: int) -> float | None:
@@ -151,6 +159,8 @@ class Deadlines:
             return self.confirm
         if timer == PACE:
             return self.pace
+        if timer == WAKE:
+            return self.wake
         raise ValueError(f"no timer {timer}")
 
     def stop(self, timer: int) -> None:
@@ -177,6 +187,8 @@ class Deadlines:
             self.confirm = None
         elif timer == PACE:
             self.pace = None
+        elif timer == WAKE:
+            self.wake = None
         else:
             raise ValueError(f"no timer {timer}")
 
@@ -184,4 +196,4 @@ class Deadlines:
         """Stop every timer."""
         self.rto = self.tlp = self.reorder = self.ack = self.persist = None
         self.time_wait = self.fin_wait_2 = self.keepalive = self.idle = self.confirm = None
-        self.pace = None
+        self.pace = self.wake = None
