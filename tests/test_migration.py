@@ -12,12 +12,15 @@ import pytest
 
 from tests.helpers import Link, establish, pair
 from tests.test_endpoint import CLIENT, SERVER, STRANGER, Net, _establish
-from utcp import Config, ConnectionState, decode
+from utcp import Config, ConnectionState, Flag, decode
 from utcp.endpoint import (
     AMPLIFICATION_FACTOR,
     PATH_CHALLENGE_TRIES,
+    PATH_HELD_MAX,
+    PATH_HELD_MAX_BYTES,
     PATH_RETURN_HOLD_S,
     Address,
+    PathValidation,
     Route,
 )
 from utcp.events import DropReason
@@ -778,3 +781,18 @@ def test_a_move_to_another_host_during_a_recovery_episode_keeps_the_window_bound
 
     net.run(until=done)
     assert worst < 4_000_000
+
+
+def test_what_a_new_address_sends_before_the_move_is_kept_within_a_bound() -> None:
+    """At most PATH_HELD_MAX datagrams and PATH_HELD_MAX_BYTES of payload are kept for after
+    the move (merged receive batches are large): the rest is dropped, for the peer to send
+    again, so a validation holds little memory whoever starts it."""
+    path = PathValidation(STRANGER, 0.0)
+    big = bytearray(100 * 1024)
+    for _ in range(5):
+        path.hold(Packet(int(Flag.ACK), 1, 2, 3, 4, 100, memoryview(big)), len(big), 70)
+    assert len(path.held) == 2 and path.held_bytes <= PATH_HELD_MAX_BYTES
+    assert isinstance(path.held[0][0].payload, bytes)  # a copy: the buffer may be reused
+    for _ in range(2 * PATH_HELD_MAX):
+        path.hold(Packet(int(Flag.ACK), 1, 2, 3, 4, 100, b""), 24, 1)
+    assert len(path.held) == PATH_HELD_MAX

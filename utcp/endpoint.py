@@ -67,9 +67,10 @@ PATH_VALIDATION_TIMEOUT_S: Final = 3.0  # a validation with no echo this long is
 # After the peer answered at its old address (a copy from elsewhere had started a
 # validation), a copy that is not news starts none for this long, whatever the peer's silence.
 PATH_RETURN_HOLD_S: Final = 10.0
-# Datagrams from an address under validation kept for the connection until the move (more
-# are dropped: the peer resends them).
+# Datagrams from an address under validation kept for the connection until the move, at
+# most this many and this many payload bytes (more are dropped: the peer resends them).
 PATH_HELD_MAX: Final = 64
+PATH_HELD_MAX_BYTES: Final = 256 * 1024
 # How long the old address has to echo its challenge before the connection moves: twice its
 # smoothed RTT and this margin (the peer's scheduling), at most its RTO.
 PATH_HOME_MARGIN_S: Final = 0.05
@@ -232,6 +233,7 @@ class PathValidation:
         "addr",
         "echoed_at",
         "held",
+        "held_bytes",
         "rx_bytes",
         "sent_at",
         "started_at",
@@ -252,13 +254,17 @@ class PathValidation:
         # What the address sent meanwhile (packet, size, segments), for the connection once
         # the move is made: until then nothing from there reaches it.
         self.held: list[tuple[Packet, int, int]] = []
+        self.held_bytes = 0
 
     def hold(self, packet: Packet, size: int, segments: int) -> None:
         """Keep a datagram from the address for after the move (its payload copied: the
-        driver may reuse its receive buffer), up to PATH_HELD_MAX of them."""
-        if len(self.held) < PATH_HELD_MAX:
+        driver may reuse its receive buffer), within PATH_HELD_MAX and
+        PATH_HELD_MAX_BYTES."""
+        n = len(packet.payload)
+        if len(self.held) < PATH_HELD_MAX and self.held_bytes + n <= PATH_HELD_MAX_BYTES:
             packet.payload = bytes(packet.payload)
             self.held.append((packet, size, segments))
+            self.held_bytes += n
 
 
 # Makes the record of a new connection, before it sees any packet: (connection, peer
@@ -415,11 +421,11 @@ class Endpoint:
         """A datagram for a known connection from another address than its peer's.  The
         connection stays where it is until the new address echoes an unpredictable challenge
         (RFC 9000 section 9) and its old address has not echoed one of its own (section
-        9.3.3) within an RTO: a spoofed source cannot see the challenge, a replayed datagram
-        starts no validation while the peer is heard, and someone who sends from an address
-        of its own, copied or made up, is outrun by the peer's answer where it is.  Until the
-        move nothing from the new address reaches the connection (it is kept for after), and
-        the answers go to the old address."""
+        9.3.3) within a round trip or two: a spoofed source cannot see the challenge, a
+        replayed datagram starts no validation while the peer is heard, and someone who sends
+        from an address of its own, copied or made up, is outrun by the peer's answer where
+        it is.  Until the move nothing from the new address reaches the connection (it is
+        kept for after), and the answers go to the old address."""
         conn = route.conn
         home = route.home
         if (
@@ -512,6 +518,7 @@ class Endpoint:
                 return
         held = path.held
         path.held = []
+        path.held_bytes = 0
         for packet, _, segments in held:
             conn.receive_packet(packet, now=now, segments=segments)
         if held:
