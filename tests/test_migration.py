@@ -796,3 +796,57 @@ def test_what_a_new_address_sends_before_the_move_is_kept_within_a_bound() -> No
     for _ in range(2 * PATH_HELD_MAX):
         path.hold(Packet(int(Flag.ACK), 1, 2, 3, 4, 100, b""), 24, 1)
     assert len(path.held) == PATH_HELD_MAX
+
+
+def test_a_copied_keepalive_probe_from_elsewhere_starts_nothing_while_the_client_is_heard() -> None:
+    """A keepalive probe (SEQ = RCV.NXT - 1) looks the same every time, so a copy of one
+    sent from another address tells nothing new: while the client is heard at its own
+    address it starts no validation.  (Taken as news, each copy started one: an observer
+    replaying the probes the client sent after each challenge kept the server challenging
+    its address and the client's once a second.)"""
+    net = Net()
+    client, _ = _establish(net)
+    client.conn.send(b"hello")
+    copy = decode([data for data, _ in net.outgoing(CLIENT)][-1])
+    net.pump()
+    seq = (copy.seq - 1) & 0xFFFFFFFF
+    probe = Packet(int(Flag.ACK), copy.src_cid, copy.dst_cid, seq, copy.ack, copy.window)
+    assert net.send(encode(probe), STRANGER) is None
+    assert net.server.stats.path_validations == 0
+    assert net.server.stats.dropped[DropReason.WRONG_ADDRESS.value] == 1
+
+
+def test_news_from_the_client_supersedes_a_validation_a_copy_started() -> None:
+    """An observer's copy, replayed once the client fell quiet, started a validation of the
+    observer's address; the client's NAT then rebinds and its new data arrives from the new
+    port: that news starts a validation of its own at once rather than waiting out the
+    copy's (one at a time had kept the client's own address from being followed, and its
+    sparse retransmissions met a validation in progress or the pause after a failed one)."""
+    net = Net()
+    client, server, _, _ = _copy_replayed_once_quiet(net)
+    assert server.path is not None and server.path.addr == STRANGER
+    _rebind(net, REBOUND)
+    client.conn.send(b"fresh")
+    _once(net, REBOUND)
+    assert server.path is not None and server.path.addr == REBOUND
+    net.pump()
+    net.advance(1.0)
+    assert server.addr == REBOUND and _server_bytes(net, server).endswith(b"fresh")
+
+
+def test_the_first_address_a_rebound_client_speaks_from_stays_the_hint() -> None:
+    """After a rebinding the client's duplicate ACK from its new port is the hint of where
+    it went; a copy of it from another address, coming after it, does not take its place
+    (the ICMP error from the old address then had the server validate the copier)."""
+    net = Net()
+    _, server = _establish(net)
+    server.conn.send(b"d" * 3000)
+    _once(net, SERVER)
+    acks = [data for data, _ in net.outgoing(CLIENT)]
+    for data in acks:
+        net.send(data, CLIENT)
+    _rebind(net, REBOUND)
+    assert net.send(acks[-1], REBOUND) is None
+    assert server.peer_hint == REBOUND
+    assert net.send(acks[-1], STRANGER) is None
+    assert server.peer_hint == REBOUND

@@ -74,6 +74,10 @@ PATH_HELD_MAX_BYTES: Final = 256 * 1024
 # How long the old address has to echo its challenge before the connection moves: twice its
 # smoothed RTT and this margin (the peer's scheduling), at most its RTO.
 PATH_HOME_MARGIN_S: Final = 0.05
+# The first address that sent what is plausibly the peer's own (not news) stays the hint of
+# where the peer went for this long, while it keeps sending: copies of those datagrams from
+# elsewhere come after them and do not take its place.
+PEER_HINT_HOLD_S: Final = 1.0
 _SYN: Final = int(Flag.SYN)
 _ACK: Final = int(Flag.ACK)
 _RST: Final = int(Flag.RST)
@@ -234,6 +238,7 @@ class PathValidation:
         "echoed_at",
         "held",
         "held_bytes",
+        "news",
         "rx_bytes",
         "sent_at",
         "started_at",
@@ -255,6 +260,7 @@ class PathValidation:
         # the move is made: until then nothing from there reaches it.
         self.held: list[tuple[Packet, int, int]] = []
         self.held_bytes = 0
+        self.news = False  # started by news (not a copy, nor the peer's silence, nor ICMP)
 
     def hold(self, packet: Packet, size: int, segments: int) -> None:
         """Keep a datagram from the address for after the move (its payload copied: the
@@ -464,7 +470,8 @@ class Endpoint:
                 path.hold(packet, size, segments)
             self.complete_move(route, now)
             return route
-        if not conn.is_news(packet) and (
+        news = conn.is_news(packet)
+        if not news and (
             now - conn.last_heard < conn.rto_s or now - route.returned_at < PATH_RETURN_HOLD_S
         ):
             # Nothing new, while the peer is heard at its own address: a replayed copy, or
@@ -474,17 +481,22 @@ class Endpoint:
             # was lately abandoned as the peer answered at its own address.  If its old
             # address answers with ICMP port unreachable first, receive_icmp starts it: see
             # peer_hint.)
-            if conn.plausibly_from_peer(packet):
+            if conn.plausibly_from_peer(packet) and (
+                route.peer_hint is None
+                or route.peer_hint == addr
+                or now - route.peer_hint_at > PEER_HINT_HOLD_S
+            ):
                 route.peer_hint = addr
                 route.peer_hint_at = now
                 route.peer_hint_bytes = size
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
-        if not self._may_validate(route, now):
+        if not self._may_validate(route, now, news):
             self.stats.path_validations_limited += 1
             self.stats.count_drop(DropReason.WRONG_ADDRESS, addr, segments)
             return None
         path = self._start_validation(route, addr, size, now)
+        path.news = news
         if conn.state is SYN_RECEIVED:
             # The handshake's ACK (a rebinding between the SYN-ACK and the ACK): it completes
             # the handshake, and the challenge then goes out synchronized.
@@ -525,10 +537,14 @@ class Endpoint:
             conn.take_path_response()
         self._move(route, path, now, path.echoed_at)
 
-    def _may_validate(self, route: Route, now: float) -> bool:
+    def _may_validate(self, route: Route, now: float, news: bool = False) -> bool:
         """One validation at a time, for at least one RTO (its echo is not due before), and
-        none for a while after one failed: spoofed sources cannot keep us busy."""
+        none for a while after one failed: spoofed sources cannot keep us busy.  News
+        supersedes a validation that news did not start (copies from someone else's address
+        must not keep the peer's own from being followed)."""
         path = route.path
+        if path is not None and news and not path.news:
+            return True
         if path is not None and now - path.started_at < max(
             route.conn.base_rto_s, PATH_CHALLENGE_MIN_GAP_S
         ):

@@ -480,10 +480,11 @@ class Connection:
 
     def is_news(self, p: Packet) -> bool:
         """Whether ``p`` would tell this synchronized connection something new: data or a FIN
-        beyond RCV.NXT within the window, an ACK beyond SND.UNA of data sent, the peer's exact
-        keepalive probe.  A copy of an old datagram replayed later tells nothing new (the
-        endpoint lets only news start a path validation while the peer is heard), nor does an
-        echo of a path challenge, which means something only from the address challenged."""
+        beyond RCV.NXT within the window, or an ACK beyond SND.UNA of data sent.  A copy of an
+        old datagram replayed later tells nothing new (the endpoint lets only news start a
+        path validation while the peer is heard), nor do a keepalive probe, whose copies are
+        all alike, and an echo of a path challenge, which means something only from the
+        address challenged."""
         st = self._state
         if (st not in SYNCHRONIZED and st is not SYN_RECEIVED) or st is TIME_WAIT or p.flags & _RST:
             return False
@@ -496,10 +497,7 @@ class Connection:
         if not p.flags & _ACK:
             return False
         ack_pos = snd.position(p.ack)
-        if snd.una < ack_pos <= snd.max:
-            return True
-        # A keepalive or stall probe (SEQ = RCV.NXT - 1) acknowledging no less than before.
-        return seg_pos == rcv.nxt - 1 and snd.una <= ack_pos <= snd.max
+        return snd.una < ack_pos <= snd.max
 
     def plausibly_from_peer(self, p: Packet) -> bool:
         """Whether ``p``, though not news, looks like this synchronized connection's peer's
