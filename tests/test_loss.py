@@ -378,8 +378,11 @@ def test_a_timeout_collapses_the_window_and_backs_off() -> None:
     assert s.loss.cc.cwnd == MSS
 
 
-def test_an_ack_of_new_data_resets_the_backoff() -> None:
-    """RFC 6298 section 5.7: after backing off, new data acknowledged restores the RTO."""
+def test_the_backoff_lasts_until_an_rtt_sample() -> None:
+    """RFC 6298 section 5 with Karn's rule (section 3): the doubled timeout stays until a
+    new RTT measurement, which an ACK of resent data cannot give; then it collapses.  (An
+    ACK of resent data had cleared it: a timeout shorter than the path's round trip fired
+    again every round trip, and no sample was ever taken.)"""
     s = Stack()
     s.send(2, now=0.0)
     s.loss.on_timeout(1.0)
@@ -388,9 +391,11 @@ def test_an_ack_of_new_data_resets_the_backoff() -> None:
     assert s.loss.rtt.rto == 4.0
     s.sb.retransmitted(s.seg(0), 3.0)
     s.loss.on_new_ack(1 + MSS, now=3.5)
-    assert s.loss.rtt.rto == 1.0  # no sample (Karn), backoff cleared
+    assert s.loss.rtt.rto == 4.0  # no sample (Karn): the backoff stays
     assert s.loss.timeouts_in_a_row == 0
-    assert s.dl.rto == pytest.approx(4.5)
+    assert s.dl.rto == pytest.approx(7.5)
+    s.loss.on_new_ack(1 + 2 * MSS, now=3.6)  # sent once, at 0.0: a sample of 3.6 s
+    assert s.loss.rtt.backoff == 0 and s.loss.rtt.srtt == pytest.approx(3.6)
 
 
 def test_the_user_timeout_caps_the_retransmission_deadline() -> None:
@@ -418,4 +423,22 @@ def test_the_syn_rtt_sample_and_karn_for_a_resent_syn() -> None:
     again.loss.rtt.back_off()
     again.loss.on_syn_acked(3.0, sent_at=None)  # the SYN went out twice: no sample
     assert again.loss.rtt.srtt is None
-    assert again.loss.rtt.rto == 1.0  # the backoff is cleared all the same
+    assert again.loss.rtt.rto == 2.0  # and the backoff stays until one
+
+
+def test_a_path_slower_than_the_initial_timeout_gets_its_rtt_measured() -> None:
+    """A 1.2 s round trip, above the initial 1 s timeout: the SYN and the first data are
+    resent once, the doubled timeout stays until a segment sent once is acknowledged, and
+    from that sample on nothing times out.  (The backoff cleared by each ACK of resent data,
+    the 1 s timer fired every round trip: 86 timeouts in 120 s, no RTT ever measured.)"""
+    from tests.helpers import QUIET, Link, pair
+
+    cfg = Config(pmtud=False, **QUIET)
+    net = pair(config_a=cfg, config_b=cfg, a_to_b=Link(delay_s=0.6), b_to_a=Link(delay_s=0.6))
+    a = net.a.conn
+    assert a is not None
+    net.run_for(10.0)
+    a.send(bytes(300_000))
+    net.run(until=lambda: len(net.b.received) == 300_000, max_time=120)
+    assert a.stats.srtt_s is not None and a.stats.srtt_s == pytest.approx(1.2, abs=0.05)
+    assert a.stats.timeouts <= 2

@@ -140,8 +140,7 @@ class LossRecovery:
         """Our SYN is acknowledged: its RTT sample (None when it was sent more than once)
         and the end of its timer."""
         if sent_at is not None:
-            self._sample_rtt(now - sent_at)
-        self.rtt.reset_backoff()
+            self._sample_rtt(now - sent_at)  # (a sample ends the backoff; a resent SYN keeps it)
         self._dl.rto = None
 
     def _sample_rtt(self, rtt_s: float) -> None:
@@ -411,7 +410,10 @@ class LossRecovery:
         snd.acknowledge(ack_pos)
         self.dupacks = 0
         self.timeouts_in_a_row = 0
-        self.rtt.reset_backoff()
+        # The timer's backoff ends with an RTT sample only (RFC 6298 section 5 with Karn's
+        # rule; Linux's tcp_ack_update_rtt): reset by an ACK of what was resent, a timer
+        # shorter than the path's round trip fired again every round trip and never let a
+        # sample be taken (on a 1.2 s path: 86 timeouts, no RTT, cwnd at one segment).
         if self.in_recovery:
             if ack_pos >= self.recover:
                 self.in_recovery = False
