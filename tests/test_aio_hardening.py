@@ -274,10 +274,18 @@ def test_a_cookie_client_admitted_beyond_the_limit_is_reset_with_the_reason(run:
             results = await asyncio.gather(ping(), ping(), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             assert results.count(b"ping") == 1 and len(errors) == 1, results
-            assert isinstance(errors[0], ConnectionResetError), errors
             assert "too many connections" in str(errors[0])
             stats = server.endpoint.stats
-            assert (stats.syn_cookies_sent, stats.connections_refused) == (2, 1)
+            if stats.syn_cookies_sent == 2:
+                # Both SYNs came while the backlog was full: the second cookie's ACK met the
+                # limit, after that client's connect had returned.
+                assert isinstance(errors[0], ConnectionResetError), errors
+            else:
+                # On a loaded machine the second SYN can come after the first client is
+                # established: refused at once, with the same reason, as the limit asks.
+                assert stats.syn_cookies_sent == 1
+                assert isinstance(errors[0], ConnectionRefusedError), errors
+            assert stats.connections_refused == 1
             for writer in writers:
                 writer.close()
             await handlers.wait_finished(1)
