@@ -56,7 +56,7 @@ class RttEstimator:
 
     @property
     def backoff(self) -> int:
-        """How many times the timer has doubled since the last RTT sample or ACK of new data."""
+        """How many times the timer has doubled since the last RTT sample (or path change)."""
         return self._backoff
 
     def on_sample(self, rtt_s: float) -> None:
@@ -92,7 +92,9 @@ class RttEstimator:
             self._backoff += 1
 
     def reset_backoff(self) -> None:
-        """New data was acknowledged: the doubled timeout no longer applies."""
+        """The connection moved to a new path: the timeouts that doubled the timer went to
+        where the peer no longer was (an ACK of resent data does not clear it: only an RTT
+        sample does, in ``on_sample``)."""
         self._backoff = 0
 
 
