@@ -400,9 +400,10 @@ def test_lost_syn_is_retransmitted_with_doubling_timeout(lost: int, rto_initial_
     ]
     assert net.now == pytest.approx(answered + 3 * DELAY_S)
     assert a.stats.timeouts == lost
-    # Karn: the SYN-ACK may answer any of the SYNs, so it gives no RTT sample.
+    # Karn: the SYN-ACK may answer any of the SYNs, so it gives no RTT sample, and the
+    # doubled timeout stays until one (RFC 6298 section 5).
     assert a.stats.srtt_s is None
-    assert a.stats.rto_s == rto_initial_s
+    assert a.stats.rto_s == rto_initial_s * (1 << lost)
     assert net.a.events == net.b.events == [ConnectionEstablished()]
 
 
@@ -497,7 +498,10 @@ def test_lost_first_data_segment_is_retransmitted_after_one_rto() -> None:
     net.run(until=lambda: a.stats.bytes_in_flight == 0)
     stats = a.stats
     assert (stats.timeouts, stats.retransmissions, stats.fast_retransmits) == (1, 1, 0)
-    assert stats.rto_s == rto  # the backoff is undone once new data is acknowledged
+    assert stats.rto_s == 2 * rto  # no sample from the resent segment's ACK: backoff stays
+    a.send(b"y" * 500)
+    net.run(until=lambda: len(net.b.received) == 1000 and a.stats.bytes_in_flight == 0)
+    assert a.stats.rto_s < rto + 0.01  # a segment sent once gives a sample: the backoff ends
 
 
 # ------------------------------------------------------------------------------ give up
