@@ -850,3 +850,25 @@ def test_the_first_address_a_rebound_client_speaks_from_stays_the_hint() -> None
     assert server.peer_hint == REBOUND
     assert net.send(acks[-1], STRANGER) is None
     assert server.peer_hint == REBOUND
+
+
+def test_a_client_that_moves_on_purpose_is_followed_at_its_first_probe() -> None:
+    """A client just heard at its old address moves to a new socket and probes from it: the
+    probe carries a fresh PATH_CHALLENGE token, which is news (a keepalive-form probe alone
+    is not: copies of one are all alike), so the validation starts with it; a copy of that
+    probe from elsewhere repeats the token and starts nothing."""
+    net = Net()
+    client, server = _establish(net)
+    _send(net, client, b"before")
+    _rebind(net, MOVED)
+    client.conn.probe_path()
+    [probe] = [data for data, _ in net.outgoing(MOVED)]
+    assert decode(probe).path_challenge is not None
+    assert net.send(probe, MOVED) is server
+    assert server.path is not None and server.path.addr == MOVED
+    net.pump()
+    net.advance(1.0)
+    assert server.addr == MOVED
+    assert net.send(probe, STRANGER) is None  # a copy: the token was seen
+    assert net.server.stats.path_validations == 1
+    _client_gets(net, server, client, b"after")

@@ -194,6 +194,7 @@ class Route:
         "peer_hint",
         "peer_hint_at",
         "peer_hint_bytes",
+        "peer_token",
         "reset_detail",
         "returned_at",
         "rx_bytes",
@@ -219,6 +220,7 @@ class Route:
         # Meanwhile the address the peer was at, challenged too (RFC 9000 section 9.3.3): its
         # echo shows the peer never left, and the connection stays or goes back there.
         self.home: PathValidation | None = None
+        self.peer_token: int | None = None  # the last PATH_CHALLENGE the peer sent us
         self.returned_at = float("-inf")  # when the peer last answered there (path_returns)
         # The latest other address the peer's own datagrams came from that was not validated
         # (they brought nothing new), when, and its size: should the peer's address turn out
@@ -471,6 +473,12 @@ class Endpoint:
             self.complete_move(route, now)
             return route
         news = conn.is_news(packet)
+        token = packet.path_challenge
+        if token is not None and token != route.peer_token:
+            # A challenge of the peer's own that we have not seen: the probe it sends from a
+            # socket it moved to (``Connection.probe_path``).  A copy repeats the token.
+            route.peer_token = token
+            news = True
         if not news and (
             now - conn.last_heard < conn.rto_s or now - route.returned_at < PATH_RETURN_HOLD_S
         ):

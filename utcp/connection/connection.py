@@ -19,6 +19,7 @@ here, as do the receive path's checks that decide them.
 
 from __future__ import annotations
 
+import secrets
 from collections import deque
 from typing import Final
 
@@ -515,12 +516,15 @@ class Connection:
         return self._ack_plausible(self._snd.position(p.ack))
 
     def probe_path(self) -> None:
-        """Send a probe (a bare ACK, SEQ = SND.UNA - 1) with the next datagrams: after the
-        connection moved to a new local socket it is news to the peer, which then validates
-        the new address (docs/PROTOCOL.md section 4.2) even if nothing else is due."""
+        """Send a probe (a bare ACK, SEQ = SND.UNA - 1) with the next datagrams, carrying a
+        fresh PATH_CHALLENGE token: after the connection moved to a new local socket the peer
+        takes it as news (a token it has not seen; copies of the probe repeat it) and
+        validates the new address (docs/PROTOCOL.md section 4.2) even if nothing else is
+        due."""
         st = self._state
         if st in SYNCHRONIZED and st is not TIME_WAIT:
             self._control.send_probe = True
+            self._control.probe_token = secrets.randbits(64)
 
     def take_path_response(self) -> int | None:
         """The token the peer last echoed (PATH_RESPONSE), once; None if none arrived."""

@@ -22,6 +22,9 @@ class Control:
         self.send_probe = False  # an ACK with an old sequence number, to draw the peer's ACK
         self.probe_ack_id: int | None = None  # the peer's PMTU probe we owe an answer
         self.path_response: int | None = None  # the peer's path challenge we owe an answer
+        # A fresh token the next probe carries as a PATH_CHALLENGE (``probe_path``): after a
+        # move to a new socket, what tells the peer this probe is no copy of an older one.
+        self.probe_token: int | None = None
         self.pending_raw: list[bytes] = []  # RSTs for stray packets, already encoded
         self.syn_retries = 0  # SYN (or SYN-ACK) retransmissions so far
         self.syn_sent_at = 0.0  # when the first SYN went out: its RTT sample

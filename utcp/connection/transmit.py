@@ -159,7 +159,9 @@ class Transmit:
             # An old sequence number draws an ACK with the peer's current window.  The probe
             # is itself unacceptable to the peer, so it must not stand in for an ACK we owe.
             ack_owed, unacked, ack_at = rcv.ack_now, rcv.unacked_bytes, self._dl.ack
-            out.append(seg.build(_ACK, snd.una - 1, b""))
+            token = control.probe_token
+            control.probe_token = None
+            out.append(seg.build(_ACK, snd.una - 1, b"", path_challenge=token))
             rcv.ack_now, rcv.unacked_bytes, self._dl.ack = ack_owed, unacked, ack_at
             count.segments_sent += 1
         if rcv.ack_now and rcv.nxt:
