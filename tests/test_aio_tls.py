@@ -348,7 +348,7 @@ def test_handshake_timeout_raises_what_asyncio_raises(run: Runner, pki: Pki) -> 
                         pki.client_context(), server_hostname=SERVER_NAME, ssl_handshake_timeout=0.5
                     )
                 errors[f"{stack} start_tls"] = failed.value
-                await handlers.wait_finished(10)
+                await handlers.wait_finished(3)
             server.close()
             await server.wait_closed()
             assert handlers.errors == []
