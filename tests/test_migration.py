@@ -872,3 +872,24 @@ def test_a_client_that_moves_on_purpose_is_followed_at_its_first_probe() -> None
     assert net.send(probe, STRANGER) is None  # a copy: the token was seen
     assert net.server.stats.path_validations == 1
     _client_gets(net, server, client, b"after")
+
+
+def test_news_right_after_a_copys_validation_was_abandoned_is_followed() -> None:
+    """An observer's copy started a validation that the client's answer at its old address
+    abandoned; the client's NAT then rebinds and its new data comes at once: that news
+    starts a validation without the pause that follows a failed one (it had waited a
+    second, while the server's ICMP errors from the old binding piled up to a reset)."""
+    net = Net()
+    client, server, _, out = _copy_replayed_once_quiet(net)
+    for data, dst in out:
+        if dst == CLIENT:
+            net.send(data, SERVER, CLIENT)
+    net.pump()
+    assert server.path is None and net.server.stats.path_returns == 1
+    _rebind(net, REBOUND)
+    client.conn.send(b"fresh")
+    _once(net, REBOUND)
+    assert server.path is not None and server.path.addr == REBOUND
+    net.pump()
+    net.advance(1.0)
+    assert server.addr == REBOUND and _server_bytes(net, server).endswith(b"fresh")

@@ -557,6 +557,10 @@ class Endpoint:
             route.conn.base_rto_s, PATH_CHALLENGE_MIN_GAP_S
         ):
             return False
+        if news and path is None and route.returned_at >= route.path_failed_at:
+            # The last validation ended with the peer answering where it was (a copy's):
+            # the peer's own news right after, its NAT having rebound meanwhile, is followed.
+            return True
         return now - route.path_failed_at >= PATH_VALIDATION_INTERVAL_S
 
     def _start_validation(
