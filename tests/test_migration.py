@@ -417,10 +417,10 @@ def test_a_rebinding_that_leaves_only_retransmissions_is_followed() -> None:
     assert _server_bytes(net, server) == b"r" * 3000
 
 
-def _receiver_rebound_with_a_duplicate_ack(net: Net) -> tuple[Route, Route]:
+def _rebound_after_a_duplicate_ack(net: Net) -> tuple[Route, Route, bytes]:
     """The client receives 3000 bytes and acknowledges them, its NAT rebinds, and all it
     sends from the new mapping is a duplicate ACK (not news: its old address was heard
-    within an RTO); the server then sends 3000 more, to the old mapping (``net.stray``)."""
+    within an RTO).  The routes and that ACK."""
     client, server = _establish(net)
     server.conn.send(b"d" * 3000)
     _once(net, SERVER)
@@ -430,6 +430,13 @@ def _receiver_rebound_with_a_duplicate_ack(net: Net) -> tuple[Route, Route]:
     _rebind(net, REBOUND)
     assert net.send(acks[-1], REBOUND) is None
     assert net.server.stats.path_validations == 0
+    return client, server, acks[-1]
+
+
+def _receiver_rebound_with_a_duplicate_ack(net: Net) -> tuple[Route, Route]:
+    """``_rebound_after_a_duplicate_ack``; the server then sends 3000 more, to the old
+    mapping (``net.stray``)."""
+    client, server, _ = _rebound_after_a_duplicate_ack(net)
     server.conn.send(b"e" * 3000)
     net.pump()
     return client, server
@@ -839,16 +846,9 @@ def test_the_first_address_a_rebound_client_speaks_from_stays_the_hint() -> None
     it went; a copy of it from another address, coming after it, does not take its place
     (the ICMP error from the old address then had the server validate the copier)."""
     net = Net()
-    _, server = _establish(net)
-    server.conn.send(b"d" * 3000)
-    _once(net, SERVER)
-    acks = [data for data, _ in net.outgoing(CLIENT)]
-    for data in acks:
-        net.send(data, CLIENT)
-    _rebind(net, REBOUND)
-    assert net.send(acks[-1], REBOUND) is None
+    _, server, ack = _rebound_after_a_duplicate_ack(net)
     assert server.peer_hint == REBOUND
-    assert net.send(acks[-1], STRANGER) is None
+    assert net.send(ack, STRANGER) is None
     assert server.peer_hint == REBOUND
 
 
