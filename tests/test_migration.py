@@ -665,6 +665,25 @@ def _copy_replayed_once_quiet(net: Net) -> tuple[Route, Route, bytes, list[tuple
     return client, server, copy, net.outgoing(SERVER)
 
 
+def _deliver_to_client(net: Net, out: list[tuple[bytes, Address]]) -> None:
+    """Deliver what of ``out`` goes to the client's old address (the challenge there)."""
+    for data, dst in out:
+        if dst == CLIENT:
+            net.send(data, SERVER, CLIENT)
+
+
+def _fresh_data_after_a_rebind_is_followed(net: Net, client: Route, server: Route) -> None:
+    """The client's NAT rebinds and it sends new data: the server validates the new port at
+    once, moves there, and takes the data."""
+    _rebind(net, REBOUND)
+    client.conn.send(b"fresh")
+    _once(net, REBOUND)
+    assert server.path is not None and server.path.addr == REBOUND
+    net.pump()
+    net.advance(1.0)
+    assert server.addr == REBOUND and _server_bytes(net, server).endswith(b"fresh")
+
+
 def _observer_echo(copy: bytes, out: list[tuple[bytes, Address]]) -> bytes:
     """What the observer sends back: its copy carrying the token it was challenged with."""
     [token] = [token for token, addr in _challenges(out) if addr == STRANGER]
@@ -689,9 +708,7 @@ def test_a_copy_replayed_once_the_client_is_quiet_moves_nothing_when_it_answers_
     net = Net()
     client, server, copy, out = _copy_replayed_once_quiet(net)
     assert {addr for _, addr in _challenges(out)} == {STRANGER, CLIENT}
-    for data, dst in out:
-        if dst == CLIENT:
-            net.send(data, SERVER, CLIENT)
+    _deliver_to_client(net, out)
     net.pump()  # the client echoes at home
     assert server.path is None
     assert net.send(_observer_echo(copy, out), STRANGER) is None
@@ -740,9 +757,7 @@ def test_after_the_client_answered_at_home_copies_start_nothing_for_a_while() ->
     net = Net()
     _, server, copy, out = _copy_replayed_once_quiet(net)
     [home_token] = [token for token, addr in _challenges(out) if addr == CLIENT]
-    for data, dst in out:
-        if dst == CLIENT:
-            net.send(data, SERVER, CLIENT)
+    _deliver_to_client(net, out)
     net.pump()
     assert server.path is None
     echo = decode(copy)
@@ -832,13 +847,7 @@ def test_news_from_the_client_supersedes_a_validation_a_copy_started() -> None:
     net = Net()
     client, server, _, _ = _copy_replayed_once_quiet(net)
     assert server.path is not None and server.path.addr == STRANGER
-    _rebind(net, REBOUND)
-    client.conn.send(b"fresh")
-    _once(net, REBOUND)
-    assert server.path is not None and server.path.addr == REBOUND
-    net.pump()
-    net.advance(1.0)
-    assert server.addr == REBOUND and _server_bytes(net, server).endswith(b"fresh")
+    _fresh_data_after_a_rebind_is_followed(net, client, server)
 
 
 def test_the_first_address_a_rebound_client_speaks_from_stays_the_hint() -> None:
@@ -881,15 +890,7 @@ def test_news_right_after_a_copys_validation_was_abandoned_is_followed() -> None
     second, while the server's ICMP errors from the old binding piled up to a reset)."""
     net = Net()
     client, server, _, out = _copy_replayed_once_quiet(net)
-    for data, dst in out:
-        if dst == CLIENT:
-            net.send(data, SERVER, CLIENT)
+    _deliver_to_client(net, out)
     net.pump()
     assert server.path is None and net.server.stats.path_returns == 1
-    _rebind(net, REBOUND)
-    client.conn.send(b"fresh")
-    _once(net, REBOUND)
-    assert server.path is not None and server.path.addr == REBOUND
-    net.pump()
-    net.advance(1.0)
-    assert server.addr == REBOUND and _server_bytes(net, server).endswith(b"fresh")
+    _fresh_data_after_a_rebind_is_followed(net, client, server)
