@@ -7,6 +7,7 @@ from collections import deque
 
 import pytest
 
+from tests.helpers import QUIET, Link, establish, pair
 from utcp.buffers import HeldBuffer
 from utcp.config import Config
 from utcp.connection.counters import Counters
@@ -347,3 +348,31 @@ def test_held_data_delivers_views_as_they_came_when_asked() -> None:
     assert [len(p) for p in pieces] == [10, RESUME_PIECE_BYTES, 20]
     assert isinstance(pieces[1], memoryview) and pieces[1].obj is big.obj  # not copied
     assert b"".join(pieces) == b"s" * 10 + b"b" * RESUME_PIECE_BYTES + b"t" * 10 + b"u" * 10
+
+
+def test_a_window_smaller_than_two_base_size_segments_is_acknowledged_when_full() -> None:
+    """With path MTU discovery the threshold for an immediate ACK counts base-size segments
+    (1,176 bytes), whatever the receiver's own ``mss_bytes``: a receive buffer of 1,000 bytes
+    (``mss_bytes=500``, which the configuration allows) never held enough to reach it, so
+    every full window waited for the delayed-ACK timer.  The threshold is now at most half
+    the buffer (as Linux's rcv_mss is at most half the window): each window costs a round
+    trip, not a round trip and the 40 ms timer (3.9 s for this transfer before)."""
+    receiver = Config(
+        mss_bytes=500, recv_buffer_bytes=1000, recv_autotune=False, delayed_ack_s=0.040, **QUIET
+    )
+    net = pair(
+        config_a=Config(**QUIET),
+        config_b=receiver,
+        a_to_b=Link(delay_s=0.010),
+        b_to_a=Link(delay_s=0.010),
+    )
+    establish(net)
+    a = net.a.conn
+    assert a is not None
+    size = 64 * 1000
+    start = net.now
+    a.send(bytes(size))
+    net.run(until=lambda: len(net.b.received) >= size, max_time=60)
+    assert bytes(net.b.received) == bytes(size)
+    windows = size / 1000
+    assert net.now - start < 1.3 * windows * 0.020, net.now - start

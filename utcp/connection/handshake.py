@@ -50,11 +50,11 @@ def take_syn(
         # the peer's segments range as widely, so count ACK-worthy data in base-size segments.
         base_mss = max(64, config.base_datagram_bytes - HEADER_SIZE - ts_cost)
         snd.mss = min(max(64, peer_mss - ts_cost), base_mss)
-        rcv.ack_bytes = config.ack_every_segments * base_mss
+        rcv.full_seg = base_mss
     else:
         snd.mss = max(64, min(config.mss_bytes, peer_mss) - ts_cost)
-        rcv.ack_bytes = config.ack_every_segments * snd.mss
-    rcv.full_seg = rcv.ack_bytes // config.ack_every_segments
+        rcv.full_seg = snd.mss
+    rcv.set_ack_bytes(config.ack_every_segments * rcv.full_seg)
     cc.mss = snd.mss
     cc.cwnd = config.initial_cwnd_segments * snd.mss
     snd.wnd = p.window  # SYN windows are never scaled (RFC 7323 section 2.2)

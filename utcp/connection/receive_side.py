@@ -194,6 +194,16 @@ class ReceiveSide:
         if lease is not None and target > self.buffer_bytes:
             self.buffer_bytes = self._start_bytes + lease.resize(target - self._start_bytes)
 
+    def set_ack_bytes(self, n: int) -> None:
+        """In-order bytes that draw an immediate ACK: ``n`` (the handshake's
+        ack_every_segments segments), but at most half the buffer, as Linux's rcv_mss is at
+        most half the window.  A buffer smaller than the segments counted (a small
+        ``recv_buffer_bytes`` with path MTU discovery, which counts 1,176-byte base-size
+        segments) never held enough to reach ``n``: every full window waited for the
+        delayed-ACK timer while the peer, out of window, waited for the ACK.  The buffer of
+        the handshake sets the cap; one that grows later keeps it (more ACKs, no delay)."""
+        self.ack_bytes = max(1, min(n, self.buffer_bytes // 2))
+
     def wire_ack(self, pos: int) -> int:
         """The 32-bit acknowledgement number of the peer's position ``pos``."""
         return (self.irs + pos) & SEQ_MASK
