@@ -382,3 +382,27 @@ def test_a_window_smaller_than_the_scale_unit_is_announced_as_one_unit_not_close
     a.send(bytes(5000))
     net.run(until=lambda: len(net.b.received) == 5000, max_time=120)
     assert min(s.packet.window for s in net.trace if s.src == "b" and s.time > 0.1) > 0
+
+
+@pytest.mark.parametrize("initial", [4096, 8192])
+def test_a_window_that_starts_below_ten_segments_grows(initial: int) -> None:
+    """``recv_window_initial_bytes`` below ten segments (14,280 bytes): what the application
+    takes in a round trip is measured against the window's start, not against ten segments a
+    window that small can never carry (Linux's rcvq_space is the smaller of the two).  It was
+    measured against ten segments, so the window never grew: 4 MiB over a 20 ms round trip
+    took 20.5 s from 4 KiB and 10.3 s from 8 KiB, where a 16 KiB start took 0.17 s."""
+    config = Config(recv_window_initial_bytes=initial, **QUIET)
+    net = pair(
+        config_a=Config(**QUIET),
+        config_b=config,
+        a_to_b=Link(delay_s=0.010),
+        b_to_a=Link(delay_s=0.010),
+    )
+    a, b = establish(net)
+    size = 4 * MIB
+    start = net.now
+    a.send(bytes(size))
+    net.run(until=lambda: len(net.b.received) >= size, max_time=600)
+    assert bytes(net.b.received) == bytes(size)
+    assert b.stats.receive_window_bytes > 64 * initial
+    assert net.now - start < 2.0, net.now - start

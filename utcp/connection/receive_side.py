@@ -79,7 +79,9 @@ class ReceiveSide:
         self._tune_at = float("inf")
         self._tune_start = 0.0
         self._tune_pos = 0
-        self._space = config.initial_cwnd_segments * config.mss_bytes  # taken in one RTT
+        # Taken in one RTT: at most the first window, as Linux's rcvq_space (a window that
+        # started below ten segments could never take more than that and never grew).
+        self._space = min(config.initial_cwnd_segments * config.mss_bytes, self.buffer_bytes)
         self.delayed_ack_s = config.delayed_ack_s
         self.irs = 0  # the peer's initial sequence number: the wire seq of its position 0
         self.nxt = 0
