@@ -136,8 +136,9 @@ def _rebind_while_sending(nat: dict[str, str], client: subprocess.Popen[str]) ->
     return out.splitlines()
 
 
-def _stop(*procs: subprocess.Popen[str] | None) -> list[str]:
-    """SIGTERM each process still running, then what each printed."""
+def _stop(*procs: subprocess.Popen[str] | None, stream: int = 0) -> list[str]:
+    """SIGTERM each process still running, then what each printed (``stream`` 1: on
+    stderr)."""
     outs = []
     for proc in procs:
         if proc is None:
@@ -145,11 +146,11 @@ def _stop(*procs: subprocess.Popen[str] | None) -> list[str]:
         if proc.poll() is None:
             proc.terminate()
         try:
-            out, _ = proc.communicate(timeout=WAIT_S)
+            printed = proc.communicate(timeout=WAIT_S)
         except subprocess.TimeoutExpired:
             proc.kill()
-            out, _ = proc.communicate()
-        outs.append(out)
+            printed = proc.communicate()
+        outs.append(printed[stream])
     return outs
 
 
@@ -180,7 +181,8 @@ def test_a_tunnel_session_survives_the_nat_rebinding(nat: dict[str, str]) -> Non
     """A TCP application's 16 MiB through both ``utcp tunnel`` ends, the utcp leg crossing
     the NAT while it forgets its mappings three times: the TCP side never notices."""
     srv, env = nat["server_addr"], {**os.environ, "PYTHONPATH": str(ROOT)}
-    utcp_cli = [sys.executable, "-m", "utcp", "tunnel"]
+    # -v: each end reports its connections' ends on stderr, shown if the application fails.
+    utcp_cli = [sys.executable, "-m", "utcp", "-v", "tunnel"]
     procs: list[subprocess.Popen[str] | None] = []
 
     def start(ns: str, *args: str, stdin: int | None = None) -> subprocess.Popen[str]:
@@ -206,7 +208,14 @@ def test_a_tunnel_session_survives_the_nat_rebinding(nat: dict[str, str]) -> Non
             nat["client"], sys.executable, str(PEER), "tcp-client", "127.0.0.1", "9200", "16",
             "4", stdin=subprocess.PIPE,
         )  # fmt: skip
-        lines = _rebind_while_sending(nat, app)
+        try:
+            lines = _rebind_while_sending(nat, app)
+        except AssertionError as exc:
+            procs.remove(near)
+            procs.remove(far)
+            raise AssertionError(
+                f"{exc}; the tunnel ends said: {_stop(near, far, stream=1)}"
+            ) from None
         assert lines[0] == "ok", lines
     finally:
         _stop(*procs)
