@@ -4,10 +4,12 @@ driven on an explicit timeline with segments recorded as the sender records them
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
 
+from tests.helpers import BottleneckLink, Link, establish, pair
 from utcp.config import Config
 from utcp.connection.counters import Counters
 from utcp.connection.deadlines import Deadlines
@@ -442,3 +444,36 @@ def test_a_path_slower_than_the_initial_timeout_gets_its_rtt_measured() -> None:
     net.run(until=lambda: len(net.b.received) == 300_000, max_time=120)
     assert a.stats.srtt_s is not None and a.stats.srtt_s == pytest.approx(1.2, abs=0.05)
     assert a.stats.timeouts <= 2
+
+
+def test_a_new_episode_never_raises_the_window_under_heavy_reordering() -> None:
+    """Half the datagrams held back up to 300 ms (SACK on, RACK off, losses by duplicate
+    ACKs): a new recovery episode starts with most of SND.NXT - SND.UNA SACKed far beyond
+    the window.  Half of that span as the new window raised it (572 to 924 bytes, 53 times in
+    the run that found it) until the sender put 36,000 datagrams a second into a link that
+    carries 10,600.  The reduction now starts from the window in use (the larger of cwnd and
+    the bytes in the network), as within an episode."""
+    cfg = Config(
+        congestion_control="newreno", mss_bytes=100, pmtud=False, sack=True, rack=False,
+        recv_buffer_bytes=1 << 20, recv_autotune=False, keepalive_idle_s=None,
+        idle_timeout_s=None, rto_min_s=1.0, dupack_threshold=10,
+    )  # fmt: skip
+    a_to_b = BottleneckLink(
+        rng=random.Random(7), delay_s=0.0, rate_bps=10e6, queue_packets=50, reorder=0.5,
+        reorder_extra_s=0.3, dup=0.05,
+    )  # fmt: skip
+    b_to_a = Link(rng=random.Random(8), delay_s=0.001, dup=0.3, reorder=0.1, reorder_extra_s=0.1)
+    net = pair(config_a=cfg, config_b=cfg, a_to_b=a_to_b, b_to_a=b_to_a)
+    a, _ = establish(net)
+    a.send(bytes(3_000_000))
+    episodes = raised = 0
+    end = net.now + 3.0
+    while net.now < end:
+        before, started = a.stats.cwnd_bytes, a.stats.fast_retransmits
+        if not net.step():
+            break
+        if a.stats.fast_retransmits > started:
+            episodes += 1
+            raised += a.stats.cwnd_bytes > before
+    assert episodes >= 5
+    assert raised == 0, (raised, episodes)

@@ -496,11 +496,12 @@ class LossRecovery:
     def _congestion_event(self, now: float, flight_before: int) -> None:
         """The controller reduces its window for a loss; the episode runs to SND.MAX."""
         snd = self._snd
-        flight = max(snd.max - snd.una, flight_before)
-        if snd.una < self.recover:
-            # A loss within an episode, or after a timeout: the window in use is what
-            # overflowed, not the whole span since SND.UNA (SACKed data included).
-            flight = min(flight, max(self.cc.cwnd, self.scoreboard.pipe))
+        # The window in use is what overflowed, not the whole span since SND.UNA: SACKed
+        # data has left the network.  Within an episode, after a timeout, and at a new
+        # episode whose span holds much SACKed data (heavy reordering), half the span as
+        # the new window raised it, episode after episode (RFC 5681's FlightSize assumes
+        # the span is within the window; Linux halves the window itself).
+        flight = min(max(snd.max - snd.una, flight_before), max(self.cc.cwnd, self.scoreboard.pipe))
         self.recover = snd.max
         self.recovery_tx = self.scoreboard.last_tx
         cc = self.cc
