@@ -497,10 +497,10 @@ class LossRecovery:
         """The controller reduces its window for a loss; the episode runs to SND.MAX."""
         snd = self._snd
         # The window in use is what overflowed, not the whole span since SND.UNA: SACKed
-        # data has left the network.  Within an episode, after a timeout, and at a new
-        # episode whose span holds much SACKed data (heavy reordering), half the span as
-        # the new window raised it, episode after episode (RFC 5681's FlightSize assumes
-        # the span is within the window; Linux halves the window itself).
+        # data has left the network.  Under heavy reordering most of that span is SACKed
+        # data beyond the window, and half of it as the new window raised the window,
+        # episode after episode (RFC 5681's FlightSize assumes the span lies within the
+        # window; Linux halves the window itself).
         flight = min(max(snd.max - snd.una, flight_before), max(self.cc.cwnd, self.scoreboard.pipe))
         self.recover = snd.max
         self.recovery_tx = self.scoreboard.last_tx
