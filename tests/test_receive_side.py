@@ -366,9 +366,7 @@ def test_a_window_smaller_than_two_base_size_segments_is_acknowledged_when_full(
         a_to_b=Link(delay_s=0.010),
         b_to_a=Link(delay_s=0.010),
     )
-    establish(net)
-    a = net.a.conn
-    assert a is not None
+    a, _ = establish(net)
     size = 64 * 1000
     start = net.now
     a.send(bytes(size))
