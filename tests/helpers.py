@@ -339,6 +339,28 @@ def bottleneck_pair(
     return net, links
 
 
+def timed_transfer(
+    receiver: object, size: int, *, delay_s: float = 0.010
+) -> tuple[float, Connection]:
+    """Send ``size`` zero bytes from a default client to a server built from ``receiver``
+    over links of ``delay_s`` each way; the time from the send to the last byte delivered
+    (checked intact), and the server's connection."""
+    from utcp.config import Config
+
+    net = pair(
+        config_a=Config(**QUIET),
+        config_b=receiver,
+        a_to_b=Link(delay_s=delay_s),
+        b_to_a=Link(delay_s=delay_s),
+    )
+    a, b = establish(net)
+    start = net.now
+    a.send(bytes(size))
+    net.run(until=lambda: len(net.b.received) >= size, max_time=600)
+    assert bytes(net.b.received) == bytes(size)
+    return net.now - start, b
+
+
 def conns(net: Network) -> tuple[Connection, Connection]:
     """The pair's two connections, a (the client) first."""
     a, b = net.a.conn, net.b.conn

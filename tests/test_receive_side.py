@@ -7,7 +7,7 @@ from collections import deque
 
 import pytest
 
-from tests.helpers import QUIET, Link, establish, pair
+from tests.helpers import QUIET, timed_transfer
 from utcp.buffers import HeldBuffer
 from utcp.config import Config
 from utcp.connection.counters import Counters
@@ -360,17 +360,7 @@ def test_a_window_smaller_than_two_base_size_segments_is_acknowledged_when_full(
     receiver = Config(
         mss_bytes=500, recv_buffer_bytes=1000, recv_autotune=False, delayed_ack_s=0.040, **QUIET
     )
-    net = pair(
-        config_a=Config(**QUIET),
-        config_b=receiver,
-        a_to_b=Link(delay_s=0.010),
-        b_to_a=Link(delay_s=0.010),
-    )
-    a, _ = establish(net)
     size = 64 * 1000
-    start = net.now
-    a.send(bytes(size))
-    net.run(until=lambda: len(net.b.received) >= size, max_time=60)
-    assert bytes(net.b.received) == bytes(size)
+    took, _ = timed_transfer(receiver, size)
     windows = size / 1000
-    assert net.now - start < 1.3 * windows * 0.020, net.now - start
+    assert took < 1.3 * windows * 0.020, took
